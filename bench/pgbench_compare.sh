@@ -1,0 +1,417 @@
+#!/usr/bin/env bash
+# pgbench_compare.sh — pgscale side by side with PgBouncer and direct
+# PostgreSQL (what `make bench` runs).
+#
+# Starts a throw-away PostgreSQL 15 (scripts/pgcluster.sh), loads
+# `pgbench -i -s 10`, starts PgBouncer and pgscale in transaction mode with
+# the same pool size, then runs the read-only pgbench workload (-S) through
+# each, for every protocol mode and client count. Prints one table of tps,
+# ratios and the proxy's CPU time per transaction, then the idle-client memory
+# test (bench/idle_clients.py: 10,000 clients that log in and sit idle), then
+# the figures against pgscale's targets. Everything it started is stopped and
+# removed on exit, Ctrl-C included.
+#
+# Environment (defaults in brackets):
+#   BENCH_SECONDS [10]                 length of each pgbench run
+#   BENCH_CLIENTS ["1 16 64 256 1000"] client counts
+#   BENCH_MODES   ["simple prepared"]  pgbench -M protocol modes
+#   BENCH_TARGETS ["direct pgbouncer pgscale"]
+#   BENCH_JOBS    [2]                  pgbench -j (threads)
+#   BENCH_SCALE   [10]                 pgbench -i -s
+#   BENCH_IDLE_CLIENTS [10000]         idle-client test size; 0 skips it
+#   BENCH_KEEP    [0]                  1 keeps the temp dir (logs, data) for a look
+#   BENCH_RESULTS [unset]              also write the table as TSV to this file
+#   PGSCALE_BIN   [build/pgscale]      PGSCALE_WORKERS and PGSCALE_LOG_LEVEL pass through
+# Quick smoke run: BENCH_SECONDS=3 BENCH_CLIENTS="16 64" bench/pgbench_compare.sh
+#
+# Needs what scripts/install-deps.sh installs (postgresql-15, pgbouncer,
+# python3). Installs nothing itself. Loopback only.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGBIN=/usr/lib/postgresql/15/bin
+PYTHON=/usr/bin/python3
+PGCLUSTER=$ROOT/scripts/pgcluster.sh
+
+BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_CLIENTS=${BENCH_CLIENTS:-"1 16 64 256 1000"}
+BENCH_MODES=${BENCH_MODES:-"simple prepared"}
+BENCH_TARGETS=${BENCH_TARGETS:-"direct pgbouncer pgscale"}
+BENCH_JOBS=${BENCH_JOBS:-2}
+BENCH_SCALE=${BENCH_SCALE:-10}
+BENCH_IDLE_CLIENTS=${BENCH_IDLE_CLIENTS:-10000}
+BENCH_KEEP=${BENCH_KEEP:-0}
+PGSCALE_BIN=${PGSCALE_BIN:-$ROOT/build/pgscale}
+
+POOL_SIZE=20        # PgBouncer default_pool_size and pgscale DB_POOL_SIZE
+MAX_OVERFLOW=10     # pgscale DB_MAX_OVERFLOW
+APP_USER=app APP_PASSWORD=secret APP_DB=app
+FD_LIMIT=20000
+
+log()  { printf '%s\n' "$*"; }
+warn() { printf 'bench: %s\n' "$*" >&2; }
+die()  { warn "$*"; exit 1; }
+
+# ---------------------------------------------------------------- checks
+for t in $BENCH_TARGETS; do
+    case $t in direct|pgbouncer|pgscale) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
+done
+for m in $BENCH_MODES; do
+    case $m in simple|extended|prepared) ;; *) die "unknown pgbench mode '$m' in BENCH_MODES" ;; esac
+done
+for c in $BENCH_CLIENTS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "bad client count '$c' in BENCH_CLIENTS"; done
+[[ $BENCH_SECONDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
+command -v pgbench >/dev/null || die "pgbench not found; run scripts/install-deps.sh"
+[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN; run scripts/install-deps.sh"
+[ -x "$PYTHON" ] || die "$PYTHON not found"
+want() { [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
+if want pgbouncer && ! command -v pgbouncer >/dev/null; then
+    warn "pgbouncer not found (scripts/install-deps.sh installs it); skipping it"
+    BENCH_TARGETS=${BENCH_TARGETS//pgbouncer/}
+fi
+
+# pgbench with 1000 clients, and 10,000 idle clients, need many descriptors;
+# children (pgbench, PgBouncer, the idle-client script) inherit this limit.
+hard=$(ulimit -Hn)
+if [ "$hard" = unlimited ] || [ "$hard" -ge "$FD_LIMIT" ]; then
+    ulimit -Sn "$FD_LIMIT"
+elif ! ulimit -n "$FD_LIMIT" 2>/dev/null; then
+    ulimit -Sn "$hard"
+    warn "could not raise the open-files limit to $FD_LIMIT (hard limit $hard); large client counts may fail"
+fi
+
+# ---------------------------------------------------------------- cleanup
+TMP=
+CHILD=          # the pgbench / idle-client run in progress
+BOUNCER_PID=
+SCALE_PID=
+CLEANED=0
+
+stop_pid() {  # stop_pid PID — TERM, up to 5 s, then KILL
+    local pid=$1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    [ "$CLEANED" = 1 ] && return
+    CLEANED=1
+    trap '' INT TERM
+    stop_pid "$CHILD"
+    stop_pid "$SCALE_PID"
+    stop_pid "$BOUNCER_PID"
+    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
+        "$PGCLUSTER" stop "$TMP/cluster" >/dev/null 2>&1 || warn "could not stop the cluster in $TMP/cluster"
+        if [ "$BENCH_KEEP" = 1 ]; then
+            log "bench: kept $TMP (logs in $TMP/logs)"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'warn "interrupted"; exit 130' INT
+trap 'warn "terminated"; exit 143' TERM
+
+# Run a command in the background and wait for it, so a Ctrl-C reaches our
+# trap at once instead of after the run; cleanup() stops it.
+run_child() {
+    "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=
+    return "$rc"
+}
+
+# ---------------------------------------------------------------- helpers
+port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+# Ports below the ephemeral range, so 10,000 client sockets cannot take them.
+next_port=$((20000 + RANDOM % 10000))
+free_port() {  # free_port VAR — sets VAR to a free port (no subshell: next_port must advance)
+    local tries=0
+    while ! port_free "$next_port"; do
+        next_port=$((next_port + 1)); tries=$((tries + 1))
+        [ "$tries" -lt 1000 ] || die "no free TCP port found"
+    done
+    printf -v "$1" '%s' "$next_port"
+    next_port=$((next_port + 1))
+}
+
+wait_port() {  # wait_port PORT SECONDS [PID] — until PORT accepts TCP
+    local port=$1 deadline=$((SECONDS + $2)) pid=${3:-}
+    until timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; do
+        [ -z "$pid" ] || kill -0 "$pid" 2>/dev/null || return 1
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+cpu_ticks() {  # utime+stime of every thread of PID, in clock ticks
+    # Fields after "pid (comm) ": state is $1, so utime/stime are $12/$13.
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+psql_at() {  # psql_at PORT DB SQL
+    PGPASSWORD=$APP_PASSWORD PGCONNECT_TIMEOUT=10 timeout 30 \
+        psql -X -w -At -h 127.0.0.1 -p "$1" -U "$APP_USER" -d "$2" -c "$3" </dev/null
+}
+
+# ---------------------------------------------------------------- set-up
+TMP=$(mktemp -d /tmp/pgscale-bench.XXXXXX)
+chmod 711 "$TMP"          # the postgres user must reach $TMP/cluster and $TMP/pgbouncer
+mkdir -p "$TMP/logs"
+
+free_port PG_PORT
+free_port BOUNCER_PORT
+free_port SCALE_PORT
+
+log "== pgscale benchmark: pgbench -S, ${BENCH_SECONDS}s per run, clients: $BENCH_CLIENTS, modes: $BENCH_MODES"
+log "   $(nproc) cores; PostgreSQL on :$PG_PORT, PgBouncer on :$BOUNCER_PORT, pgscale on :$SCALE_PORT; work dir $TMP"
+
+"$PGCLUSTER" start "$TMP/cluster" "$PG_PORT" 0 >"$TMP/logs/pgcluster.log" 2>&1 \
+    || { cat "$TMP/logs/pgcluster.log" >&2; die "could not start PostgreSQL"; }
+log "-- PostgreSQL 15 started; loading pgbench -i -s $BENCH_SCALE"
+PGPASSWORD=$APP_PASSWORD run_child timeout 600 pgbench -i -q -s "$BENCH_SCALE" \
+    -h 127.0.0.1 -p "$PG_PORT" -U "$APP_USER" "$APP_DB" >"$TMP/logs/pgbench-init.log" 2>&1 \
+    || { tail -n 20 "$TMP/logs/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+declare -A AVAILABLE=([direct]=1)
+
+if want pgbouncer; then
+    mkdir -p "$TMP/pgbouncer"
+    # Clients log in with trust (as they do with pgscale); the userlist gives
+    # PgBouncer the app password for its own scram-sha-256 login to the server.
+    printf '"%s" "%s"\n' "$APP_USER" "$APP_PASSWORD" >"$TMP/pgbouncer/userlist.txt"
+    cat >"$TMP/pgbouncer/pgbouncer.ini" <<EOF
+[databases]
+$APP_DB = host=127.0.0.1 port=$PG_PORT dbname=$APP_DB
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $TMP/pgbouncer/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 12000
+ignore_startup_parameters = extra_float_digits
+logfile = $TMP/pgbouncer/pgbouncer.log
+log_connections = 0
+log_disconnections = 0
+EOF
+    chmod 600 "$TMP/pgbouncer/userlist.txt"
+    # PgBouncer refuses to run as root. setpriv execs it in place (no PAM
+    # session resetting the open-files limit, unlike runuser), so $! is
+    # PgBouncer itself: its /proc entries are what we measure.
+    if [ "$(id -u)" -eq 0 ]; then
+        chown -R postgres:postgres "$TMP/pgbouncer"
+        (cd / && exec setpriv --reuid postgres --regid postgres --init-groups -- \
+            pgbouncer "$TMP/pgbouncer/pgbouncer.ini") >"$TMP/logs/pgbouncer.out" 2>&1 &
+    else
+        pgbouncer "$TMP/pgbouncer/pgbouncer.ini" >"$TMP/logs/pgbouncer.out" 2>&1 &
+    fi
+    BOUNCER_PID=$!
+    if wait_port "$BOUNCER_PORT" 15 "$BOUNCER_PID" && [ "$(psql_at "$BOUNCER_PORT" "$APP_DB" 'SELECT 1' 2>>"$TMP/logs/pgbouncer.out")" = 1 ]; then
+        AVAILABLE[pgbouncer]=1
+        log "-- PgBouncer $(pgbouncer --version | head -n1 | awk '{print $2}') started (transaction mode, default_pool_size $POOL_SIZE), pid $BOUNCER_PID"
+    else
+        warn "PgBouncer did not come up; skipping it. Log:"
+        tail -n 20 "$TMP/logs/pgbouncer.out" "$TMP/pgbouncer/pgbouncer.log" >&2 2>/dev/null || true
+    fi
+fi
+
+if want pgscale; then
+    if [ ! -x "$PGSCALE_BIN" ]; then
+        warn "$PGSCALE_BIN not found (run make); skipping pgscale"
+    else
+        # Only what the benchmark means to configure; a caller's replica or
+        # Redis settings would change what is measured.
+        env -u READ_REPLICA_URLS -u REDIS_URL \
+            DATABASE_URL="postgresql://$APP_USER:$APP_PASSWORD@127.0.0.1:$PG_PORT/$APP_DB" \
+            PGSCALE_LISTEN="127.0.0.1:$SCALE_PORT" \
+            PGSCALE_POOL_MODE=transaction \
+            DB_POOL_SIZE=$POOL_SIZE DB_MAX_OVERFLOW=$MAX_OVERFLOW \
+            "$PGSCALE_BIN" >"$TMP/logs/pgscale.log" 2>&1 &
+        SCALE_PID=$!
+        if wait_port "$SCALE_PORT" 15 "$SCALE_PID" && [ "$(psql_at "$SCALE_PORT" "$APP_DB" 'SELECT 1' 2>>"$TMP/logs/pgscale.log")" = 1 ]; then
+            AVAILABLE[pgscale]=1
+            log "-- pgscale started (transaction mode, DB_POOL_SIZE=$POOL_SIZE DB_MAX_OVERFLOW=$MAX_OVERFLOW, workers ${PGSCALE_WORKERS:-default}), pid $SCALE_PID"
+        else
+            warn "pgscale did not come up or does not answer SELECT 1; skipping it. Log:"
+            tail -n 20 "$TMP/logs/pgscale.log" >&2 || true
+            stop_pid "$SCALE_PID"; SCALE_PID=
+        fi
+    fi
+fi
+
+target_port() {
+    case $1 in direct) echo "$PG_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; pgscale) echo "$SCALE_PORT" ;; esac
+}
+target_pid() {
+    case $1 in pgbouncer) echo "$BOUNCER_PID" ;; pgscale) echo "$SCALE_PID" ;; *) echo "" ;; esac
+}
+
+# A short run so the first measured run does not pay for cold caches.
+PGPASSWORD=$APP_PASSWORD run_child timeout 60 pgbench -n -S -c 4 -j 2 -T 2 \
+    -h 127.0.0.1 -p "$PG_PORT" -U "$APP_USER" "$APP_DB" >"$TMP/logs/warmup.log" 2>&1 || true
+
+# ---------------------------------------------------------------- pgbench runs
+declare -A TPS CPU
+NOTES=()
+
+run_one() {  # run_one MODE CLIENTS TARGET
+    local mode=$1 c=$2 t=$3 key="$1/$2/$3"
+    local port pid out jobs t0 t1 txns tps rc=0
+    port=$(target_port "$t"); pid=$(target_pid "$t")
+    out="$TMP/logs/pgbench-$mode-$c-$t.log"
+    jobs=$BENCH_JOBS; [ "$c" -lt "$jobs" ] && jobs=$c
+    if [ -z "${AVAILABLE[$t]:-}" ]; then TPS[$key]=-; CPU[$key]=-; return; fi
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+        TPS[$key]=dead; CPU[$key]=-; return
+    fi
+    [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+    # Bounded: the run itself, plus time to open (and time out) 1000 connections.
+    PGPASSWORD=$APP_PASSWORD PGCONNECT_TIMEOUT=30 run_child \
+        timeout -k 5 $((BENCH_SECONDS + 90)) \
+        pgbench -n -S -M "$mode" -c "$c" -j "$jobs" -T "$BENCH_SECONDS" \
+        -h 127.0.0.1 -p "$port" -U "$APP_USER" "$APP_DB" >"$out" 2>&1 || rc=$?
+    if [ -n "$pid" ]; then
+        if kill -0 "$pid" 2>/dev/null; then
+            t1=$(cpu_ticks "$pid")
+        else
+            NOTES+=("$t died during $mode/$c; log: see below"); tail -n 20 "$TMP/logs/$t.log" "$TMP/logs/$t.out" 2>/dev/null >&2 || true
+            AVAILABLE[$t]=; t1=$t0
+        fi
+    fi
+    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p; s/^tps = \([0-9.]*\) (excluding connections establishing)$/\1/p' "$out" | head -n1)
+    txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -n1)
+    if [ "$rc" -ne 0 ] || grep -q 'aborted' "$out" || [ -z "$tps" ]; then
+        local why
+        why=$(grep -m1 -iE 'error|fatal|abort' "$out" | sed 's/^pgbench: //' | cut -c1-110 || true)
+        [ "$rc" -eq 124 ] && why="timed out; ${why}"
+        TPS[$key]=ERR; CPU[$key]=-
+        if [ "$t" = pgbouncer ] && [ "$mode" = prepared ] && [[ $why == *"prepared statement"* ]]; then
+            why="$why — PgBouncer before 1.21 cannot keep protocol-level prepared statements in transaction mode"
+        fi
+        NOTES+=("$t $mode $c clients: pgbench failed (exit $rc): ${why:-see $out}")
+        log "   $(printf '%-8s %5s clients  %-9s' "$mode" "$c" "$t")  FAILED (exit $rc) ${why}"
+        return
+    fi
+    TPS[$key]=$(printf '%.0f' "$tps")
+    if [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ]; then
+        CPU[$key]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
+    else
+        CPU[$key]=-
+    fi
+    log "   $(printf '%-8s %5s clients  %-9s' "$mode" "$c" "$t")  $(printf '%8s tps' "${TPS[$key]}")$( [ "${CPU[$key]}" != - ] && printf '  %6s µs proxy CPU/txn' "${CPU[$key]}")"
+}
+
+log ""
+log "-- pgbench -n -S -j $BENCH_JOBS -T $BENCH_SECONDS (tps without initial connection time)"
+for mode in $BENCH_MODES; do
+    for c in $BENCH_CLIENTS; do
+        for t in direct pgbouncer pgscale; do
+            want "$t" || { TPS["$mode/$c/$t"]=-; CPU["$mode/$c/$t"]=-; continue; }
+            run_one "$mode" "$c" "$t"
+            sleep 1   # let the previous run's connections finish closing
+        done
+    done
+done
+
+ratio() {  # ratio A B — A/B with 2 decimals, or - when either is not a number
+    [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]] && [ "$2" -gt 0 ] || { echo -; return; }
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'
+}
+
+log ""
+log "== Results: pgbench -S, ${BENCH_SECONDS}s per run, pool size $POOL_SIZE (pgscale +$MAX_OVERFLOW overflow), $(nproc) cores shared by everything"
+fmt='%-9s %7s %11s %14s %12s %18s %15s %20s %18s\n'
+hfmt='%-9s %7s %11s %14s %12s %18s %15s %21s %19s\n'   # "µ" is two bytes wide for printf
+# shellcheck disable=SC2059
+printf "$hfmt" mode clients "tps direct" "tps pgbouncer" "tps pgscale" "pgscale/pgbouncer" "pgscale/direct" "µs CPU/txn pgbouncer" "µs CPU/txn pgscale"
+RESULTS_TSV=$TMP/results.tsv
+printf 'mode\tclients\ttps_direct\ttps_pgbouncer\ttps_pgscale\tcpu_us_pgbouncer\tcpu_us_pgscale\n' >"$RESULTS_TSV"
+for mode in $BENCH_MODES; do
+    for c in $BENCH_CLIENTS; do
+        d=${TPS[$mode/$c/direct]} b=${TPS[$mode/$c/pgbouncer]} s=${TPS[$mode/$c/pgscale]}
+        # shellcheck disable=SC2059
+        printf "$fmt" "$mode" "$c" "$d" "$b" "$s" "$(ratio "$s" "$b")" "$(ratio "$s" "$d")" \
+            "${CPU[$mode/$c/pgbouncer]}" "${CPU[$mode/$c/pgscale]}"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$c" "$d" "$b" "$s" \
+            "${CPU[$mode/$c/pgbouncer]}" "${CPU[$mode/$c/pgscale]}" >>"$RESULTS_TSV"
+    done
+done
+for n in "${NOTES[@]+"${NOTES[@]}"}"; do log "   note: $n"; done
+
+# ---------------------------------------------------------------- idle clients
+declare -A IDLE_KIB
+if [ "$BENCH_IDLE_CLIENTS" -gt 0 ]; then
+    log ""
+    log "== Idle clients: $BENCH_IDLE_CLIENTS connections that log in and sit idle; proxy RSS before and after"
+    for t in pgbouncer pgscale; do
+        want "$t" || continue
+        pid=$(target_pid "$t")
+        if [ -z "${AVAILABLE[$t]:-}" ] || ! kill -0 "$pid" 2>/dev/null; then
+            log "   $t: not running, skipped"; continue
+        fi
+        out=$TMP/logs/idle-$t.log
+        run_child timeout 400 "$PYTHON" "$ROOT/bench/idle_clients.py" --port "$(target_port "$t")" \
+            --user "$APP_USER" --database "$APP_DB" --password "$APP_PASSWORD" \
+            --pid "$pid" --count "$BENCH_IDLE_CLIENTS" --label "$t" --quiet --timeout 300 >"$out" 2>&1 || true
+        grep -v '^RESULT ' "$out" | sed 's/^ */   /' || true
+        IDLE_KIB[$t]=$(sed -n 's/^RESULT .* failed=0 .*kib_per_client=\([0-9.]*\)$/\1/p' "$out")
+        [ -n "${IDLE_KIB[$t]}" ] || log "   $t: idle-client test incomplete (see above)"
+        sleep 2   # let the proxy notice the closed sockets before the next test
+    done
+fi
+
+# ---------------------------------------------------------------- targets
+log ""
+log "== pgscale against its targets"
+verdict() {  # verdict OK? — PASS/FAIL
+    if [ "$1" = 1 ]; then echo PASS; else echo FAIL; fi
+}
+check_ratio() {  # check_ratio LABEL MIN A B
+    local label=$1 min=$2 a=$3 b=$4 r ok
+    r=$(ratio "$a" "$b")
+    if [ "$r" = - ]; then log "   n/a   $label (pgscale: $a, other: $b)"; return; fi
+    ok=$(awk -v a="$a" -v b="$b" -v m="$min" 'BEGIN { print (a / b >= m) ? 1 : 0 }')
+    log "   $(verdict "$ok")  $label: $r (target >= ${min}x)"
+}
+for mode in $BENCH_MODES; do
+    for c in 16 64 256; do
+        [[ " $BENCH_CLIENTS " == *" $c "* ]] || continue
+        check_ratio "tps vs PgBouncer, $mode, $c clients" 1.25 "${TPS[$mode/$c/pgscale]}" "${TPS[$mode/$c/pgbouncer]}"
+    done
+    if [[ " $BENCH_CLIENTS " == *" 16 "* ]]; then
+        check_ratio "tps vs direct, $mode, 16 clients" 0.9 "${TPS[$mode/16/pgscale]}" "${TPS[$mode/16/direct]}"
+    fi
+done
+worst=- where=
+for mode in $BENCH_MODES; do
+    for c in $BENCH_CLIENTS; do
+        v=${CPU[$mode/$c/pgscale]}
+        [ "$v" = - ] && continue
+        if [ "$worst" = - ] || awk -v a="$v" -v b="$worst" 'BEGIN { exit !(a > b) }'; then worst=$v where="$mode, $c clients"; fi
+    done
+done
+if [ "$worst" = - ]; then
+    log "   n/a   CPU per transaction (no pgscale run)"
+else
+    log "   $(verdict "$(awk -v a="$worst" 'BEGIN { print (a <= 5) ? 1 : 0 }')")  CPU per transaction: worst ${worst} µs ($where) (target <= 5 µs)"
+fi
+if [ -n "${IDLE_KIB[pgscale]:-}" ]; then
+    log "   $(verdict "$(awk -v a="${IDLE_KIB[pgscale]}" 'BEGIN { print (a <= 2) ? 1 : 0 }')")  memory per idle client: ${IDLE_KIB[pgscale]} KiB (target <= 2 KiB; PgBouncer: ${IDLE_KIB[pgbouncer]:--} KiB)"
+else
+    log "   n/a   memory per idle client (no pgscale result)"
+fi
+if [ -n "${BENCH_RESULTS:-}" ]; then cp "$RESULTS_TSV" "$BENCH_RESULTS" && log "   results also written to $BENCH_RESULTS"; fi

@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# demo.sh — pgscale in one minute (what `make demo` runs).
+#
+# Starts, in a temp dir: a PostgreSQL 15 primary with 2 streaming replicas
+# (scripts/pgcluster.sh), a Redis with no persistence, and build/pgscale in
+# front of them. Then 200 pgbench clients share a pool of at most 15 server
+# connections, first read-only (-S), then a mixed read/write run (-N), while
+# the admin console's SHOW POOLS is printed every few seconds. Ends with
+# SHOW POOLS / STATS / SERVERS and a plain-English summary, and stops
+# everything it started (also on Ctrl-C or an error).
+#
+# Needs build/pgscale (the Makefile builds it) and what scripts/install-deps.sh
+# installs. Builds and installs nothing. Loopback only; no stdin needed.
+#
+# Environment: DEMO_CLIENTS [200], DEMO_SECONDS [15] per run,
+#              DEMO_KEEP=1 keeps the temp dir, PGSCALE_BIN [build/pgscale].
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGSCALE_BIN=${PGSCALE_BIN:-$ROOT/build/pgscale}
+PGCLUSTER=$ROOT/scripts/pgcluster.sh
+DEMO_CLIENTS=${DEMO_CLIENTS:-200}
+DEMO_SECONDS=${DEMO_SECONDS:-15}
+DEMO_KEEP=${DEMO_KEEP:-0}
+POOL_SIZE=10
+MAX_OVERFLOW=5
+SCALE=5
+REPLICAS=2
+APP_USER=app APP_PASSWORD=secret APP_DB=app
+export PGCONNECT_TIMEOUT=10
+unset PGHOST PGPORT PGUSER PGDATABASE PGOPTIONS PGSERVICE
+
+if [ -t 1 ]; then B=$'\e[1m' D=$'\e[2m' R=$'\e[0m'; else B='' D='' R=''; fi
+step() { printf '\n%s== %s%s\n' "$B" "$*" "$R"; }
+say()  { printf '   %s\n' "$*"; }
+die()  { printf 'demo: %s\n' "$*" >&2; exit 1; }
+indent() { sed 's/^/     /'; }
+
+[ -x "$PGSCALE_BIN" ] || die "$PGSCALE_BIN not found; build it first (make)"
+[ -x /usr/lib/postgresql/15/bin/initdb ] || die "PostgreSQL 15 is missing; run scripts/install-deps.sh"
+command -v pgbench >/dev/null || die "pgbench is missing; run scripts/install-deps.sh"
+[[ $DEMO_CLIENTS =~ ^[1-9][0-9]*$ && $DEMO_SECONDS =~ ^[1-9][0-9]*$ ]] || die "DEMO_CLIENTS and DEMO_SECONDS must be positive integers"
+HAVE_REDIS=1
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || HAVE_REDIS=0
+
+# DEMO_CLIENTS sockets in pgbench; pgscale raises its own limit.
+hard=$(ulimit -Hn)
+want_fds=$((DEMO_CLIENTS + 256))
+if [ "$hard" = unlimited ] || [ "$hard" -ge "$want_fds" ]; then ulimit -Sn "$want_fds" 2>/dev/null || true; fi
+
+# ------------------------------------------------------------ clean-up
+TMP='' SCALE_PID='' REDIS_PID='' MONITOR_PID='' CHILD='' CLEANED=0
+stop_pid() {
+    local pid=$1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    [ "$CLEANED" = 1 ] && return
+    CLEANED=1
+    trap '' INT TERM
+    printf '\n%s== Stopping everything%s\n' "$B" "$R"
+    stop_pid "$MONITOR_PID"
+    stop_pid "$CHILD"
+    stop_pid "$SCALE_PID"
+    stop_pid "$REDIS_PID"
+    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
+        "$PGCLUSTER" stop "$TMP/cluster" 2>&1 | indent || true
+        if [ "$DEMO_KEEP" = 1 ]; then say "kept $TMP (logs in $TMP/logs)"; else rm -rf "$TMP"; fi
+    fi
+    [ "$rc" -eq 0 ] && say "done." || say "demo failed (exit $rc)."
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'printf "\ndemo: interrupted\n" >&2; exit 130' INT
+trap 'exit 143' TERM
+
+run_child() {  # in the background, so Ctrl-C reaches the trap at once
+    "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=
+    return "$rc"
+}
+
+port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+next_port=$((20000 + RANDOM % 10000))
+free_ports() {  # free_ports VAR N — VAR = first of N consecutive free ports
+    local n=$2 i ok tries=0
+    while :; do
+        ok=1
+        for ((i = 0; i < n; i++)); do port_free $((next_port + i)) || { ok=0; break; }; done
+        [ "$ok" = 1 ] && break
+        next_port=$((next_port + i + 1)); tries=$((tries + 1))
+        [ "$tries" -lt 1000 ] || die "no free TCP ports found"
+    done
+    printf -v "$1" '%s' "$next_port"
+    next_port=$((next_port + n))
+}
+wait_port() {  # wait_port PORT SECONDS PID
+    local deadline=$((SECONDS + $2))
+    until timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; do
+        kill -0 "$3" 2>/dev/null || return 1
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+su_psql() {  # su_psql PORT SQL — superuser, straight to a PostgreSQL node
+    timeout 20 psql -X -w -At -h 127.0.0.1 -p "$1" -U postgres -d postgres -c "$2" </dev/null
+}
+ADMIN_USER=$APP_USER
+admin() {  # admin SQL — pgscale's admin console
+    PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -P pager=off -h 127.0.0.1 -p "$SCALE_PORT" \
+        -U "$ADMIN_USER" -d pgscale -c "$1" </dev/null
+}
+
+# PostgreSQL connections opened by the application user on all nodes: what
+# pgscale holds open on the clients' behalf (our own probes log in as postgres).
+# Prints the total, then the count on each node (primary first).
+server_conns() {
+    local total=0 n p counts=()
+    for p in "${NODE_PORTS[@]}"; do
+        n=$(su_psql "$p" "SELECT count(*) FROM pg_stat_activity WHERE usename = '$APP_USER' AND backend_type = 'client backend'" 2>/dev/null || echo 0)
+        total=$((total + n)); counts+=("$n")
+    done
+    echo "$total ${counts[*]}"
+}
+
+# ------------------------------------------------------------ start
+TMP=$(mktemp -d /tmp/pgscale-demo.XXXXXX)
+chmod 711 "$TMP"
+mkdir -p "$TMP/logs" "$TMP/redis"
+free_ports PG_PORT $((REPLICAS + 1))
+free_ports REDIS_PORT 1
+free_ports SCALE_PORT 1
+NODE_PORTS=()
+for ((i = 0; i <= REPLICAS; i++)); do NODE_PORTS+=($((PG_PORT + i))); done
+
+printf '%spgscale demo%s: %s clients share a pool of at most %s PostgreSQL connections.\n' "$B" "$R" "$DEMO_CLIENTS" $((POOL_SIZE + MAX_OVERFLOW))
+printf '%sEverything runs on 127.0.0.1 from %s and is removed at the end.%s\n' "$D" "$TMP" "$R"
+
+step "1. PostgreSQL 15: a primary and $REPLICAS streaming replicas"
+"$PGCLUSTER" start "$TMP/cluster" "$PG_PORT" "$REPLICAS" >"$TMP/logs/pgcluster.log" 2>&1 \
+    || { cat "$TMP/logs/pgcluster.log" >&2; die "could not start PostgreSQL"; }
+"$PGCLUSTER" status "$TMP/cluster" | indent
+
+step "2. Redis (pgscale's shared cache tier), no persistence"
+if [ "$HAVE_REDIS" = 1 ]; then
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+        --dir "$TMP/redis" --logfile "$TMP/logs/redis.log" --daemonize no >/dev/null 2>&1 &
+    REDIS_PID=$!
+    deadline=$((SECONDS + 10))
+    until [ "$(timeout 2 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; do
+        [ "$SECONDS" -lt "$deadline" ] && kill -0 "$REDIS_PID" 2>/dev/null || die "Redis did not start; see $TMP/logs/redis.log"
+        sleep 0.1
+    done
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+    say "redis-server $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p') on 127.0.0.1:$REDIS_PORT"
+else
+    REDIS_URL=
+    say "redis-server not installed (scripts/install-deps.sh installs it); going on without it"
+fi
+
+step "3. pgscale, configured from the environment as an application's .env would be"
+PRIMARY_URL="postgresql://$APP_USER:$APP_PASSWORD@127.0.0.1:$PG_PORT/$APP_DB"
+REPLICA_URLS=
+for ((i = 1; i <= REPLICAS; i++)); do
+    REPLICA_URLS+="${REPLICA_URLS:+,}postgresql://$APP_USER:$APP_PASSWORD@127.0.0.1:$((PG_PORT + i))/$APP_DB"
+done
+ENV_VARS=(
+    DATABASE_URL="$PRIMARY_URL"
+    READ_REPLICA_URLS="$REPLICA_URLS"
+    "DB_POOL_SIZE=$POOL_SIZE"
+    "DB_MAX_OVERFLOW=$MAX_OVERFLOW"
+    PGSCALE_LISTEN="127.0.0.1:$SCALE_PORT"
+    PGSCALE_POOL_MODE=transaction
+)
+[ -n "$REDIS_URL" ] && ENV_VARS+=(REDIS_URL="$REDIS_URL")
+printf '%s\n' "${ENV_VARS[@]}" | indent
+env "${ENV_VARS[@]}" "$PGSCALE_BIN" >"$TMP/logs/pgscale.log" 2>&1 &
+SCALE_PID=$!
+if ! wait_port "$SCALE_PORT" 15 "$SCALE_PID"; then
+    tail -n 30 "$TMP/logs/pgscale.log" >&2 || true
+    die "pgscale did not start listening on 127.0.0.1:$SCALE_PORT"
+fi
+for u in "$APP_USER" postgres pgscale ""; do
+    ADMIN_USER=${u:-$APP_USER}   # none answered: keep the app user, errors will show
+    [ -n "$u" ] && admin 'SHOW POOLS' >/dev/null 2>&1 && break
+done
+say "pgscale (pid $SCALE_PID) listens on 127.0.0.1:$SCALE_PORT; applications connect there instead of to PostgreSQL."
+say "admin console: psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale -c 'SHOW POOLS'"
+
+step "4. Sample data: pgbench -i -s $SCALE ($((SCALE * 100000)) accounts), loaded straight into the primary"
+PGPASSWORD=$APP_PASSWORD run_child timeout 300 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" \
+    -U "$APP_USER" "$APP_DB" >"$TMP/logs/pgbench-init.log" 2>&1 \
+    || { tail -n 20 "$TMP/logs/pgbench-init.log" >&2; die "pgbench -i failed"; }
+say "loaded in $(sed -n 's/^done in \([0-9.]* s\).*/\1/p' "$TMP/logs/pgbench-init.log")"
+
+# Every second: count the PostgreSQL connections in use (keeping the peak);
+# every 5 s: print pgbench's progress and SHOW POOLS.
+monitor() {  # monitor PGBENCH_LOG PEAK_FILE — PEAK_FILE gets the sample with the most connections
+    local log=$1 peak_file=$2 peak=0 n t start=$SECONDS next=5 prog sample
+    set +e   # a failed probe must not end the monitor; it is only a view
+    while :; do
+        sleep 1; t=$((SECONDS - start))
+        sample=$(server_conns); n=${sample%% *}
+        if [ "$n" -gt "$peak" ]; then peak=$n; echo "$sample" >"$peak_file"; fi
+        if [ "$t" -ge "$next" ]; then
+            next=$((next + 5))
+            prog=$(grep '^progress:' "$log" 2>/dev/null | tail -n1 | sed -E 's/^progress: ([0-9.]+) s, ([0-9.]+) tps, lat ([0-9.]+) ms.*/\2 tps, average latency \3 ms/')
+            printf '%s\n%s\n' \
+                "   ${B}[${t}s]${R} ${prog:-starting…} — $DEMO_CLIENTS clients connected to pgscale, $n PostgreSQL connections in use" \
+                "$(admin 'SHOW POOLS' 2>&1 | indent)"
+        fi
+    done
+}
+
+run_workload() {  # run_workload NAME DESCRIPTION PGBENCH-ARGS…
+    local name=$1 what=$2; shift 2
+    local log=$TMP/logs/pgbench-$name.log peak_file=$TMP/logs/peak-$name rc=0
+    echo "0 -" >"$peak_file"
+    step "$what"
+    say "${D}pgbench $* -c $DEMO_CLIENTS -j 2 -T $DEMO_SECONDS, through pgscale${R}"
+    monitor "$log" "$peak_file" &
+    MONITOR_PID=$!
+    PGPASSWORD=$APP_PASSWORD run_child timeout $((DEMO_SECONDS + 120)) pgbench -n "$@" \
+        -c "$DEMO_CLIENTS" -j 2 -T "$DEMO_SECONDS" -P 5 \
+        -h 127.0.0.1 -p "$SCALE_PORT" -U "$APP_USER" "$APP_DB" >"$log" 2>&1 || rc=$?
+    stop_pid "$MONITOR_PID"; MONITOR_PID=
+    if [ "$rc" -ne 0 ] || grep -q 'aborted' "$log"; then
+        grep -m3 -iE 'error|fatal|abort' "$log" | indent >&2 || true
+        say "pgscale log (last lines):" >&2; tail -n 15 "$TMP/logs/pgscale.log" | indent >&2 || true
+        die "the $name run through pgscale failed (pgbench exit $rc)"
+    fi
+    TPS[$name]=$(sed -n 's/^tps = \([0-9]*\).*without initial connection time.*/\1/p' "$log")
+    LAT[$name]=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$log")
+    TXN[$name]=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
+    local peak nodes
+    read -r peak nodes <"$peak_file"
+    PEAK[$name]=$peak NODES[$name]=$nodes
+    say "${B}result:${R} ${TPS[$name]} transactions/s, average latency ${LAT[$name]} ms, at most $peak PostgreSQL connections used"
+}
+
+declare -A TPS LAT TXN PEAK NODES
+run_workload read "5. Read-only: $DEMO_CLIENTS clients running SELECTs by primary key" -S
+run_workload mixed "6. Mixed: $DEMO_CLIENTS clients running BEGIN; UPDATE; SELECT; INSERT; END" -N
+
+step "7. What pgscale saw (admin console: psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale)"
+for cmd in 'SHOW POOLS' 'SHOW STATS' 'SHOW SERVERS'; do
+    say "${B}$cmd${R}"
+    admin "$cmd" 2>&1 | indent || true
+done
+
+step "In plain English"
+say "$DEMO_CLIENTS client connections at a time (2 runs of ${DEMO_SECONDS}s) were served by at most $((PEAK[read] > PEAK[mixed] ? PEAK[read] : PEAK[mixed])) PostgreSQL connections"
+say "  (pgscale's limit: DB_POOL_SIZE=$POOL_SIZE kept open + DB_MAX_OVERFLOW=$MAX_OVERFLOW opened under load)."
+say "Read-only run: ${TPS[read]} transactions per second (${TXN[read]} in ${DEMO_SECONDS}s), average latency ${LAT[read]} ms."
+say "Mixed run:     ${TPS[mixed]} transactions per second (${TXN[mixed]} in ${DEMO_SECONDS}s), average latency ${LAT[mixed]} ms."
+say "Without a pooler the same clients would have needed $DEMO_CLIENTS PostgreSQL backend processes,"
+say "each using several MB of memory; the clients queued briefly for a connection instead."
+say "PostgreSQL connections per node at the busiest moment (primary, then replicas):"
+say "  read-only run: ${NODES[read]// /, }; mixed run: ${NODES[mixed]// /, }."

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything pgscale's build, tests, demo and benchmarks need on
+# Debian 12. Idempotent: packages already present are left as they are.
+set -euo pipefail
+
+PKGS=(
+  build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
+  libuv1-dev libpg-query-dev libprotobuf-c-dev libssl-dev libpq-dev
+  libhiredis-dev libyaml-dev libmicrohttpd-dev libcmocka-dev
+  postgresql-15 postgresql-client-15 redis-server pgbouncer
+  python3 python3-pytest python3-psycopg2 python3-asyncpg python3-sqlalchemy
+  procps psmisc sudo
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages: ${missing[*]}; run this script as root" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The Debian packages start clusters/services on install; tests and the demo
+# run their own servers on free ports, so the stock ones are not needed.
+if command -v pg_lsclusters >/dev/null 2>&1 && [ -n "${CI:-}" ]; then
+  pg_lsclusters -h 2>/dev/null | awk '$4=="online"{print $1, $2}' | while read -r v c; do
+    pg_ctlcluster "$v" "$c" stop || true
+  done
+fi
+exit 0

@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# pgcluster.sh — a throw-away PostgreSQL 15 primary with streaming replicas,
+# for pgscale's tests, demo and benchmarks. Loopback only, fsync off: never
+# put data you care about in it.
+#
+#   scripts/pgcluster.sh start  DIR PORT [REPLICAS]   primary on PORT, replicas on PORT+1..
+#   scripts/pgcluster.sh stop   DIR                   stop every server under DIR
+#   scripts/pgcluster.sh status DIR                   one line per server; exit 3 if any is down
+#
+# Layout: DIR/primary, DIR/replica1, DIR/replica2 … (data directories) and
+# DIR/<node>.log (server logs). Every server listens on 127.0.0.1 only and has
+# no Unix socket. Roles: `postgres` (superuser, trust from 127.0.0.1) and
+# APP_USER (default app / APP_PASSWORD secret, scram-sha-256) owning database
+# APP_DB (default app).
+#
+# Re-running `start` is safe: existing data directories are reused, servers
+# already running are left alone, missing replicas are created. initdb and
+# pg_ctl refuse to run as root, so as root every server command runs as the
+# `postgres` user and DIR is handed to it.
+set -euo pipefail
+
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+APP_USER=${APP_USER:-app}
+APP_PASSWORD=${APP_PASSWORD:-secret}
+APP_DB=${APP_DB:-app}
+# Every wait below is bounded by this many seconds.
+PGCLUSTER_TIMEOUT=${PGCLUSTER_TIMEOUT:-60}
+
+export PGCONNECT_TIMEOUT=10
+# A caller's PG* variables must not redirect the commands below.
+unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGSERVICE PGOPTIONS
+
+usage() {
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+die() { echo "pgcluster: $*" >&2; exit 1; }
+say() { echo "pgcluster: $*"; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Run a server-side command as the postgres user when we are root. cd to a
+# directory postgres can read first, or initdb/pg_ctl warn about the cwd.
+as_pg() {
+    if is_root; then
+        (cd / && runuser -u postgres -- "$@")
+    else
+        "$@"
+    fi
+}
+
+port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+node_port() {  # the port a node was last configured with
+    sed -n "s/^port = \([0-9]*\)$/\1/p" "$1/pgcluster.conf" 2>/dev/null | tail -n1
+}
+
+node_running() { as_pg "$PGBIN/pg_ctl" -D "$1" status >/dev/null 2>&1; }
+
+psql_su() {  # psql_su PORT SQL… — superuser query, unaligned, no header
+    local port=$1; shift
+    "$PGBIN/psql" -X -w -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" \
+        -U postgres -d postgres "$@"
+}
+
+# Settings pgscale's tests rely on, kept in a file of their own that
+# postgresql.conf includes, so a re-run can rewrite them (e.g. a new port).
+write_conf() {  # write_conf NODEDIR PORT
+    local d=$1 port=$2
+    as_pg tee "$d/pgcluster.conf" >/dev/null <<EOF
+# Written by scripts/pgcluster.sh; rewritten on every start.
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = ''
+max_connections = 1100
+shared_buffers = 128MB
+fsync = off
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+wal_keep_size = 512MB
+hot_standby = on
+logging_collector = off
+log_line_prefix = '%m [%p] %q%u@%d '
+EOF
+    if ! grep -q "^include_if_exists = 'pgcluster.conf'" "$d/postgresql.conf"; then
+        echo "include_if_exists = 'pgcluster.conf'" | as_pg tee -a "$d/postgresql.conf" >/dev/null
+    fi
+}
+
+write_hba() {
+    as_pg tee "$1/pg_hba.conf" >/dev/null <<EOF
+# Written by scripts/pgcluster.sh. TCP on 127.0.0.1 only; no Unix socket.
+host  all          postgres  127.0.0.1/32  trust
+host  replication  postgres  127.0.0.1/32  trust
+host  all          all       127.0.0.1/32  scram-sha-256
+EOF
+}
+
+start_node() {  # start_node NAME PORT
+    local name=$1 port=$2 d=$DIR/$1
+    if node_running "$d"; then
+        local cur; cur=$(node_port "$d")
+        [ "$cur" = "$port" ] || die "$name is already running on port $cur, not $port; run '$0 stop $DIR' first or use port $cur"
+        return 0
+    fi
+    port_in_use "$port" && die "port $port is in use by another process; pick another PORT"
+    write_conf "$d" "$port"
+    as_pg "$PGBIN/pg_ctl" -D "$d" -l "$DIR/$name.log" -w -t "$PGCLUSTER_TIMEOUT" start >/dev/null \
+        || { tail -n 20 "$DIR/$name.log" >&2 || true; die "$name did not start; log: $DIR/$name.log"; }
+}
+
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND… — poll until COMMAND succeeds
+    local secs=$1 what=$2; shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || die "timed out after ${secs}s waiting for $what"
+        sleep 0.2
+    done
+}
+
+replica_streaming() {  # in recovery and receiving WAL from the primary
+    [ "$(psql_su "$1" -c "SELECT pg_is_in_recovery() AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')")" = t ]
+}
+
+cmd_start() {
+    [ $# -ge 2 ] && [ $# -le 3 ] || usage
+    DIR=$1; local port=$2 replicas=${3:-0}
+    [[ $port =~ ^[0-9]+$ ]] && [ "$port" -ge 1024 ] && [ "$port" -le 65000 ] || die "PORT must be a number in 1024..65000"
+    [[ $replicas =~ ^[0-9]+$ ]] && [ "$replicas" -le 9 ] || die "REPLICAS must be 0..9"
+    [ -x "$PGBIN/initdb" ] || die "$PGBIN/initdb not found; run scripts/install-deps.sh (postgresql-15)"
+
+    mkdir -p "$DIR"
+    DIR=$(cd "$DIR" && pwd)
+    if is_root; then
+        chown postgres:postgres "$DIR"
+        runuser -u postgres -- test -w "$DIR" -a -x "$DIR" \
+            || die "user postgres cannot write $DIR (a parent directory is private, e.g. /root?); use a directory under /tmp"
+    fi
+
+    local p=$DIR/primary
+    if [ ! -f "$p/PG_VERSION" ]; then
+        as_pg rm -rf "$p"
+        say "initdb primary in $p"
+        as_pg "$PGBIN/initdb" -D "$p" -U postgres -E UTF8 --locale=C \
+            --auth-host=scram-sha-256 --auth-local=trust --no-instructions >"$DIR/initdb.log" 2>&1 \
+            || { cat "$DIR/initdb.log" >&2; die "initdb failed"; }
+        write_hba "$p"
+    fi
+    start_node primary "$port"
+    say "primary   running on 127.0.0.1:$port"
+
+    # The application role and database; ALTER keeps the password in sync on re-runs.
+    psql_su "$port" <<SQL >/dev/null
+SET password_encryption = 'scram-sha-256';
+SELECT format('CREATE ROLE %I LOGIN', '$APP_USER')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$APP_USER') \gexec
+ALTER ROLE "$APP_USER" LOGIN PASSWORD '$APP_PASSWORD';
+SELECT format('CREATE DATABASE %I OWNER %I', '$APP_DB', '$APP_USER')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$APP_DB') \gexec
+SQL
+
+    local i
+    for ((i = 1; i <= replicas; i++)); do
+        local name=replica$i rport=$((port + i)) r=$DIR/replica$i
+        if [ ! -f "$r/PG_VERSION" ]; then
+            say "pg_basebackup $name from the primary"
+            # Into a scratch directory first, so an interrupted copy is never
+            # mistaken for a replica on the next run.
+            as_pg rm -rf "$r.partial" "$r"
+            as_pg "$PGBIN/pg_basebackup" -D "$r.partial" -R -X stream -c fast \
+                -d "host=127.0.0.1 port=$port user=postgres application_name=$name" \
+                >"$DIR/$name.basebackup.log" 2>&1 \
+                || { cat "$DIR/$name.basebackup.log" >&2; die "pg_basebackup for $name failed"; }
+            as_pg mv "$r.partial" "$r"
+        fi
+        # The primary may have moved to another port since the copy was made.
+        if ! node_running "$r"; then
+            as_pg sed -i -E "/^primary_conninfo/ s/port=[0-9]+/port=$port/" "$r/postgresql.auto.conf"
+        fi
+        start_node "$name" "$rport"
+        wait_for "$PGCLUSTER_TIMEOUT" "$name to stream from the primary" replica_streaming "$rport"
+        say "$name  running on 127.0.0.1:$rport (in recovery, streaming)"
+    done
+    say "primary URL: postgresql://$APP_USER:$APP_PASSWORD@127.0.0.1:$port/$APP_DB"
+}
+
+nodes() {  # nodes [primary-first]; replicas first by default, so stop does not
+           # leave them reconnecting to a dead primary
+    local d globs=("$DIR"/replica*/ "$DIR"/primary/)
+    [ "${1:-}" = primary-first ] && globs=("$DIR"/primary/ "$DIR"/replica*/)
+    for d in "${globs[@]}"; do
+        d=${d%/}
+        [ -f "$d/PG_VERSION" ] && echo "$d"
+    done
+    return 0
+}
+
+cmd_stop() {
+    [ $# -eq 1 ] || usage
+    DIR=$1
+    [ -d "$DIR" ] || { say "nothing to stop: $DIR does not exist"; return 0; }
+    local d rc=0 list
+    mapfile -t list < <(nodes)
+    for d in "${list[@]}"; do
+        node_running "$d" || continue
+        if as_pg "$PGBIN/pg_ctl" -D "$d" -m fast -w -t 30 stop >/dev/null 2>&1; then
+            say "stopped $(basename "$d")"
+        elif as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate -w -t 30 stop >/dev/null 2>&1; then
+            say "stopped $(basename "$d") (immediate)"
+        else
+            echo "pgcluster: could not stop $d" >&2; rc=1
+        fi
+    done
+    return $rc
+}
+
+cmd_status() {
+    [ $# -eq 1 ] || usage
+    DIR=$1
+    [ -d "$DIR" ] || die "$DIR does not exist"
+    local d name port state role rc=0 n=0 list
+    mapfile -t list < <(nodes primary-first)
+    printf '%-10s %-6s %-8s %s\n' node port state role
+    for d in "${list[@]}"; do
+        n=$((n + 1))
+        name=$(basename "$d"); port=$(node_port "$d"); role=-
+        if node_running "$d"; then
+            state=running
+            case "$(psql_su "$port" -c 'SELECT pg_is_in_recovery()' 2>/dev/null || true)" in
+                t) role="replica ($(psql_su "$port" -c "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'not streaming')" 2>/dev/null || echo '?'))" ;;
+                f) role="primary ($(psql_su "$port" -c 'SELECT count(*) FROM pg_stat_replication' 2>/dev/null || echo '?') replicas attached)" ;;
+                *) role="not answering" ; rc=3 ;;
+            esac
+        else
+            state=stopped; rc=3
+        fi
+        printf '%-10s %-6s %-8s %s\n' "$name" "${port:-?}" "$state" "$role"
+    done
+    [ "$n" -gt 0 ] || { echo "(no servers under $DIR)"; rc=3; }
+    return $rc
+}
+
+[ $# -ge 1 ] || usage
+sub=$1; shift
+case "$sub" in
+    start)  cmd_start "$@" ;;
+    stop)   cmd_stop "$@" ;;
+    status) cmd_status "$@" ;;
+    -h|--help|help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) usage ;;
+esac

@@ -1,0 +1,533 @@
+/* Client connections: accepting, the start-up packet (SSL/GSS refusal,
+ * cancel requests, protocol version, parameters), the welcome with the
+ * server's parameters and our own backend key, errors and disconnects with
+ * a reason, and the client-side time bounds.  Relaying is relay.c's. */
+#include "client.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+#include <openssl/rand.h>
+
+#include "admin.h"
+#include "io.h"
+#include "params.h"
+#include "pool.h"
+#include "prepared.h"
+#include "proto.h"
+#include "relay.h"
+#include "server.h"
+#include "worker.h"
+
+static const char *const state_names[] = {"startup", "welcome", "idle", "waiting",
+                                          "active",  "admin",   "closing"};
+
+const char *client_state_name(int state)
+{
+    if (state < 0 || state >= (int)PGS_ARRAY_LEN(state_names)) return "?";
+    return state_names[state];
+}
+
+static void set_state(pgs_client *c, int st)
+{
+    atomic_store_explicit(&c->state, st, memory_order_relaxed);
+}
+
+static void free_client(uv_handle_t *h)
+{
+    pgs_client *c = h->data;
+    io_buf_free(c->w, &c->s);
+    params_free(c->params);
+    stmt_map_free(c->stmts);
+    free(c->user);
+    free(c);
+}
+
+void client_close(pgs_client *c, const char *reason)
+{
+    if (c->s.closing) return;
+    log_debug("C-%u: closing: %s", c->id, reason);
+    pool_cancel_wait(c);
+    if (c->server) relay_client_gone(c);
+    if (c->pool) c->pool->n_active_clients--;
+    set_state(c, CL_CLOSING);
+    pgs_worker *w = c->w;
+    pthread_mutex_lock(&w->lock);
+    list_del(&c->node);
+    pthread_mutex_unlock(&w->lock);
+    atomic_fetch_sub(&w->n_clients, 1);
+    atomic_fetch_sub(&g_pgs.total_clients, 1);
+    io_close(&c->s, free_client);
+}
+
+static void send_then_close(pgs_client *c, const uint8_t *msg, size_t len, const char *reason)
+{
+    if (c->s.closing) return;
+    io_send_quiet(c->w, &c->s, msg, len);
+    pool_cancel_wait(c);
+    if (c->s.wb.pending) {
+        /* close once the error has reached the kernel */
+        c->want_close = true;
+        io_read_stop(&c->s);
+        if (c->server) relay_client_gone(c);
+        return;
+    }
+    client_close(c, reason);
+}
+
+void client_fail(pgs_client *c, const char *sqlstate, const char *msg, const char *hint)
+{
+    uint8_t buf[1200];
+    proto_out o;
+    proto_out_init(&o, buf, sizeof(buf));
+    proto_error(&o, "FATAL", sqlstate, msg, hint);
+    if (o.overflow) {
+        proto_out_init(&o, buf, sizeof(buf));
+        proto_error(&o, "FATAL", sqlstate, "error message too long", NULL);
+    }
+    log_info("C-%u: %s: %s", c->id, sqlstate, msg);
+    send_then_close(c, buf, o.len, msg);
+}
+
+void client_server_lost(pgs_client *c, const char *why)
+{
+    pgs_server *sv = c->server;
+    if (sv) {
+        /* The server is being closed by the caller; do not reset it. */
+        sv->client = NULL;
+        c->server = NULL;
+    }
+    char msg[400];
+    snprintf(msg, sizeof(msg),
+             "server connection lost: %s; if a transaction was in progress its outcome is "
+             "unknown",
+             why);
+    client_fail(c, "08006", msg, "reconnect and retry the transaction");
+}
+
+void client_on_drain(pgs_client *c)
+{
+    if (c->want_close) {
+        client_close(c, "error sent");
+        return;
+    }
+    /* The client took what the server sent: read from the server again. */
+    pgs_server *sv = c->server;
+    if (sv && !sv->s.closing) {
+        if (sv->s.rbuf.data && sv->s.rbuf.pos < sv->s.rbuf.len) relay_server_data(sv);
+        if (c->server == sv && !c->s.wb.pending && !sv->s.closing &&
+            io_read_start(&sv->s) < 0)
+            server_close(sv, "read failed");
+    }
+}
+
+void client_on_write_error(pgs_client *c, int err)
+{
+    client_close(c, uv_strerror(err));
+}
+
+/* --- start-up --- */
+
+static void add_startup_setting(pgs_client *c, const char *name, const char *value)
+{
+    if (params_reported_index(name) >= 0) {
+        params_set(&c->params, name, value);
+        return;
+    }
+    /* A start-up parameter means what set_config() means; replay it so. */
+    char stmt[1024];
+    size_t len = 0;
+    len += (size_t)snprintf(stmt, sizeof(stmt), "SELECT pg_catalog.set_config(E'");
+    for (const char *s = name; *s && len < sizeof(stmt) - 8; s++) {
+        if (*s == '\'' || *s == '\\') stmt[len++] = *s;
+        stmt[len++] = *s;
+    }
+    len += (size_t)snprintf(stmt + len, sizeof(stmt) - len, "', E'");
+    for (const char *s = value; *s && len < sizeof(stmt) - 16; s++) {
+        if (*s == '\'' || *s == '\\') stmt[len++] = *s;
+        stmt[len++] = *s;
+    }
+    if (len >= sizeof(stmt) - 16) return;
+    snprintf(stmt + len, sizeof(stmt) - len, "', false)");
+    char lname[128];
+    size_t i;
+    for (i = 0; name[i] && i < sizeof(lname) - 1; i++) lname[i] = (char)tolower((unsigned char)name[i]);
+    lname[i] = '\0';
+    params_set_extra(&c->params, lname, stmt);
+}
+
+/* "-c name=value --name=value" as libpq's options parameter carries them. */
+static int parse_options(pgs_client *c, const char *opts)
+{
+    char tok[1024];
+    const char *s = opts;
+    bool want_c = false;
+    while (*s) {
+        while (*s == ' ' || *s == '\t') s++;
+        if (!*s) break;
+        size_t n = 0;
+        while (*s && *s != ' ' && *s != '\t') {
+            if (*s == '\\' && s[1]) s++;
+            if (n < sizeof(tok) - 1) tok[n++] = *s;
+            s++;
+        }
+        tok[n] = '\0';
+        const char *kv = NULL;
+        if (want_c) {
+            kv = tok;
+            want_c = false;
+        } else if (strcmp(tok, "-c") == 0) {
+            want_c = true;
+            continue;
+        } else if (strncmp(tok, "-c", 2) == 0) {
+            kv = tok + 2;
+        } else if (strncmp(tok, "--", 2) == 0) {
+            kv = tok + 2;
+        } else {
+            return -1;
+        }
+        char *eq = strchr(kv, '=');
+        if (!eq || eq == kv) return -1;
+        *eq = '\0';
+        for (char *d = (char *)kv; *d; d++)
+            if (*d == '-') *d = '_';
+        add_startup_setting(c, kv, eq + 1);
+    }
+    return want_c ? -1 : 0;
+}
+
+static void send_welcome(pgs_client *c)
+{
+    pgs_pool_shared *sh = c->pool->sh;
+    uint8_t buf[8192];
+    proto_out o;
+    proto_out_init(&o, buf, sizeof(buf));
+    proto_auth_request(&o, 0, NULL, 0);
+    pthread_mutex_lock(&sh->lock);
+    for (int i = 0; i < sh->n_welcome; i++) {
+        const char *name = sh->welcome_names[i];
+        const char *mine = params_get(c->params, name);
+        if (mine) {
+            proto_parameter_status(&o, name, mine);
+        } else {
+            proto_parameter_status(&o, name, sh->welcome_values[i]);
+            params_set(&c->params, name, sh->welcome_values[i]);
+        }
+    }
+    pthread_mutex_unlock(&sh->lock);
+    proto_backend_key(&o, worker_client_pid(c), c->cancel_key);
+    proto_ready_for_query(&o, 'I');
+    if (o.overflow) {
+        client_fail(c, "54000", "server parameters too large to relay", NULL);
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)o.len);
+    if (io_send(c->w, &c->s, &b, 1) < 0) {
+        client_close(c, "write failed");
+        return;
+    }
+    set_state(c, CL_IDLE);
+    c->tx_status = 'I';
+    log_debug("C-%u: logged in as user=%s db=%s", c->id, c->user, c->database);
+    relay_client_data(c); /* anything pipelined after the start-up packet */
+}
+
+void client_server_ready(pgs_client *c, pgs_server *sv)
+{
+    if (atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WELCOME) {
+        /* We only needed the server's parameters. */
+        pool_release(sv);
+        send_welcome(c);
+        return;
+    }
+    relay_link(c, sv);
+}
+
+static void send_negotiate(pgs_client *c, const proto_startup *su)
+{
+    /* A newer minor version or _pq_ options: answer like PostgreSQL does. */
+    uint8_t buf[2048];
+    proto_out o;
+    proto_out_init(&o, buf, sizeof(buf));
+    size_t st = proto_begin(&o, 'v');
+    proto_put_int32(&o, (int32_t)PROTO_VERSION_3);
+    int n = 0;
+    for (int i = 0; i < su->n_params; i++)
+        if (strncmp(su->names[i], "_pq_.", 5) == 0) n++;
+    proto_put_int32(&o, n);
+    for (int i = 0; i < su->n_params; i++)
+        if (strncmp(su->names[i], "_pq_.", 5) == 0) proto_put_string(&o, su->names[i]);
+    proto_end(&o, st);
+    if (!o.overflow) io_send_quiet(c->w, &c->s, buf, o.len);
+}
+
+static void handle_startup(pgs_client *c)
+{
+    pgs_buf *b = &c->s.rbuf;
+    for (;;) {
+        if (!b->data || b->pos >= b->len) return;
+        proto_startup su;
+        int rc = proto_read_startup(b->data + b->pos, b->len - b->pos, &su);
+        if (rc == PROTO_NEED_MORE) return;
+        if (rc < 0) {
+            client_fail(c, "08P01", "invalid startup packet layout or length", NULL);
+            return;
+        }
+        if (su.code == PROTO_SSL_CODE || su.code == PROTO_GSSENC_CODE) {
+            b->pos += su.len;
+            uv_buf_t nb = uv_buf_init("N", 1);
+            if (io_send(c->w, &c->s, &nb, 1) < 0) {
+                client_close(c, "write failed");
+                return;
+            }
+            continue;
+        }
+        if (su.code == PROTO_CANCEL_CODE) {
+            worker_route_cancel(su.cancel_pid, su.cancel_key);
+            client_close(c, "cancel request handled");
+            return;
+        }
+        if (su.code >> 16 != 3) {
+            char msg[160];
+            snprintf(msg, sizeof(msg),
+                     "unsupported frontend protocol %u.%u: pgscale supports 3.0",
+                     su.code >> 16, su.code & 0xffff);
+            client_fail(c, "08P01", msg, NULL);
+            return;
+        }
+        bool negotiate = (su.code & 0xffff) != 0;
+        const char *user = proto_startup_get(&su, "user");
+        const char *db = proto_startup_get(&su, "database");
+        const char *app = proto_startup_get(&su, "application_name");
+        if (!user || !*user) {
+            client_fail(c, "28000", "no PostgreSQL user name specified in startup packet", NULL);
+            return;
+        }
+        if (!db || !*db) db = user;
+        if (proto_startup_get(&su, "replication")) {
+            const char *r = proto_startup_get(&su, "replication");
+            if (strcmp(r, "false") != 0 && strcmp(r, "0") != 0 && strcmp(r, "off") != 0) {
+                client_fail(c, "08P01", "replication connections are not supported by pgscale",
+                            "connect replication clients to PostgreSQL directly");
+                return;
+            }
+        }
+        size_t ul = strlen(user), dl = strlen(db), al = app ? strlen(app) : 0;
+        c->user = pgs_xmalloc(ul + dl + al + 3);
+        memcpy(c->user, user, ul + 1);
+        c->database = c->user + ul + 1;
+        memcpy(c->database, db, dl + 1);
+        c->app_name = c->database + dl + 1;
+        memcpy(c->app_name, app ? app : "", al + 1);
+        for (int i = 0; i < su.n_params; i++) {
+            const char *n = su.names[i];
+            if (!strcmp(n, "user") || !strcmp(n, "database") || !strcmp(n, "replication") ||
+                !strncmp(n, "_pq_.", 5))
+                continue;
+            if (!strcmp(n, "options")) {
+                if (parse_options(c, su.values[i]) < 0) {
+                    client_fail(c, "08P01", "invalid command-line options in startup packet",
+                                "use -c name=value");
+                    return;
+                }
+                continue;
+            }
+            add_startup_setting(c, n, su.values[i]);
+        }
+        b->pos += su.len;
+        if (negotiate) send_negotiate(c, &su);
+        if (strcmp(c->database, "pgscale") == 0) {
+            set_state(c, CL_ADMIN);
+            c->is_admin = true;
+            admin_welcome(c);
+            return;
+        }
+        if (atomic_load(&g_pgs.total_clients) > g_pgs.cfg->max_client_conn) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "too many clients already (max_client_conn is %d)",
+                     g_pgs.cfg->max_client_conn);
+            client_fail(c, "53300", msg, "raise PGSCALE_MAX_CLIENT_CONN");
+            return;
+        }
+        c->pool = pool_get(c->w, c->user, c->database);
+        c->pool->n_active_clients++;
+        if (pool_has_welcome(c->pool->sh)) {
+            send_welcome(c);
+        } else {
+            set_state(c, CL_WELCOME);
+            io_read_stop(&c->s);
+            pool_checkout(c->pool, c);
+            /* pool_checkout sets CL_WAITING when it queues; keep WELCOME */
+            if (atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WAITING)
+                set_state(c, CL_WELCOME);
+        }
+        return;
+    }
+}
+
+void client_on_read(pgs_client *c, ssize_t nread)
+{
+    if (nread < 0) {
+        client_close(c, nread == UV_EOF ? "client disconnected" : uv_strerror((int)nread));
+        return;
+    }
+    c->last_activity_us = pgs_now_us();
+    switch (atomic_load_explicit(&c->state, memory_order_relaxed)) {
+    case CL_STARTUP:
+        handle_startup(c);
+        break;
+    case CL_ADMIN:
+        admin_data(c);
+        break;
+    case CL_WELCOME:
+    case CL_WAITING:
+        io_read_stop(&c->s);
+        break;
+    case CL_IDLE:
+    case CL_ACTIVE:
+        relay_client_data(c);
+        break;
+    default:
+        break;
+    }
+}
+
+void client_accept(pgs_worker *w, uv_stream_t *listener)
+{
+    pgs_client *c = pgs_xcalloc(1, sizeof(*c));
+    c->w = w;
+    c->id = ++w->next_id;
+    list_init(&c->node);
+    list_init(&c->wait_node);
+    io_sock_init(w, &c->s, PGS_SOCK_CLIENT, c);
+    if (uv_accept(listener, (uv_stream_t *)&c->s.tcp) < 0) {
+        c->s.closing = true;
+        uv_close((uv_handle_t *)&c->s.tcp, free_client);
+        return;
+    }
+    uv_tcp_nodelay(&c->s.tcp, 1);
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    if (uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&ss, c->addr, sizeof(c->addr));
+            c->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->addr, sizeof(c->addr));
+            c->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+    }
+    if (RAND_bytes((unsigned char *)&c->cancel_key, sizeof(c->cancel_key)) != 1)
+        c->cancel_key = (uint32_t)pgs_now_us() ^ 0x5bd1e995u;
+    c->connect_us = c->last_activity_us = pgs_now_us();
+    c->tx_status = 'I';
+    set_state(c, CL_STARTUP);
+    pthread_mutex_lock(&w->lock);
+    list_add_tail(&w->clients, &c->node);
+    pthread_mutex_unlock(&w->lock);
+    atomic_fetch_add(&w->n_clients, 1);
+    atomic_fetch_add(&g_pgs.total_clients, 1);
+    if (io_read_start(&c->s) < 0) client_close(c, "read failed");
+}
+
+/* --- cancel --- */
+
+typedef struct cancel_req {
+    uv_tcp_t tcp;
+    uv_connect_t conn;
+    uv_write_t wr;
+    uint8_t buf[16];
+} cancel_req;
+
+static void cancel_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void cancel_written(uv_write_t *wr, int status)
+{
+    PGS_UNUSED(status);
+    cancel_req *r = wr->data;
+    uv_close((uv_handle_t *)&r->tcp, cancel_closed);
+}
+
+static void cancel_connected(uv_connect_t *conn, int status)
+{
+    cancel_req *r = conn->data;
+    if (status < 0) {
+        uv_close((uv_handle_t *)&r->tcp, cancel_closed);
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)r->buf, 16);
+    r->wr.data = r;
+    if (uv_write(&r->wr, (uv_stream_t *)&r->tcp, &b, 1, cancel_written) < 0)
+        uv_close((uv_handle_t *)&r->tcp, cancel_closed);
+}
+
+void client_forward_cancel(pgs_client *c)
+{
+    pgs_server *sv = c->server;
+    /* Only a query that is running on a server for this client is
+     * cancelled; otherwise a cancel could hit another client's query. */
+    if (!sv || sv->exq.count == 0) return;
+    cancel_req *r = pgs_xcalloc(1, sizeof(*r));
+    proto_out o;
+    proto_out_init(&o, r->buf, sizeof(r->buf));
+    proto_cancel_request(&o, sv->backend_pid, sv->backend_key);
+    uv_tcp_init(&c->w->loop, &r->tcp);
+    r->tcp.data = r;
+    r->conn.data = r;
+    log_info("C-%u: forwarding cancel to S-%u (backend pid %u)", c->id, sv->id, sv->backend_pid);
+    if (uv_tcp_connect(&r->conn, &r->tcp, (const struct sockaddr *)&g_pgs.server_addr,
+                       cancel_connected) < 0)
+        uv_close((uv_handle_t *)&r->tcp, cancel_closed);
+}
+
+/* --- time bounds --- */
+
+void client_janitor(pgs_worker *w, uint64_t now)
+{
+    const pgs_config *cfg = w->cfg;
+    uint64_t login_to = (uint64_t)cfg->client_login_timeout_ms * 1000u;
+    uint64_t idle_tx_to = (uint64_t)cfg->idle_transaction_timeout_ms * 1000u;
+    uint64_t idle_to = (uint64_t)cfg->client_idle_timeout_ms * 1000u;
+    uint64_t query_to = (uint64_t)cfg->query_timeout_ms * 1000u;
+    pgs_list *it = w->clients.next;
+    while (it != &w->clients) {
+        pgs_client *c = list_entry(it, pgs_client, node);
+        it = it->next;
+        int st = atomic_load_explicit(&c->state, memory_order_relaxed);
+        uint64_t quiet = now - c->last_activity_us;
+        if (st == CL_STARTUP && now - c->connect_us > login_to) {
+            client_fail(c, "08006", "client did not finish logging in in time",
+                        "raise PGSCALE_CLIENT_LOGIN_TIMEOUT");
+        } else if (st == CL_ACTIVE && idle_tx_to && c->server && c->server->exq.count == 0 &&
+                   c->tx_status != 'I' && quiet > idle_tx_to) {
+            client_fail(c, "25P03",
+                        "terminating connection due to idle-in-transaction timeout",
+                        "commit or roll back sooner, or raise "
+                        "PGSCALE_IDLE_TRANSACTION_TIMEOUT");
+        } else if (st == CL_ACTIVE && query_to && c->server && c->server->exq.count > 0 &&
+                   c->query_start_us && now - c->query_start_us > query_to &&
+                   !c->cancel_sent) {
+            c->cancel_sent = true;
+            client_forward_cancel(c);
+        } else if ((st == CL_IDLE || st == CL_ADMIN) && idle_to && quiet > idle_to) {
+            client_fail(c, "57P05", "terminating connection due to client idle timeout",
+                        "raise PGSCALE_CLIENT_IDLE_TIMEOUT");
+        } else if (w->draining && (st == CL_IDLE || st == CL_WAITING || st == CL_STARTUP ||
+                                   st == CL_WELCOME || st == CL_ADMIN)) {
+            client_fail(c, "57P01", "terminating connection because pgscale is shutting down",
+                        NULL);
+        }
+        if (st == CL_ACTIVE && c->query_start_us == 0) c->cancel_sent = false;
+    }
+}
+
+void client_close_all(pgs_worker *w)
+{
+    while (!list_empty(&w->clients)) {
+        pgs_client *c = list_entry(w->clients.next, pgs_client, node);
+        client_close(c, "shutting down");
+    }
+}

@@ -1,0 +1,54 @@
+/* Shared basics for every module: error-return convention, logging and
+ * clocks.  Nothing here knows about connections or the protocol. */
+#ifndef PGS_COMMON_H
+#define PGS_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+/* Functions that can fail return int: 0 on success, a negative code on
+ * failure (libuv style).  Callers must look at the result. */
+#define PGS_MUSTCHECK __attribute__((warn_unused_result))
+#define PGS_UNUSED(x) ((void)(x))
+#define PGS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define PGS_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define PGS_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define PGS_LIKELY(x) __builtin_expect(!!(x), 1)
+#define PGS_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+enum pgs_log_level { PGS_LOG_ERROR = 0, PGS_LOG_WARN = 1, PGS_LOG_INFO = 2, PGS_LOG_DEBUG = 3 };
+
+extern int pgs_log_level;
+
+void pgs_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Every line names the connection it is about ("C-17", "S-4") so that one
+ * client's story can be grepped out of the log. */
+#define pgs_log(level, ...)                                                    \
+    do {                                                                       \
+        if ((level) <= pgs_log_level) pgs_log_write((level), __VA_ARGS__);     \
+    } while (0)
+#define log_error(...) pgs_log(PGS_LOG_ERROR, __VA_ARGS__)
+#define log_warn(...) pgs_log(PGS_LOG_WARN, __VA_ARGS__)
+#define log_info(...) pgs_log(PGS_LOG_INFO, __VA_ARGS__)
+#define log_debug(...) pgs_log(PGS_LOG_DEBUG, __VA_ARGS__)
+
+/* Monotonic clock in microseconds / wall clock in microseconds. */
+uint64_t pgs_now_us(void);
+uint64_t pgs_wall_us(void);
+
+/* Allocation that aborts on failure: out-of-memory is not a condition this
+ * daemon can recover from meaningfully, and checking every small allocation
+ * would hide the real error handling.  Use only for bounded sizes. */
+void *pgs_xmalloc(size_t n);
+void *pgs_xcalloc(size_t n, size_t sz);
+void *pgs_xrealloc(void *p, size_t n);
+char *pgs_xstrdup(const char *s);
+char *pgs_xstrndup(const char *s, size_t n);
+
+/* 64-bit FNV-1a; used for statement-text keys. */
+uint64_t pgs_hash64(const void *data, size_t len);
+
+#endif

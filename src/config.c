@@ -1,0 +1,1490 @@
+/* Configuration: builds the immutable pgs_config snapshot from defaults, an
+ * optional .env file and the process environment, validates every value, and
+ * describes the result back (SHOW CONFIG, --check-config).  It owns URL and
+ * .env parsing; it applies nothing itself (log level, listeners, pools are
+ * set up by main and the workers from the snapshot). */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define ENVFILE_MAX_BYTES (1u << 20)     /* 1 MiB */
+#define ENVFILE_MAX_LINE (64u * 1024)    /* 64 KiB per physical line */
+#define MAX_WORKERS 64
+#define OVERFLOW_UNLIMITED 10000         /* what DB_MAX_OVERFLOW=-1 maps to */
+
+static const char database_url_hint[] =
+    "point it at your PostgreSQL primary, e.g. postgresql://user:pass@host:5432/db";
+
+/* ------------------------------------------------------------------------ */
+/* Small helpers                                                            */
+/* ------------------------------------------------------------------------ */
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ASCII-only classifiers: the C library's depend on the locale, and a
+ * config value must mean the same thing whatever LANG says. */
+static bool is_digit(int c) { return c >= '0' && c <= '9'; }
+static bool is_alpha(int c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+static bool is_alnum(int c) { return is_digit(c) || is_alpha(c); }
+/* Horizontal white space in a .env line; '\r' counts so CRLF files work. */
+static bool is_blank(int c) { return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v'; }
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Renders a user-supplied value for an error message: at most 60 bytes and
+ * no control characters, so a stray newline or escape sequence in a value
+ * cannot forge or garble log lines.  Never call it on a password. */
+static const char *shown(const char *v, char *buf, size_t n)
+{
+    size_t j = 0, limit = n > 4 ? n - 4 : 0;
+    if (limit > 60) limit = 60;
+    for (size_t i = 0; v[i] && j + 1 < n; i++) {
+        if (j >= limit) {
+            if (n - j >= 4) memcpy(buf + j, "...", 3), j += 3;
+            break;
+        }
+        unsigned char c = (unsigned char)v[i];
+        buf[j++] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    if (n) buf[j < n ? j : n - 1] = '\0';
+    return buf;
+}
+
+/* A growable string, used for .env values and the describe output. */
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+} sbuf;
+
+static void sb_putn(sbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->len + n + 1) cap *= 2;
+        b->p = pgs_xrealloc(b->p, cap);
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void sb_putc(sbuf *b, char c) { sb_putn(b, &c, 1); }
+static void sb_puts(sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
+static void sb_reset(sbuf *b)
+{
+    b->len = 0;
+    if (b->p) b->p[0] = '\0';
+}
+
+static const char *sb_str(sbuf *b)
+{
+    if (!b->p) sb_putn(b, "", 0);
+    return b->p;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Defaults                                                                 */
+/* ------------------------------------------------------------------------ */
+
+void config_defaults(pgs_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->listen_host, sizeof(cfg->listen_host), "%s", "127.0.0.1");
+    cfg->listen_port = 6432;
+    cfg->pool_mode = PGS_POOL_TRANSACTION;
+
+    /* One worker per core, clamped to what PGSCALE_WORKERS accepts so the
+     * default is always a value the user could also have written. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->workers = cores < 1 ? 1 : cores > MAX_WORKERS ? MAX_WORKERS : (int)cores;
+
+    cfg->pool_size = 20;
+    cfg->max_overflow = 10;
+    cfg->pool_timeout_ms = 30 * 1000;
+
+    cfg->server_connect_timeout_ms = 5 * 1000;
+    cfg->server_login_timeout_ms = 10 * 1000;
+    cfg->server_lifetime_ms = 3600 * 1000;
+    cfg->server_idle_timeout_ms = 600 * 1000;
+    cfg->server_check_delay_ms = 30 * 1000;
+    cfg->idle_transaction_timeout_ms = 0;
+    cfg->client_idle_timeout_ms = 0;
+    cfg->query_timeout_ms = 0;
+    cfg->client_login_timeout_ms = 60 * 1000;
+    cfg->shutdown_timeout_ms = 30 * 1000;
+
+    cfg->max_client_conn = 10000;
+    cfg->max_prepared_statements = 200;
+    cfg->max_message_size = 1073741824u;
+
+    cfg->redis_url = NULL;
+    cfg->log_level = PGS_LOG_INFO;
+}
+
+/* ------------------------------------------------------------------------ */
+/* postgresql:// URLs                                                       */
+/* ------------------------------------------------------------------------ */
+
+void config_url_free(pgs_url *u)
+{
+    if (!u) return;
+    free(u->user);
+    free(u->password);
+    free(u->host);
+    free(u->dbname);
+    for (int i = 0; i < u->n_params && i < PGS_URL_MAX_PARAMS; i++) {
+        free(u->params[i].key);
+        free(u->params[i].value);
+    }
+    memset(u, 0, sizeof(*u));
+}
+
+const char *config_url_param(const pgs_url *u, const char *key)
+{
+    /* The last occurrence wins, as it does when libpq reads the URL. */
+    for (int i = u->n_params - 1; i >= 0; i--)
+        if (strcmp(u->params[i].key, key) == 0) return u->params[i].value;
+    return NULL;
+}
+
+/* Percent-decodes s[0..n).  Returns 0, -1 for a malformed escape, -2 for an
+ * escape that decodes to NUL (it would silently truncate the C string). */
+static int pct_decode(const char *s, size_t n, char **out)
+{
+    char *d = pgs_xmalloc(n + 1);
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%') {
+            int hi = n - i >= 3 ? hexval((unsigned char)s[i + 1]) : -1;
+            int lo = n - i >= 3 ? hexval((unsigned char)s[i + 2]) : -1;
+            if (hi < 0 || lo < 0) {
+                free(d);
+                return -1;
+            }
+            c = (unsigned char)(hi * 16 + lo);
+            if (c == 0) {
+                free(d);
+                return -2;
+            }
+            i += 2;
+        }
+        d[j++] = (char)c;
+    }
+    d[j] = '\0';
+    *out = d;
+    return 0;
+}
+
+/* Decodes one URL component.  Empty components stay NULL ("not given"), as
+ * libpq ignores an empty user or password.  Messages name the component but
+ * never echo it: the component may be (part of) a password. */
+static int decode_part(const char *s, size_t n, const char *what, char **out, char *err,
+                       size_t errlen)
+{
+    *out = NULL;
+    if (n == 0) return 0;
+    int rc = pct_decode(s, n, out);
+    if (rc == -1) {
+        seterr(err, errlen,
+               "bad percent-escape in %s (use %%XX with two hex digits; write a literal "
+               "'%%' as %%25)",
+               what);
+        return -EINVAL;
+    }
+    if (rc == -2) {
+        seterr(err, errlen, "%s contains an encoded NUL byte (%%00)", what);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Port: digits only, 1..65535.  Returns the port or -1. */
+static int parse_port(const char *s, size_t n)
+{
+    if (n == 0 || n > 5) return -1;
+    int v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_digit((unsigned char)s[i])) return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v >= 1 && v <= 65535 ? v : -1;
+}
+
+/* An IPv6 literal, optionally with a zone ("fe80::1%eth0"). */
+static bool valid_ipv6(const char *h)
+{
+    char buf[INET6_ADDRSTRLEN + 1];
+    const char *pct = strchr(h, '%');
+    size_t n = pct ? (size_t)(pct - h) : strlen(h);
+    if (n == 0 || n >= sizeof(buf)) return false;
+    if (pct && pct[1] == '\0') return false;
+    memcpy(buf, h, n);
+    buf[n] = '\0';
+    struct in6_addr a;
+    return inet_pton(AF_INET6, buf, &a) == 1;
+}
+
+static int set_part(char **field, char *value)
+{
+    free(*field);
+    *field = value;
+    return 0;
+}
+
+/* Query parameters that libpq treats as the URL's own parts: they override
+ * what the authority and path said, and are not kept in params[] (they are
+ * not server parameters, and "password" must not be displayed). */
+static int apply_param(pgs_url *u, char *key, char *value, char *err, size_t errlen)
+{
+    char **field = NULL;
+    if (strcmp(key, "host") == 0) field = &u->host;
+    else if (strcmp(key, "user") == 0) field = &u->user;
+    else if (strcmp(key, "password") == 0) field = &u->password;
+    else if (strcmp(key, "dbname") == 0) field = &u->dbname;
+
+    if (field) {
+        free(key);
+        if (value && value[0] == '\0') {
+            free(value);
+            value = NULL;
+        }
+        if (field == &u->host && value && strchr(value, ',')) {
+            free(value);
+            seterr(err, errlen,
+                   "multiple hosts (host1,host2) in the 'host' query parameter are not "
+                   "supported yet; give one host");
+            return -EINVAL;
+        }
+        return set_part(field, value);
+    }
+    if (strcmp(key, "port") == 0) {
+        free(key);
+        int port = 0;
+        if (value && value[0]) {
+            port = parse_port(value, strlen(value));
+            if (port < 0) {
+                char sb[80];
+                seterr(err, errlen,
+                       "query parameter 'port': '%s' is not a port (expected digits, "
+                       "1..65535)",
+                       shown(value, sb, sizeof(sb)));
+                free(value);
+                return -EINVAL;
+            }
+        }
+        free(value);
+        u->port = port;
+        return 0;
+    }
+    if (u->n_params >= PGS_URL_MAX_PARAMS) {
+        free(key);
+        free(value);
+        seterr(err, errlen, "too many query parameters (at most %d)", PGS_URL_MAX_PARAMS);
+        return -EINVAL;
+    }
+    u->params[u->n_params].key = key;
+    u->params[u->n_params].value = value ? value : pgs_xstrdup("");
+    u->n_params++;
+    return 0;
+}
+
+static int parse_query(pgs_url *u, const char *q, char *err, size_t errlen)
+{
+    while (*q) {
+        size_t seg = strcspn(q, "&");
+        if (seg > 0) { /* empty segments ("a=1&&b=2", trailing '&') are skipped */
+            const char *eq = memchr(q, '=', seg);
+            char kb[80];
+            if (!eq) {
+                char *key = NULL;
+                if (decode_part(q, seg, "a query parameter name", &key, err, errlen) == 0) {
+                    seterr(err, errlen, "query parameter '%s' has no '=value'",
+                           shown(key, kb, sizeof(kb)));
+                    free(key);
+                }
+                return -EINVAL;
+            }
+            size_t kn = (size_t)(eq - q);
+            if (kn == 0) {
+                seterr(err, errlen, "query parameter with an empty name");
+                return -EINVAL;
+            }
+            char *key = NULL, *value = NULL;
+            if (decode_part(q, kn, "a query parameter name", &key, err, errlen) < 0)
+                return -EINVAL;
+            char what[128];
+            snprintf(what, sizeof(what), "the value of query parameter '%s'",
+                     shown(key, kb, sizeof(kb)));
+            if (decode_part(eq + 1, seg - kn - 1, what, &value, err, errlen) < 0) {
+                free(key);
+                return -EINVAL;
+            }
+            int rc = apply_param(u, key, value, err, errlen);
+            if (rc < 0) return rc;
+        }
+        q += seg;
+        if (*q == '&') q++;
+    }
+    return 0;
+}
+
+/* Accepts postgresql, postgres, and either with a "+driver" suffix as
+ * SQLAlchemy writes them (postgresql+asyncpg, postgres+psycopg2). */
+static int check_scheme(const char *s, size_t n, char *err, size_t errlen)
+{
+    const char *plus = memchr(s, '+', n);
+    size_t base = plus ? (size_t)(plus - s) : n;
+    bool ok = (base == 10 && strncasecmp(s, "postgresql", 10) == 0) ||
+              (base == 8 && strncasecmp(s, "postgres", 8) == 0);
+    if (ok && plus) {
+        size_t dn = n - base - 1;
+        if (dn == 0) {
+            seterr(err, errlen, "URL scheme '%.*s://' has an empty driver name after '+'",
+                   (int)n, s);
+            return -EINVAL;
+        }
+        for (size_t i = 0; i < dn; i++) {
+            int c = (unsigned char)plus[1 + i];
+            if (!is_alnum(c) && c != '_') {
+                ok = false;
+                break;
+            }
+        }
+    }
+    if (!ok) {
+        char sb[80], tmp[64];
+        snprintf(tmp, sizeof(tmp), "%.*s", (int)PGS_MIN(n, sizeof(tmp) - 1), s);
+        seterr(err, errlen,
+               "URL scheme '%s://' is not supported; use postgresql:// or postgres:// "
+               "(a driver suffix such as postgresql+asyncpg:// is fine)",
+               shown(tmp, sb, sizeof(sb)));
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
+{
+    if (!s || !*s) {
+        seterr(err, errlen, "URL is empty");
+        return -EINVAL;
+    }
+    for (const char *p = s; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c < 0x20 || c == 0x7f) {
+            seterr(err, errlen,
+                   "URL contains a control character at offset %zu (a stray newline or "
+                   "tab?)",
+                   (size_t)(p - s));
+            return -EINVAL;
+        }
+    }
+
+    /* Scheme: letters, digits, '+', '-', '.' (RFC 3986), then "://". */
+    const char *p = s;
+    if (is_alpha((unsigned char)*p))
+        while (is_alnum((unsigned char)*p) || *p == '+' || *p == '-' || *p == '.') p++;
+    if (p == s || strncmp(p, "://", 3) != 0) {
+        seterr(err, errlen,
+               "URL must start with postgresql:// or postgres:// (a driver suffix such as "
+               "postgresql+asyncpg:// is fine)");
+        return -EINVAL;
+    }
+    if (check_scheme(s, (size_t)(p - s), err, errlen) < 0) return -EINVAL;
+    const char *auth = p + 3;
+    const char *auth_end = auth + strcspn(auth, "/?");
+
+    /* user:password@ -- split at the last '@' of the authority: a host can
+     * never contain one, so an unencoded '@' in a password still parses. */
+    const char *hostport = auth;
+    const char *at = NULL;
+    for (const char *q = auth; q < auth_end; q++)
+        if (*q == '@') at = q;
+    if (at) {
+        const char *colon = memchr(auth, ':', (size_t)(at - auth));
+        const char *user_end = colon ? colon : at;
+        if (decode_part(auth, (size_t)(user_end - auth), "the user name", &u->user, err,
+                        errlen) < 0)
+            return -EINVAL;
+        if (colon && decode_part(colon + 1, (size_t)(at - colon - 1), "the password",
+                                 &u->password, err, errlen) < 0)
+            return -EINVAL;
+        hostport = at + 1;
+    }
+
+    size_t hpn = (size_t)(auth_end - hostport);
+    if (memchr(hostport, ',', hpn)) {
+        seterr(err, errlen,
+               "multiple hosts (host1,host2) in the URL are not supported yet; give one "
+               "host");
+        return -EINVAL;
+    }
+    const char *port_str = NULL;
+    if (hpn > 0 && hostport[0] == '[') {
+        const char *close = memchr(hostport, ']', hpn);
+        if (!close) {
+            seterr(err, errlen, "IPv6 host is missing its closing ']'");
+            return -EINVAL;
+        }
+        if (decode_part(hostport + 1, (size_t)(close - hostport - 1), "the host", &u->host,
+                        err, errlen) < 0)
+            return -EINVAL;
+        if (!u->host || !valid_ipv6(u->host)) {
+            seterr(err, errlen, "the host in [brackets] is not an IPv6 address");
+            return -EINVAL;
+        }
+        if (close + 1 < auth_end) {
+            if (close[1] != ':') {
+                seterr(err, errlen, "unexpected text after the IPv6 host's ']' (expected ':port')");
+                return -EINVAL;
+            }
+            port_str = close + 2;
+        }
+    } else {
+        const char *colon = memchr(hostport, ':', hpn);
+        size_t hn = colon ? (size_t)(colon - hostport) : hpn;
+        if (colon && memchr(colon + 1, ':', (size_t)(auth_end - colon - 1))) {
+            seterr(err, errlen,
+                   "host has more than one ':'; write an IPv6 host in brackets, e.g. "
+                   "postgresql://[::1]:5432/db");
+            return -EINVAL;
+        }
+        if (decode_part(hostport, hn, "the host", &u->host, err, errlen) < 0) return -EINVAL;
+        if (colon) port_str = colon + 1;
+    }
+    if (u->host && strchr(u->host, ',')) {
+        seterr(err, errlen,
+               "multiple hosts (host1,host2) in the URL are not supported yet; give one "
+               "host");
+        return -EINVAL;
+    }
+    if (port_str) {
+        /* The port text is not echoed: if a password held an unencoded '/',
+         * what looks like host:port here is really user:password. */
+        u->port = parse_port(port_str, (size_t)(auth_end - port_str));
+        if (u->port < 0) {
+            u->port = 0;
+            seterr(err, errlen, "invalid port in URL (expected digits, 1..65535)");
+            return -EINVAL;
+        }
+    }
+
+    const char *rest = auth_end;
+    if (*rest == '/') {
+        const char *db = rest + 1;
+        size_t dn = strcspn(db, "?");
+        if (decode_part(db, dn, "the database name", &u->dbname, err, errlen) < 0)
+            return -EINVAL;
+        rest = db + dn;
+    }
+    if (*rest == '?') return parse_query(u, rest + 1, err, errlen);
+    return 0;
+}
+
+int config_parse_url(const char *s, pgs_url *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    int rc = parse_url(s, out, err, errlen);
+    if (rc < 0) config_url_free(out); /* leaves *out zeroed: safe to free again */
+    return rc;
+}
+
+/* Writes u back as a URL with the password (and any *password* parameter)
+ * replaced by ****; re-encodes what needs it so the result parses again. */
+static void sb_pct(sbuf *b, const char *s, const char *keep)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (is_alnum(c) || strchr("-._~", c) || (keep && c && strchr(keep, c))) {
+            sb_putc(b, (char)c);
+        } else {
+            char hex[4];
+            snprintf(hex, sizeof(hex), "%%%02X", c);
+            sb_puts(b, hex);
+        }
+    }
+}
+
+static void url_format_masked(sbuf *b, const pgs_url *u)
+{
+    sb_puts(b, "postgresql://");
+    if (u->user || u->password) {
+        if (u->user) sb_pct(b, u->user, NULL);
+        if (u->password) sb_puts(b, ":****");
+        sb_putc(b, '@');
+    }
+    if (u->host) {
+        if (strchr(u->host, ':')) { /* IPv6; only a zone's '%' needs escaping */
+            sb_putc(b, '[');
+            sb_pct(b, u->host, ":");
+            sb_putc(b, ']');
+        } else {
+            sb_pct(b, u->host, NULL);
+        }
+    }
+    if (u->port) {
+        char pb[16];
+        snprintf(pb, sizeof(pb), ":%d", u->port);
+        sb_puts(b, pb);
+    }
+    if (u->dbname) {
+        sb_putc(b, '/');
+        sb_pct(b, u->dbname, NULL);
+    }
+    for (int i = 0; i < u->n_params; i++) {
+        sb_putc(b, i == 0 ? '?' : '&');
+        sb_pct(b, u->params[i].key, NULL);
+        sb_putc(b, '=');
+        if (strstr(u->params[i].key, "password")) sb_puts(b, "****");
+        else sb_pct(b, u->params[i].value, NULL);
+    }
+}
+
+/* Masks the password of a redis://user:password@host URL for display. */
+static void redis_format_masked(sbuf *b, const char *url)
+{
+    const char *auth = strstr(url, "://");
+    if (!auth) {
+        sb_puts(b, url);
+        return;
+    }
+    auth += 3;
+    const char *end = auth + strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (const char *q = auth; q < end; q++)
+        if (*q == '@') at = q;
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (!colon) {
+        sb_puts(b, url);
+        return;
+    }
+    sb_putn(b, url, (size_t)(colon + 1 - url));
+    sb_puts(b, "****");
+    sb_puts(b, at);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Value parsers: each returns 0 or -EINVAL with a reason (without the       */
+/* variable name, which the caller puts in front).                          */
+/* ------------------------------------------------------------------------ */
+
+/* Strict integer: the whole string, no leading blanks, no overflow.
+ * Returns 0, -1 (not an integer) or -2 (does not fit in a long). */
+static int parse_long(const char *v, long *out)
+{
+    if (!*v || *v == ' ' || *v == '\t' || (unsigned char)*v < 0x20) return -1;
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end != '\0') return -1;
+    if (errno == ERANGE) return -2;
+    *out = x;
+    return 0;
+}
+
+static int parse_int_range(const char *v, long min, long max, const char *expect, int *out,
+                           char *why, size_t whylen)
+{
+    char sb[80];
+    long x;
+    int rc = parse_long(v, &x);
+    if (rc == -1) {
+        seterr(why, whylen, "'%s' is not an integer (expected %s)", shown(v, sb, sizeof(sb)),
+               expect);
+        return -EINVAL;
+    }
+    if (rc == -2 || x < min || x > max) {
+        seterr(why, whylen, "'%s' is out of range (expected %s)", shown(v, sb, sizeof(sb)),
+               expect);
+        return -EINVAL;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+/* Durations: "30" (seconds), "2.5s", "500ms", "1min", "1h".  Fixed-point
+ * arithmetic, so "0.1s" is exactly 100 ms.  Returns 0; -1 syntax; -2 too
+ * large for uint32 milliseconds; -3 non-zero but rounds to 0 ms;
+ * -4 negative. */
+static int parse_duration_ms(const char *v, uint32_t *out)
+{
+    const char *p = v;
+    if (*p == '-') return -4;
+    uint64_t ip = 0, frac = 0, scale = 1;
+    int nd_int = 0, nd_frac = 0;
+    bool huge = false;
+    for (; is_digit((unsigned char)*p); p++, nd_int++) {
+        if (ip > 100000000000ull) huge = true; /* far beyond any valid value */
+        else ip = ip * 10 + (uint64_t)(*p - '0');
+    }
+    if (*p == '.') {
+        p++;
+        for (; is_digit((unsigned char)*p); p++, nd_frac++) {
+            if (scale < 1000000000ull) {
+                frac = frac * 10 + (uint64_t)(*p - '0');
+                scale *= 10;
+            }
+        }
+        if (nd_frac == 0) return -1;
+    }
+    if (nd_int + nd_frac == 0) return -1;
+    while (*p == ' ') p++;
+    uint64_t unit;
+    if (*p == '\0' || strcasecmp(p, "s") == 0) unit = 1000;
+    else if (strcasecmp(p, "ms") == 0) unit = 1;
+    else if (strcasecmp(p, "min") == 0) unit = 60000;
+    else if (strcasecmp(p, "h") == 0) unit = 3600000;
+    else return -1;
+    if (huge) return -2;
+    uint64_t ms = ip * unit + (frac * unit + scale / 2) / scale;
+    if (ms > UINT32_MAX) return -2;
+    if (ms == 0 && (ip || frac)) return -3;
+    *out = (uint32_t)ms;
+    return 0;
+}
+
+static int parse_duration_setting(const char *v, bool zero_is_off, uint32_t *out, char *why,
+                                  size_t whylen)
+{
+    char sb[80];
+    uint32_t ms = 0;
+    switch (parse_duration_ms(v, &ms)) {
+    case 0:
+        break;
+    case -2:
+        seterr(why, whylen, "'%s' is too long (at most 4294967295ms, about 49 days)",
+               shown(v, sb, sizeof(sb)));
+        return -EINVAL;
+    case -3:
+        seterr(why, whylen, "'%s' is shorter than 1ms", shown(v, sb, sizeof(sb)));
+        return -EINVAL;
+    case -4:
+        seterr(why, whylen, "'%s' is negative (expected a duration%s)", shown(v, sb, sizeof(sb)),
+               zero_is_off ? ", or 0 for off" : " greater than 0");
+        return -EINVAL;
+    default:
+        seterr(why, whylen,
+               "'%s' is not a duration (expected seconds, or a number with a unit ms, s, "
+               "min or h, e.g. 500ms, 2.5s, 1min%s)",
+               shown(v, sb, sizeof(sb)), zero_is_off ? "; 0 turns it off" : "");
+        return -EINVAL;
+    }
+    if (ms == 0 && !zero_is_off) {
+        seterr(why, whylen, "'%s' is not allowed: this timeout cannot be turned off (expected "
+                            "a duration greater than 0)",
+               shown(v, sb, sizeof(sb)));
+        return -EINVAL;
+    }
+    *out = ms;
+    return 0;
+}
+
+/* Sizes in bytes with an optional B, kB, MB or GB suffix (1024-based, as
+ * PostgreSQL's own memory settings are). */
+static int parse_bytes(const char *v, uint64_t min, uint64_t max, uint32_t *out, char *why,
+                       size_t whylen)
+{
+    char sb[80];
+    const char *p = v;
+    uint64_t n = 0;
+    bool huge = false;
+    int nd = 0;
+    for (; is_digit((unsigned char)*p); p++, nd++) {
+        if (n > 1000000000000000ull) huge = true;
+        else n = n * 10 + (uint64_t)(*p - '0');
+    }
+    while (*p == ' ') p++;
+    uint64_t mul = 0;
+    if (*p == '\0' || strcasecmp(p, "B") == 0) mul = 1;
+    else if (strcasecmp(p, "kB") == 0) mul = 1024;
+    else if (strcasecmp(p, "MB") == 0) mul = 1024 * 1024;
+    else if (strcasecmp(p, "GB") == 0) mul = 1024 * 1024 * 1024;
+    if (nd == 0 || mul == 0) {
+        seterr(why, whylen,
+               "'%s' is not a size (expected bytes, optionally with kB, MB or GB, e.g. "
+               "64MB; range 1kB..1GB)",
+               shown(v, sb, sizeof(sb)));
+        return -EINVAL;
+    }
+    if (huge || n > max / mul || n * mul < min) {
+        seterr(why, whylen, "'%s' is out of range (expected 1kB..1GB, i.e. %llu..%llu bytes)",
+               shown(v, sb, sizeof(sb)), (unsigned long long)min, (unsigned long long)max);
+        return -EINVAL;
+    }
+    *out = (uint32_t)(n * mul);
+    return 0;
+}
+
+static bool valid_listen_host(const char *h)
+{
+    if (!*h) return false;
+    for (; *h; h++)
+        if (!is_alnum((unsigned char)*h) && *h != '.' && *h != '-' && *h != '_') return false;
+    return true;
+}
+
+/* PGSCALE_LISTEN: "host:port", "[v6]:port", ":port" or "port" (keep the
+ * host), or "host" (keep the port).  ":port" deliberately keeps the default
+ * 127.0.0.1 instead of meaning "all interfaces": opening a database proxy
+ * to the network should take an explicit 0.0.0.0 or [::]. */
+static int parse_listen(const char *v, pgs_config *cfg, char *why, size_t whylen)
+{
+    char sb[80];
+    char host[sizeof(cfg->listen_host)];
+    snprintf(host, sizeof(host), "%s", cfg->listen_host);
+    int port = cfg->listen_port;
+    const char *port_str = NULL;
+    size_t vn = strlen(v);
+
+    if (v[0] == '[') {
+        const char *close = strchr(v, ']');
+        size_t hn = close ? (size_t)(close - v - 1) : 0;
+        if (!close || hn == 0 || hn >= sizeof(host)) {
+            seterr(why, whylen, "'%s' has an unterminated or empty [IPv6] address",
+                   shown(v, sb, sizeof(sb)));
+            return -EINVAL;
+        }
+        memcpy(host, v + 1, hn);
+        host[hn] = '\0';
+        if (!valid_ipv6(host)) {
+            seterr(why, whylen, "'%s' does not hold an IPv6 address in [brackets]",
+                   shown(v, sb, sizeof(sb)));
+            return -EINVAL;
+        }
+        if (close[1] == ':') port_str = close + 2;
+        else if (close[1] != '\0') {
+            seterr(why, whylen, "'%s' has unexpected text after ']' (expected [addr]:port)",
+                   shown(v, sb, sizeof(sb)));
+            return -EINVAL;
+        }
+    } else {
+        const char *colon = strchr(v, ':');
+        bool all_digits = vn > 0;
+        for (size_t i = 0; i < vn; i++)
+            if (!is_digit((unsigned char)v[i])) all_digits = false;
+        if (all_digits) {
+            port_str = v;
+        } else if (colon && strchr(colon + 1, ':')) {
+            seterr(why, whylen,
+                   "'%s' looks like an IPv6 address; write it in brackets, e.g. [::1]:6432",
+                   shown(v, sb, sizeof(sb)));
+            return -EINVAL;
+        } else {
+            size_t hn = colon ? (size_t)(colon - v) : vn;
+            if (hn >= sizeof(host)) {
+                seterr(why, whylen, "host in '%s' is too long", shown(v, sb, sizeof(sb)));
+                return -EINVAL;
+            }
+            if (hn > 0) {
+                memcpy(host, v, hn);
+                host[hn] = '\0';
+                if (!valid_listen_host(host)) {
+                    seterr(why, whylen, "'%s' does not start with a valid host name or address",
+                           shown(v, sb, sizeof(sb)));
+                    return -EINVAL;
+                }
+            }
+            if (colon) port_str = colon + 1;
+        }
+    }
+    if (port_str) {
+        port = parse_port(port_str, strlen(port_str));
+        if (port < 0) {
+            seterr(why, whylen,
+                   "'%s' has an invalid port (expected host:port with port 1..65535)",
+                   shown(v, sb, sizeof(sb)));
+            return -EINVAL;
+        }
+    }
+    snprintf(cfg->listen_host, sizeof(cfg->listen_host), "%s", host);
+    cfg->listen_port = port;
+    return 0;
+}
+
+/* READ_REPLICA_URLS: a comma splits the list only where the next item
+ * starts with a scheme ("scheme://") or the list ends.  A comma anywhere
+ * else belongs to the URL, so "postgresql://h1,h2/db" reaches the URL
+ * parser whole and gets its "multiple hosts" message rather than a
+ * confusing one about a URL "h2/db". */
+static const char *next_list_item(const char *p)
+{
+    for (; *p; p++) {
+        if (*p != ',') continue;
+        const char *q = p + 1;
+        while (*q == ' ' || *q == '\t') q++;
+        if (*q == '\0') return p;
+        const char *r = q;
+        if (is_alpha((unsigned char)*r)) {
+            while (is_alnum((unsigned char)*r) || *r == '+' || *r == '-' || *r == '.') r++;
+            if (strncmp(r, "://", 3) == 0) return p;
+        }
+    }
+    return p;
+}
+
+static int parse_url_list(const char *v, pgs_url **out, int *n_out, char *why, size_t whylen)
+{
+    pgs_url *list = NULL;
+    int n = 0;
+    const char *p = v;
+    char reason[512];
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == ',') p++;
+        if (!*p) break;
+        const char *end = next_list_item(p);
+        size_t len = (size_t)(end - p);
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t')) len--;
+        char *item = pgs_xstrndup(p, len);
+        list = pgs_xrealloc(list, sizeof(*list) * (size_t)(n + 1));
+        int rc = config_parse_url(item, &list[n], reason, sizeof(reason));
+        free(item);
+        if (rc < 0) {
+            seterr(why, whylen, "URL %d: %s", n + 1, reason);
+            for (int i = 0; i < n; i++) config_url_free(&list[i]);
+            free(list);
+            return -EINVAL;
+        }
+        n++;
+        p = end;
+    }
+    *out = list;
+    *n_out = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The table of settings: drives apply, describe and the known-name check.  */
+/* ------------------------------------------------------------------------ */
+
+enum kind {
+    K_URL,       /* pgs_url */
+    K_URL_LIST,  /* pgs_url *replicas + n_replicas */
+    K_LISTEN,    /* listen_host + listen_port */
+    K_POOL_MODE, /* pgs_pool_mode */
+    K_INT,       /* int in [min, max] */
+    K_OVERFLOW,  /* int in [0, max], -1 = unlimited */
+    K_DURATION,  /* uint32_t milliseconds */
+    K_BYTES,     /* uint32_t bytes in [min, max] */
+    K_REDIS,     /* char * */
+    K_LOG_LEVEL, /* int, PGS_LOG_* */
+};
+
+struct setting {
+    const char *name;
+    enum kind kind;
+    size_t off;
+    long min, max;    /* K_INT, K_OVERFLOW, K_BYTES */
+    bool zero_is_off; /* K_DURATION */
+};
+
+#define F(field) offsetof(pgs_config, field)
+#define DUR(n, field, zoff) {.name = n, .kind = K_DURATION, .off = F(field), .zero_is_off = zoff}
+static const struct setting settings[] = {
+    {.name = "DATABASE_URL", .kind = K_URL, .off = F(primary)},
+    {.name = "READ_REPLICA_URLS", .kind = K_URL_LIST, .off = F(replicas)},
+    {.name = "PGSCALE_LISTEN", .kind = K_LISTEN, .off = F(listen_host)},
+    {.name = "PGSCALE_POOL_MODE", .kind = K_POOL_MODE, .off = F(pool_mode)},
+    {.name = "PGSCALE_WORKERS", .kind = K_INT, .off = F(workers), .min = 1, .max = MAX_WORKERS},
+    {.name = "DB_POOL_SIZE", .kind = K_INT, .off = F(pool_size), .min = 1, .max = 10000},
+    {.name = "DB_MAX_OVERFLOW", .kind = K_OVERFLOW, .off = F(max_overflow), .min = -1,
+     .max = OVERFLOW_UNLIMITED},
+    DUR("DB_POOL_TIMEOUT", pool_timeout_ms, false),
+    DUR("PGSCALE_SERVER_CONNECT_TIMEOUT", server_connect_timeout_ms, false),
+    DUR("PGSCALE_SERVER_LOGIN_TIMEOUT", server_login_timeout_ms, false),
+    DUR("PGSCALE_SERVER_LIFETIME", server_lifetime_ms, false),
+    DUR("PGSCALE_SERVER_IDLE_TIMEOUT", server_idle_timeout_ms, false),
+    DUR("PGSCALE_SERVER_CHECK_DELAY", server_check_delay_ms, false),
+    DUR("PGSCALE_IDLE_TRANSACTION_TIMEOUT", idle_transaction_timeout_ms, true),
+    DUR("PGSCALE_CLIENT_IDLE_TIMEOUT", client_idle_timeout_ms, true),
+    DUR("PGSCALE_QUERY_TIMEOUT", query_timeout_ms, true),
+    DUR("PGSCALE_CLIENT_LOGIN_TIMEOUT", client_login_timeout_ms, false),
+    DUR("PGSCALE_SHUTDOWN_TIMEOUT", shutdown_timeout_ms, false),
+    {.name = "PGSCALE_MAX_CLIENT_CONN", .kind = K_INT, .off = F(max_client_conn), .min = 1,
+     .max = 1000000},
+    {.name = "PGSCALE_MAX_PREPARED_STATEMENTS", .kind = K_INT,
+     .off = F(max_prepared_statements), .min = 0, .max = 100000},
+    {.name = "PGSCALE_MAX_MESSAGE_SIZE", .kind = K_BYTES, .off = F(max_message_size),
+     .min = 1024, .max = 1073741824L},
+    {.name = "REDIS_URL", .kind = K_REDIS, .off = F(redis_url)},
+    {.name = "PGSCALE_LOG_LEVEL", .kind = K_LOG_LEVEL, .off = F(log_level)},
+};
+#undef DUR
+#undef F
+
+static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
+
+#define FIELD(cfg, s, type) ((type *)(void *)((char *)(cfg) + (s)->off))
+#define CFIELD(cfg, s, type) ((const type *)(const void *)((const char *)(cfg) + (s)->off))
+
+static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, char *why,
+                     size_t whylen)
+{
+    char sb[80];
+    char range[64];
+    switch (s->kind) {
+    case K_URL: {
+        pgs_url u;
+        if (config_parse_url(v, &u, why, whylen) < 0) return -EINVAL;
+        config_url_free(FIELD(cfg, s, pgs_url));
+        *FIELD(cfg, s, pgs_url) = u;
+        return 0;
+    }
+    case K_URL_LIST: {
+        pgs_url *list;
+        int n;
+        if (parse_url_list(v, &list, &n, why, whylen) < 0) return -EINVAL;
+        for (int i = 0; i < cfg->n_replicas; i++) config_url_free(&cfg->replicas[i]);
+        free(cfg->replicas);
+        cfg->replicas = list;
+        cfg->n_replicas = n;
+        return 0;
+    }
+    case K_LISTEN:
+        return parse_listen(v, cfg, why, whylen);
+    case K_POOL_MODE:
+        if (strcasecmp(v, "transaction") == 0) cfg->pool_mode = PGS_POOL_TRANSACTION;
+        else if (strcasecmp(v, "session") == 0) cfg->pool_mode = PGS_POOL_SESSION;
+        else {
+            seterr(why, whylen, "'%s' is not a pool mode (expected transaction or session)",
+                   shown(v, sb, sizeof(sb)));
+            return -EINVAL;
+        }
+        return 0;
+    case K_INT:
+        snprintf(range, sizeof(range), "%ld..%ld", s->min, s->max);
+        return parse_int_range(v, s->min, s->max, range, FIELD(cfg, s, int), why, whylen);
+    case K_OVERFLOW: {
+        /* SQLAlchemy's max_overflow=-1 means "no limit"; a proxy still needs
+         * a bound, so it becomes the largest value we accept. */
+        int x;
+        snprintf(range, sizeof(range), "0..%ld, or -1 for no limit", s->max);
+        if (parse_int_range(v, s->min, s->max, range, &x, why, whylen) < 0) return -EINVAL;
+        *FIELD(cfg, s, int) = x < 0 ? OVERFLOW_UNLIMITED : x;
+        return 0;
+    }
+    case K_DURATION:
+        return parse_duration_setting(v, s->zero_is_off, FIELD(cfg, s, uint32_t), why, whylen);
+    case K_BYTES:
+        return parse_bytes(v, (uint64_t)s->min, (uint64_t)s->max, FIELD(cfg, s, uint32_t), why,
+                           whylen);
+    case K_REDIS: {
+        /* The value is never echoed: a Redis URL usually carries a password. */
+        if (strncasecmp(v, "redis://", 8) != 0 && strncasecmp(v, "rediss://", 9) != 0 &&
+            strncasecmp(v, "unix://", 7) != 0) {
+            seterr(why, whylen, "must start with redis://, rediss:// or unix://");
+            return -EINVAL;
+        }
+        for (const char *p = v; *p; p++) {
+            if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+                seterr(why, whylen, "contains a control character (a stray newline?)");
+                return -EINVAL;
+            }
+        }
+        char **field = FIELD(cfg, s, char *);
+        free(*field);
+        *field = pgs_xstrdup(v);
+        return 0;
+    }
+    case K_LOG_LEVEL:
+        for (int i = 0; i < (int)PGS_ARRAY_LEN(log_level_names); i++) {
+            if (strcasecmp(v, log_level_names[i]) == 0) {
+                *FIELD(cfg, s, int) = i;
+                return 0;
+            }
+        }
+        if (strcasecmp(v, "warning") == 0) {
+            *FIELD(cfg, s, int) = PGS_LOG_WARN;
+            return 0;
+        }
+        seterr(why, whylen, "'%s' is not a log level (expected error, warn, info or debug)",
+               shown(v, sb, sizeof(sb)));
+        return -EINVAL;
+    }
+    return -EINVAL;
+}
+
+int config_apply_env(pgs_config *cfg, pgs_env_lookup lookup, void *ctx, char *err,
+                     size_t errlen)
+{
+    /* Each variable is looked up and validated before the next is looked up;
+     * config_load relies on this to tell which variable (and which .env
+     * line) an error is about. */
+    for (size_t i = 0; i < PGS_ARRAY_LEN(settings); i++) {
+        const struct setting *s = &settings[i];
+        const char *v = lookup(ctx, s->name);
+        if (!v) continue;
+        if (!*v) {
+            if (s->kind == K_URL) {
+                seterr(err, errlen, "%s is empty; %s", s->name, database_url_hint);
+                return -EINVAL;
+            }
+            continue; /* empty means unset, as it does for most tools */
+        }
+        char why[768];
+        if (apply_one(cfg, s, v, why, sizeof(why)) < 0) {
+            seterr(err, errlen, "%s: %s", s->name, why);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* .env files                                                               */
+/* ------------------------------------------------------------------------ */
+
+struct envfile_entry {
+    char *key;
+    char *value;
+    int line;
+};
+
+struct pgs_envfile {
+    char *name;
+    struct envfile_entry *v;
+    size_t n, cap;
+};
+
+void config_envfile_free(pgs_envfile *f)
+{
+    if (!f) return;
+    for (size_t i = 0; i < f->n; i++) {
+        free(f->v[i].key);
+        free(f->v[i].value);
+    }
+    free(f->v);
+    free(f->name);
+    free(f);
+}
+
+static const struct envfile_entry *envfile_find(const pgs_envfile *f, const char *key)
+{
+    for (size_t i = 0; i < f->n; i++)
+        if (strcmp(f->v[i].key, key) == 0) return &f->v[i];
+    return NULL;
+}
+
+const char *config_envfile_get(pgs_envfile *f, const char *name)
+{
+    if (!f) return NULL;
+    const struct envfile_entry *e = envfile_find(f, name);
+    return e ? e->value : NULL;
+}
+
+/* A later line for the same key wins, as with python-dotenv and sh. */
+static void envfile_set(pgs_envfile *f, const char *key, size_t kn, char *value, int line)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        if (strlen(f->v[i].key) == kn && memcmp(f->v[i].key, key, kn) == 0) {
+            free(f->v[i].value);
+            f->v[i].value = value;
+            f->v[i].line = line;
+            return;
+        }
+    }
+    if (f->n == f->cap) {
+        f->cap = f->cap ? f->cap * 2 : 16;
+        f->v = pgs_xrealloc(f->v, f->cap * sizeof(*f->v));
+    }
+    f->v[f->n].key = pgs_xstrndup(key, kn);
+    f->v[f->n].value = value;
+    f->v[f->n].line = line;
+    f->n++;
+}
+
+/* Keys are any printable ASCII but '=', '#' and quotes: a .env file is
+ * usually the application's, and its other keys are not ours to police. */
+static bool is_keychar(int c)
+{
+    return c > 0x20 && c < 0x7f && c != '=' && c != '#' && c != '"' && c != '\'';
+}
+
+int config_envfile_parse(const char *name, const char *data, size_t len, pgs_envfile **out,
+                         char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!name) name = "(env)";
+    if (len > 0 && !data) {
+        seterr(err, errlen, "%s: no data", name);
+        return -EINVAL;
+    }
+    if (len > ENVFILE_MAX_BYTES) {
+        seterr(err, errlen, "%s: file is larger than 1 MiB (%zu bytes)", name, len);
+        return -EFBIG;
+    }
+    /* Physical line lengths first, so the limit holds inside quoted values
+     * too and the error points at the line itself. */
+    {
+        size_t i = 0;
+        int line = 1;
+        while (i < len) {
+            const char *nl = memchr(data + i, '\n', len - i);
+            size_t ll = nl ? (size_t)(nl - (data + i)) : len - i;
+            if (ll > ENVFILE_MAX_LINE) {
+                seterr(err, errlen, "%s:%d: line is longer than 64 KiB", name, line);
+                return -EINVAL;
+            }
+            i += ll + 1;
+            line++;
+        }
+    }
+
+    pgs_envfile *f = pgs_xcalloc(1, sizeof(*f));
+    f->name = pgs_xstrdup(name);
+    const char *d = data;
+    size_t i = 0;
+    int line = 1;
+    sbuf val = {0};
+    char kb[80];
+    if (len >= 3 && memcmp(d, "\xEF\xBB\xBF", 3) == 0) i = 3; /* UTF-8 BOM */
+
+    while (i < len) {
+        while (i < len && is_blank((unsigned char)d[i])) i++;
+        if (i == len) break;
+        if (d[i] == '\n') {
+            line++;
+            i++;
+            continue;
+        }
+        if (d[i] == '#') {
+            while (i < len && d[i] != '\n') i++;
+            continue;
+        }
+        int entry_line = line;
+
+        if (len - i > 6 && memcmp(d + i, "export", 6) == 0 && (d[i + 6] == ' ' || d[i + 6] == '\t')) {
+            size_t j = i + 6;
+            while (j < len && is_blank((unsigned char)d[j])) j++;
+            if (j < len && is_keychar((unsigned char)d[j])) i = j;
+        }
+        size_t ks = i;
+        while (i < len && is_keychar((unsigned char)d[i])) i++;
+        size_t kn = i - ks;
+        if (kn == 0) {
+            seterr(err, errlen, "%s:%d: expected KEY=VALUE", name, entry_line);
+            goto fail;
+        }
+        char key[128];
+        snprintf(key, sizeof(key), "%.*s", (int)PGS_MIN(kn, sizeof(key) - 1), d + ks);
+        while (i < len && is_blank((unsigned char)d[i])) i++;
+        if (i >= len || d[i] != '=') {
+            seterr(err, errlen, "%s:%d: expected '=' after '%s' (lines are KEY=VALUE)", name,
+                   entry_line, shown(key, kb, sizeof(kb)));
+            goto fail;
+        }
+        i++; /* '=' */
+        while (i < len && is_blank((unsigned char)d[i])) i++;
+
+        sb_reset(&val);
+        sb_putn(&val, "", 0);
+        if (i < len && (d[i] == '\'' || d[i] == '"')) {
+            char q = d[i++];
+            bool closed = false;
+            while (i < len) {
+                char c = d[i++];
+                if (c == q) {
+                    closed = true;
+                    break;
+                }
+                if (c == '\n') line++;
+                if (c == '\\' && q == '"' && i < len) {
+                    char e = d[i++];
+                    switch (e) {
+                    case 'n': c = '\n'; break;
+                    case 't': c = '\t'; break;
+                    case 'r': c = '\r'; break;
+                    case '"': c = '"'; break;
+                    case '\\': c = '\\'; break;
+                    case '$': c = '$'; break;
+                    default: /* unknown escapes stay as written, like python-dotenv */
+                        sb_putc(&val, '\\');
+                        c = e;
+                        if (c == '\n') line++;
+                        break;
+                    }
+                }
+                sb_putc(&val, c);
+            }
+            if (!closed) {
+                seterr(err, errlen, "%s:%d: unterminated %s quote in the value of '%s'", name,
+                       entry_line, q == '"' ? "double" : "single", shown(key, kb, sizeof(kb)));
+                goto fail;
+            }
+            while (i < len && is_blank((unsigned char)d[i])) i++;
+            if (i < len && d[i] != '\n' && d[i] != '#') {
+                seterr(err, errlen, "%s:%d: unexpected text after the closing quote of '%s'",
+                       name, line, shown(key, kb, sizeof(kb)));
+                goto fail;
+            }
+            while (i < len && d[i] != '\n') i++;
+        } else {
+            /* Unquoted: up to the end of the line or a " #" comment; a '#'
+             * inside a word (a password like "pa#ss") is kept.  d[ve - 1]
+             * is at worst the '=' itself, so "KEY=#x" keeps "#x"
+             * while "KEY= #x" is an empty value and a comment, as in sh. */
+            size_t vs = i, ve = i;
+            while (ve < len && d[ve] != '\n') {
+                if (d[ve] == '#' && is_blank((unsigned char)d[ve - 1])) break;
+                ve++;
+            }
+            i = ve;
+            while (i < len && d[i] != '\n') i++;
+            while (ve > vs && is_blank((unsigned char)d[ve - 1])) ve--;
+            sb_putn(&val, d + vs, ve - vs);
+        }
+        if (memchr(val.p, '\0', val.len)) {
+            seterr(err, errlen, "%s:%d: the value of '%s' contains a NUL byte", name,
+                   entry_line, shown(key, kb, sizeof(kb)));
+            goto fail;
+        }
+        envfile_set(f, d + ks, kn, pgs_xstrndup(val.p, val.len), entry_line);
+    }
+    free(val.p);
+    *out = f;
+    return 0;
+
+fail:
+    free(val.p);
+    config_envfile_free(f);
+    return -EINVAL;
+}
+
+int config_envfile_load(const char *path, pgs_envfile **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        seterr(err, errlen, "%s: cannot open: %s", path, strerror(e));
+        return -e;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        seterr(err, errlen, "%s: is a directory, not a .env file", path);
+        return -EISDIR;
+    }
+    /* Read up to one byte past the limit; works for pipes and
+     * process substitution too, where st_size says nothing. */
+    size_t cap = ENVFILE_MAX_BYTES + 1, n = 0;
+    char *buf = pgs_xmalloc(cap);
+    for (;;) {
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            seterr(err, errlen, "%s: cannot read: %s", path, strerror(e));
+            return -e;
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+        if (n == cap) break;
+    }
+    close(fd);
+    int rc = config_envfile_parse(path, buf, n, out, err, errlen);
+    free(buf);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Full load                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* The process environment over the .env file.  A variable that is set in
+ * the environment wins even when empty (dotenv's rule); the lookup notes
+ * where each answer came from so errors can point at the .env line. */
+struct layered {
+    pgs_envfile *file;
+    int last_line; /* .env line of the last answer, 0 if from the environment */
+};
+
+static const char *layered_lookup(void *ctx, const char *name)
+{
+    struct layered *l = ctx;
+    l->last_line = 0;
+    const char *v = getenv(name);
+    if (v) return v;
+    if (l->file) {
+        const struct envfile_entry *e = envfile_find(l->file, name);
+        if (e) {
+            l->last_line = e->line;
+            return e->value;
+        }
+    }
+    return NULL;
+}
+
+static bool known_setting(const char *name)
+{
+    for (size_t i = 0; i < PGS_ARRAY_LEN(settings); i++)
+        if (strcmp(settings[i].name, name) == 0) return true;
+    return false;
+}
+
+/* A .env file is shared with the application, so foreign keys are fine;
+ * but PGSCALE_* is our namespace, and a misspelt one is rejected rather
+ * than silently ignored. */
+static int check_unknown_keys(const pgs_envfile *f, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        const char *k = f->v[i].key;
+        if (strncmp(k, "PGSCALE_", 8) == 0 && !known_setting(k)) {
+            char kb[80];
+            seterr(err, errlen,
+                   "%s:%d: unknown variable '%s' (see docs/configuration.md for the "
+                   "PGSCALE_* variables)",
+                   f->name, f->v[i].line, shown(k, kb, sizeof(kb)));
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+int config_load(pgs_config *cfg, const char *envfile_path, char *err, size_t errlen)
+{
+    config_defaults(cfg);
+    pgs_envfile *f = NULL;
+    int rc;
+    if (envfile_path) {
+        rc = config_envfile_load(envfile_path, &f, err, errlen);
+        if (rc < 0) return rc;
+        rc = check_unknown_keys(f, err, errlen);
+        if (rc < 0) goto out;
+    }
+
+    struct layered l = {.file = f};
+    if (!layered_lookup(&l, "DATABASE_URL")) {
+        seterr(err, errlen, "DATABASE_URL is not set; %s", database_url_hint);
+        rc = -EINVAL;
+        goto out;
+    }
+    char why[1024];
+    rc = config_apply_env(cfg, layered_lookup, &l, why, sizeof(why));
+    if (rc < 0) {
+        if (l.last_line > 0) seterr(err, errlen, "%s:%d: %s", f->name, l.last_line, why);
+        else seterr(err, errlen, "%s", why);
+    }
+out:
+    config_envfile_free(f);
+    if (rc < 0) config_free(cfg);
+    return rc;
+}
+
+void config_free(pgs_config *cfg)
+{
+    if (!cfg) return;
+    config_url_free(&cfg->primary);
+    for (int i = 0; i < cfg->n_replicas; i++) config_url_free(&cfg->replicas[i]);
+    free(cfg->replicas);
+    cfg->replicas = NULL;
+    cfg->n_replicas = 0;
+    free(cfg->redis_url);
+    cfg->redis_url = NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Describe                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void format_setting(sbuf *b, const pgs_config *cfg, const struct setting *s,
+                           bool is_default)
+{
+    char tmp[320];
+    tmp[0] = '\0';
+    switch (s->kind) {
+    case K_URL:
+        if (!is_default) url_format_masked(b, CFIELD(cfg, s, pgs_url));
+        return;
+    case K_URL_LIST:
+        for (int i = 0; !is_default && i < cfg->n_replicas; i++) {
+            if (i) sb_putc(b, ',');
+            url_format_masked(b, &cfg->replicas[i]);
+        }
+        return;
+    case K_LISTEN:
+        snprintf(tmp, sizeof(tmp), strchr(cfg->listen_host, ':') ? "[%s]:%d" : "%s:%d",
+                 cfg->listen_host, cfg->listen_port);
+        break;
+    case K_POOL_MODE:
+        snprintf(tmp, sizeof(tmp), "%s",
+                 cfg->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
+        break;
+    case K_INT:
+    case K_OVERFLOW:
+        snprintf(tmp, sizeof(tmp), "%d", *CFIELD(cfg, s, int));
+        break;
+    case K_DURATION: {
+        uint32_t ms = *CFIELD(cfg, s, uint32_t);
+        if (ms == 0) snprintf(tmp, sizeof(tmp), "0");
+        else if (ms % 1000 == 0) snprintf(tmp, sizeof(tmp), "%us", (unsigned)(ms / 1000));
+        else snprintf(tmp, sizeof(tmp), "%ums", (unsigned)ms);
+        break;
+    }
+    case K_BYTES: {
+        uint32_t n = *CFIELD(cfg, s, uint32_t);
+        if (n && n % (1u << 30) == 0) snprintf(tmp, sizeof(tmp), "%uGB", (unsigned)(n >> 30));
+        else if (n && n % (1u << 20) == 0) snprintf(tmp, sizeof(tmp), "%uMB", (unsigned)(n >> 20));
+        else if (n && n % (1u << 10) == 0) snprintf(tmp, sizeof(tmp), "%ukB", (unsigned)(n >> 10));
+        else snprintf(tmp, sizeof(tmp), "%u", (unsigned)n);
+        break;
+    }
+    case K_REDIS: {
+        const char *r = *CFIELD(cfg, s, char *);
+        if (r) redis_format_masked(b, r);
+        return;
+    }
+    case K_LOG_LEVEL: {
+        int lv = *CFIELD(cfg, s, int);
+        snprintf(tmp, sizeof(tmp), "%s",
+                 lv >= 0 && lv < (int)PGS_ARRAY_LEN(log_level_names) ? log_level_names[lv] : "?");
+        break;
+    }
+    }
+    sb_puts(b, tmp);
+}
+
+void config_describe(const pgs_config *cfg, pgs_config_emit emit, void *ctx)
+{
+    pgs_config def;
+    config_defaults(&def);
+    sbuf vb = {0}, db = {0};
+    for (size_t i = 0; i < PGS_ARRAY_LEN(settings); i++) {
+        sb_reset(&vb);
+        sb_reset(&db);
+        format_setting(&vb, cfg, &settings[i], false);
+        format_setting(&db, &def, &settings[i], true);
+        emit(ctx, settings[i].name, sb_str(&vb), sb_str(&db));
+    }
+    free(vb.p);
+    free(db.p);
+}

@@ -1,0 +1,171 @@
+/* Start-up only: flags, configuration, resolving the server address,
+ * resource limits, worker threads, and signals (SIGTERM drains, SIGINT
+ * stops at once). */
+#include <getopt.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <arpa/inet.h>
+
+#include "config.h"
+#include "worker.h"
+
+#define PGSCALE_VERSION "0.1.0"
+
+static pgs_config g_cfg;
+static uv_signal_t sig_term, sig_int, sig_hup;
+static uv_timer_t drain_deadline, finish_check;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "pgscale " PGSCALE_VERSION " - PostgreSQL connection pooler\n\n"
+            "usage: pgscale [--env-file FILE] [--check-config]\n\n"
+            "Configured by environment variables (DATABASE_URL, DB_POOL_SIZE, DB_MAX_OVERFLOW,\n"
+            "DB_POOL_TIMEOUT, PGSCALE_LISTEN, PGSCALE_POOL_MODE, PGSCALE_WORKERS, ...);\n"
+            "see docs/configuration.md.\n\n"
+            "  --env-file FILE   read variables from a .env file (the environment wins)\n"
+            "  --check-config    validate the configuration, print it and exit\n"
+            "  --version         print the version\n");
+}
+
+static void print_cfg(void *ctx, const char *name, const char *value, const char *def)
+{
+    PGS_UNUSED(ctx);
+    PGS_UNUSED(def);
+    printf("%s = %s\n", name, value);
+}
+
+static int resolve_server(const pgs_config *cfg)
+{
+    const pgs_url *u = &cfg->primary;
+    const char *host = u->host && *u->host ? u->host : "localhost";
+    if (host[0] == '/') {
+        fprintf(stderr,
+                "pgscale: DATABASE_URL: Unix-socket hosts (%s) are not supported yet; use a TCP "
+                "host such as 127.0.0.1\n",
+                host);
+        return -1;
+    }
+    int port = u->port ? u->port : 5432;
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0 || !res) {
+        fprintf(stderr, "pgscale: DATABASE_URL: cannot resolve host \"%s\": %s\n", host,
+                gai_strerror(rc));
+        return -1;
+    }
+    memcpy(&g_pgs.server_addr, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    snprintf(g_pgs.server_addr_text, sizeof(g_pgs.server_addr_text), "%s:%d", host, port);
+    return 0;
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) log_warn("could not raise the open-files limit");
+    }
+}
+
+static void on_finish_check(uv_timer_t *t)
+{
+    if (worker_all_finished()) uv_stop(t->loop);
+}
+
+static void on_drain_deadline(uv_timer_t *t)
+{
+    PGS_UNUSED(t);
+    log_warn("shutdown timeout reached; closing the remaining connections");
+    worker_broadcast(WM_STOP);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    if (signum == SIGHUP) {
+        log_info("SIGHUP: configuration reload needs a config file; nothing to reload");
+        return;
+    }
+    if (signum == SIGINT) {
+        log_info("SIGINT: stopping now");
+        worker_broadcast(WM_STOP);
+        return;
+    }
+    if (atomic_exchange(&g_pgs.shutting_down, 1)) return;
+    log_info("SIGTERM: no new clients; waiting up to %u ms for transactions to finish",
+             g_cfg.shutdown_timeout_ms);
+    worker_broadcast(WM_SHUTDOWN);
+    uv_timer_start(&drain_deadline, on_drain_deadline, g_cfg.shutdown_timeout_ms, 0);
+    PGS_UNUSED(s);
+}
+
+int main(int argc, char **argv)
+{
+    const char *envfile = NULL;
+    bool check_only = false;
+    static const struct option opts[] = {{"env-file", required_argument, NULL, 'e'},
+                                         {"check-config", no_argument, NULL, 'c'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {NULL, 0, NULL, 0}};
+    int ch;
+    while ((ch = getopt_long(argc, argv, "e:chV", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'e': envfile = optarg; break;
+        case 'c': check_only = true; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("pgscale " PGSCALE_VERSION "\n"); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "pgscale: unexpected argument \"%s\"\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    char err[512];
+    if (config_load(&g_cfg, envfile, err, sizeof(err)) < 0) {
+        fprintf(stderr, "pgscale: configuration error: %s\n", err);
+        return 1;
+    }
+    pgs_log_level = g_cfg.log_level;
+    if (check_only) {
+        config_describe(&g_cfg, print_cfg, NULL);
+        return 0;
+    }
+    if (resolve_server(&g_cfg) < 0) return 1;
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+
+    uv_loop_t *loop = uv_default_loop();
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_start(&sig_term, on_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_signal, SIGINT);
+    uv_signal_start(&sig_hup, on_signal, SIGHUP);
+    uv_timer_init(loop, &drain_deadline);
+    uv_timer_init(loop, &finish_check);
+    uv_timer_start(&finish_check, on_finish_check, 50, 50);
+
+    if (worker_start_all(&g_cfg) < 0) {
+        fprintf(stderr, "pgscale: could not start (see the messages above)\n");
+        return 1;
+    }
+    log_info("pgscale " PGSCALE_VERSION " listening on %s:%d, %d workers, %s pooling, "
+             "pool %d+%d, server %s",
+             g_cfg.listen_host, g_cfg.listen_port, g_cfg.workers,
+             g_cfg.pool_mode == PGS_POOL_SESSION ? "session" : "transaction", g_cfg.pool_size,
+             g_cfg.max_overflow, g_pgs.server_addr_text);
+    uv_run(loop, UV_RUN_DEFAULT);
+    worker_join_all();
+    log_info("pgscale stopped");
+    return 0;
+}

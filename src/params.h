@@ -1,0 +1,29 @@
+/* Session settings that must follow a client from one pooled server
+ * connection to the next: the parameters PostgreSQL reports with
+ * ParameterStatus (tracked from the server's own messages) and other
+ * settings made with SET (recorded from the statement text). */
+#ifndef PGS_PARAMS_H
+#define PGS_PARAMS_H
+
+#include "types.h"
+
+#define PARAMS_REPORTED 7
+
+/* Records a reported parameter's value; ignores names not tracked. */
+void params_set(pgs_params **pp, const char *name, const char *value);
+const char *params_get(const pgs_params *p, const char *name);
+/* Index of a tracked reported parameter (case-insensitive), or -1. */
+int params_reported_index(const char *name);
+const char *params_reported_name(int i);
+/* Records (stmt != NULL) or forgets (stmt == NULL) a non-reported setting. */
+void params_set_extra(pgs_params **pp, const char *name, const char *stmt);
+void params_clear_extras(pgs_params *p);
+/* Builds one simple-query text that makes a server with settings *server
+ * look like the client's; updates *server to match.  Returns its length,
+ * 0 when nothing differs, -1 when it does not fit in cap. */
+int params_sync_sql(const pgs_params *client, pgs_params **server, char *out, size_t cap);
+/* Appends SELECT set_config-style SQL quoting of value into out. */
+pgs_params *params_copy(const pgs_params *p);
+void params_free(pgs_params *p);
+
+#endif

@@ -1,0 +1,400 @@
+/* Server pools.  A pool is one (user, database) pair.  Its budget of
+ * pool_size + max_overflow connections is shared by all workers through
+ * one atomic counter (pgs_pool_shared.open); the connections themselves
+ * live in per-worker parts (pgs_pool), so checkout and release on the data
+ * path touch only the worker's own lists.
+ *
+ * How workers share connections without one starving another: a server
+ * coming back idle goes first to a waiting client of its own worker; if
+ * there is none but clients of the same pool wait on another worker, the
+ * server is handed over to that worker (its socket is detached from this
+ * loop and adopted by the other: no reconnect).  A worker whose clients
+ * wait while the budget is spent asks the other workers for their idle
+ * servers (WM_WANT_SERVER), which hand them over the same way.  So a
+ * connection is never idle on one worker while a client waits on another
+ * for longer than one message round trip between threads. */
+#include "pool.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "server.h"
+#include "worker.h"
+
+#define RETRY_CONNECT_US 250000u
+
+bool pool_has_welcome(pgs_pool_shared *sh)
+{
+    pthread_mutex_lock(&sh->lock);
+    bool r = sh->n_welcome > 0;
+    pthread_mutex_unlock(&sh->lock);
+    return r;
+}
+
+void pool_set_welcome(pgs_pool_shared *sh, int n, char **names, char **values)
+{
+    pthread_mutex_lock(&sh->lock);
+    if (sh->n_welcome == 0 && n > 0) {
+        sh->welcome_names = pgs_xcalloc((size_t)n, sizeof(char *));
+        sh->welcome_values = pgs_xcalloc((size_t)n, sizeof(char *));
+        for (int i = 0; i < n; i++) {
+            sh->welcome_names[i] = pgs_xstrdup(names[i]);
+            sh->welcome_values[i] = pgs_xstrdup(values[i]);
+        }
+        sh->n_welcome = n;
+    }
+    pthread_mutex_unlock(&sh->lock);
+}
+
+static pgs_pool_shared *shared_get(const char *user, const char *database)
+{
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    pgs_pool_shared *sh;
+    for (sh = g_pgs.pools; sh; sh = sh->next)
+        if (strcmp(sh->user, user) == 0 && strcmp(sh->database, database) == 0) break;
+    if (!sh) {
+        const pgs_config *cfg = g_pgs.cfg;
+        sh = pgs_xcalloc(1, sizeof(*sh));
+        sh->user = pgs_xstrdup(user);
+        sh->database = pgs_xstrdup(database);
+        sh->pool_size = cfg->pool_size;
+        sh->max_total = cfg->pool_size + cfg->max_overflow;
+        pthread_mutex_init(&sh->lock, NULL);
+        list_init(&sh->handoff);
+        sh->next = g_pgs.pools;
+        g_pgs.pools = sh;
+    }
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+    return sh;
+}
+
+pgs_pool *pool_get(pgs_worker *w, const char *user, const char *database)
+{
+    pgs_pool_shared *sh = shared_get(user, database);
+    /* locals[w->id] is written only by worker w; other workers read it
+     * (racily, for counts) to find where clients wait. */
+    pgs_pool *p = __atomic_load_n(&sh->locals[w->id], __ATOMIC_ACQUIRE);
+    if (p) return p;
+    p = pgs_xcalloc(1, sizeof(*p));
+    p->sh = sh;
+    p->w = w;
+    list_init(&p->idle);
+    list_init(&p->used);
+    list_init(&p->waiting);
+    pthread_mutex_lock(&w->lock);
+    p->next = w->pools;
+    w->pools = p;
+    pthread_mutex_unlock(&w->lock);
+    __atomic_store_n(&sh->locals[w->id], p, __ATOMIC_RELEASE);
+    return p;
+}
+
+/* Takes one unit of the shared budget, if there is one. */
+static bool budget_take(pgs_pool_shared *sh)
+{
+    int open = atomic_load(&sh->open);
+    while (open < sh->max_total) {
+        if (atomic_compare_exchange_weak(&sh->open, &open, open + 1)) return true;
+    }
+    return false;
+}
+
+static void ask_other_workers(pgs_pool *p)
+{
+    uint64_t now = pgs_now_us();
+    if (now - p->last_connect_fail_us < 1000 && p->last_connect_fail_us) return;
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        if (i == p->w->id) continue;
+        pgs_pool *other = __atomic_load_n(&p->sh->locals[i], __ATOMIC_ACQUIRE);
+        if (!other || __atomic_load_n(&other->n_idle, __ATOMIC_RELAXED) == 0) continue;
+        pgs_worker_msg *m = pgs_xcalloc(1, sizeof(*m));
+        m->kind = WM_WANT_SERVER;
+        m->a = (uint32_t)p->w->id;
+        m->pool = p->sh;
+        worker_post(&g_pgs.workers[i], m);
+    }
+}
+
+/* Opens servers for waiting clients while the budget allows. */
+static void open_for_waiters(pgs_pool *p)
+{
+    uint64_t now = pgs_now_us();
+    if (p->retry_at_us && now < p->retry_at_us) return;
+    bool asked = false;
+    while (p->n_waiting > p->n_connecting) {
+        if (!budget_take(p->sh)) {
+            if (!asked) ask_other_workers(p);
+            asked = true;
+            break;
+        }
+        p->n_connecting++;
+        server_open(p);
+    }
+}
+
+static bool server_expired(const pgs_server *sv, uint64_t now)
+{
+    const pgs_config *cfg = g_pgs.cfg;
+    if (cfg->server_lifetime_ms &&
+        now - sv->connect_us > (uint64_t)cfg->server_lifetime_ms * 1000u)
+        return true;
+    if (cfg->server_idle_timeout_ms &&
+        now - sv->last_used_us > (uint64_t)cfg->server_idle_timeout_ms * 1000u)
+        return true;
+    return false;
+}
+
+/* A server idle for a while may have been closed by PostgreSQL (restart,
+ * pg_terminate_backend, a network cut).  Idle servers are read all the
+ * time, so a close that already arrived was seen; this peek catches one
+ * that arrived after the last loop iteration. */
+static bool server_looks_dead(pgs_server *sv)
+{
+    int fd;
+    if (uv_fileno((uv_handle_t *)&sv->s.tcp, &fd) != 0) return true;
+    char b;
+    ssize_t r = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r == 0) return true;
+    if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return true;
+    return r > 0; /* an idle server has nothing to say; if it does, it is dying */
+}
+
+void pool_checkout(pgs_pool *p, pgs_client *c)
+{
+    uint64_t now = pgs_now_us();
+    while (!list_empty(&p->idle)) {
+        pgs_server *sv = list_entry(p->idle.next, pgs_server, node);
+        list_del(&sv->node);
+        p->n_idle--;
+        if (server_expired(sv, now) ||
+            (now - sv->last_used_us > (uint64_t)g_pgs.cfg->server_check_delay_ms * 1000u &&
+             server_looks_dead(sv))) {
+            server_close(sv, "idle too long, too old, or closed by the server");
+            continue;
+        }
+        list_add_tail(&p->used, &sv->node);
+        p->n_used++;
+        client_server_ready(c, sv);
+        return;
+    }
+    c->wait_start_us = now;
+    atomic_store_explicit(&c->state, CL_WAITING, memory_order_relaxed);
+    list_add_tail(&p->waiting, &c->wait_node);
+    p->n_waiting++;
+    atomic_fetch_add(&p->sh->waiting, 1);
+    open_for_waiters(p);
+}
+
+void pool_cancel_wait(pgs_client *c)
+{
+    pgs_pool *p = c->pool;
+    if (!p || list_empty(&c->wait_node)) return;
+    list_del(&c->wait_node);
+    p->n_waiting--;
+    atomic_fetch_sub(&p->sh->waiting, 1);
+}
+
+static pgs_client *pop_waiter(pgs_pool *p)
+{
+    if (list_empty(&p->waiting)) return NULL;
+    pgs_client *c = list_entry(p->waiting.next, pgs_client, wait_node);
+    list_del(&c->wait_node);
+    p->n_waiting--;
+    atomic_fetch_sub(&p->sh->waiting, 1);
+    uint64_t waited = pgs_now_us() - c->wait_start_us;
+    atomic_fetch_add_explicit(&p->stats.wait_us, waited, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->stats.wait_count, 1, memory_order_relaxed);
+    return c;
+}
+
+static int worker_with_waiters(pgs_pool *p)
+{
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        if (i == p->w->id) continue;
+        pgs_pool *other = __atomic_load_n(&p->sh->locals[i], __ATOMIC_ACQUIRE);
+        if (other && __atomic_load_n(&other->n_waiting, __ATOMIC_RELAXED) >
+                         __atomic_load_n(&other->n_connecting, __ATOMIC_RELAXED))
+            return i;
+    }
+    return -1;
+}
+
+/* Puts an idle, linked-to-nobody server where it is needed most. */
+static void place_idle_server(pgs_server *sv)
+{
+    pgs_pool *p = sv->pool;
+    uint64_t now = pgs_now_us();
+    sv->last_used_us = now;
+    if (sv->broken || server_expired(sv, now) || p->w->draining) {
+        server_close(sv, sv->broken ? "server connection not reusable" : "expired");
+        return;
+    }
+    pgs_client *c = pop_waiter(p);
+    if (c) {
+        list_add_tail(&p->used, &sv->node);
+        p->n_used++;
+        client_server_ready(c, sv);
+        return;
+    }
+    if (atomic_load(&p->sh->waiting) > 0) {
+        int to = worker_with_waiters(p);
+        if (to >= 0) {
+            server_handoff(sv, to);
+            return;
+        }
+    }
+    if (atomic_load(&p->sh->open) > p->sh->pool_size) {
+        /* SQLAlchemy's QueuePool: an overflow connection that comes back
+         * when nobody waits is closed, so the pool shrinks to pool_size. */
+        server_close(sv, "overflow connection no longer needed");
+        return;
+    }
+    list_add_head(&p->idle, &sv->node);
+    p->n_idle++;
+    atomic_store_explicit(&sv->state, SV_IDLE, memory_order_relaxed);
+}
+
+void pool_release(pgs_server *sv)
+{
+    pgs_pool *p = sv->pool;
+    list_del(&sv->node);
+    p->n_used--;
+    place_idle_server(sv);
+}
+
+void pool_server_ready(pgs_server *sv)
+{
+    pgs_pool *p = sv->pool;
+    p->n_connecting--;
+    p->retry_at_us = 0;
+    p->last_error[0] = '\0';
+    p->last_connect_fail_us = 0;
+    list_del(&sv->node);
+    p->n_login--;
+    place_idle_server(sv);
+}
+
+void pool_server_gone(pgs_server *sv)
+{
+    pgs_pool *p = sv->pool;
+    atomic_fetch_sub(&p->sh->open, 1);
+    /* A waiter may now get a connection of its own. */
+    if (p->n_waiting > p->n_connecting) open_for_waiters(p);
+}
+
+void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, const char *msg)
+{
+    p->n_connecting--;
+    snprintf(p->last_error, sizeof(p->last_error), "%s", msg);
+    snprintf(p->last_sqlstate, sizeof(p->last_sqlstate), "%s", sqlstate);
+    p->last_connect_fail_us = pgs_now_us();
+    if (server_error) {
+        /* The server refused us (bad password, no such database): every
+         * client waiting for this pool would get the same answer. */
+        pgs_client *c;
+        while ((c = pop_waiter(p)) != NULL) client_fail(c, sqlstate, msg, NULL);
+        return;
+    }
+    p->retry_at_us = pgs_now_us() + RETRY_CONNECT_US;
+}
+
+static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
+{
+    const pgs_config *cfg = g_pgs.cfg;
+    uint64_t pool_to = (uint64_t)cfg->pool_timeout_ms * 1000u;
+    uint64_t conn_to = (uint64_t)cfg->server_connect_timeout_ms * 1000u;
+    char msg[512];
+    pgs_list *it = p->waiting.next;
+    while (it != &p->waiting) {
+        pgs_client *c = list_entry(it, pgs_client, wait_node);
+        it = it->next;
+        uint64_t waited = now - c->wait_start_us;
+        if (p->last_connect_fail_us && waited >= conn_to && p->n_idle == 0 &&
+            p->n_used == 0) {
+            /* No server reachable for the whole connect timeout. */
+            pool_cancel_wait(c);
+            snprintf(msg, sizeof(msg),
+                     "could not connect to the PostgreSQL server for db=%s user=%s: %s",
+                     p->sh->database, p->sh->user, p->last_error);
+            client_fail(c, "08006", msg,
+                        "check that PostgreSQL is running and that DATABASE_URL points at it");
+            continue;
+        }
+        if (waited >= pool_to) {
+            pool_cancel_wait(c);
+            snprintf(msg, sizeof(msg),
+                     "pool for db=%s user=%s is full (%d/%d server connections in use) after "
+                     "waiting %.1f s",
+                     p->sh->database, p->sh->user, atomic_load(&p->sh->open), p->sh->max_total,
+                     (double)waited / 1e6);
+            client_fail(c, "53300", msg,
+                        "raise DB_POOL_SIZE or DB_MAX_OVERFLOW, shorten transactions, or raise "
+                        "DB_POOL_TIMEOUT");
+        }
+    }
+}
+
+void pool_janitor(pgs_worker *w, uint64_t now)
+{
+    for (pgs_pool *p = w->pools; p; p = p->next) {
+        if (p->n_waiting) {
+            fail_waiters_on_timeout(p, now);
+            if (p->n_waiting > p->n_connecting) open_for_waiters(p);
+        }
+        /* idle servers: lifetime and idle timeout */
+        pgs_list *it = p->idle.next;
+        while (it != &p->idle) {
+            pgs_server *sv = list_entry(it, pgs_server, node);
+            it = it->next;
+            if (server_expired(sv, now)) {
+                list_del(&sv->node);
+                p->n_idle--;
+                server_close(sv, "server_idle_timeout or server_lifetime reached");
+            }
+        }
+        server_check_login_timeouts(p, now);
+    }
+}
+
+void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh)
+{
+    pgs_pool *p = __atomic_load_n(&sh->locals[w->id], __ATOMIC_ACQUIRE);
+    if (!p || p->n_waiting > 0) return;
+    while (!list_empty(&p->idle) && atomic_load(&sh->waiting) > 0) {
+        int to = worker_with_waiters(p);
+        if (to < 0) break;
+        pgs_server *sv = list_entry(p->idle.next, pgs_server, node);
+        list_del(&sv->node);
+        p->n_idle--;
+        server_handoff(sv, to);
+    }
+}
+
+void pool_adopt_handoffs(pgs_worker *w, pgs_pool_shared *sh)
+{
+    pgs_pool *p = pool_get(w, sh->user, sh->database);
+    for (;;) {
+        pgs_server *sv = NULL;
+        pthread_mutex_lock(&sh->lock);
+        pgs_list *it;
+        for (it = sh->handoff.next; it != &sh->handoff; it = it->next) {
+            pgs_server *s = list_entry(it, pgs_server, node);
+            if (s->transfer_to == w->id) {
+                list_del(&s->node);
+                sv = s;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&sh->lock);
+        if (!sv) break;
+        if (server_adopt(w, p, sv) == 0) {
+            list_add_tail(&p->used, &sv->node);
+            p->n_used++;
+            pool_release(sv);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+/* Relaying messages between a client and its server: framing, the
+ * expected-response queue, prepared-statement renaming, session settings,
+ * transaction boundaries (when a server goes back to the pool). */
+#ifndef PGS_RELAY_H
+#define PGS_RELAY_H
+
+#include "types.h"
+
+/* Processes what the client sent; called on every read and whenever a
+ * server becomes available or a write drains. */
+void relay_client_data(pgs_client *c);
+/* Processes what the linked (or resetting) server sent. */
+void relay_server_data(pgs_server *sv);
+/* Links c and sv and sends whatever is needed to make sv look like the
+ * client's session (settings); then relays what the client has queued. */
+void relay_link(pgs_client *c, pgs_server *sv);
+/* The client is gone while linked to sv: clean sv and return it, or
+ * close it when that cannot be done safely. */
+void relay_client_gone(pgs_client *c);
+
+PGS_MUSTCHECK int exq_push(pgs_expect_q *q, uint8_t kind, pgs_stmt *st, const char *tag);
+void exq_clear(pgs_expect_q *q);
+void exq_free(pgs_expect_q *q);
+
+#endif

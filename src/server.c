@@ -1,0 +1,502 @@
+/* Server connections: opening (TCP connect, StartupMessage, the
+ * authentication exchange), closing with a reason, and moving an idle
+ * connection to another worker.  Once logged in, bytes are relay.c's. */
+#include "server.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "client.h"
+#include "io.h"
+#include "params.h"
+#include "pool.h"
+#include "prepared.h"
+#include "proto.h"
+#include "relay.h"
+#include "worker.h"
+
+#define LOGIN_MAX_MSG (64 * 1024)
+
+static const char *const state_names[] = {"connecting", "login", "idle", "active", "reset",
+                                          "closing"};
+
+const char *server_state_name(int state)
+{
+    if (state < 0 || state >= (int)PGS_ARRAY_LEN(state_names)) return "?";
+    return state_names[state];
+}
+
+static void set_state(pgs_server *sv, int st)
+{
+    atomic_store_explicit(&sv->state, st, memory_order_relaxed);
+}
+
+static void free_server(uv_handle_t *h)
+{
+    pgs_server *sv = h->data;
+    pgs_worker *w = sv->w;
+    io_buf_free(w, &sv->s);
+    exq_free(&sv->exq);
+    params_free(sv->params);
+    stmt_set_free(sv->prepared);
+    free(sv->scram);
+    free(sv->pending_set_name);
+    free(sv->pending_set_stmt);
+    free(sv);
+}
+
+static void unlist(pgs_server *sv)
+{
+    pgs_pool *p = sv->pool;
+    if (sv->node.next != &sv->node) {
+        list_del(&sv->node);
+        int st = atomic_load_explicit(&sv->state, memory_order_relaxed);
+        if (st == SV_IDLE)
+            p->n_idle--;
+        else if (st == SV_CONNECTING || st == SV_LOGIN)
+            p->n_login--;
+        else
+            p->n_used--;
+    }
+    pthread_mutex_lock(&sv->w->lock);
+    list_del(&sv->all_node);
+    pthread_mutex_unlock(&sv->w->lock);
+}
+
+void server_close(pgs_server *sv, const char *reason)
+{
+    if (sv->s.closing) return;
+    log_debug("S-%u: closing: %s", sv->id, reason);
+    if (sv->client) {
+        sv->client->server = NULL;
+        sv->client = NULL;
+    }
+    unlist(sv);
+    set_state(sv, SV_CLOSING);
+    pool_server_gone(sv);
+    io_close(&sv->s, free_server);
+}
+
+static void login_failed(pgs_server *sv, bool server_error, const char *sqlstate,
+                         const char *msg)
+{
+    log_warn("S-%u: login to %s as user=%s db=%s failed: %s", sv->id, g_pgs.server_addr_text,
+             sv->pool->sh->user, sv->pool->sh->database, msg);
+    pool_server_failed(sv->pool, server_error, sqlstate, msg);
+    server_close(sv, "login failed");
+}
+
+static int send_bytes(pgs_server *sv, const uint8_t *p, size_t n)
+{
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    return io_send(sv->w, &sv->s, &b, 1);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    pgs_server *sv = req->data;
+    if (sv->s.closing) return;
+    if (status < 0) {
+        char msg[400];
+        snprintf(msg, sizeof(msg), "connection to %s failed: %s", g_pgs.server_addr_text,
+                 uv_strerror(status));
+        login_failed(sv, false, "08006", msg);
+        return;
+    }
+    uv_tcp_nodelay(&sv->s.tcp, 1);
+    set_state(sv, SV_LOGIN);
+    const char *names[2] = {"user", "database"};
+    const char *values[2] = {sv->pool->sh->user, sv->pool->sh->database};
+    uint8_t buf[1024];
+    proto_out o;
+    proto_out_init(&o, buf, sizeof(buf));
+    proto_startup_message(&o, 2, names, values);
+    if (o.overflow || send_bytes(sv, buf, o.len) < 0 || io_read_start(&sv->s) < 0) {
+        login_failed(sv, false, "08006", "could not send the startup message to the server");
+    }
+}
+
+void server_open(pgs_pool *p)
+{
+    pgs_worker *w = p->w;
+    pgs_server *sv = pgs_xcalloc(1, sizeof(*sv));
+    sv->w = w;
+    sv->pool = p;
+    sv->id = ++w->next_id;
+    sv->transfer_to = -1;
+    sv->tx_status = 'I';
+    list_init(&sv->node);
+    list_init(&sv->all_node);
+    io_sock_init(w, &sv->s, PGS_SOCK_SERVER, sv);
+    sv->connect_us = sv->login_start_us = sv->last_used_us = pgs_now_us();
+    set_state(sv, SV_CONNECTING);
+    list_add_tail(&p->used, &sv->node);
+    p->n_login++;
+    pthread_mutex_lock(&w->lock);
+    list_add_tail(&w->servers, &sv->all_node);
+    pthread_mutex_unlock(&w->lock);
+    sv->connect_req.data = sv;
+    int rc = uv_tcp_connect(&sv->connect_req, &sv->s.tcp,
+                            (const struct sockaddr *)&g_pgs.server_addr, on_connect);
+    if (rc < 0) {
+        char msg[400];
+        snprintf(msg, sizeof(msg), "connection to %s failed: %s", g_pgs.server_addr_text,
+                 uv_strerror(rc));
+        login_failed(sv, false, "08006", msg);
+    }
+}
+
+static const char *server_password(pgs_server *sv)
+{
+    const pgs_url *u = &g_pgs.cfg->primary;
+    if (u->password && u->user && strcmp(u->user, sv->pool->sh->user) == 0) return u->password;
+    if (u->password && !u->user) return u->password;
+    return NULL;
+}
+
+static int need_password(pgs_server *sv, const char **pw)
+{
+    *pw = server_password(sv);
+    if (*pw) return 0;
+    char msg[400];
+    snprintf(msg, sizeof(msg),
+             "the server asks for a password for user \"%s\", but pgscale has none for that "
+             "user",
+             sv->pool->sh->user);
+    login_failed(sv, true, "28P01", msg);
+    return -1;
+}
+
+/* One authentication request from the server. */
+static int handle_auth(pgs_server *sv, const uint8_t *body, uint32_t blen)
+{
+    size_t pos = 0;
+    int32_t code;
+    if (proto_get_int32(body, blen, &pos, &code) < 0) return -1;
+    uint8_t out[2048];
+    proto_out o;
+    proto_out_init(&o, out, sizeof(out));
+    const char *pw;
+    switch (code) {
+    case 0: /* AuthenticationOk */
+        if (sv->scram) {
+            /* SCRAM must have ended with a verified server signature. */
+            if (!scram_client_done(sv->scram)) {
+                login_failed(sv, false, "28000",
+                             "server skipped the SCRAM final message; refusing to trust it");
+                return -1;
+            }
+            free(sv->scram);
+            sv->scram = NULL;
+        }
+        return 0;
+    case 3: /* cleartext */
+        if (need_password(sv, &pw) < 0) return -1;
+        proto_password(&o, pw);
+        break;
+    case 5: { /* md5 */
+        if (blen - pos < 4) return -1;
+        if (need_password(sv, &pw) < 0) return -1;
+        char md5[36];
+        auth_md5_response(sv->pool->sh->user, pw, body + pos, md5);
+        proto_password(&o, md5);
+        break;
+    }
+    case 10: { /* SASL: list of mechanisms */
+        bool found = false;
+        const char *m;
+        while ((m = proto_get_string(body, blen, &pos)) != NULL && *m)
+            if (strcmp(m, "SCRAM-SHA-256") == 0) found = true;
+        if (!found) {
+            login_failed(sv, true, "28000",
+                         "server offers no SASL mechanism pgscale supports (SCRAM-SHA-256)");
+            return -1;
+        }
+        if (need_password(sv, &pw) < 0) return -1;
+        sv->scram = pgs_xcalloc(1, sizeof(scram_client));
+        char first[256];
+        size_t flen;
+        if (scram_client_init(sv->scram, pw) < 0 ||
+            scram_client_first(sv->scram, first, sizeof(first), &flen) < 0) {
+            login_failed(sv, false, "28000", "SCRAM initialisation failed");
+            return -1;
+        }
+        proto_sasl_initial(&o, "SCRAM-SHA-256", first, flen);
+        break;
+    }
+    case 11: { /* SASLContinue */
+        char fin[SCRAM_MAX_MSG];
+        size_t flen;
+        if (!sv->scram || scram_client_final(sv->scram, (const char *)body + pos, blen - pos,
+                                             fin, sizeof(fin), &flen) < 0) {
+            login_failed(sv, false, "28000", "invalid SCRAM server-first message");
+            return -1;
+        }
+        proto_sasl_response(&o, fin, flen);
+        break;
+    }
+    case 12: /* SASLFinal */
+        if (!sv->scram ||
+            scram_client_verify(sv->scram, (const char *)body + pos, blen - pos) < 0) {
+            login_failed(sv, false, "28000",
+                         "the server's SCRAM signature is wrong: it does not know the password");
+            return -1;
+        }
+        return 0;
+    default: {
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "server asks for authentication method %d, which pgscale does not support "
+                 "(use scram-sha-256, md5, password or trust)",
+                 code);
+        login_failed(sv, true, "28000", msg);
+        return -1;
+    }
+    }
+    if (o.overflow || send_bytes(sv, out, o.len) < 0) {
+        login_failed(sv, false, "08006", "could not send authentication to the server");
+        return -1;
+    }
+    return 0;
+}
+
+static void login_param(pgs_server *sv, const uint8_t *body, uint32_t blen)
+{
+    size_t pos = 0;
+    const char *name = proto_get_string(body, blen, &pos);
+    const char *value = proto_get_string(body, blen, &pos);
+    if (!name || !value) return;
+    params_set(&sv->params, name, value);
+    if (sv->n_login_params >= 64) return;
+    int n = sv->n_login_params;
+    sv->login_names = pgs_xrealloc(sv->login_names, sizeof(char *) * (size_t)(n + 1));
+    sv->login_values = pgs_xrealloc(sv->login_values, sizeof(char *) * (size_t)(n + 1));
+    sv->login_names[n] = pgs_xstrdup(name);
+    sv->login_values[n] = pgs_xstrdup(value);
+    sv->n_login_params = n + 1;
+}
+
+static void free_login_params(pgs_server *sv)
+{
+    for (int i = 0; i < sv->n_login_params; i++) {
+        free(sv->login_names[i]);
+        free(sv->login_values[i]);
+    }
+    free(sv->login_names);
+    free(sv->login_values);
+    sv->login_names = sv->login_values = NULL;
+    sv->n_login_params = 0;
+}
+
+/* Reads the server's side of the login until ReadyForQuery. */
+static void login_data(pgs_server *sv)
+{
+    pgs_buf *b = &sv->s.rbuf;
+    while (b->pos < b->len) {
+        const uint8_t *p = b->data + b->pos;
+        uint32_t avail = b->len - b->pos;
+        uint8_t type;
+        uint32_t len;
+        int rc = proto_peek_header(p, avail, LOGIN_MAX_MSG, &type, &len);
+        if (rc == PROTO_NEED_MORE) break;
+        if (rc < 0) {
+            login_failed(sv, false, "08P01", "server sent an invalid message during login");
+            return;
+        }
+        if (avail < 1 + len) {
+            if (io_buf_make_room(sv->w, &sv->s, 1 + len) < 0) return;
+            break;
+        }
+        const uint8_t *body = p + 5;
+        uint32_t blen = len - 4;
+        b->pos += 1 + len;
+        switch (type) {
+        case 'R':
+            if (handle_auth(sv, body, blen) < 0) return;
+            break;
+        case 'S':
+            login_param(sv, body, blen);
+            break;
+        case 'K':
+            if (blen >= 8) {
+                sv->backend_pid = proto_be32(body);
+                sv->backend_key = proto_be32(body + 4);
+            }
+            break;
+        case 'E': {
+            proto_error_fields f;
+            char msg[400];
+            if (proto_read_error(body, blen, &f) < 0 || !f.message) f.message = "(unreadable)";
+            snprintf(msg, sizeof(msg), "%s", f.message);
+            login_failed(sv, true, f.sqlstate ? f.sqlstate : "08006", msg);
+            return;
+        }
+        case 'N':
+            break;
+        case 'Z':
+            if (sv->scram) {
+                login_failed(sv, false, "28000", "server ended the login before SCRAM finished");
+                return;
+            }
+            pool_set_welcome(sv->pool->sh, sv->n_login_params, sv->login_names,
+                             sv->login_values);
+            free_login_params(sv);
+            io_buf_release_if_empty(sv->w, &sv->s);
+            log_debug("S-%u: logged in (backend pid %u)", sv->id, sv->backend_pid);
+            pool_server_ready(sv);
+            return;
+        default:
+            login_failed(sv, false, "08P01", "server sent an unexpected message during login");
+            return;
+        }
+    }
+    if (b->pos == b->len) io_buf_release_if_empty(sv->w, &sv->s);
+}
+
+void server_on_read(pgs_server *sv, ssize_t nread)
+{
+    int st = atomic_load_explicit(&sv->state, memory_order_relaxed);
+    if (nread < 0) {
+        if (st == SV_CONNECTING || st == SV_LOGIN) {
+            char msg[400];
+            snprintf(msg, sizeof(msg), "server %s closed the connection during login: %s",
+                     g_pgs.server_addr_text, uv_strerror((int)nread));
+            login_failed(sv, false, "08006", msg);
+            return;
+        }
+        if (sv->client) {
+            client_server_lost(sv->client, "the PostgreSQL server closed the connection");
+        }
+        server_close(sv, "server closed the connection");
+        return;
+    }
+    switch (st) {
+    case SV_CONNECTING:
+    case SV_LOGIN:
+        login_data(sv);
+        break;
+    case SV_IDLE:
+        /* An idle server has nothing to say; a FATAL (admin shutdown,
+         * pg_terminate_backend) means it is going away. */
+        server_close(sv, "idle server sent data (probably terminating)");
+        break;
+    default:
+        relay_server_data(sv);
+        break;
+    }
+}
+
+void server_on_drain(pgs_server *sv)
+{
+    /* The server took what the client sent: read from the client again. */
+    if (sv->client) relay_client_data(sv->client);
+}
+
+void server_on_write_error(pgs_server *sv, int err)
+{
+    if (sv->client) client_server_lost(sv->client, "writing to the PostgreSQL server failed");
+    server_close(sv, uv_strerror(err));
+}
+
+int server_send_internal(pgs_server *sv, const char *sql, size_t len)
+{
+    if (exq_push(&sv->exq, EX_INTERNAL, NULL, NULL) < 0) return -1;
+    uint8_t hdr[5];
+    hdr[0] = 'Q';
+    proto_put_be32(hdr + 1, (uint32_t)(len + 5));
+    uv_buf_t iov[3] = {uv_buf_init((char *)hdr, 5), uv_buf_init((char *)sql, (unsigned)len),
+                       uv_buf_init("", 1)};
+    return io_send(sv->w, &sv->s, iov, 3);
+}
+
+static void handoff_closed(uv_handle_t *h)
+{
+    pgs_server *sv = h->data;
+    pgs_pool_shared *sh = sv->pool->sh;
+    int to = sv->transfer_to;
+    pthread_mutex_lock(&sh->lock);
+    list_add_tail(&sh->handoff, &sv->node);
+    pthread_mutex_unlock(&sh->lock);
+    pgs_worker_msg *m = pgs_xcalloc(1, sizeof(*m));
+    m->kind = WM_HANDOFF;
+    m->pool = sh;
+    worker_post(&g_pgs.workers[to], m);
+}
+
+void server_handoff(pgs_server *sv, int to)
+{
+    int fd, nfd;
+    if (uv_fileno((uv_handle_t *)&sv->s.tcp, &fd) != 0 || (nfd = dup(fd)) < 0) {
+        server_close(sv, "could not hand over to another worker");
+        return;
+    }
+    /* The socket keeps its kernel state; only this loop lets go of it.
+     * The dup'ed descriptor travels with the struct to worker `to`. */
+    unlist(sv);
+    io_buf_free(sv->w, &sv->s);
+    sv->transfer_to = to;
+    sv->handoff_fd = nfd;
+    io_close(&sv->s, handoff_closed);
+}
+
+int server_adopt(pgs_worker *w, pgs_pool *p, pgs_server *sv)
+{
+    int fd = sv->handoff_fd;
+    sv->w = w;
+    sv->pool = p;
+    sv->transfer_to = -1;
+    list_init(&sv->node);
+    list_init(&sv->all_node);
+    memset(&sv->s, 0, sizeof(sv->s));
+    uv_tcp_init(&w->loop, &sv->s.tcp);
+    sv->s.tcp.data = sv;
+    sv->s.kind = PGS_SOCK_SERVER;
+    pthread_mutex_lock(&w->lock);
+    list_add_tail(&w->servers, &sv->all_node);
+    pthread_mutex_unlock(&w->lock);
+    if (uv_tcp_open(&sv->s.tcp, fd) < 0 || io_read_start(&sv->s) < 0) {
+        close(fd);
+        atomic_fetch_sub(&p->sh->open, 1);
+        pthread_mutex_lock(&w->lock);
+        list_del(&sv->all_node);
+        pthread_mutex_unlock(&w->lock);
+        sv->s.closing = true;
+        uv_close((uv_handle_t *)&sv->s.tcp, free_server);
+        return -1;
+    }
+    set_state(sv, SV_ACTIVE);
+    return 0;
+}
+
+void server_check_login_timeouts(pgs_pool *p, uint64_t now)
+{
+    const pgs_config *cfg = g_pgs.cfg;
+    pgs_list *it = p->used.next;
+    while (it != &p->used) {
+        pgs_server *sv = list_entry(it, pgs_server, node);
+        it = it->next;
+        int st = atomic_load_explicit(&sv->state, memory_order_relaxed);
+        char msg[400];
+        if (st == SV_CONNECTING &&
+            now - sv->login_start_us > (uint64_t)cfg->server_connect_timeout_ms * 1000u) {
+            snprintf(msg, sizeof(msg), "connecting to %s timed out after %u ms",
+                     g_pgs.server_addr_text, cfg->server_connect_timeout_ms);
+            login_failed(sv, false, "08006", msg);
+        } else if (st == SV_LOGIN && now - sv->login_start_us >
+                                         (uint64_t)cfg->server_login_timeout_ms * 1000u) {
+            snprintf(msg, sizeof(msg), "logging in to %s timed out after %u ms",
+                     g_pgs.server_addr_text, cfg->server_login_timeout_ms);
+            login_failed(sv, false, "08006", msg);
+        }
+    }
+}
+
+void server_close_all(pgs_worker *w)
+{
+    while (!list_empty(&w->servers)) {
+        pgs_server *sv = list_entry(w->servers.next, pgs_server, all_node);
+        server_close(sv, "shutting down");
+    }
+}

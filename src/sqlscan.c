@@ -1,0 +1,647 @@
+/* sqlscan: tells the transaction-mode pooler which of the few session-state
+ * statements it must act on (SET, RESET, DISCARD, DEALLOCATE, LISTEN,
+ * PREPARE, temp tables, WITH HOLD cursors, BEGIN), and flags texts that hold
+ * several statements or call a session advisory lock.  It lexes at the
+ * keyword level only: no expression parsing, no validation, no allocation. */
+#include "sqlscan.h"
+
+#include <string.h>
+
+/* ---------------------------------------------------------------------------
+ * Lexer
+ *
+ * Tokens follow PostgreSQL's scan.l closely enough that quotes, comments and
+ * dollar quotes begin and end where the server thinks they do; that is what
+ * makes the ';' and advisory-lock findings trustworthy.  Two deliberate
+ * simplifications: numbers are lexed loosely (they only need to not start
+ * anything), and plain '...' strings assume standard_conforming_strings=on,
+ * the default since 9.1.
+ * ------------------------------------------------------------------------- */
+
+typedef enum tk_kind {
+    TK_END = 0,
+    TK_WORD,    /* unquoted identifier or keyword */
+    TK_QIDENT,  /* "quoted identifier": off/n cover the text between the quotes */
+    TK_LITERAL, /* string, E-string, dollar-quoted string or number */
+    TK_PUNCT,   /* any other single byte, in ch */
+} tk_kind;
+
+typedef struct token {
+    tk_kind kind;
+    unsigned char ch;
+    bool bad; /* TK_QIDENT without its closing quote */
+    size_t off, n;
+} token;
+
+typedef struct lexer {
+    const unsigned char *s;
+    size_t len, pos;
+    /* Statement-separator tracking is done as tokens are produced, so every
+     * token counts exactly once however the classifier below peeks. */
+    bool after_semi, multi, lock;
+    bool peeked;
+    token la;
+} lexer;
+
+static inline bool is_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r'); /* \t \n \v \f \r, as scan.l */
+}
+
+static inline bool is_ident_start(unsigned char c)
+{
+    unsigned char l = c | 0x20;
+    return (l >= 'a' && l <= 'z') || c == '_' || c >= 0x80;
+}
+
+/* Dollar-quote tags may not contain '$'; identifiers may. */
+static inline bool is_tag_cont(unsigned char c)
+{
+    return is_ident_start(c) || (c >= '0' && c <= '9');
+}
+
+static inline bool is_ident_cont(unsigned char c)
+{
+    return is_tag_cont(c) || c == '$';
+}
+
+static inline unsigned char ascii_lower(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + ('a' - 'A')) : c;
+}
+
+/* p[0..n) equals the lower-case literal lit, ASCII case folded. */
+static bool eq_fold(const unsigned char *p, const char *lit, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if (ascii_lower(p[k]) != (unsigned char)lit[k]) return false;
+    return true;
+}
+
+/* i is just past the opening "/ *"; block comments nest in PostgreSQL. */
+static size_t skip_block_comment(const unsigned char *s, size_t len, size_t i)
+{
+    size_t depth = 1;
+    while (i < len) {
+        if (s[i] == '*' && i + 1 < len && s[i + 1] == '/') {
+            i += 2;
+            if (--depth == 0) return i;
+        } else if (s[i] == '/' && i + 1 < len && s[i + 1] == '*') {
+            i += 2;
+            depth++;
+        } else {
+            i++;
+        }
+    }
+    return len;
+}
+
+static size_t skip_blanks(const unsigned char *s, size_t len, size_t i)
+{
+    for (;;) {
+        while (i < len && is_space(s[i])) i++;
+        if (i + 1 >= len) return i;
+        if (s[i] == '-' && s[i + 1] == '-') {
+            i += 2;
+            while (i < len && s[i] != '\n' && s[i] != '\r') i++;
+        } else if (s[i] == '/' && s[i + 1] == '*') {
+            i = skip_block_comment(s, len, i + 2);
+        } else {
+            return i;
+        }
+    }
+}
+
+/* i is just past an opening quote q; a doubled q stands for itself.  Returns
+ * the index just past the closing quote, or len when there is none. */
+static size_t skip_quoted(const unsigned char *s, size_t len, size_t i, unsigned char q,
+                          bool *closed)
+{
+    while (i < len) {
+        const unsigned char *p = memchr(s + i, q, len - i);
+        if (!p) break;
+        i = (size_t)(p - s) + 1;
+        if (i < len && s[i] == q) {
+            i++;
+            continue;
+        }
+        *closed = true;
+        return i;
+    }
+    *closed = false;
+    return len;
+}
+
+/* E'...': backslash escapes anything, including the quote. */
+static size_t skip_estring(const unsigned char *s, size_t len, size_t i)
+{
+    while (i < len) {
+        unsigned char c = s[i];
+        if (c == '\\') {
+            i += 2;
+        } else if (c == '\'') {
+            if (i + 1 < len && s[i + 1] == '\'')
+                i += 2;
+            else
+                return i + 1;
+        } else {
+            i++;
+        }
+    }
+    return len;
+}
+
+/* s[i] == '$'.  When a dollar quote ($$ or $tag$) opens here, sets *end past
+ * its closing delimiter (or to len) and returns true; "$1" and a lone '$'
+ * are not quotes. */
+static bool skip_dollar_quote(const unsigned char *s, size_t len, size_t i, size_t *end)
+{
+    size_t j = i + 1;
+    if (j >= len) return false;
+    if (s[j] != '$') {
+        if (!is_ident_start(s[j])) return false;
+        while (j < len && is_tag_cont(s[j])) j++;
+        if (j >= len || s[j] != '$') return false;
+    }
+    const unsigned char *tag = s + i;
+    size_t taglen = j + 1 - i;
+    size_t k = j + 1;
+    while (k < len) {
+        const unsigned char *p = memchr(s + k, '$', len - k);
+        if (!p) break;
+        size_t at = (size_t)(p - s);
+        if (len - at >= taglen && memcmp(p, tag, taglen) == 0) {
+            *end = at + taglen;
+            return true;
+        }
+        k = at + 1;
+    }
+    *end = len;
+    return true;
+}
+
+static const struct {
+    const char *name;
+    size_t len;
+} lock_funcs[] = {
+#define LOCK_FUNC(s) {s, sizeof(s) - 1}
+    LOCK_FUNC("pg_advisory_lock"),
+    LOCK_FUNC("pg_advisory_lock_shared"),
+    LOCK_FUNC("pg_try_advisory_lock"),
+    LOCK_FUNC("pg_try_advisory_lock_shared"),
+#undef LOCK_FUNC
+};
+
+/* Unquoted names fold case like the server does; a quoted name resolves to
+ * the function only when spelled exactly in lower case.  A match does not
+ * require a following '(': a false positive only pins one client, a miss
+ * would hand a locked server connection to someone else. */
+static bool is_lock_func(const unsigned char *p, size_t n, bool fold)
+{
+    if (n != 16 && n != 20 && n != 23 && n != 27) return false;
+    for (size_t k = 0; k < PGS_ARRAY_LEN(lock_funcs); k++) {
+        const char *f = lock_funcs[k].name;
+        if (lock_funcs[k].len != n) continue;
+        if (fold ? eq_fold(p, f, n) : memcmp(p, f, n) == 0) return true;
+    }
+    return false;
+}
+
+static token lex(lexer *lx)
+{
+    const unsigned char *s = lx->s;
+    size_t len = lx->len;
+    size_t i = skip_blanks(s, len, lx->pos);
+    token t = {.kind = TK_END, .off = i};
+    if (i >= len) {
+        lx->pos = len;
+        return t;
+    }
+    unsigned char c = s[i];
+    if (is_ident_start(c)) {
+        size_t j = i + 1;
+        while (j < len && is_ident_cont(s[j])) j++;
+        if (j == i + 1 && (c == 'e' || c == 'E') && j < len && s[j] == '\'') {
+            t.kind = TK_LITERAL;
+            lx->pos = skip_estring(s, len, j + 1);
+        } else {
+            t.kind = TK_WORD;
+            t.n = j - i;
+            lx->pos = j;
+            if (is_lock_func(s + i, t.n, true)) lx->lock = true;
+        }
+    } else if (c == '"') {
+        bool closed;
+        size_t end = skip_quoted(s, len, i + 1, '"', &closed);
+        t.kind = TK_QIDENT;
+        t.bad = !closed;
+        t.off = i + 1;
+        t.n = end - (i + 1) - (closed ? 1 : 0);
+        lx->pos = end;
+        if (closed && is_lock_func(s + t.off, t.n, false)) lx->lock = true;
+    } else if (c == '\'') {
+        bool closed;
+        t.kind = TK_LITERAL;
+        lx->pos = skip_quoted(s, len, i + 1, '\'', &closed);
+    } else if (c == '$' && skip_dollar_quote(s, len, i, &lx->pos)) {
+        t.kind = TK_LITERAL;
+    } else if (c >= '0' && c <= '9') {
+        size_t j = i + 1;
+        while (j < len && ((s[j] >= '0' && s[j] <= '9') || s[j] == '.')) j++;
+        t.kind = TK_LITERAL;
+        lx->pos = j;
+    } else {
+        t.kind = TK_PUNCT;
+        t.ch = c;
+        lx->pos = i + 1;
+    }
+
+    if (t.kind == TK_PUNCT && c == ';')
+        lx->after_semi = true;
+    else if (lx->after_semi)
+        lx->multi = true;
+    return t;
+}
+
+static token next(lexer *lx)
+{
+    if (lx->peeked) {
+        lx->peeked = false;
+        return lx->la;
+    }
+    return lex(lx);
+}
+
+static const token *peek(lexer *lx)
+{
+    if (!lx->peeked) {
+        lx->la = lex(lx);
+        lx->peeked = true;
+    }
+    return &lx->la;
+}
+
+/* ---------------------------------------------------------------------------
+ * Classifier: a few hand-written productions of gram.y, keyword by keyword.
+ * ------------------------------------------------------------------------- */
+
+static inline bool kw_n(const lexer *lx, const token *t, const char *lit, size_t n)
+{
+    return t->kind == TK_WORD && t->n == n && eq_fold(lx->s + t->off, lit, n);
+}
+
+/* Keyword test against a lower-case string literal. */
+#define kw(lx, t, lit) kw_n((lx), (t), "" lit, sizeof(lit) - 1)
+
+static bool is_punct(const token *t, unsigned char ch)
+{
+    return t->kind == TK_PUNCT && t->ch == ch;
+}
+
+static bool is_stmt_end(const token *t)
+{
+    return t->kind == TK_END || is_punct(t, ';');
+}
+
+static bool next_is_end(lexer *lx)
+{
+    token t = next(lx);
+    return is_stmt_end(&t);
+}
+
+static bool is_ident(const token *t)
+{
+    return t->kind == TK_WORD || (t->kind == TK_QIDENT && !t->bad);
+}
+
+/* Appends one identifier to name[0..*n): folded if unquoted, verbatim with
+ * "" undoubled if quoted.  Fails on overflow of SQLSCAN_NAME_MAX-1 bytes, on
+ * "" (which the server rejects), and on a NUL byte, which the NUL-terminated
+ * name could not carry faithfully. */
+static bool append_ident(const lexer *lx, const token *t, char *name, size_t *n)
+{
+    const unsigned char *p = lx->s + t->off;
+    const size_t room = SQLSCAN_NAME_MAX - 1 - *n;
+    if (t->kind == TK_WORD) {
+        if (t->n > room) return false;
+        for (size_t k = 0; k < t->n; k++) name[(*n)++] = (char)ascii_lower(p[k]);
+    } else if (t->kind == TK_QIDENT && !t->bad && t->n > 0) {
+        size_t used = 0;
+        for (size_t k = 0; k < t->n; k++) {
+            unsigned char c = p[k];
+            if (c == '\0' || used == room) return false;
+            if (c == '"') k++; /* the closed token holds only doubled quotes */
+            name[(*n)++] = (char)c;
+            used++;
+        }
+    } else {
+        return false;
+    }
+    name[*n] = '\0';
+    return true;
+}
+
+/* name ['.' name]... starting with the already-read token first. */
+static bool read_dotted_name(lexer *lx, const token *first, char *name)
+{
+    size_t n = 0;
+    if (!append_ident(lx, first, name, &n)) return false;
+    while (is_punct(peek(lx), '.')) {
+        (void)next(lx);
+        token part = next(lx);
+        if (n >= SQLSCAN_NAME_MAX - 1) return false;
+        name[n++] = '.';
+        if (!append_ident(lx, &part, name, &n)) return false;
+    }
+    return true;
+}
+
+static sql_kind set_name(char *name, const char *lit)
+{
+    size_t n = strlen(lit);
+    memcpy(name, lit, n + 1);
+    return SQL_SET;
+}
+
+/* A keyword that is followed by '.', '=' or TO is really the first part of a
+ * parameter name ("SET session.user_id = 1", "SET role = x"). */
+static bool starts_generic(lexer *lx)
+{
+    const token *p = peek(lx);
+    return is_punct(p, '.') || is_punct(p, '=') || kw(lx, p, "to");
+}
+
+/* After "SET" has been read. */
+static sql_kind classify_set(lexer *lx, char *name)
+{
+    token t = next(lx);
+    bool after_scope = false;
+
+    if (kw(lx, &t, "local") && !starts_generic(lx))
+        return is_stmt_end(peek(lx)) ? SQL_OTHER : SQL_SET_LOCAL;
+    if (kw(lx, &t, "constraints") && !starts_generic(lx))
+        return is_stmt_end(peek(lx)) ? SQL_OTHER : SQL_SET_LOCAL;
+
+    for (;;) {
+        if (!kw(lx, &t, "session") || starts_generic(lx)) break;
+        /* SESSION is either the scope ("SET SESSION x = 1") or the start
+         * of SESSION AUTHORIZATION / SESSION CHARACTERISTICS. */
+        const token *p = peek(lx);
+        if (kw(lx, p, "authorization")) {
+            (void)next(lx);
+            return next_is_end(lx) ? SQL_OTHER : set_name(name, "session_authorization");
+        }
+        if (kw(lx, p, "characteristics")) {
+            (void)next(lx);
+            token as = next(lx), tr = next(lx);
+            if (!kw(lx, &as, "as") || !kw(lx, &tr, "transaction")) return SQL_OTHER;
+            return set_name(name, "transaction_characteristics");
+        }
+        if (after_scope) break; /* "SET SESSION SESSION x": not valid SQL */
+        after_scope = true;
+        t = next(lx);
+    }
+
+    if (!is_ident(&t)) return SQL_OTHER;
+    if (t.kind == TK_WORD && !starts_generic(lx)) {
+        /* SET [SESSION] TRANSACTION ... is transaction-scoped either way. */
+        if (kw(lx, &t, "transaction"))
+            return is_stmt_end(peek(lx)) ? SQL_OTHER : SQL_SET_LOCAL;
+        if (kw(lx, &t, "time") && kw(lx, peek(lx), "zone")) {
+            (void)next(lx);
+            return next_is_end(lx) ? SQL_OTHER : set_name(name, "timezone");
+        }
+        if (kw(lx, &t, "names")) return set_name(name, "client_encoding"); /* value optional */
+        if (kw(lx, &t, "schema"))
+            return next_is_end(lx) ? SQL_OTHER : set_name(name, "search_path");
+        if (kw(lx, &t, "role")) return next_is_end(lx) ? SQL_OTHER : set_name(name, "role");
+        if (kw(lx, &t, "xml") && kw(lx, peek(lx), "option")) {
+            (void)next(lx);
+            return next_is_end(lx) ? SQL_OTHER : set_name(name, "xmloption");
+        }
+    }
+
+    if (!read_dotted_name(lx, &t, name)) return SQL_OTHER;
+    token op = next(lx);
+    if (kw(lx, &op, "to") || is_punct(&op, '=')) return next_is_end(lx) ? SQL_OTHER : SQL_SET;
+    if (kw(lx, &op, "from")) {
+        token cur = next(lx);
+        if (kw(lx, &cur, "current")) return SQL_SET;
+    }
+    return SQL_OTHER;
+}
+
+/* After "RESET" has been read. */
+static sql_kind classify_reset(lexer *lx, char *name)
+{
+    token t = next(lx);
+    if (kw(lx, &t, "all")) return next_is_end(lx) ? SQL_RESET_ALL : SQL_OTHER;
+
+    if (kw(lx, &t, "time") && kw(lx, peek(lx), "zone")) {
+        (void)next(lx);
+        set_name(name, "timezone");
+    } else if (kw(lx, &t, "session") && kw(lx, peek(lx), "authorization")) {
+        (void)next(lx);
+        set_name(name, "session_authorization");
+    } else if (kw(lx, &t, "transaction") && kw(lx, peek(lx), "isolation")) {
+        (void)next(lx);
+        token level = next(lx);
+        if (!kw(lx, &level, "level")) return SQL_OTHER;
+        set_name(name, "transaction_isolation");
+    } else if (!read_dotted_name(lx, &t, name)) {
+        return SQL_OTHER;
+    }
+    return next_is_end(lx) ? SQL_RESET : SQL_OTHER;
+}
+
+static sql_kind classify_discard(lexer *lx)
+{
+    token t = next(lx);
+    sql_kind k = SQL_OTHER;
+    if (kw(lx, &t, "all"))
+        k = SQL_DISCARD_ALL;
+    else if (kw(lx, &t, "plans") || kw(lx, &t, "sequences") || kw(lx, &t, "temp") ||
+             kw(lx, &t, "temporary"))
+        k = SQL_DISCARD_OTHER;
+    return (k != SQL_OTHER && next_is_end(lx)) ? k : SQL_OTHER;
+}
+
+static sql_kind classify_deallocate(lexer *lx, char *name)
+{
+    token t = next(lx);
+    /* "DEALLOCATE prepare" deallocates a statement named prepare. */
+    if (kw(lx, &t, "prepare") && !is_stmt_end(peek(lx))) t = next(lx);
+    if (kw(lx, &t, "all")) return next_is_end(lx) ? SQL_DEALLOCATE_ALL : SQL_OTHER;
+    size_t n = 0;
+    if (!append_ident(lx, &t, name, &n)) return SQL_OTHER;
+    return next_is_end(lx) ? SQL_DEALLOCATE : SQL_OTHER;
+}
+
+static sql_kind classify_prepare(lexer *lx, char *name)
+{
+    token t = next(lx);
+    size_t n = 0;
+    if (!append_ident(lx, &t, name, &n)) return SQL_OTHER;
+    /* Requiring '(' or AS also keeps PREPARE TRANSACTION 'gid' out. */
+    token after = next(lx);
+    return (is_punct(&after, '(') || kw(lx, &after, "as")) ? SQL_PREPARE : SQL_OTHER;
+}
+
+static sql_kind classify_create(lexer *lx)
+{
+    token t = next(lx);
+    if (kw(lx, &t, "or")) {
+        token r = next(lx);
+        if (!kw(lx, &r, "replace")) return SQL_OTHER;
+        t = next(lx);
+    }
+    if (kw(lx, &t, "global") || kw(lx, &t, "local")) t = next(lx);
+    if (!kw(lx, &t, "temp") && !kw(lx, &t, "temporary")) return SQL_OTHER;
+    return next_is_end(lx) ? SQL_OTHER : SQL_CREATE_TEMP;
+}
+
+/* DECLARE name cursor_options CURSOR [{WITH|WITHOUT} HOLD] FOR query, where
+ * cursor_options is any sequence of BINARY, ASENSITIVE, INSENSITIVE,
+ * [NO] SCROLL (gram.y accepts them in any order). */
+static sql_kind classify_declare(lexer *lx)
+{
+    token t = next(lx);
+    if (!is_ident(&t)) return SQL_OTHER;
+    for (;;) {
+        t = next(lx);
+        if (kw(lx, &t, "binary") || kw(lx, &t, "asensitive") || kw(lx, &t, "insensitive") ||
+            kw(lx, &t, "scroll"))
+            continue;
+        if (kw(lx, &t, "no")) {
+            token s = next(lx);
+            if (kw(lx, &s, "scroll")) continue;
+            return SQL_OTHER;
+        }
+        break;
+    }
+    if (!kw(lx, &t, "cursor")) return SQL_OTHER;
+    token w = next(lx), h = next(lx), f = next(lx);
+    return (kw(lx, &w, "with") && kw(lx, &h, "hold") && kw(lx, &f, "for")) ? SQL_DECLARE_HOLD
+                                                                         : SQL_OTHER;
+}
+
+static sql_kind classify_first(lexer *lx, const token *first, char *name)
+{
+    const token *t = first;
+    switch (ascii_lower(lx->s[t->off])) {
+    case 'b':
+        if (kw(lx, t, "begin")) return SQL_BEGIN;
+        break;
+    case 'c':
+        if (kw(lx, t, "create")) return classify_create(lx);
+        break;
+    case 'd':
+        if (kw(lx, t, "discard")) return classify_discard(lx);
+        if (kw(lx, t, "deallocate")) return classify_deallocate(lx, name);
+        if (kw(lx, t, "declare")) return classify_declare(lx);
+        break;
+    case 'l':
+        if (kw(lx, t, "listen")) return is_ident(peek(lx)) ? SQL_LISTEN : SQL_OTHER;
+        break;
+    case 'p':
+        if (kw(lx, t, "prepare")) return classify_prepare(lx, name);
+        break;
+    case 'r':
+        if (kw(lx, t, "reset")) return classify_reset(lx, name);
+        break;
+    case 's':
+        if (kw(lx, t, "set")) return classify_set(lx, name);
+        if (kw(lx, t, "start")) return kw(lx, peek(lx), "transaction") ? SQL_BEGIN : SQL_OTHER;
+        break;
+    case 'u':
+        if (kw(lx, t, "unlisten"))
+            return (is_ident(peek(lx)) || is_punct(peek(lx), '*')) ? SQL_UNLISTEN : SQL_OTHER;
+        break;
+    default:
+        break;
+    }
+    return SQL_OTHER;
+}
+
+/* ---------------------------------------------------------------------------
+ * Whole-text flags
+ *
+ * The classifier reads only a statement's first few tokens.  The rest of the
+ * text matters for the two flags, but most texts can be cleared without
+ * lexing it: no ';' followed by anything but blanks means no second
+ * statement, and no "advisory" anywhere means no lock call.  Only when one of
+ * those cheap tests is inconclusive is the remainder lexed, which is what
+ * tells a ';' or a function name in code from one in a string or comment.
+ * ------------------------------------------------------------------------- */
+
+static bool only_blanks_or_semis(const unsigned char *s, size_t from, size_t len)
+{
+    for (size_t i = from; i < len; i++)
+        if (!is_space(s[i]) && s[i] != ';') return false;
+    return true;
+}
+
+static bool advisory_at(const unsigned char *s, size_t n, size_t v)
+{
+    /* v indexes the 'v' of "advisory" */
+    return v >= 2 && n - v >= 6 && eq_fold(s + v - 2, "advisory", 8);
+}
+
+/* Case-insensitive search for "advisory", eight bytes at a time for its
+ * rarest letter 'v' (0x56 | 0x20 == 0x76 == 'v'; no other byte folds there). */
+static bool has_advisory(const unsigned char *s, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    const uint64_t vs = 0x7676767676767676ull, fold = 0x2020202020202020ull;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t x = (w | fold) ^ vs;
+        if (((x - ones) & ~x & highs) == 0) continue;
+        for (size_t k = i; k < i + 8; k++)
+            if ((s[k] | 0x20) == 'v' && advisory_at(s, n, k)) return true;
+    }
+    for (; i < n; i++)
+        if ((s[i] | 0x20) == 'v' && advisory_at(s, n, i)) return true;
+    return false;
+}
+
+static void finish_flags(lexer *lx)
+{
+    const unsigned char *s = lx->s;
+    size_t len = lx->len, pos = lx->pos;
+
+    bool need_multi = false;
+    if (!lx->multi) {
+        size_t from = pos;
+        if (!lx->after_semi) {
+            const unsigned char *p = pos < len ? memchr(s + pos, ';', len - pos) : NULL;
+            from = p ? (size_t)(p - s) + 1 : len;
+        }
+        need_multi = (lx->after_semi || from < len) && !only_blanks_or_semis(s, from, len);
+    }
+    bool need_lock = !lx->lock && has_advisory(s + pos, len - pos);
+
+    while ((need_multi && !lx->multi) || (need_lock && !lx->lock)) {
+        token t = next(lx);
+        if (t.kind == TK_END) break;
+    }
+}
+
+void sqlscan_classify(const char *sql, size_t len, sql_info *out)
+{
+    lexer lx = {.s = (const unsigned char *)sql, .len = sql ? len : 0};
+
+    out->name[0] = '\0';
+    token first = next(&lx);
+    sql_kind kind = first.kind == TK_WORD ? classify_first(&lx, &first, out->name) : SQL_OTHER;
+    /* Failed productions may have left a partial name behind. */
+    if (kind != SQL_SET && kind != SQL_RESET && kind != SQL_DEALLOCATE && kind != SQL_PREPARE)
+        out->name[0] = '\0';
+
+    finish_flags(&lx);
+    out->kind = kind;
+    out->multi = lx.multi;
+    out->session_lock = lx.lock;
+}

@@ -1,0 +1,237 @@
+/* Types shared by the connection modules (client, server, relay, pool,
+ * worker, admin).  Kept in one small header so that those headers do not
+ * include each other in circles. */
+#ifndef PGS_TYPES_H
+#define PGS_TYPES_H
+
+#include <stdatomic.h>
+#include <pthread.h>
+#include <uv.h>
+
+#include "common.h"
+#include "config.h"
+
+typedef struct pgs_worker pgs_worker;
+typedef struct pgs_client pgs_client;
+typedef struct pgs_server pgs_server;
+typedef struct pgs_pool pgs_pool;
+typedef struct pgs_pool_shared pgs_pool_shared;
+typedef struct pgs_stmt pgs_stmt;
+typedef struct pgs_stmt_map pgs_stmt_map;
+typedef struct pgs_stmt_set pgs_stmt_set;
+typedef struct pgs_params pgs_params;
+
+/* Intrusive doubly-linked list (a node that is not on a list points at
+ * itself, so removal is always safe). */
+typedef struct pgs_list {
+    struct pgs_list *prev, *next;
+} pgs_list;
+
+static inline void list_init(pgs_list *l) { l->prev = l->next = l; }
+static inline bool list_empty(const pgs_list *l) { return l->next == l; }
+static inline void list_del(pgs_list *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = n;
+}
+static inline void list_add_tail(pgs_list *head, pgs_list *n)
+{
+    n->prev = head->prev;
+    n->next = head;
+    head->prev->next = n;
+    head->prev = n;
+}
+static inline void list_add_head(pgs_list *head, pgs_list *n)
+{
+    n->next = head->next;
+    n->prev = head;
+    head->next->prev = n;
+    head->next = n;
+}
+#define list_entry(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* Read buffer.  data is NULL while the connection is idle: buffers are
+ * borrowed from the worker's pool only while bytes are in flight. */
+typedef struct pgs_buf {
+    uint8_t *data;
+    uint32_t cap;
+    uint32_t len;   /* bytes held */
+    uint32_t pos;   /* bytes consumed */
+} pgs_buf;
+
+/* What a socket is writing but the kernel has not taken yet.  While a
+ * write is pending, the peer that feeds this socket stops reading
+ * (back-pressure) so the pending data stays bounded. */
+typedef struct pgs_wbuf {
+    uv_write_t req;
+    uint8_t *data;
+    uint32_t len;
+    uint32_t cap;
+    bool pending;
+} pgs_wbuf;
+
+/* One socket plus its buffers; both client and server embed one. */
+enum { PGS_SOCK_CLIENT = 0, PGS_SOCK_SERVER = 1 };
+typedef struct pgs_sock {
+    uv_tcp_t tcp;
+    uint8_t kind;           /* PGS_SOCK_CLIENT or PGS_SOCK_SERVER */
+    pgs_buf rbuf;
+    pgs_wbuf wb;
+    bool reading;
+    bool closing;
+    uint64_t bytes_in, bytes_out;
+} pgs_sock;
+
+enum client_state {
+    CL_STARTUP = 0,   /* reading the start-up packet */
+    CL_WELCOME,       /* waiting for a server to learn its parameters */
+    CL_IDLE,          /* logged in, no server */
+    CL_WAITING,       /* queued for a server connection */
+    CL_ACTIVE,        /* linked to a server */
+    CL_ADMIN,         /* admin console */
+    CL_CLOSING,
+};
+
+enum server_state {
+    SV_CONNECTING = 0,
+    SV_LOGIN,
+    SV_IDLE,
+    SV_ACTIVE,        /* linked to a client */
+    SV_RESET,         /* running our own reset/sync query */
+    SV_CLOSING,
+};
+
+/* Expected responses from a server, in request order.  RUN entries stand
+ * for `count` ordinary extended-protocol requests whose completions are
+ * relayed untouched; the others need an action when their response (or
+ * their turn, for the fake ones that are never sent) arrives. */
+enum expect_kind {
+    EX_RUN = 0,        /* count requests relayed as they are */
+    EX_SYNC,           /* Sync: ends with ReadyForQuery */
+    EX_QUERY,          /* simple Query / FunctionCall: ends with ReadyForQuery */
+    EX_INTERNAL,       /* our own simple Query: swallow everything up to 'Z' */
+    EX_PARSE,          /* client's named Parse, sent renamed: on error forget it */
+    EX_PARSE_SWALLOW,  /* Parse we injected: swallow ParseComplete */
+    EX_CLOSE_SWALLOW,  /* Close we injected (eviction): swallow CloseComplete */
+    EX_FAKE_PARSE,     /* not sent (server had it): emit ParseComplete */
+    EX_FAKE_CLOSE,     /* not sent: emit CloseComplete */
+    EX_FAKE_QUERY,     /* simple query answered by us (DEALLOCATE): tag + Z */
+    EX_FAKE_ERROR,     /* simple query refused by us: ErrorResponse 0A000 + Z */
+};
+
+typedef struct pgs_expect {
+    uint8_t kind;
+    uint32_t count;          /* EX_RUN only */
+    uint64_t hash;           /* EX_PARSE*, EX_CLOSE_SWALLOW: statement hash */
+    const char *tag;         /* EX_FAKE_QUERY */
+} pgs_expect;
+
+typedef struct pgs_expect_q {
+    pgs_expect *items;
+    uint32_t cap, head, count;
+} pgs_expect_q;
+
+/* Counters a worker owns and writes without locks; the admin console reads
+ * them with relaxed atomics from another thread. */
+typedef struct pgs_pool_stats {
+    _Atomic uint64_t xact_count, query_count, bytes_in, bytes_out;
+    _Atomic uint64_t xact_us, query_us, wait_us, wait_count;
+} pgs_pool_stats;
+
+struct pgs_client {
+    pgs_list node;            /* worker->clients */
+    pgs_list wait_node;       /* pool->waiting */
+    pgs_sock s;
+    pgs_worker *w;
+    pgs_pool *pool;
+    pgs_server *server;       /* linked server, if any */
+    uint32_t id;
+    _Atomic int state;
+    _Atomic uint32_t server_id;   /* for SHOW CLIENTS */
+    uint32_t cancel_key;
+    uint32_t fwd_remaining;   /* rest of a message being streamed to the server */
+    uint32_t skip_remaining;  /* rest of a refused message to drop */
+    char tx_status;           /* last ReadyForQuery status seen by the client */
+    bool is_admin;
+    bool mid_message;         /* fwd_remaining > 0 or a partial message held */
+    bool want_close;          /* close once pending writes drain */
+    bool cancel_sent;         /* query_timeout already cancelled this query */
+    uint8_t close_reason_set;
+    uint64_t connect_us, wait_start_us, active_us, xact_start_us, query_start_us;
+    uint64_t last_activity_us;
+    char *user, *database, *app_name;  /* one allocation, user owns it */
+    pgs_params *params;       /* session settings to carry (NULL = none) */
+    pgs_stmt_map *stmts;      /* named prepared statements (transaction mode) */
+    char addr[48];
+    uint16_t port;
+};
+
+struct pgs_server {
+    pgs_list node;            /* pool->idle or pool->used / login */
+    pgs_sock s;
+    uv_connect_t connect_req;
+    pgs_worker *w;
+    pgs_pool *pool;
+    pgs_client *client;
+    pgs_list all_node;        /* worker->servers */
+    uint32_t id;
+    _Atomic int state;
+    _Atomic uint32_t client_id;   /* for SHOW SERVERS */
+    _Atomic uint32_t n_prepared;  /* for SHOW SERVERS */
+    bool query_failed;        /* an ErrorResponse in the current request */
+    char *pending_set_name;   /* SET/RESET to record once it succeeds */
+    char *pending_set_stmt;
+    int pending_set_kind;
+    uint32_t backend_pid, backend_key;
+    uint32_t fwd_remaining;   /* rest of a message being streamed to the client */
+    bool fwd_drop;            /* the message being streamed is swallowed */
+    char tx_status;
+    bool broken;              /* must not go back to the pool */
+    bool reset_pending;       /* DISCARD ALL on next release (session mode) */
+    uint64_t connect_us, last_used_us, login_start_us;
+    pgs_expect_q exq;
+    pgs_params *params;       /* settings currently in effect on the server */
+    pgs_stmt_set *prepared;   /* statements prepared on this server */
+    struct scram_client *scram; /* during SCRAM login only */
+    int n_login_params;       /* ParameterStatus seen during login */
+    char **login_names, **login_values;
+    int transfer_to;          /* worker index during a hand-over, else -1 */
+    int handoff_fd;       /* the dup()ed socket during a hand-over */
+};
+
+/* Cross-worker part of a pool: the connection budget.  Only the slow path
+ * (opening, closing, handing over a server) touches it. */
+struct pgs_pool_shared {
+    char *user, *database;
+    _Atomic int open;             /* server connections open or opening, all workers */
+    _Atomic int waiting;          /* clients queued, all workers */
+    int max_total;                /* pool_size + max_overflow */
+    int pool_size;
+    pthread_mutex_t lock;         /* protects the hand-over queue */
+    pgs_list handoff;             /* servers on their way to another worker */
+    pgs_pool *locals[64];         /* per-worker part, index = worker id */
+    /* Parameters the server announced at login: sent to clients at start. */
+    int n_welcome;
+    char **welcome_names, **welcome_values;
+    pgs_pool_shared *next;
+};
+
+/* Per-worker part of a pool. */
+struct pgs_pool {
+    pgs_pool_shared *sh;
+    pgs_worker *w;
+    pgs_list idle;        /* idle servers, most recently used first */
+    pgs_list used;        /* linked, logging in or resetting */
+    pgs_list waiting;     /* clients waiting, FIFO */
+    int n_idle, n_used, n_login, n_waiting, n_active_clients;
+    int n_connecting;     /* servers being opened for waiters */
+    uint64_t last_connect_fail_us;
+    char last_error[256]; /* why the last connect/login failed */
+    char last_sqlstate[6];
+    uint64_t retry_at_us;
+    pgs_pool_stats stats;
+    pgs_pool *next;       /* worker's pool list */
+};
+
+#endif

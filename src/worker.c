@@ -1,0 +1,309 @@
+/* Worker threads: each runs its own libuv loop with its own listening
+ * socket (SO_REUSEPORT spreads new connections over the workers), its
+ * clients, its half of every pool, a read-buffer pool and a janitor timer
+ * for every time bound.  Workers share nothing on the data path; they post
+ * messages to each other's inbox (mutex-protected list + uv_async). */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "pool.h"
+#include "proto.h"
+#include "server.h"
+
+pgs_global g_pgs;
+
+#define JANITOR_MS 100
+#define MAX_FREE_BUFS 256
+
+uint8_t *worker_buf_get(pgs_worker *w)
+{
+    if (w->free_bufs) {
+        void *b = w->free_bufs;
+        w->free_bufs = *(void **)b;
+        w->n_free_bufs--;
+        return b;
+    }
+    return pgs_xmalloc(PGS_BUF_SIZE);
+}
+
+void worker_buf_put(pgs_worker *w, uint8_t *b)
+{
+    if (w->n_free_bufs >= MAX_FREE_BUFS) {
+        free(b);
+        return;
+    }
+    *(void **)b = w->free_bufs;
+    w->free_bufs = b;
+    w->n_free_bufs++;
+}
+
+uint32_t worker_client_pid(const pgs_client *c)
+{
+    /* Clients get our own "backend pid": the worker in the top bits, the
+     * client id below.  PostgreSQL pids are positive int32, so keep bit 31
+     * clear for drivers that store it signed. */
+    return ((uint32_t)c->w->id << 24 | (c->id & 0xffffffu)) & 0x7fffffffu;
+}
+
+void worker_post(pgs_worker *w, pgs_worker_msg *m)
+{
+    pthread_mutex_lock(&w->inbox_lock);
+    list_add_tail(&w->inbox, &m->node);
+    pthread_mutex_unlock(&w->inbox_lock);
+    uv_async_send(&w->async);
+}
+
+void worker_route_cancel(uint32_t pid, uint32_t key)
+{
+    uint32_t wid = pid >> 24;
+    if ((int)wid >= g_pgs.n_workers) return;
+    pgs_worker_msg *m = pgs_xcalloc(1, sizeof(*m));
+    m->kind = WM_CANCEL;
+    m->a = pid & 0xffffffu;
+    m->b = key;
+    worker_post(&g_pgs.workers[wid], m);
+}
+
+void worker_broadcast(int kind)
+{
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_worker_msg *m = pgs_xcalloc(1, sizeof(*m));
+        m->kind = kind;
+        worker_post(&g_pgs.workers[i], m);
+    }
+}
+
+static void stop_loop(pgs_worker *w);
+
+static void handle_cancel(pgs_worker *w, uint32_t id, uint32_t key)
+{
+    pgs_list *it;
+    for (it = w->clients.next; it != &w->clients; it = it->next) {
+        pgs_client *c = list_entry(it, pgs_client, node);
+        if ((c->id & 0xffffffu) == id) {
+            if (c->cancel_key == key)
+                client_forward_cancel(c);
+            else
+                log_info("C-%u: cancel request with a wrong key ignored", c->id);
+            return;
+        }
+    }
+}
+
+static void start_drain(pgs_worker *w)
+{
+    if (w->draining) return;
+    w->draining = true;
+    if (w->listening) {
+        uv_close((uv_handle_t *)&w->listener, NULL);
+        w->listening = false;
+    }
+    log_info("worker %d: draining: not accepting new clients", w->id);
+}
+
+static void on_async(uv_async_t *a)
+{
+    pgs_worker *w = a->data;
+    pgs_list batch;
+    list_init(&batch);
+    pthread_mutex_lock(&w->inbox_lock);
+    if (!list_empty(&w->inbox)) {
+        batch.next = w->inbox.next;
+        batch.prev = w->inbox.prev;
+        batch.next->prev = &batch;
+        batch.prev->next = &batch;
+        list_init(&w->inbox);
+    }
+    pthread_mutex_unlock(&w->inbox_lock);
+    while (!list_empty(&batch)) {
+        pgs_worker_msg *m = list_entry(batch.next, pgs_worker_msg, node);
+        list_del(&m->node);
+        switch (m->kind) {
+        case WM_CANCEL: handle_cancel(w, m->a, m->b); break;
+        case WM_HANDOFF: pool_adopt_handoffs(w, m->pool); break;
+        case WM_WANT_SERVER: pool_give_idle(w, m->pool); break;
+        case WM_SHUTDOWN: start_drain(w); break;
+        case WM_STOP: stop_loop(w); break;
+        default: break;
+        }
+        free(m);
+    }
+}
+
+static void on_janitor(uv_timer_t *t)
+{
+    pgs_worker *w = t->data;
+    uint64_t now = pgs_now_us();
+    pool_janitor(w, now);
+    client_janitor(w, now);
+    if (w->draining && list_empty(&w->clients)) stop_loop(w);
+}
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    PGS_UNUSED(arg);
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void stop_loop(pgs_worker *w)
+{
+    if (w->stopping) return;
+    w->stopping = true;
+    /* Connections are freed in their close callbacks; closing every handle
+     * through their owners first keeps that rule. */
+    client_close_all(w);
+    server_close_all(w);
+    uv_stop(&w->loop);
+}
+
+static void refuse_emfile(pgs_worker *w)
+{
+    /* Out of descriptors: free the spare one, accept, tell the client why,
+     * close, and take the spare back.  Better than leaving the client
+     * hanging in the listen backlog. */
+    if (w->spare_fd >= 0) close(w->spare_fd);
+    int lfd;
+    if (uv_fileno((uv_handle_t *)&w->listener, &lfd) == 0) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) {
+            uint8_t buf[512];
+            proto_out o;
+            proto_out_init(&o, buf, sizeof(buf));
+            proto_error(&o, "FATAL", "53300",
+                        "pgscale is out of file descriptors and cannot accept more clients",
+                        "raise the open-files limit (ulimit -n) of pgscale");
+            ssize_t wr = write(fd, buf, o.len);
+            PGS_UNUSED(wr);
+            close(fd);
+        }
+    }
+    w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    log_warn("worker %d: out of file descriptors; refused a client", w->id);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    pgs_worker *w = server->data;
+    if (status == UV_EMFILE || status == UV_ENFILE) {
+        refuse_emfile(w);
+        return;
+    }
+    if (status < 0) {
+        log_warn("worker %d: accept failed: %s", w->id, uv_strerror(status));
+        return;
+    }
+    if (w->draining) return;
+    client_accept(w, server);
+}
+
+static int open_listener(pgs_worker *w, const pgs_config *cfg)
+{
+    struct sockaddr_storage ss;
+    int rc;
+    if (strchr(cfg->listen_host, ':'))
+        rc = uv_ip6_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in6 *)&ss);
+    else
+        rc = uv_ip4_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in *)&ss);
+    if (rc < 0) {
+        log_error("PGSCALE_LISTEN: '%s' is not an IP address: %s", cfg->listen_host,
+                  uv_strerror(rc));
+        return rc;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* Each worker binds its own socket to the same address; the kernel
+     * spreads new connections over them, so no accept lock is needed. */
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    socklen_t sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                            : sizeof(struct sockaddr_in);
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0) {
+        int e = -errno;
+        log_error("cannot listen on %s:%d: %s (is another process using the port? set "
+                  "PGSCALE_LISTEN)",
+                  cfg->listen_host, cfg->listen_port, strerror(errno));
+        close(fd);
+        return e;
+    }
+    uv_tcp_init(&w->loop, &w->listener);
+    w->listener.data = w;
+    rc = uv_tcp_open(&w->listener, fd);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&w->listener, 4096, on_connection);
+    if (rc < 0) {
+        log_error("cannot listen on %s:%d: %s", cfg->listen_host, cfg->listen_port,
+                  uv_strerror(rc));
+        return rc;
+    }
+    w->listening = true;
+    return 0;
+}
+
+static void worker_main(void *arg)
+{
+    pgs_worker *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    /* let close callbacks run */
+    uv_walk(&w->loop, close_walk, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    atomic_store(&w->finished, true);
+}
+
+bool worker_all_finished(void)
+{
+    for (int i = 0; i < g_pgs.n_workers; i++)
+        if (!atomic_load(&g_pgs.workers[i].finished)) return false;
+    return true;
+}
+
+int worker_start_all(const pgs_config *cfg)
+{
+    g_pgs.cfg = cfg;
+    g_pgs.n_workers = PGS_MIN(cfg->workers, PGS_MAX_WORKERS);
+    g_pgs.workers = pgs_xcalloc((size_t)g_pgs.n_workers, sizeof(pgs_worker));
+    g_pgs.start_wall_us = pgs_wall_us();
+    pthread_mutex_init(&g_pgs.pools_lock, NULL);
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_worker *w = &g_pgs.workers[i];
+        w->id = i;
+        w->cfg = cfg;
+        uv_loop_init(&w->loop);
+        w->loop.data = w;
+        pthread_mutex_init(&w->lock, NULL);
+        pthread_mutex_init(&w->inbox_lock, NULL);
+        list_init(&w->clients);
+        list_init(&w->servers);
+        list_init(&w->inbox);
+        uv_async_init(&w->loop, &w->async, on_async);
+        w->async.data = w;
+        uv_timer_init(&w->loop, &w->janitor);
+        w->janitor.data = w;
+        uv_timer_start(&w->janitor, on_janitor, JANITOR_MS, JANITOR_MS);
+        w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        int rc = open_listener(w, cfg);
+        if (rc < 0) return rc;
+    }
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_worker *w = &g_pgs.workers[i];
+        int rc = uv_thread_create(&w->thread, worker_main, w);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+void worker_join_all(void)
+{
+    for (int i = 0; i < g_pgs.n_workers; i++) uv_thread_join(&g_pgs.workers[i].thread);
+}

@@ -1,0 +1,98 @@
+/* Worker threads: one libuv loop each, with its own listening socket
+ * (SO_REUSEPORT), clients, per-worker pool parts, buffer pool and
+ * janitor timer.  Workers talk to each other only through messages. */
+#ifndef PGS_WORKER_H
+#define PGS_WORKER_H
+
+#include "types.h"
+
+#define PGS_BUF_SIZE (16 * 1024)
+#define PGS_SCRATCH_SIZE (64 * 1024)
+#define PGS_MAX_WORKERS 64
+
+enum worker_msg_kind {
+    WM_CANCEL = 1,     /* forward a cancel for one of our clients */
+    WM_HANDOFF,        /* a server was handed over to us: adopt it */
+    WM_WANT_SERVER,    /* another worker has waiters in pool: give idle ones */
+    WM_SHUTDOWN,       /* stop accepting, drain */
+    WM_STOP,           /* stop now */
+};
+
+typedef struct pgs_worker_msg {
+    pgs_list node;
+    int kind;
+    uint32_t a, b;
+    pgs_pool_shared *pool;
+} pgs_worker_msg;
+
+struct pgs_worker {
+    int id;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_tcp_t listener;
+    uv_async_t async;
+    uv_timer_t janitor;
+    uv_timer_t drain_timer;
+    const pgs_config *cfg;
+
+    /* Membership of these lists changes only when a connection opens or
+     * closes; lock guards it so the admin console (another thread) can walk
+     * them.  Per-transaction state changes do not take the lock. */
+    pthread_mutex_t lock;
+    pgs_list clients;
+    pgs_list servers;     /* via server->all_node */
+    pgs_pool *pools;
+    _Atomic int n_clients;
+
+    /* cross-thread inbox */
+    pthread_mutex_t inbox_lock;
+    pgs_list inbox;
+
+    /* free read buffers (PGS_BUF_SIZE each) */
+    void *free_bufs;
+    int n_free_bufs;
+
+    /* scratch for rewritten/synthesized messages while one batch is built */
+    uint8_t scratch[PGS_SCRATCH_SIZE];
+    uint32_t scratch_len;
+
+    bool listening;
+    bool draining;
+    bool stopping;
+    _Atomic bool finished;  /* the thread has left its loop */
+    int spare_fd;         /* kept to refuse clients politely at EMFILE */
+    uint32_t next_id;
+};
+
+typedef struct pgs_global {
+    const pgs_config *cfg;
+    pgs_worker *workers;
+    int n_workers;
+    pthread_mutex_t pools_lock;
+    pgs_pool_shared *pools;
+    _Atomic int total_clients;
+    _Atomic int shutting_down;  /* 1 = draining (SIGTERM) */
+    uint64_t start_wall_us;
+    /* where DATABASE_URL points, resolved once at start */
+    struct sockaddr_storage server_addr;
+    char server_addr_text[300];
+} pgs_global;
+
+extern pgs_global g_pgs;
+
+PGS_MUSTCHECK int worker_start_all(const pgs_config *cfg);
+void worker_broadcast(int kind);
+void worker_join_all(void);
+bool worker_all_finished(void);
+void worker_post(pgs_worker *w, pgs_worker_msg *m);   /* takes ownership of m */
+
+uint8_t *worker_buf_get(pgs_worker *w);
+void worker_buf_put(pgs_worker *w, uint8_t *b);
+
+/* Looks up the client whose BackendKeyData carried pid/key and asks its
+ * worker to forward a cancel.  Any thread. */
+void worker_route_cancel(uint32_t pid, uint32_t key);
+/* Encodes worker index and client id into the pid handed to clients. */
+uint32_t worker_client_pid(const pgs_client *c);
+
+#endif
