@@ -240,6 +240,7 @@ if want pgscale; then
             PGSCALE_LISTEN="127.0.0.1:$SCALE_PORT" \
             PGSCALE_POOL_MODE=transaction \
             DB_POOL_SIZE=$POOL_SIZE DB_MAX_OVERFLOW=$MAX_OVERFLOW \
+            PGSCALE_MAX_CLIENT_CONN=12000 \
             "$PGSCALE_BIN" >"$TMP/logs/pgscale.log" 2>&1 &
         SCALE_PID=$!
         if wait_port "$SCALE_PORT" 15 "$SCALE_PID" && [ "$(psql_at "$SCALE_PORT" "$APP_DB" 'SELECT 1' 2>>"$TMP/logs/pgscale.log")" = 1 ]; then
@@ -268,6 +269,15 @@ PGPASSWORD=$APP_PASSWORD run_child timeout 60 pgbench -n -S -c 4 -j 2 -T 2 \
 declare -A TPS CPU
 NOTES=()
 
+proxy_died() {  # proxy_died TARGET WHEN — say so once, with the end of its log
+    AVAILABLE[$1]=
+    local pid; pid=$(target_pid "$1")
+    wait "$pid" 2>/dev/null; local st=$?
+    NOTES+=("$1 exited $2 (wait status $st); its last log lines were printed above")
+    log "   !! $1 (pid $pid) is gone ($2, wait status $st). Last lines of its log:"
+    tail -n 15 "$TMP/logs/$1.log" "$TMP/logs/$1.out" 2>/dev/null | sed 's/^/      /' || true
+}
+
 # pgbench's -T counts from before its clients connect, and 1000 direct
 # scram-sha-256 logins take many seconds on 2 cores: without an allowance the
 # measured window would shrink to nothing. So -T is BENCH_SECONDS plus the
@@ -281,8 +291,9 @@ run_one() {  # run_one MODE CLIENTS TARGET
     port=$(target_port "$t"); pid=$(target_pid "$t")
     out="$TMP/logs/pgbench-$mode-$c-$t.log"
     jobs=$BENCH_JOBS; [ "$c" -lt "$jobs" ] && jobs=$c
-    if [ -z "${AVAILABLE[$t]:-}" ]; then TPS[$key]=-; CPU[$key]=-; return; fi
+    if [ -z "${AVAILABLE[$t]:-}" ]; then TPS[$key]=${DEAD[$t]:--}; CPU[$key]=-; return; fi
     if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+        proxy_died "$t" "before $mode/$c"
         TPS[$key]=dead; CPU[$key]=-; return
     fi
     secs=$(awk -v c="$c" -v ms="${CONN_MS[$t]}" -v s="$BENCH_SECONDS" \
@@ -297,8 +308,8 @@ run_one() {  # run_one MODE CLIENTS TARGET
         if kill -0 "$pid" 2>/dev/null; then
             t1=$(cpu_ticks "$pid")
         else
-            NOTES+=("$t died during $mode/$c; log: see below"); tail -n 20 "$TMP/logs/$t.log" "$TMP/logs/$t.out" 2>/dev/null >&2 || true
-            AVAILABLE[$t]=; t1=$t0
+            proxy_died "$t" "during $mode/$c"
+            t1=$t0
         fi
     fi
     tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p; s/^tps = \([0-9.]*\) (excluding connections establishing)$/\1/p' "$out" | head -n1)

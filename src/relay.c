@@ -370,7 +370,10 @@ void relay_server_data(pgs_server *sv)
         }
         if (c) emit_fakes(sv, &cb);
     }
-    if (c) stats_add(&sv->pool->stats.bytes_out, 0);
+    if (c && sv->s.bytes_in != sv->bytes_counted) {
+        stats_add(&sv->pool->stats.bytes_out, sv->s.bytes_in - sv->bytes_counted);
+        sv->bytes_counted = sv->s.bytes_in;
+    }
     if (io_batch_flush(&cb) < 0 && c) {
         client_close(c, "writing to the client failed");
         return;
@@ -750,6 +753,10 @@ static void client_forward(pgs_client *c)
             c->fwd_remaining = 0;
             c->skip_remaining = total - n;
         }
+    }
+    if (c->s.bytes_in != c->bytes_counted) {
+        stats_add(&c->pool->stats.bytes_in, c->s.bytes_in - c->bytes_counted);
+        c->bytes_counted = c->s.bytes_in;
     }
     if (io_batch_flush(&sb) < 0) {
         client_server_lost(c, "writing to the PostgreSQL server failed");

@@ -152,6 +152,7 @@ struct pgs_client {
     uint32_t cancel_key;
     uint32_t fwd_remaining;   /* rest of a message being streamed to the server */
     uint32_t skip_remaining;  /* rest of a refused message to drop */
+    uint64_t bytes_counted;   /* s.bytes_in already added to pool stats */
     char tx_status;           /* last ReadyForQuery status seen by the client */
     bool is_admin;
     bool mid_message;         /* fwd_remaining > 0 or a partial message held */
@@ -186,6 +187,7 @@ struct pgs_server {
     uint32_t backend_pid, backend_key;
     uint32_t fwd_remaining;   /* rest of a message being streamed to the client */
     bool fwd_drop;            /* the message being streamed is swallowed */
+    uint64_t bytes_counted;   /* s.bytes_in already added to pool stats */
     char tx_status;
     bool broken;              /* must not go back to the pool */
     bool reset_pending;       /* DISCARD ALL on next release (session mode) */
