@@ -183,7 +183,7 @@ PGPASSWORD=$APP_PASSWORD run_child timeout 600 pgbench -i -q -s "$BENCH_SCALE" \
     -h 127.0.0.1 -p "$PG_PORT" -U "$APP_USER" "$APP_DB" >"$TMP/logs/pgbench-init.log" 2>&1 \
     || { tail -n 20 "$TMP/logs/pgbench-init.log" >&2; die "pgbench -i failed"; }
 
-declare -A AVAILABLE=([direct]=1)
+declare -A AVAILABLE=([direct]=1) DEAD=()
 
 if want pgbouncer; then
     mkdir -p "$TMP/pgbouncer"
@@ -270,12 +270,12 @@ declare -A TPS CPU
 NOTES=()
 
 proxy_died() {  # proxy_died TARGET WHEN — say so once, with the end of its log
-    AVAILABLE[$1]=
-    local pid; pid=$(target_pid "$1")
-    wait "$pid" 2>/dev/null; local st=$?
+    AVAILABLE[$1]='' DEAD[$1]=dead
+    local pid st=0; pid=$(target_pid "$1")
+    wait "$pid" 2>/dev/null || st=$?
     NOTES+=("$1 exited $2 (wait status $st); its last log lines were printed above")
     log "   !! $1 (pid $pid) is gone ($2, wait status $st). Last lines of its log:"
-    tail -n 15 "$TMP/logs/$1.log" "$TMP/logs/$1.out" 2>/dev/null | sed 's/^/      /' || true
+    tail -n 15 "$TMP/logs/$1.log" "$TMP/logs/$1.out" "$TMP/$1/$1.log" 2>/dev/null | sed 's/^/      /' || true
 }
 
 # pgbench's -T counts from before its clients connect, and 1000 direct
