@@ -113,7 +113,12 @@ void client_on_drain(pgs_client *c)
     }
     /* The client took what the server sent: read from the server again. */
     pgs_server *sv = c->server;
-    if (sv && !sv->s.closing) {
+    if (!sv) {
+        /* requests that arrived while the client was slow to read */
+        if (c->s.rbuf.data && c->s.rbuf.pos < c->s.rbuf.len) relay_client_data(c);
+        return;
+    }
+    if (!sv->s.closing) {
         if (sv->s.rbuf.data && sv->s.rbuf.pos < sv->s.rbuf.len) relay_server_data(sv);
         if (c->server == sv && !c->s.wb.pending && !sv->s.closing &&
             io_read_start(&sv->s) < 0)

@@ -265,6 +265,8 @@ void relay_server_data(pgs_server *sv)
                 server_protocol_error(sv, "server sent an oversized status message");
                 return;
             }
+            /* the batch points into the buffer: send it before moving bytes */
+            if (io_batch_flush(&cb) < 0) break;
             if (io_buf_make_room(w, &sv->s, total) < 0) return;
             break;
         }
@@ -392,16 +394,17 @@ void relay_server_data(pgs_server *sv)
         }
         return;
     }
-    if (c->s.wb.pending) {
-        io_read_stop(&sv->s); /* the client is slow: wait for it */
-        return;
-    }
     if (saw_ready && tx_mode() && c->fwd_remaining == 0 && server_done(sv) &&
         !sv->pending_set_kind) {
+        /* Whatever the client still has to receive was copied aside, so
+         * the server can serve someone else already. */
         unlink_and_release(c, sv);
         /* The client may already have sent its next request. */
-        if (c->s.rbuf.data && c->s.rbuf.pos < c->s.rbuf.len) relay_client_data(c);
+        if (c->s.rbuf.data && c->s.rbuf.pos < c->s.rbuf.len && !c->s.wb.pending)
+            relay_client_data(c);
+        return;
     }
+    if (c->s.wb.pending) io_read_stop(&sv->s); /* the client is slow: wait for it */
 }
 
 /* ---------- client -> server ---------- */
@@ -634,7 +637,8 @@ static void client_forward(pgs_client *c)
         uint32_t need = 0;
         switch (type) {
         case 'P':
-            need = tracked && len > 5 && avail > 5 && p[5] != '\0' ? total : 0;
+            /* a named Parse is kept whole; the name's first byte tells */
+            if (tracked) need = avail < 6 ? 6 : (p[5] != '\0' ? total : 0);
             break;
         case 'B':
         case 'D':
@@ -646,6 +650,8 @@ static void client_forward(pgs_client *c)
             break;
         }
         if (need && avail < need) {
+            /* the batch points into the buffer: send it before moving bytes */
+            if (io_batch_flush(&sb) < 0) break;
             if (io_buf_make_room(w, &c->s, need) < 0) return;
             break;
         }
@@ -805,8 +811,13 @@ void relay_client_data(pgs_client *c)
             client_fail(c, "57P01", "pgscale is shutting down", "reconnect to another instance");
             return;
         }
-        io_read_stop(&c->s); /* hold the request until a server is ours */
         pool_checkout(c->pool, c);
+        /* Queued: hold the request (and any more) until a server is ours.
+         * Not stopping when a server was free saves two epoll_ctl calls
+         * per transaction. */
+        if (!c->server && !c->s.closing &&
+            atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WAITING)
+            io_read_stop(&c->s);
         return;
     }
     pgs_server *sv = c->server;

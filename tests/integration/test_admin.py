@@ -90,7 +90,7 @@ def test_show_clients_lists_clients_and_the_admin_connection_itself(pgscale):
     assert (c["database"], c["user"], c["addr"]) == ("app", "app", "127.0.0.1")
     assert 0 < _int(c["port"]) < 65536
     assert c["state"] in ("idle", "active"), c
-    assert len({r["id"] for r in rows}) == len(rows), "client ids are not unique"
+    assert len({(r["worker"], r["id"]) for r in rows}) == len(rows), "client ids are not unique"
 
 
 def test_show_servers_idle_server_has_a_live_backend_pid(pgscale, primary):

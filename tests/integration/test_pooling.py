@@ -77,7 +77,7 @@ def test_pool_timeout_returns_53300_naming_the_setting(pgscale, pool_mode):
     assert "pool for db=app user=app is full" in errs[0]["M"], errs
     assert "DB_POOL_SIZE" in errs[0]["M"] + errs[0].get("H", "") + errs[0].get("D", ""), errs
     assert 0.8 <= elapsed < 5, "error came after %.2f s with DB_POOL_TIMEOUT=1" % elapsed
-    holder.commit()
+    holder.close()  # (in session mode only a disconnect frees the server)
     assert _client_txn(pg.dsn(), "SELECT 9") == (9,)
 
 
@@ -92,7 +92,7 @@ def test_all_waiting_clients_are_eventually_served(pgscale):
 
 @pytest.mark.deadline(60)
 def test_waiting_clients_are_served_first_come_first_served(pgscale):
-    pg = pgscale(DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, DB_POOL_TIMEOUT=20, PGSCALE_WORKERS=1)
+    pg = pgscale(DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, DB_POOL_TIMEOUT=20, PGSCALE_WORKERS=1, PGSCALE_LOG_LEVEL="debug")
     holder = pg.connect(autocommit=False)
     _one(holder, "SELECT 1")
     done, lock = [], threading.Lock()
