@@ -96,8 +96,12 @@ stop_pid() {  # stop_pid PID — TERM, up to 5 s, then KILL
     wait "$pid" 2>/dev/null || true
 }
 
+# The traps write to the original stdout/stderr (fds 3 and 4): a signal can
+# arrive inside run_child, whose output is redirected to a pgbench log.
+exec 3>&1 4>&2
 cleanup() {
     local rc=$?
+    exec 1>&3 2>&4
     [ "$CLEANED" = 1 ] && return
     CLEANED=1
     trap '' INT TERM
@@ -115,8 +119,8 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'warn "interrupted"; exit 130' INT
-trap 'warn "terminated"; exit 143' TERM
+trap 'warn "interrupted" 2>&4; exit 130' INT
+trap 'warn "terminated" 2>&4; exit 143' TERM
 
 # Run a command in the background and wait for it, so a Ctrl-C reaches our
 # trap at once instead of after the run; cleanup() stops it.

@@ -58,8 +58,12 @@ stop_pid() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
+# The traps write to the original stdout/stderr (fds 3 and 4): a signal can
+# arrive inside run_child, whose output is redirected to a pgbench log.
+exec 3>&1 4>&2
 cleanup() {
     local rc=$?
+    exec 1>&3 2>&4
     [ "$CLEANED" = 1 ] && return
     CLEANED=1
     trap '' INT TERM
@@ -76,7 +80,7 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'printf "\ndemo: interrupted\n" >&2; exit 130' INT
+trap 'printf "\ndemo: interrupted\n" >&4; exit 130' INT
 trap 'exit 143' TERM
 
 run_child() {  # in the background, so Ctrl-C reaches the trap at once

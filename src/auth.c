@@ -6,6 +6,7 @@
 #include "auth.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -308,6 +309,66 @@ static int append(char *buf, size_t cap, size_t *pos, const char *s, size_t n)
     return 0;
 }
 
+/* SaltedPassword costs `iterations` HMACs (4096 by default: ~10 ms of one
+ * core).  A server sends the same salt and count on every login of the same
+ * user, so the result is remembered: pool growth and reconnects then cost
+ * microseconds instead of blocking a worker's loop.  PgBouncer does the same.
+ * The cache is keyed by a SHA-256 of password, salt and count, holds a few
+ * entries, and is shared by the worker threads under a mutex (login path
+ * only, never the data path). */
+#define SALT_CACHE_SIZE 16
+
+typedef struct salt_cache_entry {
+    unsigned char key[SHA256_LEN];
+    unsigned char value[SHA256_LEN];
+    bool used;
+} salt_cache_entry;
+
+static salt_cache_entry salt_cache[SALT_CACHE_SIZE];
+static unsigned salt_cache_next;
+static pthread_mutex_t salt_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int salted_password(const char *password, const unsigned char *salt, size_t salt_len,
+                           int iterations, unsigned char out[SHA256_LEN])
+{
+    unsigned char key[SHA256_LEN];
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned int klen = 0;
+    uint32_t it = (uint32_t)iterations;
+    size_t pl = strlen(password);
+    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(ctx, &pl, sizeof(pl)) == 1 &&
+             EVP_DigestUpdate(ctx, password, pl) == 1 &&
+             EVP_DigestUpdate(ctx, salt, salt_len) == 1 &&
+             EVP_DigestUpdate(ctx, &it, sizeof(it)) == 1 &&
+             EVP_DigestFinal_ex(ctx, key, &klen) == 1;
+    EVP_MD_CTX_free(ctx);
+    if (!ok) return -EIO;
+    pthread_mutex_lock(&salt_cache_lock);
+    for (int i = 0; i < SALT_CACHE_SIZE; i++) {
+        if (salt_cache[i].used && CRYPTO_memcmp(salt_cache[i].key, key, SHA256_LEN) == 0) {
+            memcpy(out, salt_cache[i].value, SHA256_LEN);
+            pthread_mutex_unlock(&salt_cache_lock);
+            OPENSSL_cleanse(key, sizeof(key));
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&salt_cache_lock);
+    if (PKCS5_PBKDF2_HMAC(password, (int)pl, salt, (int)salt_len, iterations, EVP_sha256(),
+                          SHA256_LEN, out) != 1) {
+        OPENSSL_cleanse(key, sizeof(key));
+        return -EIO;
+    }
+    pthread_mutex_lock(&salt_cache_lock);
+    salt_cache_entry *e = &salt_cache[salt_cache_next++ % SALT_CACHE_SIZE];
+    memcpy(e->key, key, SHA256_LEN);
+    memcpy(e->value, out, SHA256_LEN);
+    e->used = true;
+    pthread_mutex_unlock(&salt_cache_lock);
+    OPENSSL_cleanse(key, sizeof(key));
+    return 0;
+}
+
 static int scram_final(scram_client *sc, const char *msg, size_t len, char *out,
                        size_t outcap, size_t *outlen)
 {
@@ -342,8 +403,7 @@ static int scram_final(scram_client *sc, const char *msg, size_t len, char *out,
         goto out;
 
     r = -EIO;
-    if (PKCS5_PBKDF2_HMAC(sc->password, (int)strlen(sc->password), m.salt, (int)m.salt_len,
-                          m.iterations, EVP_sha256(), SHA256_LEN, sc->salted_password) != 1)
+    if (salted_password(sc->password, m.salt, m.salt_len, m.iterations, sc->salted_password) < 0)
         goto out;
     if (hmac256(sc->salted_password, SHA256_LEN, "Client Key", 10, client_key) < 0 ||
         sha256(client_key, SHA256_LEN, stored_key) < 0 ||
