@@ -227,14 +227,21 @@ void io_batch_init(io_batch *b, pgs_worker *w, pgs_sock *dst)
     b->scratch_mark = w->scratch_len;
 }
 
-int io_batch_flush(io_batch *b)
+/* Sends the spans collected so far; scratch stays reserved. */
+static int batch_send(io_batch *b)
 {
     if (b->err) return b->err;
     int rc = 0;
     if (b->n > 0) rc = io_send(b->w, b->dst, b->iov, b->n);
     b->n = 0;
-    b->w->scratch_len = b->scratch_mark;
     if (rc < 0) b->err = rc;
+    return rc;
+}
+
+int io_batch_flush(io_batch *b)
+{
+    int rc = batch_send(b);
+    b->w->scratch_len = b->scratch_mark;
     return rc;
 }
 
@@ -249,9 +256,9 @@ void io_batch_add(io_batch *b, const void *p, size_t len)
         }
     }
     if (b->n == IO_BATCH_IOV) {
-        /* scratch of this batch is still referenced until the flush, so
-         * flushing early is safe: the scratch mark is restored after it */
-        if (io_batch_flush(b) < 0) return;
+        /* p may be scratch reserved a moment ago: send what we have but
+         * keep the scratch reserved until the batch's own flush */
+        if (batch_send(b) < 0) return;
     }
     b->iov[b->n++] = uv_buf_init((char *)p, (unsigned)len);
 }

@@ -235,6 +235,12 @@ def test_pgbench_initialize_through_pgscale(pgscale, primary):
 def test_pgbench_run_without_errors(pgscale, bench_db, pool_mode, protocol):
     pg = pgscale(PGSCALE_POOL_MODE=pool_mode, DB_POOL_SIZE=5, DB_MAX_OVERFLOW=0)
     clients = 20 if pool_mode == "transaction" else 4
-    r = pgbench(pg.port, ["-M", protocol, "-c", str(clients), "-j", "2", "-T", "5"], db=bench_db,
-                timeout=45)
+    # pgbench -M prepared prepares each statement on first use with a
+    # blocking PQprepare that stalls the pgbench thread; with several
+    # clients per thread, one waiting for a server would stall its
+    # thread-mates that hold servers mid-transaction (a pgbench deadlock
+    # with any transaction pooler).  One thread per client avoids it.
+    threads = clients if protocol == "prepared" else 2
+    r = pgbench(pg.port, ["-M", protocol, "-c", str(clients), "-j", str(threads), "-T", "5"],
+                db=bench_db, timeout=45)
     _assert_pgbench_clean(r)
