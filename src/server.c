@@ -450,6 +450,7 @@ int server_adopt(pgs_worker *w, pgs_pool *p, pgs_server *sv)
     list_init(&sv->node);
     list_init(&sv->all_node);
     memset(&sv->s, 0, sizeof(sv->s));
+    sv->bytes_counted = 0; /* the new socket's byte counters start at zero */
     uv_tcp_init(&w->loop, &sv->s.tcp);
     sv->s.tcp.data = sv;
     sv->s.kind = PGS_SOCK_SERVER;

@@ -147,6 +147,41 @@ def test_show_stats_counts_transactions_and_bytes(pgscale):
     assert _int(r["total_wait_us"]) >= 0 and _int(r["avg_wait_us"]) >= 0, r
 
 
+@pytest.mark.deadline(60)
+def test_show_stats_bytes_stay_right_when_servers_move_between_workers(pgscale):
+    # Many clients on two workers over a small pool: servers are handed from
+    # one worker to the other.  Every transaction returns at least a
+    # DataRow, CommandComplete and ReadyForQuery to its client (> 30 bytes);
+    # the counters must keep growing with the traffic.
+    pg = pgscale(PGSCALE_WORKERS=2, DB_POOL_SIZE=2, DB_MAX_OVERFLOW=0)
+    n_threads, per_thread = 16, 50
+    errors = []
+
+    def run():
+        try:
+            c = pg.connect()
+            with c.cursor() as cur:
+                for i in range(per_thread):
+                    cur.execute("SELECT %s::int", (i,))
+                    assert cur.fetchone() == (i,)
+            c.close()
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not errors, errors
+    r = next(r for r in pg.admin("SHOW STATS") if (r["database"], r["user"]) == ("app", "app"))
+    total = n_threads * per_thread
+    assert _int(r["xact_count"]) >= total, r
+    assert _int(r["bytes_received"]) >= total * 20, r
+    assert _int(r["bytes_sent"]) >= total * 30, r
+    assert _int(r["bytes_sent"]) < total * 10000, r
+
+
 def test_show_config_shows_settings_and_masks_the_password(pgscale):
     pg = pgscale(DB_POOL_SIZE=7, DB_MAX_OVERFLOW=2)
     cols, rows = pg.admin_columns("SHOW CONFIG")
