@@ -385,8 +385,14 @@ void client_on_read(pgs_client *c, ssize_t nread)
         admin_data(c);
         break;
     case CL_WELCOME:
-    case CL_WAITING:
         io_read_stop(&c->s);
+        break;
+    case CL_WAITING:
+        /* Keep reading while queued (a client that leaves is noticed at
+         * once, and stopping and restarting costs two epoll_ctl calls per
+         * wait); stop only when the buffer fills. */
+        if (c->s.rbuf.cap - (c->s.rbuf.len - c->s.rbuf.pos) < c->s.rbuf.cap / 2)
+            io_read_stop(&c->s);
         break;
     case CL_IDLE:
     case CL_ACTIVE:

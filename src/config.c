@@ -133,6 +133,7 @@ void config_defaults(pgs_config *cfg)
     cfg->server_login_timeout_ms = 10 * 1000;
     cfg->server_lifetime_ms = 3600 * 1000;
     cfg->server_idle_timeout_ms = 600 * 1000;
+    cfg->overflow_idle_timeout_ms = 1000;
     cfg->server_check_delay_ms = 30 * 1000;
     cfg->idle_transaction_timeout_ms = 0;
     cfg->client_idle_timeout_ms = 0;
@@ -921,6 +922,7 @@ static const struct setting settings[] = {
     DUR("PGSCALE_SERVER_LOGIN_TIMEOUT", server_login_timeout_ms, false),
     DUR("PGSCALE_SERVER_LIFETIME", server_lifetime_ms, false),
     DUR("PGSCALE_SERVER_IDLE_TIMEOUT", server_idle_timeout_ms, false),
+    DUR("PGSCALE_OVERFLOW_IDLE_TIMEOUT", overflow_idle_timeout_ms, true),
     DUR("PGSCALE_SERVER_CHECK_DELAY", server_check_delay_ms, false),
     DUR("PGSCALE_IDLE_TRANSACTION_TIMEOUT", idle_transaction_timeout_ms, true),
     DUR("PGSCALE_CLIENT_IDLE_TIMEOUT", client_idle_timeout_ms, true),

@@ -223,6 +223,18 @@ static int worker_with_waiters(pgs_pool *p)
     return -1;
 }
 
+/* Idle servers of the pool on all workers (racy reads of the other
+ * workers' counts: only used to decide whether to keep an overflow server). */
+static int idle_total(pgs_pool_shared *sh)
+{
+    int n = 0;
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_pool *q = __atomic_load_n(&sh->locals[i], __ATOMIC_ACQUIRE);
+        if (q) n += __atomic_load_n(&q->n_idle, __ATOMIC_RELAXED);
+    }
+    return n;
+}
+
 /* Puts an idle, linked-to-nobody server where it is needed most. */
 static void place_idle_server(pgs_server *sv)
 {
@@ -247,9 +259,13 @@ static void place_idle_server(pgs_server *sv)
             return;
         }
     }
-    if (atomic_load(&p->sh->open) > p->sh->pool_size) {
-        /* SQLAlchemy's QueuePool: an overflow connection that comes back
-         * when nobody waits is closed, so the pool shrinks to pool_size. */
+    if (g_pgs.cfg->overflow_idle_timeout_ms == 0 && atomic_load(&p->sh->open) > p->sh->pool_size &&
+        idle_total(p->sh) >= p->sh->pool_size) {
+        /* SQLAlchemy's QueuePool exactly: a connection that comes back when
+         * pool_size connections already sit idle is closed at once.  (By
+         * default the janitor does this after PGSCALE_OVERFLOW_IDLE_TIMEOUT
+         * instead: in transaction mode servers come back between every two
+         * transactions, and closing at once reconnects moments later.) */
         server_close(sv, "overflow connection no longer needed");
         return;
     }
@@ -338,6 +354,27 @@ static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
     }
 }
 
+/* Overflow servers idle for PGSCALE_OVERFLOW_IDLE_TIMEOUT are closed until
+ * the pool is back at pool_size.  Idle lists are used most-recent-first,
+ * so under a load that needs them all no server ages; the oldest idle ones
+ * (at the tail) are the ones the load no longer needs. */
+static void close_idle_overflow(pgs_pool *p, uint64_t now)
+{
+    uint64_t grace = (uint64_t)g_pgs.cfg->overflow_idle_timeout_ms * 1000u;
+    int excess = atomic_load(&p->sh->open) - p->sh->pool_size;
+    if (grace == 0 || excess <= 0) return;
+    pgs_list *it = p->idle.prev;
+    while (excess > 0 && it != &p->idle) {
+        pgs_server *sv = list_entry(it, pgs_server, node);
+        it = it->prev;
+        if (now - sv->last_used_us < grace) break; /* the rest are younger */
+        list_del(&sv->node);
+        p->n_idle--;
+        excess--;
+        server_close(sv, "overflow connection no longer needed");
+    }
+}
+
 void pool_janitor(pgs_worker *w, uint64_t now)
 {
     for (pgs_pool *p = w->pools; p; p = p->next) {
@@ -345,6 +382,7 @@ void pool_janitor(pgs_worker *w, uint64_t now)
             fail_waiters_on_timeout(p, now);
             if (p->n_waiting > p->n_connecting) open_for_waiters(p);
         }
+        close_idle_overflow(p, now);
         /* idle servers: lifetime and idle timeout */
         pgs_list *it = p->idle.next;
         while (it != &p->idle) {

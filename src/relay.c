@@ -811,13 +811,10 @@ void relay_client_data(pgs_client *c)
             client_fail(c, "57P01", "pgscale is shutting down", "reconnect to another instance");
             return;
         }
+        /* Queued or not, the client stays readable: requests pile up in
+         * its buffer until a server is ours (client_on_read stops reading
+         * when the buffer fills). */
         pool_checkout(c->pool, c);
-        /* Queued: hold the request (and any more) until a server is ours.
-         * Not stopping when a server was free saves two epoll_ctl calls
-         * per transaction. */
-        if (!c->server && !c->s.closing &&
-            atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WAITING)
-            io_read_stop(&c->s);
         return;
     }
     pgs_server *sv = c->server;

@@ -60,6 +60,35 @@ def test_overflow_servers_are_closed_once_idle(pgscale, primary):
     assert int(pool["sv_overflow"]) == 0, pool
 
 
+@pytest.mark.deadline(60)
+def test_overflow_servers_are_kept_while_the_load_lasts(pgscale, primary):
+    # A steady load wider than the pool: connections must be reused, not
+    # closed and reopened (each reconnect costs PostgreSQL a fork and a login).
+    pg = pgscale(DB_POOL_SIZE=2, DB_MAX_OVERFLOW=3, PGSCALE_WORKERS=2, DB_POOL_TIMEOUT=30)
+    stop = time.monotonic() + 3
+    pids, errors = set(), []
+
+    def worker():
+        try:
+            c = pg.connect()
+            with c.cursor() as cur:
+                while time.monotonic() < stop:
+                    cur.execute("SELECT pg_backend_pid() FROM pg_sleep(0.002)")
+                    pids.add(cur.fetchone()[0])
+            c.close()
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert len(pids) <= 5, "%d different server connections served a pool of 2+3" % len(pids)
+    wait_for(lambda: pg.sv_total() <= 2, 5, what="SHOW POOLS sv_total back to pool_size (2)")
+
+
 @BOTH_MODES
 def test_pool_timeout_returns_53300_naming_the_setting(pgscale, pool_mode):
     pg = pgscale(PGSCALE_POOL_MODE=pool_mode, DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, DB_POOL_TIMEOUT=1)

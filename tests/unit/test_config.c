@@ -109,6 +109,7 @@ static void test_defaults_match_documented_values(void **state)
     assert_int_equal(c.server_login_timeout_ms, 10000);
     assert_int_equal(c.server_lifetime_ms, 3600000);
     assert_int_equal(c.server_idle_timeout_ms, 600000);
+    assert_int_equal(c.overflow_idle_timeout_ms, 1000);
     assert_int_equal(c.server_check_delay_ms, 30000);
     assert_int_equal(c.idle_transaction_timeout_ms, 0);
     assert_int_equal(c.client_idle_timeout_ms, 0);
@@ -637,7 +638,7 @@ static void test_every_duration_variable_lands_in_its_field(void **state)
         "PGSCALE_SERVER_CHECK_DELAY",     "5ms",   "PGSCALE_IDLE_TRANSACTION_TIMEOUT", "6ms",
         "PGSCALE_CLIENT_IDLE_TIMEOUT",    "7ms",   "PGSCALE_QUERY_TIMEOUT",        "8ms",
         "PGSCALE_CLIENT_LOGIN_TIMEOUT",   "9ms",   "PGSCALE_SHUTDOWN_TIMEOUT",     "10ms",
-        "DB_POOL_TIMEOUT",                "11ms",  NULL};
+        "DB_POOL_TIMEOUT",                "11ms",  "PGSCALE_OVERFLOW_IDLE_TIMEOUT", "12ms", NULL};
     assert_int_equal(apply(&c, err, sizeof(err), pairs), 0);
     assert_int_equal(c.server_connect_timeout_ms, 1);
     assert_int_equal(c.server_login_timeout_ms, 2);
@@ -650,6 +651,7 @@ static void test_every_duration_variable_lands_in_its_field(void **state)
     assert_int_equal(c.client_login_timeout_ms, 9);
     assert_int_equal(c.shutdown_timeout_ms, 10);
     assert_int_equal(c.pool_timeout_ms, 11);
+    assert_int_equal(c.overflow_idle_timeout_ms, 12);
     config_free(&c);
 }
 
@@ -1073,7 +1075,7 @@ static const char *const all_vars[] = {
     "DATABASE_URL", "READ_REPLICA_URLS", "DB_POOL_SIZE", "DB_MAX_OVERFLOW", "DB_POOL_TIMEOUT",
     "PGSCALE_LISTEN", "PGSCALE_POOL_MODE", "PGSCALE_WORKERS", "REDIS_URL", "PGSCALE_LOG_LEVEL",
     "PGSCALE_SERVER_CONNECT_TIMEOUT", "PGSCALE_SERVER_LOGIN_TIMEOUT", "PGSCALE_SERVER_LIFETIME",
-    "PGSCALE_SERVER_IDLE_TIMEOUT", "PGSCALE_SERVER_CHECK_DELAY",
+    "PGSCALE_SERVER_IDLE_TIMEOUT", "PGSCALE_SERVER_CHECK_DELAY", "PGSCALE_OVERFLOW_IDLE_TIMEOUT",
     "PGSCALE_IDLE_TRANSACTION_TIMEOUT", "PGSCALE_CLIENT_IDLE_TIMEOUT", "PGSCALE_QUERY_TIMEOUT",
     "PGSCALE_CLIENT_LOGIN_TIMEOUT", "PGSCALE_SHUTDOWN_TIMEOUT", "PGSCALE_MAX_CLIENT_CONN",
     "PGSCALE_MAX_PREPARED_STATEMENTS", "PGSCALE_MAX_MESSAGE_SIZE"};
