@@ -293,9 +293,10 @@ def primary_ctl(primary):
 # pgscale
 # --------------------------------------------------------------------------
 class Pgscale:
-    def __init__(self, env, args, logpath, port):
+    def __init__(self, env, args, logpath, port, prefix=()):
         self.env = env
         self.args = list(args)
+        self.prefix = [str(a) for a in prefix]
         self.logpath = Path(logpath)
         self.host = LOCALHOST
         self.port = port
@@ -309,7 +310,7 @@ class Pgscale:
             pytest.fail("%s does not exist: build it with `make` first" % PGSCALE_BIN)
         self._logfh = open(self.logpath, "wb")
         self.proc = subprocess.Popen(
-            ["setpriv", "--pdeathsig", "KILL", "--", str(PGSCALE_BIN), *self.args],
+            ["setpriv", "--pdeathsig", "KILL", "--", *self.prefix, str(PGSCALE_BIN), *self.args],
             env=self.env, stdout=self._logfh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         with _LIVE_LOCK:
@@ -449,13 +450,16 @@ class Pgscale:
 
 @pytest.fixture
 def pgscale(primary, request, tmp_path_factory):
-    """Factory: pgscale(ENV=value, ..., args=[...], wait=True) -> Pgscale."""
+    """Factory: pgscale(ENV=value, ..., args=[...], wait=True, prefix=[...]) -> Pgscale.
+
+    prefix: a command that execs pgscale with the same pid, put before the
+    binary (e.g. ["prlimit", "--nofile=64:64"]); empty by default."""
     instances = []
     request.node._pgscale_instances = instances
     request.node._primary_log_offset = primary.log_size()
     request.node._primary = primary
 
-    def start(args=(), wait=True, **env):
+    def start(args=(), wait=True, prefix=(), **env):
         port = free_port()
         full = {k: v for k, v in os.environ.items()
                 if not (k.startswith(("PGSCALE_", "DB_", "PG")) or
@@ -476,7 +480,7 @@ def pgscale(primary, request, tmp_path_factory):
             port = int(listen.rsplit(":", 1)[-1])
         logpath = primary.basedir / ("pgscale-%s-%d.log" % (
             request.node.name.replace("/", "_")[:80], len(instances)))
-        inst = Pgscale(full, args, logpath, port)
+        inst = Pgscale(full, args, logpath, port, prefix)
         instances.append(inst)
         inst.start()
         if wait:

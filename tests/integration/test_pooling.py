@@ -49,8 +49,10 @@ def test_server_connections_never_exceed_pool_size_plus_overflow(pgscale, primar
 
 
 @pytest.mark.deadline(60)
-def test_overflow_servers_are_closed_once_idle(pgscale, primary):
-    pg = pgscale(DB_POOL_SIZE=2, DB_MAX_OVERFLOW=3, DB_POOL_TIMEOUT=30)
+@pytest.mark.parametrize("overflow_idle", ["0", "1s"])
+def test_overflow_servers_are_closed_once_idle(pgscale, primary, overflow_idle):
+    pg = pgscale(DB_POOL_SIZE=2, DB_MAX_OVERFLOW=3, DB_POOL_TIMEOUT=30,
+                 PGSCALE_OVERFLOW_IDLE_TIMEOUT=overflow_idle)
     with BackendSampler(primary) as sampler, ThreadPoolExecutor(20) as ex:
         list(ex.map(lambda i: _client_txn(pg.dsn(), "SELECT 1 FROM pg_sleep(0.2)"), range(20)))
     assert 2 < sampler.max <= 5, "overflow was not used: %r" % sampler.samples
