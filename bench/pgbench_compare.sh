@@ -157,9 +157,9 @@ wait_port() {  # wait_port PORT SECONDS [PID] — until PORT accepts TCP
     done
 }
 
-cpu_ticks() {  # utime+stime of every thread of PID, in clock ticks
+cpu_ticks() {  # "utime stime" of every thread of PID, in clock ticks
     # Fields after "pid (comm) ": state is $1, so utime/stime are $12/$13.
-    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'
 }
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -270,7 +270,7 @@ PGPASSWORD=$APP_PASSWORD run_child timeout 60 pgbench -n -S -c 4 -j 2 -T 2 \
     -h 127.0.0.1 -p "$PG_PORT" -U "$APP_USER" "$APP_DB" >"$TMP/logs/warmup.log" 2>&1 || true
 
 # ---------------------------------------------------------------- pgbench runs
-declare -A TPS CPU
+declare -A TPS CPU USR
 NOTES=()
 
 proxy_died() {  # proxy_died TARGET WHEN — say so once, with the end of its log
@@ -295,6 +295,7 @@ run_one() {  # run_one MODE CLIENTS TARGET
     port=$(target_port "$t"); pid=$(target_pid "$t")
     out="$TMP/logs/pgbench-$mode-$c-$t.log"
     jobs=$BENCH_JOBS; [ "$c" -lt "$jobs" ] && jobs=$c
+    USR[$key]=-
     if [ -z "${AVAILABLE[$t]:-}" ]; then TPS[$key]=${DEAD[$t]:--}; CPU[$key]=-; return; fi
     if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
         proxy_died "$t" "before $mode/$c"
@@ -341,11 +342,14 @@ run_one() {  # run_one MODE CLIENTS TARGET
     fi
     TPS[$key]=$(printf '%.0f' "$tps")
     if [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ]; then
-        CPU[$key]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
+        # user + system time, and user time alone (the proxy's own code;
+        # the system part is mostly the kernel's loopback TCP work)
+        CPU[$key]=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.2f", (y[1] + y[2] - x[1] - x[2]) / hz * 1e6 / n }')
+        USR[$key]=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.2f", (y[1] - x[1]) / hz * 1e6 / n }')
     else
-        CPU[$key]=-
+        CPU[$key]=- USR[$key]=-
     fi
-    log "   $(printf '%-8s %5s clients  %-9s' "$mode" "$c" "$t")  $(printf '%8s tps' "${TPS[$key]}")$( [ "${CPU[$key]}" != - ] && printf '  %6s µs proxy CPU/txn' "${CPU[$key]}")$(printf '   (%s s measured after %.1f s connecting)' "${window:-?}" "$(awk -v m="${conn_ms:-0}" 'BEGIN { print m / 1000 }')")"
+    log "   $(printf '%-8s %5s clients  %-9s' "$mode" "$c" "$t")  $(printf '%8s tps' "${TPS[$key]}")$( [ "${CPU[$key]}" != - ] && printf '  %6s µs proxy CPU/txn (%s µs user)' "${CPU[$key]}" "${USR[$key]}")$(printf '   (%s s measured after %.1f s connecting)' "${window:-?}" "$(awk -v m="${conn_ms:-0}" 'BEGIN { print m / 1000 }')")"
     if [ -n "${window:-}" ] && awk -v w="$window" -v s="$BENCH_SECONDS" 'BEGIN { exit !(w < 0.7 * s) }'; then
         NOTES+=("$t $mode $c clients: measured over only ${window}s (connecting took $((${conn_ms%.*} / 1000))s)")
     fi
@@ -356,7 +360,7 @@ log "-- pgbench -n -S -j $BENCH_JOBS -T $BENCH_SECONDS (tps without initial conn
 for mode in $BENCH_MODES; do
     for c in $BENCH_CLIENTS; do
         for t in direct pgbouncer pgscale; do
-            want "$t" || { TPS["$mode/$c/$t"]=-; CPU["$mode/$c/$t"]=-; continue; }
+            want "$t" || { TPS["$mode/$c/$t"]=-; CPU["$mode/$c/$t"]=-; USR["$mode/$c/$t"]=-; continue; }
             run_one "$mode" "$c" "$t"
             sleep 1   # let the previous run's connections finish closing
         done
@@ -370,20 +374,20 @@ ratio() {  # ratio A B — A/B with 2 decimals, or - when either is not a number
 
 log ""
 log "== Results: pgbench -S, ${BENCH_SECONDS}s per run, pool size $POOL_SIZE (pgscale +$MAX_OVERFLOW overflow), $(nproc) cores shared by everything"
-fmt='%-9s %7s %11s %14s %12s %18s %15s %20s %18s\n'
-hfmt='%-9s %7s %11s %14s %12s %18s %15s %21s %19s\n'   # "µ" is two bytes wide for printf
+fmt='%-9s %7s %11s %14s %12s %18s %15s %20s %18s %15s %13s\n'
+hfmt='%-9s %7s %11s %14s %12s %18s %15s %21s %19s %16s %14s\n'   # "µ" is two bytes wide for printf
 # shellcheck disable=SC2059
-printf "$hfmt" mode clients "tps direct" "tps pgbouncer" "tps pgscale" "pgscale/pgbouncer" "pgscale/direct" "µs CPU/txn pgbouncer" "µs CPU/txn pgscale"
+printf "$hfmt" mode clients "tps direct" "tps pgbouncer" "tps pgscale" "pgscale/pgbouncer" "pgscale/direct" "µs CPU/txn pgbouncer" "µs CPU/txn pgscale" "µs user pgbouncer" "µs user pgscale"
 RESULTS_TSV=$TMP/results.tsv
-printf 'mode\tclients\ttps_direct\ttps_pgbouncer\ttps_pgscale\tcpu_us_pgbouncer\tcpu_us_pgscale\n' >"$RESULTS_TSV"
+printf 'mode\tclients\ttps_direct\ttps_pgbouncer\ttps_pgscale\tcpu_us_pgbouncer\tcpu_us_pgscale\tuser_us_pgbouncer\tuser_us_pgscale\n' >"$RESULTS_TSV"
 for mode in $BENCH_MODES; do
     for c in $BENCH_CLIENTS; do
         d=${TPS[$mode/$c/direct]} b=${TPS[$mode/$c/pgbouncer]} s=${TPS[$mode/$c/pgscale]}
         # shellcheck disable=SC2059
         printf "$fmt" "$mode" "$c" "$d" "$b" "$s" "$(ratio "$s" "$b")" "$(ratio "$s" "$d")" \
-            "${CPU[$mode/$c/pgbouncer]}" "${CPU[$mode/$c/pgscale]}"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$c" "$d" "$b" "$s" \
-            "${CPU[$mode/$c/pgbouncer]}" "${CPU[$mode/$c/pgscale]}" >>"$RESULTS_TSV"
+            "${CPU[$mode/$c/pgbouncer]}" "${CPU[$mode/$c/pgscale]}" "${USR[$mode/$c/pgbouncer]}" "${USR[$mode/$c/pgscale]}"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$c" "$d" "$b" "$s" \
+            "${CPU[$mode/$c/pgbouncer]}" "${CPU[$mode/$c/pgscale]}" "${USR[$mode/$c/pgbouncer]}" "${USR[$mode/$c/pgscale]}" >>"$RESULTS_TSV"
     done
 done
 for n in "${NOTES[@]+"${NOTES[@]}"}"; do log "   note: $n"; done
@@ -444,6 +448,7 @@ if [ "$worst" = - ]; then
     log "   n/a   CPU per transaction (no pgscale run)"
 else
     log "   $(verdict "$(awk -v a="$worst" 'BEGIN { print (a <= 5) ? 1 : 0 }')")  CPU per transaction: worst ${worst} µs ($where) (target <= 5 µs)"
+    log "         of which user time (pgscale's own code): ${USR[${where%%,*}/$(echo "$where" | sed 's/.*, \([0-9]*\) clients/\1/')/pgscale]} µs; the rest is the kernel's TCP work"
 fi
 if [ -n "${IDLE_KIB[pgscale]:-}" ]; then
     log "   $(verdict "$(awk -v a="${IDLE_KIB[pgscale]}" 'BEGIN { print (a <= 2) ? 1 : 0 }')")  memory per idle client: ${IDLE_KIB[pgscale]} KiB (target <= 2 KiB; PgBouncer: ${IDLE_KIB[pgbouncer]:--} KiB)"

@@ -672,6 +672,8 @@ static void client_forward(pgs_client *c)
             if (!c->query_start_us) c->query_start_us = pgs_now_us();
             if (tx_mode()) {
                 uint32_t tlen = PGS_MIN(total, avail) - 5;
+                if (total <= avail && tlen > 0 && p[5 + tlen - 1] == '\0')
+                    tlen--; /* the query string's terminator is not SQL */
                 r = client_query_check(c, sv, p + 5, tlen);
                 if (r == 1) {
                     forward = false;
