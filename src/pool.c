@@ -26,6 +26,20 @@
 #include "worker.h"
 
 #define RETRY_CONNECT_US 250000u
+/* A server coming back goes to a client of its own worker unless a client
+ * on another worker has waited this much longer: strict order across
+ * workers would hand servers back and forth under an even load (a handoff
+ * costs several system calls), while this bounds how much longer a client
+ * on a busy worker can wait than one on another. */
+#define FAIRNESS_SLACK_US 2000u
+
+static void publish_head(pgs_pool *p)
+{
+    uint64_t v = 0;
+    if (!list_empty(&p->waiting))
+        v = list_entry(p->waiting.next, pgs_client, wait_node)->wait_start_us;
+    atomic_store_explicit(&p->head_wait_us, v, memory_order_relaxed);
+}
 
 bool pool_has_welcome(pgs_pool_shared *sh)
 {
@@ -185,6 +199,7 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
     atomic_store_explicit(&c->state, CL_WAITING, memory_order_relaxed);
     list_add_tail(&p->waiting, &c->wait_node);
     p->n_waiting++;
+    if (p->n_waiting == 1) publish_head(p);
     atomic_fetch_add(&p->sh->waiting, 1);
     open_for_waiters(p);
 }
@@ -195,6 +210,7 @@ void pool_cancel_wait(pgs_client *c)
     if (!p || list_empty(&c->wait_node)) return;
     list_del(&c->wait_node);
     p->n_waiting--;
+    publish_head(p);
     atomic_fetch_sub(&p->sh->waiting, 1);
 }
 
@@ -204,6 +220,7 @@ static pgs_client *pop_waiter(pgs_pool *p)
     pgs_client *c = list_entry(p->waiting.next, pgs_client, wait_node);
     list_del(&c->wait_node);
     p->n_waiting--;
+    publish_head(p);
     atomic_fetch_sub(&p->sh->waiting, 1);
     uint64_t waited = pgs_now_us() - c->wait_start_us;
     atomic_fetch_add_explicit(&p->stats.wait_us, waited, memory_order_relaxed);
@@ -211,16 +228,26 @@ static pgs_client *pop_waiter(pgs_pool *p)
     return c;
 }
 
-static int worker_with_waiters(pgs_pool *p)
+/* The other worker whose first waiting client has waited longest (and
+ * is not about to get a connection being opened for it), or -1. */
+static int worker_with_waiters(pgs_pool *p, uint64_t *since)
 {
+    int best = -1;
+    uint64_t best_since = UINT64_MAX;
     for (int i = 0; i < g_pgs.n_workers; i++) {
         if (i == p->w->id) continue;
         pgs_pool *other = __atomic_load_n(&p->sh->locals[i], __ATOMIC_ACQUIRE);
-        if (other && __atomic_load_n(&other->n_waiting, __ATOMIC_RELAXED) >
-                         __atomic_load_n(&other->n_connecting, __ATOMIC_RELAXED))
-            return i;
+        if (!other || __atomic_load_n(&other->n_waiting, __ATOMIC_RELAXED) <=
+                          __atomic_load_n(&other->n_connecting, __ATOMIC_RELAXED))
+            continue;
+        uint64_t h = atomic_load_explicit(&other->head_wait_us, memory_order_relaxed);
+        if (h && h < best_since) {
+            best = i;
+            best_since = h;
+        }
     }
-    return -1;
+    *since = best_since;
+    return best;
 }
 
 /* Idle servers of the pool on all workers (racy reads of the other
@@ -245,19 +272,24 @@ static void place_idle_server(pgs_server *sv)
         server_close(sv, sv->broken ? "server connection not reusable" : "expired");
         return;
     }
+    if (atomic_load(&p->sh->waiting) > p->n_waiting) {
+        /* someone waits on another worker */
+        uint64_t since;
+        int to = worker_with_waiters(p, &since);
+        uint64_t local = p->n_waiting
+                             ? list_entry(p->waiting.next, pgs_client, wait_node)->wait_start_us
+                             : UINT64_MAX;
+        if (to >= 0 && (local == UINT64_MAX || since + FAIRNESS_SLACK_US < local)) {
+            server_handoff(sv, to);
+            return;
+        }
+    }
     pgs_client *c = pop_waiter(p);
     if (c) {
         list_add_tail(&p->used, &sv->node);
         p->n_used++;
         client_server_ready(c, sv);
         return;
-    }
-    if (atomic_load(&p->sh->waiting) > 0) {
-        int to = worker_with_waiters(p);
-        if (to >= 0) {
-            server_handoff(sv, to);
-            return;
-        }
     }
     if (g_pgs.cfg->overflow_idle_timeout_ms == 0 && atomic_load(&p->sh->open) > p->sh->pool_size &&
         idle_total(p->sh) >= p->sh->pool_size) {
@@ -402,8 +434,9 @@ void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh)
 {
     pgs_pool *p = __atomic_load_n(&sh->locals[w->id], __ATOMIC_ACQUIRE);
     if (!p || p->n_waiting > 0) return;
+    uint64_t since;
     while (!list_empty(&p->idle) && atomic_load(&sh->waiting) > 0) {
-        int to = worker_with_waiters(p);
+        int to = worker_with_waiters(p, &since);
         if (to < 0) break;
         pgs_server *sv = list_entry(p->idle.next, pgs_server, node);
         list_del(&sv->node);

@@ -415,12 +415,13 @@ static void client_protocol_error(pgs_client *c, const char *msg)
     client_fail(c, "08P01", msg, NULL);
 }
 
-/* Makes sure statement st is prepared on sv, injecting a Parse (whose
- * reply is swallowed) into batch sb if it is not.  Returns -1 on
- * queue overflow. */
-static int ensure_prepared(pgs_server *sv, pgs_stmt *st, io_batch *sb)
+/* Prepares statement st on sv under its server-side name: a Parse added to
+ * batch sb, whose reply is expected as `kind` (EX_PARSE: relayed to the
+ * client; EX_PARSE_SWALLOW: ours).  When the server's cache is full, the
+ * least recently used statement is closed first (reply swallowed).
+ * Returns -1 on queue overflow. */
+static int send_parse(pgs_server *sv, pgs_stmt *st, io_batch *sb, uint8_t kind)
 {
-    if (stmt_set_has(sv->prepared, st->hash)) return 0;
     uint64_t evicted = 0;
     if (stmt_set_add(&sv->prepared, st->hash, cfg()->max_prepared_statements, &evicted)) {
         char name[STMT_SRV_NAME_LEN];
@@ -443,11 +444,19 @@ static int ensure_prepared(pgs_server *sv, pgs_stmt *st, io_batch *sb)
     memcpy(hdr + 5, st->srv_name, STMT_SRV_NAME_LEN);
     io_batch_add(sb, hdr, 5 + STMT_SRV_NAME_LEN);
     io_batch_add(sb, st->body, st->body_len);
-    return exq_push(&sv->exq, EX_PARSE_SWALLOW, st, NULL);
+    return exq_push(&sv->exq, kind, st, NULL);
+}
+
+/* Makes sure statement st is prepared on sv before a Bind or Describe
+ * that uses it. */
+static int ensure_prepared(pgs_server *sv, pgs_stmt *st, io_batch *sb)
+{
+    if (stmt_set_has(sv->prepared, st->hash)) return 0;
+    return send_parse(sv, st, sb, EX_PARSE_SWALLOW);
 }
 
 /* Handles a named Parse in transaction mode.  The whole message is in
- * the buffer. */
+ * the buffer.  A statement the server already has is answered here. */
 static int client_parse(pgs_client *c, pgs_server *sv, const uint8_t *body, uint32_t blen,
                         io_batch *sb)
 {
@@ -457,30 +466,7 @@ static int client_parse(pgs_client *c, pgs_server *sv, const uint8_t *body, uint
     size_t nlen = pos - 1;
     pgs_stmt *st = stmt_map_put(&c->stmts, name, nlen, body + pos, (uint32_t)(blen - pos));
     if (stmt_set_has(sv->prepared, st->hash)) return exq_push(&sv->exq, EX_FAKE_PARSE, st, NULL);
-    uint64_t evicted = 0;
-    if (stmt_set_add(&sv->prepared, st->hash, cfg()->max_prepared_statements, &evicted)) {
-        /* reuse ensure_prepared's Close path */
-        char en[STMT_SRV_NAME_LEN];
-        stmt_srv_name(evicted, en);
-        proto_out o;
-        io_batch_out(sb, &o);
-        size_t s0 = proto_begin(&o, 'C');
-        proto_put_byte(&o, 'S');
-        proto_put_string(&o, en);
-        proto_end(&o, s0);
-        io_batch_commit_out(sb, &o);
-        if (exq_push_hash(&sv->exq, EX_CLOSE_SWALLOW, evicted) < 0) return -1;
-    }
-    atomic_store_explicit(&sv->n_prepared, (uint32_t)stmt_set_count(sv->prepared),
-                          memory_order_relaxed);
-    uint8_t *hdr = io_batch_scratch(sb, 5 + STMT_SRV_NAME_LEN);
-    if (!hdr) return -1;
-    hdr[0] = 'P';
-    proto_put_be32(hdr + 1, 4 + STMT_SRV_NAME_LEN + st->body_len);
-    memcpy(hdr + 5, st->srv_name, STMT_SRV_NAME_LEN);
-    io_batch_add(sb, hdr, 5 + STMT_SRV_NAME_LEN);
-    io_batch_add(sb, st->body, st->body_len);
-    return exq_push(&sv->exq, EX_PARSE, st, NULL);
+    return send_parse(sv, st, sb, EX_PARSE);
 }
 
 /* Looks at a simple query in transaction mode: refuses what cannot work

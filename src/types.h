@@ -228,6 +228,10 @@ struct pgs_pool {
     pgs_list waiting;     /* clients waiting, FIFO */
     int n_idle, n_used, n_login, n_waiting, n_active_clients;
     int n_connecting;     /* servers being opened for waiters */
+    /* When the first client in `waiting` started to wait (0: nobody
+     * waits); read by other workers to keep service first come, first
+     * served across workers. */
+    _Atomic uint64_t head_wait_us;
     uint64_t last_connect_fail_us;
     char last_error[256]; /* why the last connect/login failed */
     char last_sqlstate[6];

@@ -91,6 +91,49 @@ def test_overflow_servers_are_kept_while_the_load_lasts(pgscale, primary):
     wait_for(lambda: pg.sv_total() <= 2, 5, what="SHOW POOLS sv_total back to pool_size (2)")
 
 
+@pytest.mark.deadline(60)
+def test_clients_on_a_quiet_worker_are_not_starved_by_a_busy_one(pgscale):
+    # One server; busy clients on one worker keep passing it among
+    # themselves.  A client on the other worker must still be served in
+    # about its turn, not after DB_POOL_TIMEOUT.
+    pg = pgscale(DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, PGSCALE_WORKERS=2, DB_POOL_TIMEOUT=10)
+    conns = {}
+    for i in range(16):
+        conns["c%d" % i] = pg.connect(application_name="c%d" % i)
+    by_worker = {}
+    for r in pg.admin("SHOW CLIENTS"):
+        if r["application_name"] in conns:
+            by_worker.setdefault(str(r["worker"]), []).append(r["application_name"])
+    if len(by_worker) < 2:
+        pytest.skip("all 16 connections landed on one worker: %r" % by_worker)
+    busy_worker = max(by_worker, key=lambda w: len(by_worker[w]))
+    busy = [conns[n] for n in by_worker[busy_worker]][:3]
+    quiet = conns[next(n for w, ns in by_worker.items() if w != busy_worker for n in ns)]
+    stop = threading.Event()
+
+    def churn(c):
+        with c.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("BEGIN; SELECT pg_sleep(0.01); COMMIT")
+
+    threads = [threading.Thread(target=churn, args=(c,)) for c in busy]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        worst = 0.0
+        with quiet.cursor() as cur:
+            for _ in range(10):
+                t0 = time.monotonic()
+                cur.execute("SELECT 1")
+                worst = max(worst, time.monotonic() - t0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert worst < 1.0, "a client on the quiet worker waited %.2f s for its turn" % worst
+
+
 @BOTH_MODES
 def test_pool_timeout_returns_53300_naming_the_setting(pgscale, pool_mode):
     pg = pgscale(PGSCALE_POOL_MODE=pool_mode, DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, DB_POOL_TIMEOUT=1)
