@@ -509,6 +509,11 @@ void client_janitor(pgs_worker *w, uint64_t now)
         it = it->next;
         int st = atomic_load_explicit(&c->state, memory_order_relaxed);
         uint64_t quiet = now - c->last_activity_us;
+        /* between transactions: in transaction mode CL_IDLE; in session
+         * mode the client keeps its server and is CL_ACTIVE */
+        bool between = st == CL_IDLE || (st == CL_ACTIVE && c->server &&
+                                         c->server->exq.count == 0 && c->tx_status == 'I' &&
+                                         c->fwd_remaining == 0);
         if (st == CL_STARTUP && now - c->connect_us > login_to) {
             client_fail(c, "08006", "client did not finish logging in in time",
                         "raise PGSCALE_CLIENT_LOGIN_TIMEOUT");
@@ -523,15 +528,14 @@ void client_janitor(pgs_worker *w, uint64_t now)
                    !c->cancel_sent) {
             c->cancel_sent = true;
             client_forward_cancel(c);
-        } else if ((st == CL_IDLE || st == CL_ADMIN) && idle_to && quiet > idle_to) {
+        } else if ((between || st == CL_ADMIN) && idle_to && quiet > idle_to) {
             client_fail(c, "57P05", "terminating connection due to client idle timeout",
                         "raise PGSCALE_CLIENT_IDLE_TIMEOUT");
-        } else if (w->draining && (st == CL_IDLE || st == CL_WAITING || st == CL_STARTUP ||
+        } else if (w->draining && (between || st == CL_WAITING || st == CL_STARTUP ||
                                    st == CL_WELCOME || st == CL_ADMIN)) {
             client_fail(c, "57P01", "terminating connection because pgscale is shutting down",
                         NULL);
         }
-        if (st == CL_ACTIVE && c->query_start_us == 0) c->cancel_sent = false;
     }
 }
 

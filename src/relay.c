@@ -285,6 +285,10 @@ void relay_server_data(pgs_server *sv)
             if (c && !internal) {
                 uint64_t now = pgs_now_us();
                 c->tx_status = status;
+                /* idle time counts from the end of the last request, and
+                 * the next query may be cancelled for its own timeout */
+                c->last_activity_us = now;
+                c->cancel_sent = false;
                 stats_add(&st->query_count, 1);
                 if (c->query_start_us) stats_add(&st->query_us, now - c->query_start_us);
                 c->query_start_us = 0;

@@ -155,7 +155,6 @@ struct pgs_client {
     uint64_t bytes_counted;   /* s.bytes_in already added to pool stats */
     char tx_status;           /* last ReadyForQuery status seen by the client */
     bool is_admin;
-    bool mid_message;         /* fwd_remaining > 0 or a partial message held */
     bool want_close;          /* close once pending writes drain */
     bool cancel_sent;         /* query_timeout already cancelled this query */
     uint8_t close_reason_set;

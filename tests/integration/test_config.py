@@ -1,0 +1,297 @@
+"""Start-up configuration: bad values stop pgscale with one clear line,
+--env-file (values used, the environment wins, errors carry file:line),
+--check-config (effective settings, password masked), and every documented
+DATABASE_URL form working end to end."""
+import os
+import re
+import subprocess
+
+import psycopg2
+import pytest
+
+from conftest import PGSCALE_BIN
+from helpers import APP_DB, APP_PASSWORD, APP_USER, LOCALHOST, free_port, port_accepts
+
+
+def _documented_variables():
+    """Every variable in the summary table of docs/configuration.md."""
+    docs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs",
+                        "configuration.md")
+    with open(docs) as f:
+        names = re.findall(r"^\| \[`([A-Z_]+)`\]", f.read(), re.M)
+    assert len(names) >= 20, "could not read the variable table of %s" % docs
+    return names
+
+
+def _clean_env():
+    """The test process environment without any setting pgscale (or libpq) reads."""
+    return {k: v for k, v in os.environ.items()
+            if not (k.startswith(("PGSCALE_", "DB_", "PG")) or
+                    k in ("DATABASE_URL", "READ_REPLICA_URLS", "REDIS_URL"))}
+
+
+def run_pgscale(env, args=(), timeout=5, cwd=None):
+    """Runs build/pgscale directly with exactly `env` (on top of a clean
+    environment; a None value unsets).  Returns (returncode, stdout, stderr).
+    A pgscale still running after `timeout` is killed and the test fails:
+    bad configuration must stop it, --check-config must exit."""
+    full = _clean_env()
+    for k, v in env.items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = str(v)
+    proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", str(PGSCALE_BIN), *args],
+                            env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=10)
+        pytest.fail("pgscale %s was still running after %s s (it should have exited);\n"
+                    "stdout:\n%s\nstderr:\n%s" % (" ".join(args), timeout, out[-3000:], err[-3000:]))
+    return proc.returncode, out, err
+
+
+def _base_env(primary, port=None):
+    return {"DATABASE_URL": primary.url(), "PGSCALE_LISTEN": "%s:%d" % (LOCALHOST, port or free_port()),
+            "PGSCALE_LOG_LEVEL": "info"}
+
+
+def _config(pg):
+    return {r["key"]: r["value"] for r in pg.admin("SHOW CONFIG")}
+
+
+def _query_through(pg, user=APP_USER, db=APP_DB):
+    conn = pg.connect(user=user, db=db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user, current_database(), 6 * 7")
+        return cur.fetchone()
+
+
+# -- bad values stop start-up ----------------------------------------------------
+BAD_VALUES = [
+    # (variable, value (None = unset), words the message must contain)
+    ("DB_POOL_SIZE", "abc", ["'abc'", "not an integer"]),
+    ("DB_POOL_SIZE", "0", ["'0'", "1..10000"]),
+    ("DB_MAX_OVERFLOW", "-5", ["'-5'", "out of range"]),
+    ("DB_POOL_TIMEOUT", "forever", ["'forever'", "not a duration"]),
+    ("PGSCALE_POOL_MODE", "statement", ["'statement'", "transaction", "session"]),
+    ("PGSCALE_LISTEN", "bad:host:xx", ["bad:host:xx"]),
+    ("DATABASE_URL", None, ["not set"]),
+    ("DATABASE_URL", "mysql://x", ["mysql", "scheme"]),
+    ("PGSCALE_WORKERS", "0", ["'0'", "1..64"]),
+]
+
+
+@pytest.mark.deadline(30)
+@pytest.mark.parametrize("var,value,words", BAD_VALUES,
+                         ids=["%s=%s" % (v, "<unset>" if x is None else x) for v, x, _ in BAD_VALUES])
+def test_bad_value_stops_start_up_with_a_message_naming_it(primary, var, value, words):
+    port = free_port()
+    env = _base_env(primary, port)
+    env[var] = value
+    rc, out, err = run_pgscale(env, timeout=5)
+    assert rc != 0, "pgscale accepted %s=%r (rc=0)\nstderr:\n%s" % (var, value, err)
+    assert not port_accepts(port), "pgscale exited but something listens on its port"
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, "expected one line naming the problem, got:\n%s" % err
+    msg = lines[0]
+    assert var in msg, msg
+    for w in words:
+        assert w.lower() in msg.lower(), "%r not in the message: %s" % (w, msg)
+    if var == "PGSCALE_LISTEN":
+        # says what is wrong, not only which variable
+        assert re.search(r"invalid|expected|bracket|port|not a", msg, re.I), msg
+    assert "listening" not in err + out
+
+
+@pytest.mark.deadline(30)
+def test_bad_database_url_error_does_not_show_the_password(primary):
+    rc, out, err = run_pgscale({**_base_env(primary),
+                                "DATABASE_URL": "postgresql://app:Hunter2Pw@127.0.0.1:99999/app"})
+    assert rc != 0, err
+    assert "DATABASE_URL" in err and "port" in err.lower(), err
+    assert "Hunter2Pw" not in err + out
+
+
+# -- --env-file ----------------------------------------------------------------------
+@pytest.mark.deadline(30)
+def test_env_file_values_are_used(pgscale, primary, tmp_path):
+    env_file = tmp_path / "app.env"
+    env_file.write_text("# the application's own .env\n"
+                        "DATABASE_URL=%s\n"
+                        "export DB_POOL_SIZE=7\n"
+                        "DB_MAX_OVERFLOW = 3   # spaces and a comment\n"
+                        "SECRET_KEY=not-for-pgscale\n" % primary.url())
+    pg = pgscale(args=["--env-file", str(env_file)], DATABASE_URL=None)
+    assert _query_through(pg) == (APP_USER, APP_DB, 42)
+    conf = _config(pg)
+    assert conf["DB_POOL_SIZE"] == "7", conf
+    assert conf["DB_MAX_OVERFLOW"] == "3", conf
+    pool = pg.pool()
+    assert pool is not None and int(pool["max_total"]) == 10, pool
+
+
+@pytest.mark.deadline(30)
+def test_environment_overrides_env_file(pgscale, tmp_path):
+    env_file = tmp_path / "app.env"
+    env_file.write_text("DB_POOL_SIZE=7\nDB_MAX_OVERFLOW=3\nPGSCALE_POOL_MODE=session\n")
+    # DB_POOL_SIZE from the environment wins; DB_MAX_OVERFLOW set to the empty
+    # string in the environment also wins over the file (-> the default, 10).
+    pg = pgscale(args=["--env-file", str(env_file)], DB_POOL_SIZE=9, DB_MAX_OVERFLOW="")
+    conf = _config(pg)
+    assert conf["DB_POOL_SIZE"] == "9", conf
+    assert conf["DB_MAX_OVERFLOW"] == "10", conf
+    assert conf["PGSCALE_POOL_MODE"] == "session", conf   # not in the environment: from the file
+    assert _query_through(pg) == (APP_USER, APP_DB, 42)
+
+
+@pytest.mark.deadline(30)
+def test_env_file_unknown_pgscale_key_is_rejected_with_file_and_line(primary, tmp_path):
+    env_file = tmp_path / "typo.env"
+    env_file.write_text("DB_POOL_SIZE=5\n\n# comment\nPGSCALE_POOLSIZE=3\n")
+    port = free_port()
+    rc, out, err = run_pgscale(_base_env(primary, port), args=["--env-file", str(env_file)])
+    assert rc != 0, err
+    assert "%s:4" % env_file in err, err
+    assert "PGSCALE_POOLSIZE" in err, err
+    assert not port_accepts(port)
+
+
+@pytest.mark.deadline(30)
+@pytest.mark.parametrize("content,line,words", [
+    ("DB_POOL_SIZE=5\nDB_POOL\n", 2, ["DB_POOL", "="]),
+    ("A=1\nB=2\nREDIS_URL=\"redis://h:6379\n", 3, ["unterminated", "REDIS_URL"]),
+], ids=["missing-equals", "unterminated-quote"])
+def test_env_file_syntax_error_is_reported_with_file_and_line(primary, tmp_path, content, line, words):
+    env_file = tmp_path / "broken.env"
+    env_file.write_text(content)
+    rc, out, err = run_pgscale(_base_env(primary), args=["--env-file", str(env_file)])
+    assert rc != 0, err
+    assert "%s:%d:" % (env_file, line) in err, err
+    for w in words:
+        assert w in err, err
+
+
+@pytest.mark.deadline(30)
+def test_env_file_bad_value_is_reported_with_file_and_line(primary, tmp_path):
+    env_file = tmp_path / "bad.env"
+    env_file.write_text("DB_POOL_SIZE=5\nPGSCALE_QUERY_TIMEOUT=5m\n")
+    rc, out, err = run_pgscale(_base_env(primary), args=["--env-file", str(env_file)])
+    assert rc != 0, err
+    assert "%s:2:" % env_file in err and "PGSCALE_QUERY_TIMEOUT" in err and "'5m'" in err, err
+
+
+@pytest.mark.deadline(30)
+def test_missing_env_file_is_an_error(primary, tmp_path):
+    missing = tmp_path / "nope.env"
+    rc, out, err = run_pgscale(_base_env(primary), args=["--env-file", str(missing)])
+    assert rc != 0, err
+    assert str(missing) in err, err
+
+
+# -- --check-config ------------------------------------------------------------------
+@pytest.mark.deadline(30)
+def test_check_config_prints_effective_configuration_with_password_masked(primary, tmp_path):
+    env_file = tmp_path / "app.env"
+    env_file.write_text("DB_MAX_OVERFLOW=4\nREDIS_URL=redis://:R3disPw@cache:6379/0\n")
+    port = free_port()
+    env = {"DATABASE_URL": "postgresql://app:Sup3rS3cretPw@127.0.0.1:%d/app" % primary.port,
+           "PGSCALE_LISTEN": "127.0.0.1:%d" % port, "DB_POOL_SIZE": "13",
+           "PGSCALE_QUERY_TIMEOUT": "1.5s"}
+    rc, out, err = run_pgscale(env, args=["--env-file", str(env_file), "--check-config"])
+    assert rc == 0, err
+    assert "Sup3rS3cretPw" not in out + err
+    assert "R3disPw" not in out + err
+    assert "****" in out, out
+    for var in _documented_variables():
+        assert re.search(r"^%s\b" % re.escape(var), out, re.M), "%s missing from:\n%s" % (var, out)
+    assert re.search(r"^DB_POOL_SIZE\s*[=:]?\s*13\s*$", out, re.M), out
+    assert re.search(r"^DB_MAX_OVERFLOW\s*[=:]?\s*4\s*$", out, re.M), out
+    assert re.search(r"^PGSCALE_QUERY_TIMEOUT\s*[=:]?\s*1500ms\s*$", out, re.M), out
+    assert re.search(r"^PGSCALE_LISTEN\s*[=:]?\s*127\.0\.0\.1:%d\s*$" % port, out, re.M), out
+    db_line = next(ln for ln in out.splitlines() if ln.startswith("DATABASE_URL"))
+    assert "app:****@127.0.0.1:%d/app" % primary.port in db_line, db_line
+    assert not port_accepts(port), "--check-config must not start listening"
+
+
+@pytest.mark.deadline(30)
+def test_check_config_with_bad_value_exits_non_zero(primary):
+    env = {**_base_env(primary), "DB_POOL_TIMEOUT": "0"}
+    rc, out, err = run_pgscale(env, args=["--check-config"])
+    assert rc != 0, out
+    assert "DB_POOL_TIMEOUT" in err and "'0'" in err, err
+    assert "secret" not in out + err
+
+
+# -- DATABASE_URL forms end to end -------------------------------------------------
+@pytest.mark.deadline(30)
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg2",
+                                    "postgresql+asyncpg", "postgres+psycopg", "PostgreSQL"])
+def test_database_url_scheme_works_end_to_end(pgscale, primary, scheme):
+    pg = pgscale(DATABASE_URL=primary.url(scheme=scheme))
+    assert _query_through(pg) == (APP_USER, APP_DB, 42)
+
+
+def _ensure_role(primary, name, password):
+    exists = primary.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
+    verb = "ALTER" if exists else "CREATE"
+    primary.execute("%s ROLE %s LOGIN PASSWORD %%s" % (verb, name), (password,))
+    primary.execute("GRANT CONNECT ON DATABASE %s TO %s" % (APP_DB, name))
+
+
+@pytest.mark.deadline(30)
+def test_database_url_with_percent_encoded_special_password(pgscale, primary):
+    password = "p@ss:w/rd%?#&= x"
+    _ensure_role(primary, "it_special", password)
+    # sanity: the password really is the role's password on the primary
+    primary.execute("SELECT 1", user="it_special", db=APP_DB, password="'%s'" % password.replace("'", "\\'"))
+    url = primary.url(user="it_special", password=password, db=APP_DB)
+    assert "%40" in url and "%3A" in url and "%2F" in url and "%25" in url and "%3F" in url, url
+    pg = pgscale(DATABASE_URL=url)
+    assert _query_through(pg, user="it_special") == ("it_special", APP_DB, 42)
+    assert password not in repr(pg.admin("SHOW CONFIG"))
+
+
+@pytest.mark.deadline(30)
+def test_database_url_with_unencoded_at_in_password(pgscale, primary):
+    password = "a@b@c"
+    _ensure_role(primary, "it_at", password)
+    url = "postgresql://it_at:%s@%s:%d/%s" % (password, primary.host, primary.port, APP_DB)
+    pg = pgscale(DATABASE_URL=url)
+    assert _query_through(pg, user="it_at") == ("it_at", APP_DB, 42)
+
+
+@pytest.mark.deadline(30)
+def test_database_url_query_parameters_are_accepted(pgscale, primary):
+    url = primary.url() + "?sslmode=disable&application_name=x"
+    pg = pgscale(DATABASE_URL=url)
+    assert _query_through(pg) == (APP_USER, APP_DB, 42)
+    shown = _config(pg)["DATABASE_URL"]
+    # documented: printed values (passwords aside) can be pasted back as input
+    assert "sslmode=disable" in shown and "application_name=x" in shown, shown
+    assert APP_PASSWORD not in shown
+
+
+@pytest.mark.deadline(30)
+def test_database_url_password_as_query_parameter(pgscale, primary):
+    url = "postgresql://%s@%s:%d/%s?password=%s" % (APP_USER, primary.host, primary.port, APP_DB,
+                                                   APP_PASSWORD)
+    pg = pgscale(DATABASE_URL=url)
+    assert _query_through(pg) == (APP_USER, APP_DB, 42)
+    assert APP_PASSWORD not in repr(pg.admin("SHOW CONFIG"))
+
+
+@pytest.mark.deadline(30)
+def test_database_url_with_wrong_password_starts_but_reports_the_login_error(pgscale, primary):
+    """A wrong password is not a configuration error (pgscale cannot know
+    before connecting), but a client gets an error instead of a hang."""
+    pg = pgscale(DATABASE_URL=primary.url(password="wrong-password"), DB_POOL_TIMEOUT=3)
+    conn = None
+    with pytest.raises(psycopg2.Error):
+        conn = pg.connect()
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    assert "wrong-password" not in pg.stderr_text()
