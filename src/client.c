@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <openssl/rand.h>
 
 #include "admin.h"
@@ -18,6 +19,14 @@
 #include "relay.h"
 #include "server.h"
 #include "worker.h"
+
+/* Descriptors kept free for server connections and cancel requests when
+ * clients would take the last ones: 1/16 of the limit, 8 to 256. */
+static int fd_reserve(void)
+{
+    int r = g_pgs.fd_limit / 16;
+    return r < 8 ? 8 : r > 256 ? 256 : r;
+}
 
 static const char *const state_names[] = {"startup", "welcome", "idle", "waiting",
                                           "active",  "admin",   "closing"};
@@ -412,6 +421,27 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
     list_init(&c->wait_node);
     io_sock_init(w, &c->s, PGS_SOCK_CLIENT, c);
     if (uv_accept(listener, (uv_stream_t *)&c->s.tcp) < 0) {
+        c->s.closing = true;
+        uv_close((uv_handle_t *)&c->s.tcp, free_client);
+        return;
+    }
+    /* Descriptors are handed out lowest first, so a high one means few are
+     * left: keep those for server connections and cancels, and tell this
+     * client why it is refused (libuv's own out-of-descriptors handling
+     * would close it without a word). */
+    int fd;
+    if (g_pgs.fd_limit > 0 && uv_fileno((uv_handle_t *)&c->s.tcp, &fd) == 0 &&
+        fd >= g_pgs.fd_limit - fd_reserve()) {
+        uint8_t buf[256];
+        proto_out o;
+        proto_out_init(&o, buf, sizeof(buf));
+        proto_error(&o, "FATAL", "53300",
+                    "pgscale is out of file descriptors and cannot accept more clients",
+                    "raise the open-files limit (ulimit -n) of pgscale");
+        ssize_t wr = write(fd, buf, o.len);
+        PGS_UNUSED(wr);
+        log_warn("worker %d: near the open-files limit (%d); refused a client", w->id,
+                 g_pgs.fd_limit);
         c->s.closing = true;
         uv_close((uv_handle_t *)&c->s.tcp, free_client);
         return;

@@ -103,13 +103,13 @@ int io_buf_make_room(pgs_worker *w, pgs_sock *s, uint32_t need)
         b->len -= b->pos;
         b->pos = 0;
     }
-    if (need <= b->cap) return 0;
+    if (need <= b->cap || b->len < b->cap) return 0;
     /* A message that must be seen whole (a named Parse, say) is larger than
-     * a pooled buffer: give this connection a private one of the needed
-     * size.  The caller has already checked need against the configured
-     * maximum message size, so this is bounded. */
-    uint32_t cap = b->cap;
-    while (cap < need) cap = cap > 0x40000000u ? need : cap * 2;
+     * the buffer, and the buffer is full: double it (up to need).  Memory
+     * thus follows the bytes that actually arrived, not the length a
+     * message announces.  The caller has already checked need against the
+     * configured maximum message size, so this is bounded. */
+    uint32_t cap = b->cap > need / 2 ? need : b->cap * 2;
     uint8_t *nb = pgs_xmalloc(cap);
     memcpy(nb, b->data, b->len);
     uint32_t len = b->len;

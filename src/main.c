@@ -73,6 +73,8 @@ static void raise_nofile(void)
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0) log_warn("could not raise the open-files limit");
     }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        g_pgs.fd_limit = rl.rlim_cur > INT32_MAX ? INT32_MAX : (int)rl.rlim_cur;
 }
 
 static void on_finish_check(uv_timer_t *t)

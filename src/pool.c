@@ -366,8 +366,10 @@ static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
             /* No server reachable for the whole connect timeout. */
             pool_cancel_wait(c);
             snprintf(msg, sizeof(msg),
-                     "could not connect to the PostgreSQL server for db=%s user=%s: %s",
-                     p->sh->database, p->sh->user, p->last_error);
+                     "could not connect to the PostgreSQL server for db=%s user=%s within "
+                     "%u ms (PGSCALE_SERVER_CONNECT_TIMEOUT): %s",
+                     p->sh->database, p->sh->user, cfg->server_connect_timeout_ms,
+                     p->last_error);
             client_fail(c, "08006", msg,
                         "check that PostgreSQL is running and that DATABASE_URL points at it");
             continue;

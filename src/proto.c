@@ -43,9 +43,10 @@ bool proto_is_backend_type(uint8_t t)
 
 int proto_read_startup(const uint8_t *buf, size_t avail, proto_startup *out)
 {
-    if (avail < 8) return PROTO_NEED_MORE;
-    uint32_t len = proto_be32(buf);
+    if (avail < 4) return PROTO_NEED_MORE;
+    uint32_t len = proto_be32(buf); /* a bad length is refused at once */
     if (len < 8 || len > PROTO_MAX_STARTUP) return PROTO_E_BADLEN;
+    if (avail < 8) return PROTO_NEED_MORE;
     if (avail < len) return PROTO_NEED_MORE;
     memset(out, 0, sizeof(*out));
     out->len = len;

@@ -859,6 +859,9 @@ void relay_client_gone(pgs_client *c)
 {
     pgs_server *sv = c->server;
     if (!sv) return;
+    /* A query still running would keep its locks until it ends: cancel it
+     * (the server connection is closed below anyway). */
+    if (sv->exq.count > 0) client_forward_cancel(c);
     c->server = NULL;
     sv->client = NULL;
     atomic_store_explicit(&sv->client_id, 0, memory_order_relaxed);

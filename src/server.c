@@ -480,6 +480,9 @@ void server_check_login_timeouts(pgs_pool *p, uint64_t now)
         it = it->next;
         int st = atomic_load_explicit(&sv->state, memory_order_relaxed);
         char msg[400];
+        /* opened after the caller read its clock (e.g. by the janitor a
+         * moment ago): not late, and now - start would wrap */
+        if (now < sv->login_start_us) continue;
         if (st == SV_CONNECTING &&
             now - sv->login_start_us > (uint64_t)cfg->server_connect_timeout_ms * 1000u) {
             snprintf(msg, sizeof(msg), "connecting to %s timed out after %u ms",

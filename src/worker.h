@@ -71,6 +71,7 @@ typedef struct pgs_global {
     pthread_mutex_t pools_lock;
     pgs_pool_shared *pools;
     _Atomic int total_clients;
+    int fd_limit;               /* RLIMIT_NOFILE soft limit after start-up */
     _Atomic int shutting_down;  /* 1 = draining (SIGTERM) */
     uint64_t start_wall_us;
     /* where DATABASE_URL points, resolved once at start */

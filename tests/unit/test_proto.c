@@ -491,6 +491,18 @@ static void test_startup_truncated_needs_more(void **state)
     for (size_t k = 0; k < sizeof(c); k++) assert_int_equal(startup_rc(c, k), PROTO_NEED_MORE);
 }
 
+static void test_startup_bad_length_is_refused_from_four_bytes(void **state)
+{
+    (void)state;
+    static const uint8_t tiny[] = {0, 0, 0, 7};
+    static const uint8_t huge[] = {0x7f, 0xff, 0xff, 0xff};
+    static const uint8_t negative[] = {0xff, 0xff, 0xff, 0xf8};
+    assert_int_equal(startup_rc(tiny, 4), PROTO_E_BADLEN);
+    assert_int_equal(startup_rc(huge, 4), PROTO_E_BADLEN);
+    assert_int_equal(startup_rc(negative, 4), PROTO_E_BADLEN);
+    assert_int_equal(startup_rc(tiny, 3), PROTO_NEED_MORE);
+}
+
 static void test_startup_unknown_version_is_ok_for_caller_to_reject(void **state)
 {
     (void)state;
@@ -1159,6 +1171,7 @@ int main(void)
         cmocka_unit_test(test_header_accepts_int32_max_when_max_allows),
 
         cmocka_unit_test(test_startup_v3_reads_params),
+        cmocka_unit_test(test_startup_bad_length_is_refused_from_four_bytes),
         cmocka_unit_test(test_startup_v3_without_params),
         cmocka_unit_test(test_startup_v3_minor_version_parses_params),
         cmocka_unit_test(test_startup_ignores_bytes_after_packet),
