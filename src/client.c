@@ -485,24 +485,28 @@ static void cancel_closed(uv_handle_t *h)
     free(h->data);
 }
 
+/* The loop may be shutting down and have closed the handle already. */
+static void cancel_done(cancel_req *r)
+{
+    if (!uv_is_closing((uv_handle_t *)&r->tcp)) uv_close((uv_handle_t *)&r->tcp, cancel_closed);
+}
+
 static void cancel_written(uv_write_t *wr, int status)
 {
     PGS_UNUSED(status);
-    cancel_req *r = wr->data;
-    uv_close((uv_handle_t *)&r->tcp, cancel_closed);
+    cancel_done(wr->data);
 }
 
 static void cancel_connected(uv_connect_t *conn, int status)
 {
     cancel_req *r = conn->data;
     if (status < 0) {
-        uv_close((uv_handle_t *)&r->tcp, cancel_closed);
+        cancel_done(r);
         return;
     }
     uv_buf_t b = uv_buf_init((char *)r->buf, 16);
     r->wr.data = r;
-    if (uv_write(&r->wr, (uv_stream_t *)&r->tcp, &b, 1, cancel_written) < 0)
-        uv_close((uv_handle_t *)&r->tcp, cancel_closed);
+    if (uv_write(&r->wr, (uv_stream_t *)&r->tcp, &b, 1, cancel_written) < 0) cancel_done(r);
 }
 
 void client_forward_cancel(pgs_client *c)
@@ -519,6 +523,7 @@ void client_forward_cancel(pgs_client *c)
     r->tcp.data = r;
     r->conn.data = r;
     log_info("C-%u: forwarding cancel to S-%u (backend pid %u)", c->id, sv->id, sv->backend_pid);
+    sv->cancelled_us = pgs_now_us();
     if (uv_tcp_connect(&r->conn, &r->tcp, (const struct sockaddr *)&g_pgs.server_addr,
                        cancel_connected) < 0)
         uv_close((uv_handle_t *)&r->tcp, cancel_closed);

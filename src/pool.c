@@ -177,11 +177,26 @@ static bool server_looks_dead(pgs_server *sv)
     return r > 0; /* an idle server has nothing to say; if it does, it is dying */
 }
 
+/* PostgreSQL signals a cancelled backend twice (the process, then its
+ * process group); on a busy host the second signal can land after the
+ * query it was meant for has ended and cancel whatever runs next.  A
+ * server we sent a cancel to is therefore not handed to another client
+ * for a moment. */
+#define CANCEL_QUARANTINE_US 250000u
+
+static bool quarantined(const pgs_server *sv, uint64_t now)
+{
+    return sv->cancelled_us && now - sv->cancelled_us < CANCEL_QUARANTINE_US;
+}
+
 void pool_checkout(pgs_pool *p, pgs_client *c)
 {
     uint64_t now = pgs_now_us();
-    while (!list_empty(&p->idle)) {
-        pgs_server *sv = list_entry(p->idle.next, pgs_server, node);
+    pgs_list *it = p->idle.next;
+    while (it != &p->idle) {
+        pgs_server *sv = list_entry(it, pgs_server, node);
+        it = it->next;
+        if (quarantined(sv, now)) continue;
         list_del(&sv->node);
         p->n_idle--;
         if (server_expired(sv, now) ||
@@ -270,6 +285,14 @@ static void place_idle_server(pgs_server *sv)
     sv->last_used_us = now;
     if (sv->broken || server_expired(sv, now) || p->w->draining) {
         server_close(sv, sv->broken ? "server connection not reusable" : "expired");
+        return;
+    }
+    if (quarantined(sv, now)) {
+        /* idle, but not for anyone until the quarantine ends; the janitor
+         * hands it to waiters then */
+        list_add_tail(&p->idle, &sv->node);
+        p->n_idle++;
+        atomic_store_explicit(&sv->state, SV_IDLE, memory_order_relaxed);
         return;
     }
     if (atomic_load(&p->sh->waiting) > p->n_waiting) {
@@ -409,6 +432,20 @@ static void close_idle_overflow(pgs_pool *p, uint64_t now)
     }
 }
 
+/* Servers that sat out a cancel quarantine while clients waited. */
+static void serve_waiters_from_idle(pgs_pool *p, uint64_t now)
+{
+    pgs_list *it = p->idle.next;
+    while (p->n_waiting > 0 && it != &p->idle) {
+        pgs_server *sv = list_entry(it, pgs_server, node);
+        it = it->next;
+        if (quarantined(sv, now)) continue;
+        list_del(&sv->node);
+        p->n_idle--;
+        place_idle_server(sv);
+    }
+}
+
 void pool_janitor(pgs_worker *w, uint64_t now)
 {
     for (pgs_pool *p = w->pools; p; p = p->next) {
@@ -416,6 +453,7 @@ void pool_janitor(pgs_worker *w, uint64_t now)
             fail_waiters_on_timeout(p, now);
             if (p->n_waiting > p->n_connecting) open_for_waiters(p);
         }
+        serve_waiters_from_idle(p, now);
         close_idle_overflow(p, now);
         /* idle servers: lifetime and idle timeout */
         pgs_list *it = p->idle.next;
@@ -441,6 +479,7 @@ void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh)
         int to = worker_with_waiters(p, &since);
         if (to < 0) break;
         pgs_server *sv = list_entry(p->idle.next, pgs_server, node);
+        if (quarantined(sv, pgs_now_us())) break; /* the janitor places it later */
         list_del(&sv->node);
         p->n_idle--;
         server_handoff(sv, to);

@@ -191,6 +191,7 @@ struct pgs_server {
     bool broken;              /* must not go back to the pool */
     bool reset_pending;       /* DISCARD ALL on next release (session mode) */
     uint64_t connect_us, last_used_us, login_start_us;
+    uint64_t cancelled_us;    /* when a cancel request was last sent for it */
     pgs_expect_q exq;
     pgs_params *params;       /* settings currently in effect on the server */
     pgs_stmt_set *prepared;   /* statements prepared on this server */

@@ -203,6 +203,12 @@ def test_query_timeout_cancels_long_query_and_connection_stays_usable(pgscale, p
         assert exc.value.pgcode == "57014"
         assert "canceling statement" in exc.value.pgerror, exc.value.pgerror
         assert 0.9 <= took <= 2.5, "cancelled after %.2f s (timeout 1 s)" % took
+        # PostgreSQL signals a cancelled backend twice (process, then process
+        # group); on a loaded host the second signal can arrive late and
+        # cancel the next statement on the same connection — in session mode
+        # that is this client's (in transaction mode pgscale keeps other
+        # clients off that server for a moment).  Let it pass.
+        time.sleep(0.3)
         cur.execute("SELECT 2")
         assert cur.fetchone() == (2,)
         # a query under the limit is not cancelled, and the limit is per query
