@@ -278,6 +278,7 @@ static void show_config(reply *r)
     header(r, 3, cols);
     cfg_ctx cc = {r};
     config_describe(g_pgs.cfg, cfg_emit, &cc);
+    config_describe_file(g_pgs.cfg, cfg_emit, &cc);
     complete(r, "SHOW");
 }
 

@@ -1,9 +1,11 @@
 /* Configuration: builds the immutable pgs_config snapshot from defaults, an
- * optional .env file and the process environment, validates every value, and
- * describes the result back (SHOW CONFIG, --check-config).  It owns URL and
- * .env parsing; it applies nothing itself (log level, listeners, pools are
- * set up by main and the workers from the snapshot). */
+ * optional YAML file (read by config_yaml.c), an optional .env file and the
+ * process environment, validates every value, and describes the result back
+ * (SHOW CONFIG, --check-config).  It owns URL, value and .env parsing; it
+ * applies nothing itself (log level, listeners, pools are set up by main and
+ * the workers from the snapshot). */
 #include "config.h"
+#include "config_yaml.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -109,6 +111,25 @@ static const char *sb_str(sbuf *b)
     return b->p;
 }
 
+static const char *const sslmode_names[] = {"disable", "allow", "prefer",
+                                            "require", "verify-ca", "verify-full"};
+
+int config_parse_sslmode(const char *v, pgs_sslmode *out, char *why, size_t whylen)
+{
+    for (size_t i = 0; i < PGS_ARRAY_LEN(sslmode_names); i++) {
+        if (strcmp(v, sslmode_names[i]) == 0) {
+            *out = (pgs_sslmode)i;
+            return 0;
+        }
+    }
+    char sb[80];
+    seterr(why, whylen,
+           "'%s' is not an SSL mode (expected disable, allow, prefer, require, verify-ca or "
+           "verify-full)",
+           shown(v, sb, sizeof(sb)));
+    return -EINVAL;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Defaults                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -147,6 +168,16 @@ void config_defaults(pgs_config *cfg)
 
     cfg->redis_url = NULL;
     cfg->log_level = PGS_LOG_INFO;
+
+    cfg->n_listen = 1;
+    cfg->listen[0].is_unix = false;
+    snprintf(cfg->listen[0].host, sizeof(cfg->listen[0].host), "%s", cfg->listen_host);
+    cfg->listen[0].port = cfg->listen_port;
+    cfg->max_startup_packet_size = 10000;
+    cfg->auth.type = PGS_AUTH_TRUST;
+    cfg->tls.mode = PGS_TLS_DISABLE;
+    cfg->tls.min_protocol = 0x0303;
+    cfg->server_tls.sslmode = PGS_SSLMODE_PREFER;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -304,6 +335,18 @@ static int apply_param(pgs_url *u, char *key, char *value, char *err, size_t err
         free(value);
         u->port = port;
         return 0;
+    }
+    if (strcmp(key, "sslmode") == 0 && value && value[0]) {
+        /* Checked here, as libpq does, because it also sets
+         * server_tls.sslmode when the config file does not. */
+        pgs_sslmode m;
+        char why[200];
+        if (config_parse_sslmode(value, &m, why, sizeof(why)) < 0) {
+            seterr(err, errlen, "query parameter 'sslmode': %s", why);
+            free(key);
+            free(value);
+            return -EINVAL;
+        }
     }
     if (u->n_params >= PGS_URL_MAX_PARAMS) {
         free(key);
@@ -708,12 +751,23 @@ static int parse_duration_setting(const char *v, bool zero_is_off, uint32_t *out
     return 0;
 }
 
+/* A byte count in the largest unit that divides it exactly: 64MB, 1kB, 10000. */
+static void format_size(uint64_t n, char *buf, size_t len)
+{
+    if (n && n % (1u << 30) == 0) snprintf(buf, len, "%lluGB", (unsigned long long)(n >> 30));
+    else if (n && n % (1u << 20) == 0) snprintf(buf, len, "%lluMB", (unsigned long long)(n >> 20));
+    else if (n && n % (1u << 10) == 0) snprintf(buf, len, "%llukB", (unsigned long long)(n >> 10));
+    else snprintf(buf, len, "%llu", (unsigned long long)n);
+}
+
 /* Sizes in bytes with an optional B, kB, MB or GB suffix (1024-based, as
  * PostgreSQL's own memory settings are). */
 static int parse_bytes(const char *v, uint64_t min, uint64_t max, uint32_t *out, char *why,
                        size_t whylen)
 {
-    char sb[80];
+    char sb[80], lo[32], hi[32];
+    format_size(min, lo, sizeof(lo));
+    format_size(max, hi, sizeof(hi));
     const char *p = v;
     uint64_t n = 0;
     bool huge = false;
@@ -731,13 +785,14 @@ static int parse_bytes(const char *v, uint64_t min, uint64_t max, uint32_t *out,
     if (nd == 0 || mul == 0) {
         seterr(why, whylen,
                "'%s' is not a size (expected bytes, optionally with kB, MB or GB, e.g. "
-               "64MB; range 1kB..1GB)",
-               shown(v, sb, sizeof(sb)));
+               "64MB; range %s..%s)",
+               shown(v, sb, sizeof(sb)), lo, hi);
         return -EINVAL;
     }
     if (huge || n > max / mul || n * mul < min) {
-        seterr(why, whylen, "'%s' is out of range (expected 1kB..1GB, i.e. %llu..%llu bytes)",
-               shown(v, sb, sizeof(sb)), (unsigned long long)min, (unsigned long long)max);
+        seterr(why, whylen, "'%s' is out of range (expected %s..%s, i.e. %llu..%llu bytes)",
+               shown(v, sb, sizeof(sb)), lo, hi, (unsigned long long)min,
+               (unsigned long long)max);
         return -EINVAL;
     }
     *out = (uint32_t)(n * mul);
@@ -756,12 +811,17 @@ static bool valid_listen_host(const char *h)
  * host), or "host" (keep the port).  ":port" deliberately keeps the default
  * 127.0.0.1 instead of meaning "all interfaces": opening a database proxy
  * to the network should take an explicit 0.0.0.0 or [::]. */
-static int parse_listen(const char *v, pgs_config *cfg, char *why, size_t whylen)
+/* host_io holds 256 bytes: pgs_config.listen_host and pgs_listen_addr.host. */
+_Static_assert(sizeof(((pgs_config *)0)->listen_host) == 256, "listen_host size");
+_Static_assert(sizeof(((pgs_listen_addr *)0)->host) == 256, "listen address size");
+
+static int parse_listen_hp(const char *v, char *host_io, int *port_io, char *why,
+                           size_t whylen)
 {
     char sb[80];
-    char host[sizeof(cfg->listen_host)];
-    snprintf(host, sizeof(host), "%s", cfg->listen_host);
-    int port = cfg->listen_port;
+    char host[256];
+    snprintf(host, sizeof(host), "%s", host_io);
+    int port = *port_io;
     const char *port_str = NULL;
     size_t vn = strlen(v);
 
@@ -825,9 +885,65 @@ static int parse_listen(const char *v, pgs_config *cfg, char *why, size_t whylen
             return -EINVAL;
         }
     }
-    snprintf(cfg->listen_host, sizeof(cfg->listen_host), "%s", host);
-    cfg->listen_port = port;
+    snprintf(host_io, 256, "%s", host);
+    *port_io = port;
     return 0;
+}
+
+/* PGSCALE_LISTEN sets the one address, replacing a listen: list. */
+static int parse_listen(const char *v, pgs_config *cfg, char *why, size_t whylen)
+{
+    if (parse_listen_hp(v, cfg->listen_host, &cfg->listen_port, why, whylen) < 0) return -EINVAL;
+    memset(cfg->listen, 0, sizeof(cfg->listen));
+    snprintf(cfg->listen[0].host, sizeof(cfg->listen[0].host), "%s", cfg->listen_host);
+    cfg->listen[0].port = cfg->listen_port;
+    cfg->n_listen = 1;
+    return 0;
+}
+
+/* The socket file is <dir>/.s.PGSQL.<port>, and sockaddr_un holds 108 bytes. */
+#define UNIX_DIR_MAX (108 - sizeof("/.s.PGSQL.65535"))
+
+int config_parse_listen_addr(const char *v, pgs_listen_addr *out, char *why, size_t whylen)
+{
+    char sb[80];
+    if (strncmp(v, "unix:", 5) != 0) {
+        if (parse_listen_hp(v, out->host, &out->port, why, whylen) < 0) return -EINVAL;
+        out->is_unix = false;
+        return 0;
+    }
+    const char *dir = v + 5;
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--; /* "unix:/run/pgscale/" is the same directory */
+    if (dir[0] != '/') {
+        seterr(why, whylen,
+               "'%s' is not an absolute directory (expected unix:/path/to/dir, e.g. "
+               "unix:/run/pgscale)",
+               shown(v, sb, sizeof(sb)));
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)dir[i] < 0x20 || dir[i] == 0x7f) {
+            seterr(why, whylen, "'%s' contains a control character", shown(v, sb, sizeof(sb)));
+            return -EINVAL;
+        }
+    }
+    if (n > UNIX_DIR_MAX) {
+        seterr(why, whylen,
+               "'%s': the directory is longer than %zu bytes (the socket path "
+               "<dir>/.s.PGSQL.<port> must fit in 107 bytes)",
+               shown(v, sb, sizeof(sb)), (size_t)UNIX_DIR_MAX);
+        return -EINVAL;
+    }
+    out->is_unix = true;
+    snprintf(out->host, sizeof(out->host), "%.*s", (int)n, dir);
+    return 0;
+}
+
+void config_format_listen(const pgs_listen_addr *a, char *buf, size_t n)
+{
+    if (a->is_unix) snprintf(buf, n, "unix:%s", a->host);
+    else snprintf(buf, n, strchr(a->host, ':') ? "[%s]:%d" : "%s:%d", a->host, a->port);
 }
 
 /* READ_REPLICA_URLS: a comma splits the list only where the next item
@@ -899,7 +1015,8 @@ enum kind {
 };
 
 struct setting {
-    const char *name;
+    const char *name; /* the environment variable */
+    const char *key;  /* the config file key */
     enum kind kind;
     size_t off;
     long min, max;    /* K_INT, K_OVERFLOW, K_BYTES */
@@ -907,36 +1024,43 @@ struct setting {
 };
 
 #define F(field) offsetof(pgs_config, field)
-#define DUR(n, field, zoff) {.name = n, .kind = K_DURATION, .off = F(field), .zero_is_off = zoff}
+#define DUR(n, k, field, zoff) \
+    {.name = n, .key = k, .kind = K_DURATION, .off = F(field), .zero_is_off = zoff}
 static const struct setting settings[] = {
-    {.name = "DATABASE_URL", .kind = K_URL, .off = F(primary)},
-    {.name = "READ_REPLICA_URLS", .kind = K_URL_LIST, .off = F(replicas)},
-    {.name = "PGSCALE_LISTEN", .kind = K_LISTEN, .off = F(listen_host)},
-    {.name = "PGSCALE_POOL_MODE", .kind = K_POOL_MODE, .off = F(pool_mode)},
-    {.name = "PGSCALE_WORKERS", .kind = K_INT, .off = F(workers), .min = 1, .max = MAX_WORKERS},
-    {.name = "DB_POOL_SIZE", .kind = K_INT, .off = F(pool_size), .min = 1, .max = 10000},
-    {.name = "DB_MAX_OVERFLOW", .kind = K_OVERFLOW, .off = F(max_overflow), .min = -1,
-     .max = OVERFLOW_UNLIMITED},
-    DUR("DB_POOL_TIMEOUT", pool_timeout_ms, false),
-    DUR("PGSCALE_SERVER_CONNECT_TIMEOUT", server_connect_timeout_ms, false),
-    DUR("PGSCALE_SERVER_LOGIN_TIMEOUT", server_login_timeout_ms, false),
-    DUR("PGSCALE_SERVER_LIFETIME", server_lifetime_ms, false),
-    DUR("PGSCALE_SERVER_IDLE_TIMEOUT", server_idle_timeout_ms, false),
-    DUR("PGSCALE_OVERFLOW_IDLE_TIMEOUT", overflow_idle_timeout_ms, true),
-    DUR("PGSCALE_SERVER_CHECK_DELAY", server_check_delay_ms, false),
-    DUR("PGSCALE_IDLE_TRANSACTION_TIMEOUT", idle_transaction_timeout_ms, true),
-    DUR("PGSCALE_CLIENT_IDLE_TIMEOUT", client_idle_timeout_ms, true),
-    DUR("PGSCALE_QUERY_TIMEOUT", query_timeout_ms, true),
-    DUR("PGSCALE_CLIENT_LOGIN_TIMEOUT", client_login_timeout_ms, false),
-    DUR("PGSCALE_SHUTDOWN_TIMEOUT", shutdown_timeout_ms, false),
-    {.name = "PGSCALE_MAX_CLIENT_CONN", .kind = K_INT, .off = F(max_client_conn), .min = 1,
-     .max = 1000000},
-    {.name = "PGSCALE_MAX_PREPARED_STATEMENTS", .kind = K_INT,
+    {.name = "DATABASE_URL", .key = "nodes.primary", .kind = K_URL, .off = F(primary)},
+    {.name = "READ_REPLICA_URLS", .key = "nodes.replicas", .kind = K_URL_LIST,
+     .off = F(replicas)},
+    {.name = "PGSCALE_LISTEN", .key = "listen", .kind = K_LISTEN, .off = F(listen_host)},
+    {.name = "PGSCALE_POOL_MODE", .key = "pool_mode", .kind = K_POOL_MODE, .off = F(pool_mode)},
+    {.name = "PGSCALE_WORKERS", .key = "workers", .kind = K_INT, .off = F(workers), .min = 1,
+     .max = MAX_WORKERS},
+    {.name = "DB_POOL_SIZE", .key = "pool_size", .kind = K_INT, .off = F(pool_size), .min = 1,
+     .max = 10000},
+    {.name = "DB_MAX_OVERFLOW", .key = "max_overflow", .kind = K_OVERFLOW,
+     .off = F(max_overflow), .min = -1, .max = OVERFLOW_UNLIMITED},
+    DUR("DB_POOL_TIMEOUT", "pool_timeout", pool_timeout_ms, false),
+    DUR("PGSCALE_SERVER_CONNECT_TIMEOUT", "server_connect_timeout", server_connect_timeout_ms,
+        false),
+    DUR("PGSCALE_SERVER_LOGIN_TIMEOUT", "server_login_timeout", server_login_timeout_ms, false),
+    DUR("PGSCALE_SERVER_LIFETIME", "server_lifetime", server_lifetime_ms, false),
+    DUR("PGSCALE_SERVER_IDLE_TIMEOUT", "server_idle_timeout", server_idle_timeout_ms, false),
+    DUR("PGSCALE_OVERFLOW_IDLE_TIMEOUT", "overflow_idle_timeout", overflow_idle_timeout_ms,
+        true),
+    DUR("PGSCALE_SERVER_CHECK_DELAY", "server_check_delay", server_check_delay_ms, false),
+    DUR("PGSCALE_IDLE_TRANSACTION_TIMEOUT", "idle_transaction_timeout",
+        idle_transaction_timeout_ms, true),
+    DUR("PGSCALE_CLIENT_IDLE_TIMEOUT", "client_idle_timeout", client_idle_timeout_ms, true),
+    DUR("PGSCALE_QUERY_TIMEOUT", "query_timeout", query_timeout_ms, true),
+    DUR("PGSCALE_CLIENT_LOGIN_TIMEOUT", "client_login_timeout", client_login_timeout_ms, false),
+    DUR("PGSCALE_SHUTDOWN_TIMEOUT", "shutdown_timeout", shutdown_timeout_ms, false),
+    {.name = "PGSCALE_MAX_CLIENT_CONN", .key = "max_client_conn", .kind = K_INT,
+     .off = F(max_client_conn), .min = 1, .max = 1000000},
+    {.name = "PGSCALE_MAX_PREPARED_STATEMENTS", .key = "max_prepared_statements", .kind = K_INT,
      .off = F(max_prepared_statements), .min = 0, .max = 100000},
-    {.name = "PGSCALE_MAX_MESSAGE_SIZE", .kind = K_BYTES, .off = F(max_message_size),
-     .min = 1024, .max = 1073741824L},
-    {.name = "REDIS_URL", .kind = K_REDIS, .off = F(redis_url)},
-    {.name = "PGSCALE_LOG_LEVEL", .kind = K_LOG_LEVEL, .off = F(log_level)},
+    {.name = "PGSCALE_MAX_MESSAGE_SIZE", .key = "max_message_size", .kind = K_BYTES,
+     .off = F(max_message_size), .min = 1024, .max = 1073741824L},
+    {.name = "REDIS_URL", .key = "redis_url", .kind = K_REDIS, .off = F(redis_url)},
+    {.name = "PGSCALE_LOG_LEVEL", .key = "log_level", .kind = K_LOG_LEVEL, .off = F(log_level)},
 };
 #undef DUR
 #undef F
@@ -972,26 +1096,12 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
     case K_LISTEN:
         return parse_listen(v, cfg, why, whylen);
     case K_POOL_MODE:
-        if (strcasecmp(v, "transaction") == 0) cfg->pool_mode = PGS_POOL_TRANSACTION;
-        else if (strcasecmp(v, "session") == 0) cfg->pool_mode = PGS_POOL_SESSION;
-        else {
-            seterr(why, whylen, "'%s' is not a pool mode (expected transaction or session)",
-                   shown(v, sb, sizeof(sb)));
-            return -EINVAL;
-        }
-        return 0;
+        return config_parse_pool_mode(v, FIELD(cfg, s, pgs_pool_mode), why, whylen);
     case K_INT:
         snprintf(range, sizeof(range), "%ld..%ld", s->min, s->max);
         return parse_int_range(v, s->min, s->max, range, FIELD(cfg, s, int), why, whylen);
-    case K_OVERFLOW: {
-        /* SQLAlchemy's max_overflow=-1 means "no limit"; a proxy still needs
-         * a bound, so it becomes the largest value we accept. */
-        int x;
-        snprintf(range, sizeof(range), "0..%ld, or -1 for no limit", s->max);
-        if (parse_int_range(v, s->min, s->max, range, &x, why, whylen) < 0) return -EINVAL;
-        *FIELD(cfg, s, int) = x < 0 ? OVERFLOW_UNLIMITED : x;
-        return 0;
-    }
+    case K_OVERFLOW:
+        return config_parse_overflow(v, FIELD(cfg, s, int), why, whylen);
     case K_DURATION:
         return parse_duration_setting(v, s->zero_is_off, FIELD(cfg, s, uint32_t), why, whylen);
     case K_BYTES:
@@ -1055,6 +1165,101 @@ int config_apply_env(pgs_config *cfg, pgs_env_lookup lookup, void *ctx, char *er
             seterr(err, errlen, "%s: %s", s->name, why);
             return -EINVAL;
         }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The same parsers for the YAML reader                                     */
+/* ------------------------------------------------------------------------ */
+
+static const struct setting *setting_by_name(const char *name)
+{
+    for (size_t i = 0; i < PGS_ARRAY_LEN(settings); i++)
+        if (strcmp(settings[i].name, name) == 0) return &settings[i];
+    return NULL;
+}
+
+const char *config_setting_for_key(const char *key, pgs_value_kind *kind)
+{
+    for (size_t i = 0; i < PGS_ARRAY_LEN(settings); i++) {
+        const struct setting *s = &settings[i];
+        if (strcmp(s->key, key) != 0) continue;
+        switch (s->kind) {
+        case K_URL:
+        case K_URL_LIST:
+        case K_LISTEN:
+            return NULL; /* structured in the file: nodes:, listen: */
+        case K_INT:
+        case K_OVERFLOW: *kind = PGS_VALUE_INT; break;
+        case K_DURATION: *kind = PGS_VALUE_DURATION; break;
+        case K_BYTES: *kind = PGS_VALUE_SIZE; break;
+        case K_REDIS: *kind = PGS_VALUE_SECRET; break;
+        case K_POOL_MODE:
+        case K_LOG_LEVEL: *kind = PGS_VALUE_TEXT; break;
+        }
+        return s->name;
+    }
+    return NULL;
+}
+
+const char *config_key_for_setting(const char *env_name)
+{
+    const struct setting *s = setting_by_name(env_name);
+    return s ? s->key : NULL;
+}
+
+int config_apply_setting(pgs_config *cfg, const char *env_name, const char *v, char *why,
+                         size_t whylen)
+{
+    const struct setting *s = setting_by_name(env_name);
+    if (!s) {
+        seterr(why, whylen, "unknown setting");
+        return -EINVAL;
+    }
+    return apply_one(cfg, s, v, why, whylen);
+}
+
+int config_parse_int(const char *v, long min, long max, int *out, char *why, size_t whylen)
+{
+    char range[64];
+    snprintf(range, sizeof(range), "%ld..%ld", min, max);
+    return parse_int_range(v, min, max, range, out, why, whylen);
+}
+
+int config_parse_overflow(const char *v, int *out, char *why, size_t whylen)
+{
+    /* SQLAlchemy's max_overflow=-1 means "no limit"; a proxy still needs a
+     * bound, so it becomes the largest value we accept. */
+    int x;
+    char range[64];
+    snprintf(range, sizeof(range), "0..%d, or -1 for no limit", OVERFLOW_UNLIMITED);
+    if (parse_int_range(v, -1, OVERFLOW_UNLIMITED, range, &x, why, whylen) < 0) return -EINVAL;
+    *out = x < 0 ? OVERFLOW_UNLIMITED : x;
+    return 0;
+}
+
+int config_parse_duration(const char *v, bool zero_is_off, uint32_t *out, char *why,
+                          size_t whylen)
+{
+    return parse_duration_setting(v, zero_is_off, out, why, whylen);
+}
+
+int config_parse_size(const char *v, uint32_t min, uint32_t max, uint32_t *out, char *why,
+                      size_t whylen)
+{
+    return parse_bytes(v, min, max, out, why, whylen);
+}
+
+int config_parse_pool_mode(const char *v, pgs_pool_mode *out, char *why, size_t whylen)
+{
+    char sb[80];
+    if (strcasecmp(v, "transaction") == 0) *out = PGS_POOL_TRANSACTION;
+    else if (strcasecmp(v, "session") == 0) *out = PGS_POOL_SESSION;
+    else {
+        seterr(why, whylen, "'%s' is not a pool mode (expected transaction or session)",
+               shown(v, sb, sizeof(sb)));
+        return -EINVAL;
     }
     return 0;
 }
@@ -1360,6 +1565,15 @@ static int check_unknown_keys(const pgs_envfile *f, char *err, size_t errlen)
 {
     for (size_t i = 0; i < f->n; i++) {
         const char *k = f->v[i].key;
+        if (strcmp(k, "PGSCALE_CONFIG") == 0) {
+            /* The .env file is read after the config file, so it cannot
+             * choose it; say so rather than "unknown variable". */
+            seterr(err, errlen,
+                   "%s:%d: PGSCALE_CONFIG is read from the environment only (a .env file "
+                   "cannot choose the config file); use --config FILE",
+                   f->name, f->v[i].line);
+            return -EINVAL;
+        }
         if (strncmp(k, "PGSCALE_", 8) == 0 && !known_setting(k)) {
             char kb[80];
             seterr(err, errlen,
@@ -1372,21 +1586,50 @@ static int check_unknown_keys(const pgs_envfile *f, char *err, size_t errlen)
     return 0;
 }
 
-int config_load(pgs_config *cfg, const char *envfile_path, char *err, size_t errlen)
+/* What is settled only once every source is in. */
+static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, char *err, size_t errlen)
+{
+    /* The primary URL's ?sslmode= stands for server_tls.sslmode unless the
+     * file set that explicitly: an operator's server_tls is not weakened
+     * by a URL copied from an application's settings.  The value was
+     * checked when the URL was parsed. */
+    const char *m = config_url_param(&cfg->primary, "sslmode");
+    if (!seen->sslmode && m && *m) {
+        char why[200];
+        if (config_parse_sslmode(m, &cfg->server_tls.sslmode, why, sizeof(why)) < 0) {
+            seterr(err, errlen, "DATABASE_URL: query parameter 'sslmode': %s", why);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+int config_load_files(pgs_config *cfg, const char *config_path, const char *envfile_path,
+                      char *err, size_t errlen)
 {
     config_defaults(cfg);
+    config_yaml_seen seen = {0};
     pgs_envfile *f = NULL;
     int rc;
+    if (config_path) {
+        rc = config_yaml_load(config_path, cfg, &seen, err, errlen);
+        if (rc < 0) goto out;
+        cfg->config_file = pgs_xstrdup(config_path);
+    }
     if (envfile_path) {
         rc = config_envfile_load(envfile_path, &f, err, errlen);
-        if (rc < 0) return rc;
+        if (rc < 0) goto out;
         rc = check_unknown_keys(f, err, errlen);
         if (rc < 0) goto out;
     }
 
     struct layered l = {.file = f};
-    if (!layered_lookup(&l, "DATABASE_URL")) {
-        seterr(err, errlen, "DATABASE_URL is not set; %s", database_url_hint);
+    if (!seen.primary && !layered_lookup(&l, "DATABASE_URL")) {
+        if (config_path)
+            seterr(err, errlen, "DATABASE_URL is not set and %s has no nodes.primary; %s",
+                   config_path, database_url_hint);
+        else
+            seterr(err, errlen, "DATABASE_URL is not set; %s", database_url_hint);
         rc = -EINVAL;
         goto out;
     }
@@ -1395,11 +1638,34 @@ int config_load(pgs_config *cfg, const char *envfile_path, char *err, size_t err
     if (rc < 0) {
         if (l.last_line > 0) seterr(err, errlen, "%s:%d: %s", f->name, l.last_line, why);
         else seterr(err, errlen, "%s", why);
+        goto out;
     }
+    rc = finish_load(cfg, &seen, err, errlen);
 out:
     config_envfile_free(f);
     if (rc < 0) config_free(cfg);
     return rc;
+}
+
+int config_load(pgs_config *cfg, const char *envfile_path, char *err, size_t errlen)
+{
+    return config_load_files(cfg, NULL, envfile_path, err, errlen);
+}
+
+int config_reload(pgs_config *fresh, const char *config_path, const char *envfile_path,
+                  char *err, size_t errlen)
+{
+    /* A reload is a full load into a snapshot of its own: nothing is shared
+     * with the running one, so a failure anywhere leaves it as it was. */
+    return config_load_files(fresh, config_path, envfile_path, err, errlen);
+}
+
+static void free_strv(char ***v, int *n)
+{
+    for (int i = 0; i < *n; i++) free((*v)[i]);
+    free(*v);
+    *v = NULL;
+    *n = 0;
 }
 
 void config_free(pgs_config *cfg)
@@ -1412,6 +1678,91 @@ void config_free(pgs_config *cfg)
     cfg->n_replicas = 0;
     free(cfg->redis_url);
     cfg->redis_url = NULL;
+
+    for (int i = 0; i < cfg->n_databases; i++) {
+        free(cfg->databases[i].name);
+        free(cfg->databases[i].dbname);
+    }
+    free(cfg->databases);
+    cfg->databases = NULL;
+    cfg->n_databases = 0;
+    for (int i = 0; i < cfg->n_users; i++) free(cfg->users[i].name);
+    free(cfg->users);
+    cfg->users = NULL;
+    cfg->n_users = 0;
+
+    pgs_auth_config *a = &cfg->auth;
+    free(a->file);
+    free(a->query);
+    free(a->user);
+    for (int i = 0; i < a->n_hba; i++) {
+        free(a->hba[i].database);
+        free(a->hba[i].user);
+    }
+    free(a->hba);
+    memset(a, 0, sizeof(*a));
+
+    free(cfg->tls.cert);
+    free(cfg->tls.key);
+    free(cfg->tls.ca);
+    free(cfg->tls.ciphers);
+    cfg->tls.cert = cfg->tls.key = cfg->tls.ca = cfg->tls.ciphers = NULL;
+    free(cfg->server_tls.ca);
+    free(cfg->server_tls.cert);
+    free(cfg->server_tls.key);
+    cfg->server_tls.ca = cfg->server_tls.cert = cfg->server_tls.key = NULL;
+
+    free_strv(&cfg->admin_users, &cfg->n_admin_users);
+    free_strv(&cfg->stats_users, &cfg->n_stats_users);
+    free(cfg->config_file);
+    cfg->config_file = NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Per-database and per-user overrides                                      */
+/* ------------------------------------------------------------------------ */
+
+const pgs_db_config *config_find_database(const pgs_config *cfg, const char *name)
+{
+    for (int i = 0; name && i < cfg->n_databases; i++)
+        if (strcmp(cfg->databases[i].name, name) == 0) return &cfg->databases[i];
+    return NULL;
+}
+
+const pgs_user_config *config_find_user(const pgs_config *cfg, const char *name)
+{
+    for (int i = 0; name && i < cfg->n_users; i++)
+        if (strcmp(cfg->users[i].name, name) == 0) return &cfg->users[i];
+    return NULL;
+}
+
+void config_pool_settings(const pgs_config *cfg, const char *database, const char *user,
+                          pgs_pool_settings *out)
+{
+    out->pool_size = cfg->pool_size;
+    out->max_overflow = cfg->max_overflow;
+    out->pool_mode = cfg->pool_mode;
+    out->pool_timeout_ms = cfg->pool_timeout_ms;
+    out->max_db_connections = 0;
+    out->max_user_connections = 0;
+    out->server_dbname = database;
+
+    const pgs_db_config *d = config_find_database(cfg, database);
+    if (d) {
+        if (d->pool_size >= 0) out->pool_size = d->pool_size;
+        if (d->max_overflow >= 0) out->max_overflow = d->max_overflow;
+        if (d->pool_mode >= 0) out->pool_mode = (pgs_pool_mode)d->pool_mode;
+        if (d->pool_timeout_ms > 0) out->pool_timeout_ms = d->pool_timeout_ms;
+        out->max_db_connections = d->max_db_connections;
+        if (d->dbname) out->server_dbname = d->dbname;
+    }
+    const pgs_user_config *u = config_find_user(cfg, user);
+    if (u) {
+        if (u->pool_size >= 0) out->pool_size = u->pool_size;
+        if (u->max_overflow >= 0) out->max_overflow = u->max_overflow;
+        if (u->pool_mode >= 0) out->pool_mode = (pgs_pool_mode)u->pool_mode;
+        out->max_user_connections = u->max_user_connections;
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1452,14 +1803,9 @@ static void format_setting(sbuf *b, const pgs_config *cfg, const struct setting 
         else snprintf(tmp, sizeof(tmp), "%ums", (unsigned)ms);
         break;
     }
-    case K_BYTES: {
-        uint32_t n = *CFIELD(cfg, s, uint32_t);
-        if (n && n % (1u << 30) == 0) snprintf(tmp, sizeof(tmp), "%uGB", (unsigned)(n >> 30));
-        else if (n && n % (1u << 20) == 0) snprintf(tmp, sizeof(tmp), "%uMB", (unsigned)(n >> 20));
-        else if (n && n % (1u << 10) == 0) snprintf(tmp, sizeof(tmp), "%ukB", (unsigned)(n >> 10));
-        else snprintf(tmp, sizeof(tmp), "%u", (unsigned)n);
+    case K_BYTES:
+        format_size(*CFIELD(cfg, s, uint32_t), tmp, sizeof(tmp));
         break;
-    }
     case K_REDIS: {
         const char *r = *CFIELD(cfg, s, char *);
         if (r) redis_format_masked(b, r);
@@ -1489,4 +1835,157 @@ void config_describe(const pgs_config *cfg, pgs_config_emit emit, void *ctx)
     }
     free(vb.p);
     free(db.p);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Describe: the settings only the config file has                          */
+/* ------------------------------------------------------------------------ */
+
+static const char *const auth_method_names[] = {"trust", "md5", "scram-sha-256", "reject"};
+static const char *const hba_type_names[] = {"host", "hostssl", "hostnossl", "local"};
+static const char *const tls_mode_names[] = {"disable", "allow", "require", "verify-ca",
+                                             "verify-full"};
+
+static void emit_str(pgs_config_emit emit, void *ctx, const char *name, const char *v,
+                     const char *def)
+{
+    emit(ctx, name, v ? v : "", def ? def : "");
+}
+
+static void sb_duration(sbuf *b, uint32_t ms)
+{
+    char tmp[32];
+    if (ms % 1000 == 0) snprintf(tmp, sizeof(tmp), "%us", (unsigned)(ms / 1000));
+    else snprintf(tmp, sizeof(tmp), "%ums", (unsigned)ms);
+    sb_puts(b, tmp);
+}
+
+static void sb_kv_int(sbuf *b, const char *k, int v)
+{
+    char tmp[64];
+    snprintf(tmp, sizeof(tmp), "%s%s=%d", b->len ? " " : "", k, v);
+    sb_puts(b, tmp);
+}
+
+static void sb_kv_str(sbuf *b, const char *k, const char *v)
+{
+    if (b->len) sb_putc(b, ' ');
+    sb_puts(b, k);
+    sb_putc(b, '=');
+    sb_puts(b, v);
+}
+
+static void sb_names(sbuf *b, char *const *v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (i) sb_puts(b, ", ");
+        sb_puts(b, v[i]);
+    }
+}
+
+/* One hba rule in pg_hba.conf column order: type database user [address] method. */
+static void sb_hba(sbuf *b, const pgs_hba_rule *r)
+{
+    sb_puts(b, hba_type_names[r->type]);
+    sb_putc(b, ' ');
+    sb_puts(b, r->database ? r->database : "all");
+    sb_putc(b, ' ');
+    sb_puts(b, r->user ? r->user : "all");
+    if (r->type != PGS_HBA_LOCAL) {
+        char a[INET6_ADDRSTRLEN + 8];
+        if (r->family == AF_UNSPEC) snprintf(a, sizeof(a), "all");
+        else if (inet_ntop(r->family, r->addr, a, sizeof(a)))
+            snprintf(a + strlen(a), sizeof(a) - strlen(a), "/%d", r->prefix);
+        else snprintf(a, sizeof(a), "?");
+        sb_putc(b, ' ');
+        sb_puts(b, a);
+    }
+    sb_putc(b, ' ');
+    sb_puts(b, auth_method_names[r->method]);
+}
+
+void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx)
+{
+    pgs_config def;
+    config_defaults(&def);
+    sbuf b = {0};
+    char tmp[320], dtmp[64], name[PGS_NAME_MAX + 32];
+
+    for (int i = 0; i < cfg->n_listen; i++) {
+        config_format_listen(&cfg->listen[i], tmp, sizeof(tmp));
+        if (i) sb_puts(&b, ", ");
+        sb_puts(&b, tmp);
+    }
+    config_format_listen(&def.listen[0], dtmp, sizeof(dtmp));
+    emit(ctx, "listen", sb_str(&b), dtmp);
+
+    format_size(cfg->max_startup_packet_size, tmp, sizeof(tmp));
+    format_size(def.max_startup_packet_size, dtmp, sizeof(dtmp));
+    emit(ctx, "max_startup_packet_size", tmp, dtmp);
+
+    for (int i = 0; i < cfg->n_databases; i++) {
+        const pgs_db_config *d = &cfg->databases[i];
+        sb_reset(&b);
+        if (d->dbname) sb_kv_str(&b, "dbname", d->dbname);
+        if (d->pool_size >= 0) sb_kv_int(&b, "pool_size", d->pool_size);
+        if (d->max_overflow >= 0) sb_kv_int(&b, "max_overflow", d->max_overflow);
+        if (d->pool_mode >= 0)
+            sb_kv_str(&b, "pool_mode", d->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
+        if (d->pool_timeout_ms > 0) {
+            sb_kv_str(&b, "pool_timeout", "");
+            sb_duration(&b, d->pool_timeout_ms);
+        }
+        if (d->max_db_connections > 0) sb_kv_int(&b, "max_db_connections", d->max_db_connections);
+        snprintf(name, sizeof(name), "databases.%s", d->name);
+        emit(ctx, name, sb_str(&b), "");
+    }
+    for (int i = 0; i < cfg->n_users; i++) {
+        const pgs_user_config *u = &cfg->users[i];
+        sb_reset(&b);
+        if (u->pool_size >= 0) sb_kv_int(&b, "pool_size", u->pool_size);
+        if (u->max_overflow >= 0) sb_kv_int(&b, "max_overflow", u->max_overflow);
+        if (u->pool_mode >= 0)
+            sb_kv_str(&b, "pool_mode", u->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
+        if (u->max_user_connections > 0)
+            sb_kv_int(&b, "max_user_connections", u->max_user_connections);
+        snprintf(name, sizeof(name), "users.%s", u->name);
+        emit(ctx, name, sb_str(&b), "");
+    }
+
+    const pgs_auth_config *a = &cfg->auth;
+    emit(ctx, "auth.type", auth_method_names[a->type], auth_method_names[def.auth.type]);
+    emit_str(emit, ctx, "auth.file", a->file, NULL);
+    emit_str(emit, ctx, "auth.query", a->query ? a->query : PGS_DEFAULT_AUTH_QUERY,
+             PGS_DEFAULT_AUTH_QUERY);
+    emit_str(emit, ctx, "auth.user", a->user, NULL);
+    if (a->n_hba == 0) emit(ctx, "auth.hba", "", "");
+    for (int i = 0; i < a->n_hba; i++) {
+        sb_reset(&b);
+        sb_hba(&b, &a->hba[i]);
+        snprintf(name, sizeof(name), "auth.hba[%d]", i);
+        emit(ctx, name, sb_str(&b), "");
+    }
+
+    const pgs_tls_config *t = &cfg->tls;
+    emit(ctx, "tls.mode", tls_mode_names[t->mode], tls_mode_names[def.tls.mode]);
+    emit_str(emit, ctx, "tls.cert", t->cert, NULL);
+    emit_str(emit, ctx, "tls.key", t->key, NULL);
+    emit_str(emit, ctx, "tls.ca", t->ca, NULL);
+    emit(ctx, "tls.min_protocol", t->min_protocol == 0x0304 ? "TLSv1.3" : "TLSv1.2", "TLSv1.2");
+    emit_str(emit, ctx, "tls.ciphers", t->ciphers, NULL);
+
+    const pgs_server_tls_config *st = &cfg->server_tls;
+    emit(ctx, "server_tls.sslmode", sslmode_names[st->sslmode],
+         sslmode_names[def.server_tls.sslmode]);
+    emit_str(emit, ctx, "server_tls.ca", st->ca, NULL);
+    emit_str(emit, ctx, "server_tls.cert", st->cert, NULL);
+    emit_str(emit, ctx, "server_tls.key", st->key, NULL);
+
+    sb_reset(&b);
+    sb_names(&b, cfg->admin_users, cfg->n_admin_users);
+    emit(ctx, "admin_users", sb_str(&b), "");
+    sb_reset(&b);
+    sb_names(&b, cfg->stats_users, cfg->n_stats_users);
+    emit(ctx, "stats_users", sb_str(&b), "");
+    free(b.p);
 }

@@ -29,6 +29,114 @@ typedef enum pgs_pool_mode {
     PGS_POOL_SESSION = 1,
 } pgs_pool_mode;
 
+/* The settings below come from the YAML file only (--config); see
+ * docs/configuration.md, "Configuration file".  They are parsed, validated
+ * and shown by --check-config; the modules that act on them read them from
+ * the snapshot like any other setting. */
+
+#define PGS_MAX_LISTEN 32
+#define PGS_NAME_MAX 63 /* PostgreSQL's identifier limit (NAMEDATALEN - 1) */
+#define PGS_DEFAULT_AUTH_QUERY "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"
+
+/* One listen address.  A Unix-socket entry ("unix:/run/pgscale") keeps the
+ * directory in host; the socket file is <host>/.s.PGSQL.<port>, as with
+ * PostgreSQL. */
+typedef struct pgs_listen_addr {
+    bool is_unix;
+    char host[256]; /* IPv4, IPv6 without brackets, a name, or the socket directory */
+    int port;
+} pgs_listen_addr;
+
+/* Client authentication methods (auth.type and auth.hba[].method). */
+typedef enum pgs_auth_method {
+    PGS_AUTH_TRUST = 0,
+    PGS_AUTH_MD5 = 1,
+    PGS_AUTH_SCRAM = 2,   /* scram-sha-256 */
+    PGS_AUTH_REJECT = 3,  /* hba rules only */
+} pgs_auth_method;
+
+typedef enum pgs_hba_type {
+    PGS_HBA_HOST = 0,      /* TCP, with or without TLS */
+    PGS_HBA_HOSTSSL = 1,   /* TCP with TLS */
+    PGS_HBA_HOSTNOSSL = 2, /* TCP without TLS */
+    PGS_HBA_LOCAL = 3,     /* Unix socket */
+} pgs_hba_type;
+
+/* One auth.hba rule; rules are tried in order and the first match decides. */
+typedef struct pgs_hba_rule {
+    pgs_hba_type type;
+    char *database;       /* NULL = all */
+    char *user;           /* NULL = all */
+    int family;           /* AF_INET, AF_INET6, or AF_UNSPEC for any address / local */
+    uint8_t addr[16];     /* network address in network byte order (4 bytes for IPv4) */
+    int prefix;           /* CIDR prefix length */
+    pgs_auth_method method;
+    int line;             /* line of the rule in the config file, for log messages */
+} pgs_hba_rule;
+
+typedef struct pgs_auth_config {
+    pgs_auth_method type; /* default scram-sha-256 with a users file or auth.user, else trust */
+    char *file;           /* users file (path resolved against the config file's directory) */
+    char *query;          /* auth query; NULL = PGS_DEFAULT_AUTH_QUERY */
+    char *user;           /* the user that runs the auth query; NULL = no auth query */
+    pgs_hba_rule *hba;
+    int n_hba;
+} pgs_auth_config;
+
+/* What pgscale demands of clients (tls.mode). */
+typedef enum pgs_tls_mode {
+    PGS_TLS_DISABLE = 0,
+    PGS_TLS_ALLOW = 1,        /* TLS offered, not required */
+    PGS_TLS_REQUIRE = 2,
+    PGS_TLS_VERIFY_CA = 3,    /* client certificate signed by tls.ca required */
+    PGS_TLS_VERIFY_FULL = 4,  /* ... and its CN must be the user name */
+} pgs_tls_mode;
+
+typedef struct pgs_tls_config {
+    pgs_tls_mode mode;
+    char *cert, *key, *ca; /* paths, NULL = not given */
+    char *ciphers;         /* OpenSSL cipher list, NULL = OpenSSL's default */
+    int min_protocol;      /* 0x0303 = TLSv1.2 (default), 0x0304 = TLSv1.3 */
+} pgs_tls_config;
+
+/* TLS toward servers, as libpq's sslmode. */
+typedef enum pgs_sslmode {
+    PGS_SSLMODE_DISABLE = 0,
+    PGS_SSLMODE_ALLOW = 1,
+    PGS_SSLMODE_PREFER = 2, /* the default, as in libpq */
+    PGS_SSLMODE_REQUIRE = 3,
+    PGS_SSLMODE_VERIFY_CA = 4,
+    PGS_SSLMODE_VERIFY_FULL = 5,
+} pgs_sslmode;
+
+typedef struct pgs_server_tls_config {
+    pgs_sslmode sslmode;   /* server_tls.sslmode, else DATABASE_URL's ?sslmode=, else prefer */
+    char *ca, *cert, *key; /* paths, NULL = not given */
+} pgs_server_tls_config;
+
+/* Per-database and per-user overrides.  -1 (pool_mode, the ints) and 0
+ * (pool_timeout_ms) mean "not set here"; config_pool_settings() resolves
+ * them.  max_db_connections / max_user_connections: 0 = no limit. */
+typedef struct pgs_db_config {
+    char *name;               /* the database name clients ask for */
+    char *dbname;             /* the name on the server, NULL = same */
+    int pool_size;
+    int max_overflow;
+    int pool_mode;
+    uint32_t pool_timeout_ms;
+    int max_db_connections;
+    int line;
+} pgs_db_config;
+
+typedef struct pgs_user_config {
+    char *name;
+    int pool_size;
+    int max_overflow;
+    int pool_mode;
+    int max_user_connections;
+    int line;
+} pgs_user_config;
+
 typedef struct pgs_config {
     pgs_url primary;              /* DATABASE_URL (required) */
     pgs_url *replicas;            /* READ_REPLICA_URLS (parsed, not yet routed to) */
@@ -61,7 +169,37 @@ typedef struct pgs_config {
 
     char *redis_url;              /* REDIS_URL (kept for later features) */
     int log_level;                /* PGSCALE_LOG_LEVEL: error|warn|info|debug */
+
+    /* From the config file only (see the types above). */
+    pgs_listen_addr listen[PGS_MAX_LISTEN]; /* listen:; PGSCALE_LISTEN sets one */
+    int n_listen;                 /* >= 1; listen_host/port mirror the first TCP one */
+    uint32_t max_startup_packet_size;   /* bytes, default 10000 */
+    pgs_db_config *databases;     /* databases: */
+    int n_databases;
+    pgs_user_config *users;       /* users: */
+    int n_users;
+    pgs_auth_config auth;         /* auth: */
+    pgs_tls_config tls;           /* tls: (client side) */
+    pgs_server_tls_config server_tls; /* server_tls: */
+    char **admin_users;           /* admin_users: */
+    int n_admin_users;
+    char **stats_users;           /* stats_users: */
+    int n_stats_users;
+    char *config_file;            /* the --config path, NULL without one */
 } pgs_config;
+
+/* The pool settings for one (database, user) after overrides: the global
+ * value, then databases.<db>, then users.<user> (the most specific wins).
+ * max_db_connections / max_user_connections: 0 = no limit. */
+typedef struct pgs_pool_settings {
+    int pool_size;
+    int max_overflow;
+    pgs_pool_mode pool_mode;
+    uint32_t pool_timeout_ms;
+    int max_db_connections;
+    int max_user_connections;
+    const char *server_dbname; /* the database to ask the server for */
+} pgs_pool_settings;
 
 /* Looks a variable up; returns NULL when unset.  The indirection lets unit
  * tests feed variables without touching the process environment. */
@@ -94,17 +232,82 @@ PGS_MUSTCHECK int config_envfile_parse(const char *name, const char *data, size_
 const char *config_envfile_get(pgs_envfile *f, const char *name);
 void config_envfile_free(pgs_envfile *f);
 
-/* Full start-up load: defaults, then the env file (if path != NULL), then
- * the process environment on top (the environment wins, as with dotenv),
- * then validation (DATABASE_URL present, sizes in range, ...). */
+/* Full start-up load: defaults, then the YAML file (if config_path !=
+ * NULL), then the env file (if envfile_path != NULL), then the process
+ * environment on top (the environment wins, as with dotenv), then
+ * validation (a primary given, sizes in range, ...).  Errors carry FILE:LINE
+ * when the value came from a file. */
+PGS_MUSTCHECK int config_load_files(pgs_config *cfg, const char *config_path,
+                                    const char *envfile_path, char *err, size_t errlen);
+/* The same without a YAML file. */
 PGS_MUSTCHECK int config_load(pgs_config *cfg, const char *envfile_path, char *err,
                               size_t errlen);
+/* Reload: loads the same sources into *fresh, which the caller then
+ * publishes (or frees).  The running snapshot is never touched, so a bad
+ * file leaves pgscale running as it was; on failure *fresh needs no free
+ * and err says why (FILE:LINE: key: reason). */
+PGS_MUSTCHECK int config_reload(pgs_config *fresh, const char *config_path,
+                                const char *envfile_path, char *err, size_t errlen);
 void config_free(pgs_config *cfg);
 
+/* Resolves the overrides for one (database, user); see pgs_pool_settings. */
+void config_pool_settings(const pgs_config *cfg, const char *database, const char *user,
+                          pgs_pool_settings *out);
+const pgs_db_config *config_find_database(const pgs_config *cfg, const char *name);
+const pgs_user_config *config_find_user(const pgs_config *cfg, const char *name);
+
 /* Writes "name = value" lines of the effective configuration (password
- * masked) through emit(); used by SHOW CONFIG and --check-config. */
+ * masked) through emit(); used by SHOW CONFIG and --check-config.
+ * config_describe covers the environment settings (by variable name),
+ * config_describe_file the settings only the config file has (by key path:
+ * listen, auth.type, tls.mode, databases.app, ...). */
 typedef void (*pgs_config_emit)(void *ctx, const char *name, const char *value,
                                 const char *source_default);
 void config_describe(const pgs_config *cfg, pgs_config_emit emit, void *ctx);
+void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx);
+
+/* ---- Value parsers shared with the YAML reader (config_yaml.c).  Each
+ * returns 0 or -EINVAL with a reason in why (without a key name, which the
+ * caller puts in front). ---- */
+
+/* What kind of value a setting takes; the YAML reader checks the YAML type
+ * against it before handing the text to the setting's parser. */
+typedef enum pgs_value_kind {
+    PGS_VALUE_TEXT,     /* any text (enums, names) */
+    PGS_VALUE_SECRET,   /* text that must never be echoed (URLs with passwords) */
+    PGS_VALUE_INT,
+    PGS_VALUE_DURATION, /* a number of seconds or text with a unit */
+    PGS_VALUE_SIZE,     /* a number of bytes or text with a unit */
+} pgs_value_kind;
+
+/* Looks up the environment setting that the file key `key` mirrors
+ * ("pool_size" -> DB_POOL_SIZE).  Returns its environment name, or NULL.
+ * Only plain scalar settings are listed (not listen or nodes). */
+const char *config_setting_for_key(const char *key, pgs_value_kind *kind);
+/* The file key for an environment name ("DB_POOL_SIZE" -> "pool_size"), or NULL. */
+const char *config_key_for_setting(const char *env_name);
+/* Applies one setting by environment name, exactly as if the variable held v. */
+PGS_MUSTCHECK int config_apply_setting(pgs_config *cfg, const char *env_name, const char *v,
+                                       char *why, size_t whylen);
+
+PGS_MUSTCHECK int config_parse_int(const char *v, long min, long max, int *out, char *why,
+                                   size_t whylen);
+/* max_overflow: 0..10000, or -1 for "no limit" (stored as 10000). */
+PGS_MUSTCHECK int config_parse_overflow(const char *v, int *out, char *why, size_t whylen);
+PGS_MUSTCHECK int config_parse_duration(const char *v, bool zero_is_off, uint32_t *out,
+                                        char *why, size_t whylen);
+PGS_MUSTCHECK int config_parse_size(const char *v, uint32_t min, uint32_t max, uint32_t *out,
+                                    char *why, size_t whylen);
+PGS_MUSTCHECK int config_parse_pool_mode(const char *v, pgs_pool_mode *out, char *why,
+                                         size_t whylen);
+/* One listen address: the PGSCALE_LISTEN forms (partial forms keep the host
+ * or port of *out), or "unix:/dir". */
+PGS_MUSTCHECK int config_parse_listen_addr(const char *v, pgs_listen_addr *out, char *why,
+                                           size_t whylen);
+/* disable, allow, prefer, require, verify-ca, verify-full. */
+PGS_MUSTCHECK int config_parse_sslmode(const char *v, pgs_sslmode *out, char *why,
+                                       size_t whylen);
+/* Renders a listen address back in the form it is written in. */
+void config_format_listen(const pgs_listen_addr *a, char *buf, size_t n);
 
 #endif

@@ -22,10 +22,12 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "pgscale " PGSCALE_VERSION " - PostgreSQL connection pooler\n\n"
-            "usage: pgscale [--env-file FILE] [--check-config]\n\n"
-            "Configured by environment variables (DATABASE_URL, DB_POOL_SIZE, DB_MAX_OVERFLOW,\n"
-            "DB_POOL_TIMEOUT, PGSCALE_LISTEN, PGSCALE_POOL_MODE, PGSCALE_WORKERS, ...);\n"
-            "see docs/configuration.md.\n\n"
+            "usage: pgscale [--config FILE] [--env-file FILE] [--check-config]\n\n"
+            "Configured by a YAML file and environment variables (DATABASE_URL, DB_POOL_SIZE,\n"
+            "DB_MAX_OVERFLOW, DB_POOL_TIMEOUT, PGSCALE_LISTEN, PGSCALE_POOL_MODE, ...);\n"
+            "the .env file overrides the config file, the environment overrides both.\n"
+            "See docs/configuration.md.\n\n"
+            "  --config FILE     read the YAML config file (default: $PGSCALE_CONFIG)\n"
             "  --env-file FILE   read variables from a .env file (the environment wins)\n"
             "  --check-config    validate the configuration, print it and exit\n"
             "  --version         print the version\n");
@@ -36,6 +38,38 @@ static void print_cfg(void *ctx, const char *name, const char *value, const char
     PGS_UNUSED(ctx);
     PGS_UNUSED(def);
     printf("%s = %s\n", name, value);
+}
+
+/* The config file: --config, else $PGSCALE_CONFIG (empty means unset, as
+ * for every other variable). */
+static const char *config_path(const char *flag)
+{
+    if (flag) return flag;
+    const char *e = getenv("PGSCALE_CONFIG");
+    return e && *e ? e : NULL;
+}
+
+/* Listen addresses the workers cannot open yet (Unix sockets, more than
+ * one address) are accepted in the file, so that configurations can be
+ * written now; say plainly which ones are not in effect. */
+static void warn_unopened_listeners(const pgs_config *cfg)
+{
+    pgs_listen_addr used = {.is_unix = false, .port = cfg->listen_port};
+    snprintf(used.host, sizeof(used.host), "%s", cfg->listen_host);
+    char used_text[300];
+    config_format_listen(&used, used_text, sizeof(used_text));
+    bool opened = false;
+    for (int i = 0; i < cfg->n_listen; i++) {
+        const pgs_listen_addr *a = &cfg->listen[i];
+        if (!a->is_unix && !opened) {
+            opened = true;
+            continue;
+        }
+        char text[300];
+        config_format_listen(a, text, sizeof(text));
+        log_warn("listen: %s is not opened: this version listens on one TCP address only (%s)",
+                 text, used_text);
+    }
 }
 
 static int resolve_server(const pgs_config *cfg)
@@ -92,7 +126,10 @@ static void on_drain_deadline(uv_timer_t *t)
 static void on_signal(uv_signal_t *s, int signum)
 {
     if (signum == SIGHUP) {
-        log_info("SIGHUP: configuration reload needs a config file; nothing to reload");
+        /* config_reload() builds the new snapshot; publishing it to the
+         * workers is not wired up yet. */
+        log_info("SIGHUP: configuration reload is not supported yet; restart pgscale to apply "
+                 "changes");
         return;
     }
     if (signum == SIGINT) {
@@ -110,16 +147,18 @@ static void on_signal(uv_signal_t *s, int signum)
 
 int main(int argc, char **argv)
 {
-    const char *envfile = NULL;
+    const char *envfile = NULL, *config_flag = NULL;
     bool check_only = false;
-    static const struct option opts[] = {{"env-file", required_argument, NULL, 'e'},
+    static const struct option opts[] = {{"config", required_argument, NULL, 'f'},
+                                         {"env-file", required_argument, NULL, 'e'},
                                          {"check-config", no_argument, NULL, 'c'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"version", no_argument, NULL, 'V'},
                                          {NULL, 0, NULL, 0}};
     int ch;
-    while ((ch = getopt_long(argc, argv, "e:chV", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "f:e:chV", opts, NULL)) != -1) {
         switch (ch) {
+        case 'f': config_flag = optarg; break;
         case 'e': envfile = optarg; break;
         case 'c': check_only = true; break;
         case 'h': usage(stdout); return 0;
@@ -132,16 +171,22 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    char err[512];
-    if (config_load(&g_cfg, envfile, err, sizeof(err)) < 0) {
+    /* Every configuration error, from the file, the .env file or the
+     * environment, is one line on stderr and exit status 1; status 2 is
+     * for a bad command line. */
+    char err[1024];
+    if (config_load_files(&g_cfg, config_path(config_flag), envfile, err, sizeof(err)) < 0) {
         fprintf(stderr, "pgscale: configuration error: %s\n", err);
         return 1;
     }
     pgs_log_level = g_cfg.log_level;
     if (check_only) {
         config_describe(&g_cfg, print_cfg, NULL);
+        config_describe_file(&g_cfg, print_cfg, NULL);
+        config_free(&g_cfg);
         return 0;
     }
+    warn_unopened_listeners(&g_cfg);
     if (resolve_server(&g_cfg) < 0) return 1;
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();

@@ -192,6 +192,115 @@ def test_missing_env_file_is_an_error(primary, tmp_path):
     assert str(missing) in err, err
 
 
+# -- --config (the YAML file) ------------------------------------------------------
+def _yaml(tmp_path, text, name="pgscale.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.deadline(30)
+def test_config_file_values_are_used(pgscale, primary, tmp_path):
+    cfg = _yaml(tmp_path, "nodes:\n"
+                          "  primary: %s\n"
+                          "pool_size: 7\n"
+                          "max_overflow: 3\n"
+                          "pool_mode: session\n"
+                          "databases:\n"
+                          "  %s: {pool_size: 2}\n"
+                          "admin_users: [%s]\n" % (primary.url(), APP_DB, APP_USER))
+    pg = pgscale(args=["--config", str(cfg)], DATABASE_URL=None)
+    assert _query_through(pg) == (APP_USER, APP_DB, 42)
+    conf = _config(pg)
+    assert conf["DB_POOL_SIZE"] == "7", conf
+    assert conf["DB_MAX_OVERFLOW"] == "3", conf
+    assert conf["PGSCALE_POOL_MODE"] == "session", conf
+    assert conf["databases.%s" % APP_DB] == "pool_size=2", conf
+    assert conf["admin_users"] == APP_USER, conf
+    assert APP_PASSWORD not in repr(conf)
+    pool = pg.pool()
+    assert pool is not None and int(pool["max_total"]) == 10, pool
+
+
+@pytest.mark.deadline(30)
+def test_env_file_and_environment_override_the_config_file(pgscale, tmp_path):
+    cfg = _yaml(tmp_path, "pool_size: 5\nmax_overflow: 6\npool_mode: session\n")
+    env_file = tmp_path / "app.env"
+    env_file.write_text("DB_POOL_SIZE=8\nDB_MAX_OVERFLOW=3\n")
+    pg = pgscale(args=["--config", str(cfg), "--env-file", str(env_file)], DB_POOL_SIZE=9)
+    conf = _config(pg)
+    assert conf["DB_POOL_SIZE"] == "9", conf        # environment over .env over file
+    assert conf["DB_MAX_OVERFLOW"] == "3", conf     # .env over file
+    assert conf["PGSCALE_POOL_MODE"] == "session", conf   # file only
+    assert _query_through(pg) == (APP_USER, APP_DB, 42)
+
+
+BAD_CONFIG_FILES = [
+    # (content, line, words the message must contain)
+    ("pool_size: 5\n\npool_size: 6\n", 3, ["pool_size", "duplicate key"]),
+    ("pool_size: 5\npoolsize: 6\n", 2, ["poolsize", "unknown key", "pool_size"]),
+    ("databases:\n  app:\n    pool_size: 0\n", 3, ["databases.app.pool_size", "'0'"]),
+    ("tls:\n  mode: require\n", 2, ["tls.mode", "tls.cert"]),
+    ("auth:\n  file: /nonexistent/users.txt\n", 2, ["auth.file", "/nonexistent/users.txt"]),
+    ("a: &x 1\nb: *x\n", 1, ["anchors"]),
+    ("pool_size: [1\n", 2, ["invalid YAML"]),
+]
+
+
+@pytest.mark.deadline(30)
+@pytest.mark.parametrize("content,line,words", BAD_CONFIG_FILES,
+                         ids=["duplicate", "unknown-key", "range", "tls-needs-cert",
+                              "missing-file", "anchor", "syntax"])
+def test_bad_config_file_stops_start_up_with_file_and_line(primary, tmp_path, content, line,
+                                                           words):
+    cfg = _yaml(tmp_path, content)
+    port = free_port()
+    rc, out, err = run_pgscale(_base_env(primary, port), args=["--config", str(cfg)])
+    assert rc == 1, "rc=%s (configuration errors exit 1, like the environment's)\n%s" % (rc, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, "expected one line naming the problem, got:\n%s" % err
+    assert "%s:%d:" % (cfg, line) in lines[0], lines[0]
+    for w in words:
+        assert w in lines[0], "%r not in: %s" % (w, lines[0])
+    assert not port_accepts(port), "pgscale exited but something listens on its port"
+
+
+@pytest.mark.deadline(30)
+def test_pgscale_config_variable_names_the_file(tmp_path):
+    cfg = _yaml(tmp_path, "nodes: {primary: 'postgresql://app:Pw0rdInFile@127.0.0.1:1/app'}\n"
+                          "pool_size: 7\n"
+                          "auth:\n"
+                          "  hba:\n"
+                          "    - {type: host, address: 10.0.0.0/8, method: trust}\n")
+    rc, out, err = run_pgscale({"PGSCALE_CONFIG": str(cfg)}, args=["--check-config"])
+    assert rc == 0, err
+    assert re.search(r"^DB_POOL_SIZE = 7$", out, re.M), out
+    assert re.search(r"^auth\.hba\[0\] = host all all 10\.0\.0\.0/8 trust$", out, re.M), out
+    assert "Pw0rdInFile" not in out + err
+    assert "app:****@127.0.0.1:1/app" in out, out
+    # --config wins over PGSCALE_CONFIG.
+    other = _yaml(tmp_path, "nodes: {primary: 'postgresql://h/db'}\npool_size: 8\n", "other.yaml")
+    rc, out, err = run_pgscale({"PGSCALE_CONFIG": str(cfg)}, args=["--config", str(other),
+                                                                   "--check-config"])
+    assert rc == 0, err
+    assert re.search(r"^DB_POOL_SIZE = 8$", out, re.M), out
+
+
+@pytest.mark.deadline(30)
+def test_example_config_file_passes_check_config(tmp_path):
+    example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
+                           "pgscale.yaml")
+    with open(example) as f:
+        cfg = _yaml(tmp_path, f.read())
+    for name in ("users.txt", "server.crt", "server.key", "client-ca.crt", "server-ca.crt"):
+        (tmp_path / name).write_text("stand-in\n")
+    rc, out, err = run_pgscale({}, args=["--config", str(cfg), "--check-config"])
+    assert rc == 0, err
+    assert "change-me" not in out + err
+    assert re.search(r"^listen = 0\.0\.0\.0:6432, unix:/run/pgscale$", out, re.M), out
+    assert re.search(r"^tls\.cert = %s$" % re.escape(str(tmp_path / "server.crt")), out, re.M), out
+
+
 # -- --check-config ------------------------------------------------------------------
 @pytest.mark.deadline(30)
 def test_check_config_prints_effective_configuration_with_password_masked(primary, tmp_path):
