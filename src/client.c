@@ -11,6 +11,7 @@
 #include <openssl/rand.h>
 
 #include "admin.h"
+#include "clientauth.h"
 #include "io.h"
 #include "params.h"
 #include "pool.h"
@@ -57,6 +58,7 @@ void client_close(pgs_client *c, const char *reason)
     if (c->s.closing) return;
     log_debug("C-%u: closing: %s", c->id, reason);
     pool_cancel_wait(c);
+    clientauth_free(c);
     if (c->server) relay_client_gone(c);
     if (c->pool) c->pool->n_active_clients--;
     set_state(c, CL_CLOSING);
@@ -275,6 +277,8 @@ static void send_negotiate(pgs_client *c, const proto_startup *su)
     if (!o.overflow) io_send_quiet(c->w, &c->s, buf, o.len);
 }
 
+static void client_after_auth(pgs_client *c);
+
 static void handle_startup(pgs_client *c)
 {
     pgs_buf *b = &c->s.rbuf;
@@ -350,32 +354,40 @@ static void handle_startup(pgs_client *c)
         }
         b->pos += su.len;
         if (negotiate) send_negotiate(c, &su);
-        if (strcmp(c->database, "pgscale") == 0) {
-            set_state(c, CL_ADMIN);
-            c->is_admin = true;
-            admin_welcome(c);
-            return;
-        }
-        if (atomic_load(&g_pgs.total_clients) > g_pgs.cfg->max_client_conn) {
-            char msg[200];
-            snprintf(msg, sizeof(msg), "too many clients already (max_client_conn is %d)",
-                     g_pgs.cfg->max_client_conn);
-            client_fail(c, "53300", msg, "raise PGSCALE_MAX_CLIENT_CONN");
-            return;
-        }
-        c->pool = pool_get(c->w, c->user, c->database);
-        c->pool->n_active_clients++;
-        if (pool_has_welcome(c->pool->sh)) {
-            send_welcome(c);
-        } else {
-            set_state(c, CL_WELCOME);
-            io_read_stop(&c->s);
-            pool_checkout(c->pool, c);
-            /* pool_checkout sets CL_WAITING when it queues; keep WELCOME */
-            if (atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WAITING)
-                set_state(c, CL_WELCOME);
-        }
+        int ar = clientauth_begin(c);
+        if (ar == 1) set_state(c, CL_AUTH);
+        if (ar == 0) client_after_auth(c);
         return;
+    }
+}
+
+/* The client is who it says: admin console, or a pool. */
+static void client_after_auth(pgs_client *c)
+{
+    if (strcmp(c->database, "pgscale") == 0) {
+        set_state(c, CL_ADMIN);
+        c->is_admin = true;
+        admin_welcome(c);
+        return;
+    }
+    if (atomic_load(&g_pgs.total_clients) > g_pgs.cfg->max_client_conn) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "too many clients already (max_client_conn is %d)",
+                 g_pgs.cfg->max_client_conn);
+        client_fail(c, "53300", msg, "raise PGSCALE_MAX_CLIENT_CONN");
+        return;
+    }
+    c->pool = pool_get(c->w, c->user, c->database);
+    c->pool->n_active_clients++;
+    if (pool_has_welcome(c->pool->sh)) {
+        send_welcome(c);
+    } else {
+        set_state(c, CL_WELCOME);
+        io_read_stop(&c->s);
+        pool_checkout(c->pool, c);
+        /* pool_checkout sets CL_WAITING when it queues; keep WELCOME */
+        if (atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WAITING)
+            set_state(c, CL_WELCOME);
     }
 }
 
@@ -389,6 +401,9 @@ void client_on_read(pgs_client *c, ssize_t nread)
     switch (atomic_load_explicit(&c->state, memory_order_relaxed)) {
     case CL_STARTUP:
         handle_startup(c);
+        break;
+    case CL_AUTH:
+        if (clientauth_data(c) == 0) client_after_auth(c);
         break;
     case CL_ADMIN:
         admin_data(c);
@@ -549,7 +564,7 @@ void client_janitor(pgs_worker *w, uint64_t now)
         bool between = st == CL_IDLE || (st == CL_ACTIVE && c->server &&
                                          c->server->exq.count == 0 && c->tx_status == 'I' &&
                                          c->fwd_remaining == 0);
-        if (st == CL_STARTUP && now - c->connect_us > login_to) {
+        if ((st == CL_STARTUP || st == CL_AUTH) && now - c->connect_us > login_to) {
             client_fail(c, "08006", "client did not finish logging in in time",
                         "raise PGSCALE_CLIENT_LOGIN_TIMEOUT");
         } else if (st == CL_ACTIVE && idle_tx_to && c->server && c->server->exq.count == 0 &&

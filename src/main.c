@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <arpa/inet.h>
 
+#include "clientauth.h"
 #include "config.h"
 #include "worker.h"
 
@@ -188,6 +189,10 @@ int main(int argc, char **argv)
     }
     warn_unopened_listeners(&g_cfg);
     if (resolve_server(&g_cfg) < 0) return 1;
+    if (clientauth_init(&g_cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "pgscale: configuration error: %s\n", err);
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
 

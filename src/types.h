@@ -85,6 +85,7 @@ typedef struct pgs_sock {
 
 enum client_state {
     CL_STARTUP = 0,   /* reading the start-up packet */
+    CL_AUTH,          /* password / SASL exchange with the client */
     CL_WELCOME,       /* waiting for a server to learn its parameters */
     CL_IDLE,          /* logged in, no server */
     CL_WAITING,       /* queued for a server connection */
@@ -163,6 +164,7 @@ struct pgs_client {
     char *user, *database, *app_name;  /* one allocation, user owns it */
     pgs_params *params;       /* session settings to carry (NULL = none) */
     pgs_stmt_map *stmts;      /* named prepared statements (transaction mode) */
+    struct pgs_client_auth *auth; /* during CL_AUTH only */
     char addr[48];
     uint16_t port;
 };

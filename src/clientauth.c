@@ -1,0 +1,262 @@
+/* Client authentication: method choice and the md5 / SCRAM exchanges over
+ * a client connection.  PostgreSQL's behaviour is the model: the same
+ * 28P01 message for an unknown user and a wrong password, and for SCRAM a
+ * mock exchange with a stable per-user salt, so neither the messages nor
+ * the salts tell whether a user exists. */
+#include "clientauth.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "auth.h"
+#include "authfile.h"
+#include "client.h"
+#include "io.h"
+#include "proto.h"
+#include "worker.h"
+
+/* A password or SASL message is small; anything longer is not one. */
+#define AUTH_MSG_MAX 8192u
+
+#define AUTH_SASL 10
+#define AUTH_SASL_CONTINUE 11
+#define AUTH_SASL_FINAL 12
+#define AUTH_MD5 5
+
+typedef struct pgs_client_auth {
+    pgs_auth_method method;
+    int step;                 /* SCRAM: 0 = want initial response, 1 = want final */
+    uint8_t salt[4];          /* md5 */
+    scram_server scram;
+} pgs_client_auth;
+
+static authfile *users;       /* read-only after start */
+static unsigned char mock_key[32];
+
+int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
+{
+    if (auth_random_bytes(mock_key, sizeof(mock_key)) < 0) {
+        snprintf(err, errlen, "no random bytes for the SCRAM mock key");
+        return -1;
+    }
+    if (cfg->auth.file && authfile_load(cfg->auth.file, &users, err, errlen) < 0) return -1;
+    return 0;
+}
+
+void clientauth_shutdown(void)
+{
+    authfile_free(users);
+    users = NULL;
+}
+
+static bool addr_matches(const pgs_hba_rule *r, const pgs_client *c)
+{
+    if (r->family == AF_UNSPEC) return true;
+    uint8_t a[16];
+    int len;
+    if (r->family == AF_INET && inet_pton(AF_INET, c->addr, a) == 1) {
+        len = 4;
+    } else if (r->family == AF_INET6 && inet_pton(AF_INET6, c->addr, a) == 1) {
+        len = 16;
+    } else {
+        return false;
+    }
+    int bits = r->prefix;
+    for (int i = 0; i < len && bits > 0; i++, bits -= 8) {
+        uint8_t mask = bits >= 8 ? 0xff : (uint8_t)(0xff << (8 - bits));
+        if ((a[i] & mask) != (r->addr[i] & mask)) return false;
+    }
+    return true;
+}
+
+/* The method for this client: the first matching auth.hba rule, else
+ * auth.type.  *rule_line is the rule's line (0 = no rule matched). */
+static int choose_method(const pgs_client *c, int *rule_line)
+{
+    const pgs_auth_config *a = &g_pgs.cfg->auth;
+    *rule_line = 0;
+    if (a->n_hba == 0) return a->type;
+    for (int i = 0; i < a->n_hba; i++) {
+        const pgs_hba_rule *r = &a->hba[i];
+        /* TCP without TLS is all there is for now */
+        if (r->type != PGS_HBA_HOST && r->type != PGS_HBA_HOSTNOSSL) continue;
+        if (r->database && strcmp(r->database, c->database) != 0) continue;
+        if (r->user && strcmp(r->user, c->user) != 0) continue;
+        if (!addr_matches(r, c)) continue;
+        *rule_line = r->line;
+        return r->method;
+    }
+    return -1;
+}
+
+static int send_auth(pgs_client *c, int32_t code, const void *extra, size_t len)
+{
+    uint8_t buf[AUTH_MSG_MAX + 64];
+    proto_out o;
+    proto_out_init(&o, buf, sizeof(buf));
+    proto_auth_request(&o, code, extra, len);
+    if (o.overflow) return -1;
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)o.len);
+    return io_send(c->w, &c->s, &b, 1);
+}
+
+static void fail_password(pgs_client *c, const char *why)
+{
+    char msg[200];
+    log_info("C-%u: authentication of user=%s db=%s failed: %s", c->id, c->user, c->database,
+             why);
+    snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"", c->user);
+    client_fail(c, "28P01", msg, NULL);
+}
+
+int clientauth_begin(pgs_client *c)
+{
+    int line;
+    int m = choose_method(c, &line);
+    char msg[400];
+    if (m < 0 || m == PGS_AUTH_REJECT) {
+        snprintf(msg, sizeof(msg), "%s for host \"%s\", user \"%s\", database \"%s\", no encryption",
+                 m < 0 ? "no auth.hba rule" : "auth.hba rejects connection", c->addr, c->user,
+                 c->database);
+        if (m < 0)
+            log_info("C-%u: %s", c->id, msg);
+        else
+            log_info("C-%u: %s (rule at %s:%d)", c->id, msg, g_pgs.cfg->config_file, line);
+        client_fail(c, "28000", msg, NULL);
+        return -1;
+    }
+    if (m == PGS_AUTH_TRUST) return 0;
+    pgs_client_auth *a = pgs_xcalloc(1, sizeof(*a));
+    a->method = (pgs_auth_method)m;
+    c->auth = a;
+    int rc;
+    if (m == PGS_AUTH_MD5) {
+        if (auth_random_bytes(a->salt, sizeof(a->salt)) < 0) {
+            client_fail(c, "XX000", "no random bytes for the md5 salt", NULL);
+            return -1;
+        }
+        rc = send_auth(c, AUTH_MD5, a->salt, sizeof(a->salt));
+    } else {
+        static const char mechs[] = SCRAM_MECH "\0";
+        rc = send_auth(c, AUTH_SASL, mechs, sizeof(mechs));
+    }
+    if (rc < 0) {
+        client_close(c, "write failed");
+        return -1;
+    }
+    return 1;
+}
+
+void clientauth_free(pgs_client *c)
+{
+    if (!c->auth) return;
+    scram_server_clear(&c->auth->scram);
+    free(c->auth);
+    c->auth = NULL;
+}
+
+static int md5_step(pgs_client *c, const uint8_t *body, uint32_t blen)
+{
+    size_t pos = 0;
+    const char *resp = proto_get_string(body, blen, &pos);
+    if (!resp || pos != blen) {
+        client_fail(c, "08P01", "malformed password message", NULL);
+        return -1;
+    }
+    const authfile_entry *e = users ? authfile_lookup(users, c->user) : NULL;
+    char err[300] = "no such user in auth.file";
+    if (!e || authfile_md5_verify(e, c->auth->salt, resp, strlen(resp), err, sizeof(err)) != 0) {
+        fail_password(c, err);
+        return -1;
+    }
+    return 0;
+}
+
+static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
+{
+    pgs_client_auth *a = c->auth;
+    char out[1024];
+    size_t outlen = 0;
+    int rc;
+    if (a->step == 0) {
+        /* SASLInitialResponse: mechanism, int32 length, data */
+        size_t pos = 0;
+        const char *mech = proto_get_string(body, blen, &pos);
+        int32_t dlen;
+        if (!mech || proto_get_int32(body, blen, &pos, &dlen) < 0 || dlen < 0 ||
+            (size_t)dlen != blen - pos) {
+            client_fail(c, "08P01", "malformed SASL initial response", NULL);
+            return -1;
+        }
+        const authfile_entry *e = users ? authfile_lookup(users, c->user) : NULL;
+        scram_secret secret;
+        char err[300];
+        if (e && authfile_scram_secret(e, mock_key, sizeof(mock_key), &secret, err,
+                                       sizeof(err)) == 0) {
+            rc = scram_server_init(&a->scram, &secret, NULL, 0);
+        } else {
+            rc = scram_server_init_mock(&a->scram, c->user, mock_key, sizeof(mock_key), NULL, 0);
+        }
+        OPENSSL_cleanse(&secret, sizeof(secret));
+        if (rc == 0)
+            rc = scram_server_first(&a->scram, mech, strlen(mech), (const char *)body + pos,
+                                    (size_t)dlen, out, sizeof(out), &outlen);
+        if (rc < 0) {
+            client_fail(c, "08P01", "invalid SCRAM exchange", NULL);
+            return -1;
+        }
+        a->step = 1;
+        if (send_auth(c, AUTH_SASL_CONTINUE, out, outlen) < 0) {
+            client_close(c, "write failed");
+            return -1;
+        }
+        return 1;
+    }
+    rc = scram_server_final(&a->scram, (const char *)body, blen, out, sizeof(out), &outlen);
+    if (rc == -EACCES) {
+        fail_password(c, scram_server_error(&a->scram) ? scram_server_error(&a->scram)
+                                                        : "wrong password or unknown user");
+        return -1;
+    }
+    if (rc < 0) {
+        client_fail(c, "08P01", "invalid SCRAM exchange", NULL);
+        return -1;
+    }
+    if (send_auth(c, AUTH_SASL_FINAL, out, outlen) < 0) {
+        client_close(c, "write failed");
+        return -1;
+    }
+    return 0;
+}
+
+int clientauth_data(pgs_client *c)
+{
+    pgs_buf *b = &c->s.rbuf;
+    while (c->auth && b->data && b->pos < b->len) {
+        uint8_t type;
+        uint32_t len;
+        int rc = proto_peek_header(b->data + b->pos, b->len - b->pos, AUTH_MSG_MAX, &type, &len);
+        if (rc == PROTO_NEED_MORE) return 1;
+        if (rc < 0 || type != 'p') {
+            client_fail(c, "08P01",
+                        type == 'X' ? "client left during authentication"
+                                    : "expected a password or SASL response message",
+                        NULL);
+            return -1;
+        }
+        if (b->len - b->pos < len + 1) return 1;
+        const uint8_t *body = b->data + b->pos + 5;
+        b->pos += len + 1;
+        rc = c->auth->method == PGS_AUTH_MD5 ? md5_step(c, body, len - 4)
+                                             : scram_step(c, body, len - 4);
+        if (rc <= 0) {
+            clientauth_free(c);
+            return rc;
+        }
+    }
+    return 1;
+}

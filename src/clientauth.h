@@ -1,0 +1,31 @@
+/* Authentication of pgscale's own clients: which method applies (auth.hba
+ * rules, else auth.type), and the md5 / SCRAM-SHA-256 exchanges against the
+ * users file (auth.file).  The exchanges themselves are in auth.c; this
+ * module drives them over a client connection. */
+#ifndef PGS_CLIENTAUTH_H
+#define PGS_CLIENTAUTH_H
+
+#include "types.h"
+
+struct authfile;
+
+/* Loads what client authentication needs at start (the users file, a
+ * server-wide random key for mock SCRAM salts).  0, or -1 with the reason
+ * in err. */
+PGS_MUSTCHECK int clientauth_init(const pgs_config *cfg, char *err, size_t errlen);
+void clientauth_shutdown(void);
+
+/* After the start-up packet: decides the method for the client's user,
+ * database and address.  Returns 0 when the client is authenticated (trust),
+ * 1 when an exchange was started (the client is in CL_AUTH; feed it with
+ * clientauth_data), -1 when the client was refused (already failed). */
+int clientauth_begin(pgs_client *c);
+
+/* Bytes arrived from a client in CL_AUTH.  0: authenticated; 1: more to
+ * come; -1: refused or failed (the client was already failed). */
+int clientauth_data(pgs_client *c);
+
+/* Frees an unfinished exchange (client closing). */
+void clientauth_free(pgs_client *c);
+
+#endif

@@ -1,0 +1,177 @@
+"""Client authentication (auth: in the config file): scram-sha-256 and md5
+against a users file — plaintext passwords and secrets PostgreSQL itself
+produced — the same 28P01 for an unknown user as for a wrong password, and
+auth.hba rules.  Real clients: psycopg2 (libpq), asyncpg, psql."""
+import hashlib
+
+import psycopg2
+import pytest
+
+import pgwire
+from helpers import APP_PASSWORD, LOCALHOST, MD5_PASSWORD, arun, psql
+
+CLIENT_PW = "client-pw"   # what clients give pgscale; the server login uses DATABASE_URL's
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def start(pgscale, tmp_path, auth_yaml, users):
+    uf = write(tmp_path, "users.txt", users)
+    cfg = write(tmp_path, "pgscale.yaml", "auth:\n  file: %s\n%s" % (uf, auth_yaml))
+    return pgscale(args=["--config", cfg])
+
+
+def login(pg, user="app", password=CLIENT_PW, db="app"):
+    conn = psycopg2.connect(pg.dsn(user, db, password=password))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user, 1 + 1")
+        row = cur.fetchone()
+    conn.close()
+    return row
+
+
+def refused(pg, user, password, db="app"):
+    with pytest.raises(psycopg2.OperationalError) as exc:
+        psycopg2.connect(pg.dsn(user, db, password=password)).close()
+    return str(exc.value)
+
+
+@pytest.mark.parametrize("method", ["scram-sha-256", "md5"])
+def test_plaintext_users_file_password_methods(pgscale, tmp_path, method):
+    pg = start(pgscale, tmp_path, "  type: %s\n" % method,
+               '"app" "%s"\n"other" "x"\n' % CLIENT_PW)
+    assert login(pg) == ("app", 2)
+    msg = refused(pg, "app", "wrong")
+    assert 'password authentication failed for user "app"' in msg, msg
+    # an unknown user gets exactly the same answer
+    msg2 = refused(pg, "nosuchuser", "wrong")
+    assert 'password authentication failed for user "nosuchuser"' in msg2, msg2
+
+
+def test_scram_secret_made_by_postgresql_verifies_its_password(pgscale, primary, tmp_path):
+    (secret,) = primary.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")[0]
+    assert secret.startswith("SCRAM-SHA-256$")
+    pg = start(pgscale, tmp_path, "  type: scram-sha-256\n", '"app" "%s"\n' % secret)
+    assert login(pg, password=APP_PASSWORD) == ("app", 2)
+    assert "password authentication failed" in refused(pg, "app", "nope")
+
+
+def test_md5_secret_in_postgresql_format_verifies_its_password(pgscale, primary, tmp_path):
+    # pg_authid's md5 format: "md5" + md5(password + user name)
+    (secret,) = primary.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'md5user'")[0]
+    assert secret == "md5" + hashlib.md5((MD5_PASSWORD + "md5user").encode()).hexdigest()
+    mine = "md5" + hashlib.md5((CLIENT_PW + "app").encode()).hexdigest()
+    pg = start(pgscale, tmp_path, "  type: md5\n", '"app" "%s"\n' % mine)
+    assert login(pg) == ("app", 2)
+    assert "password authentication failed" in refused(pg, "app", "nope")
+
+
+def test_md5_cannot_verify_a_scram_secret(pgscale, primary, tmp_path):
+    (secret,) = primary.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")[0]
+    pg = start(pgscale, tmp_path, "  type: md5\n", '"app" "%s"\n' % secret)
+    assert "password authentication failed" in refused(pg, "app", APP_PASSWORD)
+    assert "SCRAM" in pg.stderr_text(), pg.stderr_text()[-2000:]
+
+
+def test_asyncpg_and_psql_log_in_with_scram(pgscale, tmp_path):
+    import asyncpg
+    pg = start(pgscale, tmp_path, "  type: scram-sha-256\n", '"app" "%s"\n' % CLIENT_PW)
+
+    async def go():
+        conn = await asyncpg.connect(host=LOCALHOST, port=pg.port, user="app", database="app",
+                                     password=CLIENT_PW, timeout=10)
+        try:
+            return await conn.fetchval("SELECT $1::int * 2", 21)
+        finally:
+            await conn.close()
+
+    assert arun(go(), timeout=30) == 42
+    r = psql(pg.port, "SELECT 'via psql'", password=CLIENT_PW)
+    assert r.returncode == 0 and "via psql" in r.stdout, r.stderr
+
+
+def test_wire_level_wrong_password_is_28p01_fatal(pgscale, tmp_path):
+    pg = start(pgscale, tmp_path, "  type: md5\n", '"app" "%s"\n' % CLIENT_PW)
+    c = pgwire.RawConn(LOCALHOST, pg.port)
+    try:
+        c.send(pgwire.startup_packet("app", "app"))
+        t, payload = c.recv_msg()
+        assert t == b"R" and payload[:4] == b"\x00\x00\x00\x05"  # AuthenticationMD5Password
+        c.send(pgwire.message(b"p", b"md5" + b"0" * 32 + b"\0"))
+        errs = pgwire.errors(c.read_until_close())
+        assert [(e["S"], e["C"]) for e in errs] == [("FATAL", "28P01")], errs
+    finally:
+        c.close()
+
+
+def test_garbage_instead_of_a_password_message_is_08p01(pgscale, tmp_path):
+    pg = start(pgscale, tmp_path, "  type: scram-sha-256\n", '"app" "%s"\n' % CLIENT_PW)
+    c = pgwire.RawConn(LOCALHOST, pg.port)
+    try:
+        c.send(pgwire.startup_packet("app", "app"))
+        t, payload = c.recv_msg()
+        assert t == b"R" and payload[:4] == b"\x00\x00\x00\x0a"  # AuthenticationSASL
+        assert b"SCRAM-SHA-256\0" in payload
+        c.send(b"Q\x7f\xff\xff\xffgarbage")
+        errs = pgwire.errors(c.read_until_close())
+        assert [e["C"] for e in errs] == ["08P01"], errs
+    finally:
+        c.close()
+    assert login(pg) == ("app", 2)
+
+
+def test_hba_rules_pick_the_method_and_reject(pgscale, tmp_path):
+    hba = """  type: scram-sha-256
+  hba:
+    - {type: host, database: all, user: blocked, address: 127.0.0.1/32, method: reject}
+    - {type: host, database: app, user: trusted, address: 127.0.0.1/32, method: trust}
+    - {type: host, database: all, user: all, address: 127.0.0.1/32, method: md5}
+"""
+    pg = start(pgscale, tmp_path, hba,
+               '"app" "%s"\n"blocked" "%s"\n' % (CLIENT_PW, CLIENT_PW))
+    assert login(pg) == ("app", 2)            # md5 rule
+    msg = refused(pg, "blocked", CLIENT_PW)
+    assert "rejects connection" in msg and '"blocked"' in msg, msg
+    # trust for this user: pgscale asks the client nothing; the login to
+    # PostgreSQL is what then fails (pgscale has no server password for it)
+    msg = refused(pg, "trusted", "")
+    assert 'the server asks for a password for user "trusted"' in msg, msg
+
+
+def test_hba_without_a_matching_rule_refuses(pgscale, tmp_path):
+    hba = """  type: scram-sha-256
+  hba:
+    - {type: host, database: app, user: app, address: 10.0.0.0/8, method: trust}
+"""
+    pg = start(pgscale, tmp_path, hba, '"app" "%s"\n' % CLIENT_PW)
+    msg = refused(pg, "app", CLIENT_PW)
+    assert "no auth.hba rule" in msg and "127.0.0.1" in msg, msg
+
+
+def test_admin_console_needs_authentication_too(pgscale, tmp_path):
+    pg = start(pgscale, tmp_path, "  type: scram-sha-256\n", '"app" "%s"\n' % CLIENT_PW)
+    assert "password authentication failed" in refused(pg, "app", "wrong", db="pgscale")
+    conn = psycopg2.connect(pg.dsn("app", "pgscale", password=CLIENT_PW))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SHOW POOLS")
+        assert cur.description[0].name == "database"
+    conn.close()
+
+
+def test_bad_users_file_stops_start_up_with_file_and_line(tmp_path):
+    import subprocess
+    from conftest import PGSCALE_BIN
+    uf = write(tmp_path, "users.txt", '"app" "ok"\n"broken\n')
+    cfg = write(tmp_path, "pgscale.yaml", "auth:\n  file: %s\n" % uf)
+    r = subprocess.run([str(PGSCALE_BIN), "--config", cfg],
+                       env={"DATABASE_URL": "postgresql://a:b@127.0.0.1:1/x",
+                            "PGSCALE_LISTEN": "127.0.0.1:1"},
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1, r
+    assert "users.txt:2:" in r.stderr, r.stderr
