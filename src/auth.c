@@ -56,6 +56,18 @@ static int md5_two(const void *a, size_t alen, const void *b, size_t blen, unsig
     return ok ? 0 : -EIO;
 }
 
+int auth_md5_response_from_hash(const char *secret, const uint8_t salt[4], char out[36])
+{
+    unsigned char d[16];
+    out[0] = '\0';
+    if (strlen(secret) != 35 || strncmp(secret, "md5", 3) != 0) return -EINVAL;
+    if (md5_two(secret + 3, 32, salt, 4, d) < 0) return -EIO;
+    memcpy(out, "md5", 3);
+    hex32(d, out + 3);
+    OPENSSL_cleanse(d, sizeof(d));
+    return 0;
+}
+
 void auth_md5_response(const char *user, const char *password, const uint8_t salt[4],
                        char out[36])
 {

@@ -10,6 +10,11 @@
 /* "md5" + md5hex(md5hex(password || user) || salt), NUL-terminated (36 bytes). */
 void auth_md5_response(const char *user, const char *password, const uint8_t salt[4],
                        char out[36]);
+/* The same from a stored secret "md5" + md5hex(password || user) (PostgreSQL's
+ * pg_authid format), so a login works without the plaintext password.
+ * 0, or -EINVAL when secret is not such a hash. */
+PGS_MUSTCHECK int auth_md5_response_from_hash(const char *secret, const uint8_t salt[4],
+                                              char out[36]);
 
 #define SCRAM_NONCE_LEN 24      /* raw random bytes before base64 */
 #define SCRAM_MAX_MSG 1024

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -36,6 +37,58 @@ typedef struct pgs_client_auth {
 
 static authfile *users;       /* read-only after start */
 static unsigned char mock_key[32];
+
+/* SCRAM keys of users who logged in with SCRAM, for the server login: a
+ * small table under a mutex (login path only), oldest entry replaced. */
+#define KEYTAB_SIZE 256
+typedef struct keytab_entry {
+    char user[64];
+    scram_keys keys;
+    uint64_t stamp;
+} keytab_entry;
+static keytab_entry keytab[KEYTAB_SIZE];
+static uint64_t keytab_clock;
+static pthread_mutex_t keytab_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void keys_remember(const char *user, const scram_keys *k)
+{
+    if (strlen(user) >= sizeof(keytab[0].user)) return;
+    pthread_mutex_lock(&keytab_lock);
+    keytab_entry *slot = &keytab[0];
+    for (int i = 0; i < KEYTAB_SIZE; i++) {
+        if (keytab[i].stamp && strcmp(keytab[i].user, user) == 0) {
+            slot = &keytab[i];
+            break;
+        }
+        if (keytab[i].stamp < slot->stamp) slot = &keytab[i];
+    }
+    snprintf(slot->user, sizeof(slot->user), "%s", user);
+    slot->keys = *k;
+    slot->stamp = ++keytab_clock;
+    pthread_mutex_unlock(&keytab_lock);
+}
+
+bool clientauth_user_keys(const char *user, scram_keys *out)
+{
+    bool found = false;
+    pthread_mutex_lock(&keytab_lock);
+    for (int i = 0; i < KEYTAB_SIZE && !found; i++) {
+        if (keytab[i].stamp && strcmp(keytab[i].user, user) == 0) {
+            *out = keytab[i].keys;
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&keytab_lock);
+    return found;
+}
+
+const char *clientauth_user_secret(const char *user, int *kind)
+{
+    const authfile_entry *e = users ? authfile_lookup(users, user) : NULL;
+    if (!e || e->kind == AUTH_SECRET_SCRAM) return NULL;
+    *kind = (int)e->kind;
+    return e->secret;
+}
 
 int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
 {
@@ -225,6 +278,11 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
     if (rc < 0) {
         client_fail(c, "08P01", "invalid SCRAM exchange", NULL);
         return -1;
+    }
+    scram_keys keys;
+    if (scram_server_keys(&a->scram, &keys) == 0) {
+        keys_remember(c->user, &keys);
+        OPENSSL_cleanse(&keys, sizeof(keys));
     }
     if (send_auth(c, AUTH_SASL_FINAL, out, outlen) < 0) {
         client_close(c, "write failed");

@@ -28,4 +28,14 @@ int clientauth_data(pgs_client *c);
 /* Frees an unfinished exchange (client closing). */
 void clientauth_free(pgs_client *c);
 
+/* What pgscale can log into PostgreSQL with as `user` when DATABASE_URL has
+ * no password for that user (any thread):
+ * - the users file's plaintext password, or its md5 secret (answers md5);
+ * - the SCRAM keys recovered from that user's last successful SCRAM login
+ *   to pgscale (PgBouncer's way: they work when the users file holds the
+ *   same SCRAM secret as PostgreSQL, i.e. same salt and iterations). */
+const char *clientauth_user_secret(const char *user, int *kind);
+struct scram_keys;
+bool clientauth_user_keys(const char *user, struct scram_keys *out);
+
 #endif

@@ -1,8 +1,10 @@
 /* Server connections: opening (TCP connect, StartupMessage, the
  * authentication exchange), closing with a reason, and moving an idle
  * connection to another worker.  Once logged in, bytes are relay.c's. */
+#include "clientauth.h"
 #include "server.h"
 
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -148,24 +150,42 @@ void server_open(pgs_pool *p)
     }
 }
 
-static const char *server_password(pgs_server *sv)
+/* The password to log in with: DATABASE_URL's for its own user, else the
+ * users file's (plaintext, or an md5 secret: *is_md5). */
+static const char *server_password(pgs_server *sv, bool *is_md5)
 {
     const pgs_url *u = &g_pgs.cfg->primary;
+    *is_md5 = false;
     if (u->password && u->user && strcmp(u->user, sv->pool->sh->user) == 0) return u->password;
     if (u->password && !u->user) return u->password;
-    return NULL;
+    int kind;
+    const char *s = clientauth_user_secret(sv->pool->sh->user, &kind);
+    if (s) *is_md5 = kind == AUTH_SECRET_MD5;
+    return s;
+}
+
+static void no_password(pgs_server *sv)
+{
+    char msg[400];
+    snprintf(msg, sizeof(msg),
+             "the server asks for a password for user \"%s\", but pgscale has none for that "
+             "user (give it in DATABASE_URL or auth.file, or log in once with SCRAM)",
+             sv->pool->sh->user);
+    login_failed(sv, true, "28P01", msg);
 }
 
 static int need_password(pgs_server *sv, const char **pw)
 {
-    *pw = server_password(sv);
-    if (*pw) return 0;
-    char msg[400];
-    snprintf(msg, sizeof(msg),
-             "the server asks for a password for user \"%s\", but pgscale has none for that "
-             "user",
-             sv->pool->sh->user);
-    login_failed(sv, true, "28P01", msg);
+    bool is_md5;
+    *pw = server_password(sv, &is_md5);
+    if (*pw && !is_md5) return 0;
+    if (*pw) {
+        login_failed(sv, true, "28P01",
+                     "the server asks for a password in clear text, but pgscale has only an md5 "
+                     "secret for this user");
+        return -1;
+    }
+    no_password(sv);
     return -1;
 }
 
@@ -198,9 +218,18 @@ static int handle_auth(pgs_server *sv, const uint8_t *body, uint32_t blen)
         break;
     case 5: { /* md5 */
         if (blen - pos < 4) return -1;
-        if (need_password(sv, &pw) < 0) return -1;
+        bool is_md5;
+        pw = server_password(sv, &is_md5);
+        if (!pw) {
+            no_password(sv);
+            return -1;
+        }
         char md5[36];
-        auth_md5_response(sv->pool->sh->user, pw, body + pos, md5);
+        if (is_md5) {
+            if (auth_md5_response_from_hash(pw, body + pos, md5) < 0) return -1;
+        } else {
+            auth_md5_response(sv->pool->sh->user, pw, body + pos, md5);
+        }
         proto_password(&o, md5);
         break;
     }
@@ -214,12 +243,26 @@ static int handle_auth(pgs_server *sv, const uint8_t *body, uint32_t blen)
                          "server offers no SASL mechanism pgscale supports (SCRAM-SHA-256)");
             return -1;
         }
-        if (need_password(sv, &pw) < 0) return -1;
+        bool is_md5;
+        scram_keys keys;
+        bool use_keys = false;
+        pw = server_password(sv, &is_md5);
+        if (!pw || is_md5) {
+            /* no password: the keys of the user's last SCRAM login */
+            use_keys = clientauth_user_keys(sv->pool->sh->user, &keys);
+            if (!use_keys) {
+                no_password(sv);
+                return -1;
+            }
+            pw = "";
+        }
         sv->scram = pgs_xcalloc(1, sizeof(scram_client));
         char first[256];
         size_t flen;
-        if (scram_client_init(sv->scram, pw) < 0 ||
-            scram_client_first(sv->scram, first, sizeof(first), &flen) < 0) {
+        int src = scram_client_init(sv->scram, pw);
+        if (src == 0 && use_keys) src = scram_client_set_keys(sv->scram, &keys);
+        if (use_keys) OPENSSL_cleanse(&keys, sizeof(keys));
+        if (src < 0 || scram_client_first(sv->scram, first, sizeof(first), &flen) < 0) {
             login_failed(sv, false, "28000", "SCRAM initialisation failed");
             return -1;
         }
@@ -231,7 +274,9 @@ static int handle_auth(pgs_server *sv, const uint8_t *body, uint32_t blen)
         size_t flen;
         if (!sv->scram || scram_client_final(sv->scram, (const char *)body + pos, blen - pos,
                                              fin, sizeof(fin), &flen) < 0) {
-            login_failed(sv, false, "28000", "invalid SCRAM server-first message");
+            login_failed(sv, false, "28000",
+                         "invalid SCRAM server-first message (or, logging in with a client's "
+                         "SCRAM keys, the users file's secret differs from PostgreSQL's)");
             return -1;
         }
         proto_sasl_response(&o, fin, flen);

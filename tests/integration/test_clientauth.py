@@ -175,3 +175,52 @@ def test_bad_users_file_stops_start_up_with_file_and_line(tmp_path):
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 1, r
     assert "users.txt:2:" in r.stderr, r.stderr
+
+
+# -- logging into PostgreSQL as the client's user ------------------------------
+@pytest.fixture(scope="module")
+def roles(primary):
+    """alice and bob exist only in PostgreSQL (scram-sha-256 passwords)."""
+    for name, pw in (("alice", "alice-pw"), ("bob", "bob-pw")):
+        primary.execute("DROP ROLE IF EXISTS %s" % name)
+        primary.execute("CREATE ROLE %s LOGIN PASSWORD '%s'" % (name, pw))
+    yield
+    for name in ("alice", "bob"):
+        primary.execute("DROP ROLE IF EXISTS %s" % name)
+
+
+def test_scram_keys_of_the_client_log_into_postgresql(pgscale, primary, tmp_path, roles):
+    # The users file has only alice's SCRAM secret, copied from pg_authid;
+    # pgscale knows no password for her, yet logs into PostgreSQL as alice
+    # with the keys her own SCRAM login to pgscale proved.
+    (secret,) = primary.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'")[0]
+    pg = start(pgscale, tmp_path, "  type: scram-sha-256\n", '"alice" "%s"\n' % secret)
+    assert login(pg, user="alice", password="alice-pw") == ("alice", 2)
+    # again, on a new server connection too
+    conn = psycopg2.connect(pg.dsn("alice", "app", password="alice-pw"))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        assert cur.fetchone() == ("alice",)
+    conn.close()
+    assert "password authentication failed" in refused(pg, "alice", "wrong")
+
+
+def test_users_file_password_logs_into_postgresql(pgscale, tmp_path, roles):
+    pg = start(pgscale, tmp_path, "  type: md5\n", '"bob" "bob-pw"\n')
+    assert login(pg, user="bob", password="bob-pw") == ("bob", 2)
+
+
+def test_md5_secret_logs_into_an_md5_server(pgscale, primary, tmp_path):
+    # md5user authenticates with md5 on the server; the users file has only
+    # its md5 secret from pg_authid, which answers the server's md5 challenge
+    (secret,) = primary.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'md5user'")[0]
+    pg = start(pgscale, tmp_path, "  type: md5\n", '"md5user" "%s"\n' % secret)
+    assert login(pg, user="md5user", password=MD5_PASSWORD) == ("md5user", 2)
+
+
+def test_no_password_anywhere_gives_a_clear_error(pgscale, tmp_path, roles):
+    # trusted by pgscale, but PostgreSQL wants bob's password and pgscale has none
+    pg = start(pgscale, tmp_path, "  type: trust\n", '"someone" "x"\n')
+    msg = refused(pg, "bob", "")
+    assert 'pgscale has none for that user' in msg and "auth.file" in msg, msg

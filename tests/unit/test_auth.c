@@ -106,6 +106,19 @@ static void test_md5_response_matches_independent_computation(void **state)
     assert_int_equal(strlen(out), 35);
 }
 
+static void test_md5_response_from_stored_hash_equals_from_password(void **state)
+{
+    (void)state;
+    static const uint8_t salt[4] = {0x01, 0x02, 0x03, 0x04};
+    char out[36];
+    /* "md5" + md5hex("secret" || "postgres"), as pg_authid stores it */
+    assert_int_equal(auth_md5_response_from_hash("md553f48b7c4b76a86ce72276c5755f217d", salt, out),
+                     0);
+    assert_string_equal(out, "md5bb41a296aab6baccb36ff243a562abff");
+    assert_int_equal(auth_md5_response_from_hash("md5short", salt, out), -EINVAL);
+    assert_int_equal(auth_md5_response_from_hash("secret", salt, out), -EINVAL);
+}
+
 /* ---- SCRAM happy path ---------------------------------------------------- */
 
 static void test_scram_rfc7677_vector(void **state)
@@ -432,6 +445,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_md5_response_matches_independent_computation),
+        cmocka_unit_test(test_md5_response_from_stored_hash_equals_from_password),
         cmocka_unit_test(test_scram_rfc7677_vector),
         cmocka_unit_test(test_scram_client_first_has_empty_user_by_default),
         cmocka_unit_test(test_scram_set_user_escapes_comma_and_equals),
