@@ -277,7 +277,6 @@ static void send_negotiate(pgs_client *c, const proto_startup *su)
     if (!o.overflow) io_send_quiet(c->w, &c->s, buf, o.len);
 }
 
-static void client_after_auth(pgs_client *c);
 
 static void handle_startup(pgs_client *c)
 {
@@ -362,7 +361,7 @@ static void handle_startup(pgs_client *c)
 }
 
 /* The client is who it says: admin console, or a pool. */
-static void client_after_auth(pgs_client *c)
+void client_after_auth(pgs_client *c)
 {
     if (strcmp(c->database, "pgscale") == 0) {
         set_state(c, CL_ADMIN);

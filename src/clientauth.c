@@ -15,6 +15,7 @@
 
 #include "auth.h"
 #include "authfile.h"
+#include "authquery.h"
 #include "client.h"
 #include "io.h"
 #include "proto.h"
@@ -31,9 +32,15 @@
 typedef struct pgs_client_auth {
     pgs_auth_method method;
     int step;                 /* SCRAM: 0 = want initial response, 1 = want final */
+    bool pending;             /* waiting for auth.query */
+    char *secret;             /* from auth.query (NULL: none) */
+    scram_secret qscram;      /* secret, parsed, when it is a SCRAM secret */
     uint8_t salt[4];          /* md5 */
     scram_server scram;
 } pgs_client_auth;
+
+static int send_request(pgs_client *c);
+static void lookup_done(pgs_worker *w, uint32_t client_id, char *secret, char *error);
 
 static authfile *users;       /* read-only after start */
 static unsigned char mock_key[32];
@@ -44,15 +51,21 @@ static unsigned char mock_key[32];
 typedef struct keytab_entry {
     char user[64];
     scram_keys keys;
+    bool has_keys;
+    char secret[128];         /* a plaintext or md5 secret from auth.query */
+    int secret_kind;
     uint64_t stamp;
 } keytab_entry;
 static keytab_entry keytab[KEYTAB_SIZE];
 static uint64_t keytab_clock;
 static pthread_mutex_t keytab_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void keys_remember(const char *user, const scram_keys *k)
+/* Remembers k (if given) and/or a non-SCRAM secret (if given) for user. */
+static void keys_remember(const char *user, const scram_keys *k, const char *secret, int kind)
 {
     if (strlen(user) >= sizeof(keytab[0].user)) return;
+    if (secret && strlen(secret) >= sizeof(keytab[0].secret)) secret = NULL;
+    if (!k && !secret) return;
     pthread_mutex_lock(&keytab_lock);
     keytab_entry *slot = &keytab[0];
     for (int i = 0; i < KEYTAB_SIZE; i++) {
@@ -62,8 +75,16 @@ static void keys_remember(const char *user, const scram_keys *k)
         }
         if (keytab[i].stamp < slot->stamp) slot = &keytab[i];
     }
+    if (strcmp(slot->user, user) != 0) memset(slot, 0, sizeof(*slot));
     snprintf(slot->user, sizeof(slot->user), "%s", user);
-    slot->keys = *k;
+    if (k) {
+        slot->keys = *k;
+        slot->has_keys = true;
+    }
+    if (secret) {
+        snprintf(slot->secret, sizeof(slot->secret), "%s", secret);
+        slot->secret_kind = kind;
+    }
     slot->stamp = ++keytab_clock;
     pthread_mutex_unlock(&keytab_lock);
 }
@@ -73,7 +94,7 @@ bool clientauth_user_keys(const char *user, scram_keys *out)
     bool found = false;
     pthread_mutex_lock(&keytab_lock);
     for (int i = 0; i < KEYTAB_SIZE && !found; i++) {
-        if (keytab[i].stamp && strcmp(keytab[i].user, user) == 0) {
+        if (keytab[i].stamp && keytab[i].has_keys && strcmp(keytab[i].user, user) == 0) {
             *out = keytab[i].keys;
             found = true;
         }
@@ -85,9 +106,23 @@ bool clientauth_user_keys(const char *user, scram_keys *out)
 const char *clientauth_user_secret(const char *user, int *kind)
 {
     const authfile_entry *e = users ? authfile_lookup(users, user) : NULL;
-    if (!e || e->kind == AUTH_SECRET_SCRAM) return NULL;
-    *kind = (int)e->kind;
-    return e->secret;
+    if (e && e->kind != AUTH_SECRET_SCRAM) {
+        *kind = (int)e->kind;
+        return e->secret;
+    }
+    if (e) return NULL;
+    /* from auth.query: entries are never freed, only overwritten in place
+     * by a newer secret of the same user, so the pointer stays valid */
+    const char *s = NULL;
+    pthread_mutex_lock(&keytab_lock);
+    for (int i = 0; i < KEYTAB_SIZE && !s; i++) {
+        if (keytab[i].stamp && keytab[i].secret[0] && strcmp(keytab[i].user, user) == 0) {
+            s = keytab[i].secret;
+            *kind = keytab[i].secret_kind;
+        }
+    }
+    pthread_mutex_unlock(&keytab_lock);
+    return s;
 }
 
 int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
@@ -186,8 +221,21 @@ int clientauth_begin(pgs_client *c)
     pgs_client_auth *a = pgs_xcalloc(1, sizeof(*a));
     a->method = (pgs_auth_method)m;
     c->auth = a;
+    if ((!users || !authfile_lookup(users, c->user)) && authquery_enabled()) {
+        /* ask PostgreSQL for the secret first; the request follows */
+        a->pending = true;
+        authquery_lookup(c->w, c->id, c->user, c->database, lookup_done);
+        return 1;
+    }
+    return send_request(c) < 0 ? -1 : 1;
+}
+
+/* The first authentication request: md5 with a fresh salt, or SASL. */
+static int send_request(pgs_client *c)
+{
+    pgs_client_auth *a = c->auth;
     int rc;
-    if (m == PGS_AUTH_MD5) {
+    if (a->method == PGS_AUTH_MD5) {
         if (auth_random_bytes(a->salt, sizeof(a->salt)) < 0) {
             client_fail(c, "XX000", "no random bytes for the md5 salt", NULL);
             return -1;
@@ -201,15 +249,68 @@ int clientauth_begin(pgs_client *c)
         client_close(c, "write failed");
         return -1;
     }
-    return 1;
+    return 0;
+}
+
+static void lookup_done(pgs_worker *w, uint32_t client_id, char *secret, char *error)
+{
+    pgs_client *c = NULL;
+    for (pgs_list *it = w->clients.next; it != &w->clients; it = it->next) {
+        pgs_client *x = list_entry(it, pgs_client, node);
+        if (x->id == client_id) {
+            c = x;
+            break;
+        }
+    }
+    if (!c || !c->auth || !c->auth->pending || c->s.closing) {
+        free(secret);
+        free(error);
+        return; /* the client left meanwhile */
+    }
+    if (error) {
+        log_warn("C-%u: %s", c->id, error);
+        client_fail(c, "08006", "could not look up the password (auth.query failed)",
+                    "see pgscale's log");
+        free(secret);
+        free(error);
+        return;
+    }
+    c->auth->pending = false;
+    c->auth->secret = secret; /* NULL: no such user; the exchange fails at its end */
+    if (send_request(c) == 0 && c->auth && c->s.rbuf.data && c->s.rbuf.pos < c->s.rbuf.len &&
+        clientauth_data(c) == 0)
+        client_after_auth(c);
 }
 
 void clientauth_free(pgs_client *c)
 {
     if (!c->auth) return;
     scram_server_clear(&c->auth->scram);
+    if (c->auth->secret) OPENSSL_cleanse(c->auth->secret, strlen(c->auth->secret));
+    free(c->auth->secret);
+    OPENSSL_cleanse(&c->auth->qscram, sizeof(c->auth->qscram));
     free(c->auth);
     c->auth = NULL;
+}
+
+/* The client's secret: from the users file, else from auth.query (as a
+ * temporary entry in *tmp), else NULL. */
+static const authfile_entry *user_entry(pgs_client *c, authfile_entry *tmp)
+{
+    const authfile_entry *e = users ? authfile_lookup(users, c->user) : NULL;
+    pgs_client_auth *a = c->auth;
+    if (e || !a->secret) return e;
+    memset(tmp, 0, sizeof(*tmp));
+    tmp->user = c->user;
+    tmp->secret = a->secret;
+    tmp->kind = auth_secret_classify(a->secret);
+    tmp->file = "auth.query";
+    if (tmp->kind == AUTH_SECRET_SCRAM) {
+        const char *why;
+        if (scram_secret_parse(a->secret, strlen(a->secret), &a->qscram, &why) < 0) return NULL;
+        tmp->scram = &a->qscram;
+    }
+    return tmp;
 }
 
 static int md5_step(pgs_client *c, const uint8_t *body, uint32_t blen)
@@ -220,12 +321,14 @@ static int md5_step(pgs_client *c, const uint8_t *body, uint32_t blen)
         client_fail(c, "08P01", "malformed password message", NULL);
         return -1;
     }
-    const authfile_entry *e = users ? authfile_lookup(users, c->user) : NULL;
-    char err[300] = "no such user in auth.file";
+    authfile_entry tmp;
+    const authfile_entry *e = user_entry(c, &tmp);
+    char err[300] = "no such user";
     if (!e || authfile_md5_verify(e, c->auth->salt, resp, strlen(resp), err, sizeof(err)) != 0) {
         fail_password(c, err);
         return -1;
     }
+    if (e == &tmp) keys_remember(c->user, NULL, tmp.secret, (int)tmp.kind);
     return 0;
 }
 
@@ -245,7 +348,8 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
             client_fail(c, "08P01", "malformed SASL initial response", NULL);
             return -1;
         }
-        const authfile_entry *e = users ? authfile_lookup(users, c->user) : NULL;
+        authfile_entry tmp;
+        const authfile_entry *e = user_entry(c, &tmp);
         scram_secret secret;
         char err[300];
         if (e && authfile_scram_secret(e, mock_key, sizeof(mock_key), &secret, err,
@@ -281,7 +385,10 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
     }
     scram_keys keys;
     if (scram_server_keys(&a->scram, &keys) == 0) {
-        keys_remember(c->user, &keys);
+        authfile_entry tmp;
+        const authfile_entry *e = user_entry(c, &tmp);
+        keys_remember(c->user, &keys, e == &tmp && tmp.kind == AUTH_SECRET_PLAIN ? tmp.secret : NULL,
+                      (int)tmp.kind);
         OPENSSL_cleanse(&keys, sizeof(keys));
     }
     if (send_auth(c, AUTH_SASL_FINAL, out, outlen) < 0) {
@@ -294,6 +401,7 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
 int clientauth_data(pgs_client *c)
 {
     pgs_buf *b = &c->s.rbuf;
+    if (c->auth && c->auth->pending) return 1; /* nothing asked of the client yet */
     while (c->auth && b->data && b->pos < b->len) {
         uint8_t type;
         uint32_t len;

@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <arpa/inet.h>
 
+#include "authquery.h"
 #include "clientauth.h"
 #include "config.h"
 #include "worker.h"
@@ -189,7 +190,8 @@ int main(int argc, char **argv)
     }
     warn_unopened_listeners(&g_cfg);
     if (resolve_server(&g_cfg) < 0) return 1;
-    if (clientauth_init(&g_cfg, err, sizeof(err)) < 0) {
+    if (clientauth_init(&g_cfg, err, sizeof(err)) < 0 ||
+        authquery_start(&g_cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "pgscale: configuration error: %s\n", err);
         return 1;
     }
@@ -218,6 +220,7 @@ int main(int argc, char **argv)
              g_cfg.max_overflow, g_pgs.server_addr_text);
     uv_run(loop, UV_RUN_DEFAULT);
     worker_join_all();
+    authquery_stop();
     log_info("pgscale stopped");
     return 0;
 }

@@ -132,6 +132,7 @@ static void on_async(uv_async_t *a)
         case WM_WANT_SERVER: pool_give_idle(w, m->pool); break;
         case WM_SHUTDOWN: start_drain(w); break;
         case WM_STOP: stop_loop(w); break;
+        case WM_CALL: m->fn(w, m->arg); break;
         default: break;
         }
         free(m);

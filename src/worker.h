@@ -16,6 +16,7 @@ enum worker_msg_kind {
     WM_WANT_SERVER,    /* another worker has waiters in pool: give idle ones */
     WM_SHUTDOWN,       /* stop accepting, drain */
     WM_STOP,           /* stop now */
+    WM_CALL,           /* run fn(worker, arg) on the worker's thread */
 };
 
 typedef struct pgs_worker_msg {
@@ -23,6 +24,8 @@ typedef struct pgs_worker_msg {
     int kind;
     uint32_t a, b;
     pgs_pool_shared *pool;
+    void (*fn)(pgs_worker *w, void *arg); /* WM_CALL */
+    void *arg;
 } pgs_worker_msg;
 
 struct pgs_worker {

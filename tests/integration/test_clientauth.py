@@ -224,3 +224,47 @@ def test_no_password_anywhere_gives_a_clear_error(pgscale, tmp_path, roles):
     pg = start(pgscale, tmp_path, "  type: trust\n", '"someone" "x"\n')
     msg = refused(pg, "bob", "")
     assert 'pgscale has none for that user' in msg and "auth.file" in msg, msg
+
+
+# -- auth.query: secrets looked up in PostgreSQL ---------------------------------
+def start_aq(pgscale, tmp_path, method, extra=""):
+    cfg = write(tmp_path, "pgscale.yaml",
+                "auth:\n  type: %s\n  user: postgres\n%s" % (method, extra))
+    return pgscale(args=["--config", cfg])
+
+
+def test_auth_query_scram_user_known_only_to_postgresql(pgscale, tmp_path, roles):
+    # no users file at all: alice's SCRAM secret comes from pg_shadow, and
+    # her proof's keys then log pgscale into PostgreSQL as alice
+    pg = start_aq(pgscale, tmp_path, "scram-sha-256")
+    assert login(pg, user="alice", password="alice-pw") == ("alice", 2)
+    assert "password authentication failed" in refused(pg, "alice", "wrong")
+    msg = refused(pg, "nobody_here", "x")
+    assert 'password authentication failed for user "nobody_here"' in msg, msg
+
+
+def test_auth_query_md5_user(pgscale, tmp_path):
+    pg = start_aq(pgscale, tmp_path, "md5")
+    assert login(pg, user="md5user", password=MD5_PASSWORD) == ("md5user", 2)
+    assert "password authentication failed" in refused(pg, "md5user", "wrong")
+
+
+def test_auth_query_with_a_custom_function(pgscale, primary, tmp_path, roles):
+    # the usual production set-up: a SECURITY DEFINER function instead of
+    # reading pg_shadow as a superuser
+    primary.execute("""CREATE OR REPLACE FUNCTION public.pgscale_lookup(u text,
+                       OUT usename name, OUT passwd text) RETURNS record
+                       LANGUAGE sql SECURITY DEFINER
+                       AS $$ SELECT usename, passwd FROM pg_shadow WHERE usename = u $$""",
+                    db="app")
+    pg = start_aq(pgscale, tmp_path, "scram-sha-256",
+                  "  query: SELECT * FROM public.pgscale_lookup($1)\n")
+    assert login(pg, user="bob", password="bob-pw") == ("bob", 2)
+
+
+def test_auth_query_failure_is_a_clear_error(pgscale, tmp_path, roles):
+    pg = start_aq(pgscale, tmp_path, "scram-sha-256",
+                  "  query: SELECT no_such_column FROM pg_shadow WHERE usename = $1\n")
+    msg = refused(pg, "alice", "alice-pw")
+    assert "could not look up the password" in msg, msg
+    assert "auth.query failed" in pg.stderr_text(), pg.stderr_text()[-2000:]
