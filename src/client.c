@@ -545,6 +545,9 @@ void client_forward_cancel(pgs_client *c)
 
 /* --- time bounds --- */
 
+/* While draining, a client quiet this long between requests is closed. */
+#define DRAIN_IDLE_US 250000u
+
 void client_janitor(pgs_worker *w, uint64_t now)
 {
     const pgs_config *cfg = w->cfg;
@@ -580,8 +583,12 @@ void client_janitor(pgs_worker *w, uint64_t now)
         } else if ((between || st == CL_ADMIN) && idle_to && quiet > idle_to) {
             client_fail(c, "57P05", "terminating connection due to client idle timeout",
                         "raise PGSCALE_CLIENT_IDLE_TIMEOUT");
-        } else if (w->draining && (between || st == CL_WAITING || st == CL_STARTUP ||
-                                   st == CL_WELCOME || st == CL_ADMIN)) {
+        } else if (w->draining && (((between || st == CL_ADMIN) && quiet > DRAIN_IDLE_US) ||
+                                   (st == CL_STARTUP && quiet > DRAIN_IDLE_US))) {
+            /* Draining: a request that arrives is still served (an error
+             * would reach the application; a closed idle connection is
+             * only reconnected, to the next instance); connections are
+             * closed at their first pause between requests. */
             client_fail(c, "57P01", "terminating connection because pgscale is shutting down",
                         NULL);
         }

@@ -799,10 +799,6 @@ void relay_client_data(pgs_client *c)
             client_close(c, "client sent Terminate");
             return;
         }
-        if (c->w->draining && tx_mode()) {
-            client_fail(c, "57P01", "pgscale is shutting down", "reconnect to another instance");
-            return;
-        }
         /* Queued or not, the client stays readable: requests pile up in
          * its buffer until a server is ours (client_on_read stops reading
          * when the buffer fills). */

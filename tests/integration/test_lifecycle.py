@@ -425,3 +425,50 @@ def test_sighup_keeps_running_and_serving(pgscale, primary):
         assert cur.fetchone() == (42,)
     assert pg.admin("SHOW CONFIG")   # the admin console still answers
     assert pg.is_running()
+
+
+# -- online restart: a second pgscale on the same port --------------------------
+@pytest.mark.deadline(60)
+def test_online_restart_on_a_shared_port(pgscale):
+    # Both instances listen with SO_REUSEPORT: start the new one, SIGTERM the
+    # old one; clients keep being served throughout.  (The kernel resets
+    # connections still in the closing listener's accept queue unless
+    # net.ipv4.tcp_migrate_req=1 — a machine-wide setting this test leaves
+    # alone — so a connect may fail now and then; no query may.)
+    old = pgscale()
+    stop = time.monotonic() + 4
+    served, connect_failed, query_failed = [0], [], []
+
+    def run():
+        while time.monotonic() < stop:
+            try:
+                c = psycopg2.connect(old.dsn(), connect_timeout=5)
+            except psycopg2.OperationalError as e:
+                connect_failed.append(str(e))
+                continue
+            try:
+                with c.cursor() as cur:
+                    cur.execute("SELECT 1")
+                    assert cur.fetchone() == (1,)
+                served[0] += 1
+            except Exception as e:  # reported below
+                query_failed.append(repr(e))
+            finally:
+                c.close()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    new = pgscale(PGSCALE_LISTEN="%s:%d" % (old.host, old.port))
+    time.sleep(0.5)
+    before = served[0]
+    old.signal(signal.SIGTERM)
+    assert old.wait_exit(10) == 0, old.stderr_text()[-2000:]
+    after_exit = served[0]
+    for t in threads:
+        t.join(20)
+    assert new.is_running()
+    assert query_failed == [], query_failed[:3]
+    assert served[0] > after_exit > before > 0, (before, after_exit, served[0])
+    assert len(connect_failed) <= max(2, served[0] // 100), connect_failed[:3]
