@@ -271,42 +271,10 @@ fail:
 int authfile_load(const char *path, authfile **out, char *err, size_t errlen)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        seterr(err, errlen, "%s: cannot open: %s", path, strerror(e));
-        return -e;
-    }
-    struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        close(fd);
-        seterr(err, errlen, "%s: is a directory, not a users file", path);
-        return -EISDIR;
-    }
-    /* Grow as bytes arrive (st_size says nothing for a pipe), up to one
-     * byte past the limit so that parse reports the size. */
-    size_t cap = 64 * 1024, n = 0, limit = (size_t)AUTHFILE_MAX_BYTES + 1;
-    char *buf = pgs_xmalloc(cap);
-    for (;;) {
-        if (n == cap) {
-            if (cap == limit) break;
-            cap = PGS_MIN(cap * 2, limit);
-            buf = pgs_xrealloc(buf, cap);
-        }
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-            int e = errno;
-            OPENSSL_cleanse(buf, n);
-            free(buf);
-            close(fd);
-            seterr(err, errlen, "%s: cannot read: %s", path, strerror(e));
-            return -e;
-        }
-        if (r == 0) break;
-        n += (size_t)r;
-    }
-    close(fd);
+    char *buf;
+    size_t n;
+    int r = pgs_read_file(path, AUTHFILE_MAX_BYTES, "a users file", &buf, &n, err, errlen);
+    if (r < 0) return r;
     int rc = authfile_parse(path, buf, n, out, err, errlen);
     OPENSSL_cleanse(buf, n);
     free(buf);

@@ -2,11 +2,15 @@
 
 #include "common.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int pgs_log_level = PGS_LOG_INFO;
 
@@ -96,4 +100,50 @@ uint64_t pgs_hash64(const void *data, size_t len)
         h *= 1099511628211ull;
     }
     return h;
+}
+
+int pgs_read_file(const char *path, size_t max, const char *what, char **out, size_t *len,
+                  char *err, size_t errlen)
+{
+    *out = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
+        return -e;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        snprintf(err, errlen, "%s: is a directory, not %s", path, what);
+        return -EISDIR;
+    }
+    /* Grow as bytes arrive, up to one byte past the limit. */
+    size_t cap = 64 * 1024, n = 0, limit = max + 1;
+    if (cap > limit) cap = limit;
+    char *buf = pgs_xmalloc(cap);
+    for (;;) {
+        if (n == cap) {
+            if (cap == limit) break;
+            cap = cap * 2 < limit ? cap * 2 : limit;
+            buf = pgs_xrealloc(buf, cap);
+        }
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            int e = errno;
+            memset(buf, 0, n);
+            free(buf);
+            close(fd);
+            snprintf(err, errlen, "%s: cannot read: %s", path, strerror(e));
+            return -e;
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    close(fd);
+    *out = buf;
+    *len = n;
+    return 0;
 }

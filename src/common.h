@@ -48,6 +48,14 @@ void *pgs_xrealloc(void *p, size_t n);
 char *pgs_xstrdup(const char *s);
 char *pgs_xstrndup(const char *s, size_t n);
 
+/* Reads a whole file of at most max bytes (pipes too: it does not trust
+ * st_size) into *out (malloc'ed; *len bytes, one more allowed so that the
+ * caller's parser can report "too large").  what names the file's kind in
+ * messages ("a .env file").  0, or -errno with "PATH: reason" in err.
+ * The buffer is wiped before being freed on error (it may hold secrets). */
+PGS_MUSTCHECK int pgs_read_file(const char *path, size_t max, const char *what, char **out,
+                                size_t *len, char *err, size_t errlen);
+
 /* 64-bit FNV-1a; used for statement-text keys. */
 uint64_t pgs_hash64(const void *data, size_t len);
 

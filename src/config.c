@@ -1487,37 +1487,10 @@ fail:
 int config_envfile_load(const char *path, pgs_envfile **out, char *err, size_t errlen)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        seterr(err, errlen, "%s: cannot open: %s", path, strerror(e));
-        return -e;
-    }
-    struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        close(fd);
-        seterr(err, errlen, "%s: is a directory, not a .env file", path);
-        return -EISDIR;
-    }
-    /* Read up to one byte past the limit; works for pipes and
-     * process substitution too, where st_size says nothing. */
-    size_t cap = ENVFILE_MAX_BYTES + 1, n = 0;
-    char *buf = pgs_xmalloc(cap);
-    for (;;) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            seterr(err, errlen, "%s: cannot read: %s", path, strerror(e));
-            return -e;
-        }
-        if (r == 0) break;
-        n += (size_t)r;
-        if (n == cap) break;
-    }
-    close(fd);
+    char *buf;
+    size_t n;
+    int r = pgs_read_file(path, ENVFILE_MAX_BYTES, "a .env file", &buf, &n, err, errlen);
+    if (r < 0) return r;
     int rc = config_envfile_parse(path, buf, n, out, err, errlen);
     free(buf);
     return rc;
@@ -1668,17 +1641,8 @@ static void free_strv(char ***v, int *n)
     *n = 0;
 }
 
-void config_free(pgs_config *cfg)
+void config_free_reloadable(pgs_config *cfg)
 {
-    if (!cfg) return;
-    config_url_free(&cfg->primary);
-    for (int i = 0; i < cfg->n_replicas; i++) config_url_free(&cfg->replicas[i]);
-    free(cfg->replicas);
-    cfg->replicas = NULL;
-    cfg->n_replicas = 0;
-    free(cfg->redis_url);
-    cfg->redis_url = NULL;
-
     for (int i = 0; i < cfg->n_databases; i++) {
         free(cfg->databases[i].name);
         free(cfg->databases[i].dbname);
@@ -1690,6 +1654,21 @@ void config_free(pgs_config *cfg)
     free(cfg->users);
     cfg->users = NULL;
     cfg->n_users = 0;
+    free_strv(&cfg->admin_users, &cfg->n_admin_users);
+    free_strv(&cfg->stats_users, &cfg->n_stats_users);
+}
+
+void config_free(pgs_config *cfg)
+{
+    if (!cfg) return;
+    config_free_reloadable(cfg);
+    config_url_free(&cfg->primary);
+    for (int i = 0; i < cfg->n_replicas; i++) config_url_free(&cfg->replicas[i]);
+    free(cfg->replicas);
+    cfg->replicas = NULL;
+    cfg->n_replicas = 0;
+    free(cfg->redis_url);
+    cfg->redis_url = NULL;
 
     pgs_auth_config *a = &cfg->auth;
     free(a->file);
@@ -1712,8 +1691,6 @@ void config_free(pgs_config *cfg)
     free(cfg->server_tls.key);
     cfg->server_tls.ca = cfg->server_tls.cert = cfg->server_tls.key = NULL;
 
-    free_strv(&cfg->admin_users, &cfg->n_admin_users);
-    free_strv(&cfg->stats_users, &cfg->n_stats_users);
     free(cfg->config_file);
     cfg->config_file = NULL;
 }

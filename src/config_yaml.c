@@ -1270,37 +1270,10 @@ int config_yaml_parse(const char *name, const char *data, size_t len, pgs_config
 int config_yaml_load(const char *path, pgs_config *cfg, config_yaml_seen *seen, char *err,
                      size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
-        return -e;
-    }
-    struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        close(fd);
-        snprintf(err, errlen, "%s: is a directory, not a config file", path);
-        return -EISDIR;
-    }
-    /* Up to one byte past the limit, so that a larger file is refused
-     * without reading all of it (and pipes work, where st_size is 0). */
-    size_t cap = CONFIG_YAML_MAX_BYTES + 1, n = 0;
-    char *buf = pgs_xmalloc(cap);
-    for (;;) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            snprintf(err, errlen, "%s: cannot read: %s", path, strerror(e));
-            return -e;
-        }
-        if (r == 0) break;
-        n += (size_t)r;
-        if (n == cap) break;
-    }
-    close(fd);
+    char *buf;
+    size_t n;
+    int r = pgs_read_file(path, CONFIG_YAML_MAX_BYTES, "a config file", &buf, &n, err, errlen);
+    if (r < 0) return r;
     int rc = config_yaml_parse(path, buf, n, cfg, seen, err, errlen);
     free(buf);
     return rc;
