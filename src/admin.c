@@ -1,18 +1,23 @@
 /* The admin console: clients of the virtual database "pgscale" send simple
- * queries (SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG)
- * and get ordinary row sets built from every worker's lists and counters.
- * Lists are walked under each worker's list lock; counters are read with
- * relaxed atomics, so figures are a moment's snapshot. */
+ * queries and get row sets (SHOW ...) built from every worker's lists and
+ * counters, or change what pgscale does (RELOAD, PAUSE, RESUME, KILL,
+ * WAIT_CLOSE, SHUTDOWN), as admin_users / stats_users allow.  Figures are a
+ * moment's snapshot: lists are walked under each worker's list lock,
+ * counters read with relaxed atomics. */
 #include "admin.h"
 
 #include <ctype.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "client.h"
 #include "io.h"
+#include "pool.h"
 #include "proto.h"
+#include "reload.h"
 #include "server.h"
 #include "worker.h"
 
@@ -141,8 +146,8 @@ static void show_pools(reply *r)
                              I32(b[6], total > sh->pool_size ? total - sh->pool_size : 0),
                              I32(b[7], sh->max_total),
                              NULL,
-                             g_pgs.cfg->pool_mode == PGS_POOL_SESSION ? "session"
-                                                                      : "transaction"};
+                             atomic_load(&sh->pool_mode) == PGS_POOL_SESSION ? "session"
+                                                                             : "transaction"};
         char mw[24];
         v[10] = U64(mw, maxwait / 1000u);
         row(r, 12, v);
@@ -277,48 +282,711 @@ static void show_config(reply *r)
     static const char *const cols[] = {"key", "value", "default"};
     header(r, 3, cols);
     cfg_ctx cc = {r};
-    config_describe(g_pgs.cfg, cfg_emit, &cc);
-    config_describe_file(g_pgs.cfg, cfg_emit, &cc);
+    const pgs_config *cfg = g_pgs.cfg;
+    config_describe(cfg, cfg_emit, &cc);
+    config_describe_file(cfg, cfg_emit, &cc);
     complete(r, "SHOW");
 }
 
-static const char commands_hint[] =
-    "available commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG";
 
-/* Runs one admin statement (already trimmed, without ';'). */
-static void run_command(reply *r, const char *sql)
+static void notice(reply *r, const char *severity, const char *sqlstate, const char *msg)
 {
-    char words[3][32];
+    proto_out o;
+    reply_out(r, &o, 64 + strlen(msg));
+    proto_notice(&o, severity, sqlstate, msg);
+    reply_commit(r, &o);
+}
+
+static const char *mode_name(int mode)
+{
+    return mode == PGS_POOL_SESSION ? "session" : "transaction";
+}
+
+/* --- names seen in the configuration and in the pools --- */
+
+typedef struct name_set {
+    char **v;
+    int n, cap;
+} name_set;
+
+static int set_find(const name_set *s, const char *name)
+{
+    for (int i = 0; i < s->n; i++)
+        if (strcmp(s->v[i], name) == 0) return i;
+    return -1;
+}
+
+static int set_add(name_set *s, const char *name)
+{
+    int i = set_find(s, name);
+    if (i >= 0) return i;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 16;
+        s->v = pgs_xrealloc(s->v, (size_t)s->cap * sizeof(char *));
+    }
+    s->v[s->n] = pgs_xstrdup(name);
+    return s->n++;
+}
+
+static void set_free(name_set *s)
+{
+    for (int i = 0; i < s->n; i++) free(s->v[i]);
+    free(s->v);
+}
+
+static void add_name(void *ctx, const char *name)
+{
+    set_add(ctx, name);
+}
+
+/* Per database or per user: server connections and clients, summed over
+ * the pools. */
+typedef struct pool_sums {
+    int servers, clients;
+} pool_sums;
+
+/* Databases (by_user false) or users (true) of the configuration and the
+ * pools, with their sums; sums is indexed like the set. */
+static void collect_names(const pgs_config *cfg, bool by_user, name_set *set, pool_sums **sums)
+{
+    if (by_user) {
+        for (int i = 0; i < cfg->n_users; i++) set_add(set, cfg->users[i].name);
+    } else {
+        for (int i = 0; i < cfg->n_databases; i++) set_add(set, cfg->databases[i].name);
+        pool_each_paused(add_name, set); /* paused before any client came */
+    }
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next)
+        set_add(set, by_user ? sh->user : sh->database);
+    *sums = pgs_xcalloc((size_t)set->n + 1, sizeof(pool_sums));
+    for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next) {
+        int i = set_find(set, by_user ? sh->user : sh->database);
+        (*sums)[i].servers += atomic_load(&sh->open);
+        (*sums)[i].clients += atomic_load(&sh->n_clients);
+    }
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+}
+
+static void show_databases(reply *r)
+{
+    static const char *const cols[] = {
+        "name",          "host",     "port",  "database",
+        "force_user",    "pool_size", "max_overflow", "pool_mode",
+        "current_connections", "max_client_connections", "current_client_connections",
+        "paused"};
+    header(r, 12, cols);
+    const pgs_config *cfg = g_pgs.cfg;
+    const pgs_url *u = &cfg->primary;
+    name_set dbs = {0};
+    pool_sums *sums;
+    collect_names(cfg, false, &dbs, &sums);
+    for (int i = 0; i < dbs.n; i++) {
+        pgs_pool_settings ps;
+        config_pool_settings(cfg, dbs.v[i], NULL, &ps);
+        char b[8][24];
+        const char *v[12] = {dbs.v[i],
+                             u->host ? u->host : "localhost",
+                             I32(b[0], u->port ? u->port : 5432),
+                             dbs.v[i],
+                             NULL,
+                             I32(b[1], ps.pool_size),
+                             I32(b[2], ps.max_overflow),
+                             mode_name(ps.pool_mode),
+                             I32(b[3], sums[i].servers),
+                             I32(b[4], ps.max_db_connections),
+                             I32(b[5], sums[i].clients),
+                             I32(b[6], pool_db_paused(dbs.v[i]))};
+        row(r, 12, v);
+    }
+    free(sums);
+    set_free(&dbs);
+    complete(r, "SHOW");
+}
+
+static void show_users(reply *r)
+{
+    static const char *const cols[] = {"name",         "pool_size",
+                                       "max_overflow", "pool_mode",
+                                       "current_connections", "max_user_client_connections",
+                                       "current_client_connections"};
+    header(r, 7, cols);
+    const pgs_config *cfg = g_pgs.cfg;
+    name_set users = {0};
+    pool_sums *sums;
+    collect_names(cfg, true, &users, &sums);
+    for (int i = 0; i < users.n; i++) {
+        /* the user's own overrides; empty where the database's or the
+         * global setting applies (as PgBouncer shows them) */
+        const pgs_user_config *uc = config_find_user(cfg, users.v[i]);
+        char b[6][24];
+        const char *v[7] = {users.v[i],
+                            uc && uc->pool_size >= 0 ? I32(b[0], uc->pool_size) : NULL,
+                            uc && uc->max_overflow >= 0 ? I32(b[1], uc->max_overflow) : NULL,
+                            uc && uc->pool_mode >= 0 ? mode_name(uc->pool_mode) : NULL,
+                            I32(b[2], sums[i].servers),
+                            I32(b[3], uc ? uc->max_user_connections : 0),
+                            I32(b[4], sums[i].clients)};
+        row(r, 7, v);
+    }
+    free(sums);
+    set_free(&users);
+    complete(r, "SHOW");
+}
+
+static void show_lists(reply *r)
+{
+    static const char *const cols[] = {"list", "items"};
+    header(r, 2, cols);
+    const pgs_config *cfg = g_pgs.cfg;
+    name_set dbs = {0}, users = {0};
+    pool_sums *s1, *s2;
+    collect_names(cfg, false, &dbs, &s1);
+    collect_names(cfg, true, &users, &s2);
+    free(s1);
+    free(s2);
+    int pools = 0;
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next) pools++;
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+    int login = 0, servers = 0, bufs = 0;
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_worker *w = &g_pgs.workers[i];
+        pthread_mutex_lock(&w->lock);
+        for (pgs_list *it = w->clients.next; it != &w->clients; it = it->next) {
+            int st = atomic_load_explicit(&list_entry(it, pgs_client, node)->state,
+                                          memory_order_relaxed);
+            if (st == CL_STARTUP || st == CL_AUTH) login++;
+        }
+        for (pgs_list *it = w->servers.next; it != &w->servers; it = it->next) servers++;
+        pthread_mutex_unlock(&w->lock);
+        bufs += __atomic_load_n(&w->n_free_bufs, __ATOMIC_RELAXED);
+    }
+    /* PgBouncer's names; pgscale keeps no cache of freed connection
+     * structures, so free_clients and free_servers are always 0. */
+    struct {
+        const char *name;
+        int n;
+    } items[] = {{"databases", dbs.n},
+                 {"users", users.n},
+                 {"pools", pools},
+                 {"free_clients", 0},
+                 {"used_clients", atomic_load(&g_pgs.total_clients)},
+                 {"login_clients", login},
+                 {"free_servers", 0},
+                 {"used_servers", servers},
+                 {"workers", g_pgs.n_workers},
+                 {"free_buffers", bufs}};
+    for (size_t i = 0; i < PGS_ARRAY_LEN(items); i++) {
+        char b[24];
+        const char *v[2] = {items[i].name, I32(b, items[i].n)};
+        row(r, 2, v);
+    }
+    set_free(&dbs);
+    set_free(&users);
+    complete(r, "SHOW");
+}
+
+/* --- access --- */
+
+enum { ROLE_NONE = 0, ROLE_STATS, ROLE_ADMIN };
+
+static bool in_list(char *const *v, int n, const char *user)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(v[i], user) == 0) return true;
+    return false;
+}
+
+/* With neither list set, the console is open to every user who can log in
+ * (the zero-config start; admin_check_config warns about it). */
+static int role_of(const pgs_config *cfg, const char *user)
+{
+    if (cfg->n_admin_users == 0 && cfg->n_stats_users == 0) return ROLE_ADMIN;
+    if (in_list(cfg->admin_users, cfg->n_admin_users, user)) return ROLE_ADMIN;
+    if (in_list(cfg->stats_users, cfg->n_stats_users, user)) return ROLE_STATS;
+    return ROLE_NONE;
+}
+
+void admin_check_config(const pgs_config *cfg)
+{
+    if (cfg->n_admin_users == 0 && cfg->n_stats_users == 0)
+        log_warn("admin_users and stats_users are empty: every user who can log in may use the "
+                 "admin console (database \"" ADMIN_DBNAME "\"), including RELOAD, PAUSE, "
+                 "KILL and SHUTDOWN; list the operators in admin_users in the config file");
+}
+
+int admin_login(pgs_client *c)
+{
+    if (role_of(g_pgs.cfg, c->user) != ROLE_NONE) return 0;
+    char msg[300];
+    snprintf(msg, sizeof(msg),
+             "not allowed: user \"%.100s\" may not use the admin console (it is in neither "
+             "admin_users nor stats_users)",
+             c->user);
+    client_fail(c, "28000", msg,
+                "add the user to admin_users (every command) or stats_users (SHOW only) in the "
+                "config file, and RELOAD");
+    return -1;
+}
+
+/* The user's rights, checked at every command: a RELOAD that changes the
+ * lists applies to connected console users at their next command. */
+static bool allowed(pgs_client *c, reply *r, bool changes, const char *cmd)
+{
+    int role = role_of(g_pgs.cfg, c->user);
+    if (role == ROLE_ADMIN || (role == ROLE_STATS && !changes)) return true;
+    char msg[300];
+    if (role == ROLE_NONE) {
+        snprintf(msg, sizeof(msg),
+                 "not allowed: user \"%.100s\" is no longer in admin_users or stats_users",
+                 c->user);
+        error(r, "42501", msg, "reconnect as a user listed in admin_users or stats_users");
+    } else {
+        snprintf(msg, sizeof(msg),
+                 "admin access needed: %s changes pgscale's state and needs a user in "
+                 "admin_users (user \"%.100s\" is in stats_users, which may run SHOW commands "
+                 "only)",
+                 cmd, c->user);
+        error(r, "42501", msg, "add the user to admin_users in the config file, and RELOAD");
+    }
+    return false;
+}
+
+/* --- commands that wait ---
+ * Commands that act on connections set shared flags (pool.c) and send a
+ * control message to every worker.  PAUSE, WAIT_CLOSE and KILL answer once
+ * every worker has acted on it and, for the first two, the servers they
+ * wait for are done; the janitor's tick checks.  Meanwhile the client's
+ * further input stays unread. */
+
+enum wait_kind { WAIT_PAUSE = 1, WAIT_CLOSE, WAIT_KILL };
+
+typedef struct pgs_admin_wait {
+    pgs_list node;       /* waits[worker id] */
+    pgs_client *c;
+    int kind;
+    char *db;            /* NULL = every database */
+    uint64_t gen;        /* the control message every worker must have handled */
+    uint64_t since_us;   /* WAIT_CLOSE: servers connected before this */
+    uint64_t start_us, deadline_us;
+    char *rest;          /* statements after this one in the same Query */
+} pgs_admin_wait;
+
+/* Per worker; only that worker's thread touches its list. */
+static pgs_list waits[PGS_MAX_WORKERS];
+
+static pgs_list *wait_list(pgs_worker *w)
+{
+    pgs_list *l = &waits[w->id];
+    if (!l->next) list_init(l);
+    return l;
+}
+
+static void start_wait(pgs_client *c, int kind, const char *db, uint64_t gen, uint64_t since)
+{
+    pgs_admin_wait *aw = pgs_xcalloc(1, sizeof(*aw));
+    aw->c = c;
+    aw->kind = kind;
+    aw->db = db ? pgs_xstrdup(db) : NULL;
+    aw->gen = gen;
+    aw->since_us = since;
+    aw->start_us = pgs_now_us();
+    /* The same bound as SIGTERM's wait for running transactions. */
+    aw->deadline_us = aw->start_us + (uint64_t)g_pgs.cfg->shutdown_timeout_ms * 1000u;
+    list_add_tail(wait_list(c->w), &aw->node);
+    c->admin_wait = aw;
+}
+
+static void free_wait(pgs_admin_wait *aw)
+{
+    list_del(&aw->node);
+    aw->c->admin_wait = NULL;
+    free(aw->db);
+    free(aw->rest);
+    free(aw);
+}
+
+void admin_client_gone(pgs_client *c)
+{
+    /* What the command did (a pause) stays in effect. */
+    if (c->admin_wait) free_wait(c->admin_wait);
+}
+
+/* --- the commands --- */
+
+typedef enum { CMD_DONE, CMD_ERROR, CMD_WAIT } cmd_result;
+
+static const char commands_hint[] =
+    "available commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, "
+    "SHOW DATABASES, SHOW USERS, SHOW LISTS, RELOAD, PAUSE [db], RESUME [db], KILL [db], "
+    "WAIT_CLOSE [db], SHUTDOWN";
+
+/* A database name given to a command may not be the console's own. */
+static bool not_console(reply *r, const char *cmd, const char *db)
+{
+    if (!db || strcmp(db, ADMIN_DBNAME) != 0) return true;
+    char msg[128];
+    snprintf(msg, sizeof(msg), "cannot %s the admin console's database \"" ADMIN_DBNAME "\"",
+             cmd);
+    error(r, "55000", msg, NULL);
+    return false;
+}
+
+static void note_cb(void *ctx, const char *msg)
+{
+    notice(ctx, "WARNING", "01000", msg);
+}
+
+static cmd_result cmd_reload(pgs_client *c, reply *r)
+{
+    char who[200], err[1200];
+    snprintf(who, sizeof(who), "RELOAD by C-%u (user %.100s)", c->id, c->user);
+    log_info("%s", who);
+    if (reload_run(who, note_cb, r, err, sizeof(err)) < 0) {
+        char msg[1300];
+        snprintf(msg, sizeof(msg), "RELOAD refused: %s", err);
+        error(r, "F0000", msg, "fix the configuration and run RELOAD again");
+        return CMD_ERROR;
+    }
+    complete(r, "RELOAD");
+    return CMD_DONE;
+}
+
+static cmd_result cmd_pause(pgs_client *c, reply *r, const char *db)
+{
+    if (!not_console(r, "pause", db)) return CMD_ERROR;
+    log_info("C-%u: PAUSE %s (user %s)", c->id, db ? db : "(every database)", c->user);
+    pool_pause(db);
+    uint64_t gen = worker_broadcast_ctl(WM_PAUSE, db);
+    start_wait(c, WAIT_PAUSE, db, gen, 0);
+    return CMD_WAIT;
+}
+
+static cmd_result cmd_resume(pgs_client *c, reply *r, const char *db)
+{
+    if (!not_console(r, "resume", db)) return CMD_ERROR;
+    int rc = pool_resume(db);
+    if (rc < 0) {
+        char msg[200];
+        if (rc == -2)
+            snprintf(msg, sizeof(msg),
+                     "every database is paused (PAUSE without a name): RESUME without a name "
+                     "resumes them, not RESUME %.100s",
+                     db);
+        else if (db)
+            snprintf(msg, sizeof(msg), "database \"%.100s\" is not paused", db);
+        else
+            snprintf(msg, sizeof(msg), "nothing is paused");
+        error(r, "55000", msg, NULL);
+        return CMD_ERROR;
+    }
+    log_info("C-%u: RESUME %s (user %s)", c->id, db ? db : "(every database)", c->user);
+    (void)worker_broadcast_ctl(WM_RESUME, db);
+    complete(r, "RESUME");
+    return CMD_DONE;
+}
+
+static cmd_result cmd_kill(pgs_client *c, reply *r, const char *db)
+{
+    if (!not_console(r, "kill", db)) return CMD_ERROR;
+    log_info("C-%u: KILL %s (user %s)", c->id, db ? db : "(every database)", c->user);
+    /* Paused first, as PgBouncer does: clients that reconnect wait for
+     * RESUME instead of finding a database that is being emptied. */
+    pool_pause(db);
+    pool_close_before(db, pgs_now_us());
+    uint64_t gen = worker_broadcast_ctl(WM_KILL, db);
+    start_wait(c, WAIT_KILL, db, gen, 0);
+    return CMD_WAIT;
+}
+
+static cmd_result cmd_wait_close(pgs_client *c, reply *r, const char *db)
+{
+    if (!not_console(r, "wait for", db)) return CMD_ERROR;
+    log_info("C-%u: WAIT_CLOSE %s (user %s)", c->id, db ? db : "(every database)", c->user);
+    uint64_t now = pgs_now_us();
+    pool_close_before(db, now);
+    uint64_t gen = worker_broadcast_ctl(WM_WAIT_CLOSE, db);
+    start_wait(c, WAIT_CLOSE, db, gen, now);
+    return CMD_WAIT;
+}
+
+static cmd_result cmd_shutdown(pgs_client *c, reply *r)
+{
+    log_info("C-%u: SHUTDOWN (user %s)", c->id, c->user);
+    /* Exactly what SIGTERM does (main.c): stop accepting, let running
+     * transactions finish, exit.  This console connection is closed by
+     * the drain like every other client. */
+    if (kill(getpid(), SIGTERM) != 0) {
+        error(r, "58000", "SHUTDOWN failed: could not signal pgscale", NULL);
+        return CMD_ERROR;
+    }
+    complete(r, "SHUTDOWN");
+    return CMD_DONE;
+}
+
+/* Splits "WORD [ARG]" (ARG may be a "quoted" name, "" for a quote). */
+static int split_words(const char *sql, char words[3][128])
+{
     int n = 0;
     const char *s = sql;
-    while (*s && n < 3) {
+    while (*s) {
         while (isspace((unsigned char)*s)) s++;
         if (!*s) break;
+        if (n == 3) return 4;
         size_t l = 0;
-        while (*s && !isspace((unsigned char)*s)) {
-            if (l < sizeof(words[0]) - 1) words[n][l++] = *s;
+        if (*s == '"') {
             s++;
+            for (; *s; s++) {
+                if (*s == '"' && s[1] == '"') s++;
+                else if (*s == '"') break;
+                if (l < 127) words[n][l++] = *s;
+            }
+            if (*s != '"') return -1;
+            s++;
+        } else {
+            while (*s && !isspace((unsigned char)*s)) {
+                if (l < 127) words[n][l++] = *s;
+                s++;
+            }
         }
         words[n][l] = '\0';
         n++;
     }
-    if (n == 0) {
-        proto_out o;
-        reply_out(r, &o, 16);
-        proto_empty_query(&o);
-        reply_commit(r, &o);
-        return;
-    }
+    return n;
+}
+
+/* Runs one admin statement (already trimmed, without ';'). */
+static cmd_result run_command(pgs_client *c, reply *r, const char *sql)
+{
+    char words[3][128];
+    int n = split_words(sql, words);
     if (n == 2 && strcasecmp(words[0], "SHOW") == 0) {
-        if (strcasecmp(words[1], "POOLS") == 0) return show_pools(r);
-        if (strcasecmp(words[1], "CLIENTS") == 0) return show_clients(r);
-        if (strcasecmp(words[1], "SERVERS") == 0) return show_servers(r);
-        if (strcasecmp(words[1], "STATS") == 0) return show_stats(r);
-        if (strcasecmp(words[1], "CONFIG") == 0) return show_config(r);
+        const char *what = words[1];
+        void (*fn)(reply *) = NULL;
+        if (strcasecmp(what, "POOLS") == 0) fn = show_pools;
+        else if (strcasecmp(what, "CLIENTS") == 0) fn = show_clients;
+        else if (strcasecmp(what, "SERVERS") == 0) fn = show_servers;
+        else if (strcasecmp(what, "STATS") == 0) fn = show_stats;
+        else if (strcasecmp(what, "CONFIG") == 0) fn = show_config;
+        else if (strcasecmp(what, "DATABASES") == 0) fn = show_databases;
+        else if (strcasecmp(what, "USERS") == 0) fn = show_users;
+        else if (strcasecmp(what, "LISTS") == 0) fn = show_lists;
+        if (fn) {
+            if (!allowed(c, r, false, "SHOW")) return CMD_ERROR;
+            fn(r);
+            return CMD_DONE;
+        }
+    } else if (n == 1 || n == 2) {
+        const char *cmd = words[0], *db = n == 2 ? words[1] : NULL;
+        static const char *const names[] = {"RELOAD", "PAUSE", "RESUME",
+                                            "KILL",   "WAIT_CLOSE", "SHUTDOWN"};
+        for (size_t i = 0; i < PGS_ARRAY_LEN(names); i++) {
+            if (strcasecmp(cmd, names[i]) != 0) continue;
+            bool takes_db = i >= 1 && i <= 4;
+            if (db && !takes_db) break; /* RELOAD x, SHUTDOWN x: unknown */
+            if (!allowed(c, r, true, names[i])) return CMD_ERROR;
+            switch (i) {
+            case 0: return cmd_reload(c, r);
+            case 1: return cmd_pause(c, r, db);
+            case 2: return cmd_resume(c, r, db);
+            case 3: return cmd_kill(c, r, db);
+            case 4: return cmd_wait_close(c, r, db);
+            default: return cmd_shutdown(c, r);
+            }
+        }
     }
     char msg[200];
     snprintf(msg, sizeof(msg), "unknown admin command \"%.100s\"", sql);
     error(r, "42601", msg, commands_hint);
+    return CMD_ERROR;
+}
+
+/* Runs the ';'-separated statements of sql until one fails (the rest is
+ * skipped, as PostgreSQL does) or one waits (the rest is kept on the wait
+ * and run when it ends).  Returns true when a command is waiting. */
+static bool run_query(pgs_client *c, reply *r, const char *sql, bool first)
+{
+    const char *s = sql;
+    bool any = false;
+    while (*s) {
+        const char *e = s;
+        bool quoted = false;
+        while (*e && (quoted || *e != ';')) {
+            if (*e == '"') quoted = !quoted;
+            e++;
+        }
+        char *stmt = pgs_xstrndup(s, (size_t)(e - s));
+        s = *e ? e + 1 : e;
+        char *t = stmt;
+        while (isspace((unsigned char)*t)) t++;
+        size_t tl = strlen(t);
+        while (tl > 0 && isspace((unsigned char)t[tl - 1])) t[--tl] = '\0';
+        if (!*t) {
+            free(stmt);
+            continue;
+        }
+        any = true;
+        cmd_result res = run_command(c, r, t);
+        free(stmt);
+        if (res == CMD_WAIT) {
+            c->admin_wait->rest = pgs_xstrdup(s);
+            return true;
+        }
+        if (res == CMD_ERROR) return false;
+    }
+    if (!any && first) {
+        proto_out o;
+        reply_out(r, &o, 16);
+        proto_empty_query(&o);
+        reply_commit(r, &o);
+    }
+    return false;
+}
+
+/* Sends and frees r; false when the client is gone. */
+static bool send_reply(pgs_client *c, reply *r)
+{
+    bool ok = true;
+    if (r->len) {
+        uv_buf_t ub = uv_buf_init((char *)r->data, (unsigned)r->len);
+        if (io_send(c->w, &c->s, &ub, 1) < 0) {
+            client_close(c, "write failed");
+            ok = false;
+        }
+    }
+    free(r->data);
+    r->data = NULL;
+    r->len = r->cap = 0;
+    return ok;
+}
+
+static void ready(reply *r)
+{
+    proto_out o;
+    reply_out(r, &o, 16);
+    proto_ready_for_query(&o, 'I');
+    reply_commit(r, &o);
+}
+
+static const char *wait_tag(int kind)
+{
+    return kind == WAIT_PAUSE ? "PAUSE" : kind == WAIT_CLOSE ? "WAIT_CLOSE" : "KILL";
+}
+
+/* Ends the wait of c: the command's result (an error if sqlstate), then
+ * the statements that followed it, then whatever the client sent since. */
+static void finish_wait(pgs_client *c, const char *sqlstate, const char *msg, const char *hint)
+{
+    pgs_admin_wait *aw = c->admin_wait;
+    reply r = {0};
+    bool waiting = false;
+    if (sqlstate) {
+        error(&r, sqlstate, msg, hint);
+    } else {
+        if (aw->kind == WAIT_KILL) {
+            char m[200];
+            snprintf(m, sizeof(m),
+                     "%s%s stays paused: new clients wait until RESUME%s%s",
+                     aw->db ? "database " : "every database", aw->db ? aw->db : "",
+                     aw->db ? " " : "", aw->db ? aw->db : "");
+            notice(&r, "NOTICE", "00000", m);
+        }
+        complete(&r, wait_tag(aw->kind));
+    }
+    char *rest = aw->rest;
+    aw->rest = NULL;
+    free_wait(aw);
+    if (!sqlstate && rest) waiting = run_query(c, &r, rest, false);
+    free(rest);
+    if (waiting) {
+        send_reply(c, &r);
+        return;
+    }
+    ready(&r);
+    if (!send_reply(c, &r)) return;
+    if (io_read_start(&c->s) < 0) {
+        client_close(c, "read failed");
+        return;
+    }
+    admin_data(c); /* requests that arrived during the wait */
+}
+
+static void check_wait(pgs_admin_wait *aw, uint64_t now)
+{
+    pgs_client *c = aw->c;
+    bool acked = worker_ctl_done(aw->gen);
+    int left = 0;
+    if (acked && aw->kind == WAIT_PAUSE) left = pool_active_servers(aw->db);
+    if (acked && aw->kind == WAIT_CLOSE) left = pool_old_servers(aw->db, aw->since_us);
+    if (acked && left == 0) {
+        log_info("C-%u: %s %s done in %llu ms", c->id, wait_tag(aw->kind),
+                 aw->db ? aw->db : "(every database)",
+                 (unsigned long long)((now - aw->start_us) / 1000u));
+        finish_wait(c, NULL, NULL, NULL);
+        return;
+    }
+    if (now < aw->deadline_us) return;
+    char msg[400], hint[300];
+    const char *db = aw->db ? aw->db : "(every database)";
+    unsigned ms = (unsigned)((aw->deadline_us - aw->start_us) / 1000u);
+    if (!acked) {
+        snprintf(msg, sizeof(msg), "%s %s: not every worker answered within %u ms",
+                 wait_tag(aw->kind), db, ms);
+        snprintf(hint, sizeof(hint), "pgscale may be overloaded; run the command again");
+    } else if (aw->kind == WAIT_PAUSE) {
+        snprintf(msg, sizeof(msg),
+                 "PAUSE %s: %d server connections still in use after %u ms (transactions still "
+                 "running, or session-mode clients holding their server); the database stays "
+                 "paused",
+                 db, left, ms);
+        snprintf(hint, sizeof(hint),
+                 "run PAUSE again to keep waiting, KILL to close them, or RESUME to undo "
+                 "(the bound is shutdown_timeout)");
+    } else {
+        snprintf(msg, sizeof(msg),
+                 "WAIT_CLOSE %s: %d server connections opened before the command are still "
+                 "in use after %u ms; they close when their transactions (or sessions) end",
+                 db, left, ms);
+        snprintf(hint, sizeof(hint),
+                 "run WAIT_CLOSE again to keep waiting, or KILL to close them at once (the "
+                 "bound is shutdown_timeout)");
+    }
+    log_warn("C-%u: %s", c->id, msg);
+    finish_wait(c, "55006", msg, hint);
+}
+
+void admin_janitor(pgs_worker *w, uint64_t now)
+{
+    pgs_list *l = wait_list(w);
+    /* finish_wait may start another wait of the same client (the next
+     * statement), which joins the tail: take the current ones only */
+    pgs_list *last = l->prev;
+    pgs_list *it = l->next;
+    while (it != l) {
+        pgs_admin_wait *aw = list_entry(it, pgs_admin_wait, node);
+        bool at_last = it == last;
+        it = it->next;
+        check_wait(aw, now);
+        if (at_last) break;
+    }
+}
+
+void admin_cancel(pgs_client *c)
+{
+    pgs_admin_wait *aw = c->admin_wait;
+    if (!aw) return;
+    char msg[300];
+    const char *db = aw->db ? aw->db : "(every database)";
+    if (aw->kind == WAIT_PAUSE) {
+        /* A PAUSE given up is undone, as PgBouncer does on ^C. */
+        if (pool_resume(aw->db) == 0) (void)worker_broadcast_ctl(WM_RESUME, aw->db);
+        snprintf(msg, sizeof(msg), "canceling PAUSE %s due to user request; it is resumed", db);
+    } else {
+        snprintf(msg, sizeof(msg), "canceling %s %s due to user request", wait_tag(aw->kind),
+                 db);
+    }
+    log_info("C-%u: %s", c->id, msg);
+    finish_wait(c, "57014", msg, NULL);
 }
 
 void admin_welcome(pgs_client *c)
@@ -337,14 +1005,13 @@ void admin_welcome(pgs_client *c)
     proto_backend_key(&o, worker_client_pid(c), c->cancel_key);
     proto_ready_for_query(&o, 'I');
     reply_commit(&r, &o);
-    uv_buf_t b = uv_buf_init((char *)r.data, (unsigned)r.len);
-    if (io_send(c->w, &c->s, &b, 1) < 0) client_close(c, "write failed");
-    free(r.data);
+    if (!send_reply(c, &r)) return;
     admin_data(c);
 }
 
 void admin_data(pgs_client *c)
 {
+    if (c->admin_wait || c->s.closing) return; /* the rest waits for the running command */
     pgs_buf *b = &c->s.rbuf;
     reply r = {0};
     while (b->data && b->pos < b->len) {
@@ -358,7 +1025,10 @@ void admin_data(pgs_client *c)
             return;
         }
         if (b->len - b->pos < len + 1) {
-            if (io_buf_make_room(c->w, &c->s, len + 1) < 0) return;
+            if (io_buf_make_room(c->w, &c->s, len + 1) < 0) {
+                free(r.data);
+                return;
+            }
             break;
         }
         const uint8_t *body = b->data + b->pos + 5;
@@ -370,18 +1040,14 @@ void admin_data(pgs_client *c)
         }
         if (type == 'Q') {
             char *sql = pgs_xstrndup((const char *)body, len - 4);
-            /* several statements separated by ';' */
-            char *save = NULL;
-            bool any = false;
-            for (char *stmt = strtok_r(sql, ";", &save); stmt; stmt = strtok_r(NULL, ";", &save)) {
-                char *t = stmt;
-                while (isspace((unsigned char)*t)) t++;
-                if (!*t) continue;
-                any = true;
-                run_command(&r, t);
-            }
-            if (!any) run_command(&r, "");
+            bool waiting = run_query(c, &r, sql, true);
             free(sql);
+            if (waiting) {
+                /* answered when the command is done (admin_janitor) */
+                io_read_stop(&c->s);
+                send_reply(c, &r);
+                return;
+            }
         } else if (type == 'S') {
             /* fall through to ReadyForQuery */
         } else if (type == 'H') {
@@ -389,25 +1055,11 @@ void admin_data(pgs_client *c)
         } else {
             error(&r, "0A000", "the admin console supports the simple query protocol only",
                   "use psql, or your driver's simple-query mode");
-            if (type != 'P' && type != 'B' && type != 'D' && type != 'E' && type != 'C') {
-                /* fall through */
-            } else {
+            if (type == 'P' || type == 'B' || type == 'D' || type == 'E' || type == 'C')
                 continue; /* wait for Sync */
-            }
         }
-        proto_out o;
-        reply_out(&r, &o, 16);
-        proto_ready_for_query(&o, 'I');
-        reply_commit(&r, &o);
+        ready(&r);
     }
-    if (r.len) {
-        uv_buf_t ub = uv_buf_init((char *)r.data, (unsigned)r.len);
-        if (io_send(c->w, &c->s, &ub, 1) < 0) {
-            free(r.data);
-            client_close(c, "write failed");
-            return;
-        }
-    }
-    free(r.data);
+    if (!send_reply(c, &r)) return;
     io_buf_release_if_empty(c->w, &c->s);
 }

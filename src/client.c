@@ -1,4 +1,4 @@
-/* Client connections: accepting, the start-up packet (SSL/GSS refusal,
+/* Client connections: accepting, the start-up packet (TLS negotiation,
  * cancel requests, protocol version, parameters), the welcome with the
  * server's parameters and our own backend key, errors and disconnects with
  * a reason, and the client-side time bounds.  Relaying is relay.c's. */
@@ -19,6 +19,7 @@
 #include "proto.h"
 #include "relay.h"
 #include "server.h"
+#include "tls.h"
 #include "worker.h"
 
 /* Descriptors kept free for server connections and cancel requests when
@@ -29,8 +30,9 @@ static int fd_reserve(void)
     return r < 8 ? 8 : r > 256 ? 256 : r;
 }
 
-static const char *const state_names[] = {"startup", "welcome", "idle", "waiting",
-                                          "active",  "admin",   "closing"};
+/* indexed by enum client_state */
+static const char *const state_names[] = {"startup", "auth",  "welcome", "idle",
+                                          "waiting", "active", "admin",  "closing"};
 
 const char *client_state_name(int state)
 {
@@ -59,8 +61,9 @@ void client_close(pgs_client *c, const char *reason)
     log_debug("C-%u: closing: %s", c->id, reason);
     pool_cancel_wait(c);
     clientauth_free(c);
+    if (c->is_admin) admin_client_gone(c);
     if (c->server) relay_client_gone(c);
-    if (c->pool) c->pool->n_active_clients--;
+    if (c->pool) pool_client_left(c->pool);
     set_state(c, CL_CLOSING);
     pgs_worker *w = c->w;
     pthread_mutex_lock(&w->lock);
@@ -278,6 +281,57 @@ static void send_negotiate(pgs_client *c, const proto_startup *su)
 }
 
 
+/* SSLRequest with TLS on: answer 'S'; everything after it is TLS. */
+static void start_tls(pgs_client *c)
+{
+    uv_buf_t sb = uv_buf_init("S", 1);
+    if (io_send(c->w, &c->s, &sb, 1) < 0) {
+        client_close(c, "write failed");
+        return;
+    }
+    struct ssl_st *ssl = tls_new_accept();
+    char who[16];
+    snprintf(who, sizeof(who), "C-%u", c->id);
+    if (!ssl || io_tls_start(&c->s, ssl, who) < 0) client_close(c, "could not start TLS");
+}
+
+/* tls.mode require and up: a client without TLS is told what to change. */
+static void refuse_plaintext(pgs_client *c)
+{
+    pgs_tls_mode m = tls_client_mode();
+    char msg[200];
+    snprintf(msg, sizeof(msg), "pgscale requires TLS (tls.mode=%s); connect with sslmode=require",
+             tls_mode_name(m));
+    client_fail(c, "28000", msg,
+                m >= PGS_TLS_VERIFY_CA ? "present a client certificate signed by the CA in "
+                                         "tls.ca (sslcert and sslkey)"
+                                       : NULL);
+}
+
+/* tls.mode verify-full: the certificate's common name is the user name. */
+static int check_cert_user(pgs_client *c, const char *user)
+{
+    char cn[256], msg[600];
+    struct ssl_st *ssl = io_tls_ssl(&c->s);
+    if (!ssl || tls_peer_cn(ssl, cn, sizeof(cn)) < 0) {
+        snprintf(msg, sizeof(msg),
+                 "certificate authentication failed for user \"%s\": the client certificate has "
+                 "no usable common name (tls.mode=verify-full)",
+                 user);
+        client_fail(c, "28000", msg, NULL);
+        return -1;
+    }
+    if (strcmp(cn, user) != 0) {
+        snprintf(msg, sizeof(msg),
+                 "certificate authentication failed for user \"%s\": the client certificate is "
+                 "for \"%s\" (tls.mode=verify-full needs its common name to be the user name)",
+                 user, cn);
+        client_fail(c, "28000", msg, NULL);
+        return -1;
+    }
+    return 0;
+}
+
 static void handle_startup(pgs_client *c)
 {
     pgs_buf *b = &c->s.rbuf;
@@ -288,6 +342,16 @@ static void handle_startup(pgs_client *c)
         if (rc == PROTO_NEED_MORE) return;
         if (rc < 0) {
             client_fail(c, "08P01", "invalid startup packet layout or length", NULL);
+            return;
+        }
+        if (su.code == PROTO_SSL_CODE && !io_is_tls(&c->s) && tls_accepting()) {
+            b->pos += su.len;
+            start_tls(c);
+            return;
+        }
+        if ((su.code == PROTO_SSL_CODE || su.code == PROTO_GSSENC_CODE) && io_is_tls(&c->s)) {
+            client_fail(c, "08P01", "encryption requested on a connection that already uses TLS",
+                        NULL);
             return;
         }
         if (su.code == PROTO_SSL_CODE || su.code == PROTO_GSSENC_CODE) {
@@ -312,6 +376,10 @@ static void handle_startup(pgs_client *c)
             client_fail(c, "08P01", msg, NULL);
             return;
         }
+        if (!io_is_tls(&c->s) && tls_client_mode() >= PGS_TLS_REQUIRE) {
+            refuse_plaintext(c);
+            return;
+        }
         bool negotiate = (su.code & 0xffff) != 0;
         const char *user = proto_startup_get(&su, "user");
         const char *db = proto_startup_get(&su, "database");
@@ -321,6 +389,7 @@ static void handle_startup(pgs_client *c)
             return;
         }
         if (!db || !*db) db = user;
+        if (tls_client_mode() == PGS_TLS_VERIFY_FULL && check_cert_user(c, user) < 0) return;
         if (proto_startup_get(&su, "replication")) {
             const char *r = proto_startup_get(&su, "replication");
             if (strcmp(r, "false") != 0 && strcmp(r, "0") != 0 && strcmp(r, "off") != 0) {
@@ -363,7 +432,9 @@ static void handle_startup(pgs_client *c)
 /* The client is who it says: admin console, or a pool. */
 void client_after_auth(pgs_client *c)
 {
-    if (strcmp(c->database, "pgscale") == 0) {
+    if (strcmp(c->database, ADMIN_DBNAME) == 0) {
+        /* admin_users / stats_users decide by name; refused: already failed */
+        if (admin_login(c) < 0) return;
         set_state(c, CL_ADMIN);
         c->is_admin = true;
         admin_welcome(c);
@@ -376,8 +447,16 @@ void client_after_auth(pgs_client *c)
         client_fail(c, "53300", msg, "raise PGSCALE_MAX_CLIENT_CONN");
         return;
     }
-    c->pool = pool_get(c->w, c->user, c->database);
-    c->pool->n_active_clients++;
+    pgs_pool *p = pool_get(c->w, c->user, c->database);
+    char msg[400], hint[300];
+    if (pool_admit_client(p, msg, sizeof(msg), hint, sizeof(hint)) < 0) {
+        client_fail(c, "53300", msg, hint);
+        return;
+    }
+    c->pool = p;
+    /* fixed for the client's lifetime: a RELOAD that changes the mode
+     * applies to clients that log in after it */
+    c->pool_mode = (uint8_t)atomic_load(&p->sh->pool_mode);
     if (pool_has_welcome(c->pool->sh)) {
         send_welcome(c);
     } else {
@@ -580,7 +659,9 @@ void client_janitor(pgs_worker *w, uint64_t now)
                    !c->cancel_sent) {
             c->cancel_sent = true;
             client_forward_cancel(c);
-        } else if ((between || st == CL_ADMIN) && idle_to && quiet > idle_to) {
+        } else if ((between || (st == CL_ADMIN && !c->admin_wait)) && idle_to &&
+                   quiet > idle_to) {
+            /* (a console client waiting for PAUSE / WAIT_CLOSE is not idle) */
             client_fail(c, "57P05", "terminating connection due to client idle timeout",
                         "raise PGSCALE_CLIENT_IDLE_TIMEOUT");
         } else if (w->draining && (((between || st == CL_ADMIN) && quiet > DRAIN_IDLE_US) ||

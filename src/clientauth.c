@@ -19,6 +19,7 @@
 #include "client.h"
 #include "io.h"
 #include "proto.h"
+#include "tls.h"
 #include "worker.h"
 
 /* A password or SASL message is small; anything longer is not one. */
@@ -166,12 +167,16 @@ static bool addr_matches(const pgs_hba_rule *r, const pgs_client *c)
 static int choose_method(const pgs_client *c, int *rule_line)
 {
     const pgs_auth_config *a = &g_pgs.cfg->auth;
+    bool tls = io_is_tls(&c->s);
     *rule_line = 0;
     if (a->n_hba == 0) return a->type;
     for (int i = 0; i < a->n_hba; i++) {
         const pgs_hba_rule *r = &a->hba[i];
-        /* TCP without TLS is all there is for now */
-        if (r->type != PGS_HBA_HOST && r->type != PGS_HBA_HOSTNOSSL) continue;
+        /* host: TCP with or without TLS; hostssl: TLS only; hostnossl:
+         * plain TCP only; local: Unix sockets, not served yet */
+        if (r->type == PGS_HBA_LOCAL) continue;
+        if (r->type == PGS_HBA_HOSTSSL && !tls) continue;
+        if (r->type == PGS_HBA_HOSTNOSSL && tls) continue;
         if (r->database && strcmp(r->database, c->database) != 0) continue;
         if (r->user && strcmp(r->user, c->user) != 0) continue;
         if (!addr_matches(r, c)) continue;
@@ -207,9 +212,9 @@ int clientauth_begin(pgs_client *c)
     int m = choose_method(c, &line);
     char msg[400];
     if (m < 0 || m == PGS_AUTH_REJECT) {
-        snprintf(msg, sizeof(msg), "%s for host \"%s\", user \"%s\", database \"%s\", no encryption",
+        snprintf(msg, sizeof(msg), "%s for host \"%s\", user \"%s\", database \"%s\", %s",
                  m < 0 ? "no auth.hba rule" : "auth.hba rejects connection", c->addr, c->user,
-                 c->database);
+                 c->database, io_is_tls(&c->s) ? "SSL encryption" : "no encryption");
         if (m < 0)
             log_info("C-%u: %s", c->id, msg);
         else
@@ -242,8 +247,13 @@ static int send_request(pgs_client *c)
         }
         rc = send_auth(c, AUTH_MD5, a->salt, sizeof(a->salt));
     } else {
+        /* -PLUS (channel binding to our certificate) on TLS only */
         static const char mechs[] = SCRAM_MECH "\0";
-        rc = send_auth(c, AUTH_SASL, mechs, sizeof(mechs));
+        static const char mechs_plus[] = SCRAM_MECH_PLUS "\0" SCRAM_MECH "\0";
+        size_t cb_len = 0;
+        bool plus = io_is_tls(&c->s) && tls_cbind_data(&cb_len) != NULL;
+        rc = plus ? send_auth(c, AUTH_SASL, mechs_plus, sizeof(mechs_plus))
+                  : send_auth(c, AUTH_SASL, mechs, sizeof(mechs));
     }
     if (rc < 0) {
         client_close(c, "write failed");
@@ -352,11 +362,16 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
         const authfile_entry *e = user_entry(c, &tmp);
         scram_secret secret;
         char err[300];
+        /* tls-server-end-point data when -PLUS was offered (TLS), else none */
+        size_t cb_len = 0;
+        const unsigned char *cb = io_is_tls(&c->s) ? tls_cbind_data(&cb_len) : NULL;
+        if (!cb) cb_len = 0;
         if (e && authfile_scram_secret(e, mock_key, sizeof(mock_key), &secret, err,
                                        sizeof(err)) == 0) {
-            rc = scram_server_init(&a->scram, &secret, NULL, 0);
+            rc = scram_server_init(&a->scram, &secret, cb, cb_len);
         } else {
-            rc = scram_server_init_mock(&a->scram, c->user, mock_key, sizeof(mock_key), NULL, 0);
+            rc = scram_server_init_mock(&a->scram, c->user, mock_key, sizeof(mock_key), cb,
+                                        cb_len);
         }
         OPENSSL_cleanse(&secret, sizeof(secret));
         if (rc == 0)

@@ -249,6 +249,9 @@ PGS_MUSTCHECK int config_load(pgs_config *cfg, const char *envfile_path, char *e
 PGS_MUSTCHECK int config_reload(pgs_config *fresh, const char *config_path,
                                 const char *envfile_path, char *err, size_t errlen);
 void config_free(pgs_config *cfg);
+/* Frees only what a reload replaces in a running snapshot: databases,
+ * users, admin_users and stats_users (see reload.c). */
+void config_free_reloadable(pgs_config *cfg);
 
 /* Resolves the overrides for one (database, user); see pgs_pool_settings. */
 void config_pool_settings(const pgs_config *cfg, const char *database, const char *user,

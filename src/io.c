@@ -1,12 +1,21 @@
 /* Socket plumbing for both connection kinds: pooled read buffers, direct
- * writes with a copy-aside fallback, span batches.  It knows nothing of
- * the protocol; client.c and server.c get the events. */
+ * writes with a copy-aside fallback, span batches, and TLS under all of
+ * them (OpenSSL on a BIO of our own over the libuv stream; tls.c sets the
+ * sessions up).  It knows nothing of the protocol; client.c and server.c
+ * get the events. */
 #include "io.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <pthread.h>
 #include <string.h>
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "proto.h"
+#include "tls.h"
 #include "worker.h"
 
 void io_sock_init(pgs_worker *w, pgs_sock *s, int kind, void *owner)
@@ -28,10 +37,19 @@ static pgs_worker *worker_of(uv_handle_t *h)
     return (pgs_worker *)h->loop->data;
 }
 
+static void tls_alloc(pgs_sock *s, uv_buf_t *out);
+static void tls_on_read(pgs_sock *s, ssize_t nread, const uv_buf_t *buf);
+static void tls_kick(pgs_sock *s);
+static void tls_release(pgs_sock *s);
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 {
     PGS_UNUSED(suggested);
     pgs_sock *s = sock_of(h);
+    if (s->tls) {
+        tls_alloc(s, out);
+        return;
+    }
     pgs_buf *b = &s->rbuf;
     if (!b->data) {
         b->data = worker_buf_get(worker_of(h));
@@ -50,8 +68,11 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
-    PGS_UNUSED(buf);
     pgs_sock *s = sock_of((uv_handle_t *)st);
+    if (s->tls) {
+        tls_on_read(s, nread, buf);
+        return;
+    }
     if (nread == 0) return; /* EAGAIN */
     if (nread > 0) {
         s->rbuf.len += (uint32_t)nread;
@@ -67,7 +88,11 @@ int io_read_start(pgs_sock *s)
 {
     if (s->reading || s->closing) return 0;
     int rc = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
-    if (rc == 0) s->reading = true;
+    if (rc == 0) {
+        s->reading = true;
+        /* decrypted bytes the owner did not want before may be waiting */
+        if (s->tls) tls_kick(s);
+    }
     return rc;
 }
 
@@ -121,17 +146,53 @@ int io_buf_make_room(pgs_worker *w, pgs_sock *s, uint32_t need)
     return 0;
 }
 
+static void wb_release(pgs_worker *w, uint8_t *data, uint32_t cap)
+{
+    if (cap == PGS_BUF_SIZE)
+        worker_buf_put(w, data);
+    else
+        free(data);
+}
+
+static void on_write_done(uv_write_t *req, int status);
+
+/* Hands everything copied aside so far to one uv_write. */
+static int wb_start(pgs_sock *s)
+{
+    pgs_wbuf *wb = &s->wb;
+    uv_buf_t b = uv_buf_init((char *)wb->data, wb->len);
+    int rc = uv_write(&wb->req, (uv_stream_t *)&s->tcp, &b, 1, on_write_done);
+    if (rc < 0) return rc;
+    wb->pending = true;
+    wb->inflight = wb->len;
+    wb->inflight_buf = wb->data;
+    wb->inflight_cap = wb->cap;
+    return 0;
+}
+
 static void on_write_done(uv_write_t *req, int status)
 {
     pgs_sock *s = (pgs_sock *)req->handle;
+    pgs_worker *w = worker_of((uv_handle_t *)req->handle);
     pgs_wbuf *wb = &s->wb;
+    /* Bytes may have been added while the write ran (TLS records the
+     * library writes on its own, a last error message): they follow the
+     * written ones in data, and go out with the next write. */
+    uint32_t done = wb->inflight;
+    if (wb->inflight_buf && wb->inflight_buf != wb->data)
+        wb_release(w, wb->inflight_buf, wb->inflight_cap);
+    wb->inflight_buf = NULL;
+    wb->inflight = 0;
     wb->pending = false;
+    if (status == 0 && !s->closing && wb->len > done) {
+        memmove(wb->data, wb->data + done, wb->len - done);
+        wb->len -= done;
+        status = wb_start(s);
+        if (status == 0) return;
+    }
     wb->len = 0;
     if (wb->data) {
-        if (wb->cap == PGS_BUF_SIZE)
-            worker_buf_put(worker_of((uv_handle_t *)req->handle), wb->data);
-        else
-            free(wb->data);
+        wb_release(w, wb->data, wb->cap);
         wb->data = NULL;
         wb->cap = 0;
     }
@@ -156,19 +217,10 @@ static int wb_append(pgs_worker *w, pgs_wbuf *wb, const uint8_t *p, size_t n)
     if (need > wb->cap) {
         uint32_t cap = wb->cap ? wb->cap : PGS_BUF_SIZE;
         while (cap < need) cap *= 2;
-        uint8_t *nd;
-        if (cap == PGS_BUF_SIZE) {
-            nd = worker_buf_get(w);
-        } else {
-            nd = pgs_xmalloc(cap);
-            if (wb->len) memcpy(nd, wb->data, wb->len);
-            if (wb->data) {
-                if (wb->cap == PGS_BUF_SIZE)
-                    worker_buf_put(w, wb->data);
-                else
-                    free(wb->data);
-            }
-        }
+        uint8_t *nd = cap == PGS_BUF_SIZE ? worker_buf_get(w) : pgs_xmalloc(cap);
+        if (wb->len) memcpy(nd, wb->data, wb->len);
+        /* the buffer a running write reads from is freed when it ends */
+        if (wb->data && wb->data != wb->inflight_buf) wb_release(w, wb->data, wb->cap);
         wb->data = nd;
         wb->cap = cap;
     }
@@ -177,7 +229,8 @@ static int wb_append(pgs_worker *w, pgs_wbuf *wb, const uint8_t *p, size_t n)
     return 0;
 }
 
-int io_send(pgs_worker *w, pgs_sock *dst, const uv_buf_t *iov, int n)
+/* Bytes as they go on the wire: plaintext, or TLS records. */
+static int raw_send(pgs_worker *w, pgs_sock *dst, const uv_buf_t *iov, int n)
 {
     if (dst->closing) return UV_ECANCELED;
     size_t total = 0;
@@ -209,13 +262,16 @@ int io_send(pgs_worker *w, pgs_sock *dst, const uv_buf_t *iov, int n)
         skip = 0;
     }
     dst->bytes_out += total - done;
-    if (!dst->wb.pending) {
-        uv_buf_t b = uv_buf_init((char *)dst->wb.data, dst->wb.len);
-        int rc = uv_write(&dst->wb.req, (uv_stream_t *)&dst->tcp, &b, 1, on_write_done);
-        if (rc < 0) return rc;
-        dst->wb.pending = true;
-    }
+    if (!dst->wb.pending) return wb_start(dst);
     return 0;
+}
+
+static int tls_send(pgs_worker *w, pgs_sock *dst, const uv_buf_t *iov, int n);
+
+int io_send(pgs_worker *w, pgs_sock *dst, const uv_buf_t *iov, int n)
+{
+    if (dst->tls) return tls_send(w, dst, iov, n);
+    return raw_send(w, dst, iov, n);
 }
 
 void io_batch_init(io_batch *b, pgs_worker *w, pgs_sock *dst)
@@ -296,6 +352,7 @@ void io_batch_commit_out(io_batch *b, proto_out *o)
 void io_close(pgs_sock *s, uv_close_cb cb)
 {
     if (s->closing) return;
+    if (s->tls) tls_release(s);
     s->closing = true;
     s->reading = false;
     uv_close((uv_handle_t *)&s->tcp, cb);
@@ -305,4 +362,448 @@ void io_send_quiet(pgs_worker *w, pgs_sock *dst, const void *p, size_t len)
 {
     uv_buf_t b = uv_buf_init((char *)p, (unsigned)len);
     if (io_send(w, dst, &b, 1) < 0) log_debug("best-effort write failed");
+}
+
+/* ---------------------------------------------------------------------
+ * TLS under the socket.
+ *
+ * libuv has no TLS, so OpenSSL runs on a BIO of our own: its read side
+ * serves ciphertext that libuv read (first what an earlier read left over,
+ * then the fresh bytes), its write side hands each record straight to
+ * raw_send(), which writes it to the kernel or copies it aside exactly as
+ * plaintext is.  Plaintext comes out of SSL_read into the socket's normal
+ * read buffer and is handed to client_on_read / server_on_read, so nothing
+ * above this file knows about TLS.
+ *
+ * The one new problem is bytes OpenSSL holds that the kernel no longer
+ * signals: when the owner stops reading (back-pressure) while ciphertext is
+ * still unprocessed, resuming the read cannot wait for the socket, which
+ * may stay quiet (a client that sent its whole COPY and waits for the
+ * answer).  io_read_start therefore puts such a socket on this worker
+ * thread's ready list, and an idle handle decrypts for it on the next loop
+ * turn.  Ciphertext left over is at most about one read (the owner stopped
+ * reading; libuv reads no more), so that stash is bounded.
+ * ------------------------------------------------------------------- */
+
+/* Far above what the argument above allows; a stash this large is a bug,
+ * and the connection is closed rather than grown without bound. */
+#define TLS_STASH_MAX (8u * PGS_BUF_SIZE)
+/* Spans at least this long are encrypted where they lie; shorter ones are
+ * gathered first, so a batch of small messages becomes one record. */
+#define TLS_DIRECT_MIN 4096u
+
+struct pgs_tls {
+    SSL *ssl;
+    pgs_sock *s;              /* NULL once the socket let go of it */
+    pgs_list ready;           /* on this thread's ready list */
+    const uint8_t *in;        /* fresh ciphertext during a read callback */
+    uint32_t in_len;
+    uint8_t *stash;           /* ciphertext read but not yet taken by OpenSSL */
+    uint32_t stash_pos, stash_len, stash_cap;
+    int werr;                 /* a write of a record failed (libuv error) */
+    int busy;                 /* decrypting: freeing waits until it ends */
+    bool dead;                /* the socket closed while busy */
+    bool established;         /* handshake finished */
+    bool failed;              /* fatal TLS error: no close_notify */
+    char who[16];             /* "C-12" / "S-3", for the log */
+    char err[200];            /* why it failed, for the owner's message */
+};
+
+/* Per worker thread: one loop per thread, so the ready list is kept here
+ * rather than in pgs_worker (worker.c closes every handle of the loop at
+ * the end, this idle handle included). */
+static _Thread_local struct {
+    uv_loop_t *loop;          /* NULL until first used on this thread */
+    uv_idle_t idle;
+    pgs_list ready;
+} tls_defer;
+
+static BIO_METHOD *bio_meth;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static int bio_read(BIO *b, char *out, int outl)
+{
+    pgs_tls *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    uint32_t n = 0;
+    if (outl <= 0) return 0;
+    if (t->stash_pos < t->stash_len) {
+        n = PGS_MIN((uint32_t)outl, t->stash_len - t->stash_pos);
+        memcpy(out, t->stash + t->stash_pos, n);
+        t->stash_pos += n;
+        if (t->stash_pos == t->stash_len) {
+            free(t->stash);
+            t->stash = NULL;
+            t->stash_pos = t->stash_len = t->stash_cap = 0;
+        }
+    } else if (t->in_len > 0) {
+        n = PGS_MIN((uint32_t)outl, t->in_len);
+        memcpy(out, t->in, n);
+        t->in += n;
+        t->in_len -= n;
+    }
+    if (n == 0) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    return (int)n;
+}
+
+static int bio_write(BIO *b, const char *data, int len)
+{
+    pgs_tls *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (len <= 0) return 0;
+    pgs_sock *s = t->s;
+    /* A failed write is reported by the caller of SSL_*; what follows it is
+     * dropped (the connection is going away). */
+    if (!s || t->werr) return len;
+    uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
+    int rc = raw_send(worker_of((uv_handle_t *)&s->tcp), s, &buf, 1);
+    if (rc < 0) t->werr = rc;
+    return len;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    PGS_UNUSED(b);
+    PGS_UNUSED(num);
+    PGS_UNUSED(ptr);
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static void bio_meth_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pgscale-uv");
+    if (!m || !BIO_meth_set_read(m, bio_read) || !BIO_meth_set_write(m, bio_write) ||
+        !BIO_meth_set_ctrl(m, bio_ctrl)) {
+        BIO_meth_free(m);
+        return;
+    }
+    bio_meth = m;
+}
+
+static void tls_free(pgs_tls *t)
+{
+    list_del(&t->ready);
+    SSL_free(t->ssl);
+    free(t->stash);
+    free(t);
+}
+
+static int stash_append(pgs_tls *t, const uint8_t *p, uint32_t n)
+{
+    if (t->stash_pos > 0) {
+        memmove(t->stash, t->stash + t->stash_pos, t->stash_len - t->stash_pos);
+        t->stash_len -= t->stash_pos;
+        t->stash_pos = 0;
+    }
+    if (n > TLS_STASH_MAX - t->stash_len) return UV_ENOBUFS;
+    if (t->stash_len + n > t->stash_cap) {
+        t->stash_cap = t->stash_len + n;
+        t->stash = pgs_xrealloc(t->stash, t->stash_cap);
+    }
+    memcpy(t->stash + t->stash_len, p, n);
+    t->stash_len += n;
+    return 0;
+}
+
+static void deliver(pgs_sock *s, ssize_t n)
+{
+    if (s->kind == PGS_SOCK_CLIENT)
+        client_on_read(s->tcp.data, n);
+    else
+        server_on_read(s->tcp.data, n);
+}
+
+static void tls_failed(pgs_tls *t, int ret, const char *when)
+{
+    char why[160];
+    tls_error_text(t->ssl, ret, why, sizeof(why));
+    snprintf(t->err, sizeof(t->err), "%s", why);
+    t->failed = true;
+    log_info("%s: TLS %s failed: %s", t->who, when, why);
+}
+
+/* The handshake just finished: say so, and let a server connection send
+ * its start-up message. */
+static void tls_established(pgs_tls *t)
+{
+    char desc[96];
+    t->established = true;
+    tls_describe(t->ssl, desc, sizeof(desc));
+    log_debug("%s: TLS established: %s", t->who, desc);
+    if (t->s->kind == PGS_SOCK_SERVER) server_on_tls_ready(t->s->tcp.data);
+}
+
+/* Decrypts into the read buffer and hands the plaintext up, for as long as
+ * the owner keeps reading and OpenSSL has whole records. */
+static void tls_pump(pgs_tls *t)
+{
+    pgs_sock *s = t->s;
+    pgs_worker *w = worker_of((uv_handle_t *)&s->tcp);
+    pgs_buf *b = &s->rbuf;
+    while (!t->dead && s->reading && !s->closing) {
+        if (!b->data) {
+            b->data = worker_buf_get(w);
+            b->cap = PGS_BUF_SIZE;
+            b->len = b->pos = 0;
+        }
+        if (b->pos > 0 && b->pos == b->len) b->pos = b->len = 0;
+        if (b->len == b->cap && b->pos > 0) {
+            memmove(b->data, b->data + b->pos, b->len - b->pos);
+            b->len -= b->pos;
+            b->pos = 0;
+        }
+        if (b->len == b->cap) {
+            /* as libuv does for a plain socket whose reader made no room */
+            deliver(s, UV_ENOBUFS);
+            return;
+        }
+        ERR_clear_error();
+        int r = SSL_read(t->ssl, b->data + b->len, (int)(b->cap - b->len));
+        int e = r > 0 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
+        if (t->werr) {
+            snprintf(t->err, sizeof(t->err), "%s", uv_strerror(t->werr));
+            deliver(s, t->werr);
+            return;
+        }
+        if (e == SSL_ERROR_NONE || e == SSL_ERROR_WANT_READ) {
+            if (!t->established && SSL_is_init_finished(t->ssl)) {
+                tls_established(t);
+                if (t->dead || s->closing) return;
+            }
+            if (e == SSL_ERROR_WANT_READ) break;
+            b->len += (uint32_t)r;
+            deliver(s, r);
+            continue;
+        }
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            /* close_notify: the peer is done, as at EOF */
+            deliver(s, UV_EOF);
+            return;
+        }
+        tls_failed(t, r, t->established ? "read" : "handshake");
+        deliver(s, UV_EPROTO);
+        return;
+    }
+    if (!t->dead && !s->closing && b->data && b->pos == b->len) io_buf_free(w, s);
+}
+
+/* Runs the pump over fresh ciphertext (or only over the stash) and keeps
+ * what OpenSSL did not take. */
+static void tls_run(pgs_tls *t, const uint8_t *in, uint32_t in_len)
+{
+    t->in = in;
+    t->in_len = in_len;
+    t->busy++;
+    tls_pump(t);
+    t->busy--;
+    /* (a server handed to another worker meanwhile keeps its leftovers:
+     * t travels with it, and the hand-over is posted only after this) */
+    if (!t->dead && t->in_len > 0 && stash_append(t, t->in, t->in_len) < 0) {
+        log_warn("%s: TLS: too much unread ciphertext; closing", t->who);
+        snprintf(t->err, sizeof(t->err), "too much unread TLS data");
+        t->in_len = 0;
+        if (t->s) deliver(t->s, UV_ENOBUFS);
+    }
+    t->in = NULL;
+    t->in_len = 0;
+    if (t->dead && t->busy == 0) tls_free(t);
+}
+
+static void tls_alloc(pgs_sock *s, uv_buf_t *out)
+{
+    /* ciphertext lands in a pooled buffer for the time of one callback */
+    out->base = (char *)worker_buf_get(worker_of((uv_handle_t *)&s->tcp));
+    out->len = PGS_BUF_SIZE;
+}
+
+static void tls_on_read(pgs_sock *s, ssize_t nread, const uv_buf_t *buf)
+{
+    pgs_worker *w = worker_of((uv_handle_t *)&s->tcp);
+    if (nread > 0) {
+        s->bytes_in += (uint64_t)nread;
+        tls_run(s->tls, (const uint8_t *)buf->base, (uint32_t)nread);
+    }
+    if (buf->base) worker_buf_put(w, (uint8_t *)buf->base);
+    /* EOF without close_notify is treated as EOF, as PostgreSQL does */
+    if (nread < 0) deliver(s, nread);
+}
+
+static void on_tls_idle(uv_idle_t *h)
+{
+    pgs_list batch;
+    list_init(&batch);
+    if (!list_empty(&tls_defer.ready)) {
+        batch.next = tls_defer.ready.next;
+        batch.prev = tls_defer.ready.prev;
+        batch.next->prev = &batch;
+        batch.prev->next = &batch;
+        list_init(&tls_defer.ready);
+    }
+    while (!list_empty(&batch)) {
+        pgs_tls *t = list_entry(batch.next, pgs_tls, ready);
+        list_del(&t->ready);
+        if (t->s && t->s->reading && !t->s->closing) tls_run(t, NULL, 0);
+    }
+    if (list_empty(&tls_defer.ready)) uv_idle_stop(h);
+}
+
+static void tls_kick(pgs_sock *s)
+{
+    pgs_tls *t = s->tls;
+    if (t->stash_pos == t->stash_len && !SSL_has_pending(t->ssl)) return;
+    if (!list_empty(&t->ready)) return;
+    if (!tls_defer.loop) {
+        tls_defer.loop = s->tcp.loop;
+        list_init(&tls_defer.ready);
+        uv_idle_init(tls_defer.loop, &tls_defer.idle);
+    }
+    list_add_tail(&tls_defer.ready, &t->ready);
+    uv_idle_start(&tls_defer.idle, on_tls_idle);
+}
+
+/* Closing: a close_notify if the session is sound (best effort: it goes
+ * now or not at all), then the state goes (or is marked dead when a
+ * decrypt on the stack still uses it). */
+static void tls_release(pgs_sock *s)
+{
+    pgs_tls *t = s->tls;
+    if (t->established && !t->failed && !t->werr) {
+        ERR_clear_error();
+        (void)SSL_shutdown(t->ssl);
+        ERR_clear_error();
+    }
+    s->tls = NULL;
+    t->s = NULL;
+    list_del(&t->ready);
+    if (t->busy)
+        t->dead = true;
+    else
+        tls_free(t);
+}
+
+static int tls_write(pgs_tls *t, const void *p, size_t len)
+{
+    const uint8_t *q = p;
+    while (len > 0) {
+        int chunk = len > (size_t)(INT_MAX / 2) ? INT_MAX / 2 : (int)len;
+        ERR_clear_error();
+        int r = SSL_write(t->ssl, q, chunk);
+        if (t->werr) return t->werr;
+        if (r <= 0) {
+            tls_failed(t, r, "write");
+            return UV_EPROTO;
+        }
+        q += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+static int tls_send(pgs_worker *w, pgs_sock *dst, const uv_buf_t *iov, int n)
+{
+    pgs_tls *t = dst->tls;
+    if (dst->closing) return UV_ECANCELED;
+    if (t->werr) return t->werr;
+    if (t->failed || !t->established) return UV_ENOTCONN;
+    uint8_t *stage = NULL;
+    uint32_t sl = 0;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const uint8_t *p = (const uint8_t *)iov[i].base;
+        size_t l = iov[i].len;
+        if (l == 0) continue;
+        if (l >= TLS_DIRECT_MIN) {
+            if (sl) rc = tls_write(t, stage, sl);
+            sl = 0;
+            if (rc == 0) rc = tls_write(t, p, l);
+            continue;
+        }
+        if (sl + l > PGS_BUF_SIZE) {
+            rc = tls_write(t, stage, sl);
+            sl = 0;
+            if (rc < 0) break;
+        }
+        if (!stage) stage = worker_buf_get(w);
+        memcpy(stage + sl, p, l);
+        sl += (uint32_t)l;
+    }
+    if (rc == 0 && sl) rc = tls_write(t, stage, sl);
+    if (stage) worker_buf_put(w, stage);
+    return rc;
+}
+
+int io_tls_start(pgs_sock *s, SSL *ssl, const char *who)
+{
+    pthread_once(&bio_once, bio_meth_init);
+    BIO *bio = bio_meth ? BIO_new(bio_meth) : NULL;
+    if (!bio) {
+        SSL_free(ssl);
+        return UV_ENOMEM;
+    }
+    pgs_tls *t = pgs_xcalloc(1, sizeof(*t));
+    t->ssl = ssl;
+    t->s = s;
+    list_init(&t->ready);
+    snprintf(t->who, sizeof(t->who), "%s", who);
+    BIO_set_data(bio, t);
+    BIO_set_init(bio, 1);
+    SSL_set_bio(ssl, bio, bio);
+    s->tls = t;
+    /* Bytes that came after the SSLRequest are the start of the TLS
+     * stream (a client may send its ClientHello without waiting for our
+     * 'S'); they are ciphertext, never taken as plaintext. */
+    pgs_buf *b = &s->rbuf;
+    if (b->data && b->pos < b->len) {
+        if (stash_append(t, b->data + b->pos, b->len - b->pos) < 0) return UV_ENOBUFS;
+        b->pos = b->len;
+    }
+    io_buf_release_if_empty(worker_of((uv_handle_t *)&s->tcp), s);
+    if (!SSL_is_server(ssl)) {
+        /* our ClientHello goes out now */
+        ERR_clear_error();
+        int r = SSL_do_handshake(ssl);
+        if (t->werr) return t->werr;
+        if (r <= 0 && SSL_get_error(ssl, r) != SSL_ERROR_WANT_READ) {
+            tls_failed(t, r, "handshake");
+            return UV_EPROTO;
+        }
+    }
+    if (s->reading) tls_kick(s);
+    return 0;
+}
+
+const char *io_tls_error(const pgs_sock *s)
+{
+    return s->tls && s->tls->err[0] ? s->tls->err : NULL;
+}
+
+SSL *io_tls_ssl(const pgs_sock *s)
+{
+    return s->tls ? s->tls->ssl : NULL;
+}
+
+pgs_tls *io_tls_detach(pgs_sock *s)
+{
+    pgs_tls *t = s->tls;
+    if (!t) return NULL;
+    list_del(&t->ready);
+    t->s = NULL;
+    s->tls = NULL;
+    return t;
+}
+
+void io_tls_attach(pgs_sock *s, pgs_tls *t)
+{
+    if (!t) return;
+    t->s = s;
+    s->tls = t;
+    if (s->reading) tls_kick(s);
+}
+
+void io_tls_discard(pgs_tls *t)
+{
+    if (t) tls_free(t);
 }

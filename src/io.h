@@ -1,7 +1,9 @@
 /* Socket plumbing shared by clients and servers: read buffers borrowed from
  * the worker's pool, writes that go straight to the kernel when they can
  * and are copied aside (with back-pressure on the peer) when they cannot,
- * and batches of spans that are written with one writev. */
+ * batches of spans that are written with one writev, and TLS under all of
+ * it (plaintext in the same read buffer, encrypted writes under the same
+ * rules), so that the layers above never know whether a socket is TLS. */
 #ifndef PGS_IO_H
 #define PGS_IO_H
 
@@ -47,8 +49,30 @@ void io_batch_commit_out(io_batch *b, struct proto_out *o);
 /* Errors are also kept in b->err, so a best-effort flush may ignore the result. */
 int io_batch_flush(io_batch *b);
 
-/* Closes the socket; the owner's close callback runs later. */
+/* Closes the socket (after a TLS close_notify when the session is sound);
+ * the owner's close callback runs later. */
 void io_close(pgs_sock *s, uv_close_cb cb);
+
+/* --- TLS --- */
+typedef struct pgs_tls pgs_tls;
+struct ssl_st;
+
+/* Puts TLS under s from now on, taking ownership of ssl (freed on failure
+ * too).  Bytes already read and not consumed are taken as the start of the
+ * TLS stream.  A client-role ssl sends its ClientHello at once; when the
+ * handshake is done a server socket gets server_on_tls_ready().  Handshake
+ * and later TLS failures reach the owner as a read error (UV_EPROTO), with
+ * the reason in io_tls_error(). */
+PGS_MUSTCHECK int io_tls_start(pgs_sock *s, struct ssl_st *ssl, const char *who);
+static inline bool io_is_tls(const pgs_sock *s) { return s->tls != NULL; }
+struct ssl_st *io_tls_ssl(const pgs_sock *s);
+/* Why TLS failed on s, or NULL. */
+const char *io_tls_error(const pgs_sock *s);
+/* A server handed to another worker keeps its TLS session: detach it
+ * before io_close(), attach it to the adopted socket (or discard it). */
+pgs_tls *io_tls_detach(pgs_sock *s);
+void io_tls_attach(pgs_sock *s, pgs_tls *t);
+void io_tls_discard(pgs_tls *t);
 
 /* Called by io on events; implemented in client.c and server.c. */
 void client_on_read(pgs_client *c, ssize_t nread);
@@ -57,5 +81,6 @@ void client_on_drain(pgs_client *c);
 void server_on_drain(pgs_server *sv);
 void client_on_write_error(pgs_client *c, int err);
 void server_on_write_error(pgs_server *sv, int err);
+void server_on_tls_ready(pgs_server *sv);
 
 #endif

@@ -9,9 +9,12 @@
 #include <sys/resource.h>
 #include <arpa/inet.h>
 
+#include "admin.h"
 #include "authquery.h"
 #include "clientauth.h"
 #include "config.h"
+#include "reload.h"
+#include "tls.h"
 #include "worker.h"
 
 #define PGSCALE_VERSION "0.1.0"
@@ -128,10 +131,11 @@ static void on_drain_deadline(uv_timer_t *t)
 static void on_signal(uv_signal_t *s, int signum)
 {
     if (signum == SIGHUP) {
-        /* config_reload() builds the new snapshot; publishing it to the
-         * workers is not wired up yet. */
-        log_info("SIGHUP: configuration reload is not supported yet; restart pgscale to apply "
-                 "changes");
+        /* The same reload as the console's RELOAD; a bad file is refused
+         * and the running configuration stays. */
+        char err[1200];
+        if (reload_run("SIGHUP", NULL, NULL, err, sizeof(err)) < 0)
+            log_error("SIGHUP: reload refused: %s", err);
         return;
     }
     if (signum == SIGINT) {
@@ -140,10 +144,11 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     if (atomic_exchange(&g_pgs.shutting_down, 1)) return;
+    uint32_t drain_ms = reload_shutdown_timeout_ms();
     log_info("SIGTERM: no new clients; waiting up to %u ms for transactions to finish",
-             g_cfg.shutdown_timeout_ms);
+             drain_ms);
     worker_broadcast(WM_SHUTDOWN);
-    uv_timer_start(&drain_deadline, on_drain_deadline, g_cfg.shutdown_timeout_ms, 0);
+    uv_timer_start(&drain_deadline, on_drain_deadline, drain_ms, 0);
     PGS_UNUSED(s);
 }
 
@@ -190,7 +195,7 @@ int main(int argc, char **argv)
     }
     warn_unopened_listeners(&g_cfg);
     if (resolve_server(&g_cfg) < 0) return 1;
-    if (clientauth_init(&g_cfg, err, sizeof(err)) < 0 ||
+    if (clientauth_init(&g_cfg, err, sizeof(err)) < 0 || tls_init(&g_cfg, err, sizeof(err)) < 0 ||
         authquery_start(&g_cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "pgscale: configuration error: %s\n", err);
         return 1;
@@ -209,6 +214,10 @@ int main(int argc, char **argv)
     uv_timer_init(loop, &finish_check);
     uv_timer_start(&finish_check, on_finish_check, 50, 50);
 
+    /* g_cfg is the first configuration snapshot; RELOAD and SIGHUP publish
+     * new ones (reload.c) and never free this one. */
+    reload_init(&g_cfg, config_path(config_flag), envfile);
+    admin_check_config(&g_cfg);
     if (worker_start_all(&g_cfg) < 0) {
         fprintf(stderr, "pgscale: could not start (see the messages above)\n");
         return 1;

@@ -12,7 +12,16 @@
  * wait while the budget is spent asks the other workers for their idle
  * servers (WM_WANT_SERVER), which hand them over the same way.  So a
  * connection is never idle on one worker while a client waits on another
- * for longer than one message round trip between threads. */
+ * for longer than one message round trip between threads.
+ *
+ * The admin console acts on pools through flags in the shared part that
+ * every worker reads where it hands out servers: `paused` (PAUSE, KILL:
+ * servers go back idle and clients queue), `close_before_us` (KILL,
+ * WAIT_CLOSE: older servers are closed when idle) and the sizes (RELOAD:
+ * a smaller pool closes idle servers beyond it, and busy ones when they
+ * come back, never one in use).  Each command then sends a control
+ * message to every worker for what only the owning worker may do (close
+ * its connections, serve its waiting clients). */
 #include "pool.h"
 
 #include <errno.h>
@@ -66,6 +75,35 @@ void pool_set_welcome(pgs_pool_shared *sh, int n, char **names, char **values)
     pthread_mutex_unlock(&sh->lock);
 }
 
+/* PAUSE / KILL by database name, so that pools created later start
+ * paused too.  Guarded by g_pgs.pools_lock. */
+static bool paused_all;
+static char **paused_dbs;
+static int n_paused_dbs;
+
+static bool db_match(const char *want, const char *db)
+{
+    return !want || strcmp(want, db) == 0;
+}
+
+static int paused_index(const char *db)
+{
+    for (int i = 0; i < n_paused_dbs; i++)
+        if (strcmp(paused_dbs[i], db) == 0) return i;
+    return -1;
+}
+
+/* The pool's settings after the per-database and per-user overrides. */
+static void apply_settings(pgs_pool_shared *sh, const pgs_config *cfg)
+{
+    pgs_pool_settings ps;
+    config_pool_settings(cfg, sh->database, sh->user, &ps);
+    atomic_store(&sh->pool_size, ps.pool_size);
+    atomic_store(&sh->max_total, ps.pool_size + ps.max_overflow);
+    atomic_store(&sh->pool_mode, (int)ps.pool_mode);
+    atomic_store(&sh->pool_timeout_ms, ps.pool_timeout_ms);
+}
+
 static pgs_pool_shared *shared_get(const char *user, const char *database)
 {
     pthread_mutex_lock(&g_pgs.pools_lock);
@@ -73,12 +111,13 @@ static pgs_pool_shared *shared_get(const char *user, const char *database)
     for (sh = g_pgs.pools; sh; sh = sh->next)
         if (strcmp(sh->user, user) == 0 && strcmp(sh->database, database) == 0) break;
     if (!sh) {
-        const pgs_config *cfg = g_pgs.cfg;
         sh = pgs_xcalloc(1, sizeof(*sh));
         sh->user = pgs_xstrdup(user);
         sh->database = pgs_xstrdup(database);
-        sh->pool_size = cfg->pool_size;
-        sh->max_total = cfg->pool_size + cfg->max_overflow;
+        /* Under pools_lock, so a RELOAD that publishes a new snapshot
+         * either is seen here or reconfigures this pool after us. */
+        apply_settings(sh, g_pgs.cfg);
+        atomic_store(&sh->paused, paused_all || paused_index(database) >= 0);
         pthread_mutex_init(&sh->lock, NULL);
         list_init(&sh->handoff);
         sh->next = g_pgs.pools;
@@ -135,10 +174,16 @@ static void ask_other_workers(pgs_pool *p)
     }
 }
 
+static bool is_paused(const pgs_pool *p)
+{
+    return atomic_load_explicit(&p->sh->paused, memory_order_relaxed) != 0;
+}
+
 /* Opens servers for waiting clients while the budget allows. */
 static void open_for_waiters(pgs_pool *p)
 {
     uint64_t now = pgs_now_us();
+    if (is_paused(p)) return;
     if (p->retry_at_us && now < p->retry_at_us) return;
     bool asked = false;
     while (p->n_waiting > p->n_connecting) {
@@ -191,17 +236,25 @@ static bool quarantined(const pgs_server *sv, uint64_t now)
     return sv->cancelled_us && now - sv->cancelled_us < CANCEL_QUARANTINE_US;
 }
 
+/* Servers that KILL or WAIT_CLOSE want gone. */
+static bool server_too_old(const pgs_server *sv)
+{
+    uint64_t before = atomic_load_explicit(&sv->pool->sh->close_before_us, memory_order_relaxed);
+    return before && sv->connect_us < before;
+}
+
 void pool_checkout(pgs_pool *p, pgs_client *c)
 {
     uint64_t now = pgs_now_us();
-    pgs_list *it = p->idle.next;
+    /* paused: queue; RESUME serves the queue */
+    pgs_list *it = is_paused(p) ? &p->idle : p->idle.next;
     while (it != &p->idle) {
         pgs_server *sv = list_entry(it, pgs_server, node);
         it = it->next;
         if (quarantined(sv, now)) continue;
         list_del(&sv->node);
         p->n_idle--;
-        if (server_expired(sv, now) ||
+        if (server_expired(sv, now) || server_too_old(sv) ||
             (now - sv->last_used_us > (uint64_t)g_pgs.cfg->server_check_delay_ms * 1000u &&
              server_looks_dead(sv))) {
             server_close(sv, "idle too long, too old, or closed by the server");
@@ -289,9 +342,18 @@ static void place_idle_server(pgs_server *sv)
         server_close(sv, sv->broken ? "server connection not reusable" : "expired");
         return;
     }
-    if (quarantined(sv, now)) {
-        /* idle, but not for anyone until the quarantine ends; the janitor
-         * hands it to waiters then */
+    if (server_too_old(sv)) {
+        server_close(sv, "closed by KILL or WAIT_CLOSE in the admin console");
+        return;
+    }
+    if (atomic_load_explicit(&p->sh->open, memory_order_relaxed) > p->sh->max_total) {
+        /* RELOAD made the pool smaller: shrink as servers come back */
+        server_close(sv, "the pool was made smaller by a configuration reload");
+        return;
+    }
+    if (quarantined(sv, now) || is_paused(p)) {
+        /* idle, but not for anyone until the quarantine ends (the janitor
+         * hands it to waiters then) or RESUME */
         list_add_tail(&p->idle, &sv->node);
         p->n_idle++;
         atomic_store_explicit(&sv->state, SV_IDLE, memory_order_relaxed);
@@ -378,7 +440,7 @@ void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, co
 static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
 {
     const pgs_config *cfg = g_pgs.cfg;
-    uint64_t pool_to = (uint64_t)cfg->pool_timeout_ms * 1000u;
+    uint64_t pool_to = (uint64_t)atomic_load(&p->sh->pool_timeout_ms) * 1000u;
     uint64_t conn_to = (uint64_t)cfg->server_connect_timeout_ms * 1000u;
     char msg[512];
     pgs_list *it = p->waiting.next;
@@ -399,7 +461,15 @@ static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
                         "check that PostgreSQL is running and that DATABASE_URL points at it");
             continue;
         }
-        if (waited >= pool_to) {
+        if (waited >= pool_to && is_paused(p)) {
+            pool_cancel_wait(c);
+            snprintf(msg, sizeof(msg),
+                     "database \"%s\" is paused (PAUSE or KILL in the admin console); waited "
+                     "%.1f s for RESUME",
+                     p->sh->database, (double)waited / 1e6);
+            client_fail(c, "53300", msg,
+                        "run RESUME in the admin console (psql -d pgscale), or retry later");
+        } else if (waited >= pool_to) {
             pool_cancel_wait(c);
             snprintf(msg, sizeof(msg),
                      "pool for db=%s user=%s is full (%d/%d server connections in use) after "
@@ -437,6 +507,7 @@ static void close_idle_overflow(pgs_pool *p, uint64_t now)
 /* Servers that sat out a cancel quarantine while clients waited. */
 static void serve_waiters_from_idle(pgs_pool *p, uint64_t now)
 {
+    if (is_paused(p)) return; /* place_idle_server would put them back */
     pgs_list *it = p->idle.next;
     while (p->n_waiting > 0 && it != &p->idle) {
         pgs_server *sv = list_entry(it, pgs_server, node);
@@ -475,7 +546,7 @@ void pool_janitor(pgs_worker *w, uint64_t now)
 void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh)
 {
     pgs_pool *p = __atomic_load_n(&sh->locals[w->id], __ATOMIC_ACQUIRE);
-    if (!p || p->n_waiting > 0) return;
+    if (!p || p->n_waiting > 0 || atomic_load(&sh->paused)) return;
     uint64_t since;
     while (!list_empty(&p->idle) && atomic_load(&sh->waiting) > 0) {
         int to = worker_with_waiters(p, &since);
@@ -484,6 +555,10 @@ void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh)
         if (quarantined(sv, pgs_now_us())) break; /* the janitor places it later */
         list_del(&sv->node);
         p->n_idle--;
+        if (server_too_old(sv)) {
+            server_close(sv, "closed by KILL or WAIT_CLOSE in the admin console");
+            continue;
+        }
         server_handoff(sv, to);
     }
 }
@@ -511,4 +586,275 @@ void pool_adopt_handoffs(pgs_worker *w, pgs_pool_shared *sh)
             pool_release(sv);
         }
     }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Admin console and reload                                                 */
+/* ------------------------------------------------------------------------ */
+
+void pool_pause(const char *db)
+{
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    if (!db)
+        paused_all = true;
+    else if (paused_index(db) < 0) {
+        paused_dbs = pgs_xrealloc(paused_dbs, (size_t)(n_paused_dbs + 1) * sizeof(char *));
+        paused_dbs[n_paused_dbs++] = pgs_xstrdup(db);
+    }
+    for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next)
+        if (db_match(db, sh->database)) atomic_store(&sh->paused, 1);
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+}
+
+int pool_resume(const char *db)
+{
+    int rc = 0;
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    if (!db) {
+        if (!paused_all && n_paused_dbs == 0) rc = -1;
+        paused_all = false;
+        for (int i = 0; i < n_paused_dbs; i++) free(paused_dbs[i]);
+        n_paused_dbs = 0;
+    } else if (paused_all) {
+        rc = -2; /* one database cannot be taken out of PAUSE-everything */
+    } else {
+        int i = paused_index(db);
+        if (i < 0) {
+            rc = -1;
+        } else {
+            free(paused_dbs[i]);
+            paused_dbs[i] = paused_dbs[--n_paused_dbs];
+        }
+    }
+    if (rc == 0) {
+        for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next)
+            if (db_match(db, sh->database)) atomic_store(&sh->paused, 0);
+    }
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+    return rc;
+}
+
+bool pool_db_paused(const char *db)
+{
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    bool r = paused_all || paused_index(db) >= 0;
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+    return r;
+}
+
+void pool_each_paused(void (*fn)(void *ctx, const char *db), void *ctx)
+{
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    for (int i = 0; i < n_paused_dbs; i++) fn(ctx, paused_dbs[i]);
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+}
+
+void pool_close_before(const char *db, uint64_t before_us)
+{
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next)
+        if (db_match(db, sh->database)) atomic_store(&sh->close_before_us, before_us);
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+}
+
+int pool_active_servers(const char *db)
+{
+    int n = 0;
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next) {
+        if (!db_match(db, sh->database)) continue;
+        for (int i = 0; i < g_pgs.n_workers; i++) {
+            pgs_pool *q = __atomic_load_n(&sh->locals[i], __ATOMIC_ACQUIRE);
+            if (q) n += __atomic_load_n(&q->n_used, __ATOMIC_RELAXED);
+        }
+    }
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+    return n;
+}
+
+int pool_old_servers(const char *db, uint64_t before_us)
+{
+    /* Servers on the workers' lists, plus those waiting in a hand-over
+     * list.  A server between two workers is on neither for a moment but
+     * still holds its budget: while the servers found do not add up to
+     * the budgets in use, something is in transit and is counted as old. */
+    int old = 0, found = 0, open = 0;
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_worker *w = &g_pgs.workers[i];
+        pthread_mutex_lock(&w->lock);
+        for (pgs_list *it = w->servers.next; it != &w->servers; it = it->next) {
+            pgs_server *sv = list_entry(it, pgs_server, all_node);
+            if (!db_match(db, sv->pool->sh->database)) continue;
+            found++;
+            if (sv->connect_us < before_us) old++;
+        }
+        pthread_mutex_unlock(&w->lock);
+    }
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next) {
+        if (!db_match(db, sh->database)) continue;
+        open += atomic_load(&sh->open);
+        pthread_mutex_lock(&sh->lock);
+        for (pgs_list *it = sh->handoff.next; it != &sh->handoff; it = it->next) {
+            pgs_server *sv = list_entry(it, pgs_server, node);
+            found++;
+            if (sv->connect_us < before_us) old++;
+        }
+        pthread_mutex_unlock(&sh->lock);
+    }
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+    if (open > found) old += open - found;
+    return old;
+}
+
+void pool_reconfigure_all(const pgs_config *cfg)
+{
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next) apply_settings(sh, cfg);
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+}
+
+int pool_admit_client(pgs_pool *p, char *msg, size_t msglen, char *hint, size_t hintlen)
+{
+    pgs_pool_shared *sh = p->sh;
+    pgs_pool_settings ps;
+    config_pool_settings(g_pgs.cfg, sh->database, sh->user, &ps);
+    int rc = 0;
+    if (ps.max_db_connections > 0 || ps.max_user_connections > 0) {
+        /* Counted and taken under one lock, so that two clients logging in
+         * on two workers cannot both take the last place.  Clients of
+         * databases and users without a limit do not take it. */
+        int db_n = 0, user_n = 0;
+        pthread_mutex_lock(&g_pgs.pools_lock);
+        for (pgs_pool_shared *q = g_pgs.pools; q; q = q->next) {
+            int k = atomic_load(&q->n_clients);
+            if (strcmp(q->database, sh->database) == 0) db_n += k;
+            if (strcmp(q->user, sh->user) == 0) user_n += k;
+        }
+        if (ps.max_db_connections > 0 && db_n >= ps.max_db_connections) {
+            snprintf(msg, msglen,
+                     "too many clients for database \"%s\" (%d connected; max_db_connections of "
+                     "databases.%s is %d)",
+                     sh->database, db_n, sh->database, ps.max_db_connections);
+            snprintf(hint, hintlen,
+                     "raise databases.%s.max_db_connections in the config file and RELOAD, or "
+                     "close idle connections",
+                     sh->database);
+            rc = -1;
+        } else if (ps.max_user_connections > 0 && user_n >= ps.max_user_connections) {
+            snprintf(msg, msglen,
+                     "too many clients for user \"%s\" (%d connected; max_user_connections of "
+                     "users.%s is %d)",
+                     sh->user, user_n, sh->user, ps.max_user_connections);
+            snprintf(hint, hintlen,
+                     "raise users.%s.max_user_connections in the config file and RELOAD, or "
+                     "close idle connections",
+                     sh->user);
+            rc = -1;
+        } else {
+            atomic_fetch_add(&sh->n_clients, 1);
+        }
+        pthread_mutex_unlock(&g_pgs.pools_lock);
+    } else {
+        atomic_fetch_add(&sh->n_clients, 1);
+    }
+    if (rc == 0) p->n_active_clients++;
+    return rc;
+}
+
+void pool_client_left(pgs_pool *p)
+{
+    p->n_active_clients--;
+    atomic_fetch_sub(&p->sh->n_clients, 1);
+}
+
+/* --- the workers' side of the control messages --- */
+
+static void serve_waiters(pgs_pool *p, uint64_t now)
+{
+    if (p->n_waiting == 0 || is_paused(p)) return;
+    serve_waiters_from_idle(p, now);
+    if (p->n_waiting > p->n_connecting) open_for_waiters(p);
+}
+
+void pool_serve_resumed(pgs_worker *w)
+{
+    uint64_t now = pgs_now_us();
+    for (pgs_pool *p = w->pools; p; p = p->next) serve_waiters(p, now);
+}
+
+void pool_close_old_idle(pgs_worker *w)
+{
+    for (pgs_pool *p = w->pools; p; p = p->next) {
+        pgs_list *it = p->idle.next;
+        while (it != &p->idle) {
+            pgs_server *sv = list_entry(it, pgs_server, node);
+            it = it->next;
+            if (!server_too_old(sv)) continue;
+            list_del(&sv->node);
+            p->n_idle--;
+            server_close(sv, "closed by KILL or WAIT_CLOSE in the admin console");
+        }
+    }
+}
+
+void pool_apply_config(pgs_worker *w)
+{
+    uint64_t now = pgs_now_us();
+    for (pgs_pool *p = w->pools; p; p = p->next) {
+        /* Smaller: close idle servers beyond the new size, oldest idle
+         * first; busy ones are closed when they come back
+         * (place_idle_server).  Workers doing this at the same moment may
+         * close one or two more than needed; the pool grows back on demand. */
+        pgs_list *it = p->idle.prev;
+        while (it != &p->idle &&
+               atomic_load(&p->sh->open) > atomic_load(&p->sh->max_total)) {
+            pgs_server *sv = list_entry(it, pgs_server, node);
+            it = it->prev;
+            list_del(&sv->node);
+            p->n_idle--;
+            server_close(sv, "the pool was made smaller by a configuration reload");
+        }
+        /* Larger: clients that waited for the budget get servers now. */
+        serve_waiters(p, now);
+    }
+}
+
+/* Collects pointers first: failing a client can release or close servers,
+ * and nothing may unlink the list node a walk stands on. */
+void pool_kill_local(pgs_worker *w, const char *db)
+{
+    size_t n = 0, cap = 16;
+    pgs_client **cl = pgs_xmalloc(cap * sizeof(*cl));
+    for (pgs_list *it = w->clients.next; it != &w->clients; it = it->next) {
+        pgs_client *c = list_entry(it, pgs_client, node);
+        if (c->is_admin || !c->database || c->s.closing || c->want_close) continue;
+        if (!db_match(db, c->database)) continue;
+        if (n == cap) cl = pgs_xrealloc(cl, (cap *= 2) * sizeof(*cl));
+        cl[n++] = c;
+    }
+    char msg[256];
+    snprintf(msg, sizeof(msg),
+             "terminating connection due to administrator command (KILL%s%s in the pgscale "
+             "admin console)",
+             db ? " " : "", db ? db : "");
+    for (size_t i = 0; i < n; i++)
+        if (!cl[i]->s.closing && !cl[i]->want_close)
+            client_fail(cl[i], "57P01", msg, "reconnect once the database is resumed");
+    free(cl);
+
+    size_t m = 0, scap = 16;
+    pgs_server **sl = pgs_xmalloc(scap * sizeof(*sl));
+    for (pgs_list *it = w->servers.next; it != &w->servers; it = it->next) {
+        pgs_server *sv = list_entry(it, pgs_server, all_node);
+        if (sv->s.closing || !db_match(db, sv->pool->sh->database)) continue;
+        if (m == scap) sl = pgs_xrealloc(sl, (scap *= 2) * sizeof(*sl));
+        sl[m++] = sv;
+    }
+    for (size_t i = 0; i < m; i++)
+        if (!sl[i]->s.closing) server_close(sl[i], "KILL in the admin console");
+    free(sl);
+    if (n || m)
+        log_info("worker %d: KILL %s: closed %zu clients and %zu server connections", w->id,
+                 db ? db : "(all)", n, m);
 }

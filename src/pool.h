@@ -27,6 +27,40 @@ void pool_janitor(pgs_worker *w, uint64_t now);
 void pool_adopt_handoffs(pgs_worker *w, pgs_pool_shared *sh);
 void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh);
 
+/* --- Admin console and reload.  Any thread unless "worker thread" is
+ * said; `db` NULL means every database. --- */
+
+/* PAUSE: servers of db go back idle and clients queue, until RESUME. */
+void pool_pause(const char *db);
+/* RESUME: 0; -1 when db was not paused; -2 when every database is paused
+ * (PAUSE without a name) and db names one. */
+PGS_MUSTCHECK int pool_resume(const char *db);
+bool pool_db_paused(const char *db);
+/* Calls fn for each database paused by name (under the pools lock: fn must
+ * not call back into pool.c). */
+void pool_each_paused(void (*fn)(void *ctx, const char *db), void *ctx);
+/* Servers of db connected before before_us are closed once idle. */
+void pool_close_before(const char *db, uint64_t before_us);
+/* Server connections of db linked to a client or resetting, all workers. */
+int pool_active_servers(const char *db);
+/* Server connections of db connected before before_us, all workers. */
+int pool_old_servers(const char *db, uint64_t before_us);
+/* RELOAD: every pool's sizes, mode and timeout from cfg. */
+void pool_reconfigure_all(const pgs_config *cfg);
+/* A logged-in client joins pool p (worker thread), within the per-database
+ * and per-user client limits (max_db_connections, max_user_connections).
+ * -1 with the reason and what to change when a limit is reached. */
+PGS_MUSTCHECK int pool_admit_client(pgs_pool *p, char *msg, size_t msglen, char *hint,
+                                    size_t hintlen);
+/* The client admitted to p is gone (worker thread). */
+void pool_client_left(pgs_pool *p);
+
+/* The workers' side of the control messages (worker thread). */
+void pool_serve_resumed(pgs_worker *w);            /* WM_RESUME */
+void pool_kill_local(pgs_worker *w, const char *db); /* WM_KILL */
+void pool_close_old_idle(pgs_worker *w);           /* WM_WAIT_CLOSE */
+void pool_apply_config(pgs_worker *w);             /* WM_CONFIG */
+
 /* Welcome parameters (ParameterStatus from the first server login). */
 void pool_set_welcome(pgs_pool_shared *sh, int n, char **names, char **values);
 bool pool_has_welcome(pgs_pool_shared *sh);

@@ -104,14 +104,15 @@ static const pgs_config *cfg(void)
     return g_pgs.cfg;
 }
 
-static bool tx_mode(void)
+/* The client's mode is fixed at its login (client_after_auth). */
+static bool tx_mode(const pgs_client *c)
 {
-    return cfg()->pool_mode == PGS_POOL_TRANSACTION;
+    return c->pool_mode == PGS_POOL_TRANSACTION;
 }
 
-static bool track_prepared(void)
+static bool track_prepared(const pgs_client *c)
 {
-    return tx_mode() && cfg()->max_prepared_statements > 0;
+    return tx_mode(c) && cfg()->max_prepared_statements > 0;
 }
 
 static void stats_add(_Atomic uint64_t *ctr, uint64_t v)
@@ -398,7 +399,7 @@ void relay_server_data(pgs_server *sv)
         }
         return;
     }
-    if (saw_ready && tx_mode() && c->fwd_remaining == 0 && server_done(sv) &&
+    if (saw_ready && tx_mode(c) && c->fwd_remaining == 0 && server_done(sv) &&
         !sv->pending_set_kind) {
         /* Whatever the client still has to receive was copied aside, so
          * the server can serve someone else already. */
@@ -506,7 +507,7 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         break;
     case SQL_DEALLOCATE:
     case SQL_DEALLOCATE_ALL:
-        if (track_prepared() && !info.multi) {
+        if (track_prepared(c) && !info.multi) {
             if (info.kind == SQL_DEALLOCATE)
                 stmt_map_del(c->stmts, info.name, strlen(info.name));
             else
@@ -623,7 +624,7 @@ static void client_forward(pgs_client *c)
             return;
         }
         uint32_t total = len + 1;
-        bool tracked = track_prepared();
+        bool tracked = track_prepared(c);
         uint32_t need = 0;
         switch (type) {
         case 'P':
@@ -634,7 +635,7 @@ static void client_forward(pgs_client *c)
         case 'D':
         case 'C':
         case 'Q':
-            need = tx_mode() ? PGS_MIN(total, INSPECT_MAX) : 0;
+            need = tx_mode(c) ? PGS_MIN(total, INSPECT_MAX) : 0;
             break;
         default:
             break;
@@ -660,7 +661,7 @@ static void client_forward(pgs_client *c)
         case 'Q':
             ex = EX_QUERY;
             if (!c->query_start_us) c->query_start_us = pgs_now_us();
-            if (tx_mode()) {
+            if (tx_mode(c)) {
                 uint32_t tlen = PGS_MIN(total, avail) - 5;
                 if (total <= avail && tlen > 0 && p[5 + tlen - 1] == '\0')
                     tlen--; /* the query string's terminator is not SQL */
@@ -769,7 +770,7 @@ static void client_forward(pgs_client *c)
             client_close(c, "writing to the client failed");
             return;
         }
-        if (tx_mode() && c->fwd_remaining == 0 && server_done(sv) && !sv->pending_set_kind &&
+        if (tx_mode(c) && c->fwd_remaining == 0 && server_done(sv) && !sv->pending_set_kind &&
             !(b->data && b->pos < b->len)) {
             unlink_and_release(c, sv);
         }
@@ -873,7 +874,7 @@ void relay_client_gone(pgs_client *c)
     atomic_store_explicit(&sv->state, SV_RESET, memory_order_relaxed);
     int rc = 0;
     if (sv->tx_status != 'I') rc = server_send_internal(sv, "ROLLBACK", 8);
-    if (rc == 0 && !tx_mode()) {
+    if (rc == 0 && !tx_mode(c)) {
         params_clear_extras(sv->params);
         stmt_set_clear(sv->prepared);
         rc = server_send_internal(sv, "DISCARD ALL", 11);

@@ -1,6 +1,7 @@
-/* Server connections: opening (TCP connect, StartupMessage, the
- * authentication exchange), closing with a reason, and moving an idle
- * connection to another worker.  Once logged in, bytes are relay.c's. */
+/* Server connections: opening (TCP connect, TLS as server_tls.sslmode
+ * asks, StartupMessage, the authentication exchange), closing with a
+ * reason, and moving an idle connection (with its TLS session) to another
+ * worker.  Once logged in, bytes are relay.c's. */
 #include "clientauth.h"
 #include "server.h"
 
@@ -17,6 +18,7 @@
 #include "prepared.h"
 #include "proto.h"
 #include "relay.h"
+#include "tls.h"
 #include "worker.h"
 
 #define LOGIN_MAX_MSG (64 * 1024)
@@ -96,6 +98,20 @@ static int send_bytes(pgs_server *sv, const uint8_t *p, size_t n)
     return io_send(sv->w, &sv->s, &b, 1);
 }
 
+static void login_data(pgs_server *sv);
+
+static void send_startup(pgs_server *sv)
+{
+    const char *names[2] = {"user", "database"};
+    const char *values[2] = {sv->pool->sh->user, sv->pool->sh->database};
+    uint8_t buf[1024];
+    proto_out o;
+    proto_out_init(&o, buf, sizeof(buf));
+    proto_startup_message(&o, 2, names, values);
+    if (o.overflow || send_bytes(sv, buf, o.len) < 0)
+        login_failed(sv, false, "08006", "could not send the startup message to the server");
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     pgs_server *sv = req->data;
@@ -109,15 +125,88 @@ static void on_connect(uv_connect_t *req, int status)
     }
     uv_tcp_nodelay(&sv->s.tcp, 1);
     set_state(sv, SV_LOGIN);
-    const char *names[2] = {"user", "database"};
-    const char *values[2] = {sv->pool->sh->user, sv->pool->sh->database};
-    uint8_t buf[1024];
-    proto_out o;
-    proto_out_init(&o, buf, sizeof(buf));
-    proto_startup_message(&o, 2, names, values);
-    if (o.overflow || send_bytes(sv, buf, o.len) < 0 || io_read_start(&sv->s) < 0) {
-        login_failed(sv, false, "08006", "could not send the startup message to the server");
+    if (io_read_start(&sv->s) < 0) {
+        login_failed(sv, false, "08006", "could not read from the server");
+        return;
     }
+    if (tls_server_sslmode() != PGS_SSLMODE_DISABLE) {
+        /* As libpq: ask for TLS first; the answer is one byte. */
+        uint8_t req[8];
+        proto_put_be32(req, 8);
+        proto_put_be32(req + 4, PROTO_SSL_CODE);
+        sv->tls_step = 1;
+        if (send_bytes(sv, req, sizeof(req)) < 0)
+            login_failed(sv, false, "08006", "could not send SSLRequest to the server");
+        return;
+    }
+    send_startup(sv);
+}
+
+/* The server's answer to SSLRequest: 'S' starts the TLS handshake, 'N'
+ * goes on in plaintext where server_tls.sslmode allows it. */
+static void tls_answer(pgs_server *sv)
+{
+    pgs_buf *b = &sv->s.rbuf;
+    if (!b->data || b->pos >= b->len) return;
+    uint8_t answer = b->data[b->pos];
+    pgs_sslmode mode = tls_server_sslmode();
+    char msg[600];
+    if (answer == 'E') {
+        /* an error before any negotiation (fork failure, say): read it as
+         * a login error */
+        sv->tls_step = 0;
+        login_data(sv);
+        return;
+    }
+    b->pos++;
+    if (answer == 'S') {
+        if (b->pos < b->len) {
+            /* what came with the 'S' was not encrypted: someone in between */
+            login_failed(sv, false, "08P01",
+                         "server sent unencrypted data after its answer to SSLRequest");
+            return;
+        }
+        io_buf_release_if_empty(sv->w, &sv->s);
+        char err[200], who[16];
+        struct ssl_st *ssl = tls_new_connect(err, sizeof(err));
+        if (!ssl) {
+            login_failed(sv, false, "08006", err);
+            return;
+        }
+        snprintf(who, sizeof(who), "S-%u", sv->id);
+        sv->tls_step = 2;
+        int rc = io_tls_start(&sv->s, ssl, who);
+        if (rc < 0) {
+            const char *te = io_tls_error(&sv->s);
+            snprintf(msg, sizeof(msg), "TLS handshake with server %s failed: %s",
+                     g_pgs.server_addr_text, te ? te : uv_strerror(rc));
+            login_failed(sv, false, "08006", msg);
+        }
+        return;
+    }
+    if (answer == 'N' && (mode == PGS_SSLMODE_ALLOW || mode == PGS_SSLMODE_PREFER)) {
+        sv->tls_step = 0;
+        io_buf_release_if_empty(sv->w, &sv->s);
+        send_startup(sv);
+        return;
+    }
+    if (answer == 'N') {
+        snprintf(msg, sizeof(msg),
+                 "server %s does not accept TLS connections, but server_tls.sslmode is %s; "
+                 "turn ssl on in PostgreSQL or lower server_tls.sslmode to prefer",
+                 g_pgs.server_addr_text, tls_sslmode_name(mode));
+        login_failed(sv, true, "08006", msg);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "server %s sent an invalid answer to SSLRequest (byte 0x%02x)",
+             g_pgs.server_addr_text, answer);
+    login_failed(sv, false, "08P01", msg);
+}
+
+void server_on_tls_ready(pgs_server *sv)
+{
+    sv->tls_step = 0;
+    send_startup(sv);
 }
 
 void server_open(pgs_pool *p)
@@ -406,6 +495,16 @@ void server_on_read(pgs_server *sv, ssize_t nread)
     if (nread < 0) {
         if (st == SV_CONNECTING || st == SV_LOGIN) {
             char msg[400];
+            const char *te = io_tls_error(&sv->s);
+            if (te) {
+                /* a certificate that does not verify will not verify on
+                 * the next try either: fail the waiting clients now */
+                snprintf(msg, sizeof(msg), "TLS handshake with server %s failed: %s (%s=%s)",
+                         g_pgs.server_addr_text, te, "server_tls.sslmode",
+                         tls_sslmode_name(tls_server_sslmode()));
+                login_failed(sv, true, "08006", msg);
+                return;
+            }
             snprintf(msg, sizeof(msg), "server %s closed the connection during login: %s",
                      g_pgs.server_addr_text, uv_strerror((int)nread));
             login_failed(sv, false, "08006", msg);
@@ -420,7 +519,10 @@ void server_on_read(pgs_server *sv, ssize_t nread)
     switch (st) {
     case SV_CONNECTING:
     case SV_LOGIN:
-        login_data(sv);
+        if (sv->tls_step == 1)
+            tls_answer(sv);
+        else
+            login_data(sv);
         break;
     case SV_IDLE:
         /* An idle server has nothing to say; a FATAL (admin shutdown,
@@ -481,6 +583,8 @@ void server_handoff(pgs_server *sv, int to)
      * The dup'ed descriptor travels with the struct to worker `to`. */
     unlist(sv);
     io_buf_free(sv->w, &sv->s);
+    sv->handoff_tls = io_tls_detach(&sv->s); /* no close_notify: the session goes on */
+    log_debug("S-%u: handing over to worker %d%s", sv->id, to, sv->handoff_tls ? " (TLS)" : "");
     sv->transfer_to = to;
     sv->handoff_fd = nfd;
     io_close(&sv->s, handoff_closed);
@@ -503,6 +607,8 @@ int server_adopt(pgs_worker *w, pgs_pool *p, pgs_server *sv)
     list_add_tail(&w->servers, &sv->all_node);
     pthread_mutex_unlock(&w->lock);
     if (uv_tcp_open(&sv->s.tcp, fd) < 0 || io_read_start(&sv->s) < 0) {
+        io_tls_discard(sv->handoff_tls);
+        sv->handoff_tls = NULL;
         close(fd);
         atomic_fetch_sub(&p->sh->open, 1);
         pthread_mutex_lock(&w->lock);
@@ -512,6 +618,8 @@ int server_adopt(pgs_worker *w, pgs_pool *p, pgs_server *sv)
         uv_close((uv_handle_t *)&sv->s.tcp, free_server);
         return -1;
     }
+    io_tls_attach(&sv->s, sv->handoff_tls);
+    sv->handoff_tls = NULL;
     set_state(sv, SV_ACTIVE);
     return 0;
 }

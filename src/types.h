@@ -68,6 +68,10 @@ typedef struct pgs_wbuf {
     uint8_t *data;
     uint32_t len;
     uint32_t cap;
+    uint32_t inflight;      /* bytes at data[0..] the pending uv_write covers */
+    uint8_t *inflight_buf;  /* the buffer that write reads from (data, or an
+                             * older one replaced by growth while it runs) */
+    uint32_t inflight_cap;
     bool pending;
 } pgs_wbuf;
 
@@ -80,6 +84,7 @@ typedef struct pgs_sock {
     pgs_wbuf wb;
     bool reading;
     bool closing;
+    struct pgs_tls *tls;    /* NULL: plain TCP; else io.c's TLS state */
     uint64_t bytes_in, bytes_out;
 } pgs_sock;
 
@@ -156,6 +161,8 @@ struct pgs_client {
     uint64_t bytes_counted;   /* s.bytes_in already added to pool stats */
     char tx_status;           /* last ReadyForQuery status seen by the client */
     bool is_admin;
+    uint8_t pool_mode;        /* the pool's mode when the client logged in: a RELOAD
+                               * that changes it applies to clients that log in after */
     bool want_close;          /* close once pending writes drain */
     bool cancel_sent;         /* query_timeout already cancelled this query */
     uint8_t close_reason_set;
@@ -165,6 +172,7 @@ struct pgs_client {
     pgs_params *params;       /* session settings to carry (NULL = none) */
     pgs_stmt_map *stmts;      /* named prepared statements (transaction mode) */
     struct pgs_client_auth *auth; /* during CL_AUTH only */
+    struct pgs_admin_wait *admin_wait; /* admin console: a PAUSE / WAIT_CLOSE in progress */
     char addr[48];
     uint16_t port;
 };
@@ -202,16 +210,28 @@ struct pgs_server {
     char **login_names, **login_values;
     int transfer_to;          /* worker index during a hand-over, else -1 */
     int handoff_fd;       /* the dup()ed socket during a hand-over */
+    struct pgs_tls *handoff_tls; /* its TLS session, travelling with it */
+    uint8_t tls_step;         /* login: 1 = SSLRequest sent, 2 = TLS handshake */
 };
 
 /* Cross-worker part of a pool: the connection budget.  Only the slow path
- * (opening, closing, handing over a server) touches it. */
+ * (opening, closing, handing over a server) writes it.  The settings are
+ * atomics because RELOAD and the admin console (any thread) rewrite them
+ * while workers read them (an atomic load of an int is a plain load on
+ * x86). */
 struct pgs_pool_shared {
     char *user, *database;
     _Atomic int open;             /* server connections open or opening, all workers */
     _Atomic int waiting;          /* clients queued, all workers */
-    int max_total;                /* pool_size + max_overflow */
-    int pool_size;
+    _Atomic int max_total;        /* pool_size + max_overflow */
+    _Atomic int pool_size;
+    _Atomic int pool_mode;        /* for clients that log in from now on */
+    _Atomic uint32_t pool_timeout_ms;
+    _Atomic int paused;           /* PAUSE / KILL: no server is handed out */
+    /* KILL / WAIT_CLOSE: servers connected before this time are closed as
+     * soon as they are idle (0: none). */
+    _Atomic uint64_t close_before_us;
+    _Atomic int n_clients;        /* logged-in clients, all workers */
     pthread_mutex_t lock;         /* protects the hand-over queue */
     pgs_list handoff;             /* servers on their way to another worker */
     pgs_pool *locals[64];         /* per-worker part, index = worker id */

@@ -13,9 +13,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "client.h"
 #include "pool.h"
 #include "proto.h"
+#include "reload.h"
 #include "server.h"
 
 pgs_global g_pgs;
@@ -81,6 +83,38 @@ void worker_broadcast(int kind)
     }
 }
 
+/* Control generations are taken and posted under one lock: a worker's
+ * inbox is FIFO, so each worker then sees them in increasing order and
+ * ctl_seen >= g means it has acted on every message up to g. */
+static pthread_mutex_t ctl_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t ctl_gen;
+
+uint64_t worker_broadcast_ctl(int kind, const char *name)
+{
+    pthread_mutex_lock(&ctl_lock);
+    uint64_t gen = ++ctl_gen;
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_worker_msg *m = pgs_xcalloc(1, sizeof(*m));
+        m->kind = kind;
+        m->gen = gen;
+        m->name = name ? pgs_xstrdup(name) : NULL;
+        worker_post(&g_pgs.workers[i], m);
+    }
+    pthread_mutex_unlock(&ctl_lock);
+    return gen;
+}
+
+bool worker_ctl_done(uint64_t gen)
+{
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_worker *w = &g_pgs.workers[i];
+        if (atomic_load_explicit(&w->ctl_seen, memory_order_acquire) < gen &&
+            !atomic_load(&w->finished))
+            return false;
+    }
+    return true;
+}
+
 static void stop_loop(pgs_worker *w);
 
 static void handle_cancel(pgs_worker *w, uint32_t id, uint32_t key)
@@ -89,7 +123,9 @@ static void handle_cancel(pgs_worker *w, uint32_t id, uint32_t key)
     for (it = w->clients.next; it != &w->clients; it = it->next) {
         pgs_client *c = list_entry(it, pgs_client, node);
         if ((c->id & 0xffffffu) == id) {
-            if (c->cancel_key == key)
+            if (c->cancel_key == key && c->is_admin)
+                admin_cancel(c);
+            else if (c->cancel_key == key)
                 client_forward_cancel(c);
             else
                 log_info("C-%u: cancel request with a wrong key ignored", c->id);
@@ -133,8 +169,17 @@ static void on_async(uv_async_t *a)
         case WM_SHUTDOWN: start_drain(w); break;
         case WM_STOP: stop_loop(w); break;
         case WM_CALL: m->fn(w, m->arg); break;
+        case WM_CONFIG: reload_worker_apply(w); break;
+        case WM_PAUSE: break; /* the flags are set; the acknowledgement is what counts */
+        case WM_RESUME: pool_serve_resumed(w); break;
+        case WM_KILL: pool_kill_local(w, m->name); break;
+        case WM_WAIT_CLOSE: pool_close_old_idle(w); break;
         default: break;
         }
+        /* Acknowledged after acting on it: whatever the message changed is
+         * now visible to a thread that sees ctl_seen >= gen. */
+        if (m->gen) atomic_store_explicit(&w->ctl_seen, m->gen, memory_order_release);
+        free(m->name);
         free(m);
     }
 }
@@ -145,6 +190,7 @@ static void on_janitor(uv_timer_t *t)
     uint64_t now = pgs_now_us();
     pool_janitor(w, now);
     client_janitor(w, now);
+    admin_janitor(w, now);
     if (w->draining && list_empty(&w->clients)) stop_loop(w);
 }
 

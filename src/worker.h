@@ -17,6 +17,14 @@ enum worker_msg_kind {
     WM_SHUTDOWN,       /* stop accepting, drain */
     WM_STOP,           /* stop now */
     WM_CALL,           /* run fn(worker, arg) on the worker's thread */
+    /* Control messages from the admin console / SIGHUP, sent to every worker
+     * by worker_broadcast_ctl; each carries a generation the worker
+     * acknowledges (ctl_seen) once it has acted on it. */
+    WM_CONFIG,         /* a new configuration snapshot is published */
+    WM_PAUSE,          /* PAUSE name: the pools' paused flags are set */
+    WM_RESUME,         /* RESUME: serve the clients that waited */
+    WM_KILL,           /* KILL name: close its clients and servers */
+    WM_WAIT_CLOSE,     /* WAIT_CLOSE name: close its old idle servers */
 };
 
 typedef struct pgs_worker_msg {
@@ -26,6 +34,8 @@ typedef struct pgs_worker_msg {
     pgs_pool_shared *pool;
     void (*fn)(pgs_worker *w, void *arg); /* WM_CALL */
     void *arg;
+    char *name;           /* control messages: database name, NULL = all (owned) */
+    uint64_t gen;         /* control messages: generation to acknowledge */
 } pgs_worker_msg;
 
 struct pgs_worker {
@@ -65,10 +75,16 @@ struct pgs_worker {
     _Atomic bool finished;  /* the thread has left its loop */
     int spare_fd;         /* kept to refuse clients politely at EMFILE */
     uint32_t next_id;
+    /* The last control message this worker has acted on (see
+     * worker_broadcast_ctl). */
+    _Atomic uint64_t ctl_seen;
 };
 
 typedef struct pgs_global {
-    const pgs_config *cfg;
+    /* The configuration snapshot in effect: swapped atomically by reload.c
+     * (see its header for when an old snapshot may be freed).  Read it
+     * inside a callback; do not keep the pointer across callbacks. */
+    const pgs_config *_Atomic cfg;
     pgs_worker *workers;
     int n_workers;
     pthread_mutex_t pools_lock;
@@ -89,6 +105,14 @@ void worker_broadcast(int kind);
 void worker_join_all(void);
 bool worker_all_finished(void);
 void worker_post(pgs_worker *w, pgs_worker_msg *m);   /* takes ownership of m */
+/* Sends control message `kind` (about database `name`, NULL = all) to
+ * every worker and returns its generation.  Any thread.  Generations are
+ * handed out and posted under one lock, so every worker sees them in
+ * increasing order. */
+uint64_t worker_broadcast_ctl(int kind, const char *name);
+/* True once every worker has acted on control message `gen` (a worker
+ * that has stopped counts as done). */
+bool worker_ctl_done(uint64_t gen);
 
 uint8_t *worker_buf_get(pgs_worker *w);
 void worker_buf_put(pgs_worker *w, uint8_t *b);
