@@ -338,6 +338,12 @@ static void handle_startup(pgs_client *c)
     for (;;) {
         if (!b->data || b->pos >= b->len) return;
         proto_startup su;
+        if (b->len - b->pos >= 4 &&
+            proto_be32(b->data + b->pos) > g_pgs.cfg->max_startup_packet_size) {
+            client_fail(c, "08P01", "startup packet too long",
+                        "max_startup_packet_size in the configuration file sets the limit");
+            return;
+        }
         int rc = proto_read_startup(b->data + b->pos, b->len - b->pos, &su);
         if (rc == PROTO_NEED_MORE) return;
         if (rc < 0) {

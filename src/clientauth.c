@@ -43,7 +43,16 @@ typedef struct pgs_client_auth {
 static int send_request(pgs_client *c);
 static void lookup_done(pgs_worker *w, uint32_t client_id, char *secret, char *error);
 
-static authfile *users;       /* read-only after start */
+/* The users file in effect: swapped whole by clientauth_reload (atomic
+ * pointer); a replaced one is freed at the reload after (by then no worker
+ * can still be inside a login step that looked it up). */
+static authfile *users;
+static authfile *users_retired;
+
+static const authfile *cur_users(void)
+{
+    return __atomic_load_n(&users, __ATOMIC_ACQUIRE);
+}
 static unsigned char mock_key[32];
 
 /* SCRAM keys of users who logged in with SCRAM, for the server login: a
@@ -106,7 +115,8 @@ bool clientauth_user_keys(const char *user, scram_keys *out)
 
 const char *clientauth_user_secret(const char *user, int *kind)
 {
-    const authfile_entry *e = users ? authfile_lookup(users, user) : NULL;
+    const authfile *u = cur_users();
+    const authfile_entry *e = u ? authfile_lookup(u, user) : NULL;
     if (e && e->kind != AUTH_SECRET_SCRAM) {
         *kind = (int)e->kind;
         return e->secret;
@@ -139,7 +149,19 @@ int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
 void clientauth_shutdown(void)
 {
     authfile_free(users);
-    users = NULL;
+    authfile_free(users_retired);
+    users = users_retired = NULL;
+}
+
+int clientauth_reload(const char *path, char *err, size_t errlen)
+{
+    if (!path) return 0;
+    authfile *fresh;
+    if (authfile_load(path, &fresh, err, errlen) < 0) return -1;
+    authfile_free(users_retired);
+    users_retired = __atomic_exchange_n(&users, fresh, __ATOMIC_ACQ_REL);
+    log_info("users file %s reloaded: %zu users", path, authfile_count(fresh));
+    return 0;
 }
 
 static bool addr_matches(const pgs_hba_rule *r, const pgs_client *c)
@@ -226,7 +248,8 @@ int clientauth_begin(pgs_client *c)
     pgs_client_auth *a = pgs_xcalloc(1, sizeof(*a));
     a->method = (pgs_auth_method)m;
     c->auth = a;
-    if ((!users || !authfile_lookup(users, c->user)) && authquery_enabled()) {
+    const authfile *u = cur_users();
+    if ((!u || !authfile_lookup(u, c->user)) && authquery_enabled()) {
         /* ask PostgreSQL for the secret first; the request follows */
         a->pending = true;
         authquery_lookup(c->w, c->id, c->user, c->database, lookup_done);
@@ -307,7 +330,8 @@ void clientauth_free(pgs_client *c)
  * temporary entry in *tmp), else NULL. */
 static const authfile_entry *user_entry(pgs_client *c, authfile_entry *tmp)
 {
-    const authfile_entry *e = users ? authfile_lookup(users, c->user) : NULL;
+    const authfile *u = cur_users();
+    const authfile_entry *e = u ? authfile_lookup(u, c->user) : NULL;
     pgs_client_auth *a = c->auth;
     if (e || !a->secret) return e;
     memset(tmp, 0, sizeof(*tmp));

@@ -14,6 +14,9 @@ struct authfile;
  * in err. */
 PGS_MUSTCHECK int clientauth_init(const pgs_config *cfg, char *err, size_t errlen);
 void clientauth_shutdown(void);
+/* Reads the users file at path again and puts it in effect (RELOAD,
+ * SIGHUP).  0, or -1 with the reason in err (the old one stays). */
+PGS_MUSTCHECK int clientauth_reload(const char *path, char *err, size_t errlen);
 
 /* After the start-up packet: decides the method for the client's user,
  * database and address.  Returns 0 when the client is authenticated (trust),

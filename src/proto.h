@@ -11,7 +11,7 @@
 #define PROTO_CANCEL_CODE 80877102u
 #define PROTO_SSL_CODE 80877103u
 #define PROTO_GSSENC_CODE 80877104u
-#define PROTO_MAX_STARTUP 10000u      /* same limit PostgreSQL applies */
+#define PROTO_MAX_STARTUP (1024u * 1024u) /* hard bound; max_startup_packet_size (default 10000, as PostgreSQL) applies below it */
 
 /* Result of looking at the head of a buffer. */
 enum {

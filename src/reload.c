@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "clientauth.h"
 #include "pool.h"
 #include "worker.h"
 
@@ -26,7 +27,7 @@
  *  - Only settings that can change safely while running are taken from
  *    the new sources: pool sizes, modes, timeouts, limits, the
  *    per-database and per-user overrides, the console's users and the log
- *    level.  The rest (listen addresses, workers, the servers, auth, TLS,
+ *    level; and the users file is read again (clientauth_reload).  The rest (listen addresses, workers, the servers, auth, TLS,
  *    max_prepared_statements) keeps its running value, shared with the
  *    previous snapshot: such parts belong to the first snapshot and live
  *    until exit (start-up code such as the auth-query thread may hold
@@ -198,6 +199,14 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
     pgs_config fresh;
     char why[1024];
     if (config_reload(&fresh, src_config, src_envfile, why, sizeof(why)) < 0) {
+        pthread_mutex_unlock(&reload_lock);
+        snprintf(err, errlen, "%s; the running configuration is unchanged", why);
+        log_error("%s: configuration refused: %s", who, err);
+        return -1;
+    }
+    /* the users file's contents are reloaded (its path is restart-only) */
+    if (clientauth_reload(current->auth.file, why, sizeof(why)) < 0) {
+        config_free(&fresh);
         pthread_mutex_unlock(&reload_lock);
         snprintf(err, errlen, "%s; the running configuration is unchanged", why);
         log_error("%s: configuration refused: %s", who, err);

@@ -104,6 +104,9 @@ static void send_startup(pgs_server *sv)
 {
     const char *names[2] = {"user", "database"};
     const char *values[2] = {sv->pool->sh->user, sv->pool->sh->database};
+    /* databases.<name>.dbname: the name on the server */
+    const pgs_db_config *dbc = config_find_database(g_pgs.cfg, sv->pool->sh->database);
+    if (dbc && dbc->dbname) values[1] = dbc->dbname;
     uint8_t buf[1024];
     proto_out o;
     proto_out_init(&o, buf, sizeof(buf));

@@ -268,3 +268,30 @@ def test_auth_query_failure_is_a_clear_error(pgscale, tmp_path, roles):
     msg = refused(pg, "alice", "alice-pw")
     assert "could not look up the password" in msg, msg
     assert "auth.query failed" in pg.stderr_text(), pg.stderr_text()[-2000:]
+
+
+def test_reload_rereads_the_users_file(pgscale, tmp_path):
+    pg = start(pgscale, tmp_path, "  type: scram-sha-256\n", '"app" "first-pw"\n')
+    assert login(pg, password="first-pw") == ("app", 2)
+
+    def console(sql):
+        conn = psycopg2.connect(pg.dsn("app", "pgscale", password=current[0]))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    current = ["first-pw"]
+    (tmp_path / "users.txt").write_text('"app" "second-pw"\n')
+    console("RELOAD")
+    current[0] = "second-pw"
+    assert login(pg, password="second-pw") == ("app", 2)
+    assert "password authentication failed" in refused(pg, "app", "first-pw")
+    # a broken file is refused with its line, and the old one stays
+    (tmp_path / "users.txt").write_text('"app" "third-pw"\n"oops\n')
+    with pytest.raises(psycopg2.Error) as exc:
+        console("RELOAD")
+    assert "users.txt:2:" in str(exc.value), str(exc.value)
+    assert login(pg, password="second-pw") == ("app", 2)

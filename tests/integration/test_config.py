@@ -405,3 +405,30 @@ def test_database_url_with_wrong_password_starts_but_reports_the_login_error(pgs
         with conn.cursor() as cur:
             cur.execute("SELECT 1")
     assert "wrong-password" not in pg.stderr_text()
+
+
+def test_database_alias_and_startup_packet_limit_from_the_file(pgscale, primary, tmp_path):
+    # databases.<name>.dbname: clients ask for "alias", the server gets "app";
+    # max_startup_packet_size: a larger startup packet is refused with 08P01
+    import pgwire
+    cfg = tmp_path / "pgscale.yaml"
+    cfg.write_text("databases:\n  alias:\n    dbname: app\nmax_startup_packet_size: 2kB\n")
+    pg = pgscale(args=["--config", str(cfg)])
+    conn = psycopg2.connect(pg.dsn(db="alias"))
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        assert cur.fetchone() == ("app",)
+    conn.close()
+    c = pgwire.RawConn(LOCALHOST, pg.port)
+    try:
+        c.send(pgwire.startup_packet(application_name="x" * 3000))
+        errs = pgwire.errors(c.read_until_close())
+        assert [e["C"] for e in errs] == ["08P01"], errs
+        assert "startup packet too long" in errs[0]["M"]
+    finally:
+        c.close()
+    c = pgwire.RawConn(LOCALHOST, pg.port)
+    try:
+        assert pgwire.ready_status(c.startup(application_name="y" * 1500)) == "I"
+    finally:
+        c.close()
