@@ -137,6 +137,7 @@ local   all  postgres                 trust
 host    all  postgres  127.0.0.1/32   trust
 host    all  app       127.0.0.1/32   scram-sha-256
 host    all  md5user   127.0.0.1/32   md5
+host    all  pwuser    127.0.0.1/32   password
 host    all  all       127.0.0.1/32   scram-sha-256
 """)
 

@@ -295,3 +295,14 @@ def test_reload_rereads_the_users_file(pgscale, tmp_path):
         console("RELOAD")
     assert "users.txt:2:" in str(exc.value), str(exc.value)
     assert login(pg, password="second-pw") == ("app", 2)
+
+
+def test_server_asking_for_a_cleartext_password(pgscale, primary, tmp_path):
+    # PostgreSQL's "password" method (pg_hba line for pwuser in conftest)
+    primary.execute("DROP ROLE IF EXISTS pwuser")
+    primary.execute("CREATE ROLE pwuser LOGIN PASSWORD 'pw-user-pw'")
+    try:
+        pg = start(pgscale, tmp_path, "  type: md5\n", '"pwuser" "pw-user-pw"\n')
+        assert login(pg, user="pwuser", password="pw-user-pw") == ("pwuser", 2)
+    finally:
+        primary.execute("DROP ROLE IF EXISTS pwuser")
