@@ -350,7 +350,8 @@ static void handle_startup(pgs_client *c)
             client_fail(c, "08P01", "invalid startup packet layout or length", NULL);
             return;
         }
-        if (su.code == PROTO_SSL_CODE && !io_is_tls(&c->s) && tls_accepting()) {
+        if (su.code == PROTO_SSL_CODE && !io_is_tls(&c->s) && tls_accepting() &&
+            !c->unix_socket) {
             b->pos += su.len;
             start_tls(c);
             return;
@@ -382,7 +383,7 @@ static void handle_startup(pgs_client *c)
             client_fail(c, "08P01", msg, NULL);
             return;
         }
-        if (!io_is_tls(&c->s) && tls_client_mode() >= PGS_TLS_REQUIRE) {
+        if (!io_is_tls(&c->s) && !c->unix_socket && tls_client_mode() >= PGS_TLS_REQUIRE) {
             refuse_plaintext(c);
             return;
         }
@@ -518,7 +519,8 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
     c->id = ++w->next_id;
     list_init(&c->node);
     list_init(&c->wait_node);
-    io_sock_init(w, &c->s, PGS_SOCK_CLIENT, c);
+    c->unix_socket = listener->type == UV_NAMED_PIPE;
+    io_sock_init(w, &c->s, PGS_SOCK_CLIENT, c, c->unix_socket);
     if (uv_accept(listener, (uv_stream_t *)&c->s.tcp) < 0) {
         c->s.closing = true;
         uv_close((uv_handle_t *)&c->s.tcp, free_client);
@@ -545,10 +547,12 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
         uv_close((uv_handle_t *)&c->s.tcp, free_client);
         return;
     }
-    uv_tcp_nodelay(&c->s.tcp, 1);
     struct sockaddr_storage ss;
     int sl = sizeof(ss);
-    if (uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&ss, &sl) == 0) {
+    if (c->unix_socket) {
+        snprintf(c->addr, sizeof(c->addr), "[local]");
+    } else if (uv_tcp_nodelay(&c->s.tcp, 1),
+               uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&ss, &sl) == 0) {
         if (ss.ss_family == AF_INET) {
             uv_ip4_name((struct sockaddr_in *)&ss, c->addr, sizeof(c->addr));
             c->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);

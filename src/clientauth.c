@@ -195,8 +195,8 @@ static int choose_method(const pgs_client *c, int *rule_line)
     for (int i = 0; i < a->n_hba; i++) {
         const pgs_hba_rule *r = &a->hba[i];
         /* host: TCP with or without TLS; hostssl: TLS only; hostnossl:
-         * plain TCP only; local: Unix sockets, not served yet */
-        if (r->type == PGS_HBA_LOCAL) continue;
+         * plain TCP only; local: Unix sockets */
+        if ((r->type == PGS_HBA_LOCAL) != c->unix_socket) continue;
         if (r->type == PGS_HBA_HOSTSSL && !tls) continue;
         if (r->type == PGS_HBA_HOSTNOSSL && tls) continue;
         if (r->database && strcmp(r->database, c->database) != 0) continue;

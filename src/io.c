@@ -18,10 +18,13 @@
 #include "tls.h"
 #include "worker.h"
 
-void io_sock_init(pgs_worker *w, pgs_sock *s, int kind, void *owner)
+void io_sock_init(pgs_worker *w, pgs_sock *s, int kind, void *owner, bool is_pipe)
 {
     memset(s, 0, sizeof(*s));
-    uv_tcp_init(&w->loop, &s->tcp);
+    if (is_pipe)
+        uv_pipe_init(&w->loop, &s->pipe, 0);
+    else
+        uv_tcp_init(&w->loop, &s->tcp);
     s->tcp.data = owner;
     s->kind = (uint8_t)kind;
 }

@@ -20,7 +20,8 @@ typedef struct io_batch {
     int err;
 } io_batch;
 
-void io_sock_init(pgs_worker *w, pgs_sock *s, int kind, void *owner);
+/* is_pipe: a Unix-socket connection (uv_pipe_t) instead of TCP. */
+void io_sock_init(pgs_worker *w, pgs_sock *s, int kind, void *owner, bool is_pipe);
 PGS_MUSTCHECK int io_read_start(pgs_sock *s);
 void io_read_stop(pgs_sock *s);
 /* Gives the read buffer back to the pool when everything in it is used. */

@@ -57,23 +57,15 @@ static const char *config_path(const char *flag)
 /* Listen addresses the workers cannot open yet (Unix sockets, more than
  * one address) are accepted in the file, so that configurations can be
  * written now; say plainly which ones are not in effect. */
-static void warn_unopened_listeners(const pgs_config *cfg)
+/* "a:1, b:2, unix:/run/pgscale" */
+static void listen_text(const pgs_config *cfg, char *out, size_t cap)
 {
-    pgs_listen_addr used = {.is_unix = false, .port = cfg->listen_port};
-    snprintf(used.host, sizeof(used.host), "%s", cfg->listen_host);
-    char used_text[300];
-    config_format_listen(&used, used_text, sizeof(used_text));
-    bool opened = false;
-    for (int i = 0; i < cfg->n_listen; i++) {
-        const pgs_listen_addr *a = &cfg->listen[i];
-        if (!a->is_unix && !opened) {
-            opened = true;
-            continue;
-        }
-        char text[300];
-        config_format_listen(a, text, sizeof(text));
-        log_warn("listen: %s is not opened: this version listens on one TCP address only (%s)",
-                 text, used_text);
+    size_t n = 0;
+    out[0] = '\0';
+    for (int i = 0; i < cfg->n_listen && n + 1 < cap; i++) {
+        char one[300];
+        config_format_listen(&cfg->listen[i], one, sizeof(one));
+        n += (size_t)snprintf(out + n, cap - n, "%s%s", i ? ", " : "", one);
     }
 }
 
@@ -193,7 +185,6 @@ int main(int argc, char **argv)
         config_free(&g_cfg);
         return 0;
     }
-    warn_unopened_listeners(&g_cfg);
     if (resolve_server(&g_cfg) < 0) return 1;
     if (clientauth_init(&g_cfg, err, sizeof(err)) < 0 || tls_init(&g_cfg, err, sizeof(err)) < 0 ||
         authquery_start(&g_cfg, err, sizeof(err)) < 0) {
@@ -222,9 +213,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgscale: could not start (see the messages above)\n");
         return 1;
     }
-    log_info("pgscale " PGSCALE_VERSION " listening on %s:%d, %d workers, %s pooling, "
+    char listening[1024];
+    listen_text(&g_cfg, listening, sizeof(listening));
+    log_info("pgscale " PGSCALE_VERSION " listening on %s, %d workers, %s pooling, "
              "pool %d+%d, server %s",
-             g_cfg.listen_host, g_cfg.listen_port, g_cfg.workers,
+             listening, g_cfg.workers,
              g_cfg.pool_mode == PGS_POOL_SESSION ? "session" : "transaction", g_cfg.pool_size,
              g_cfg.max_overflow, g_pgs.server_addr_text);
     uv_run(loop, UV_RUN_DEFAULT);

@@ -223,7 +223,7 @@ void server_open(pgs_pool *p)
     sv->tx_status = 'I';
     list_init(&sv->node);
     list_init(&sv->all_node);
-    io_sock_init(w, &sv->s, PGS_SOCK_SERVER, sv);
+    io_sock_init(w, &sv->s, PGS_SOCK_SERVER, sv, false);
     sv->connect_us = sv->login_start_us = sv->last_used_us = pgs_now_us();
     set_state(sv, SV_CONNECTING);
     list_add_tail(&p->used, &sv->node);

@@ -78,7 +78,13 @@ typedef struct pgs_wbuf {
 /* One socket plus its buffers; both client and server embed one. */
 enum { PGS_SOCK_CLIENT = 0, PGS_SOCK_SERVER = 1 };
 typedef struct pgs_sock {
-    uv_tcp_t tcp;
+    /* First member (io.c finds the pgs_sock from the handle).  A client on
+     * a Unix socket uses `pipe`; everything else is TCP.  Stream calls go
+     * through `tcp` for both: the two share libuv's stream layout. */
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
     uint8_t kind;           /* PGS_SOCK_CLIENT or PGS_SOCK_SERVER */
     pgs_buf rbuf;
     pgs_wbuf wb;
@@ -172,6 +178,7 @@ struct pgs_client {
     pgs_params *params;       /* session settings to carry (NULL = none) */
     pgs_stmt_map *stmts;      /* named prepared statements (transaction mode) */
     struct pgs_client_auth *auth; /* during CL_AUTH only */
+    bool unix_socket;         /* connected through a Unix socket */
     struct pgs_admin_wait *admin_wait; /* admin console: a PAUSE / WAIT_CLOSE in progress */
     char addr[48];
     uint16_t port;

@@ -10,7 +10,10 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "admin.h"
@@ -134,14 +137,13 @@ static void handle_cancel(pgs_worker *w, uint32_t id, uint32_t key)
     }
 }
 
+static void close_listeners(pgs_worker *w);
+
 static void start_drain(pgs_worker *w)
 {
     if (w->draining) return;
     w->draining = true;
-    if (w->listening) {
-        uv_close((uv_handle_t *)&w->listener, NULL);
-        w->listening = false;
-    }
+    close_listeners(w);
     log_info("worker %d: draining: not accepting new clients", w->id);
 }
 
@@ -204,6 +206,7 @@ static void stop_loop(pgs_worker *w)
 {
     if (w->stopping) return;
     w->stopping = true;
+    close_listeners(w);
     /* Connections are freed in their close callbacks; closing every handle
      * through their owners first keeps that rule. */
     client_close_all(w);
@@ -218,7 +221,7 @@ static void refuse_emfile(pgs_worker *w)
      * hanging in the listen backlog. */
     if (w->spare_fd >= 0) close(w->spare_fd);
     int lfd;
-    if (uv_fileno((uv_handle_t *)&w->listener, &lfd) == 0) {
+    if (w->n_listeners > 0 && uv_fileno((uv_handle_t *)&w->listeners[0], &lfd) == 0) {
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd >= 0) {
             uint8_t buf[512];
@@ -251,17 +254,16 @@ static void on_connection(uv_stream_t *server, int status)
     client_accept(w, server);
 }
 
-static int open_listener(pgs_worker *w, const pgs_config *cfg)
+static int open_tcp_listener(pgs_worker *w, const pgs_listen_addr *a)
 {
     struct sockaddr_storage ss;
     int rc;
-    if (strchr(cfg->listen_host, ':'))
-        rc = uv_ip6_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in6 *)&ss);
+    if (strchr(a->host, ':'))
+        rc = uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *)&ss);
     else
-        rc = uv_ip4_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in *)&ss);
+        rc = uv_ip4_addr(a->host, a->port, (struct sockaddr_in *)&ss);
     if (rc < 0) {
-        log_error("PGSCALE_LISTEN: '%s' is not an IP address: %s", cfg->listen_host,
-                  uv_strerror(rc));
+        log_error("listen: '%s' is not an IP address: %s", a->host, uv_strerror(rc));
         return rc;
     }
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -281,21 +283,96 @@ static int open_listener(pgs_worker *w, const pgs_config *cfg)
         int e = -errno;
         log_error("cannot listen on %s:%d: %s (is another process using the port? set "
                   "PGSCALE_LISTEN)",
-                  cfg->listen_host, cfg->listen_port, strerror(errno));
+                  a->host, a->port, strerror(errno));
         close(fd);
         return e;
     }
-    uv_tcp_init(&w->loop, &w->listener);
-    w->listener.data = w;
-    rc = uv_tcp_open(&w->listener, fd);
-    if (rc == 0) rc = uv_listen((uv_stream_t *)&w->listener, 4096, on_connection);
+    uv_tcp_t *l = &w->listeners[w->n_listeners].tcp;
+    uv_tcp_init(&w->loop, l);
+    l->data = w;
+    w->n_listeners++;
+    rc = uv_tcp_open(l, fd);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)l, 4096, on_connection);
     if (rc < 0) {
-        log_error("cannot listen on %s:%d: %s", cfg->listen_host, cfg->listen_port,
-                  uv_strerror(rc));
+        log_error("cannot listen on %s:%d: %s", a->host, a->port, uv_strerror(rc));
         return rc;
     }
-    w->listening = true;
     return 0;
+}
+
+/* A Unix socket <dir>/.s.PGSQL.<port>, as PostgreSQL names it, so that
+ * psql -h <dir> -p <port> finds it. */
+static int open_unix_listener(pgs_worker *w, const pgs_listen_addr *a)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    char path[sizeof(sun.sun_path)];
+    if (snprintf(path, sizeof(path), "%s/.s.PGSQL.%d", a->host, a->port) >= (int)sizeof(path)) {
+        log_error("listen: socket path %s/.s.PGSQL.%d is too long (at most %zu bytes)", a->host,
+                  a->port, sizeof(path) - 1);
+        return -ENAMETOOLONG;
+    }
+    memcpy(sun.sun_path, path, sizeof(path));
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        /* a socket file left by a pgscale that did not exit cleanly: if
+         * nothing answers on it, it is stale */
+        if (!S_ISSOCK(st.st_mode)) {
+            log_error("listen: %s exists and is not a socket", path);
+            return -EEXIST;
+        }
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0;
+        if (probe >= 0) close(probe);
+        if (live) {
+            log_error("cannot listen on %s: another process is listening there", path);
+            return -EADDRINUSE;
+        }
+        unlink(path);
+    }
+    uv_pipe_t *l = &w->listeners[w->n_listeners].pipe;
+    uv_pipe_init(&w->loop, l, 0);
+    l->data = w;
+    w->n_listeners++;
+    int rc = uv_pipe_bind(l, path);
+    if (rc == 0) {
+        w->unix_paths[w->n_listeners - 1] = pgs_xstrdup(path);
+        chmod(path, 0777); /* who may connect is decided by auth (local rules) */
+        rc = uv_listen((uv_stream_t *)l, 4096, on_connection);
+    }
+    if (rc < 0) {
+        log_error("cannot listen on %s: %s", path, uv_strerror(rc));
+        return rc;
+    }
+    return 0;
+}
+
+static int open_listeners(pgs_worker *w, const pgs_config *cfg)
+{
+    for (int i = 0; i < cfg->n_listen; i++) {
+        const pgs_listen_addr *a = &cfg->listen[i];
+        int rc = 0;
+        if (!a->is_unix)
+            rc = open_tcp_listener(w, a);
+        else if (w->id == 0)
+            rc = open_unix_listener(w, a);
+        if (rc < 0) return rc;
+    }
+    w->listening = w->n_listeners > 0;
+    return 0;
+}
+
+static void close_listeners(pgs_worker *w)
+{
+    for (int i = 0; i < w->n_listeners; i++) {
+        uv_handle_t *h = (uv_handle_t *)&w->listeners[i];
+        if (!uv_is_closing(h)) uv_close(h, NULL);
+        if (w->unix_paths[i]) {
+            unlink(w->unix_paths[i]);
+            free(w->unix_paths[i]);
+            w->unix_paths[i] = NULL;
+        }
+    }
+    w->listening = false;
 }
 
 static void worker_main(void *arg)
@@ -339,7 +416,7 @@ int worker_start_all(const pgs_config *cfg)
         w->janitor.data = w;
         uv_timer_start(&w->janitor, on_janitor, JANITOR_MS, JANITOR_MS);
         w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        int rc = open_listener(w, cfg);
+        int rc = open_listeners(w, cfg);
         if (rc < 0) return rc;
     }
     for (int i = 0; i < g_pgs.n_workers; i++) {

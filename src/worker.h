@@ -42,7 +42,14 @@ struct pgs_worker {
     int id;
     uv_loop_t loop;
     uv_thread_t thread;
-    uv_tcp_t listener;
+    /* listening sockets: TCP ones in every worker (SO_REUSEPORT), Unix
+     * ones in worker 0 only (a socket file can be bound once) */
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } listeners[PGS_MAX_LISTEN];
+    char *unix_paths[PGS_MAX_LISTEN]; /* socket files to remove at exit */
+    int n_listeners;
     uv_async_t async;
     uv_timer_t janitor;
     uv_timer_t drain_timer;

@@ -306,3 +306,56 @@ def test_server_asking_for_a_cleartext_password(pgscale, primary, tmp_path):
         assert login(pg, user="pwuser", password="pw-user-pw") == ("pwuser", 2)
     finally:
         primary.execute("DROP ROLE IF EXISTS pwuser")
+
+
+# -- several listen addresses and a Unix socket -----------------------------------
+def test_listen_on_two_tcp_ports_and_a_unix_socket_with_local_rules(pgscale, tmp_path):
+    import os
+    import shutil
+    import signal
+    import tempfile
+    import time
+    from helpers import free_port, port_accepts
+    p1, p2 = free_port(), free_port()
+    sockdir = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")  # socket paths must be short
+    try:
+        uf = write(tmp_path, "users.txt", '"app" "%s"\n' % CLIENT_PW)
+        cfg = write(tmp_path, "pgscale.yaml", """listen:
+  - 127.0.0.1:%d
+  - 127.0.0.1:%d
+  - unix:%s
+auth:
+  file: %s
+  type: scram-sha-256
+  hba:
+    - {type: local, database: all, user: all, method: trust}
+    - {type: host, database: all, user: all, address: 127.0.0.1/32, method: scram-sha-256}
+""" % (p1, p2, sockdir, uf))
+        pg = pgscale(args=["--config", cfg], wait=False, PGSCALE_LISTEN=None)
+        deadline = time.monotonic() + 10
+        while not (port_accepts(p1) and port_accepts(p2)):
+            assert pg.is_running() and time.monotonic() < deadline, pg.stderr_text()[-2000:]
+            time.sleep(0.05)
+        sock = os.path.join(sockdir, ".s.PGSQL.%d" % p1)
+        assert os.path.exists(sock)
+        for port in (p1, p2):
+            c = psycopg2.connect(host=LOCALHOST, port=port, user="app", dbname="app",
+                                 password=CLIENT_PW, connect_timeout=10)
+            c.close()
+        # the Unix socket: the local rule trusts, no password asked
+        c = psycopg2.connect(host=sockdir, port=p1, user="app", dbname="app", connect_timeout=10)
+        with c.cursor() as cur:
+            cur.execute("SELECT 40 + 2")
+            assert cur.fetchone() == (42,)
+        c.close()
+        r = psql(p1, "SELECT 'over the socket'", args=["-h", sockdir])
+        assert r.returncode == 0 and "over the socket" in r.stdout, r.stderr
+        # TCP still asks for the password
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(host=LOCALHOST, port=p1, user="app", dbname="app",
+                             password="wrong", connect_timeout=10).close()
+        pg.signal(signal.SIGTERM)
+        assert pg.wait_exit(10) == 0
+        assert not os.path.exists(sock), "socket file left behind"
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
