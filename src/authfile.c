@@ -340,7 +340,7 @@ int authfile_scram_secret(const authfile_entry *e, const unsigned char *key, siz
 {
     int r = authfile_check_method(e, AUTH_METHOD_SCRAM, err, errlen);
     if (r < 0) return r;
-    if (e->kind == AUTH_SECRET_SCRAM) {
+    if (e->scram) { /* stored, or derived by authfile_precompute_scram */
         memcpy(out, e->scram, sizeof(*out));
         return 0;
     }
@@ -352,4 +352,20 @@ int authfile_scram_secret(const authfile_entry *e, const unsigned char *key, siz
     r = scram_secret_derive(e->secret, salt, sizeof(salt), SCRAM_DEFAULT_ITERATIONS, out);
     if (r < 0) seterr(err, errlen, "deriving a SCRAM secret failed (OpenSSL error)");
     return r;
+}
+
+int authfile_precompute_scram(authfile *f, const unsigned char *key, size_t keylen, char *err,
+                              size_t errlen)
+{
+    for (size_t i = 0; f && i < f->n; i++) {
+        authfile_entry *e = &f->v[i];
+        if (e->kind != AUTH_SECRET_PLAIN || e->scram) continue;
+        scram_secret *s = pgs_xmalloc(sizeof(*s));
+        if (authfile_scram_secret(e, key, keylen, s, err, errlen) < 0) {
+            free(s);
+            return -1;
+        }
+        e->scram = s;
+    }
+    return 0;
 }

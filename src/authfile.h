@@ -64,14 +64,18 @@ PGS_MUSTCHECK int authfile_check_method(const authfile_entry *e, auth_method met
 PGS_MUSTCHECK int authfile_md5_verify(const authfile_entry *e, const uint8_t salt[4],
                                       const char *response, size_t len, char *err,
                                       size_t errlen);
-/* The SCRAM secret to verify e with: the stored one, or for a plaintext
- * password one derived on the fly (PBKDF2, ~ms) with the user's mock salt
- * (scram_mock_salt with key): the salt is then the same on every login and
- * the same as an unknown user's would be, so salts reveal nothing.  The
- * PBKDF2 still runs on every such login (and not for unknown users or
- * stored SCRAM secrets): a few ms before server-first that a patient
- * attacker could time; store SCRAM secrets where that matters.  -EINVAL
- * on a bad key, -EOPNOTSUPP for an md5 secret. */
+/* Derives, once, the SCRAM secret of every plaintext-password entry (with
+ * its mock salt and key), so that logins never run PBKDF2: a known user's
+ * exchange then costs what an unknown user's does.  Costs one PBKDF2 per
+ * plaintext user at load.  0, or -1 with err. */
+PGS_MUSTCHECK int authfile_precompute_scram(authfile *f, const unsigned char *key, size_t keylen,
+                                            char *err, size_t errlen);
+/* The SCRAM secret to verify e with: the stored one, the one
+ * authfile_precompute_scram derived, or for a plaintext password one derived
+ * now (PBKDF2, ~ms) with the user's mock salt (scram_mock_salt with key):
+ * the salt is then the same on every login and the same as an unknown
+ * user's would be, so salts reveal nothing.  -EINVAL on a bad key,
+ * -EOPNOTSUPP for an md5 secret. */
 PGS_MUSTCHECK int authfile_scram_secret(const authfile_entry *e, const unsigned char *key,
                                         size_t keylen, scram_secret *out, char *err,
                                         size_t errlen);

@@ -142,7 +142,10 @@ int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "no random bytes for the SCRAM mock key");
         return -1;
     }
-    if (cfg->auth.file && authfile_load(cfg->auth.file, &users, err, errlen) < 0) return -1;
+    if (cfg->auth.file && (authfile_load(cfg->auth.file, &users, err, errlen) < 0 ||
+                           authfile_precompute_scram(users, mock_key, sizeof(mock_key), err,
+                                                     errlen) < 0))
+        return -1;
     return 0;
 }
 
@@ -158,6 +161,10 @@ int clientauth_reload(const char *path, char *err, size_t errlen)
     if (!path) return 0;
     authfile *fresh;
     if (authfile_load(path, &fresh, err, errlen) < 0) return -1;
+    if (authfile_precompute_scram(fresh, mock_key, sizeof(mock_key), err, errlen) < 0) {
+        authfile_free(fresh);
+        return -1;
+    }
     authfile_free(users_retired);
     users_retired = __atomic_exchange_n(&users, fresh, __ATOMIC_ACQ_REL);
     log_info("users file %s reloaded: %zu users", path, authfile_count(fresh));

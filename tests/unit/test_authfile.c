@@ -446,6 +446,24 @@ static void test_scram_secret_for_plaintext_user_uses_the_mock_salt(void **state
     authfile_free(f);
 }
 
+static void test_precomputed_scram_secret_equals_the_derived_one(void **state)
+{
+    (void)state;
+    authfile *f = parse_ok("\"p\" \"x\"\n\"m\" \"" PG15_MD5_M_X "\"\n");
+    scram_secret before, after;
+    char err[256];
+    const authfile_entry *p = authfile_lookup(f, "p");
+    assert_null(p->scram);
+    assert_int_equal(authfile_scram_secret(p, KEY, sizeof(KEY), &before, err, sizeof(err)), 0);
+    assert_int_equal(authfile_precompute_scram(f, KEY, sizeof(KEY), err, sizeof(err)), 0);
+    assert_non_null(p->scram);                        /* logins now skip PBKDF2 */
+    assert_null(authfile_lookup(f, "m")->scram);      /* md5 secrets cannot do SCRAM */
+    assert_int_equal(authfile_scram_secret(p, KEY, sizeof(KEY), &after, err, sizeof(err)), 0);
+    assert_memory_equal(&before, &after, sizeof(before));
+    assert_int_equal(scram_login(&after, "x"), 0);
+    authfile_free(f);
+}
+
 static void test_scram_secret_for_scram_and_md5_users(void **state)
 {
     (void)state;
@@ -492,6 +510,7 @@ int main(void)
         cmocka_unit_test(test_methods_each_secret_allows),
         cmocka_unit_test(test_md5_verify_through_the_file),
         cmocka_unit_test(test_scram_secret_for_plaintext_user_uses_the_mock_salt),
+        cmocka_unit_test(test_precomputed_scram_secret_equals_the_derived_one),
         cmocka_unit_test(test_scram_secret_for_scram_and_md5_users),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
