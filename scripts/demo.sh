@@ -154,7 +154,7 @@ step "1. PostgreSQL 15: a primary and $REPLICAS streaming replicas"
     || { cat "$TMP/logs/pgcluster.log" >&2; die "could not start PostgreSQL"; }
 "$PGCLUSTER" status "$TMP/cluster" | indent
 
-step "2. Redis (pgscale's shared cache tier), no persistence"
+step "2. Redis, no persistence (REDIS_URL for the shared result cache; pgscale reads it, the cache itself is not built yet)"
 if [ "$HAVE_REDIS" = 1 ]; then
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
         --dir "$TMP/redis" --logfile "$TMP/logs/redis.log" --daemonize no >/dev/null 2>&1 &
