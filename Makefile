@@ -6,7 +6,7 @@ PYTHON     ?= /usr/bin/python3
 FUZZ_SECS  ?= 20
 PYTEST_ARGS ?=
 
-.PHONY: all deps check unit asan fuzz integration demo bench clean
+.PHONY: all deps check unit asan fuzz integration integration-asan demo bench clean
 
 all: build/build.ninja
 	ninja -C build
@@ -42,7 +42,14 @@ fuzz:
 integration: all
 	$(PYTHON) -m pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
-check: deps all unit asan fuzz integration
+# The integration tests again against pgscale built with ASan+UBSan (a
+# sanitizer report fails the test that ran it).
+integration-asan: asan
+	PGSCALE_BIN=build-asan/pgscale ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    $(PYTHON) -m pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+check: deps all unit asan fuzz integration integration-asan
 
 demo: deps all
 	bash scripts/demo.sh

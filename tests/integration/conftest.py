@@ -491,6 +491,15 @@ def pgscale(primary, request, tmp_path_factory):
     yield start
     for inst in instances:
         inst.stop()
+    # A sanitizer build (PGSCALE_BIN=build-asan/pgscale, `make
+    # integration-asan`) reports to stderr, possibly only at exit: any report
+    # fails the test that ran that pgscale.
+    for inst in instances:
+        text = inst.stderr_text()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if marker in text:
+                at = text.index(marker)
+                pytest.fail("pgscale reported a sanitizer error:\n%s" % text[max(0, at - 200):at + 3000])
     # Let the backends of the stopped pgscales go away, so that the next test
     # counting server connections starts from zero.
     if primary.is_running():
