@@ -549,10 +549,11 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
     }
     struct sockaddr_storage ss;
     int sl = sizeof(ss);
-    if (c->unix_socket) {
+    if (c->unix_socket)
         snprintf(c->addr, sizeof(c->addr), "[local]");
-    } else if (uv_tcp_nodelay(&c->s.tcp, 1),
-               uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&ss, &sl) == 0) {
+    else
+        uv_tcp_nodelay(&c->s.tcp, 1);
+    if (!c->unix_socket && uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&ss, &sl) == 0) {
         if (ss.ss_family == AF_INET) {
             uv_ip4_name((struct sockaddr_in *)&ss, c->addr, sizeof(c->addr));
             c->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);

@@ -35,6 +35,7 @@ typedef struct pgs_client_auth {
     int step;                 /* SCRAM: 0 = want initial response, 1 = want final */
     bool pending;             /* waiting for auth.query */
     char *secret;             /* from auth.query (NULL: none) */
+    bool verified_by_query;   /* a plaintext secret from auth.query is in use */
     scram_secret qscram;      /* secret, parsed, when it is a SCRAM secret */
     uint8_t salt[4];          /* md5 */
     scram_server scram;
@@ -391,6 +392,7 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
         }
         authfile_entry tmp;
         const authfile_entry *e = user_entry(c, &tmp);
+        a->verified_by_query = e == &tmp && tmp.kind == AUTH_SECRET_PLAIN;
         scram_secret secret;
         char err[300];
         /* tls-server-end-point data when -PLUS was offered (TLS), else none */
@@ -431,10 +433,9 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
     }
     scram_keys keys;
     if (scram_server_keys(&a->scram, &keys) == 0) {
-        authfile_entry tmp;
-        const authfile_entry *e = user_entry(c, &tmp);
-        keys_remember(c->user, &keys, e == &tmp && tmp.kind == AUTH_SECRET_PLAIN ? tmp.secret : NULL,
-                      (int)tmp.kind);
+        /* the keys, and a plaintext password from auth.query, serve the
+         * login to PostgreSQL as this user */
+        keys_remember(c->user, &keys, a->verified_by_query ? a->secret : NULL, AUTH_SECRET_PLAIN);
         OPENSSL_cleanse(&keys, sizeof(keys));
     }
     if (send_auth(c, AUTH_SASL_FINAL, out, outlen) < 0) {

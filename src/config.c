@@ -946,6 +946,19 @@ void config_format_listen(const pgs_listen_addr *a, char *buf, size_t n)
     else snprintf(buf, n, strchr(a->host, ':') ? "[%s]:%d" : "%s:%d", a->host, a->port);
 }
 
+void config_format_listen_list(const pgs_config *cfg, char *buf, size_t n)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < cfg->n_listen; i++) {
+        char one[300];
+        config_format_listen(&cfg->listen[i], one, sizeof(one));
+        int w = snprintf(buf + used, n - used, "%s%s", i ? ", " : "", one);
+        if (w < 0 || (size_t)w >= n - used) break; /* truncated: stop there */
+        used += (size_t)w;
+    }
+}
+
 /* READ_REPLICA_URLS: a comma splits the list only where the next item
  * starts with a scheme ("scheme://") or the list ends.  A comma anywhere
  * else belongs to the URL, so "postgresql://h1,h2/db" reaches the URL
@@ -1888,13 +1901,10 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
     sbuf b = {0};
     char tmp[320], dtmp[64], name[PGS_NAME_MAX + 32];
 
-    for (int i = 0; i < cfg->n_listen; i++) {
-        config_format_listen(&cfg->listen[i], tmp, sizeof(tmp));
-        if (i) sb_puts(&b, ", ");
-        sb_puts(&b, tmp);
-    }
+    char list[PGS_MAX_LISTEN * 300];
+    config_format_listen_list(cfg, list, sizeof(list));
     config_format_listen(&def.listen[0], dtmp, sizeof(dtmp));
-    emit(ctx, "listen", sb_str(&b), dtmp);
+    emit(ctx, "listen", list, dtmp);
 
     format_size(cfg->max_startup_packet_size, tmp, sizeof(tmp));
     format_size(def.max_startup_packet_size, dtmp, sizeof(dtmp));

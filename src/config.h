@@ -312,5 +312,7 @@ PGS_MUSTCHECK int config_parse_sslmode(const char *v, pgs_sslmode *out, char *wh
                                        size_t whylen);
 /* Renders a listen address back in the form it is written in. */
 void config_format_listen(const pgs_listen_addr *a, char *buf, size_t n);
+/* Every listen address, ", "-separated ("a:1, unix:/run/pgscale"). */
+void config_format_listen_list(const pgs_config *cfg, char *buf, size_t n);
 
 #endif

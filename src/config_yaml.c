@@ -493,6 +493,13 @@ static int int_value(yctx *c, const node *n, const char *path, long min, long ma
 /* A file the running pgscale will need: resolved against the config
  * file's directory when relative, and checked now, so a typo stops the
  * start instead of the first TLS handshake. */
+/* Replaces a string setting (a later occurrence wins). */
+static void set_text(char **field, const char *value)
+{
+    free(*field);
+    *field = pgs_xstrdup(value);
+}
+
 static int file_path(yctx *c, const node *n, const char *path, char **out)
 {
     const char *v;
@@ -511,8 +518,7 @@ static int file_path(yctx *c, const node *n, const char *path, char **out)
     int fd = open(full, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return fail(c, n->line, path, "%s: cannot read: %s", full, strerror(errno));
     close(fd);
-    free(*out);
-    *out = pgs_xstrdup(full);
+    set_text(out, full);
     return 0;
 }
 
@@ -791,10 +797,7 @@ static int do_databases(yctx *c, const node *v, const char *path)
             case 4: rc = int_value(c, val, kp, 0, 1000000, &d->max_db_connections); break;
             case 5:
                 rc = name_text(c, val, kp, &s);
-                if (rc == 0) {
-                    free(d->dbname);
-                    d->dbname = pgs_xstrdup(s);
-                }
+                if (rc == 0) set_text(&d->dbname, s);
                 break;
             default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
             }
@@ -973,17 +976,13 @@ static int do_auth(yctx *c, const node *v, const char *path)
             if (rc == 0 && !strstr(s, "$1"))
                 rc = fail(c, val->line, kp, "the query must take the user name as $1");
             if (rc == 0) {
-                free(a->query);
-                a->query = pgs_xstrdup(s);
+                set_text(&a->query, s);
                 c->l_auth_query = val->line;
             }
             break;
         case 3:
             rc = name_text(c, val, kp, &s);
-            if (rc == 0) {
-                free(a->user);
-                a->user = pgs_xstrdup(s);
-            }
+            if (rc == 0) set_text(&a->user, s);
             break;
         case 4:
             rc = want_seq(c, val, kp);
@@ -1041,10 +1040,7 @@ static int do_tls(yctx *c, const node *v, const char *path)
             break;
         case 5:
             rc = text(c, val, kp, false, &s);
-            if (rc == 0) {
-                free(t->ciphers);
-                t->ciphers = pgs_xstrdup(s);
-            }
+            if (rc == 0) set_text(&t->ciphers, s);
             break;
         default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
         }

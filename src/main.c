@@ -54,21 +54,6 @@ static const char *config_path(const char *flag)
     return e && *e ? e : NULL;
 }
 
-/* Listen addresses the workers cannot open yet (Unix sockets, more than
- * one address) are accepted in the file, so that configurations can be
- * written now; say plainly which ones are not in effect. */
-/* "a:1, b:2, unix:/run/pgscale" */
-static void listen_text(const pgs_config *cfg, char *out, size_t cap)
-{
-    size_t n = 0;
-    out[0] = '\0';
-    for (int i = 0; i < cfg->n_listen && n + 1 < cap; i++) {
-        char one[300];
-        config_format_listen(&cfg->listen[i], one, sizeof(one));
-        n += (size_t)snprintf(out + n, cap - n, "%s%s", i ? ", " : "", one);
-    }
-}
-
 static int resolve_server(const pgs_config *cfg)
 {
     const pgs_url *u = &cfg->primary;
@@ -214,7 +199,7 @@ int main(int argc, char **argv)
         return 1;
     }
     char listening[1024];
-    listen_text(&g_cfg, listening, sizeof(listening));
+    config_format_listen_list(&g_cfg, listening, sizeof(listening));
     log_info("pgscale " PGSCALE_VERSION " listening on %s, %d workers, %s pooling, "
              "pool %d+%d, server %s",
              listening, g_cfg.workers,
