@@ -4,7 +4,9 @@
 DATABASE_URL form working end to end."""
 import os
 import re
+import signal
 import subprocess
+import time
 
 import psycopg2
 import pytest
@@ -432,3 +434,47 @@ def test_database_alias_and_startup_packet_limit_from_the_file(pgscale, primary,
         assert pgwire.ready_status(c.startup(application_name="y" * 1500)) == "I"
     finally:
         c.close()
+
+
+def test_unix_socket_file_stale_is_replaced_and_live_is_refused(tmp_path, primary):
+    # A socket file nobody listens on (left by a crash) is replaced; one
+    # another process listens on stops start-up with a message.
+    import shutil
+    import socket as so
+    import tempfile
+    from conftest import PGSCALE_BIN
+    sockdir = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")
+    port = free_port()
+    path = os.path.join(sockdir, ".s.PGSQL.%d" % port)
+    cfg = tmp_path / "pgscale.yaml"
+    cfg.write_text("listen:\n  - 127.0.0.1:%d\n  - unix:%s\n" % (port, sockdir))
+    env = {"DATABASE_URL": primary.url(), "PATH": os.environ.get("PATH", "/usr/bin")}
+    try:
+        live = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+        live.bind(path)
+        live.listen(1)
+        r = subprocess.run([str(PGSCALE_BIN), "--config", str(cfg)], env=env,
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode != 0, r
+        assert "another process is listening" in r.stderr, r.stderr
+        live.close()  # the file stays behind, with nobody listening: stale
+        assert os.path.exists(path)
+        p = subprocess.Popen([str(PGSCALE_BIN), "--config", str(cfg)], env=env,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    c = psycopg2.connect(host=sockdir, port=port, user=APP_USER, dbname=APP_DB,
+                                         password=APP_PASSWORD, connect_timeout=5)
+                    c.close()
+                    break
+                except psycopg2.OperationalError:
+                    assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+                    time.sleep(0.1)
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.wait(10)
+        assert not os.path.exists(path)
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
