@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <openssl/rand.h>
+#include <sys/socket.h>
 
 #include "admin.h"
 #include "clientauth.h"
@@ -55,6 +56,23 @@ static void free_client(uv_handle_t *h)
     free(c);
 }
 
+/* Closing a TCP socket with unread bytes in its receive queue sends a
+ * reset, and a reset makes the peer's kernel drop what it had not yet
+ * delivered, often our ErrorResponse explaining the close (a client that
+ * sent an oversized message, say).  Discarding what has arrived first lets
+ * the close be an orderly FIN.  Bounded: a peer still sending gets its
+ * reset. */
+static void discard_unread(pgs_client *c)
+{
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->s.tcp, &fd) != 0) return;
+    char junk[16384];
+    for (int i = 0; i < 64; i++) {
+        ssize_t n = recv(fd, junk, sizeof(junk), MSG_DONTWAIT);
+        if (n <= 0) break;
+    }
+}
+
 void client_close(pgs_client *c, const char *reason)
 {
     if (c->s.closing) return;
@@ -71,6 +89,7 @@ void client_close(pgs_client *c, const char *reason)
     pthread_mutex_unlock(&w->lock);
     atomic_fetch_sub(&w->n_clients, 1);
     atomic_fetch_sub(&g_pgs.total_clients, 1);
+    discard_unread(c);
     io_close(&c->s, free_client);
 }
 
@@ -478,6 +497,13 @@ void client_after_auth(pgs_client *c)
 
 void client_on_read(pgs_client *c, ssize_t nread)
 {
+    if (nread == UV_ENOBUFS) {
+        /* The read buffer is full (a client that pipelines more than a
+         * buffer while it waits for a server): stop reading until what it
+         * holds is forwarded; relay_client_data reads again after that. */
+        io_read_stop(&c->s);
+        return;
+    }
     if (nread < 0) {
         client_close(c, nread == UV_EOF ? "client disconnected" : uv_strerror((int)nread));
         return;

@@ -25,6 +25,11 @@
  * the buffer; beyond it, they stream. */
 #define INSPECT_MAX (64u * 1024u)
 #define EXQ_MAX (1u << 20)
+/* PostgreSQL's limit (PQ_SMALL_MESSAGE_LIMIT) for every message but Query,
+ * FunctionCall, Parse, Bind and CopyData. */
+#define SMALL_MESSAGE_MAX 10000u
+/* Largest restore of a client's settings on a server connection. */
+#define RESTORE_MAX (1u << 20)
 
 /* ---------- expected-response queue ---------- */
 
@@ -202,6 +207,32 @@ static void apply_pending_set(pgs_server *sv, bool ok)
     sv->pending_set_kind = 0;
 }
 
+/* Is the server provably idle, as PostgreSQL itself sees it: its last
+ * ReadyForQuery said 'I', no reply is owed, nothing was sent after that
+ * ReadyForQuery (no Parse/Bind/Execute waiting for a Sync, no half
+ * message, nothing queued), and nothing it sent is unread? */
+static bool server_done(const pgs_server *sv)
+{
+    return sv->exq.count == 0 && sv->tx_status == 'I' && !sv->unsynced && !sv->restoring &&
+           !sv->s.wb.pending && sv->s.rbuf.pos == sv->s.rbuf.len && sv->fwd_remaining == 0 &&
+           !sv->pending_set_kind;
+}
+
+/* The one way back to the pool from the relay.  Every caller has checked
+ * server_done(); checking again here keeps a future caller's mistake from
+ * handing another client a server inside someone's transaction. */
+static void release_idle(pgs_server *sv)
+{
+    if (!server_done(sv)) {
+        log_error("S-%u: not idle when released (status %c, %u replies owed%s); closing it",
+                  sv->id, sv->tx_status ? sv->tx_status : '?', sv->exq.count,
+                  sv->unsynced ? ", unsynced" : "");
+        server_close(sv, "released while not idle");
+        return;
+    }
+    pool_release(sv);
+}
+
 static void unlink_and_release(pgs_client *c, pgs_server *sv)
 {
     c->server = NULL;
@@ -209,14 +240,7 @@ static void unlink_and_release(pgs_client *c, pgs_server *sv)
     atomic_store_explicit(&c->server_id, 0, memory_order_relaxed);
     atomic_store_explicit(&sv->client_id, 0, memory_order_relaxed);
     atomic_store_explicit(&c->state, CL_IDLE, memory_order_relaxed);
-    pool_release(sv);
-}
-
-/* Does the server owe nothing and is the client between messages? */
-static bool server_done(const pgs_server *sv)
-{
-    return sv->exq.count == 0 && sv->tx_status == 'I' && !sv->s.wb.pending &&
-           sv->s.rbuf.pos == sv->s.rbuf.len && sv->fwd_remaining == 0;
+    release_idle(sv);
 }
 
 static void server_protocol_error(pgs_server *sv, const char *what)
@@ -235,6 +259,7 @@ void relay_server_data(pgs_server *sv)
     io_batch_init(&cb, w, c ? &c->s : NULL);
     pgs_pool_stats *st = &sv->pool->stats;
     bool saw_ready = false;
+    bool restored = false;  /* the client's settings are now in effect */
 
     while (b->data && b->pos < b->len) {
         uint8_t *p = b->data + b->pos;
@@ -278,6 +303,11 @@ void relay_server_data(pgs_server *sv)
         case 'Z': {
             char status = (char)body[0];
             bool was_query = h && (h->kind == EX_QUERY || h->kind == EX_SYNC);
+            if (internal && sv->restoring) {
+                /* an error would have ended the link at its 'E' */
+                sv->restoring = false;
+                restored = true;
+            }
             if (h && (h->kind == EX_SYNC || h->kind == EX_QUERY || h->kind == EX_INTERNAL))
                 exq_pop(&sv->exq);
             sv->tx_status = status;
@@ -306,19 +336,32 @@ void relay_server_data(pgs_server *sv)
             sv->query_failed = true;
             if (internal) {
                 proto_error_fields f;
-                if (proto_read_error(body, len - 4, &f) == 0 && f.message)
-                    log_warn("S-%u: restoring session state failed: %s", sv->id, f.message);
-                if (c) {
-                    /* Tell the client; its settings are not all in effect. */
-                    proto_out o;
-                    io_batch_out(&cb, &o);
-                    char msg[300];
+                if (proto_read_error(body, len - 4, &f) != 0) f.message = f.sqlstate = NULL;
+                if (f.sqlstate && strlen(f.sqlstate) != 5) f.sqlstate = NULL;
+                log_warn("S-%u: %s failed: %s", sv->id,
+                         sv->restoring ? "restoring a client's settings" : "resetting",
+                         f.message ? f.message : "?");
+                if (c && sv->restoring) {
+                    /* The restore ran as one implicit transaction and was
+                     * rolled back whole: this server still carries the
+                     * previous client's settings, and none of the client's
+                     * requests has been sent.  Running them here would run
+                     * them under someone else's search_path or tenant
+                     * setting; the client's session cannot be reproduced,
+                     * so it ends with the reason. */
+                    (void)io_batch_flush(&cb);
+                    char msg[400];
                     snprintf(msg, sizeof(msg),
-                             "pgscale could not restore this session's settings on a pooled "
-                             "server connection: %s",
-                             f.message ? f.message : "?");
-                    proto_notice(&o, "WARNING", "01000", msg);
-                    io_batch_commit_out(&cb, &o);
+                             "could not restore this session's settings on a pooled server "
+                             "connection: %s",
+                             f.message ? f.message : "the server refused them");
+                    c->server = NULL;
+                    sv->client = NULL;
+                    client_fail(c, f.sqlstate ? f.sqlstate : "08006", msg,
+                                "a setting made with SET is no longer valid (an object it names "
+                                "was dropped?); reconnect and set it again");
+                    server_close(sv, "could not restore a client's settings");
+                    return;
                 }
                 break;
             }
@@ -391,12 +434,18 @@ void relay_server_data(pgs_server *sv)
     if (!c) {
         /* Our own reset after the client left. */
         if (saw_ready && sv->exq.count == 0) {
-            if (sv->tx_status == 'I' && !sv->query_failed) {
-                pool_release(sv);
+            if (server_done(sv)) {
+                release_idle(sv);
             } else {
                 server_close(sv, "could not reset the server connection");
             }
         }
+        return;
+    }
+    if (restored) {
+        /* The requests that waited for the restore go now; the server is
+         * the client's until they are answered. */
+        relay_client_data(c);
         return;
     }
     if (saw_ready && tx_mode(c) && c->fwd_remaining == 0 && server_done(sv) &&
@@ -561,16 +610,19 @@ static int32_t client_rename(pgs_client *c, pgs_server *sv, uint8_t type, const 
     const uint8_t *body = p + 5;
     size_t blen = have - 5, pos = 0;
     const char *portal = NULL;
+    /* A name that does not end within the bytes held is longer than any
+     * statement name the client can have prepared here: pass it on. */
+    int32_t unterminated = have < total ? 0 : -2;
     if (type == 'B') {
         portal = proto_get_string(body, blen, &pos);
-        if (!portal) return -2;
+        if (!portal) return unterminated;
     } else {
         if (blen < 1 || body[0] != 'S') return 0;
         pos = 1;
     }
     size_t name_at = pos;
     const char *name = proto_get_string(body, blen, &pos);
-    if (!name) return -2;
+    if (!name) return unterminated;
     if (!*name) return 0; /* unnamed statement: nothing to rename */
     pgs_stmt *st = stmt_map_get(c->stmts, name, pos - name_at - 1);
     if (!st) return 0; /* let the server say it does not exist */
@@ -624,6 +676,17 @@ static void client_forward(pgs_client *c)
             return;
         }
         uint32_t total = len + 1;
+        if (len > SMALL_MESSAGE_MAX && type != 'Q' && type != 'F' && type != 'P' &&
+            type != 'B' && type != 'd') {
+            /* PostgreSQL itself ends the connection over such a message;
+             * refusing it here keeps the server connection for others. */
+            (void)io_batch_flush(&sb);
+            char m[120];
+            snprintf(m, sizeof(m), "invalid message length: a '%c' message of %u bytes (at most %u)",
+                     type, len, SMALL_MESSAGE_MAX);
+            client_protocol_error(c, m);
+            return;
+        }
         bool tracked = track_prepared(c);
         uint32_t need = 0;
         switch (type) {
@@ -708,10 +771,16 @@ static void client_forward(pgs_client *c)
             break;
         case 'C':
             if (tracked && len > 6 && p[5] == 'S' && p[6] != '\0') {
+                /* Only the bytes held are read: a name longer than what is
+                 * inspected cannot be one of the client's statements (a
+                 * Parse with such a name would have been held whole and
+                 * refused as too long), so that Close goes to the server
+                 * as it is. */
+                uint32_t have = PGS_MIN(avail, total);
                 size_t pos = 1;
-                const char *name = proto_get_string(p + 5, len - 4, &pos);
+                const char *name = proto_get_string(p + 5, have - 5, &pos);
                 if (!name) {
-                    r = -2;
+                    if (have == total) r = -2;
                     break;
                 }
                 if (stmt_map_get(c->stmts, name, pos - 2)) {
@@ -743,6 +812,13 @@ static void client_forward(pgs_client *c)
                         NULL);
             return;
         }
+        /* What the server has been sent since its last Sync or Query; a
+         * Parse or Close answered here may still have sent something
+         * (a Parse under another name, an eviction), so they count. */
+        if (type == 'P' || type == 'B' || type == 'E' || type == 'D' || type == 'C')
+            sv->unsynced = true;
+        else if (forward && (type == 'S' || type == 'Q' || type == 'F'))
+            sv->unsynced = false;
         uint32_t n = PGS_MIN(avail, total);
         if (forward) io_batch_add(&sb, p + consumed, n - (uint32_t)consumed);
         b->pos += n;
@@ -807,7 +883,7 @@ void relay_client_data(pgs_client *c)
         return;
     }
     pgs_server *sv = c->server;
-    if (sv->s.wb.pending) {
+    if (sv->s.wb.pending || sv->restoring) {
         io_read_stop(&c->s);
         return;
     }
@@ -833,12 +909,32 @@ void relay_link(pgs_client *c, pgs_server *sv)
     atomic_store_explicit(&sv->client_id, c->id, memory_order_relaxed);
     atomic_store_explicit(&c->state, CL_ACTIVE, memory_order_relaxed);
     atomic_store_explicit(&sv->state, SV_ACTIVE, memory_order_relaxed);
-    char sql[4096];
-    int n = params_sync_sql(c->params, &sv->params, sql, sizeof(sql));
+    char stack_sql[4096], *sql = stack_sql;
+    size_t cap = sizeof(stack_sql);
+    int n;
+    /* A client with many or long settings needs more room; the restore
+     * must be whole, never cut short. */
+    while ((n = params_sync_sql(c->params, &sv->params, sql, cap)) < 0 && cap < RESTORE_MAX) {
+        if (sql != stack_sql) free(sql);
+        cap *= 4;
+        sql = pgs_xmalloc(cap);
+    }
     if (n < 0) {
-        log_warn("C-%u: session settings too large to restore", c->id);
-    } else if (n > 0) {
-        if (server_send_internal(sv, sql, (size_t)n) < 0) {
+        if (sql != stack_sql) free(sql);
+        c->server = NULL;
+        sv->client = NULL;
+        client_fail(c, "54000", "this session's settings are too large to restore on a pooled "
+                    "server connection", "use fewer or shorter SET values, or session pooling");
+        release_idle(sv);
+        return;
+    }
+    if (n > 0) {
+        /* The client's requests wait for the server's answer: if one
+         * setting is refused, none of them may run (see 'E' above). */
+        sv->restoring = true;
+        int rc = server_send_internal(sv, sql, (size_t)n);
+        if (sql != stack_sql) free(sql);
+        if (rc < 0) {
             client_server_lost(c, "writing to the PostgreSQL server failed");
             server_close(sv, "write failed");
             return;
@@ -849,7 +945,7 @@ void relay_link(pgs_client *c, pgs_server *sv)
         server_close(sv, "read failed");
         return;
     }
-    relay_client_data(c);
+    if (!sv->restoring) relay_client_data(c);
 }
 
 void relay_client_gone(pgs_client *c)
@@ -863,10 +959,13 @@ void relay_client_gone(pgs_client *c)
     sv->client = NULL;
     atomic_store_explicit(&sv->client_id, 0, memory_order_relaxed);
     if (sv->pending_set_kind) apply_pending_set(sv, false);
-    /* Replies still owed, or half a message sent: the server's state is
-     * unknown, so it cannot serve anyone else. */
+    /* Replies still owed, half a message sent, or extended-protocol
+     * messages without their Sync (an implicit transaction that a Sync or
+     * the next client's first query would commit): the server's state is
+     * not provably clean, so it cannot serve anyone else.  Closing it makes
+     * PostgreSQL roll back whatever the client left open. */
     bool busy = sv->exq.count > 0 || c->fwd_remaining > 0 || sv->s.wb.pending ||
-                sv->fwd_remaining > 0;
+                sv->fwd_remaining > 0 || sv->unsynced || sv->restoring;
     if (busy) {
         server_close(sv, "client left with a request in progress");
         return;
@@ -883,5 +982,5 @@ void relay_client_gone(pgs_client *c)
         server_close(sv, "could not reset the server connection");
         return;
     }
-    if (sv->exq.count == 0) pool_release(sv);
+    if (sv->exq.count == 0) release_idle(sv);
 }

@@ -207,6 +207,15 @@ struct pgs_server {
     char tx_status;
     bool broken;              /* must not go back to the pool */
     bool reset_pending;       /* DISCARD ALL on next release (session mode) */
+    /* An extended-protocol message (Parse, Bind, Execute, Describe, Close)
+     * went to the server after its last Sync or Query: it may be inside an
+     * implicit transaction that the next simple Query or Sync would commit,
+     * whatever its last ReadyForQuery said. */
+    bool unsynced;
+    /* The client's settings are being restored (relay_link): its requests
+     * wait until the server confirms them, so that none runs under the
+     * previous client's settings. */
+    bool restoring;
     uint64_t connect_us, last_used_us, login_start_us;
     uint64_t cancelled_us;    /* when a cancel request was last sent for it */
     pgs_expect_q exq;
