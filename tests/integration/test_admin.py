@@ -205,7 +205,7 @@ def test_unknown_admin_command_errors_and_lists_commands(pgscale):
         with conn.cursor() as cur:
             with pytest.raises(psycopg2.Error) as exc:
                 cur.execute("SHOW NONSENSE")
-            assert exc.value.pgcode in ("42601", "42704", "0A000"), exc.value.pgcode
+            assert exc.value.pgcode == "42601", (exc.value.pgcode, str(exc.value))
             assert "SHOW POOLS" in str(exc.value) or "POOLS" in str(exc.value).upper()
             cur.execute("SHOW POOLS")  # still usable
             assert cur.description is not None

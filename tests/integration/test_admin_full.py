@@ -208,8 +208,8 @@ def test_other_users_may_not_connect_to_the_console(pgscale, tmp_path):
     err = login_error(pg, user="app", db="pgscale")
     assert err["S"] == "FATAL" and err["C"] == "28000", err
     assert "not allowed" in err["M"] and "admin_users" in err["M"], err
-    with pytest.raises(psycopg2.OperationalError):
-        psycopg2.connect(pg.dsn("someone", "pgscale"))
+    err = login_error(pg, user="someone", db="pgscale")
+    assert err["S"] == "FATAL" and err["C"] == "28000", err
     # the same user still reaches its database
     conn = pg.connect()
     with conn.cursor() as cur:
@@ -593,8 +593,9 @@ def test_unknown_command_lists_every_command(pgscale):
     for cmd in ("SHOW DATABASES", "SHOW USERS", "SHOW LISTS", "RELOAD", "PAUSE", "RESUME",
                 "KILL", "WAIT_CLOSE", "SHUTDOWN"):
         assert cmd in msg, (cmd, msg)
-    with pytest.raises(psycopg2.Error):
+    with pytest.raises(psycopg2.Error) as exc:
         pg.admin("RELOAD now")
+    assert exc.value.pgcode == "42601", (exc.value.pgcode, str(exc.value))
 
 
 # -- overrides and client limits ----------------------------------------------------

@@ -9,9 +9,6 @@ state.
 Outcomes are checked on PostgreSQL itself (rows, pg_stat_activity) through a
 direct connection to the primary, not only through pgscale.
 """
-import base64
-import hashlib
-import hmac
 import os
 import signal
 import struct
@@ -385,39 +382,13 @@ def test_pipelined_syncs_get_their_replies_in_order_while_others_share_the_serve
 # --------------------------------------------------------------------------
 # ParameterStatus at login
 # --------------------------------------------------------------------------
-def _scram_login(host, port, user, password, database):
-    """A raw SCRAM-SHA-256 login straight to PostgreSQL; returns the RawConn."""
-    c = pgwire.RawConn(host, port, timeout=10)
-    c.send(pgwire.startup_packet(user, database))
-    t, p = c.recv_msg()
-    assert t == b"R" and struct.unpack("!I", p[:4])[0] == 10, (t, p)
-    nonce = base64.b64encode(os.urandom(18)).decode()
-    first_bare = "n=,r=" + nonce
-    first = ("n,," + first_bare).encode()
-    c.send(msg(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
-    t, p = c.recv_msg()
-    assert t == b"R" and struct.unpack("!I", p[:4])[0] == 11, (t, p)
-    server_first = p[4:].decode()
-    attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]),
-                                 int(attrs["i"]))
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    without_proof = "c=biws,r=" + attrs["r"]
-    auth_msg = ",".join((first_bare, server_first, without_proof)).encode()
-    sig = hmac.new(stored_key, auth_msg, "sha256").digest()
-    proof = base64.b64encode(bytes(x ^ y for x, y in zip(client_key, sig))).decode()
-    c.send(msg(b"p", (without_proof + ",p=" + proof).encode()))
-    msgs = c.read_until_ready()
-    assert pgwire.ready_status(msgs) == "I", msgs
-    return c
-
-
 @pytest.mark.deadline(30)
 def test_parameter_status_at_login_equals_what_postgresql_sends(pgscale, primary):
     pg = pgscale(DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0)
-    direct = _scram_login(primary.host, primary.port, APP_USER, APP_PASSWORD, APP_DB)
+    direct = pgwire.RawConn(primary.host, primary.port)
+    msgs = direct.login(APP_USER, APP_DB, APP_PASSWORD)
     direct.close()
+    assert pgwire.ready_status(msgs) == "I", msgs
     via = connect(pg)
     via.close()
     # Intended differences: none.  application_name is '' in both (no
