@@ -306,7 +306,8 @@ def test_pause_waits_for_the_running_transaction(pgscale):
 
     q = threading.Thread(target=query)
     q.start()
-    time.sleep(0.5)
+    wait_for(lambda: _int(pg.pool()["cl_waiting"]) >= 1, 5,
+             what="the query to be held back while the database is paused")
     assert "row" not in result, "a query ran while the database was paused"
     pg.admin("RESUME app")
     q.join(10)
@@ -533,7 +534,8 @@ def test_kill_closes_clients_and_servers_of_the_database_only(pgscale, primary):
 
     t = threading.Thread(target=query)
     t.start()
-    time.sleep(0.4)
+    wait_for(lambda: _int(pg.pool()["cl_waiting"]) >= 1, 5,
+             what="the query to be held back while the database stays paused")
     assert "row" not in result
     pg.admin("RESUME app")
     t.join(10)
