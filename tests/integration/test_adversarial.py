@@ -468,6 +468,14 @@ def test_discard_or_deallocate_all_from_one_client_keeps_others_prepared_stateme
 # --------------------------------------------------------------------------
 # clients vanishing in every protocol state
 # --------------------------------------------------------------------------
+def _vanish_extended_insert_flush(c, primary):
+    # Outside BEGIN, the INSERT runs in the implicit transaction that the
+    # next Sync would commit; with no Sync ever sent, it must not commit.
+    c.send(parse("", "INSERT INTO adv_t VALUES (1, 'vanished')") + bind("") + execute() + FLUSH)
+    m = recv_until(c, b"C")
+    assert types(m) == b"12C", m
+
+
 def _vanish_mid_copy(c, primary):
     c.send(pgwire.query("COPY adv_t FROM STDIN"))
     m = recv_until(c, b"G")
@@ -505,6 +513,7 @@ def _vanish_in_failed_transaction(c, primary):
 
 
 _VANISH_STATES = {
+    "extended_insert_flushed": _vanish_extended_insert_flush,
     "mid_copy_from_stdin": _vanish_mid_copy,
     "mid_pipeline_with_syncs_outstanding": _vanish_mid_pipeline,
     "in_transaction_after_insert": _vanish_in_transaction_after_insert,
