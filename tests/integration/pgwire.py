@@ -6,6 +6,10 @@ Drivers hide most of this (psycopg2 turns a FATAL at login into a bare
 OperationalError without a SQLSTATE), so tests that assert on the wire use
 RawConn.  Every read is bounded by a timeout.
 """
+import base64
+import hashlib
+import hmac
+import os
 import socket
 import struct
 import time
@@ -169,6 +173,41 @@ class RawConn:
         self.send(startup_packet(user, database, **params))
         return self.read_until_ready(timeout)
 
+    def login(self, user="app", database="app", password="", timeout=10.0, **params):
+        """Startup with password authentication (cleartext, md5 or
+        SCRAM-SHA-256, whichever the peer asks for).  Returns every message
+        up to ReadyForQuery or the close, so that a refusal's ErrorResponse
+        (with its SQLSTATE, which drivers do not expose at login) is seen."""
+        self.send(startup_packet(user, database, **params))
+        msgs = []
+        scram = None
+        while True:
+            m = self.recv_msg(timeout)
+            if m is None:
+                return msgs
+            msgs.append(m)
+            mtype, payload = m
+            if mtype in (b"Z", b"E"):
+                if mtype == b"E":
+                    msgs.extend(self.read_until_close(timeout))
+                return msgs
+            if mtype != b"R":
+                continue
+            (code,) = struct.unpack("!I", payload[:4])
+            if code == 3:
+                self.send(message(b"p", password.encode() + b"\0"))
+            elif code == 5:
+                inner = hashlib.md5(password.encode() + user.encode()).hexdigest()
+                outer = hashlib.md5(inner.encode() + payload[4:8]).hexdigest()
+                self.send(message(b"p", b"md5" + outer.encode() + b"\0"))
+            elif code == 10:
+                scram = _Scram(password)
+                first = scram.client_first()
+                self.send(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) +
+                                  first))
+            elif code == 11:
+                self.send(message(b"p", scram.client_final(payload[4:])))
+
     def simple_query(self, sql, timeout=10.0):
         self.send(query(sql))
         return self.read_until_ready(timeout)
@@ -187,6 +226,30 @@ class RawConn:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _Scram:
+    """The client side of SCRAM-SHA-256 (RFC 5802/7677), without channel binding."""
+
+    def __init__(self, password):
+        self.password = password.encode()
+        self.first_bare = "n=,r=" + base64.b64encode(os.urandom(18)).decode()
+
+    def client_first(self):
+        return ("n,," + self.first_bare).encode()
+
+    def client_final(self, server_first):
+        server_first = server_first.decode()
+        attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+        salted = hashlib.pbkdf2_hmac("sha256", self.password, base64.b64decode(attrs["s"]),
+                                     int(attrs["i"]))
+        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+        stored_key = hashlib.sha256(client_key).digest()
+        without_proof = "c=biws,r=" + attrs["r"]
+        auth_msg = ",".join((self.first_bare, server_first, without_proof)).encode()
+        sig = hmac.new(stored_key, auth_msg, "sha256").digest()
+        proof = base64.b64encode(bytes(x ^ y for x, y in zip(client_key, sig))).decode()
+        return (without_proof + ",p=" + proof).encode()
 
 
 def errors(msgs):

@@ -65,8 +65,10 @@ def test_show_pools_counts_waiting_client(pgscale):
         row = wait_for(lambda: (lambda r: r if r and _int(r["cl_waiting"]) >= 1 else None)(pg.pool()),
                        5, what="cl_waiting >= 1")
         assert _int(row["sv_active"]) == 1
-        time.sleep(0.3)
-        assert _int(pg.pool()["maxwait_ms"]) >= 200
+        t0 = time.monotonic()
+        wait_for(lambda: _int(pg.pool()["maxwait_ms"]) >= 200, 5,
+                 what="maxwait_ms to reach 200 while the client waits")
+        assert time.monotonic() - t0 < 1.0, "maxwait_ms grew slower than the wall clock"
         states = [c["state"] for c in pg.admin("SHOW CLIENTS") if c["database"] == "app"]
         assert "waiting" in states, states
     finally:
@@ -205,7 +207,7 @@ def test_unknown_admin_command_errors_and_lists_commands(pgscale):
         with conn.cursor() as cur:
             with pytest.raises(psycopg2.Error) as exc:
                 cur.execute("SHOW NONSENSE")
-            assert exc.value.pgcode in ("42601", "42704", "0A000"), exc.value.pgcode
+            assert exc.value.pgcode == "42601", (exc.value.pgcode, str(exc.value))
             assert "SHOW POOLS" in str(exc.value) or "POOLS" in str(exc.value).upper()
             cur.execute("SHOW POOLS")  # still usable
             assert cur.description is not None

@@ -208,8 +208,8 @@ def test_other_users_may_not_connect_to_the_console(pgscale, tmp_path):
     err = login_error(pg, user="app", db="pgscale")
     assert err["S"] == "FATAL" and err["C"] == "28000", err
     assert "not allowed" in err["M"] and "admin_users" in err["M"], err
-    with pytest.raises(psycopg2.OperationalError):
-        psycopg2.connect(pg.dsn("someone", "pgscale"))
+    err = login_error(pg, user="someone", db="pgscale")
+    assert err["S"] == "FATAL" and err["C"] == "28000", err
     # the same user still reaches its database
     conn = pg.connect()
     with conn.cursor() as cur:
@@ -306,7 +306,8 @@ def test_pause_waits_for_the_running_transaction(pgscale):
 
     q = threading.Thread(target=query)
     q.start()
-    time.sleep(0.5)
+    wait_for(lambda: _int(pg.pool()["cl_waiting"]) >= 1, 5,
+             what="the query to be held back while the database is paused")
     assert "row" not in result, "a query ran while the database was paused"
     pg.admin("RESUME app")
     q.join(10)
@@ -533,7 +534,8 @@ def test_kill_closes_clients_and_servers_of_the_database_only(pgscale, primary):
 
     t = threading.Thread(target=query)
     t.start()
-    time.sleep(0.4)
+    wait_for(lambda: _int(pg.pool()["cl_waiting"]) >= 1, 5,
+             what="the query to be held back while the database stays paused")
     assert "row" not in result
     pg.admin("RESUME app")
     t.join(10)
@@ -593,8 +595,9 @@ def test_unknown_command_lists_every_command(pgscale):
     for cmd in ("SHOW DATABASES", "SHOW USERS", "SHOW LISTS", "RELOAD", "PAUSE", "RESUME",
                 "KILL", "WAIT_CLOSE", "SHUTDOWN"):
         assert cmd in msg, (cmd, msg)
-    with pytest.raises(psycopg2.Error):
+    with pytest.raises(psycopg2.Error) as exc:
         pg.admin("RELOAD now")
+    assert exc.value.pgcode == "42601", (exc.value.pgcode, str(exc.value))
 
 
 # -- overrides and client limits ----------------------------------------------------

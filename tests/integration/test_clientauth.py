@@ -35,9 +35,19 @@ def login(pg, user="app", password=CLIENT_PW, db="app"):
     return row
 
 
-def refused(pg, user, password, db="app"):
+def refused(pg, user, password, db="app", sqlstate="28P01"):
+    """The refusal's message, after checking that it is one FATAL with
+    `sqlstate` on the wire (28P01 for a wrong password or unknown user, 28000
+    for an hba refusal, as PostgreSQL sends them) and an OperationalError in
+    libpq."""
+    with pgwire.RawConn(LOCALHOST, pg.port) as c:
+        msgs = c.login(user, db, password)
+    errs = pgwire.errors(msgs)
+    assert len(errs) == 1 and pgwire.ready_status(msgs) is None, msgs
+    assert errs[0]["S"] == "FATAL" and errs[0]["C"] == sqlstate, errs[0]
     with pytest.raises(psycopg2.OperationalError) as exc:
         psycopg2.connect(pg.dsn(user, db, password=password)).close()
+    assert errs[0]["M"] in str(exc.value), (errs[0], str(exc.value))
     return str(exc.value)
 
 
@@ -135,7 +145,7 @@ def test_hba_rules_pick_the_method_and_reject(pgscale, tmp_path):
     pg = start(pgscale, tmp_path, hba,
                '"app" "%s"\n"blocked" "%s"\n' % (CLIENT_PW, CLIENT_PW))
     assert login(pg) == ("app", 2)            # md5 rule
-    msg = refused(pg, "blocked", CLIENT_PW)
+    msg = refused(pg, "blocked", CLIENT_PW, sqlstate="28000")
     assert "rejects connection" in msg and '"blocked"' in msg, msg
     # trust for this user: pgscale asks the client nothing; the login to
     # PostgreSQL is what then fails (pgscale has no server password for it)
@@ -149,7 +159,7 @@ def test_hba_without_a_matching_rule_refuses(pgscale, tmp_path):
     - {type: host, database: app, user: app, address: 10.0.0.0/8, method: trust}
 """
     pg = start(pgscale, tmp_path, hba, '"app" "%s"\n' % CLIENT_PW)
-    msg = refused(pg, "app", CLIENT_PW)
+    msg = refused(pg, "app", CLIENT_PW, sqlstate="28000")
     assert "no auth.hba rule" in msg and "127.0.0.1" in msg, msg
 
 
@@ -265,7 +275,7 @@ def test_auth_query_with_a_custom_function(pgscale, primary, tmp_path, roles):
 def test_auth_query_failure_is_a_clear_error(pgscale, tmp_path, roles):
     pg = start_aq(pgscale, tmp_path, "scram-sha-256",
                   "  query: SELECT no_such_column FROM pg_shadow WHERE usename = $1\n")
-    msg = refused(pg, "alice", "alice-pw")
+    msg = refused(pg, "alice", "alice-pw", sqlstate="08006")
     assert "could not look up the password" in msg, msg
     assert "auth.query failed" in pg.stderr_text(), pg.stderr_text()[-2000:]
 
@@ -351,9 +361,9 @@ auth:
         r = psql(p1, "SELECT 'over the socket'", args=["-h", sockdir])
         assert r.returncode == 0 and "over the socket" in r.stdout, r.stderr
         # TCP still asks for the password
-        with pytest.raises(psycopg2.OperationalError):
-            psycopg2.connect(host=LOCALHOST, port=p1, user="app", dbname="app",
-                             password="wrong", connect_timeout=10).close()
+        with pgwire.RawConn(LOCALHOST, p1) as c:
+            errs = pgwire.errors(c.login("app", "app", "wrong"))
+        assert [(e["S"], e["C"]) for e in errs] == [("FATAL", "28P01")], errs
         pg.signal(signal.SIGTERM)
         assert pg.wait_exit(10) == 0
         assert not os.path.exists(sock), "socket file left behind"

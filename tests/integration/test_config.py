@@ -11,6 +11,7 @@ import time
 import psycopg2
 import pytest
 
+import pgwire
 from conftest import PGSCALE_BIN
 from helpers import APP_DB, APP_PASSWORD, APP_USER, LOCALHOST, free_port, port_accepts
 
@@ -401,8 +402,16 @@ def test_database_url_with_wrong_password_starts_but_reports_the_login_error(pgs
     """A wrong password is not a configuration error (pgscale cannot know
     before connecting), but a client gets an error instead of a hang."""
     pg = pgscale(DATABASE_URL=primary.url(password="wrong-password"), DB_POOL_TIMEOUT=3)
-    conn = None
-    with pytest.raises(psycopg2.Error):
+    # PostgreSQL's refusal of pgscale's login is relayed: FATAL 28P01
+    with pgwire.RawConn(LOCALHOST, pg.port) as c:
+        msgs = c.startup()
+        if pgwire.ready_status(msgs) == "I":     # the server login came later
+            c.send(pgwire.query("SELECT 1"))
+            msgs = c.read_until_close()
+    errs = pgwire.errors(msgs)
+    assert [(e["S"], e["C"]) for e in errs] == [("FATAL", "28P01")], msgs
+    assert 'password authentication failed for user "app"' in errs[0]["M"], errs
+    with pytest.raises(psycopg2.OperationalError):
         conn = pg.connect()
         with conn.cursor() as cur:
             cur.execute("SELECT 1")

@@ -10,8 +10,10 @@ clients, servers, locks or memory.
 
 Tests that stop the primary use `primary_ctl`; conftest runs this file last.
 """
+import os
 import random
 import re
+import signal
 import socket
 import struct
 import threading
@@ -613,6 +615,63 @@ def test_client_waiting_through_a_short_outage_is_served(pgscale, primary_ctl):
         "%r after %.1f s" % (restarted, pgwire.errors(msgs), elapsed)
     assert pgwire.data_rows(msgs) == [["served after the outage"]]
     assert elapsed < restarted + 2, "served only %.1f s after the restart" % (elapsed - restarted)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.deadline(90)
+def test_postmaster_killed_with_sigkill_gives_clients_08006_then_recovers(pgscale, primary_ctl):
+    """A real crash of the whole server: the postmaster gets SIGKILL while one
+    client's query runs and another client sits idle.  Both are told with
+    08006; once PostgreSQL is started again pgscale serves without a
+    restart."""
+    primary = primary_ctl
+    pg = pgscale(DB_POOL_SIZE=2, DB_MAX_OVERFLOW=0, PGSCALE_SERVER_CONNECT_TIMEOUT="1s",
+                 DB_POOL_TIMEOUT=10)
+    idle = pgwire.RawConn(pg.host, pg.port, timeout=10)
+    busy = pgwire.RawConn(pg.host, pg.port, timeout=10)
+    try:
+        for c in (idle, busy):
+            assert pgwire.ready_status(c.startup()) == "I"
+            assert pgwire.data_rows(c.simple_query("SELECT 1")) == [["1"]]
+        busy.send(pgwire.query("SELECT pg_sleep(30) /* crash-busy */"))
+        _wait_backend_running(primary, "crash-busy")
+        # every process of the old server, to wait for before restarting it
+        # (they hold its shared memory)
+        old = [r[0] for r in primary.execute("SELECT pid FROM pg_stat_activity")]
+        t0 = time.monotonic()
+        os.kill(primary.proc.pid, signal.SIGKILL)
+        primary.proc.wait(10)
+        # the running query's backend exits without a word: pgscale reports 08006
+        errs = _fatal_and_closed(busy, timeout=5)
+        assert time.monotonic() - t0 < 3, "told after %.1f s" % (time.monotonic() - t0)
+        e = _assert_one_fatal(errs, "08006")
+        assert "server connection lost" in e["M"], e
+        # the idle client's next query needs a new server, which cannot be had
+        idle.send(pgwire.query("SELECT 2"))
+        errs = _fatal_and_closed(idle, timeout=6)
+        e = _assert_one_fatal(errs, "08006")
+        assert "%s:%d" % (primary.host, primary.port) in e["M"], e
+    finally:
+        idle.close()
+        busy.close()
+    assert pg.is_running()
+    wait_for(lambda: not any(_pid_alive(p) for p in old), 20, interval=0.1,
+             what="the old server's processes to exit")
+    primary.stop()   # closes the log of the killed postmaster
+    primary.start()
+    kind, value, _ = _in_thread(lambda: _one(pg.connect(), "SELECT 42"), 8,
+                                "the first query after the restart")
+    assert kind == "ok" and value == (42,), value
+    with pgwire.RawConn(pg.host, pg.port, timeout=5) as c:
+        assert pgwire.ready_status(c.startup()) == "I"
+        assert pgwire.data_rows(c.simple_query("SELECT 43")) == [["43"]]
 
 
 # --------------------------------------------------------------------------

@@ -315,9 +315,7 @@ def test_sigterm_refuses_new_clients_lets_running_transaction_commit_then_exits_
     waited, codes, msgs = _closed_with(idle, timeout=5)
     idle.close()
     assert codes == ["57P01"], msgs
-    assert pg.is_running(), "pgscale exited while a transaction was in progress"
-    time.sleep(0.5)
-    assert pg.is_running(), "pgscale exited while a transaction was in progress"
+    assert pg.wait_exit(0.5) is None, "pgscale exited while a transaction was in progress"
 
     with a.cursor() as cur:
         cur.execute("SELECT 2")
@@ -409,11 +407,11 @@ def test_sighup_keeps_running_and_serving(pgscale, primary):
     in_tx = pg.connect(autocommit=False)
     with in_tx.cursor() as cur:
         cur.execute("INSERT INTO %s VALUES (%%s)" % table, (marker,))
-    pg.signal(signal.SIGHUP)
-    time.sleep(0.3)
-    pg.signal(signal.SIGHUP)
-    time.sleep(0.5)
-    assert pg.is_running(), "pgscale exited on SIGHUP (rc=%s)" % pg.proc.returncode
+    for n in (1, 2):
+        pg.signal(signal.SIGHUP)
+        wait_for(lambda: pg.stderr_text().count("configuration reloaded") >= n or
+                 not pg.is_running(), 5, what="reload %d to be logged" % n)
+        assert pg.is_running(), "pgscale exited on SIGHUP (rc=%s)" % pg.proc.returncode
     with before.cursor() as cur:
         cur.execute("SELECT 1")
         assert cur.fetchone() == (1,)

@@ -184,8 +184,9 @@ def test_waiting_clients_are_served_first_come_first_served(pgscale):
         t = threading.Thread(target=waiter, args=(i,))
         t.start()
         threads.append(t)
-        time.sleep(0.1)  # arrival order 0, 1, 2, ...
-    time.sleep(0.2)
+        # arrival order 0, 1, 2, ...: the next client starts once this one waits
+        wait_for(lambda: (lambda r: r and int(r["cl_waiting"]) == i + 1)(pg.pool()), 5,
+                 what="client %d queued for the one server" % i)
     assert served == {}, "clients ran while the only server was taken"
     holder.commit()
     for t in threads:
@@ -388,9 +389,9 @@ def test_server_lifetime_replaces_old_servers(pgscale):
     pg = pgscale(DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, PGSCALE_SERVER_LIFETIME="1s")
     conn = pg.connect()
     pid1 = _one(conn, "SELECT pg_backend_pid()")[0]
-    time.sleep(1.6)
-    pid2 = _one(conn, "SELECT pg_backend_pid()")[0]
-    assert pid1 != pid2
+    # used every 0.1 s, the server is still replaced once it is 1 s old
+    wait_for(lambda: _one(conn, "SELECT pg_backend_pid()")[0] != pid1, 5, interval=0.1,
+             what="a new server after PGSCALE_SERVER_LIFETIME (1 s)")
 
 
 # -- what transaction mode refuses, and session mode allows --------------------------

@@ -228,20 +228,23 @@ def test_client_without_tls_is_refused_with_28000_when_tls_required(pgscale, tmp
     assert one(connect(pg), "SELECT 1") == (1,)
 
 
-def test_cancel_request_without_tls_still_works_when_tls_required(pgscale, tmp_path, certs):
+def test_cancel_request_without_tls_still_works_when_tls_required(pgscale, primary, tmp_path,
+                                                                  certs):
     pg = start(pgscale, tmp_path, certs, mode="require")
     conn = connect(pg, sslmode="require")
     result = {}
 
     def run_sleep():
         try:
-            one(conn, "SELECT pg_sleep(20)")
+            one(conn, "SELECT pg_sleep(20) /* tls-cancel */")
         except psycopg2.Error as e:
             result["err"] = e
 
     t = threading.Thread(target=run_sleep)
     t.start()
-    time.sleep(0.5)
+    wait_for(lambda: primary.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%%tls-cancel%%' "
+        "AND pid <> pg_backend_pid()"), 5, what="the query to run on the server")
     conn.cancel()  # libpq 15 sends CancelRequest unencrypted
     t.join(15)
     assert not t.is_alive()
