@@ -262,6 +262,9 @@ def test_backend_killed_with_sigkill_gives_the_client_08006_and_the_next_client_
             c.send(pgwire.query("SELECT pg_sleep(30) /* adv-kill9 */"))
             pid = wait_for(lambda: _active_backend(primary, "adv-kill9"), 5,
                            what="the query to run")
+            # the cluster runs with synchronous_commit off: make adv_t's
+            # creation durable before the crash restart throws WAL buffers away
+            primary.execute("CHECKPOINT")
             t0 = time.monotonic()
             os.kill(pid, signal.SIGKILL)
             try:
