@@ -118,6 +118,8 @@ def test_replies_match_postgresql_message_for_message(pgscale, primary):
     direct = pgwire.RawConn(LOCALHOST, primary.port)
     direct.startup(user="postgres", database=APP_DB)
     via = connect(pg)
+    other = connect(pg)
+    prepare_s1(other)
     pipelines = [
         parse("", "DEALLOCATE ALL") + bind("") + describe_portal() + execute() + SYNC,
         parse("", "DEALLOCATE ALL") + describe_statement("") + SYNC,
@@ -136,9 +138,12 @@ def test_replies_match_postgresql_message_for_message(pgscale, primary):
                     assert pv == pd
                 if t == b"E":
                     assert pgwire.parse_fields(pv)["C"] == pgwire.parse_fields(pd)["C"]
+        # and the other client on the same server connection kept its own
+        assert pgwire.data_rows(run_s1(other)) == [["minex"]]
     finally:
         direct.close()
         via.close()
+        other.close()
 
 
 def test_asyncpg_deallocate_all_of_one_client_spares_the_other(pgscale):
