@@ -51,6 +51,7 @@ static void free_client(uv_handle_t *h)
     pgs_client *c = h->data;
     io_buf_free(c->w, &c->s);
     params_free(c->params);
+    stmt_local_free(c->lx);
     stmt_map_free(c->stmts);
     free(c->user);
     free(c);

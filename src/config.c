@@ -164,6 +164,8 @@ void config_defaults(pgs_config *cfg)
 
     cfg->max_client_conn = 10000;
     cfg->max_prepared_statements = 200;
+    cfg->max_client_prepared_statements = 10000;
+    cfg->max_client_prepared_bytes = 64u * 1024 * 1024;
     cfg->max_message_size = 1073741824u;
 
     cfg->redis_url = NULL;
@@ -1070,6 +1072,10 @@ static const struct setting settings[] = {
      .off = F(max_client_conn), .min = 1, .max = 1000000},
     {.name = "PGSCALE_MAX_PREPARED_STATEMENTS", .key = "max_prepared_statements", .kind = K_INT,
      .off = F(max_prepared_statements), .min = 0, .max = 100000},
+    {.name = "PGSCALE_MAX_CLIENT_PREPARED_STATEMENTS", .key = "max_client_prepared_statements",
+     .kind = K_INT, .off = F(max_client_prepared_statements), .min = 1, .max = 10000000},
+    {.name = "PGSCALE_MAX_CLIENT_PREPARED_BYTES", .key = "max_client_prepared_bytes",
+     .kind = K_BYTES, .off = F(max_client_prepared_bytes), .min = 1024, .max = 1073741824L},
     {.name = "PGSCALE_MAX_MESSAGE_SIZE", .key = "max_message_size", .kind = K_BYTES,
      .off = F(max_message_size), .min = 1024, .max = 1073741824L},
     {.name = "REDIS_URL", .key = "redis_url", .kind = K_REDIS, .off = F(redis_url)},

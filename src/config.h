@@ -165,6 +165,8 @@ typedef struct pgs_config {
 
     int max_client_conn;          /* PGSCALE_MAX_CLIENT_CONN, default 10000 */
     int max_prepared_statements;  /* PGSCALE_MAX_PREPARED_STATEMENTS, per server, 200 */
+    int max_client_prepared_statements;      /* PGSCALE_MAX_CLIENT_PREPARED_STATEMENTS, 10000 */
+    uint32_t max_client_prepared_bytes;      /* PGSCALE_MAX_CLIENT_PREPARED_BYTES, 64 MiB */
     uint32_t max_message_size;    /* PGSCALE_MAX_MESSAGE_SIZE, bytes, default 1 GiB */
 
     char *redis_url;              /* REDIS_URL (kept for later features) */

@@ -1117,7 +1117,8 @@ static const char *const top_keys[] = {
     "server_connect_timeout", "server_login_timeout", "server_lifetime", "server_idle_timeout",
     "overflow_idle_timeout", "server_check_delay", "idle_transaction_timeout",
     "client_idle_timeout", "query_timeout", "client_login_timeout", "shutdown_timeout",
-    "max_client_conn", "max_prepared_statements", "max_message_size",
+    "max_client_conn", "max_prepared_statements", "max_client_prepared_statements",
+    "max_client_prepared_bytes", "max_message_size",
     "max_startup_packet_size", "redis_url", "log_level", "nodes", "databases", "users", "auth",
     "tls", "server_tls", "admin_users", "stats_users",
 };

@@ -41,6 +41,7 @@ static pgs_expect *exq_head(pgs_expect_q *q)
 static void exq_pop(pgs_expect_q *q)
 {
     if (!q->count) return;
+    free(q->items[q->head].owned);
     q->head = (q->head + 1) % q->cap;
     q->count--;
 }
@@ -67,25 +68,28 @@ int exq_push(pgs_expect_q *q, uint8_t kind, pgs_stmt *st, const char *tag)
     pgs_expect *e = &q->items[(q->head + q->count) % q->cap];
     e->kind = kind;
     e->count = 1;
-    e->hash = st ? st->hash : 0;
+    e->id = st ? st->id : 0;
     e->tag = tag;
+    e->owned = NULL;
     q->count++;
     return 0;
 }
 
-static int exq_push_hash(pgs_expect_q *q, uint8_t kind, uint64_t hash)
+static int exq_push_id(pgs_expect_q *q, uint8_t kind, uint64_t id)
 {
-    pgs_stmt tmp = {.hash = hash};
+    pgs_stmt tmp = {.id = id};
     return exq_push(q, kind, &tmp, NULL);
 }
 
 void exq_clear(pgs_expect_q *q)
 {
-    q->head = q->count = 0;
+    while (q->count) exq_pop(q);
+    q->head = 0;
 }
 
 void exq_free(pgs_expect_q *q)
 {
+    exq_clear(q);
     free(q->items);
     q->items = NULL;
     q->cap = q->head = q->count = 0;
@@ -95,13 +99,25 @@ void exq_free(pgs_expect_q *q)
 static void exq_run_done(pgs_expect_q *q)
 {
     pgs_expect *h = exq_head(q);
-    if (h && h->kind == EX_RUN && --h->count == 0) exq_pop(q);
+    if (h && (h->kind == EX_RUN || h->kind == EX_STMT_RUN) && --h->count == 0) exq_pop(q);
 }
 
 static bool is_fake(const pgs_expect *e)
 {
-    return e->kind == EX_FAKE_PARSE || e->kind == EX_FAKE_CLOSE || e->kind == EX_FAKE_QUERY ||
-           e->kind == EX_FAKE_ERROR;
+    switch (e->kind) {
+    case EX_FAKE_PARSE:
+    case EX_FAKE_CLOSE:
+    case EX_FAKE_QUERY:
+    case EX_FAKE_ERROR:
+    case EX_FAKE_BIND:
+    case EX_FAKE_DESC_STMT:
+    case EX_FAKE_NODATA:
+    case EX_FAKE_EXEC:
+    case EX_FAKE_EXT_ERROR:
+        return true;
+    default:
+        return false;
+    }
 }
 
 static const pgs_config *cfg(void)
@@ -154,6 +170,31 @@ static void emit_fakes(pgs_server *sv, io_batch *cb)
                 proto_ready_for_query(&o, sv->tx_status);
             }
             break;
+        case EX_FAKE_BIND:
+            if (cb) proto_end(&o, proto_begin(&o, '2'));
+            break;
+        case EX_FAKE_DESC_STMT:
+            if (cb) {
+                size_t s0 = proto_begin(&o, 't');
+                proto_put_int16(&o, 0);
+                proto_end(&o, s0);
+                proto_end(&o, proto_begin(&o, 'n'));
+            }
+            break;
+        case EX_FAKE_NODATA:
+            if (cb) proto_end(&o, proto_begin(&o, 'n'));
+            break;
+        case EX_FAKE_EXEC:
+            if (cb) proto_command_complete(&o, h->tag);
+            break;
+        case EX_FAKE_EXT_ERROR:
+            if (cb) {
+                char state[6];
+                memcpy(state, h->tag, 5);
+                state[5] = '\0';
+                proto_error(&o, "ERROR", state, h->tag + 5, NULL);
+            }
+            break;
         }
         if (cb) io_batch_commit_out(cb, &o);
         exq_pop(&sv->exq);
@@ -171,8 +212,8 @@ static void skip_to_sync(pgs_server *sv)
     while ((h = exq_head(&sv->exq)) != NULL && h->kind != EX_SYNC && h->kind != EX_QUERY &&
            h->kind != EX_INTERNAL) {
         if (h->kind == EX_PARSE || h->kind == EX_PARSE_SWALLOW) {
-            stmt_set_del(sv->prepared, h->hash);
-            if (h->kind == EX_PARSE && c) stmt_map_del_hash(c->stmts, h->hash);
+            stmt_set_del(sv->prepared, h->id);
+            if (h->kind == EX_PARSE && c) stmt_map_del_id(c->stmts, h->id);
         }
         exq_pop(&sv->exq);
     }
@@ -195,7 +236,10 @@ static void apply_pending_set(pgs_server *sv, bool ok)
         case SQL_DISCARD_ALL:
             params_clear_extras(c->params);
             params_clear_extras(sv->params);
-            if (sv->pending_set_kind == SQL_DISCARD_ALL) stmt_set_clear(sv->prepared);
+            if (sv->pending_set_kind == SQL_DISCARD_ALL) {
+                stmt_set_clear(sv->prepared);
+                stmt_map_clear(c->stmts); /* the client's own are gone too */
+            }
             break;
         default:
             break;
@@ -243,6 +287,39 @@ static void unlink_and_release(pgs_client *c, pgs_server *sv)
     release_idle(sv);
 }
 
+/* The server answered a Bind or Describe of statement `id` with an error.
+ * SQLSTATE 26000 means it no longer has the statement: something pgscale
+ * did not see dropped it (a function running DEALLOCATE through dynamic
+ * SQL, say).  Forget it on this server, so that the next use prepares it
+ * again, and tell the client in terms of its own statement name, never the
+ * server-side one it has never used.  Returns true when the error was
+ * rewritten into cb (the server's is then dropped). */
+static bool lost_statement(pgs_server *sv, uint64_t id, const uint8_t *body, uint32_t blen,
+                           io_batch *cb)
+{
+    proto_error_fields f;
+    if (proto_read_error(body, blen, &f) < 0 || !f.sqlstate || strcmp(f.sqlstate, "26000") != 0)
+        return false;
+    stmt_set_del(sv->prepared, id);
+    atomic_store_explicit(&sv->n_prepared, (uint32_t)stmt_set_count(sv->prepared),
+                          memory_order_relaxed);
+    const char *name = sv->client ? stmt_map_name_of(sv->client->stmts, id) : NULL;
+    log_info("S-%u: the server lost prepared statement %llu; it is prepared again on next use",
+             sv->id, (unsigned long long)id);
+    char msg[300];
+    snprintf(msg, sizeof(msg),
+             "prepared statement \"%.64s\" was dropped on the server by a command pgscale did "
+             "not see (such as DEALLOCATE run by a function); it will be prepared again on its "
+             "next use",
+             name ? name : "");
+    proto_out o;
+    io_batch_out(cb, &o);
+    proto_error(&o, "ERROR", "26000", msg,
+                "retry the statement; run DEALLOCATE only as a statement of its own");
+    io_batch_commit_out(cb, &o);
+    return true;
+}
+
 static void server_protocol_error(pgs_server *sv, const char *what)
 {
     log_warn("S-%u: %s", sv->id, what);
@@ -284,7 +361,8 @@ void relay_server_data(pgs_server *sv)
         pgs_expect *h = exq_head(&sv->exq);
         bool internal = h && h->kind == EX_INTERNAL;
         /* Small messages we read are held until whole. */
-        bool need_whole = type == 'Z' || type == 'S' || (type == 'E' && internal);
+        bool need_whole = type == 'Z' || type == 'S' ||
+                          (type == 'E' && (internal || (h && h->kind == EX_STMT_RUN)));
         if (need_whole && avail < total) {
             if (total > INSPECT_MAX) {
                 (void)io_batch_flush(&cb);
@@ -365,10 +443,12 @@ void relay_server_data(pgs_server *sv)
                 }
                 break;
             }
+            if (h && h->kind == EX_STMT_RUN && c && lost_statement(sv, h->id, body, len - 4, &cb))
+                drop = true;
             if (h && h->kind != EX_SYNC && h->kind != EX_QUERY) {
                 if (h->kind == EX_PARSE || h->kind == EX_PARSE_SWALLOW) {
-                    stmt_set_del(sv->prepared, h->hash);
-                    if (h->kind == EX_PARSE && c) stmt_map_del_hash(c->stmts, h->hash);
+                    stmt_set_del(sv->prepared, h->id);
+                    if (h->kind == EX_PARSE && c) stmt_map_del_id(c->stmts, h->id);
                 }
                 exq_pop(&sv->exq);
                 skip_to_sync(sv);
@@ -395,7 +475,7 @@ void relay_server_data(pgs_server *sv)
         case 'C':
         case 'I':
         case 's':
-            if (h && h->kind == EX_RUN) exq_run_done(&sv->exq);
+            exq_run_done(&sv->exq);
             break;
         case 'S': {
             size_t pos = 0;
@@ -477,7 +557,7 @@ static void client_protocol_error(pgs_client *c, const char *msg)
 static int send_parse(pgs_server *sv, pgs_stmt *st, io_batch *sb, uint8_t kind)
 {
     uint64_t evicted = 0;
-    if (stmt_set_add(&sv->prepared, st->hash, cfg()->max_prepared_statements, &evicted)) {
+    if (stmt_set_add(&sv->prepared, st->id, cfg()->max_prepared_statements, &evicted)) {
         char name[STMT_SRV_NAME_LEN];
         stmt_srv_name(evicted, name);
         proto_out o;
@@ -487,7 +567,7 @@ static int send_parse(pgs_server *sv, pgs_stmt *st, io_batch *sb, uint8_t kind)
         proto_put_string(&o, name);
         proto_end(&o, s0);
         io_batch_commit_out(sb, &o);
-        if (exq_push_hash(&sv->exq, EX_CLOSE_SWALLOW, evicted) < 0) return -1;
+        if (exq_push_id(&sv->exq, EX_CLOSE_SWALLOW, evicted) < 0) return -1;
     }
     atomic_store_explicit(&sv->n_prepared, (uint32_t)stmt_set_count(sv->prepared),
                           memory_order_relaxed);
@@ -505,8 +585,23 @@ static int send_parse(pgs_server *sv, pgs_stmt *st, io_batch *sb, uint8_t kind)
  * that uses it. */
 static int ensure_prepared(pgs_server *sv, pgs_stmt *st, io_batch *sb)
 {
-    if (stmt_set_has(sv->prepared, st->hash)) return 0;
+    if (stmt_set_has(sv->prepared, st->id)) return 0;
     return send_parse(sv, st, sb, EX_PARSE_SWALLOW);
+}
+
+static pgs_stmt_tab *worker_stmts(pgs_worker *w)
+{
+    if (!w->stmt_tab) w->stmt_tab = stmt_tab_new(NULL);
+    return w->stmt_tab;
+}
+
+/* A request pgscale refuses in the middle of an extended-protocol
+ * sequence: an ErrorResponse in its turn, then (as PostgreSQL does after an
+ * error) the client's messages up to Sync are dropped. */
+static int refuse_ext(pgs_client *c, pgs_server *sv, const char *state_msg)
+{
+    c->ext_skip = true;
+    return exq_push(&sv->exq, EX_FAKE_EXT_ERROR, NULL, state_msg);
 }
 
 /* Handles a named Parse in transaction mode.  The whole message is in
@@ -518,9 +613,118 @@ static int client_parse(pgs_client *c, pgs_server *sv, const uint8_t *body, uint
     const char *name = proto_get_string(body, blen, &pos);
     if (!name) return -2;
     size_t nlen = pos - 1;
-    pgs_stmt *st = stmt_map_put(&c->stmts, name, nlen, body + pos, (uint32_t)(blen - pos));
-    if (stmt_set_has(sv->prepared, st->hash)) return exq_push(&sv->exq, EX_FAKE_PARSE, st, NULL);
+    const pgs_config *k = cfg();
+    pgs_stmt *st = NULL;
+    int rc = stmt_map_put(&c->stmts, worker_stmts(c->w), name, nlen, body + pos,
+                          (uint32_t)(blen - pos), (uint32_t)k->max_client_prepared_statements,
+                          k->max_client_prepared_bytes, &st);
+    if (rc == STMT_LIMIT_COUNT)
+        return refuse_ext(c, sv,
+                          "54000too many prepared statements on this connection "
+                          "(max_client_prepared_statements); close unused ones or raise "
+                          "PGSCALE_MAX_CLIENT_PREPARED_STATEMENTS");
+    if (rc == STMT_LIMIT_BYTES)
+        return refuse_ext(c, sv,
+                          "54000prepared statements on this connection take too much memory "
+                          "(max_client_prepared_bytes); close unused ones or raise "
+                          "PGSCALE_MAX_CLIENT_PREPARED_BYTES");
+    /* DEALLOCATE / DISCARD ALL are answered by pgscale when executed: the
+     * server never sees them (see client_local_exec). */
+    if (st->local || stmt_set_has(sv->prepared, st->id))
+        return exq_push(&sv->exq, EX_FAKE_PARSE, st, NULL);
     return send_parse(sv, st, sb, EX_PARSE);
+}
+
+/* Could this unnamed Parse's query be a statement pgscale answers itself?
+ * A cheap look at its first byte, so that ordinary statements are not
+ * scanned: those start with a letter other than d (DEALLOCATE, DISCARD), or
+ * with a parenthesis.  -1: more bytes are needed to tell. */
+static int maybe_local(const uint8_t *q, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t ch = q[i];
+        if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v')
+            continue;
+        return ch == 'd' || ch == 'D' || ch == '-' || ch == '/';
+    }
+    return -1;
+}
+
+/* An unnamed Parse in transaction mode (whole message in the buffer when
+ * `whole`).  A statement-clearing command is answered by pgscale (returns
+ * 1); anything else replaces it as the unnamed statement and goes to the
+ * server (returns 0). */
+static int client_parse_unnamed(pgs_client *c, pgs_server *sv, const uint8_t *body,
+                                uint32_t blen, bool whole)
+{
+    /* body[0] is the empty name's NUL */
+    if (whole && blen > 1 && maybe_local(body + 1, blen - 1) == 1 &&
+        stmt_local_kind(body + 1, blen - 1, NULL) != STMT_SERVER) {
+        pgs_stmt *st = stmt_intern(worker_stmts(c->w), body + 1, blen - 1);
+        stmt_local_set_unnamed(&c->lx, worker_stmts(c->w), st);
+        return exq_push(&sv->exq, EX_FAKE_PARSE, NULL, NULL) < 0 ? -1 : 1;
+    }
+    stmt_local_set_unnamed(&c->lx, NULL, NULL);
+    return 0;
+}
+
+/* Executes a statement pgscale answers itself (an Execute of a portal
+ * bound to it), for this client only: its own prepared statements are
+ * forgotten, never the server's, which other clients share; DISCARD ALL
+ * also resets its session settings (on the server when it next restores
+ * this client's session).  Queues the reply PostgreSQL would send. */
+static int client_local_exec(pgs_client *c, pgs_server *sv, const pgs_stmt *st)
+{
+    char name[SQLSCAN_NAME_MAX];
+    const char *tag = NULL;
+    switch (stmt_local_kind(st->body, st->body_len, name)) {
+    case STMT_DEALLOCATE:
+        if (!stmt_map_get(c->stmts, name, strlen(name))) {
+            int rc = refuse_ext(c, sv, NULL);
+            if (rc < 0) return rc;
+            pgs_expect *e = &sv->exq.items[(sv->exq.head + sv->exq.count - 1) % sv->exq.cap];
+            size_t n = strlen(name) + 64;
+            e->owned = pgs_xmalloc(n);
+            snprintf(e->owned, n, "26000prepared statement \"%s\" does not exist", name);
+            e->tag = e->owned;
+            return 0;
+        }
+        stmt_map_del(c->stmts, name, strlen(name));
+        tag = "DEALLOCATE";
+        break;
+    case STMT_DEALLOCATE_ALL:
+        stmt_map_clear(c->stmts);
+        tag = "DEALLOCATE ALL";
+        break;
+    case STMT_DISCARD_ALL:
+        if (c->tx_status != 'I')
+            return refuse_ext(c, sv, "25001DISCARD ALL cannot run inside a transaction block");
+        stmt_map_clear(c->stmts);
+        params_clear_extras(c->params);
+        tag = "DISCARD ALL";
+        break;
+    default:
+        tag = "";
+        break;
+    }
+    return exq_push(&sv->exq, EX_FAKE_EXEC, NULL, tag);
+}
+
+/* Does this multi-statement query contain a DEALLOCATE?  It cannot be
+ * answered for the client alone, and on the server it would drop
+ * statements other clients rely on. */
+static bool has_deallocate(const uint8_t *text, uint32_t tlen)
+{
+    size_t off = 0;
+    while (off < tlen) {
+        sql_info info;
+        sqlscan_classify((const char *)text + off, tlen - off, &info);
+        if (info.kind == SQL_DEALLOCATE || info.kind == SQL_DEALLOCATE_ALL) return true;
+        size_t n = sqlscan_next_statement((const char *)text + off, tlen - off);
+        if (n == 0) break;
+        off += n;
+    }
+    return false;
 }
 
 /* Looks at a simple query in transaction mode: refuses what cannot work
@@ -556,17 +760,22 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         break;
     case SQL_DEALLOCATE:
     case SQL_DEALLOCATE_ALL:
-        if (track_prepared(c) && !info.multi) {
-            if (info.kind == SQL_DEALLOCATE)
-                stmt_map_del(c->stmts, info.name, strlen(info.name));
-            else
-                stmt_map_clear(c->stmts);
-            return exq_push(&sv->exq, EX_FAKE_QUERY, NULL,
-                            info.kind == SQL_DEALLOCATE ? "DEALLOCATE" : "DEALLOCATE ALL") < 0
-                       ? -1
-                       : 1;
+        if (!track_prepared(c) || info.multi) break;
+        if (info.kind == SQL_DEALLOCATE_ALL) {
+            stmt_map_clear(c->stmts);
+        } else if (stmt_map_get(c->stmts, info.name, strlen(info.name))) {
+            stmt_map_del(c->stmts, info.name, strlen(info.name));
+        } else if (strncmp(info.name, "pgs_", 4) == 0) {
+            refuse = "prepared statement names starting with pgs_ are pgscale's own in "
+                     "transaction pooling mode";
+            break;
+        } else {
+            break; /* not one of ours: a PREPAREd one, or the server's error */
         }
-        break;
+        return exq_push(&sv->exq, EX_FAKE_QUERY, NULL,
+                        info.kind == SQL_DEALLOCATE ? "DEALLOCATE" : "DEALLOCATE ALL") < 0
+                   ? -1
+                   : 1;
     case SQL_SET:
     case SQL_RESET:
         if (idle && !info.multi && info.name[0] && params_reported_index(info.name) < 0) {
@@ -586,6 +795,10 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
     default:
         break;
     }
+    if (!refuse && info.multi && track_prepared(c) && has_deallocate(text, tlen))
+        refuse = "DEALLOCATE inside a multi-statement query is not supported in transaction "
+                 "pooling mode (it would drop statements other clients share); send it as a "
+                 "query of its own";
     if (!refuse && info.session_lock)
         refuse = "session-level advisory locks (pg_advisory_lock) would stay held on a pooled "
                  "server connection after your transaction; use pg_advisory_xact_lock";
@@ -600,22 +813,33 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
 }
 
 /* Rewrites the statement name of a Bind ('B') or Describe ('D' 'S') to
- * the server-side name, preparing the statement first if needed.  The
- * names are within the first `have` bytes of the message at p.
- * Returns bytes of the original message consumed into the batch (the
- * rest streams as is), 0 to pass the message unchanged, -1 on error. */
+ * the server-side name, preparing the statement first if needed (*used is
+ * then that statement).  The names are within the first `have` bytes of
+ * the message at p.  Returns bytes of the original message consumed into
+ * the batch (the rest streams as is), 0 to pass the message unchanged,
+ * RENAME_LOCAL when pgscale answered it (a statement or portal it runs
+ * itself: nothing is forwarded), -1 on error, -2 on a malformed message. */
+#define RENAME_LOCAL (-3)
 static int32_t client_rename(pgs_client *c, pgs_server *sv, uint8_t type, const uint8_t *p,
-                             uint32_t have, uint32_t total, io_batch *sb)
+                             uint32_t have, uint32_t total, io_batch *sb, pgs_stmt **used)
 {
     const uint8_t *body = p + 5;
     size_t blen = have - 5, pos = 0;
     const char *portal = NULL;
     /* A name that does not end within the bytes held is longer than any
-     * statement name the client can have prepared here: pass it on. */
+     * statement or portal name the client can have made here: pass it on. */
     int32_t unterminated = have < total ? 0 : -2;
+    size_t portal_len = 0;
     if (type == 'B') {
         portal = proto_get_string(body, blen, &pos);
         if (!portal) return unterminated;
+        portal_len = pos - 1;
+    } else if (blen >= 1 && body[0] == 'P') {
+        pos = 1;
+        const char *pn = proto_get_string(body, blen, &pos);
+        if (!pn) return unterminated;
+        if (!stmt_local_portal(c->lx, pn, pos - 2)) return 0;
+        return exq_push(&sv->exq, EX_FAKE_NODATA, NULL, NULL) < 0 ? -1 : RENAME_LOCAL;
     } else {
         if (blen < 1 || body[0] != 'S') return 0;
         pos = 1;
@@ -623,10 +847,21 @@ static int32_t client_rename(pgs_client *c, pgs_server *sv, uint8_t type, const 
     size_t name_at = pos;
     const char *name = proto_get_string(body, blen, &pos);
     if (!name) return unterminated;
+    pgs_stmt *st = *name ? stmt_map_get(c->stmts, name, pos - name_at - 1)
+                         : stmt_local_unnamed(c->lx);
+    if (st && st->local) {
+        /* DEALLOCATE / DISCARD ALL: bound and described here, run at Execute */
+        if (type == 'D')
+            return exq_push(&sv->exq, EX_FAKE_DESC_STMT, NULL, NULL) < 0 ? -1 : RENAME_LOCAL;
+        st->refs++;
+        stmt_local_bind(&c->lx, worker_stmts(c->w), portal, portal_len, st);
+        return exq_push(&sv->exq, EX_FAKE_BIND, NULL, NULL) < 0 ? -1 : RENAME_LOCAL;
+    }
+    if (portal) stmt_local_unbind(c->lx, portal, portal_len); /* the portal is the server's now */
     if (!*name) return 0; /* unnamed statement: nothing to rename */
-    pgs_stmt *st = stmt_map_get(c->stmts, name, pos - name_at - 1);
     if (!st) return 0; /* let the server say it does not exist */
     if (ensure_prepared(sv, st, sb) < 0) return -1;
+    *used = st;
     uint32_t old_name_len = (uint32_t)(pos - name_at);
     uint32_t new_len = total - 1 - old_name_len + STMT_SRV_NAME_LEN;
     uint8_t *hdr = io_batch_scratch(sb, 5 + name_at + STMT_SRV_NAME_LEN);
@@ -687,12 +922,34 @@ static void client_forward(pgs_client *c)
             client_protocol_error(c, m);
             return;
         }
+        if (c->ext_skip && type != 'S' && type != 'X') {
+            /* after a request we refused, PostgreSQL would ignore
+             * everything up to Sync: so do we */
+            uint32_t n = PGS_MIN(avail, total);
+            b->pos += n;
+            c->skip_remaining = total - n;
+            if (c->skip_remaining) break;
+            continue;
+        }
+        }
         bool tracked = track_prepared(c);
         uint32_t need = 0;
         switch (type) {
         case 'P':
-            /* a named Parse is kept whole; the name's first byte tells */
-            if (tracked) need = avail < 6 ? 6 : (p[5] != '\0' ? total : 0);
+            /* a named Parse is kept whole; the name's first byte tells.
+             * An unnamed one is kept whole only when its text may be a
+             * statement pgscale answers (maybe_local). */
+            if (tracked) {
+                if (avail < 6)
+                    need = 6;
+                else if (p[5] != '\0')
+                    need = total;
+                else if (total <= INSPECT_MAX && maybe_local(p + 6, PGS_MIN(avail, total) - 6))
+                    need = total;
+            }
+            break;
+        case 'E':
+            if (stmt_local_any_portal(c->lx)) need = PGS_MIN(total, INSPECT_MAX);
             break;
         case 'B':
         case 'D':
@@ -715,6 +972,7 @@ static void client_forward(pgs_client *c)
         bool forward = true;
         int r = 0;
         uint8_t ex = EX_RUN;
+        pgs_stmt *used = NULL;  /* the renamed statement of a Bind / Describe */
         switch (type) {
         case 'X':
             (void)io_batch_flush(&sb);
@@ -746,6 +1004,11 @@ static void client_forward(pgs_client *c)
         case 'S':
             ex = EX_SYNC;
             if (!c->query_start_us) c->query_start_us = pgs_now_us();
+            c->ext_skip = false;
+            /* the unnamed portal ends with the implicit transaction; the
+             * rest with the client's transaction */
+            stmt_local_unbind(c->lx, "", 0);
+            if (c->tx_status == 'I') stmt_local_unbind_all(c->lx);
             break;
         case 'H':
         case 'd':
@@ -754,7 +1017,15 @@ static void client_forward(pgs_client *c)
             ex = 0xff; /* no reply */
             break;
         case 'P':
-            if (need) {
+            if (tracked && p[5] == '\0') {
+                r = client_parse_unnamed(c, sv, p + 5, len - 4, need && total <= avail);
+                if (r == 1) {
+                    r = 0;
+                    forward = false;
+                    ex = 0xff;
+                    any_fake = true;
+                }
+            } else if (need) {
                 r = client_parse(c, sv, p + 5, len - 4, &sb);
                 forward = false;
                 ex = 0xff;
@@ -765,8 +1036,35 @@ static void client_forward(pgs_client *c)
         case 'B':
         case 'D':
             if (tracked) {
-                consumed = client_rename(c, sv, type, p, PGS_MIN(avail, total), total, &sb);
-                if (consumed < 0) r = consumed;
+                consumed =
+                    client_rename(c, sv, type, p, PGS_MIN(avail, total), total, &sb, &used);
+                if (consumed == RENAME_LOCAL) {
+                    consumed = 0;
+                    forward = false;
+                    ex = 0xff;
+                    any_fake = true;
+                } else if (consumed < 0) {
+                    r = consumed;
+                } else if (used) {
+                    ex = EX_STMT_RUN;
+                }
+            }
+            break;
+        case 'E':
+            if (need && total <= avail) {
+                size_t pos = 0;
+                const char *pn = proto_get_string(p + 5, len - 4, &pos);
+                if (!pn) {
+                    r = -2;
+                    break;
+                }
+                pgs_stmt *st = stmt_local_portal(c->lx, pn, pos - 1);
+                if (st) {
+                    r = client_local_exec(c, sv, st);
+                    forward = false;
+                    ex = 0xff;
+                    any_fake = true;
+                }
             }
             break;
         case 'C':
@@ -790,6 +1088,17 @@ static void client_forward(pgs_client *c)
                     ex = 0xff;
                     any_fake = true;
                 }
+            } else if (c->lx && len > 5 && total <= avail) {
+                /* a statement or portal of ours: forget it; the server
+                 * answers CloseComplete whether it has one or not */
+                size_t pos = 1;
+                const char *name = proto_get_string(p + 5, len - 4, &pos);
+                if (!name) {
+                    r = -2;
+                    break;
+                }
+                if (p[5] == 'S' && !*name) stmt_local_set_unnamed(&c->lx, NULL, NULL);
+                if (p[5] == 'P') stmt_local_unbind(c->lx, name, pos - 2);
             }
             break;
         default:
@@ -806,7 +1115,7 @@ static void client_forward(pgs_client *c)
                         NULL);
             return;
         }
-        if (forward && ex != 0xff && exq_push(&sv->exq, ex, NULL, NULL) < 0) {
+        if (forward && ex != 0xff && exq_push(&sv->exq, ex, used, NULL) < 0) {
             (void)io_batch_flush(&sb);
             client_fail(c, "54000", "too many requests pipelined without waiting for replies",
                         NULL);

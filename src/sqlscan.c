@@ -645,3 +645,13 @@ void sqlscan_classify(const char *sql, size_t len, sql_info *out)
     out->multi = lx.multi;
     out->session_lock = lx.lock;
 }
+
+size_t sqlscan_next_statement(const char *sql, size_t len)
+{
+    lexer lx = {.s = (const unsigned char *)sql, .len = sql ? len : 0};
+    for (;;) {
+        token t = lex(&lx);
+        if (t.kind == TK_END) return lx.len;
+        if (t.kind == TK_PUNCT && t.ch == ';') return lx.pos;
+    }
+}

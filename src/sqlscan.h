@@ -52,4 +52,10 @@ typedef struct sql_info {
  * NUL-terminated and may contain any bytes. */
 void sqlscan_classify(const char *sql, size_t len, sql_info *out);
 
+/* Where the statement after the first one starts: just past the first ';'
+ * outside quotes, comments and dollar-quoted strings, or len when there is
+ * none.  Walking a multi-statement query with it and sqlscan_classify
+ * classifies each statement. */
+size_t sqlscan_next_statement(const char *sql, size_t len);
+
 #endif

@@ -130,13 +130,23 @@ enum expect_kind {
     EX_FAKE_CLOSE,     /* not sent: emit CloseComplete */
     EX_FAKE_QUERY,     /* simple query answered by us (DEALLOCATE): tag + Z */
     EX_FAKE_ERROR,     /* simple query refused by us: ErrorResponse 0A000 + Z */
+    EX_STMT_RUN,       /* Bind/Describe of a renamed statement (id): like one RUN,
+                        * but a 26000 error means the server lost it */
+    EX_FAKE_BIND,      /* extended protocol, statement answered by us: BindComplete */
+    EX_FAKE_DESC_STMT, /* ... Describe statement: ParameterDescription + NoData */
+    EX_FAKE_NODATA,    /* ... Describe portal: NoData */
+    EX_FAKE_EXEC,      /* ... Execute: CommandComplete tag */
+    EX_FAKE_EXT_ERROR, /* extended request refused by us: ErrorResponse 54000 (no Z:
+                        * the client's messages up to Sync are dropped) */
 };
 
 typedef struct pgs_expect {
     uint8_t kind;
     uint32_t count;          /* EX_RUN only */
-    uint64_t hash;           /* EX_PARSE*, EX_CLOSE_SWALLOW: statement hash */
-    const char *tag;         /* EX_FAKE_QUERY */
+    uint64_t id;             /* EX_PARSE*, EX_CLOSE_SWALLOW, EX_STMT_RUN: statement id */
+    const char *tag;         /* EX_FAKE_QUERY, EX_FAKE_EXEC: tag; EX_FAKE_*ERROR: message,
+                              * for EX_FAKE_EXT_ERROR after its 5-character SQLSTATE */
+    char *owned;             /* a message built for this entry (freed with it) */
 } pgs_expect;
 
 typedef struct pgs_expect_q {
@@ -177,6 +187,8 @@ struct pgs_client {
     char *user, *database, *app_name;  /* one allocation, user owns it */
     pgs_params *params;       /* session settings to carry (NULL = none) */
     pgs_stmt_map *stmts;      /* named prepared statements (transaction mode) */
+    struct pgs_local_ext *lx; /* statements/portals answered by pgscale (NULL: none) */
+    bool ext_skip;            /* a request was refused: drop messages up to Sync */
     struct pgs_client_auth *auth; /* during CL_AUTH only */
     bool unix_socket;         /* connected through a Unix socket */
     struct pgs_admin_wait *admin_wait; /* admin console: a PAUSE / WAIT_CLOSE in progress */

@@ -82,6 +82,9 @@ struct pgs_worker {
     _Atomic bool finished;  /* the thread has left its loop */
     int spare_fd;         /* kept to refuse clients politely at EMFILE */
     uint32_t next_id;
+    /* statement bodies this worker's clients prepared (prepared.h), created
+     * on first use */
+    struct pgs_stmt_tab *stmt_tab;
     /* The last control message this worker has acted on (see
      * worker_broadcast_ctl). */
     _Atomic uint64_t ctl_seen;
