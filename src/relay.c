@@ -931,7 +931,6 @@ static void client_forward(pgs_client *c)
             if (c->skip_remaining) break;
             continue;
         }
-        }
         bool tracked = track_prepared(c);
         uint32_t need = 0;
         switch (type) {
