@@ -161,7 +161,7 @@ static bool budget_take(pgs_pool_shared *sh)
 static void ask_other_workers(pgs_pool *p)
 {
     uint64_t now = pgs_now_us();
-    if (now - p->last_connect_fail_us < 1000 && p->last_connect_fail_us) return;
+    if (p->last_connect_fail_us && pgs_elapsed_us(now, p->last_connect_fail_us) < 1000) return;
     for (int i = 0; i < g_pgs.n_workers; i++) {
         if (i == p->w->id) continue;
         pgs_pool *other = __atomic_load_n(&p->sh->locals[i], __ATOMIC_ACQUIRE);
@@ -201,10 +201,10 @@ static bool server_expired(const pgs_server *sv, uint64_t now)
 {
     const pgs_config *cfg = g_pgs.cfg;
     if (cfg->server_lifetime_ms &&
-        now - sv->connect_us > (uint64_t)cfg->server_lifetime_ms * 1000u)
+        pgs_elapsed_us(now, sv->connect_us) > (uint64_t)cfg->server_lifetime_ms * 1000u)
         return true;
     if (cfg->server_idle_timeout_ms &&
-        now - sv->last_used_us > (uint64_t)cfg->server_idle_timeout_ms * 1000u)
+        pgs_elapsed_us(now, sv->last_used_us) > (uint64_t)cfg->server_idle_timeout_ms * 1000u)
         return true;
     return false;
 }
@@ -233,7 +233,7 @@ static bool server_looks_dead(pgs_server *sv)
 
 static bool quarantined(const pgs_server *sv, uint64_t now)
 {
-    return sv->cancelled_us && now - sv->cancelled_us < CANCEL_QUARANTINE_US;
+    return sv->cancelled_us && pgs_elapsed_us(now, sv->cancelled_us) < CANCEL_QUARANTINE_US;
 }
 
 /* Servers that KILL or WAIT_CLOSE want gone. */
@@ -255,7 +255,7 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
         list_del(&sv->node);
         p->n_idle--;
         if (server_expired(sv, now) || server_too_old(sv) ||
-            (now - sv->last_used_us > (uint64_t)g_pgs.cfg->server_check_delay_ms * 1000u &&
+            (pgs_elapsed_us(now, sv->last_used_us) > (uint64_t)g_pgs.cfg->server_check_delay_ms * 1000u &&
              server_looks_dead(sv))) {
             server_close(sv, "idle too long, too old, or closed by the server");
             continue;
@@ -292,7 +292,7 @@ static pgs_client *pop_waiter(pgs_pool *p)
     p->n_waiting--;
     publish_head(p);
     atomic_fetch_sub(&p->sh->waiting, 1);
-    uint64_t waited = pgs_now_us() - c->wait_start_us;
+    uint64_t waited = pgs_elapsed_us(pgs_now_us(), c->wait_start_us);
     atomic_fetch_add_explicit(&p->stats.wait_us, waited, memory_order_relaxed);
     atomic_fetch_add_explicit(&p->stats.wait_count, 1, memory_order_relaxed);
     return c;
@@ -447,7 +447,7 @@ static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
     while (it != &p->waiting) {
         pgs_client *c = list_entry(it, pgs_client, wait_node);
         it = it->next;
-        uint64_t waited = now - c->wait_start_us;
+        uint64_t waited = pgs_elapsed_us(now, c->wait_start_us);
         if (p->last_connect_fail_us && waited >= conn_to && p->n_idle == 0 &&
             p->n_used == 0) {
             /* No server reachable for the whole connect timeout. */
@@ -496,7 +496,7 @@ static void close_idle_overflow(pgs_pool *p, uint64_t now)
     while (excess > 0 && it != &p->idle) {
         pgs_server *sv = list_entry(it, pgs_server, node);
         it = it->prev;
-        if (now - sv->last_used_us < grace) break; /* the rest are younger */
+        if (pgs_elapsed_us(now, sv->last_used_us) < grace) break; /* the rest are younger */
         list_del(&sv->node);
         p->n_idle--;
         excess--;

@@ -636,15 +636,12 @@ void server_check_login_timeouts(pgs_pool *p, uint64_t now)
         it = it->next;
         int st = atomic_load_explicit(&sv->state, memory_order_relaxed);
         char msg[400];
-        /* opened after the caller read its clock (e.g. by the janitor a
-         * moment ago): not late, and now - start would wrap */
-        if (now < sv->login_start_us) continue;
         if (st == SV_CONNECTING &&
-            now - sv->login_start_us > (uint64_t)cfg->server_connect_timeout_ms * 1000u) {
+            pgs_elapsed_us(now, sv->login_start_us) > (uint64_t)cfg->server_connect_timeout_ms * 1000u) {
             snprintf(msg, sizeof(msg), "connecting to %s timed out after %u ms",
                      g_pgs.server_addr_text, cfg->server_connect_timeout_ms);
             login_failed(sv, false, "08006", msg);
-        } else if (st == SV_LOGIN && now - sv->login_start_us >
+        } else if (st == SV_LOGIN && pgs_elapsed_us(now, sv->login_start_us) >
                                          (uint64_t)cfg->server_login_timeout_ms * 1000u) {
             snprintf(msg, sizeof(msg), "logging in to %s timed out after %u ms",
                      g_pgs.server_addr_text, cfg->server_login_timeout_ms);
