@@ -24,6 +24,7 @@
  * its connections, serve its waiting clients). */
 #include "pool.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -52,6 +53,24 @@ static void publish_head(pgs_pool *p)
     atomic_store_explicit(&p->head_wait_us, v, memory_order_relaxed);
 }
 
+/* The pool's counters can only be trusted if they never go below zero
+ * and the shared budget covers at least what this worker holds.  Checked
+ * wherever they go down (assertions stay on outside release builds). */
+static void check_counters(const pgs_pool *p)
+{
+    assert(p->n_idle >= 0 && p->n_used >= 0 && p->n_login >= 0);
+    assert(p->n_connecting >= 0 && p->n_waiting >= 0 && p->n_active_clients >= 0);
+    assert(atomic_load(&p->sh->open) >= 0 && atomic_load(&p->sh->waiting) >= 0);
+    PGS_UNUSED(p);
+}
+
+/* Every server opened for waiters counts in n_connecting (and n_login)
+ * from server_open until it either logs in (pool_server_ready) or is
+ * closed while connecting or logging in, whatever closes it: a login
+ * failure, a login timeout, KILL, a write error, shutdown.  server.c calls
+ * this from the one place that takes a server off its pool's lists, so no
+ * path can forget it (KILL once did, and the worker never opened a server
+ * again: it believed one was on its way). */
 bool pool_has_welcome(pgs_pool_shared *sh)
 {
     pthread_mutex_lock(&sh->lock);
@@ -398,18 +417,25 @@ void pool_release(pgs_server *sv)
     pgs_pool *p = sv->pool;
     list_del(&sv->node);
     p->n_used--;
+    check_counters(p);
     place_idle_server(sv);
+}
+
+void pool_login_ended(pgs_pool *p)
+{
+    p->n_login--;
+    p->n_connecting--;
+    check_counters(p);
 }
 
 void pool_server_ready(pgs_server *sv)
 {
     pgs_pool *p = sv->pool;
-    p->n_connecting--;
     p->retry_at_us = 0;
     p->last_error[0] = '\0';
     p->last_connect_fail_us = 0;
     list_del(&sv->node);
-    p->n_login--;
+    pool_login_ended(p);
     place_idle_server(sv);
 }
 
@@ -417,13 +443,13 @@ void pool_server_gone(pgs_server *sv)
 {
     pgs_pool *p = sv->pool;
     atomic_fetch_sub(&p->sh->open, 1);
+    check_counters(p);
     /* A waiter may now get a connection of its own. */
     if (p->n_waiting > p->n_connecting) open_for_waiters(p);
 }
 
 void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, const char *msg)
 {
-    p->n_connecting--;
     snprintf(p->last_error, sizeof(p->last_error), "%s", msg);
     snprintf(p->last_sqlstate, sizeof(p->last_sqlstate), "%s", sqlstate);
     p->last_connect_fail_us = pgs_now_us();
@@ -766,6 +792,8 @@ void pool_client_left(pgs_pool *p)
 {
     p->n_active_clients--;
     atomic_fetch_sub(&p->sh->n_clients, 1);
+    check_counters(p);
+    assert(atomic_load(&p->sh->n_clients) >= 0);
 }
 
 /* --- the workers' side of the control messages --- */

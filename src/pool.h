@@ -20,6 +20,9 @@ void pool_server_ready(pgs_server *sv);
  * server sent (bad password, no such database), false for a network error. */
 void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate,
                         const char *msg);
+/* A server opened for waiters stopped connecting or logging in, either way
+ * (server.c, when it takes such a server off the pool's lists). */
+void pool_login_ended(pgs_pool *p);
 /* Bookkeeping when a server connection is gone for good. */
 void pool_server_gone(pgs_server *sv);
 

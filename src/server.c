@@ -60,7 +60,7 @@ static void unlist(pgs_server *sv)
         if (st == SV_IDLE)
             p->n_idle--;
         else if (st == SV_CONNECTING || st == SV_LOGIN)
-            p->n_login--;
+            pool_login_ended(p);
         else
             p->n_used--;
     }

@@ -2,12 +2,16 @@
 counters stay exact through every way a server connection closes, no
 timeout fires on a timestamp taken after the janitor's clock reading, and
 pools nobody uses are freed."""
+import os
+import signal
 import threading
 import time
 
 import psycopg2
 import psycopg2.errors
 import pytest
+
+from helpers import wait_for
 
 
 def _one(conn, sql, params=None):
@@ -50,3 +54,49 @@ def test_query_handed_a_server_by_the_janitor_is_not_cancelled_at_once(pgscale):
         assert time.monotonic() - t0 < 5
         a.close()
         b.close()
+
+
+# -- counters through every way a server closes ------------------------------------
+def _try_connect_and_query(pg, out, key):
+    try:
+        conn = psycopg2.connect(pg.dsn(), connect_timeout=15)
+        try:
+            out[key] = _one(conn, "SELECT 1")
+        finally:
+            conn.close()
+    except psycopg2.Error as e:
+        out[key] = e
+
+
+@pytest.mark.deadline(90)
+def test_kill_while_servers_log_in_leaves_the_pool_able_to_open_servers(pgscale, primary):
+    """KILL of a database whose server connections are still logging in
+    (the postmaster is stopped, so they wait for its answer) must leave the
+    pool's counters exact: after RESUME the pool opens servers again
+    instead of believing logins are still on their way."""
+    pg = pgscale(DB_POOL_SIZE=2, DB_MAX_OVERFLOW=0, DB_POOL_TIMEOUT=5, PGSCALE_WORKERS=1,
+                 PGSCALE_SERVER_LOGIN_TIMEOUT="30s", PGSCALE_SERVER_CONNECT_TIMEOUT="30s")
+    postmaster = primary.proc.pid
+    out = {}
+    threads = [threading.Thread(target=_try_connect_and_query, args=(pg, out, i)) for i in range(2)]
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        for t in threads:
+            t.start()
+        wait_for(lambda: (pg.pool() or {}).get("sv_login") and int(pg.pool()["sv_login"]) >= 2,
+                 10, what="two server connections logging in")
+        pg.admin("KILL app")
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    for t in threads:
+        t.join(20)
+    row = pg.pool()
+    assert int(row["sv_login"]) == 0 and int(row["sv_total"]) == 0, row
+    pg.admin("RESUME app")
+    # one client at a time, on the worker that had the logins in flight:
+    # each must get a server (not 53300 after DB_POOL_TIMEOUT with the pool at 0)
+    for i in range(3):
+        res = {}
+        _try_connect_and_query(pg, res, i)
+        assert res == {i: (1,)}, res
+    wait_for(lambda: int(pg.pool()["sv_login"]) == 0, 5, what="no login left over")
