@@ -35,7 +35,16 @@
 #include "server.h"
 #include "worker.h"
 
-#define RETRY_CONNECT_US 250000u
+/* After a connect or login fails for a reason other than the server's
+ * refusal, the pool waits before the next attempt: 100 ms, doubling up to
+ * 5 s, back to nothing after a success.  Without it a connect that fails
+ * at once (no route to the host, out of file descriptors) was retried in
+ * a loop that never gave the event loop back: one worker spun at 100% CPU
+ * and the log grew without bound. */
+#define RETRY_CONNECT_MIN_US 100000u
+#define RETRY_CONNECT_MAX_US 5000000u
+/* Identical failures are logged once per this window, then summed up. */
+#define FAIL_LOG_WINDOW_US 30000000u
 /* A server coming back goes to a client of its own worker unless a client
  * on another worker has waited this much longer.  Strict order across
  * workers would hand servers back and forth under an even load (with 256
@@ -206,6 +215,8 @@ static void open_for_waiters(pgs_pool *p)
     if (p->retry_at_us && now < p->retry_at_us) return;
     bool asked = false;
     while (p->n_waiting > p->n_connecting) {
+        /* a connect that failed at once set a back-off: stop here */
+        if (p->retry_at_us && pgs_now_us() < p->retry_at_us) break;
         if (!budget_take(p->sh)) {
             if (!asked) ask_other_workers(p);
             asked = true;
@@ -428,9 +439,35 @@ void pool_login_ended(pgs_pool *p)
     check_counters(p);
 }
 
+/* The summary of identical failures not logged (the run ends). */
+static void log_repeats(pgs_pool *p, uint64_t now)
+{
+    if (p->fail_log_repeats)
+        log_warn("pool db=%s user=%s: %u more failures like this in the last %.0f s: %s",
+                 p->sh->database, p->sh->user, p->fail_log_repeats,
+                 (double)pgs_elapsed_us(now, p->fail_log_since_us) / 1e6, p->last_error);
+    p->fail_log_repeats = 0;
+}
+
+bool pool_failure_is_news(pgs_pool *p, const char *msg)
+{
+    uint64_t now = pgs_now_us();
+    if (p->fail_log_since_us && strncmp(p->last_error, msg, sizeof(p->last_error) - 1) == 0 &&
+        pgs_elapsed_us(now, p->fail_log_since_us) < FAIL_LOG_WINDOW_US) {
+        p->fail_log_repeats++;
+        return false;
+    }
+    log_repeats(p, now);
+    p->fail_log_since_us = now;
+    return true;
+}
+
 void pool_server_ready(pgs_server *sv)
 {
     pgs_pool *p = sv->pool;
+    if (p->fail_log_since_us) log_repeats(p, pgs_now_us());
+    p->fail_log_since_us = 0;
+    p->retry_delay_us = 0;
     p->retry_at_us = 0;
     p->last_error[0] = '\0';
     p->last_connect_fail_us = 0;
@@ -460,7 +497,10 @@ void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, co
         while ((c = pop_waiter(p)) != NULL) client_fail(c, sqlstate, msg, NULL);
         return;
     }
-    p->retry_at_us = pgs_now_us() + RETRY_CONNECT_US;
+    uint32_t d = p->retry_delay_us ? PGS_MIN(p->retry_delay_us * 2u, RETRY_CONNECT_MAX_US)
+                                   : RETRY_CONNECT_MIN_US;
+    p->retry_delay_us = d;
+    p->retry_at_us = pgs_now_us() + d;
 }
 
 static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)

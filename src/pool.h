@@ -23,6 +23,10 @@ void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate,
 /* A server opened for waiters stopped connecting or logging in, either way
  * (server.c, when it takes such a server off the pool's lists). */
 void pool_login_ended(pgs_pool *p);
+/* Whether a connect or login failure with this message should be logged:
+ * true for the first of a run of identical ones (and once per 30 s of the
+ * run, with how many were not logged). Call before pool_server_failed. */
+bool pool_failure_is_news(pgs_pool *p, const char *msg);
 /* Bookkeeping when a server connection is gone for good. */
 void pool_server_gone(pgs_server *sv);
 

@@ -86,8 +86,9 @@ void server_close(pgs_server *sv, const char *reason)
 static void login_failed(pgs_server *sv, bool server_error, const char *sqlstate,
                          const char *msg)
 {
-    log_warn("S-%u: login to %s as user=%s db=%s failed: %s", sv->id, g_pgs.server_addr_text,
-             sv->pool->sh->user, sv->pool->sh->database, msg);
+    if (pool_failure_is_news(sv->pool, msg))
+        log_warn("S-%u: login to %s as user=%s db=%s failed: %s", sv->id,
+                 g_pgs.server_addr_text, sv->pool->sh->user, sv->pool->sh->database, msg);
     pool_server_failed(sv->pool, server_error, sqlstate, msg);
     server_close(sv, "login failed");
 }

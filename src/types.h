@@ -264,7 +264,10 @@ struct pgs_pool {
     uint64_t last_connect_fail_us;
     char last_error[256]; /* why the last connect/login failed */
     char last_sqlstate[6];
-    uint64_t retry_at_us;
+    uint64_t retry_at_us;     /* no connect attempt before this (0: any time) */
+    uint32_t retry_delay_us;  /* the last back-off (0: the last attempt succeeded) */
+    uint32_t fail_log_repeats;  /* identical failures not logged since fail_log_since_us */
+    uint64_t fail_log_since_us; /* when the current run of failures was logged (0: none) */
     pgs_pool_stats stats;
     pgs_pool *next;       /* worker's pool list */
 };

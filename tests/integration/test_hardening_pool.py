@@ -100,3 +100,45 @@ def test_kill_while_servers_log_in_leaves_the_pool_able_to_open_servers(pgscale,
         _try_connect_and_query(pg, res, i)
         assert res == {i: (1,)}, res
     wait_for(lambda: int(pg.pool()["sv_login"]) == 0, 5, what="no login left over")
+
+
+# -- connect failures back off -----------------------------------------------------
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of the whole line (1-based)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.deadline(60)
+def test_connect_that_fails_at_once_backs_off_instead_of_spinning(pgscale, primary):
+    """A TCP connect to the broadcast address fails inside connect() itself
+    (ENETUNREACH, no callback).  While clients wait, pgscale must retry at
+    a bounded rate: little CPU, a bounded log, and the waiting clients get
+    the connect error when the connect timeout passes."""
+    url = primary.url().replace("127.0.0.1:%d" % primary.port, "255.255.255.255:%d" % primary.port)
+    assert "255.255.255.255" in url
+    pg = pgscale(DATABASE_URL=url, PGSCALE_WORKERS=1, DB_POOL_TIMEOUT=30,
+                 PGSCALE_SERVER_CONNECT_TIMEOUT="4s")
+    out = {}
+    threads = [threading.Thread(target=_try_connect_and_query, args=(pg, out, i)) for i in range(3)]
+    time.sleep(0.3)
+    cpu0, t0 = _cpu_seconds(pg.pid), time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    cpu = _cpu_seconds(pg.pid) - cpu0
+    wall = time.monotonic() - t0
+    for t in threads:
+        t.join(15)
+    assert cpu < 0.3 * wall, "pgscale used %.2f s of CPU in %.2f s while the connect failed" % (cpu, wall)
+    lines = pg.stderr_text().splitlines()
+    print("cpu %.3f s in %.2f s; %d log lines" % (cpu, wall, len(lines)))
+    failures = [l for l in lines if "unreachable" in l.lower()]
+    assert len(lines) < 40, "log grew to %d lines:\n%s" % (len(lines), "\n".join(lines[-20:]))
+    # every client got the connect error, with its cause
+    assert sorted(out) == [0, 1, 2], out
+    for e in out.values():
+        assert isinstance(e, psycopg2.Error), out
+        assert "could not connect" in str(e) and "unreachable" in str(e).lower(), str(e)
+    assert failures, "the connect error was not logged:\n%s" % "\n".join(lines)
