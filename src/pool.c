@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "pooltab.h"
 #include "server.h"
 #include "worker.h"
 
@@ -132,48 +133,176 @@ static void apply_settings(pgs_pool_shared *sh, const pgs_config *cfg)
     atomic_store(&sh->pool_timeout_ms, ps.pool_timeout_ms);
 }
 
-static pgs_pool_shared *shared_get(const char *user, const char *database)
+/* ------------------------------------------------------------------------ */
+/* Finding pools, and freeing the ones nobody uses                          */
+/* ------------------------------------------------------------------------ */
+
+/* Every pool's shared part, by (user, database); under g_pgs.pools_lock
+ * (as is the g_pgs.pools list, which the admin console walks). */
+static pgs_pooltab pool_table;
+
+static pgs_pool_shared *shared_get_locked(const char *user, const char *database)
 {
-    pthread_mutex_lock(&g_pgs.pools_lock);
-    pgs_pool_shared *sh;
-    for (sh = g_pgs.pools; sh; sh = sh->next)
-        if (strcmp(sh->user, user) == 0 && strcmp(sh->database, database) == 0) break;
-    if (!sh) {
-        sh = pgs_xcalloc(1, sizeof(*sh));
-        sh->user = pgs_xstrdup(user);
-        sh->database = pgs_xstrdup(database);
-        /* Under pools_lock, so a RELOAD that publishes a new snapshot
-         * either is seen here or reconfigures this pool after us. */
-        apply_settings(sh, g_pgs.cfg);
-        atomic_store(&sh->paused, paused_all || paused_index(database) >= 0);
-        pthread_mutex_init(&sh->lock, NULL);
-        list_init(&sh->handoff);
-        sh->next = g_pgs.pools;
-        g_pgs.pools = sh;
-    }
-    pthread_mutex_unlock(&g_pgs.pools_lock);
+    pgs_pool_shared *sh = pooltab_find(&pool_table, user, database);
+    if (sh) return sh;
+    sh = pgs_xcalloc(1, sizeof(*sh));
+    sh->user = pgs_xstrdup(user);
+    sh->database = pgs_xstrdup(database);
+    sh->hash = pooltab_hash(user, database);
+    /* Under pools_lock, so a RELOAD that publishes a new snapshot
+     * either is seen here or reconfigures this pool after us. */
+    apply_settings(sh, g_pgs.cfg);
+    atomic_store(&sh->paused, paused_all || paused_index(database) >= 0);
+    pthread_mutex_init(&sh->lock, NULL);
+    list_init(&sh->handoff);
+    pooltab_insert(&pool_table, sh);
+    sh->next = g_pgs.pools;
+    if (sh->next) sh->next->pprev = &sh->next;
+    sh->pprev = &g_pgs.pools;
+    g_pgs.pools = sh;
     return sh;
 }
 
-pgs_pool *pool_get(pgs_worker *w, const char *user, const char *database)
+/* Worker w's part of sh, made (or taken back from retirement) if needed.
+ * Under pools_lock: that is what keeps sh from being freed between being
+ * found and being given a part on this worker. */
+static pgs_pool *local_attach_locked(pgs_worker *w, pgs_pool_shared *sh)
 {
-    pgs_pool_shared *sh = shared_get(user, database);
     /* locals[w->id] is written only by worker w; other workers read it
      * (racily, for counts) to find where clients wait. */
     pgs_pool *p = __atomic_load_n(&sh->locals[w->id], __ATOMIC_ACQUIRE);
     if (p) return p;
-    p = pgs_xcalloc(1, sizeof(*p));
-    p->sh = sh;
-    p->w = w;
-    list_init(&p->idle);
-    list_init(&p->used);
-    list_init(&p->waiting);
+    p = sh->retired[w->id];
+    if (p) {
+        sh->retired[w->id] = NULL; /* empty, and its statistics go on */
+    } else {
+        p = pgs_xcalloc(1, sizeof(*p));
+        p->sh = sh;
+        p->w = w;
+        list_init(&p->idle);
+        list_init(&p->used);
+        list_init(&p->waiting);
+    }
+    p->unused_since_us = 0;
     pthread_mutex_lock(&w->lock);
     p->next = w->pools;
     w->pools = p;
     pthread_mutex_unlock(&w->lock);
     __atomic_store_n(&sh->locals[w->id], p, __ATOMIC_RELEASE);
     return p;
+}
+
+pgs_pool *pool_get(pgs_worker *w, const char *user, const char *database)
+{
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    pgs_pool *p = local_attach_locked(w, shared_get_locked(user, database));
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+    return p;
+}
+
+void pool_ref(pgs_pool_shared *sh)
+{
+    atomic_fetch_add(&sh->refs, 1);
+}
+
+void pool_unref(pgs_pool_shared *sh)
+{
+    int was = atomic_fetch_sub(&sh->refs, 1);
+    assert(was > 0);
+    PGS_UNUSED(was);
+}
+
+/* Freeing pools.  Every (user, database) pair a client ever named would
+ * otherwise keep its pool for good.  A worker's part of a pool is retired
+ * by that worker's janitor once it has held no client, server or waiter
+ * for unused_pool_timeout; the shared part, with every retired part, is
+ * freed when the last worker retires its part and nothing else can reach
+ * the pool.  The invariant that makes this safe without a lock on the data
+ * path:
+ *
+ * - A worker reaches a pool only through its own part: from its clients
+ *   and servers (a part with any is not retired), from its pool list (the
+ *   retiring worker takes the part off it), from pool_get (under
+ *   pools_lock), or from a control message (which holds a reference,
+ *   `refs`).  A server travelling between workers counts in `open`.
+ * - Other workers read a part they do not own (its counts, to decide
+ *   where a server should go) through locals[] of a pool they hold a live
+ *   part of.  So a retired part is not freed at once: it stays allocated
+ *   (and is reused if its worker needs the pool again) until the shared
+ *   part is freed, which needs every worker's part retired, so no worker
+ *   can be reading any of them.
+ * - The admin console, RELOAD, PAUSE, KILL read pools under pools_lock,
+ *   which retiring and freeing take. */
+static bool shared_unused_locked(pgs_pool_shared *sh)
+{
+    for (int i = 0; i < g_pgs.n_workers; i++)
+        if (__atomic_load_n(&sh->locals[i], __ATOMIC_ACQUIRE)) return false;
+    if (atomic_load(&sh->refs) || atomic_load(&sh->open) || atomic_load(&sh->waiting) ||
+        atomic_load(&sh->n_clients))
+        return false;
+    pthread_mutex_lock(&sh->lock);
+    bool none_in_transit = list_empty(&sh->handoff);
+    pthread_mutex_unlock(&sh->lock);
+    return none_in_transit;
+}
+
+static void shared_free_locked(pgs_pool_shared *sh)
+{
+    pooltab_remove(&pool_table, sh);
+    *sh->pprev = sh->next;
+    if (sh->next) sh->next->pprev = sh->pprev;
+    for (size_t i = 0; i < PGS_ARRAY_LEN(sh->retired); i++) free(sh->retired[i]);
+    for (int i = 0; i < sh->n_welcome; i++) {
+        free(sh->welcome_names[i]);
+        free(sh->welcome_values[i]);
+    }
+    free(sh->welcome_names);
+    free(sh->welcome_values);
+    pthread_mutex_destroy(&sh->lock);
+    free(sh->user);
+    free(sh->database);
+    free(sh);
+}
+
+static bool local_unused(const pgs_pool *p)
+{
+    return p->n_idle == 0 && p->n_used == 0 && p->n_login == 0 && p->n_connecting == 0 &&
+           p->n_waiting == 0 && p->n_active_clients == 0 && list_empty(&p->waiting) &&
+           list_empty(&p->idle) && list_empty(&p->used);
+}
+
+/* Worker thread (the janitor). */
+static void retire_unused(pgs_worker *w, uint64_t now)
+{
+    uint64_t after = (uint64_t)g_pgs.cfg->unused_pool_timeout_ms * 1000u;
+    if (after == 0) return;
+    pgs_pool **pp = &w->pools;
+    while (*pp) {
+        pgs_pool *p = *pp;
+        if (!local_unused(p)) {
+            p->unused_since_us = 0;
+            pp = &p->next;
+            continue;
+        }
+        if (p->unused_since_us == 0) p->unused_since_us = now;
+        if (pgs_elapsed_us(now, p->unused_since_us) < after) {
+            pp = &p->next;
+            continue;
+        }
+        pgs_pool_shared *sh = p->sh;
+        pthread_mutex_lock(&g_pgs.pools_lock);
+        pthread_mutex_lock(&w->lock);
+        *pp = p->next;
+        p->next = NULL;
+        pthread_mutex_unlock(&w->lock);
+        __atomic_store_n(&sh->locals[w->id], NULL, __ATOMIC_RELEASE);
+        sh->retired[w->id] = p;
+        if (shared_unused_locked(sh)) {
+            log_debug("pool db=%s user=%s: unused, freed", sh->database, sh->user);
+            shared_free_locked(sh);
+        }
+        pthread_mutex_unlock(&g_pgs.pools_lock);
+    }
 }
 
 /* Takes one unit of the shared budget, if there is one. */
@@ -198,6 +327,7 @@ static void ask_other_workers(pgs_pool *p)
         m->kind = WM_WANT_SERVER;
         m->a = (uint32_t)p->w->id;
         m->pool = p->sh;
+        pool_ref(p->sh);
         worker_post(&g_pgs.workers[i], m);
     }
 }
@@ -607,6 +737,7 @@ void pool_janitor(pgs_worker *w, uint64_t now)
         }
         server_check_login_timeouts(p, now);
     }
+    retire_unused(w, now);
 }
 
 void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh)
@@ -631,7 +762,10 @@ void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh)
 
 void pool_adopt_handoffs(pgs_worker *w, pgs_pool_shared *sh)
 {
-    pgs_pool *p = pool_get(w, sh->user, sh->database);
+    /* sh is alive: the message that brought it holds a reference */
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    pgs_pool *p = local_attach_locked(w, sh);
+    pthread_mutex_unlock(&g_pgs.pools_lock);
     for (;;) {
         pgs_server *sv = NULL;
         pthread_mutex_lock(&sh->lock);

@@ -6,7 +6,12 @@
 
 #include "types.h"
 
+/* Worker w's part of the pool of (user, database), made if needed. */
 pgs_pool *pool_get(pgs_worker *w, const char *user, const char *database);
+/* A control message naming sh is posted (ref) / was handled (unref): a
+ * pool is not freed while one is on its way. */
+void pool_ref(pgs_pool_shared *sh);
+void pool_unref(pgs_pool_shared *sh);
 
 /* Gives c a server now (client_server_ready) or queues it. */
 void pool_checkout(pgs_pool *p, pgs_client *c);

@@ -573,6 +573,7 @@ static void handoff_closed(uv_handle_t *h)
     pgs_worker_msg *m = pgs_xcalloc(1, sizeof(*m));
     m->kind = WM_HANDOFF;
     m->pool = sh;
+    pool_ref(sh);
     worker_post(&g_pgs.workers[to], m);
 }
 

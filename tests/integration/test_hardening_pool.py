@@ -142,3 +142,79 @@ def test_connect_that_fails_at_once_backs_off_instead_of_spinning(pgscale, prima
         assert isinstance(e, psycopg2.Error), out
         assert "could not connect" in str(e) and "unreachable" in str(e).lower(), str(e)
     assert failures, "the connect error was not logged:\n%s" % "\n".join(lines)
+
+
+# -- pools nobody uses are freed ---------------------------------------------------
+N_USERS = 2000
+
+
+@pytest.fixture
+def many_roles(primary):
+    """N_USERS login roles hp_1..hp_N, members of hp_users, which
+    PostgreSQL lets in without a password (an hba line added for the test
+    and taken out after it)."""
+    primary.execute("""DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hp_users') THEN
+            CREATE ROLE hp_users NOLOGIN;
+        END IF;
+        FOR i IN 1..%d LOOP
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hp_' || i) THEN
+                EXECUTE format('CREATE ROLE %%I LOGIN IN ROLE hp_users', 'hp_' || i);
+            END IF;
+        END LOOP;
+    END $$""" % N_USERS)
+    hba = primary.datadir / "pg_hba.conf"
+    old = hba.read_text()
+    marker = "host    all  all "
+    assert marker in old
+    hba.write_text(old.replace(marker, "host    all  +hp_users  127.0.0.1/32   trust\n" + marker, 1))
+    primary.execute("SELECT pg_reload_conf()")
+    try:
+        yield ["hp_%d" % i for i in range(1, N_USERS + 1)]
+    finally:
+        hba.write_text(old)
+        primary.execute("SELECT pg_reload_conf()")
+
+
+def _login_once(pg, user):
+    t0 = time.monotonic()
+    conn = psycopg2.connect(pg.dsn(user, "app"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            assert cur.fetchone() == (user,)
+    finally:
+        conn.close()
+    return time.monotonic() - t0
+
+
+def _hp_pools(pg):
+    return [r for r in pg.admin("SHOW POOLS") if r["user"].startswith("hp_")]
+
+
+@pytest.mark.deadline(300)
+def test_unused_pools_are_freed_and_login_time_does_not_grow_with_pools(pgscale, many_roles):
+    pg = pgscale(DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, PGSCALE_WORKERS=2, DB_POOL_TIMEOUT=30,
+                 PGSCALE_SERVER_IDLE_TIMEOUT="300ms", PGSCALE_UNUSED_POOL_TIMEOUT="3s")
+    keep = pg.connect()  # a pool in use is never freed
+    assert _one(keep, "SELECT 1") == (1,)
+    from concurrent.futures import ThreadPoolExecutor
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(4) as ex:
+        lat = list(ex.map(lambda u: _login_once(pg, u), many_roles))
+    elapsed = time.monotonic() - t0
+    peak = len(_hp_pools(pg))
+    first = sorted(lat[:300])[150]
+    last = sorted(lat[-300:])[150]
+    print("%d logins in %.1f s; median login %.1f ms (first 300) / %.1f ms (last 300); "
+          "%d pools right after" % (len(lat), elapsed, first * 1e3, last * 1e3, peak))
+    assert peak > 100, "pools were freed before their idle time: %d left" % peak
+    # with thousands of pools made, a login costs what it cost with none
+    assert last < first * 2 + 0.005, (first, last)
+    wait_for(lambda: not _hp_pools(pg), 30, interval=0.5,
+             what="SHOW POOLS without the hp_ pools (PGSCALE_UNUSED_POOL_TIMEOUT=3s)")
+    # the pool in use stayed and still serves; a freed pool is made again on demand
+    assert pg.pool() is not None
+    assert _one(keep, "SELECT 2") == (2,)
+    assert _login_once(pg, many_roles[0]) < 10
+    assert [r["user"] for r in _hp_pools(pg)] == [many_roles[0]]
