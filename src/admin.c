@@ -187,7 +187,9 @@ static void show_clients(reply *r)
                                  I32(b[2], c->port),
                                  client_state_name(st),
                                  b[3],
-                                 U64(b[4], st == CL_WAITING && ws ? pgs_elapsed_us(now, ws) / 1000u : 0),
+                                 U64(b[4], st == CL_WAITING && ws
+                                               ? pgs_elapsed_us(now, ws) / 1000u
+                                               : 0),
                                  sid ? U64(b[5], sid) : NULL};
             row(r, 11, v);
         }

@@ -415,7 +415,8 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
         list_del(&sv->node);
         p->n_idle--;
         if (server_expired(sv, now) || server_too_old(sv) ||
-            (pgs_elapsed_us(now, sv->last_used_us) > (uint64_t)g_pgs.cfg->server_check_delay_ms * 1000u &&
+            (pgs_elapsed_us(now, sv->last_used_us) >
+                 (uint64_t)g_pgs.cfg->server_check_delay_ms * 1000u &&
              server_looks_dead(sv))) {
             server_close(sv, "idle too long, too old, or closed by the server");
             continue;

@@ -639,7 +639,8 @@ void server_check_login_timeouts(pgs_pool *p, uint64_t now)
         int st = atomic_load_explicit(&sv->state, memory_order_relaxed);
         char msg[400];
         if (st == SV_CONNECTING &&
-            pgs_elapsed_us(now, sv->login_start_us) > (uint64_t)cfg->server_connect_timeout_ms * 1000u) {
+            pgs_elapsed_us(now, sv->login_start_us) >
+                (uint64_t)cfg->server_connect_timeout_ms * 1000u) {
             snprintf(msg, sizeof(msg), "connecting to %s timed out after %u ms",
                      g_pgs.server_addr_text, cfg->server_connect_timeout_ms);
             login_failed(sv, false, "08006", msg);
