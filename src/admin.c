@@ -80,7 +80,7 @@ static void error(reply *r, const char *sqlstate, const char *msg, const char *h
 static void fmt_time(char *out, size_t n, uint64_t mono_us)
 {
     /* monotonic -> wall clock */
-    uint64_t wall = pgs_wall_us() - (pgs_now_us() - mono_us);
+    uint64_t wall = pgs_wall_us() - pgs_elapsed_us(pgs_now_us(), mono_us);
     time_t t = (time_t)(wall / 1000000u);
     struct tm tm;
     gmtime_r(&t, &tm);
@@ -128,7 +128,7 @@ static void show_pools(reply *r)
                 if (c->pool == p &&
                     atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WAITING) {
                     uint64_t ws = __atomic_load_n(&c->wait_start_us, __ATOMIC_RELAXED);
-                    if (ws && now > ws && now - ws > maxwait) maxwait = now - ws;
+                    if (ws && pgs_elapsed_us(now, ws) > maxwait) maxwait = pgs_elapsed_us(now, ws);
                 }
             }
             pthread_mutex_unlock(&w->lock);
@@ -187,7 +187,9 @@ static void show_clients(reply *r)
                                  I32(b[2], c->port),
                                  client_state_name(st),
                                  b[3],
-                                 U64(b[4], st == CL_WAITING && ws ? (now - ws) / 1000u : 0),
+                                 U64(b[4], st == CL_WAITING && ws
+                                               ? pgs_elapsed_us(now, ws) / 1000u
+                                               : 0),
                                  sid ? U64(b[5], sid) : NULL};
             row(r, 11, v);
         }
@@ -921,14 +923,14 @@ static void check_wait(pgs_admin_wait *aw, uint64_t now)
     if (acked && left == 0) {
         log_info("C-%u: %s %s done in %llu ms", c->id, wait_tag(aw->kind),
                  aw->db ? aw->db : "(every database)",
-                 (unsigned long long)((now - aw->start_us) / 1000u));
+                 (unsigned long long)(pgs_elapsed_us(now, aw->start_us) / 1000u));
         finish_wait(c, NULL, NULL, NULL);
         return;
     }
     if (now < aw->deadline_us) return;
     char msg[400], hint[300];
     const char *db = aw->db ? aw->db : "(every database)";
-    unsigned ms = (unsigned)((aw->deadline_us - aw->start_us) / 1000u);
+    unsigned ms = (unsigned)(pgs_elapsed_us(aw->deadline_us, aw->start_us) / 1000u);
     if (!acked) {
         snprintf(msg, sizeof(msg), "%s %s: not every worker answered within %u ms",
                  wait_tag(aw->kind), db, ms);

@@ -677,13 +677,13 @@ void client_janitor(pgs_worker *w, uint64_t now)
         pgs_client *c = list_entry(it, pgs_client, node);
         it = it->next;
         int st = atomic_load_explicit(&c->state, memory_order_relaxed);
-        uint64_t quiet = now - c->last_activity_us;
+        uint64_t quiet = pgs_elapsed_us(now, c->last_activity_us);
         /* between transactions: in transaction mode CL_IDLE; in session
          * mode the client keeps its server and is CL_ACTIVE */
         bool between = st == CL_IDLE || (st == CL_ACTIVE && c->server &&
                                          c->server->exq.count == 0 && c->tx_status == 'I' &&
                                          c->fwd_remaining == 0);
-        if ((st == CL_STARTUP || st == CL_AUTH) && now - c->connect_us > login_to) {
+        if ((st == CL_STARTUP || st == CL_AUTH) && pgs_elapsed_us(now, c->connect_us) > login_to) {
             client_fail(c, "08006", "client did not finish logging in in time",
                         "raise PGSCALE_CLIENT_LOGIN_TIMEOUT");
         } else if (st == CL_ACTIVE && idle_tx_to && c->server && c->server->exq.count == 0 &&
@@ -693,7 +693,7 @@ void client_janitor(pgs_worker *w, uint64_t now)
                         "commit or roll back sooner, or raise "
                         "PGSCALE_IDLE_TRANSACTION_TIMEOUT");
         } else if (st == CL_ACTIVE && query_to && c->server && c->server->exq.count > 0 &&
-                   c->query_start_us && now - c->query_start_us > query_to &&
+                   c->query_start_us && pgs_elapsed_us(now, c->query_start_us) > query_to &&
                    !c->cancel_sent) {
             c->cancel_sent = true;
             client_forward_cancel(c);

@@ -39,6 +39,16 @@ void pgs_log_write(int level, const char *fmt, ...) __attribute__((format(printf
 uint64_t pgs_now_us(void);
 uint64_t pgs_wall_us(void);
 
+/* Time from `since` to `now`, 0 when since is later.  Timestamps are
+ * unsigned and taken at different moments (the janitor reads its clock
+ * once, then starts work that stamps connections after that reading), so
+ * `now - since` would wrap to centuries and fire every timeout at once.
+ * Every age is computed through this. */
+static inline uint64_t pgs_elapsed_us(uint64_t now, uint64_t since)
+{
+    return now > since ? now - since : 0;
+}
+
 /* Allocation that aborts on failure: out-of-memory is not a condition this
  * daemon can recover from meaningfully, and checking every small allocation
  * would hide the real error handling.  Use only for bounded sizes. */

@@ -156,6 +156,7 @@ void config_defaults(pgs_config *cfg)
     cfg->server_idle_timeout_ms = 600 * 1000;
     cfg->overflow_idle_timeout_ms = 1000;
     cfg->server_check_delay_ms = 30 * 1000;
+    cfg->unused_pool_timeout_ms = 60 * 1000;
     cfg->idle_transaction_timeout_ms = 0;
     cfg->client_idle_timeout_ms = 0;
     cfg->query_timeout_ms = 0;
@@ -1062,6 +1063,7 @@ static const struct setting settings[] = {
     DUR("PGSCALE_OVERFLOW_IDLE_TIMEOUT", "overflow_idle_timeout", overflow_idle_timeout_ms,
         true),
     DUR("PGSCALE_SERVER_CHECK_DELAY", "server_check_delay", server_check_delay_ms, false),
+    DUR("PGSCALE_UNUSED_POOL_TIMEOUT", "unused_pool_timeout", unused_pool_timeout_ms, true),
     DUR("PGSCALE_IDLE_TRANSACTION_TIMEOUT", "idle_transaction_timeout",
         idle_transaction_timeout_ms, true),
     DUR("PGSCALE_CLIENT_IDLE_TIMEOUT", "client_idle_timeout", client_idle_timeout_ms, true),

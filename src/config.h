@@ -157,6 +157,7 @@ typedef struct pgs_config {
     uint32_t server_idle_timeout_ms;     /* PGSCALE_SERVER_IDLE_TIMEOUT, 600 s */
     uint32_t overflow_idle_timeout_ms;   /* PGSCALE_OVERFLOW_IDLE_TIMEOUT, 1 s, 0 = at once */
     uint32_t server_check_delay_ms;      /* PGSCALE_SERVER_CHECK_DELAY, 30 s */
+    uint32_t unused_pool_timeout_ms;     /* PGSCALE_UNUSED_POOL_TIMEOUT, 60 s, 0 = never free */
     uint32_t idle_transaction_timeout_ms;/* PGSCALE_IDLE_TRANSACTION_TIMEOUT, 0 = off */
     uint32_t client_idle_timeout_ms;     /* PGSCALE_CLIENT_IDLE_TIMEOUT, 0 = off */
     uint32_t query_timeout_ms;           /* PGSCALE_QUERY_TIMEOUT, 0 = off */

@@ -1115,7 +1115,8 @@ static int do_size(yctx *c, const node *v, const char *path, uint32_t min, uint3
 static const char *const top_keys[] = {
     "listen", "pool_mode", "workers", "pool_size", "max_overflow", "pool_timeout",
     "server_connect_timeout", "server_login_timeout", "server_lifetime", "server_idle_timeout",
-    "overflow_idle_timeout", "server_check_delay", "idle_transaction_timeout",
+    "overflow_idle_timeout", "server_check_delay", "unused_pool_timeout",
+    "idle_transaction_timeout",
     "client_idle_timeout", "query_timeout", "client_login_timeout", "shutdown_timeout",
     "max_client_conn", "max_prepared_statements", "max_client_prepared_statements",
     "max_client_prepared_bytes", "max_message_size",

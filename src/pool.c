@@ -24,6 +24,7 @@
  * its connections, serve its waiting clients). */
 #include "pool.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -31,10 +32,20 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "pooltab.h"
 #include "server.h"
 #include "worker.h"
 
-#define RETRY_CONNECT_US 250000u
+/* After a connect or login fails for a reason other than the server's
+ * refusal, the pool waits before the next attempt: 100 ms, doubling up to
+ * 5 s, back to nothing after a success.  Without it a connect that fails
+ * at once (no route to the host, out of file descriptors) was retried in
+ * a loop that never gave the event loop back: one worker spun at 100% CPU
+ * and the log grew without bound. */
+#define RETRY_CONNECT_MIN_US 100000u
+#define RETRY_CONNECT_MAX_US 5000000u
+/* Identical failures are logged once per this window, then summed up. */
+#define FAIL_LOG_WINDOW_US 30000000u
 /* A server coming back goes to a client of its own worker unless a client
  * on another worker has waited this much longer.  Strict order across
  * workers would hand servers back and forth under an even load (with 256
@@ -52,6 +63,24 @@ static void publish_head(pgs_pool *p)
     atomic_store_explicit(&p->head_wait_us, v, memory_order_relaxed);
 }
 
+/* The pool's counters can only be trusted if they never go below zero
+ * and the shared budget covers at least what this worker holds.  Checked
+ * wherever they go down (assertions stay on outside release builds). */
+static void check_counters(const pgs_pool *p)
+{
+    assert(p->n_idle >= 0 && p->n_used >= 0 && p->n_login >= 0);
+    assert(p->n_connecting >= 0 && p->n_waiting >= 0 && p->n_active_clients >= 0);
+    assert(atomic_load(&p->sh->open) >= 0 && atomic_load(&p->sh->waiting) >= 0);
+    PGS_UNUSED(p);
+}
+
+/* Every server opened for waiters counts in n_connecting (and n_login)
+ * from server_open until it either logs in (pool_server_ready) or is
+ * closed while connecting or logging in, whatever closes it: a login
+ * failure, a login timeout, KILL, a write error, shutdown.  server.c calls
+ * this from the one place that takes a server off its pool's lists, so no
+ * path can forget it (KILL once did, and the worker never opened a server
+ * again: it believed one was on its way). */
 bool pool_has_welcome(pgs_pool_shared *sh)
 {
     pthread_mutex_lock(&sh->lock);
@@ -104,48 +133,176 @@ static void apply_settings(pgs_pool_shared *sh, const pgs_config *cfg)
     atomic_store(&sh->pool_timeout_ms, ps.pool_timeout_ms);
 }
 
-static pgs_pool_shared *shared_get(const char *user, const char *database)
+/* ------------------------------------------------------------------------ */
+/* Finding pools, and freeing the ones nobody uses                          */
+/* ------------------------------------------------------------------------ */
+
+/* Every pool's shared part, by (user, database); under g_pgs.pools_lock
+ * (as is the g_pgs.pools list, which the admin console walks). */
+static pgs_pooltab pool_table;
+
+static pgs_pool_shared *shared_get_locked(const char *user, const char *database)
 {
-    pthread_mutex_lock(&g_pgs.pools_lock);
-    pgs_pool_shared *sh;
-    for (sh = g_pgs.pools; sh; sh = sh->next)
-        if (strcmp(sh->user, user) == 0 && strcmp(sh->database, database) == 0) break;
-    if (!sh) {
-        sh = pgs_xcalloc(1, sizeof(*sh));
-        sh->user = pgs_xstrdup(user);
-        sh->database = pgs_xstrdup(database);
-        /* Under pools_lock, so a RELOAD that publishes a new snapshot
-         * either is seen here or reconfigures this pool after us. */
-        apply_settings(sh, g_pgs.cfg);
-        atomic_store(&sh->paused, paused_all || paused_index(database) >= 0);
-        pthread_mutex_init(&sh->lock, NULL);
-        list_init(&sh->handoff);
-        sh->next = g_pgs.pools;
-        g_pgs.pools = sh;
-    }
-    pthread_mutex_unlock(&g_pgs.pools_lock);
+    pgs_pool_shared *sh = pooltab_find(&pool_table, user, database);
+    if (sh) return sh;
+    sh = pgs_xcalloc(1, sizeof(*sh));
+    sh->user = pgs_xstrdup(user);
+    sh->database = pgs_xstrdup(database);
+    sh->hash = pooltab_hash(user, database);
+    /* Under pools_lock, so a RELOAD that publishes a new snapshot
+     * either is seen here or reconfigures this pool after us. */
+    apply_settings(sh, g_pgs.cfg);
+    atomic_store(&sh->paused, paused_all || paused_index(database) >= 0);
+    pthread_mutex_init(&sh->lock, NULL);
+    list_init(&sh->handoff);
+    pooltab_insert(&pool_table, sh);
+    sh->next = g_pgs.pools;
+    if (sh->next) sh->next->pprev = &sh->next;
+    sh->pprev = &g_pgs.pools;
+    g_pgs.pools = sh;
     return sh;
 }
 
-pgs_pool *pool_get(pgs_worker *w, const char *user, const char *database)
+/* Worker w's part of sh, made (or taken back from retirement) if needed.
+ * Under pools_lock: that is what keeps sh from being freed between being
+ * found and being given a part on this worker. */
+static pgs_pool *local_attach_locked(pgs_worker *w, pgs_pool_shared *sh)
 {
-    pgs_pool_shared *sh = shared_get(user, database);
     /* locals[w->id] is written only by worker w; other workers read it
      * (racily, for counts) to find where clients wait. */
     pgs_pool *p = __atomic_load_n(&sh->locals[w->id], __ATOMIC_ACQUIRE);
     if (p) return p;
-    p = pgs_xcalloc(1, sizeof(*p));
-    p->sh = sh;
-    p->w = w;
-    list_init(&p->idle);
-    list_init(&p->used);
-    list_init(&p->waiting);
+    p = sh->retired[w->id];
+    if (p) {
+        sh->retired[w->id] = NULL; /* empty, and its statistics go on */
+    } else {
+        p = pgs_xcalloc(1, sizeof(*p));
+        p->sh = sh;
+        p->w = w;
+        list_init(&p->idle);
+        list_init(&p->used);
+        list_init(&p->waiting);
+    }
+    p->unused_since_us = 0;
     pthread_mutex_lock(&w->lock);
     p->next = w->pools;
     w->pools = p;
     pthread_mutex_unlock(&w->lock);
     __atomic_store_n(&sh->locals[w->id], p, __ATOMIC_RELEASE);
     return p;
+}
+
+pgs_pool *pool_get(pgs_worker *w, const char *user, const char *database)
+{
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    pgs_pool *p = local_attach_locked(w, shared_get_locked(user, database));
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+    return p;
+}
+
+void pool_ref(pgs_pool_shared *sh)
+{
+    atomic_fetch_add(&sh->refs, 1);
+}
+
+void pool_unref(pgs_pool_shared *sh)
+{
+    int was = atomic_fetch_sub(&sh->refs, 1);
+    assert(was > 0);
+    PGS_UNUSED(was);
+}
+
+/* Freeing pools.  Every (user, database) pair a client ever named would
+ * otherwise keep its pool for good.  A worker's part of a pool is retired
+ * by that worker's janitor once it has held no client, server or waiter
+ * for unused_pool_timeout; the shared part, with every retired part, is
+ * freed when the last worker retires its part and nothing else can reach
+ * the pool.  The invariant that makes this safe without a lock on the data
+ * path:
+ *
+ * - A worker reaches a pool only through its own part: from its clients
+ *   and servers (a part with any is not retired), from its pool list (the
+ *   retiring worker takes the part off it), from pool_get (under
+ *   pools_lock), or from a control message (which holds a reference,
+ *   `refs`).  A server travelling between workers counts in `open`.
+ * - Other workers read a part they do not own (its counts, to decide
+ *   where a server should go) through locals[] of a pool they hold a live
+ *   part of.  So a retired part is not freed at once: it stays allocated
+ *   (and is reused if its worker needs the pool again) until the shared
+ *   part is freed, which needs every worker's part retired, so no worker
+ *   can be reading any of them.
+ * - The admin console, RELOAD, PAUSE, KILL read pools under pools_lock,
+ *   which retiring and freeing take. */
+static bool shared_unused_locked(pgs_pool_shared *sh)
+{
+    for (int i = 0; i < g_pgs.n_workers; i++)
+        if (__atomic_load_n(&sh->locals[i], __ATOMIC_ACQUIRE)) return false;
+    if (atomic_load(&sh->refs) || atomic_load(&sh->open) || atomic_load(&sh->waiting) ||
+        atomic_load(&sh->n_clients))
+        return false;
+    pthread_mutex_lock(&sh->lock);
+    bool none_in_transit = list_empty(&sh->handoff);
+    pthread_mutex_unlock(&sh->lock);
+    return none_in_transit;
+}
+
+static void shared_free_locked(pgs_pool_shared *sh)
+{
+    pooltab_remove(&pool_table, sh);
+    *sh->pprev = sh->next;
+    if (sh->next) sh->next->pprev = sh->pprev;
+    for (size_t i = 0; i < PGS_ARRAY_LEN(sh->retired); i++) free(sh->retired[i]);
+    for (int i = 0; i < sh->n_welcome; i++) {
+        free(sh->welcome_names[i]);
+        free(sh->welcome_values[i]);
+    }
+    free(sh->welcome_names);
+    free(sh->welcome_values);
+    pthread_mutex_destroy(&sh->lock);
+    free(sh->user);
+    free(sh->database);
+    free(sh);
+}
+
+static bool local_unused(const pgs_pool *p)
+{
+    return p->n_idle == 0 && p->n_used == 0 && p->n_login == 0 && p->n_connecting == 0 &&
+           p->n_waiting == 0 && p->n_active_clients == 0 && list_empty(&p->waiting) &&
+           list_empty(&p->idle) && list_empty(&p->used);
+}
+
+/* Worker thread (the janitor). */
+static void retire_unused(pgs_worker *w, uint64_t now)
+{
+    uint64_t after = (uint64_t)g_pgs.cfg->unused_pool_timeout_ms * 1000u;
+    if (after == 0) return;
+    pgs_pool **pp = &w->pools;
+    while (*pp) {
+        pgs_pool *p = *pp;
+        if (!local_unused(p)) {
+            p->unused_since_us = 0;
+            pp = &p->next;
+            continue;
+        }
+        if (p->unused_since_us == 0) p->unused_since_us = now;
+        if (pgs_elapsed_us(now, p->unused_since_us) < after) {
+            pp = &p->next;
+            continue;
+        }
+        pgs_pool_shared *sh = p->sh;
+        pthread_mutex_lock(&g_pgs.pools_lock);
+        pthread_mutex_lock(&w->lock);
+        *pp = p->next;
+        p->next = NULL;
+        pthread_mutex_unlock(&w->lock);
+        __atomic_store_n(&sh->locals[w->id], NULL, __ATOMIC_RELEASE);
+        sh->retired[w->id] = p;
+        if (shared_unused_locked(sh)) {
+            log_debug("pool db=%s user=%s: unused, freed", sh->database, sh->user);
+            shared_free_locked(sh);
+        }
+        pthread_mutex_unlock(&g_pgs.pools_lock);
+    }
 }
 
 /* Takes one unit of the shared budget, if there is one. */
@@ -161,7 +318,7 @@ static bool budget_take(pgs_pool_shared *sh)
 static void ask_other_workers(pgs_pool *p)
 {
     uint64_t now = pgs_now_us();
-    if (now - p->last_connect_fail_us < 1000 && p->last_connect_fail_us) return;
+    if (p->last_connect_fail_us && pgs_elapsed_us(now, p->last_connect_fail_us) < 1000) return;
     for (int i = 0; i < g_pgs.n_workers; i++) {
         if (i == p->w->id) continue;
         pgs_pool *other = __atomic_load_n(&p->sh->locals[i], __ATOMIC_ACQUIRE);
@@ -170,6 +327,7 @@ static void ask_other_workers(pgs_pool *p)
         m->kind = WM_WANT_SERVER;
         m->a = (uint32_t)p->w->id;
         m->pool = p->sh;
+        pool_ref(p->sh);
         worker_post(&g_pgs.workers[i], m);
     }
 }
@@ -187,6 +345,8 @@ static void open_for_waiters(pgs_pool *p)
     if (p->retry_at_us && now < p->retry_at_us) return;
     bool asked = false;
     while (p->n_waiting > p->n_connecting) {
+        /* a connect that failed at once set a back-off: stop here */
+        if (p->retry_at_us && pgs_now_us() < p->retry_at_us) break;
         if (!budget_take(p->sh)) {
             if (!asked) ask_other_workers(p);
             asked = true;
@@ -201,10 +361,10 @@ static bool server_expired(const pgs_server *sv, uint64_t now)
 {
     const pgs_config *cfg = g_pgs.cfg;
     if (cfg->server_lifetime_ms &&
-        now - sv->connect_us > (uint64_t)cfg->server_lifetime_ms * 1000u)
+        pgs_elapsed_us(now, sv->connect_us) > (uint64_t)cfg->server_lifetime_ms * 1000u)
         return true;
     if (cfg->server_idle_timeout_ms &&
-        now - sv->last_used_us > (uint64_t)cfg->server_idle_timeout_ms * 1000u)
+        pgs_elapsed_us(now, sv->last_used_us) > (uint64_t)cfg->server_idle_timeout_ms * 1000u)
         return true;
     return false;
 }
@@ -233,7 +393,7 @@ static bool server_looks_dead(pgs_server *sv)
 
 static bool quarantined(const pgs_server *sv, uint64_t now)
 {
-    return sv->cancelled_us && now - sv->cancelled_us < CANCEL_QUARANTINE_US;
+    return sv->cancelled_us && pgs_elapsed_us(now, sv->cancelled_us) < CANCEL_QUARANTINE_US;
 }
 
 /* Servers that KILL or WAIT_CLOSE want gone. */
@@ -255,7 +415,8 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
         list_del(&sv->node);
         p->n_idle--;
         if (server_expired(sv, now) || server_too_old(sv) ||
-            (now - sv->last_used_us > (uint64_t)g_pgs.cfg->server_check_delay_ms * 1000u &&
+            (pgs_elapsed_us(now, sv->last_used_us) >
+                 (uint64_t)g_pgs.cfg->server_check_delay_ms * 1000u &&
              server_looks_dead(sv))) {
             server_close(sv, "idle too long, too old, or closed by the server");
             continue;
@@ -292,7 +453,7 @@ static pgs_client *pop_waiter(pgs_pool *p)
     p->n_waiting--;
     publish_head(p);
     atomic_fetch_sub(&p->sh->waiting, 1);
-    uint64_t waited = pgs_now_us() - c->wait_start_us;
+    uint64_t waited = pgs_elapsed_us(pgs_now_us(), c->wait_start_us);
     atomic_fetch_add_explicit(&p->stats.wait_us, waited, memory_order_relaxed);
     atomic_fetch_add_explicit(&p->stats.wait_count, 1, memory_order_relaxed);
     return c;
@@ -398,18 +559,51 @@ void pool_release(pgs_server *sv)
     pgs_pool *p = sv->pool;
     list_del(&sv->node);
     p->n_used--;
+    check_counters(p);
     place_idle_server(sv);
+}
+
+void pool_login_ended(pgs_pool *p)
+{
+    p->n_login--;
+    p->n_connecting--;
+    check_counters(p);
+}
+
+/* The summary of identical failures not logged (the run ends). */
+static void log_repeats(pgs_pool *p, uint64_t now)
+{
+    if (p->fail_log_repeats)
+        log_warn("pool db=%s user=%s: %u more failures like this in the last %.0f s: %s",
+                 p->sh->database, p->sh->user, p->fail_log_repeats,
+                 (double)pgs_elapsed_us(now, p->fail_log_since_us) / 1e6, p->last_error);
+    p->fail_log_repeats = 0;
+}
+
+bool pool_failure_is_news(pgs_pool *p, const char *msg)
+{
+    uint64_t now = pgs_now_us();
+    if (p->fail_log_since_us && strncmp(p->last_error, msg, sizeof(p->last_error) - 1) == 0 &&
+        pgs_elapsed_us(now, p->fail_log_since_us) < FAIL_LOG_WINDOW_US) {
+        p->fail_log_repeats++;
+        return false;
+    }
+    log_repeats(p, now);
+    p->fail_log_since_us = now;
+    return true;
 }
 
 void pool_server_ready(pgs_server *sv)
 {
     pgs_pool *p = sv->pool;
-    p->n_connecting--;
+    if (p->fail_log_since_us) log_repeats(p, pgs_now_us());
+    p->fail_log_since_us = 0;
+    p->retry_delay_us = 0;
     p->retry_at_us = 0;
     p->last_error[0] = '\0';
     p->last_connect_fail_us = 0;
     list_del(&sv->node);
-    p->n_login--;
+    pool_login_ended(p);
     place_idle_server(sv);
 }
 
@@ -417,13 +611,13 @@ void pool_server_gone(pgs_server *sv)
 {
     pgs_pool *p = sv->pool;
     atomic_fetch_sub(&p->sh->open, 1);
+    check_counters(p);
     /* A waiter may now get a connection of its own. */
     if (p->n_waiting > p->n_connecting) open_for_waiters(p);
 }
 
 void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, const char *msg)
 {
-    p->n_connecting--;
     snprintf(p->last_error, sizeof(p->last_error), "%s", msg);
     snprintf(p->last_sqlstate, sizeof(p->last_sqlstate), "%s", sqlstate);
     p->last_connect_fail_us = pgs_now_us();
@@ -434,7 +628,10 @@ void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, co
         while ((c = pop_waiter(p)) != NULL) client_fail(c, sqlstate, msg, NULL);
         return;
     }
-    p->retry_at_us = pgs_now_us() + RETRY_CONNECT_US;
+    uint32_t d = p->retry_delay_us ? PGS_MIN(p->retry_delay_us * 2u, RETRY_CONNECT_MAX_US)
+                                   : RETRY_CONNECT_MIN_US;
+    p->retry_delay_us = d;
+    p->retry_at_us = pgs_now_us() + d;
 }
 
 static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
@@ -447,7 +644,7 @@ static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
     while (it != &p->waiting) {
         pgs_client *c = list_entry(it, pgs_client, wait_node);
         it = it->next;
-        uint64_t waited = now - c->wait_start_us;
+        uint64_t waited = pgs_elapsed_us(now, c->wait_start_us);
         if (p->last_connect_fail_us && waited >= conn_to && p->n_idle == 0 &&
             p->n_used == 0) {
             /* No server reachable for the whole connect timeout. */
@@ -496,7 +693,7 @@ static void close_idle_overflow(pgs_pool *p, uint64_t now)
     while (excess > 0 && it != &p->idle) {
         pgs_server *sv = list_entry(it, pgs_server, node);
         it = it->prev;
-        if (now - sv->last_used_us < grace) break; /* the rest are younger */
+        if (pgs_elapsed_us(now, sv->last_used_us) < grace) break; /* the rest are younger */
         list_del(&sv->node);
         p->n_idle--;
         excess--;
@@ -541,6 +738,7 @@ void pool_janitor(pgs_worker *w, uint64_t now)
         }
         server_check_login_timeouts(p, now);
     }
+    retire_unused(w, now);
 }
 
 void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh)
@@ -565,7 +763,10 @@ void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh)
 
 void pool_adopt_handoffs(pgs_worker *w, pgs_pool_shared *sh)
 {
-    pgs_pool *p = pool_get(w, sh->user, sh->database);
+    /* sh is alive: the message that brought it holds a reference */
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    pgs_pool *p = local_attach_locked(w, sh);
+    pthread_mutex_unlock(&g_pgs.pools_lock);
     for (;;) {
         pgs_server *sv = NULL;
         pthread_mutex_lock(&sh->lock);
@@ -766,6 +967,8 @@ void pool_client_left(pgs_pool *p)
 {
     p->n_active_clients--;
     atomic_fetch_sub(&p->sh->n_clients, 1);
+    check_counters(p);
+    assert(atomic_load(&p->sh->n_clients) >= 0);
 }
 
 /* --- the workers' side of the control messages --- */

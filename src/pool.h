@@ -6,7 +6,12 @@
 
 #include "types.h"
 
+/* Worker w's part of the pool of (user, database), made if needed. */
 pgs_pool *pool_get(pgs_worker *w, const char *user, const char *database);
+/* A control message naming sh is posted (ref) / was handled (unref): a
+ * pool is not freed while one is on its way. */
+void pool_ref(pgs_pool_shared *sh);
+void pool_unref(pgs_pool_shared *sh);
 
 /* Gives c a server now (client_server_ready) or queues it. */
 void pool_checkout(pgs_pool *p, pgs_client *c);
@@ -20,6 +25,13 @@ void pool_server_ready(pgs_server *sv);
  * server sent (bad password, no such database), false for a network error. */
 void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate,
                         const char *msg);
+/* A server opened for waiters stopped connecting or logging in, either way
+ * (server.c, when it takes such a server off the pool's lists). */
+void pool_login_ended(pgs_pool *p);
+/* Whether a connect or login failure with this message should be logged:
+ * true for the first of a run of identical ones (and once per 30 s of the
+ * run, with how many were not logged). Call before pool_server_failed. */
+bool pool_failure_is_news(pgs_pool *p, const char *msg);
 /* Bookkeeping when a server connection is gone for good. */
 void pool_server_gone(pgs_server *sv);
 

@@ -399,11 +399,13 @@ void relay_server_data(pgs_server *sv)
                 c->last_activity_us = now;
                 c->cancel_sent = false;
                 stats_add(&st->query_count, 1);
-                if (c->query_start_us) stats_add(&st->query_us, now - c->query_start_us);
+                if (c->query_start_us)
+                    stats_add(&st->query_us, pgs_elapsed_us(now, c->query_start_us));
                 c->query_start_us = 0;
                 if (status == 'I') {
                     stats_add(&st->xact_count, 1);
-                    if (c->xact_start_us) stats_add(&st->xact_us, now - c->xact_start_us);
+                    if (c->xact_start_us)
+                        stats_add(&st->xact_us, pgs_elapsed_us(now, c->xact_start_us));
                     c->xact_start_us = 0;
                 }
             }

@@ -80,6 +80,7 @@ static void take_reloadable(pgs_config *pub, const pgs_config *fresh)
     pub->server_idle_timeout_ms = fresh->server_idle_timeout_ms;
     pub->overflow_idle_timeout_ms = fresh->overflow_idle_timeout_ms;
     pub->server_check_delay_ms = fresh->server_check_delay_ms;
+    pub->unused_pool_timeout_ms = fresh->unused_pool_timeout_ms;
     pub->idle_transaction_timeout_ms = fresh->idle_transaction_timeout_ms;
     pub->client_idle_timeout_ms = fresh->client_idle_timeout_ms;
     pub->query_timeout_ms = fresh->query_timeout_ms;

@@ -60,7 +60,7 @@ static void unlist(pgs_server *sv)
         if (st == SV_IDLE)
             p->n_idle--;
         else if (st == SV_CONNECTING || st == SV_LOGIN)
-            p->n_login--;
+            pool_login_ended(p);
         else
             p->n_used--;
     }
@@ -86,8 +86,9 @@ void server_close(pgs_server *sv, const char *reason)
 static void login_failed(pgs_server *sv, bool server_error, const char *sqlstate,
                          const char *msg)
 {
-    log_warn("S-%u: login to %s as user=%s db=%s failed: %s", sv->id, g_pgs.server_addr_text,
-             sv->pool->sh->user, sv->pool->sh->database, msg);
+    if (pool_failure_is_news(sv->pool, msg))
+        log_warn("S-%u: login to %s as user=%s db=%s failed: %s", sv->id,
+                 g_pgs.server_addr_text, sv->pool->sh->user, sv->pool->sh->database, msg);
     pool_server_failed(sv->pool, server_error, sqlstate, msg);
     server_close(sv, "login failed");
 }
@@ -572,6 +573,7 @@ static void handoff_closed(uv_handle_t *h)
     pgs_worker_msg *m = pgs_xcalloc(1, sizeof(*m));
     m->kind = WM_HANDOFF;
     m->pool = sh;
+    pool_ref(sh);
     worker_post(&g_pgs.workers[to], m);
 }
 
@@ -636,15 +638,13 @@ void server_check_login_timeouts(pgs_pool *p, uint64_t now)
         it = it->next;
         int st = atomic_load_explicit(&sv->state, memory_order_relaxed);
         char msg[400];
-        /* opened after the caller read its clock (e.g. by the janitor a
-         * moment ago): not late, and now - start would wrap */
-        if (now < sv->login_start_us) continue;
         if (st == SV_CONNECTING &&
-            now - sv->login_start_us > (uint64_t)cfg->server_connect_timeout_ms * 1000u) {
+            pgs_elapsed_us(now, sv->login_start_us) >
+                (uint64_t)cfg->server_connect_timeout_ms * 1000u) {
             snprintf(msg, sizeof(msg), "connecting to %s timed out after %u ms",
                      g_pgs.server_addr_text, cfg->server_connect_timeout_ms);
             login_failed(sv, false, "08006", msg);
-        } else if (st == SV_LOGIN && now - sv->login_start_us >
+        } else if (st == SV_LOGIN && pgs_elapsed_us(now, sv->login_start_us) >
                                          (uint64_t)cfg->server_login_timeout_ms * 1000u) {
             snprintf(msg, sizeof(msg), "logging in to %s timed out after %u ms",
                      g_pgs.server_addr_text, cfg->server_login_timeout_ms);

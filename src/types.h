@@ -263,10 +263,19 @@ struct pgs_pool_shared {
     pthread_mutex_t lock;         /* protects the hand-over queue */
     pgs_list handoff;             /* servers on their way to another worker */
     pgs_pool *locals[64];         /* per-worker part, index = worker id */
+    /* A worker's part that went unused is moved here (pool.c explains why
+     * it is kept until the whole pool is freed); reused if needed again. */
+    pgs_pool *retired[64];
+    /* Control messages (WM_HANDOFF, WM_WANT_SERVER) naming this pool that
+     * are not handled yet: the pool is not freed while any is on its way. */
+    _Atomic int refs;
     /* Parameters the server announced at login: sent to clients at start. */
     int n_welcome;
     char **welcome_names, **welcome_values;
-    pgs_pool_shared *next;
+    pgs_pool_shared *next;        /* g_pgs.pools, under pools_lock */
+    pgs_pool_shared **pprev;      /* the pointer to this one in that list */
+    pgs_pool_shared *hnext;       /* the lookup table's chain (pooltab.c) */
+    uint64_t hash;                /* pooltab_hash(user, database) */
 };
 
 /* Per-worker part of a pool. */
@@ -285,8 +294,12 @@ struct pgs_pool {
     uint64_t last_connect_fail_us;
     char last_error[256]; /* why the last connect/login failed */
     char last_sqlstate[6];
-    uint64_t retry_at_us;
+    uint64_t retry_at_us;     /* no connect attempt before this (0: any time) */
+    uint32_t retry_delay_us;  /* the last back-off (0: the last attempt succeeded) */
+    uint32_t fail_log_repeats;  /* identical failures not logged since fail_log_since_us */
+    uint64_t fail_log_since_us; /* when the current run of failures was logged (0: none) */
     pgs_pool_stats stats;
+    uint64_t unused_since_us; /* janitor: when it found nothing in the pool (0: in use) */
     pgs_pool *next;       /* worker's pool list */
 };
 

@@ -166,8 +166,14 @@ static void on_async(uv_async_t *a)
         list_del(&m->node);
         switch (m->kind) {
         case WM_CANCEL: handle_cancel(w, m->a, m->b); break;
-        case WM_HANDOFF: pool_adopt_handoffs(w, m->pool); break;
-        case WM_WANT_SERVER: pool_give_idle(w, m->pool); break;
+        case WM_HANDOFF:
+            pool_adopt_handoffs(w, m->pool);
+            pool_unref(m->pool);
+            break;
+        case WM_WANT_SERVER:
+            pool_give_idle(w, m->pool);
+            pool_unref(m->pool);
+            break;
         case WM_SHUTDOWN: start_drain(w); break;
         case WM_STOP: stop_loop(w); break;
         case WM_CALL: m->fn(w, m->arg); break;

@@ -111,6 +111,7 @@ static void test_defaults_match_documented_values(void **state)
     assert_int_equal(c.server_idle_timeout_ms, 600000);
     assert_int_equal(c.overflow_idle_timeout_ms, 1000);
     assert_int_equal(c.server_check_delay_ms, 30000);
+    assert_int_equal(c.unused_pool_timeout_ms, 60000);
     assert_int_equal(c.idle_transaction_timeout_ms, 0);
     assert_int_equal(c.client_idle_timeout_ms, 0);
     assert_int_equal(c.query_timeout_ms, 0);
@@ -1076,6 +1077,7 @@ static const char *const all_vars[] = {
     "PGSCALE_LISTEN", "PGSCALE_POOL_MODE", "PGSCALE_WORKERS", "REDIS_URL", "PGSCALE_LOG_LEVEL",
     "PGSCALE_SERVER_CONNECT_TIMEOUT", "PGSCALE_SERVER_LOGIN_TIMEOUT", "PGSCALE_SERVER_LIFETIME",
     "PGSCALE_SERVER_IDLE_TIMEOUT", "PGSCALE_SERVER_CHECK_DELAY", "PGSCALE_OVERFLOW_IDLE_TIMEOUT",
+    "PGSCALE_UNUSED_POOL_TIMEOUT",
     "PGSCALE_IDLE_TRANSACTION_TIMEOUT", "PGSCALE_CLIENT_IDLE_TIMEOUT", "PGSCALE_QUERY_TIMEOUT",
     "PGSCALE_CLIENT_LOGIN_TIMEOUT", "PGSCALE_SHUTDOWN_TIMEOUT", "PGSCALE_MAX_CLIENT_CONN",
     "PGSCALE_MAX_PREPARED_STATEMENTS", "PGSCALE_MAX_CLIENT_PREPARED_STATEMENTS",
