@@ -179,7 +179,7 @@ void params_set_extra(pgs_params **pp, const char *name, const char *stmt)
 
 void params_clear_extras(pgs_params *p)
 {
-    if (!p || p->n_extra == 0) return;
+    if (!p || (p->n_extra == 0 && !p->extra)) return;
     for (int i = 0; i < p->n_extra; i++) {
         free(p->extra[i].name);
         free(p->extra[i].stmt);
