@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import APP_USER, proc_kb, wait_for
+from helpers import APP_USER, is_sanitized, proc_kb, wait_for
 from pgwire import message, parse_fields, query, startup_packet
 
 # pgscale's own bound is a few hundred KiB per client; this leaves room for
@@ -137,6 +137,8 @@ class Pipeline:
 def assert_bounded(p, what):
     grew = p.rss_max - p.rss_start
     print("%s: VmRSS +%d KiB" % (what, grew))
+    if is_sanitized(p.pid):
+        return  # the replies are still checked
     assert grew < RSS_BOUND_KIB, (
         "pgscale's VmRSS grew by %d KiB while a client pipelined %s without reading "
         "(bound %d KiB)" % (grew, what, RSS_BOUND_KIB))
@@ -250,7 +252,7 @@ def test_slow_reader_of_large_result_keeps_memory_bounded(pgscale, primary):
         assert read < 50 * 1024 * 1024  # still in the middle of the result
         grew = top - start
         print("slow reader: VmRSS +%d KiB, %d bytes read" % (grew, read))
-        assert grew < SLOW_READER_BOUND_KIB, (
+        assert is_sanitized(pg.pid) or grew < SLOW_READER_BOUND_KIB, (
             "pgscale's VmRSS grew by %d KiB while a client read a 100 MB result slowly" % grew)
     finally:
         sock.close()
