@@ -1,17 +1,27 @@
 #!/usr/bin/python3
-"""Idle-client memory test: how much memory a proxy spends per idle client.
+"""Idle-client memory: how much memory a proxy spends per idle client.
 
-Opens COUNT client connections to HOST:PORT, takes each through the startup
-handshake (StartupMessage, authentication, until ReadyForQuery) and leaves it
-idle; measures the proxy's resident memory (VmRSS of --pid, all threads)
-before and after, prints KiB per idle client, then closes every connection.
+Measured as a user would see it: the proxy is started fresh, COUNT clients
+are opened from another process (each takes the real start-up: startup
+packet, authentication, until ReadyForQuery, then sits idle), and the proxy's
+VmRSS (all threads) is read before and after; the growth divided by COUNT is
+the cost of one idle client.
+
+    idle_clients.py compare [--database-url URL] [--count N]
+        pgscale and PgBouncer side by side, each started fresh in transaction
+        mode against the same PostgreSQL (DATABASE_URL, or a throw-away one
+        from scripts/pgcluster.sh); prints KiB per client and the ratio.
+    idle_clients.py measure --port P --pid PID [--count N]
+        one proxy that is already running (it need not be fresh).
+    idle_clients.py hold --port P [--count N]
+        the client side alone: opens the connections, prints one line
+        `HELD ok=N failed=F`, keeps them open until its stdin closes.
 
 Raw sockets on asyncio, so the client side is cheap and nothing but the
-handshake is sent. Trust, cleartext, md5 and SCRAM-SHA-256 authentication are
-understood (the last three need --password).
-
-Prints a human-readable report and one machine-readable line:
+handshake is sent.  Trust, cleartext, md5 and SCRAM-SHA-256 are understood
+(the last three need --password).  Machine-readable lines:
     RESULT label=... clients=N failed=F rss_before_kib=B rss_after_kib=A kib_per_client=K
+    RATIO pgscale/pgbouncer=R
 Exit status: 0 when every client got in, 1 otherwise.
 """
 
@@ -20,11 +30,22 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import os
 import resource
+import shutil
+import signal
+import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+FD_WANT_EXTRA = 256
 
 
 def vmrss_kib(pid):
@@ -35,6 +56,7 @@ def vmrss_kib(pid):
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+# ---------------------------------------------------------------- client side
 def startup_message(user, database):
     body = struct.pack("!I", 196608)
     for k, v in (("user", user), ("database", database), ("application_name", "idle_clients")):
@@ -129,33 +151,25 @@ async def connect_one(args):
         raise
 
 
-async def run(args):
-    before = vmrss_kib(args.pid)
+async def hold(args):
+    """Opens the connections, reports, keeps them until stdin closes."""
     conns, errors = [], {}
     sem = asyncio.Semaphore(args.concurrency)
-    progress_every = max(1, args.count // 5)
 
-    async def one(i):
+    async def one():
         async with sem:
             try:
                 conns.append(await asyncio.wait_for(connect_one(args), args.connect_timeout))
             except (OSError, ConnectionError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
                 key = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 errors[key] = errors.get(key, 0) + 1
-            done = len(conns) + sum(errors.values())
-            if done % progress_every == 0 and not args.quiet:
-                print(f"  {args.label}: {done}/{args.count} handshakes done ({len(conns)} ok)", flush=True)
 
     t0 = time.monotonic()
-    await asyncio.gather(*(one(i) for i in range(args.count)))
-    elapsed = time.monotonic() - t0
-
-    # Let the proxy settle (deferred frees, buffers returned), then sample.
-    await asyncio.sleep(args.hold)
-    after = vmrss_kib(args.pid)
-    n = len(conns)
-    per_client = (after - before) / n if n else float("nan")
-
+    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(args.count))), args.timeout)
+    print(f"HELD ok={len(conns)} failed={sum(errors.values())} seconds={time.monotonic() - t0:.1f} "
+          f"errors={json.dumps(errors)}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)
     for _, w in conns:
         try:
             w.write(message(b"X", b""))
@@ -163,50 +177,224 @@ async def run(args):
         except OSError:
             pass
     await asyncio.gather(*(w.wait_closed() for _, w in conns), return_exceptions=True)
+    return 0
 
-    failed = sum(errors.values())
-    print(f"  {args.label}: {n} idle clients in {elapsed:.1f}s; RSS {before} KiB -> {after} KiB; "
-          f"{per_client:.2f} KiB per idle client")
+
+def raise_fd_limit(want):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            pass
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < want:
+        sys.exit(f"idle_clients: need {want} file descriptors, limit is {soft}; raise `ulimit -n`")
+
+
+# ---------------------------------------------------------------- measuring
+def measure_pid(args, pid, port, label):
+    """Runs the client side in a child process against port; returns a dict."""
+    before = vmrss_kib(pid)
+    child = subprocess.Popen(
+        [sys.executable, "-B", str(Path(__file__).resolve()), "hold", "--host", args.host, "--port", str(port),
+         "--user", args.user, "--database", args.database, "--count", str(args.count),
+         "--concurrency", str(args.concurrency), "--connect-timeout", str(args.connect_timeout),
+         "--timeout", str(args.timeout)] + (["--password", args.password] if args.password else []),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()
+        if not line.startswith("HELD "):
+            raise RuntimeError(f"{label}: the client process failed ({line.strip() or 'no output'})")
+        fields = dict(kv.split("=", 1) for kv in line.split(" ", 5)[1:5])
+        errors = json.loads(line.split("errors=", 1)[1])
+        time.sleep(args.hold)  # let the proxy settle (deferred frees, buffers returned)
+        after = vmrss_kib(pid)
+    finally:
+        try:
+            child.stdin.close()
+        except OSError:
+            pass
+        try:
+            child.wait(60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    n = int(fields["ok"])
+    per = (after - before) / n if n else float("nan")
+    print(f"  {label}: {n} idle clients in {fields['seconds']}s; RSS {before} KiB -> {after} KiB; "
+          f"{per:.2f} KiB per idle client", flush=True)
     for e, c in sorted(errors.items(), key=lambda x: -x[1]):
-        print(f"  {args.label}: {c} clients failed: {e}")
-    print(f"RESULT label={args.label} clients={n} failed={failed} rss_before_kib={before} "
-          f"rss_after_kib={after} kib_per_client={per_client:.3f}", flush=True)
-    return 0 if failed == 0 else 1
+        print(f"  {label}: {c} clients failed: {e}")
+    print(f"RESULT label={label} clients={n} failed={fields['failed']} rss_before_kib={before} "
+          f"rss_after_kib={after} kib_per_client={per:.3f}", flush=True)
+    return {"n": n, "failed": int(fields["failed"]), "per": per}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, seconds=15):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_pgscale(args, url, tmp):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PGSCALE_", "DB_")) and k not in ("DATABASE_URL", "READ_REPLICA_URLS", "REDIS_URL")}
+    env.update(DATABASE_URL=url, PGSCALE_LISTEN=f"127.0.0.1:{port}", PGSCALE_POOL_MODE="transaction",
+               DB_POOL_SIZE="20", DB_MAX_OVERFLOW="10", PGSCALE_MAX_CLIENT_CONN=str(args.count + 2000),
+               PGSCALE_LOG_LEVEL="warn")
+    for k in ("PGSCALE_WORKERS",):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    log = open(tmp / "pgscale.log", "wb")
+    proc = subprocess.Popen([str(args.pgscale)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    return proc, port
+
+
+def start_pgbouncer(args, url, tmp):
+    u = urlparse(url)
+    port = free_port()
+    d = tmp / "pgbouncer"
+    d.mkdir()
+    (d / "userlist.txt").write_text(f'"{unquote(u.username)}" "{unquote(u.password or "")}"\n')
+    (d / "pgbouncer.ini").write_text(f"""[databases]
+{args.database} = host={u.hostname} port={u.port or 5432} dbname={u.path.lstrip('/') or args.database}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {d}/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = {args.count + 2000}
+logfile = {d}/pgbouncer.log
+log_connections = 0
+log_disconnections = 0
+""")
+    os.chmod(d / "userlist.txt", 0o600)
+    argv = [args.pgbouncer, str(d / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        # PgBouncer refuses to run as root; setpriv execs it in place, so
+        # the pid is PgBouncer's own.
+        shutil.chown(tmp, "postgres", "postgres")
+        for p in (d, d / "userlist.txt", d / "pgbouncer.ini"):
+            shutil.chown(p, "postgres", "postgres")
+        argv = ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--init-groups", "--"] + argv
+    log = open(tmp / "pgbouncer.out", "wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/")
+    return proc, port
+
+
+def compare(args):
+    tmp = Path(tempfile.mkdtemp(prefix="pgscale-idle."))
+    os.chmod(tmp, 0o711)
+    cluster = None
+    url = args.database_url
+    try:
+        if not url:
+            pgport = free_port()
+            cluster = tmp / "cluster"
+            r = subprocess.run([str(ROOT / "scripts" / "pgcluster.sh"), "start", str(cluster), str(pgport), "0"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"idle_clients: could not start PostgreSQL:\n{r.stdout}{r.stderr}")
+            url = f"postgresql://{args.user}:{args.password_server}@127.0.0.1:{pgport}/{args.database}"
+        print(f"== Idle clients: {args.count} connections opened by a separate process, each through "
+              f"start-up to ReadyForQuery, then idle; each proxy started fresh; VmRSS before and after", flush=True)
+        results = {}
+        for label in args.targets.split(","):
+            if label == "pgbouncer" and not shutil.which(args.pgbouncer):
+                print("  pgbouncer: not installed, skipped")
+                continue
+            sub = tmp / label
+            sub.mkdir()
+            os.chmod(sub, 0o711)
+            proc, port = (start_pgscale if label == "pgscale" else start_pgbouncer)(args, url, sub)
+            try:
+                if not wait_port(port, proc):
+                    print(f"  {label}: did not start; see {sub}")
+                    continue
+                time.sleep(0.5)
+                results[label] = measure_pid(args, proc.pid, port, label)
+            finally:
+                stop(proc)
+            time.sleep(1)
+        a, b = results.get("pgscale"), results.get("pgbouncer")
+        if a and b and b["per"] > 0:
+            print(f"  pgscale / PgBouncer: {a['per']:.2f} / {b['per']:.2f} KiB per client = {a['per'] / b['per']:.2f}")
+            print(f"RATIO pgscale/pgbouncer={a['per'] / b['per']:.3f}", flush=True)
+        return 0 if results and all(r["failed"] == 0 for r in results.values()) else 1
+    finally:
+        if cluster is not None:
+            subprocess.run([str(ROOT / "scripts" / "pgcluster.sh"), "stop", str(cluster)], capture_output=True)
+        if os.environ.get("BENCH_KEEP") == "1":
+            print(f"idle_clients: kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("mode", nargs="?", default="compare", choices=("compare", "measure", "hold"))
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--pid", type=int, help="measure: the proxy process whose VmRSS is read")
     ap.add_argument("--user", default="app")
     ap.add_argument("--database", default="app")
-    ap.add_argument("--password", default=None)
-    ap.add_argument("--pid", type=int, required=True, help="the proxy process whose VmRSS is measured")
+    ap.add_argument("--password", default=None, help="the clients' password, when the proxy asks for one")
+    ap.add_argument("--password-server", default="secret", help="compare: app's password on the throw-away server")
+    ap.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
+                    help="compare: the PostgreSQL both proxies use (default: a throw-away one)")
+    ap.add_argument("--targets", default="pgbouncer,pgscale")
+    ap.add_argument("--pgscale", default=os.environ.get("PGSCALE_BIN", str(ROOT / "build" / "pgscale")))
+    ap.add_argument("--pgbouncer", default="pgbouncer")
     ap.add_argument("--count", type=int, default=10000)
     ap.add_argument("--label", default="proxy")
     ap.add_argument("--concurrency", type=int, default=200, help="handshakes in flight at once")
     ap.add_argument("--connect-timeout", type=float, default=30.0, help="seconds per handshake")
     ap.add_argument("--hold", type=float, default=2.0, help="seconds to stay idle before measuring")
-    ap.add_argument("--timeout", type=float, default=300.0, help="bound on the whole run, seconds")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--timeout", type=float, default=300.0, help="bound on opening the connections, seconds")
     args = ap.parse_args()
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = args.count + 256
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard) if hard != resource.RLIM_INFINITY else want, hard))
-        except (ValueError, OSError):
-            pass
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if soft < want:
-            sys.exit(f"idle_clients: need {want} file descriptors, limit is {soft}; raise `ulimit -n`")
-
-    try:
-        return asyncio.run(asyncio.wait_for(run(args), args.timeout))
-    except asyncio.TimeoutError:
-        print(f"idle_clients: {args.label}: gave up after {args.timeout:.0f}s", file=sys.stderr)
-        return 1
+    raise_fd_limit(args.count + FD_WANT_EXTRA)   # children (proxies, client process) inherit it
+    if args.mode == "hold":
+        if not args.port:
+            ap.error("hold needs --port")
+        return asyncio.run(hold(args))
+    if args.mode == "measure":
+        if not args.port or not args.pid:
+            ap.error("measure needs --port and --pid")
+        r = measure_pid(args, args.pid, args.port, args.label)
+        return 0 if r["failed"] == 0 else 1
+    return compare(args)
 
 
 if __name__ == "__main__":

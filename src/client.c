@@ -149,7 +149,12 @@ void client_on_drain(pgs_client *c)
     pgs_server *sv = c->server;
     if (!sv) {
         /* requests that arrived while the client was slow to read */
-        if (c->s.rbuf.data && c->s.rbuf.pos < c->s.rbuf.len) relay_client_data(c);
+        if (!c->s.rbuf.data || c->s.rbuf.pos >= c->s.rbuf.len) return;
+        int st = atomic_load_explicit(&c->state, memory_order_relaxed);
+        if (st == CL_ADMIN)
+            admin_data(c);
+        else if (st == CL_IDLE || st == CL_ACTIVE)
+            relay_client_data(c);
         return;
     }
     if (!sv->s.closing) {
@@ -243,15 +248,20 @@ static void send_welcome(pgs_client *c)
     proto_out_init(&o, buf, sizeof(buf));
     proto_auth_request(&o, 0, NULL, 0);
     pthread_mutex_lock(&sh->lock);
+    /* An idle client should cost little: one that brought no settings
+     * shares its worker's copy of the welcome parameters until it sets
+     * something; one that did gets the rest filled in. */
+    if (!c->pool->welcome_params)
+        c->pool->welcome_params = params_from_lists(sh->n_welcome, sh->welcome_names,
+                                                    sh->welcome_values);
+    if (!c->params)
+        c->params = params_ref(c->pool->welcome_params);
+    else
+        params_fill_from(&c->params, c->pool->welcome_params);
     for (int i = 0; i < sh->n_welcome; i++) {
         const char *name = sh->welcome_names[i];
         const char *mine = params_get(c->params, name);
-        if (mine) {
-            proto_parameter_status(&o, name, mine);
-        } else {
-            proto_parameter_status(&o, name, sh->welcome_values[i]);
-            params_set(&c->params, name, sh->welcome_values[i]);
-        }
+        proto_parameter_status(&o, name, mine ? mine : sh->welcome_values[i]);
     }
     pthread_mutex_unlock(&sh->lock);
     proto_backend_key(&o, worker_client_pid(c), c->cancel_key);

@@ -87,9 +87,20 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         server_on_read(s->tcp.data, nread);
 }
 
-int io_read_start(pgs_sock *s)
+/* Output bounds for a client socket.  Whatever produces a client's output
+ * (server rows, replies pgscale makes itself, admin console rows), once
+ * more than OUT_HIGH bytes wait for the client, its socket is no longer
+ * read, so it sends nothing more that could be answered; reading resumes
+ * when the backlog is under OUT_LOW.  What one read (a PGS_BUF_SIZE buffer)
+ * can produce is bounded, so a client that never reads costs at most about
+ * OUT_HIGH plus one read's answers.  Server sockets are never paused this
+ * way: their output is bounded by pausing their client instead, and a
+ * server blocked on us while we wait for it would deadlock. */
+#define OUT_HIGH (128u * 1024u)
+#define OUT_LOW (32u * 1024u)
+
+static int read_start_now(pgs_sock *s)
 {
-    if (s->reading || s->closing) return 0;
     int rc = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
     if (rc == 0) {
         s->reading = true;
@@ -99,11 +110,38 @@ int io_read_start(pgs_sock *s)
     return rc;
 }
 
+int io_read_start(pgs_sock *s)
+{
+    if (s->closing) return 0;
+    s->read_wanted = true;
+    if (s->reading || s->throttled) return 0;
+    return read_start_now(s);
+}
+
 void io_read_stop(pgs_sock *s)
 {
+    s->read_wanted = false;
     if (!s->reading) return;
     uv_read_stop((uv_stream_t *)&s->tcp);
     s->reading = false;
+}
+
+/* Too much output is waiting for this client: stop reading it (the owner's
+ * wish to read is kept in read_wanted). */
+static void throttle(pgs_sock *s)
+{
+    s->throttled = true;
+    if (s->reading) {
+        uv_read_stop((uv_stream_t *)&s->tcp);
+        s->reading = false;
+    }
+}
+
+static int unthrottle(pgs_sock *s)
+{
+    s->throttled = false;
+    if (!s->read_wanted || s->reading || s->closing) return 0;
+    return read_start_now(s);
 }
 
 void io_buf_free(pgs_worker *w, pgs_sock *s)
@@ -149,6 +187,47 @@ int io_buf_make_room(pgs_worker *w, pgs_sock *s, uint32_t need)
     return 0;
 }
 
+/* The write state of a socket while a write is pending: the libuv request
+ * and the bytes copied aside.  Taken from the worker's free list when the
+ * kernel refuses bytes and given back when everything is written, so that
+ * an idle connection carries none of it. */
+struct pgs_wreq {
+    uv_write_t req;
+    uint8_t *data;
+    uint32_t len;
+    uint32_t cap;
+    uint32_t inflight;      /* bytes at data[0..] the pending uv_write covers */
+    uint8_t *inflight_buf;  /* the buffer that write reads from (data, or an
+                             * older one replaced by growth while it runs) */
+    uint32_t inflight_cap;
+};
+
+#define MAX_FREE_WREQS 256
+
+static pgs_wreq *wreq_get(pgs_worker *w)
+{
+    pgs_wreq *r = w->free_wreqs;
+    if (r) {
+        w->free_wreqs = *(void **)r;
+        w->n_free_wreqs--;
+    } else {
+        r = pgs_xmalloc(sizeof(*r));
+    }
+    memset(r, 0, sizeof(*r));
+    return r;
+}
+
+static void wreq_put(pgs_worker *w, pgs_wreq *r)
+{
+    if (w->n_free_wreqs >= MAX_FREE_WREQS) {
+        free(r);
+        return;
+    }
+    *(void **)r = w->free_wreqs;
+    w->free_wreqs = r;
+    w->n_free_wreqs++;
+}
+
 static void wb_release(pgs_worker *w, uint8_t *data, uint32_t cap)
 {
     if (cap == PGS_BUF_SIZE)
@@ -157,19 +236,32 @@ static void wb_release(pgs_worker *w, uint8_t *data, uint32_t cap)
         free(data);
 }
 
+/* Everything written (or given up): the write state goes back. */
+static void wb_done(pgs_worker *w, pgs_sock *s)
+{
+    pgs_wreq *r = s->wb.req;
+    if (!r) return;
+    if (r->inflight_buf && r->inflight_buf != r->data)
+        wb_release(w, r->inflight_buf, r->inflight_cap);
+    if (r->data) wb_release(w, r->data, r->cap);
+    wreq_put(w, r);
+    s->wb.req = NULL;
+    s->wb.pending = false;
+}
+
 static void on_write_done(uv_write_t *req, int status);
 
 /* Hands everything copied aside so far to one uv_write. */
 static int wb_start(pgs_sock *s)
 {
-    pgs_wbuf *wb = &s->wb;
-    uv_buf_t b = uv_buf_init((char *)wb->data, wb->len);
-    int rc = uv_write(&wb->req, (uv_stream_t *)&s->tcp, &b, 1, on_write_done);
+    pgs_wreq *r = s->wb.req;
+    uv_buf_t b = uv_buf_init((char *)r->data, r->len);
+    int rc = uv_write(&r->req, (uv_stream_t *)&s->tcp, &b, 1, on_write_done);
     if (rc < 0) return rc;
-    wb->pending = true;
-    wb->inflight = wb->len;
-    wb->inflight_buf = wb->data;
-    wb->inflight_cap = wb->cap;
+    s->wb.pending = true;
+    r->inflight = r->len;
+    r->inflight_buf = r->data;
+    r->inflight_cap = r->cap;
     return 0;
 }
 
@@ -177,29 +269,34 @@ static void on_write_done(uv_write_t *req, int status)
 {
     pgs_sock *s = (pgs_sock *)req->handle;
     pgs_worker *w = worker_of((uv_handle_t *)req->handle);
-    pgs_wbuf *wb = &s->wb;
+    pgs_wreq *r = (pgs_wreq *)req;   /* req is its first member */
     /* Bytes may have been added while the write ran (TLS records the
-     * library writes on its own, a last error message): they follow the
-     * written ones in data, and go out with the next write. */
-    uint32_t done = wb->inflight;
-    if (wb->inflight_buf && wb->inflight_buf != wb->data)
-        wb_release(w, wb->inflight_buf, wb->inflight_cap);
-    wb->inflight_buf = NULL;
-    wb->inflight = 0;
-    wb->pending = false;
-    if (status == 0 && !s->closing && wb->len > done) {
-        memmove(wb->data, wb->data + done, wb->len - done);
-        wb->len -= done;
+     * library writes on its own, a last error message, replies to what the
+     * client sent before it was paused): they follow the written ones in
+     * data, and go out with the next write. */
+    uint32_t done = r->inflight;
+    if (r->inflight_buf && r->inflight_buf != r->data)
+        wb_release(w, r->inflight_buf, r->inflight_cap);
+    r->inflight_buf = NULL;
+    r->inflight = 0;
+    s->wb.pending = false;
+    if (status == 0 && !s->closing && r->len > done) {
+        memmove(r->data, r->data + done, r->len - done);
+        r->len -= done;
         status = wb_start(s);
-        if (status == 0) return;
+        if (status == 0) {
+            if (s->throttled && r->len <= OUT_LOW && unthrottle(s) < 0) {
+                status = UV_EIO;
+                s->wb.pending = true; /* the write runs on; its callback cleans up */
+                goto failed;
+            }
+            return;
+        }
     }
-    wb->len = 0;
-    if (wb->data) {
-        wb_release(w, wb->data, wb->cap);
-        wb->data = NULL;
-        wb->cap = 0;
-    }
+    wb_done(w, s);
     if (s->closing) return;
+    if (status == 0 && s->throttled && unthrottle(s) < 0) status = UV_EIO;
+failed:
     if (status < 0) {
         if (s->kind == PGS_SOCK_CLIENT)
             client_on_write_error(s->tcp.data, status);
@@ -213,22 +310,22 @@ static void on_write_done(uv_write_t *req, int status)
         server_on_drain(s->tcp.data);
 }
 
-static int wb_append(pgs_worker *w, pgs_wbuf *wb, const uint8_t *p, size_t n)
+static int wb_append(pgs_worker *w, pgs_wreq *r, const uint8_t *p, size_t n)
 {
-    if (n > UINT32_MAX - wb->len) return UV_ENOBUFS;
-    uint32_t need = wb->len + (uint32_t)n;
-    if (need > wb->cap) {
-        uint32_t cap = wb->cap ? wb->cap : PGS_BUF_SIZE;
+    if (n > UINT32_MAX / 2 - r->len) return UV_ENOBUFS;
+    uint32_t need = r->len + (uint32_t)n;
+    if (need > r->cap) {
+        uint32_t cap = r->cap ? r->cap : PGS_BUF_SIZE;
         while (cap < need) cap *= 2;
         uint8_t *nd = cap == PGS_BUF_SIZE ? worker_buf_get(w) : pgs_xmalloc(cap);
-        if (wb->len) memcpy(nd, wb->data, wb->len);
+        if (r->len) memcpy(nd, r->data, r->len);
         /* the buffer a running write reads from is freed when it ends */
-        if (wb->data && wb->data != wb->inflight_buf) wb_release(w, wb->data, wb->cap);
-        wb->data = nd;
-        wb->cap = cap;
+        if (r->data && r->data != r->inflight_buf) wb_release(w, r->data, r->cap);
+        r->data = nd;
+        r->cap = cap;
     }
-    memcpy(wb->data + wb->len, p, n);
-    wb->len += (uint32_t)n;
+    memcpy(r->data + r->len, p, n);
+    r->len += (uint32_t)n;
     return 0;
 }
 
@@ -251,21 +348,32 @@ static int raw_send(pgs_worker *w, pgs_sock *dst, const uv_buf_t *iov, int n)
         if (done == total) return 0;
     }
     /* The kernel did not take everything: keep a copy of the rest.  The
-     * caller stops reading its source while dst->wb.pending is set, so at
-     * most one read's worth piles up here. */
+     * caller stops reading its source while dst->wb.pending is set, and a
+     * client with too much pending is not read (throttle), so what piles
+     * up here stays bounded. */
+    bool fresh = dst->wb.req == NULL;
+    if (fresh) dst->wb.req = wreq_get(w);
     size_t skip = done;
-    for (int i = 0; i < n; i++) {
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
         size_t l = iov[i].len;
         if (skip >= l) {
             skip -= l;
             continue;
         }
-        int rc = wb_append(w, &dst->wb, (const uint8_t *)iov[i].base + skip, l - skip);
-        if (rc < 0) return rc;
+        rc = wb_append(w, dst->wb.req, (const uint8_t *)iov[i].base + skip, l - skip);
         skip = 0;
     }
-    dst->bytes_out += total - done;
-    if (!dst->wb.pending) return wb_start(dst);
+    if (rc == 0) {
+        dst->bytes_out += total - done;
+        if (!dst->wb.pending) rc = wb_start(dst);
+    }
+    if (rc < 0) {
+        if (!dst->wb.pending) wb_done(w, dst);
+        return rc;
+    }
+    if (dst->kind == PGS_SOCK_CLIENT && !dst->throttled && dst->wb.req->len > OUT_HIGH)
+        throttle(dst);
     return 0;
 }
 

@@ -19,11 +19,113 @@ typedef struct extra {
     char *stmt;
 } extra;
 
+/* One allocation: the header, then the reported values packed one after
+ * the other (a client holds a few short strings, so separate allocations
+ * would cost more than the values).  A value is replaced by rebuilding the
+ * block, which happens only when a setting changes.
+ *
+ * A block may be shared (refs > 1): a worker's pool keeps the welcome
+ * parameters as one block, and every client that brought no settings of
+ * its own points at it until it changes something (copy on write, in the
+ * functions that take pgs_params **).  Shared blocks never hold extras, so
+ * params_clear_extras on one has nothing to do. */
 struct pgs_params {
-    char *rep[PARAMS_REPORTED];
-    int n_extra;
+    _Atomic uint32_t refs;
+    uint16_t n_extra;
+    uint16_t blob_len;
     extra *extra;
+    uint16_t off[PARAMS_REPORTED];  /* offset + 1 in blob; 0 = not set */
+    char blob[];
 };
+
+static const char *rep_get(const pgs_params *p, int i)
+{
+    return p && p->off[i] ? p->blob + p->off[i] - 1 : NULL;
+}
+
+/* A block with the reported values vals[] (NULL = unset) and no extras. */
+static pgs_params *build(const char *const vals[PARAMS_REPORTED])
+{
+    size_t len = 0;
+    for (int i = 0; i < PARAMS_REPORTED; i++)
+        if (vals[i]) len += strlen(vals[i]) + 1;
+    if (len > UINT16_MAX - 1) len = 0; /* cannot happen: values come from short messages */
+    pgs_params *n = pgs_xmalloc(sizeof(*n) + len);
+    atomic_init(&n->refs, 1);
+    n->n_extra = 0;
+    n->extra = NULL;
+    size_t pos = 0;
+    for (int i = 0; i < PARAMS_REPORTED; i++) {
+        n->off[i] = 0;
+        if (!vals[i] || len == 0) continue;
+        size_t l = strlen(vals[i]) + 1;
+        memcpy(n->blob + pos, vals[i], l);
+        n->off[i] = (uint16_t)(pos + 1);
+        pos += l;
+    }
+    n->blob_len = (uint16_t)pos;
+    return n;
+}
+
+/* Replaces *pp by a block whose reported value i is value (extras move
+ * over, or are copied when the old block is shared). */
+static void rebuild(pgs_params **pp, int i, const char *value)
+{
+    pgs_params *old = *pp;
+    const char *vals[PARAMS_REPORTED];
+    for (int k = 0; k < PARAMS_REPORTED; k++) vals[k] = rep_get(old, k);
+    if (i >= 0) vals[i] = value;
+    pgs_params *n = build(vals);
+    if (old && atomic_load_explicit(&old->refs, memory_order_relaxed) == 1) {
+        n->extra = old->extra;
+        n->n_extra = old->n_extra;
+        free(old);
+    } else if (old) {
+        for (int k = 0; k < old->n_extra; k++) params_set_extra(&n, old->extra[k].name, old->extra[k].stmt);
+        params_free(old);
+    }
+    *pp = n;
+}
+
+/* The block is about to change: make it ours alone. */
+static pgs_params *own(pgs_params **pp)
+{
+    if (!*pp || atomic_load_explicit(&(*pp)->refs, memory_order_relaxed) > 1) rebuild(pp, -1, NULL);
+    return *pp;
+}
+
+pgs_params *params_ref(pgs_params *p)
+{
+    if (p) atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+    return p;
+}
+
+pgs_params *params_from_lists(int n, char **names, char **values)
+{
+    const char *vals[PARAMS_REPORTED] = {0};
+    for (int k = 0; k < n; k++) {
+        int i = params_reported_index(names[k]);
+        if (i >= 0) vals[i] = values[k];
+    }
+    return build(vals);
+}
+
+void params_fill_from(pgs_params **pp, const pgs_params *base)
+{
+    bool missing = false;
+    for (int i = 0; i < PARAMS_REPORTED; i++)
+        if (!rep_get(*pp, i) && rep_get(base, i)) missing = true;
+    if (!missing) return;
+    const char *vals[PARAMS_REPORTED];
+    for (int i = 0; i < PARAMS_REPORTED; i++) vals[i] = rep_get(*pp, i) ? rep_get(*pp, i) : rep_get(base, i);
+    pgs_params *n = build(vals);
+    pgs_params *old = *pp;
+    if (old) {
+        for (int k = 0; k < old->n_extra; k++) params_set_extra(&n, old->extra[k].name, old->extra[k].stmt);
+        params_free(old);
+    }
+    *pp = n;
+}
 
 int params_reported_index(const char *name)
 {
@@ -37,32 +139,26 @@ const char *params_reported_name(int i)
     return i >= 0 && i < PARAMS_REPORTED ? reported[i] : NULL;
 }
 
-static pgs_params *ensure(pgs_params **pp)
-{
-    if (!*pp) *pp = pgs_xcalloc(1, sizeof(pgs_params));
-    return *pp;
-}
-
 void params_set(pgs_params **pp, const char *name, const char *value)
 {
     int i = params_reported_index(name);
     if (i < 0) return;
-    pgs_params *p = ensure(pp);
-    if (p->rep[i] && strcmp(p->rep[i], value) == 0) return;
-    free(p->rep[i]);
-    p->rep[i] = pgs_xstrdup(value);
+    const char *have = rep_get(*pp, i);
+    if (have && strcmp(have, value) == 0) return;
+    rebuild(pp, i, value);
 }
 
 const char *params_get(const pgs_params *p, const char *name)
 {
     int i = params_reported_index(name);
     if (!p || i < 0) return NULL;
-    return p->rep[i];
+    return rep_get(p, i);
 }
 
 void params_set_extra(pgs_params **pp, const char *name, const char *stmt)
 {
-    pgs_params *p = ensure(pp);
+    if (!stmt && !*pp) return;
+    pgs_params *p = own(pp);
     for (int i = 0; i < p->n_extra; i++) {
         if (strcmp(p->extra[i].name, name) != 0) continue;
         free(p->extra[i].stmt);
@@ -83,7 +179,7 @@ void params_set_extra(pgs_params **pp, const char *name, const char *stmt)
 
 void params_clear_extras(pgs_params *p)
 {
-    if (!p) return;
+    if (!p || (p->n_extra == 0 && !p->extra)) return;
     for (int i = 0; i < p->n_extra; i++) {
         free(p->extra[i].name);
         free(p->extra[i].stmt);
@@ -148,8 +244,8 @@ int params_sync_sql(const pgs_params *client, pgs_params **server, char *out, si
     size_t len = 0;
     bool any_rep = false;
     for (int i = 0; i < PARAMS_REPORTED; i++) {
-        const char *want = client->rep[i];
-        const char *have = *server ? (*server)->rep[i] : NULL;
+        const char *want = rep_get(client, i);
+        const char *have = rep_get(*server, i);
         if (!want || (have && strcmp(want, have) == 0)) continue;
         /* set_config() takes the value exactly as a start-up parameter
          * would, so list values like search_path keep their meaning. */
@@ -177,11 +273,7 @@ int params_sync_sql(const pgs_params *client, pgs_params **server, char *out, si
     out[len] = '\0';
     /* The server will look like the client once this ran. */
     pgs_params *np = params_copy(client);
-    if (*server) {
-        for (int i = 0; i < PARAMS_REPORTED; i++) {
-            if (!np->rep[i] && (*server)->rep[i]) np->rep[i] = pgs_xstrdup((*server)->rep[i]);
-        }
-    }
+    params_fill_from(&np, *server);
     params_free(*server);
     *server = np;
     return (int)len;
@@ -189,18 +281,17 @@ int params_sync_sql(const pgs_params *client, pgs_params **server, char *out, si
 
 pgs_params *params_copy(const pgs_params *p)
 {
-    pgs_params *n = pgs_xcalloc(1, sizeof(*n));
-    if (!p) return n;
-    for (int i = 0; i < PARAMS_REPORTED; i++)
-        if (p->rep[i]) n->rep[i] = pgs_xstrdup(p->rep[i]);
-    for (int i = 0; i < p->n_extra; i++) params_set_extra(&n, p->extra[i].name, p->extra[i].stmt);
+    const char *vals[PARAMS_REPORTED];
+    for (int i = 0; i < PARAMS_REPORTED; i++) vals[i] = rep_get(p, i);
+    pgs_params *n = build(vals);
+    for (int i = 0; p && i < p->n_extra; i++) params_set_extra(&n, p->extra[i].name, p->extra[i].stmt);
     return n;
 }
 
 void params_free(pgs_params *p)
 {
     if (!p) return;
-    for (int i = 0; i < PARAMS_REPORTED; i++) free(p->rep[i]);
+    if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) > 1) return;
     params_clear_extras(p);
     free(p);
 }

@@ -22,8 +22,16 @@ void params_clear_extras(pgs_params *p);
  * look like the client's; updates *server to match.  Returns its length,
  * 0 when nothing differs, -1 when it does not fit in cap. */
 int params_sync_sql(const pgs_params *client, pgs_params **server, char *out, size_t cap);
-/* Appends SELECT set_config-style SQL quoting of value into out. */
+/* A private copy (settings and extras). */
 pgs_params *params_copy(const pgs_params *p);
+/* Shares p (copy on write: the functions taking pgs_params ** copy a
+ * shared block before changing it). */
+pgs_params *params_ref(pgs_params *p);
+/* A block of the reported parameters among names/values (a pool's welcome). */
+pgs_params *params_from_lists(int n, char **names, char **values);
+/* Sets the reported parameters *pp lacks to base's values. */
+void params_fill_from(pgs_params **pp, const pgs_params *base);
+/* Drops one reference. */
 void params_free(pgs_params *p);
 
 #endif

@@ -23,6 +23,7 @@
  * message to every worker for what only the owning worker may do (close
  * its connections, serve its waiting clients). */
 #include "pool.h"
+#include "params.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -251,7 +252,11 @@ static void shared_free_locked(pgs_pool_shared *sh)
     pooltab_remove(&pool_table, sh);
     *sh->pprev = sh->next;
     if (sh->next) sh->next->pprev = sh->pprev;
-    for (size_t i = 0; i < PGS_ARRAY_LEN(sh->retired); i++) free(sh->retired[i]);
+    for (size_t i = 0; i < PGS_ARRAY_LEN(sh->retired); i++) {
+        if (!sh->retired[i]) continue;
+        params_free(sh->retired[i]->welcome_params);
+        free(sh->retired[i]);
+    }
     for (int i = 0; i < sh->n_welcome; i++) {
         free(sh->welcome_names[i]);
         free(sh->welcome_values[i]);

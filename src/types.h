@@ -60,18 +60,16 @@ typedef struct pgs_buf {
     uint32_t pos;   /* bytes consumed */
 } pgs_buf;
 
-/* What a socket is writing but the kernel has not taken yet.  While a
- * write is pending, the peer that feeds this socket stops reading
- * (back-pressure) so the pending data stays bounded. */
+/* What a socket is writing but the kernel has not taken yet.  An idle
+ * connection holds no write state at all: io.c takes a pgs_wreq (the libuv
+ * write request and the copied-aside bytes) from the worker's free list
+ * when the kernel refuses bytes, and gives it back once they are written.
+ * While a write is pending, the peer that feeds this socket stops reading
+ * (back-pressure), and a client socket whose own pending output passes a
+ * high-water mark stops being read itself (see io.c). */
+typedef struct pgs_wreq pgs_wreq;
 typedef struct pgs_wbuf {
-    uv_write_t req;
-    uint8_t *data;
-    uint32_t len;
-    uint32_t cap;
-    uint32_t inflight;      /* bytes at data[0..] the pending uv_write covers */
-    uint8_t *inflight_buf;  /* the buffer that write reads from (data, or an
-                             * older one replaced by growth while it runs) */
-    uint32_t inflight_cap;
+    pgs_wreq *req;          /* non-NULL exactly while a write is pending */
     bool pending;
 } pgs_wbuf;
 
@@ -88,7 +86,9 @@ typedef struct pgs_sock {
     uint8_t kind;           /* PGS_SOCK_CLIENT or PGS_SOCK_SERVER */
     pgs_buf rbuf;
     pgs_wbuf wb;
-    bool reading;
+    bool reading;           /* libuv is reading the socket */
+    bool read_wanted;       /* the owner wants it read (io_read_start) */
+    bool throttled;         /* too much output pending: reading paused */
     bool closing;
     struct pgs_tls *tls;    /* NULL: plain TCP; else io.c's TLS state */
     uint64_t bytes_in, bytes_out;
@@ -300,6 +300,9 @@ struct pgs_pool {
     uint64_t fail_log_since_us; /* when the current run of failures was logged (0: none) */
     pgs_pool_stats stats;
     uint64_t unused_since_us; /* janitor: when it found nothing in the pool (0: in use) */
+    /* The welcome parameters as one shared block: clients that bring no
+     * settings of their own point at it (client.c, copy on write). */
+    pgs_params *welcome_params;
     pgs_pool *next;       /* worker's pool list */
 };
 

@@ -71,6 +71,9 @@ struct pgs_worker {
     /* free read buffers (PGS_BUF_SIZE each) */
     void *free_bufs;
     int n_free_bufs;
+    /* free write states (io.c's pgs_wreq), for sockets with a write pending */
+    void *free_wreqs;
+    int n_free_wreqs;
 
     /* scratch for rewritten/synthesized messages while one batch is built */
     uint8_t scratch[PGS_SCRATCH_SIZE];

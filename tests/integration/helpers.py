@@ -105,6 +105,16 @@ def proc_kb(pid, key):
     return int(v[0]) if v else 0
 
 
+def is_sanitized(pid):
+    """True when the process runs under AddressSanitizer, whose quarantine
+    and redzones make VmRSS say nothing about the program's own memory."""
+    try:
+        with open("/proc/%d/maps" % pid) as f:
+            return "libasan" in f.read()
+    except OSError:
+        return False
+
+
 def fd_count(pid):
     try:
         return len(os.listdir("/proc/%d/fd" % pid))

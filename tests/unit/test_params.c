@@ -436,6 +436,48 @@ static void test_copy_is_independent(void **state)
     params_free(e);
 }
 
+/* A shared block (the welcome parameters a client points at) is copied
+ * before any change; the other holders keep seeing the old values. */
+static void test_shared_block_is_copied_on_write(void **state)
+{
+    (void)state;
+    char *names[] = {"TimeZone", "server_version", "client_encoding"};
+    char *values[] = {"UTC", "15.4", "UTF8"};
+    pgs_params *welcome = params_from_lists(3, names, values);
+    assert_string_equal(params_get(welcome, "TimeZone"), "UTC");
+    assert_null(params_get(welcome, "server_version")); /* not a session setting */
+
+    pgs_params *a = params_ref(welcome);
+    pgs_params *b = params_ref(welcome);
+    assert_ptr_equal(a, welcome);
+    params_set(&a, "TimeZone", "UTC"); /* same value: nothing to copy */
+    assert_ptr_equal(a, welcome);
+    params_set(&a, "TimeZone", "Europe/Paris");
+    assert_ptr_not_equal(a, welcome);
+    assert_string_equal(params_get(a, "TimeZone"), "Europe/Paris");
+    assert_string_equal(params_get(a, "client_encoding"), "UTF8");
+    assert_string_equal(params_get(b, "TimeZone"), "UTC");
+    params_set_extra(&b, "work_mem", "SET work_mem = 1");
+    assert_ptr_not_equal(b, welcome);
+    render_expect(b, "SELECT pg_catalog.set_config(E'client_encoding', E'UTF8', false), "
+                     "pg_catalog.set_config(E'TimeZone', E'UTC', false);SET work_mem = 1;");
+    params_clear_extras(welcome); /* nothing there */
+    assert_string_equal(params_get(welcome, "TimeZone"), "UTC");
+    params_free(a);
+    params_free(b);
+
+    /* a client's own settings win; the rest is filled in */
+    pgs_params *c = NULL;
+    params_set(&c, "application_name", "web");
+    params_set(&c, "TimeZone", "Asia/Tokyo");
+    params_fill_from(&c, welcome);
+    assert_string_equal(params_get(c, "application_name"), "web");
+    assert_string_equal(params_get(c, "TimeZone"), "Asia/Tokyo");
+    assert_string_equal(params_get(c, "client_encoding"), "UTF8");
+    params_free(c);
+    params_free(welcome);
+}
+
 static void test_clear_extras_keeps_reported(void **state)
 {
     (void)state;
@@ -505,6 +547,7 @@ int main(void)
         cmocka_unit_test(test_sync_order_select_then_resets_then_sets),
         cmocka_unit_test(test_sync_cap_too_small_fails_and_keeps_server),
         cmocka_unit_test(test_copy_is_independent),
+        cmocka_unit_test(test_shared_block_is_copied_on_write),
         cmocka_unit_test(test_clear_extras_keeps_reported),
         cmocka_unit_test(test_set_extra_replaces_and_null_removes),
     };
