@@ -556,6 +556,29 @@ static void client_protocol_error(pgs_client *c, const char *msg)
  * client; EX_PARSE_SWALLOW: ours).  When the server's cache is full, the
  * least recently used statement is closed first (reply swallowed).
  * Returns -1 on queue overflow. */
+static pgs_stmt_tab *worker_stmts(pgs_worker *w);
+
+/* Drops the references taken by pin_for_batch(); every batch that pointed
+ * at a pinned body has been flushed (written, or copied aside) by now. */
+static void unpin_batch_stmts(pgs_worker *w)
+{
+    while (w->n_batch_pins > 0) stmt_unref(worker_stmts(w), w->batch_pins[--w->n_batch_pins]);
+}
+
+/* The batch sb will point at st->body (no copy): keep st alive until it
+ * is flushed, whatever the rest of the client's pipeline deletes. */
+static int pin_for_batch(io_batch *sb, pgs_stmt *st)
+{
+    pgs_worker *w = sb->w;
+    if (w->n_batch_pins == (int)PGS_ARRAY_LEN(w->batch_pins)) {
+        if (io_batch_flush(sb) < 0) return -1;
+        unpin_batch_stmts(w);
+    }
+    st->refs++;
+    w->batch_pins[w->n_batch_pins++] = st;
+    return 0;
+}
+
 static int send_parse(pgs_server *sv, pgs_stmt *st, io_batch *sb, uint8_t kind)
 {
     uint64_t evicted = 0;
@@ -579,6 +602,7 @@ static int send_parse(pgs_server *sv, pgs_stmt *st, io_batch *sb, uint8_t kind)
     proto_put_be32(hdr + 1, 4 + STMT_SRV_NAME_LEN + st->body_len);
     memcpy(hdr + 5, st->srv_name, STMT_SRV_NAME_LEN);
     io_batch_add(sb, hdr, 5 + STMT_SRV_NAME_LEN);
+    if (pin_for_batch(sb, st) < 0) return -1;
     io_batch_add(sb, st->body, st->body_len);
     return exq_push(&sv->exq, kind, st, NULL);
 }
@@ -885,6 +909,8 @@ static void client_forward(pgs_client *c)
     io_batch sb;
     io_batch_init(&sb, w, &sv->s);
     bool any_fake = false;
+    /* the batches of earlier calls are all flushed */
+    unpin_batch_stmts(w);
 
     while (b->data && b->pos < b->len) {
         uint8_t *p = b->data + b->pos;

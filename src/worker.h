@@ -88,6 +88,11 @@ struct pgs_worker {
     /* statement bodies this worker's clients prepared (prepared.h), created
      * on first use */
     struct pgs_stmt_tab *stmt_tab;
+    /* Statements whose body a batch being built points at (send_parse):
+     * each holds a reference until that batch has been written or copied,
+     * so a Close or DEALLOCATE later in the same batch cannot free it. */
+    struct pgs_stmt *batch_pins[32];
+    int n_batch_pins;
     /* The last control message this worker has acted on (see
      * worker_broadcast_ctl). */
     _Atomic uint64_t ctl_seen;

@@ -257,3 +257,26 @@ def test_prepared_statements_beyond_the_per_server_cache_still_work(pgscale):
         assert int(rows[0][0]) <= 5, rows
     finally:
         c.close()
+
+
+def test_statement_closed_in_the_same_pipeline_reaches_the_server_intact(pgscale):
+    # Parse s1 then Close s1 before pgscale has written the Parse: the text
+    # it sends must not be freed by the Close (it was: PostgreSQL got
+    # garbage and answered 22021 "invalid byte sequence").
+    pg = pgscale(DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0)
+    c = connect(pg)
+    try:
+        c.send(parse("s1", "SELECT 'first'") + close_statement("s1") + SYNC)
+        got = c.read_until_ready()
+        assert [t for t, _ in got] == [b"1", b"3", b"Z"], got
+        c.send(parse("s1", "SELECT 'second'") + bind("s1") + execute() + close_statement("s1") +
+               SYNC)
+        got = c.read_until_ready()
+        assert pgwire.errors(got) == [] and pgwire.data_rows(got) == [["second"]], got
+        many = b"".join(parse("m%d" % i, "SELECT %d" % i) + close_statement("m%d" % i)
+                        for i in range(100)) + SYNC
+        c.send(many)
+        got = c.read_until_ready()
+        assert pgwire.errors(got) == [] and [t for t, _ in got].count(b"3") == 100, got[:6]
+    finally:
+        c.close()
