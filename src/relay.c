@@ -360,9 +360,13 @@ void relay_server_data(pgs_server *sv)
         uint32_t total = len + 1;
         pgs_expect *h = exq_head(&sv->exq);
         bool internal = h && h->kind == EX_INTERNAL;
-        /* Small messages we read are held until whole. */
+        /* Small messages we read are held until whole.  An error we would
+         * look into but that is larger than we inspect (PostgreSQL quotes
+         * a bad value whole) is streamed, and read as "some error". */
         bool need_whole = type == 'Z' || type == 'S' ||
-                          (type == 'E' && (internal || (h && h->kind == EX_STMT_RUN)));
+                          (type == 'E' && (internal || (h && h->kind == EX_STMT_RUN)) &&
+                           total <= INSPECT_MAX);
+        bool whole = avail >= total;
         if (need_whole && avail < total) {
             if (total > INSPECT_MAX) {
                 (void)io_batch_flush(&cb);
@@ -416,7 +420,8 @@ void relay_server_data(pgs_server *sv)
             sv->query_failed = true;
             if (internal) {
                 proto_error_fields f;
-                if (proto_read_error(body, len - 4, &f) != 0) f.message = f.sqlstate = NULL;
+                if (!whole || proto_read_error(body, len - 4, &f) != 0)
+                    f.message = f.sqlstate = NULL;
                 if (f.sqlstate && strlen(f.sqlstate) != 5) f.sqlstate = NULL;
                 log_warn("S-%u: %s failed: %s", sv->id,
                          sv->restoring ? "restoring a client's settings" : "resetting",
@@ -445,7 +450,8 @@ void relay_server_data(pgs_server *sv)
                 }
                 break;
             }
-            if (h && h->kind == EX_STMT_RUN && c && lost_statement(sv, h->id, body, len - 4, &cb))
+            if (h && h->kind == EX_STMT_RUN && c && whole &&
+                lost_statement(sv, h->id, body, len - 4, &cb))
                 drop = true;
             if (h && h->kind != EX_SYNC && h->kind != EX_QUERY) {
                 if (h->kind == EX_PARSE || h->kind == EX_PARSE_SWALLOW) {

@@ -280,3 +280,21 @@ def test_statement_closed_in_the_same_pipeline_reaches_the_server_intact(pgscale
         assert pgwire.errors(got) == [] and [t for t, _ in got].count(b"3") == 100, got[:6]
     finally:
         c.close()
+
+
+def test_huge_error_for_a_renamed_statement_is_relayed(pgscale):
+    # PostgreSQL quotes a bad value whole in its error: 200 KiB of it for a
+    # Bind of a statement pgscale renamed is relayed, not taken for a
+    # broken server.
+    pg = pgscale(DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0)
+    c = connect(pg)
+    try:
+        c.send(parse("s1", "SELECT $1::int") + bind("s1", ["x" * 200000]) + execute() + SYNC)
+        got = c.read_until_ready()
+        errs = pgwire.errors(got)
+        assert len(errs) == 1 and errs[0]["C"] == "22P02" and len(errs[0]["M"]) > 200000, \
+            [(t, len(p)) for t, p in got]
+        c.send(bind("s1", ["5"]) + execute() + SYNC)
+        assert pgwire.data_rows(c.read_until_ready()) == [["5"]]
+    finally:
+        c.close()
