@@ -138,6 +138,11 @@ pgs_stmt *stmt_intern(pgs_stmt_tab *t, const uint8_t *body, uint32_t len)
     return st;
 }
 
+/* A body nobody holds any more is freed at once, not kept for reuse under
+ * its id: a client that deallocates a statement and prepares the same text
+ * again expects PostgreSQL to parse it again (psycopg 3 sends DEALLOCATE
+ * ALL after a rollback that dropped a type the statement's parameters
+ * named; the old server-side statement would still point at the old type). */
 void stmt_unref(pgs_stmt_tab *t, pgs_stmt *st)
 {
     if (--st->refs) return;

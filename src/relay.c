@@ -25,6 +25,12 @@
  * the buffer; beyond it, they stream. */
 #define INSPECT_MAX (64u * 1024u)
 #define EXQ_MAX (1u << 20)
+/* Requests one client may have in flight on its server (entries of the
+ * expected-response queue; runs of plain requests share one).  Past it the
+ * client is not read until half have been answered: what pgscale keeps per
+ * request stays bounded however deep a client pipelines, and however much
+ * the kernel's socket buffers between pgscale and PostgreSQL hold. */
+#define PIPELINE_MAX 16384u
 /* PostgreSQL's limit (PQ_SMALL_MESSAGE_LIMIT) for every message but Query,
  * FunctionCall, Parse, Bind and CopyData. */
 #define SMALL_MESSAGE_MAX 10000u
@@ -546,6 +552,12 @@ void relay_server_data(pgs_server *sv)
             relay_client_data(c);
         return;
     }
+    if (c->pipeline_full && sv->exq.count <= PIPELINE_MAX / 2) {
+        /* enough answered: the rest of the client's pipeline may go */
+        c->pipeline_full = false;
+        relay_client_data(c);
+        if (c->s.closing || c->server != sv) return;
+    }
     if (c->s.wb.pending) io_read_stop(&sv->s); /* the client is slow: wait for it */
 }
 
@@ -921,6 +933,16 @@ static void client_forward(pgs_client *c)
     while (b->data && b->pos < b->len) {
         uint8_t *p = b->data + b->pos;
         uint32_t avail = b->len - b->pos;
+        if (!c->fwd_remaining && sv->exq.count >= PIPELINE_MAX) {
+            /* PostgreSQL holds its answers to extended-protocol messages
+             * until a Sync or Flush, which may be in what is not read yet:
+             * a Flush of our own (no reply, no change of state) makes it
+             * answer what it has, so the pipeline drains. */
+            static const uint8_t flush_msg[5] = {'H', 0, 0, 0, 4};
+            io_batch_add(&sb, flush_msg, sizeof(flush_msg));
+            c->pipeline_full = true;
+            break;
+        }
         if (c->fwd_remaining) {
             uint32_t n = PGS_MIN(avail, c->fwd_remaining);
             io_batch_add(&sb, p, n);
@@ -1231,7 +1253,7 @@ void relay_client_data(pgs_client *c)
     }
     client_forward(c);
     if (c->s.closing) return;
-    if (c->server && c->server->s.wb.pending) {
+    if (c->server && (c->server->s.wb.pending || c->pipeline_full)) {
         io_read_stop(&c->s);
     } else {
         if (b->data && b->pos == b->len) io_buf_release_if_empty(c->w, &c->s);

@@ -189,6 +189,7 @@ struct pgs_client {
     pgs_stmt_map *stmts;      /* named prepared statements (transaction mode) */
     struct pgs_local_ext *lx; /* statements/portals answered by pgscale (NULL: none) */
     bool ext_skip;            /* a request was refused: drop messages up to Sync */
+    bool pipeline_full;       /* too many requests in flight: not read until answered */
     struct pgs_client_auth *auth; /* during CL_AUTH only */
     bool unix_socket;         /* connected through a Unix socket */
     struct pgs_admin_wait *admin_wait; /* admin console: a PAUSE / WAIT_CLOSE in progress */

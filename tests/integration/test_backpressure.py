@@ -162,8 +162,11 @@ def test_unread_refused_listen_pipeline_is_bounded_and_answered_in_order(pgscale
 @pytest.mark.deadline(120)
 def test_unread_deallocate_pipeline_is_bounded_and_answered_in_order(pgscale):
     pg = pgscale(PGSCALE_POOL_MODE="transaction")
+    # DEALLOCATE ALL is answered by pgscale (it clears the client's own
+    # statements); DEALLOCATE of a name the client does not have goes to
+    # PostgreSQL, as it would directly.
     n = 1000000
-    data = query("DEALLOCATE s1") * n
+    data = query("DEALLOCATE ALL") * n
     p = Pipeline(pg)
     try:
         sent = p.send_unread(data)
@@ -183,8 +186,11 @@ def close_msg(name):
 
 @pytest.mark.deadline(120)
 def test_unread_parse_close_pipeline_is_bounded_and_answered_in_order(pgscale):
-    # One server, which has the statement after the first round trip: from
-    # then on every Parse and Close of it is answered by pgscale itself.
+    # One server.  Each Close is answered by pgscale; each Parse after it
+    # goes to PostgreSQL again (a statement the client closed is parsed
+    # afresh), without a Sync until the very end: pgscale must bound what it
+    # keeps per request in flight (and make PostgreSQL answer with a Flush
+    # of its own, or the pipeline never drains).
     pg = pgscale(PGSCALE_POOL_MODE="transaction", DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0)
     n = 400000
     data = (parse_msg(b"s1", b"SELECT 1") + close_msg(b"s1")) * n + message(b"S")
