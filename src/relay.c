@@ -309,8 +309,16 @@ static bool lost_statement(pgs_server *sv, uint64_t id, const uint8_t *body, uin
     stmt_set_del(sv->prepared, id);
     atomic_store_explicit(&sv->n_prepared, (uint32_t)stmt_set_count(sv->prepared),
                           memory_order_relaxed);
+    /* Whatever dropped it (DEALLOCATE ALL, DISCARD ALL) most likely dropped
+     * the server's other statements too, which pgscale cannot tell from
+     * those still there: the connection is replaced once this client is
+     * done with it, so no other statement fails the same way.  (Retrying
+     * the request here would need a copy of every request a client sends,
+     * on the path every query takes, for a case that needs a function
+     * deallocating behind pgscale's back.) */
+    sv->broken = true;
     const char *name = sv->client ? stmt_map_name_of(sv->client->stmts, id) : NULL;
-    log_info("S-%u: the server lost prepared statement %llu; it is prepared again on next use",
+    log_info("S-%u: the server lost prepared statement %llu; the connection will be replaced",
              sv->id, (unsigned long long)id);
     char msg[300];
     snprintf(msg, sizeof(msg),

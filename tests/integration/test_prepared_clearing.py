@@ -173,6 +173,8 @@ def test_statement_lost_behind_pgscales_back_is_prepared_again(pgscale):
                               "LANGUAGE plpgsql AS $$BEGIN EXECUTE 'DEALLOCATE ALL'; END$$")
         assert not pgwire.errors(msgs), msgs
         prepare_s1(a)
+        a.send(parse("S_2", "SELECT 'two'") + SYNC)
+        assert types(a.read_until_ready()) == b"1Z"
         assert pgwire.data_rows(run_s1(a)) == [["minex"]]
         assert not pgwire.errors(a.simple_query("SELECT pgs_test_dealloc()"))
         ra = run_s1(a)
@@ -181,6 +183,10 @@ def test_statement_lost_behind_pgscales_back_is_prepared_again(pgscale):
         assert "S_1" in errs[0]["M"] and "pgs_" not in errs[0]["M"], errs
         assert pgwire.ready_status(ra) == "I"
         assert pgwire.data_rows(run_s1(a)) == [["minex"]]
+        # the function dropped S_2 on that server as well: it must not fail
+        # a second time (the server connection was replaced)
+        a.send(bind("S_2") + execute() + SYNC)
+        assert pgwire.data_rows(a.read_until_ready()) == [["two"]]
     finally:
         a.close()
 
