@@ -265,8 +265,8 @@ def ready_status(msgs):
     return None
 
 
-def data_rows(msgs):
-    """DataRow messages decoded as lists of str/None (text format)."""
+def raw_rows(msgs):
+    """DataRow messages as lists of bytes/None (no decoding: for any encoding)."""
     rows = []
     for t, p in msgs:
         if t != b"D":
@@ -276,10 +276,12 @@ def data_rows(msgs):
         for _ in range(n):
             (ln,) = struct.unpack("!i", p[off:off + 4])
             off += 4
-            if ln < 0:
-                row.append(None)
-            else:
-                row.append(p[off:off + ln].decode())
-                off += ln
+            row.append(None if ln < 0 else p[off:off + ln])
+            off += max(ln, 0)
         rows.append(row)
     return rows
+
+
+def data_rows(msgs):
+    """DataRow messages decoded as lists of str/None (text format)."""
+    return [[None if v is None else v.decode() for v in row] for row in raw_rows(msgs)]

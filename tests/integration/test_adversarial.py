@@ -58,23 +58,6 @@ def types(msgs):
     return b"".join(t for t, _ in msgs)
 
 
-def raw_rows(msgs):
-    """DataRows as lists of bytes (no decoding: for non-UTF8 encodings)."""
-    rows = []
-    for t, p in msgs:
-        if t != b"D":
-            continue
-        (n,) = struct.unpack("!H", p[:2])
-        off, row = 2, []
-        for _ in range(n):
-            (ln,) = struct.unpack("!i", p[off:off + 4])
-            off += 4
-            row.append(None if ln < 0 else p[off:off + ln])
-            off += max(ln, 0)
-        rows.append(row)
-    return rows
-
-
 def connect(pg, timeout=10, **params):
     c = pgwire.RawConn(LOCALHOST, pg.port, timeout=timeout)
     msgs = c.startup(**params)
@@ -421,18 +404,18 @@ def test_clients_with_different_client_encoding_share_a_server_and_keep_their_ow
             # café in each client's own encoding; the server's bytes are UTF-8
             m = latin.simple_query(b"SELECT 'caf\xe9', length('caf\xe9'), "
                                    b"encode(convert_to('caf\xe9', 'UTF8'), 'hex')")
-            assert raw_rows(m) == [[b"caf\xe9", b"4", b"636166c3a9"]], (rnd, m)
+            assert pgwire.raw_rows(m) == [[b"caf\xe9", b"4", b"636166c3a9"]], (rnd, m)
             m = utf.simple_query(b"SELECT 'caf\xc3\xa9', length('caf\xc3\xa9'), "
                                  b"encode(convert_to('caf\xc3\xa9', 'UTF8'), 'hex')")
-            assert raw_rows(m) == [[b"caf\xc3\xa9", b"4", b"636166c3a9"]], (rnd, m)
+            assert pgwire.raw_rows(m) == [[b"caf\xc3\xa9", b"4", b"636166c3a9"]], (rnd, m)
         m = latin.simple_query(b"INSERT INTO adv_t VALUES (1, 'na\xefve')")
         assert not pgwire.errors(m), m
         m = utf.simple_query(b"INSERT INTO adv_t VALUES (2, 'na\xc3\xafve')")
         assert not pgwire.errors(m), m
         # each reads the other's row in its own encoding
-        assert raw_rows(latin.simple_query("SELECT note FROM adv_t WHERE id = 2")) == \
+        assert pgwire.raw_rows(latin.simple_query("SELECT note FROM adv_t WHERE id = 2")) == \
             [[b"na\xefve"]]
-        assert raw_rows(utf.simple_query("SELECT note FROM adv_t WHERE id = 1")) == \
+        assert pgwire.raw_rows(utf.simple_query("SELECT note FROM adv_t WHERE id = 1")) == \
             [[b"na\xc3\xafve"]]
     finally:
         latin.close()
