@@ -27,16 +27,25 @@ asan:
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 meson test -C build-asan --suite unit --print-errorlogs
 
 # Each libFuzzer target for FUZZ_SECS seconds, from its seed corpus (new
-# inputs go to a scratch directory, not into the repository).
+# inputs go to a scratch directory, not into the repository).  Quiet on
+# success; a crash (or leak, or timeout) prints the report, keeps the input
+# that caused it and fails.
 fuzz:
 	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true -Dtests=false \
 	    -Db_sanitize=address,undefined -Db_lundef=false -Dc_args=-fsanitize=fuzzer-no-link
 	ninja -C build-fuzz
-	set -e; for t in proto config config_yaml sqlscan auth; do \
-	    scratch=$$(mktemp -d); \
+	@set -e; for t in proto config config_yaml sqlscan auth; do \
+	    scratch=$$(mktemp -d); mkdir $$scratch/corpus; \
 	    echo "fuzz_$$t: $(FUZZ_SECS) s"; \
-	    build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECS) -print_final_stats=0 $$scratch fuzz/corpus/$$t 2>&1 | tail -n 3; \
-	    rm -rf $$scratch; \
+	    if UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build-fuzz/fuzz_$$t \
+	            -max_total_time=$(FUZZ_SECS) -print_final_stats=0 -artifact_prefix=$$scratch/ \
+	            $$scratch/corpus fuzz/corpus/$$t >$$scratch/log 2>&1; then \
+	        tail -n 1 $$scratch/log; rm -rf $$scratch; \
+	    else \
+	        tail -n 120 $$scratch/log; \
+	        echo "fuzz_$$t FAILED; the input and the whole log are in $$scratch"; \
+	        exit 1; \
+	    fi; \
 	done
 
 integration: all
