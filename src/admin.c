@@ -128,8 +128,8 @@ static void show_pools(reply *r)
             pthread_mutex_lock(&w->lock);
             for (pgs_list *it = w->clients.next; it != &w->clients; it = it->next) {
                 pgs_client *c = list_entry(it, pgs_client, node);
-                if (c->pool == p &&
-                    atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WAITING) {
+                if (atomic_load_explicit(&c->state, memory_order_acquire) == CL_WAITING &&
+                    c->pool == p) {
                     uint64_t ws = __atomic_load_n(&c->wait_start_us, __ATOMIC_RELAXED);
                     if (ws && pgs_elapsed_us(now, ws) > maxwait) maxwait = pgs_elapsed_us(now, ws);
                 }
@@ -175,7 +175,7 @@ static void show_clients(reply *r)
         pthread_mutex_lock(&w->lock);
         for (pgs_list *it = w->clients.next; it != &w->clients; it = it->next) {
             pgs_client *c = list_entry(it, pgs_client, node);
-            int st = atomic_load_explicit(&c->state, memory_order_relaxed);
+            int st = atomic_load_explicit(&c->state, memory_order_acquire);
             if (st == CL_STARTUP) continue; /* names not known yet */
             char b[6][32];
             uint64_t ws = __atomic_load_n(&c->wait_start_us, __ATOMIC_RELAXED);
@@ -214,7 +214,8 @@ static void show_servers(reply *r)
         pthread_mutex_lock(&w->lock);
         for (pgs_list *it = w->servers.next; it != &w->servers; it = it->next) {
             pgs_server *sv = list_entry(it, pgs_server, all_node);
-            int st = atomic_load_explicit(&sv->state, memory_order_relaxed);
+            int st = atomic_load_explicit(&sv->state, memory_order_acquire);
+            uint32_t pid = __atomic_load_n(&sv->backend_pid, __ATOMIC_RELAXED);
             char b[7][32];
             uint32_t cid = atomic_load_explicit(&sv->client_id, memory_order_relaxed);
             fmt_time(b[2], sizeof(b[2]), sv->connect_us);
@@ -226,7 +227,7 @@ static void show_servers(reply *r)
                                  I32(b[3], u->port ? u->port : 5432),
                                  server_state_name(st),
                                  b[2],
-                                 sv->backend_pid ? U64(b[4], sv->backend_pid) : NULL,
+                                 pid ? U64(b[4], pid) : NULL,
                                  cid ? U64(b[5], cid) : NULL,
                                  U64(b[6], atomic_load_explicit(&sv->n_prepared,
                                                                 memory_order_relaxed))};

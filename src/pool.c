@@ -431,7 +431,7 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
         client_server_ready(c, sv);
         return;
     }
-    c->wait_start_us = now;
+    __atomic_store_n(&c->wait_start_us, now, __ATOMIC_RELAXED); /* read by SHOW POOLS/CLIENTS */
     atomic_store_explicit(&c->state, CL_WAITING, memory_order_relaxed);
     list_add_tail(&p->waiting, &c->wait_node);
     pgs_count(&p->n_waiting, 1);

@@ -32,9 +32,10 @@ const char *server_state_name(int state)
     return state_names[state];
 }
 
+/* Release: SHOW SERVERS (another worker) reads the state with acquire. */
 static void set_state(pgs_server *sv, int st)
 {
-    atomic_store_explicit(&sv->state, st, memory_order_relaxed);
+    atomic_store_explicit(&sv->state, st, memory_order_release);
 }
 
 static void free_server(uv_handle_t *h)
@@ -459,7 +460,8 @@ static void login_data(pgs_server *sv)
             break;
         case 'K':
             if (blen >= 8) {
-                sv->backend_pid = proto_be32(body);
+                /* read by SHOW SERVERS from another worker */
+                __atomic_store_n(&sv->backend_pid, proto_be32(body), __ATOMIC_RELAXED);
                 sv->backend_key = proto_be32(body + 4);
             }
             break;

@@ -318,6 +318,7 @@ class Pgscale:
         self.proc = None
         self._logfh = None
         self._clients = []
+        self.killed_at_stop = False   # SIGINT did not stop it within the timeout
 
     # -- process -----------------------------------------------------------
     def start(self):
@@ -390,6 +391,7 @@ class Pgscale:
                 self.proc.send_signal(signal.SIGINT)
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.killed_at_stop = True
                 self.proc.kill()
                 self.proc.wait(10)
             except ProcessLookupError:
@@ -510,6 +512,10 @@ def pgscale(primary, request, tmp_path_factory):
     # report only at exit: any report fails the test that ran that pgscale.
     for inst in instances:
         text = inst.stderr_text()
+        if inst.killed_at_stop and "PGSCALE_BIN" in os.environ:
+            pytest.fail("pgscale did not exit within %d s of SIGINT and was killed, so its "
+                        "sanitizer's checks at exit did not run; output tail:\n%s"
+                        % (STOP_TIMEOUT, text[-3000:]))
         for marker in SANITIZER_MARKERS:
             if marker in text:
                 at = text.index(marker)
