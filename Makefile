@@ -62,12 +62,13 @@ integration-asan: asan
 	    $(PYTHON) -m pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
 # pgscale built with ThreadSanitizer, and the integration tests where
-# workers share pools, hand servers over, reload and answer the admin
-# console under load.  Any report fails the test that ran that pgscale;
-# tests/tsan.supp holds the few third-party reports, each with its reason.
+# workers share pools, hand servers over, free unused pools, reload and
+# answer the admin console under load (about 2.5 min on 2 cores).  Any
+# report fails the test that ran that pgscale; tests/tsan.supp holds the
+# few third-party reports, each with its reason.
 TSAN_TESTS ?= tests/integration/test_pooling.py tests/integration/test_admin.py \
 	tests/integration/test_admin_full.py tests/integration/test_lifecycle.py \
-	tests/integration/test_clientauth.py
+	tests/integration/test_clientauth.py tests/integration/test_hardening_pool.py
 
 tsan:
 	[ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread -Db_lundef=false \
