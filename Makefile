@@ -6,7 +6,7 @@ PYTHON     ?= /usr/bin/python3
 FUZZ_SECS  ?= 20
 PYTEST_ARGS ?=
 
-.PHONY: all deps check unit asan fuzz integration integration-asan demo bench clean
+.PHONY: all deps check unit asan tsan fuzz integration integration-asan integration-tsan demo bench clean
 
 all: build/build.ninja
 	ninja -C build
@@ -27,29 +27,60 @@ asan:
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 meson test -C build-asan --suite unit --print-errorlogs
 
 # Each libFuzzer target for FUZZ_SECS seconds, from its seed corpus (new
-# inputs go to a scratch directory, not into the repository).
+# inputs go to a scratch directory, not into the repository).  Quiet on
+# success; a crash (or leak, or timeout) prints the report, keeps the input
+# that caused it and fails.
 fuzz:
 	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true -Dtests=false \
 	    -Db_sanitize=address,undefined -Db_lundef=false -Dc_args=-fsanitize=fuzzer-no-link
 	ninja -C build-fuzz
-	set -e; for t in proto config config_yaml sqlscan auth; do \
-	    scratch=$$(mktemp -d); \
+	@set -e; for t in proto config config_yaml sqlscan auth; do \
+	    scratch=$$(mktemp -d); mkdir $$scratch/corpus; \
 	    echo "fuzz_$$t: $(FUZZ_SECS) s"; \
-	    build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECS) -print_final_stats=0 $$scratch fuzz/corpus/$$t 2>&1 | tail -n 3; \
-	    rm -rf $$scratch; \
+	    if UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build-fuzz/fuzz_$$t \
+	            -max_total_time=$(FUZZ_SECS) -print_final_stats=0 -artifact_prefix=$$scratch/ \
+	            $$scratch/corpus fuzz/corpus/$$t >$$scratch/log 2>&1; then \
+	        tail -n 1 $$scratch/log; rm -rf $$scratch; \
+	    else \
+	        tail -n 120 $$scratch/log; \
+	        echo "fuzz_$$t FAILED; the input and the whole log are in $$scratch"; \
+	        exit 1; \
+	    fi; \
 	done
 
 integration: all
 	$(PYTHON) -m pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
 # The integration tests again against pgscale built with ASan+UBSan (a
-# sanitizer report fails the test that ran it).
+# sanitizer report, a leak report at exit included, fails the test that ran
+# it).  Only leaks inside third-party libraries are suppressed, in
+# tests/lsan.supp.
 integration-asan: asan
-	PGSCALE_BIN=build-asan/pgscale ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	PGSCALE_BIN=build-asan/pgscale ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	    LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
 	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	    $(PYTHON) -m pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
-check: deps all unit asan fuzz integration integration-asan
+# pgscale built with ThreadSanitizer, and the integration tests where
+# workers share pools, hand servers over, free unused pools, reload and
+# answer the admin console under load (about 2.5 min on 2 cores).  Any
+# report fails the test that ran that pgscale; tests/tsan.supp holds the
+# few third-party reports, each with its reason.
+TSAN_TESTS ?= tests/integration/test_pooling.py tests/integration/test_admin.py \
+	tests/integration/test_admin_full.py tests/integration/test_lifecycle.py \
+	tests/integration/test_clientauth.py tests/integration/test_hardening_pool.py
+
+tsan:
+	[ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread -Db_lundef=false \
+	    -Dtests=false
+	ninja -C build-tsan
+
+integration-tsan: tsan
+	PGSCALE_BIN=build-tsan/pgscale \
+	    TSAN_OPTIONS=suppressions=$(CURDIR)/tests/tsan.supp:second_deadlock_stack=1:print_suppressions=0 \
+	    $(PYTHON) -m pytest -p no:cacheprovider $(TSAN_TESTS) $(PYTEST_ARGS)
+
+check: deps all unit asan fuzz integration integration-asan integration-tsan
 
 demo: deps all
 	bash scripts/demo.sh
@@ -58,4 +89,4 @@ bench: deps all
 	bash bench/pgbench_compare.sh
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz

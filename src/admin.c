@@ -1,7 +1,9 @@
 /* The admin console: clients of the virtual database "pgscale" send simple
  * queries and get row sets (SHOW ...) built from every worker's lists and
  * counters, or change what pgscale does (RELOAD, PAUSE, RESUME, KILL,
- * WAIT_CLOSE, SHUTDOWN), as admin_users / stats_users allow.  Figures are a
+ * WAIT_CLOSE, SHUTDOWN), as admin_users / stats_users allow (with neither
+ * list: SHOW for everyone, changes for the DATABASE_URL user and the OS user
+ * running pgscale over its Unix socket).  Figures are a
  * moment's snapshot: lists are walked under each worker's list lock,
  * counters read with relaxed atomics. */
 #include "admin.h"
@@ -11,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "client.h"
@@ -125,8 +128,8 @@ static void show_pools(reply *r)
             pthread_mutex_lock(&w->lock);
             for (pgs_list *it = w->clients.next; it != &w->clients; it = it->next) {
                 pgs_client *c = list_entry(it, pgs_client, node);
-                if (c->pool == p &&
-                    atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WAITING) {
+                if (atomic_load_explicit(&c->state, memory_order_acquire) == CL_WAITING &&
+                    c->pool == p) {
                     uint64_t ws = __atomic_load_n(&c->wait_start_us, __ATOMIC_RELAXED);
                     if (ws && pgs_elapsed_us(now, ws) > maxwait) maxwait = pgs_elapsed_us(now, ws);
                 }
@@ -172,7 +175,7 @@ static void show_clients(reply *r)
         pthread_mutex_lock(&w->lock);
         for (pgs_list *it = w->clients.next; it != &w->clients; it = it->next) {
             pgs_client *c = list_entry(it, pgs_client, node);
-            int st = atomic_load_explicit(&c->state, memory_order_relaxed);
+            int st = atomic_load_explicit(&c->state, memory_order_acquire);
             if (st == CL_STARTUP) continue; /* names not known yet */
             char b[6][32];
             uint64_t ws = __atomic_load_n(&c->wait_start_us, __ATOMIC_RELAXED);
@@ -211,7 +214,8 @@ static void show_servers(reply *r)
         pthread_mutex_lock(&w->lock);
         for (pgs_list *it = w->servers.next; it != &w->servers; it = it->next) {
             pgs_server *sv = list_entry(it, pgs_server, all_node);
-            int st = atomic_load_explicit(&sv->state, memory_order_relaxed);
+            int st = atomic_load_explicit(&sv->state, memory_order_acquire);
+            uint32_t pid = __atomic_load_n(&sv->backend_pid, __ATOMIC_RELAXED);
             char b[7][32];
             uint32_t cid = atomic_load_explicit(&sv->client_id, memory_order_relaxed);
             fmt_time(b[2], sizeof(b[2]), sv->connect_us);
@@ -223,7 +227,7 @@ static void show_servers(reply *r)
                                  I32(b[3], u->port ? u->port : 5432),
                                  server_state_name(st),
                                  b[2],
-                                 sv->backend_pid ? U64(b[4], sv->backend_pid) : NULL,
+                                 pid ? U64(b[4], pid) : NULL,
                                  cid ? U64(b[5], cid) : NULL,
                                  U64(b[6], atomic_load_explicit(&sv->n_prepared,
                                                                 memory_order_relaxed))};
@@ -499,27 +503,56 @@ static bool in_list(char *const *v, int n, const char *user)
     return false;
 }
 
-/* With neither list set, the console is open to every user who can log in
- * (the zero-config start; admin_check_config warns about it). */
-static int role_of(const pgs_config *cfg, const char *user)
+/* True when c came over one of pgscale's own Unix sockets from a process
+ * of the OS user pgscale runs as: whoever can signal pgscale anyway.  The
+ * kernel vouches for the peer (SO_PEERCRED), not the client. */
+static bool same_os_user(pgs_client *c)
 {
-    if (cfg->n_admin_users == 0 && cfg->n_stats_users == 0) return ROLE_ADMIN;
-    if (in_list(cfg->admin_users, cfg->n_admin_users, user)) return ROLE_ADMIN;
-    if (in_list(cfg->stats_users, cfg->n_stats_users, user)) return ROLE_STATS;
+    if (!c->unix_socket) return false;
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)&c->s.pipe, &fd) != 0) return false;
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred))
+        return false;
+    return cred.uid == geteuid();
+}
+
+/* With neither list set (the zero-config start from the environment),
+ * every user who can log in may look (SHOW), but only the user named in
+ * DATABASE_URL and the OS user running pgscale (over its Unix socket) may
+ * change anything: an application pointed at pgscale must not be able to
+ * stop or pause it.  admin_check_config says so at start. */
+static bool zero_config(const pgs_config *cfg)
+{
+    return cfg->n_admin_users == 0 && cfg->n_stats_users == 0;
+}
+
+static int role_of(const pgs_config *cfg, pgs_client *c)
+{
+    if (zero_config(cfg)) {
+        if (cfg->primary.user && strcmp(cfg->primary.user, c->user) == 0) return ROLE_ADMIN;
+        return same_os_user(c) ? ROLE_ADMIN : ROLE_STATS;
+    }
+    if (in_list(cfg->admin_users, cfg->n_admin_users, c->user)) return ROLE_ADMIN;
+    if (in_list(cfg->stats_users, cfg->n_stats_users, c->user)) return ROLE_STATS;
     return ROLE_NONE;
 }
 
 void admin_check_config(const pgs_config *cfg)
 {
-    if (cfg->n_admin_users == 0 && cfg->n_stats_users == 0)
-        log_warn("admin_users and stats_users are empty: every user who can log in may use the "
-                 "admin console (database \"" ADMIN_DBNAME "\"), including RELOAD, PAUSE, "
-                 "KILL and SHUTDOWN; list the operators in admin_users in the config file");
+    if (zero_config(cfg))
+        log_warn("admin_users and stats_users are empty: every user who can log in may run SHOW "
+                 "commands on the admin console (database \"" ADMIN_DBNAME "\"); RELOAD, "
+                 "PAUSE, RESUME, KILL, WAIT_CLOSE and SHUTDOWN are allowed only to the user "
+                 "named in DATABASE_URL and to the OS user running pgscale over its Unix "
+                 "socket; list the operators in admin_users (and monitoring users in "
+                 "stats_users) in the config file");
 }
 
 int admin_login(pgs_client *c)
 {
-    if (role_of(g_pgs.cfg, c->user) != ROLE_NONE) return 0;
+    if (role_of(g_pgs.cfg, c) != ROLE_NONE) return 0;
     char msg[300];
     snprintf(msg, sizeof(msg),
              "not allowed: user \"%.100s\" may not use the admin console (it is in neither "
@@ -535,14 +568,26 @@ int admin_login(pgs_client *c)
  * lists applies to connected console users at their next command. */
 static bool allowed(pgs_client *c, reply *r, bool changes, const char *cmd)
 {
-    int role = role_of(g_pgs.cfg, c->user);
+    const pgs_config *cfg = g_pgs.cfg;
+    int role = role_of(cfg, c);
     if (role == ROLE_ADMIN || (role == ROLE_STATS && !changes)) return true;
-    char msg[300];
+    char msg[400];
     if (role == ROLE_NONE) {
         snprintf(msg, sizeof(msg),
                  "not allowed: user \"%.100s\" is no longer in admin_users or stats_users",
                  c->user);
         error(r, "42501", msg, "reconnect as a user listed in admin_users or stats_users");
+    } else if (zero_config(cfg)) {
+        log_warn("C-%u: %s refused to user %s (not the DATABASE_URL user; admin_users is empty)",
+                 c->id, cmd, c->user);
+        snprintf(msg, sizeof(msg),
+                 "admin access needed: %s changes pgscale's state; with admin_users empty only "
+                 "the user named in DATABASE_URL, or the OS user running pgscale over its Unix "
+                 "socket, may run it (user \"%.100s\" may run SHOW commands only)",
+                 cmd, c->user);
+        error(r, "42501", msg,
+              "list the operators in admin_users in the config file (--config), and restart "
+              "or RELOAD");
     } else {
         snprintf(msg, sizeof(msg),
                  "admin access needed: %s changes pgscale's state and needs a user in "

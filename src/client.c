@@ -41,9 +41,11 @@ const char *client_state_name(int state)
     return state_names[state];
 }
 
+/* Release: the admin console (another worker) reads the state with acquire,
+ * and then the fields written before it (names, pool). */
 static void set_state(pgs_client *c, int st)
 {
-    atomic_store_explicit(&c->state, st, memory_order_relaxed);
+    atomic_store_explicit(&c->state, st, memory_order_release);
 }
 
 static void free_client(uv_handle_t *h)

@@ -26,9 +26,12 @@ void pgs_log_write(int level, const char *fmt, ...) __attribute__((format(printf
 
 /* Every line names the connection it is about ("C-17", "S-4") so that one
  * client's story can be grepped out of the log. */
+/* The level is read atomically: RELOAD (any thread) changes it while the
+ * workers log. */
 #define pgs_log(level, ...)                                                    \
     do {                                                                       \
-        if ((level) <= pgs_log_level) pgs_log_write((level), __VA_ARGS__);     \
+        if ((level) <= __atomic_load_n(&pgs_log_level, __ATOMIC_RELAXED))      \
+            pgs_log_write((level), __VA_ARGS__);                               \
     } while (0)
 #define log_error(...) pgs_log(PGS_LOG_ERROR, __VA_ARGS__)
 #define log_warn(...) pgs_log(PGS_LOG_WARN, __VA_ARGS__)

@@ -357,7 +357,7 @@ static void open_for_waiters(pgs_pool *p)
             asked = true;
             break;
         }
-        p->n_connecting++;
+        pgs_count(&p->n_connecting, 1);
         server_open(p);
     }
 }
@@ -418,7 +418,7 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
         it = it->next;
         if (quarantined(sv, now)) continue;
         list_del(&sv->node);
-        p->n_idle--;
+        pgs_count(&p->n_idle, -1);
         if (server_expired(sv, now) || server_too_old(sv) ||
             (pgs_elapsed_us(now, sv->last_used_us) >
                  (uint64_t)g_pgs.cfg->server_check_delay_ms * 1000u &&
@@ -427,14 +427,14 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
             continue;
         }
         list_add_tail(&p->used, &sv->node);
-        p->n_used++;
+        pgs_count(&p->n_used, 1);
         client_server_ready(c, sv);
         return;
     }
-    c->wait_start_us = now;
+    __atomic_store_n(&c->wait_start_us, now, __ATOMIC_RELAXED); /* read by SHOW POOLS/CLIENTS */
     atomic_store_explicit(&c->state, CL_WAITING, memory_order_relaxed);
     list_add_tail(&p->waiting, &c->wait_node);
-    p->n_waiting++;
+    pgs_count(&p->n_waiting, 1);
     if (p->n_waiting == 1) publish_head(p);
     atomic_fetch_add(&p->sh->waiting, 1);
     open_for_waiters(p);
@@ -445,7 +445,7 @@ void pool_cancel_wait(pgs_client *c)
     pgs_pool *p = c->pool;
     if (!p || list_empty(&c->wait_node)) return;
     list_del(&c->wait_node);
-    p->n_waiting--;
+    pgs_count(&p->n_waiting, -1);
     publish_head(p);
     atomic_fetch_sub(&p->sh->waiting, 1);
 }
@@ -455,7 +455,7 @@ static pgs_client *pop_waiter(pgs_pool *p)
     if (list_empty(&p->waiting)) return NULL;
     pgs_client *c = list_entry(p->waiting.next, pgs_client, wait_node);
     list_del(&c->wait_node);
-    p->n_waiting--;
+    pgs_count(&p->n_waiting, -1);
     publish_head(p);
     atomic_fetch_sub(&p->sh->waiting, 1);
     uint64_t waited = pgs_elapsed_us(pgs_now_us(), c->wait_start_us);
@@ -521,7 +521,7 @@ static void place_idle_server(pgs_server *sv)
         /* idle, but not for anyone until the quarantine ends (the janitor
          * hands it to waiters then) or RESUME */
         list_add_tail(&p->idle, &sv->node);
-        p->n_idle++;
+        pgs_count(&p->n_idle, 1);
         atomic_store_explicit(&sv->state, SV_IDLE, memory_order_relaxed);
         return;
     }
@@ -540,7 +540,7 @@ static void place_idle_server(pgs_server *sv)
     pgs_client *c = pop_waiter(p);
     if (c) {
         list_add_tail(&p->used, &sv->node);
-        p->n_used++;
+        pgs_count(&p->n_used, 1);
         client_server_ready(c, sv);
         return;
     }
@@ -555,7 +555,7 @@ static void place_idle_server(pgs_server *sv)
         return;
     }
     list_add_head(&p->idle, &sv->node);
-    p->n_idle++;
+    pgs_count(&p->n_idle, 1);
     atomic_store_explicit(&sv->state, SV_IDLE, memory_order_relaxed);
 }
 
@@ -563,15 +563,15 @@ void pool_release(pgs_server *sv)
 {
     pgs_pool *p = sv->pool;
     list_del(&sv->node);
-    p->n_used--;
+    pgs_count(&p->n_used, -1);
     check_counters(p);
     place_idle_server(sv);
 }
 
 void pool_login_ended(pgs_pool *p)
 {
-    p->n_login--;
-    p->n_connecting--;
+    pgs_count(&p->n_login, -1);
+    pgs_count(&p->n_connecting, -1);
     check_counters(p);
 }
 
@@ -700,7 +700,7 @@ static void close_idle_overflow(pgs_pool *p, uint64_t now)
         it = it->prev;
         if (pgs_elapsed_us(now, sv->last_used_us) < grace) break; /* the rest are younger */
         list_del(&sv->node);
-        p->n_idle--;
+        pgs_count(&p->n_idle, -1);
         excess--;
         server_close(sv, "overflow connection no longer needed");
     }
@@ -716,7 +716,7 @@ static void serve_waiters_from_idle(pgs_pool *p, uint64_t now)
         it = it->next;
         if (quarantined(sv, now)) continue;
         list_del(&sv->node);
-        p->n_idle--;
+        pgs_count(&p->n_idle, -1);
         place_idle_server(sv);
     }
 }
@@ -737,7 +737,7 @@ void pool_janitor(pgs_worker *w, uint64_t now)
             it = it->next;
             if (server_expired(sv, now)) {
                 list_del(&sv->node);
-                p->n_idle--;
+                pgs_count(&p->n_idle, -1);
                 server_close(sv, "server_idle_timeout or server_lifetime reached");
             }
         }
@@ -757,7 +757,7 @@ void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh)
         pgs_server *sv = list_entry(p->idle.next, pgs_server, node);
         if (quarantined(sv, pgs_now_us())) break; /* the janitor places it later */
         list_del(&sv->node);
-        p->n_idle--;
+        pgs_count(&p->n_idle, -1);
         if (server_too_old(sv)) {
             server_close(sv, "closed by KILL or WAIT_CLOSE in the admin console");
             continue;
@@ -788,7 +788,7 @@ void pool_adopt_handoffs(pgs_worker *w, pgs_pool_shared *sh)
         if (!sv) break;
         if (server_adopt(w, p, sv) == 0) {
             list_add_tail(&p->used, &sv->node);
-            p->n_used++;
+            pgs_count(&p->n_used, 1);
             pool_release(sv);
         }
     }
@@ -964,13 +964,13 @@ int pool_admit_client(pgs_pool *p, char *msg, size_t msglen, char *hint, size_t 
     } else {
         atomic_fetch_add(&sh->n_clients, 1);
     }
-    if (rc == 0) p->n_active_clients++;
+    if (rc == 0) pgs_count(&p->n_active_clients, 1);
     return rc;
 }
 
 void pool_client_left(pgs_pool *p)
 {
-    p->n_active_clients--;
+    pgs_count(&p->n_active_clients, -1);
     atomic_fetch_sub(&p->sh->n_clients, 1);
     check_counters(p);
     assert(atomic_load(&p->sh->n_clients) >= 0);
@@ -1000,7 +1000,7 @@ void pool_close_old_idle(pgs_worker *w)
             it = it->next;
             if (!server_too_old(sv)) continue;
             list_del(&sv->node);
-            p->n_idle--;
+            pgs_count(&p->n_idle, -1);
             server_close(sv, "closed by KILL or WAIT_CLOSE in the admin console");
         }
     }
@@ -1020,7 +1020,7 @@ void pool_apply_config(pgs_worker *w)
             pgs_server *sv = list_entry(it, pgs_server, node);
             it = it->prev;
             list_del(&sv->node);
-            p->n_idle--;
+            pgs_count(&p->n_idle, -1);
             server_close(sv, "the pool was made smaller by a configuration reload");
         }
         /* Larger: clients that waited for the budget get servers now. */

@@ -32,9 +32,10 @@ const char *server_state_name(int state)
     return state_names[state];
 }
 
+/* Release: SHOW SERVERS (another worker) reads the state with acquire. */
 static void set_state(pgs_server *sv, int st)
 {
-    atomic_store_explicit(&sv->state, st, memory_order_relaxed);
+    atomic_store_explicit(&sv->state, st, memory_order_release);
 }
 
 static void free_server(uv_handle_t *h)
@@ -58,11 +59,11 @@ static void unlist(pgs_server *sv)
         list_del(&sv->node);
         int st = atomic_load_explicit(&sv->state, memory_order_relaxed);
         if (st == SV_IDLE)
-            p->n_idle--;
+            pgs_count(&p->n_idle, -1);
         else if (st == SV_CONNECTING || st == SV_LOGIN)
             pool_login_ended(p);
         else
-            p->n_used--;
+            pgs_count(&p->n_used, -1);
     }
     pthread_mutex_lock(&sv->w->lock);
     list_del(&sv->all_node);
@@ -228,7 +229,7 @@ void server_open(pgs_pool *p)
     sv->connect_us = sv->login_start_us = sv->last_used_us = pgs_now_us();
     set_state(sv, SV_CONNECTING);
     list_add_tail(&p->used, &sv->node);
-    p->n_login++;
+    pgs_count(&p->n_login, 1);
     pthread_mutex_lock(&w->lock);
     list_add_tail(&w->servers, &sv->all_node);
     pthread_mutex_unlock(&w->lock);
@@ -459,7 +460,8 @@ static void login_data(pgs_server *sv)
             break;
         case 'K':
             if (blen >= 8) {
-                sv->backend_pid = proto_be32(body);
+                /* read by SHOW SERVERS from another worker */
+                __atomic_store_n(&sv->backend_pid, proto_be32(body), __ATOMIC_RELAXED);
                 sv->backend_key = proto_be32(body + 4);
             }
             break;

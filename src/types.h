@@ -286,6 +286,7 @@ struct pgs_pool {
     pgs_list idle;        /* idle servers, most recently used first */
     pgs_list used;        /* linked, logging in or resetting */
     pgs_list waiting;     /* clients waiting, FIFO */
+    /* Written by this worker only, with pgs_count(); read by others. */
     int n_idle, n_used, n_login, n_waiting, n_active_clients;
     int n_connecting;     /* servers being opened for waiters */
     /* When the first client in `waiting` started to wait (0: nobody
@@ -306,5 +307,17 @@ struct pgs_pool {
     pgs_params *welcome_params;
     pgs_pool *next;       /* worker's pool list */
 };
+
+/* Changes a counter that one thread writes and others read: a pool's n_*
+ * counters (its worker writes them; SHOW POOLS and the cross-worker
+ * balancing in pool.c read them), a worker's n_free_bufs.  A single writer
+ * needs no read-modify-write: a relaxed load and store are plain moves, but
+ * being atomic they are no data race with the readers' relaxed atomic
+ * loads (C11, and what ThreadSanitizer checks).  Only the owner calls it. */
+static inline void pgs_count(int *counter, int delta)
+{
+    __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + delta,
+                     __ATOMIC_RELAXED);
+}
 
 #endif

@@ -33,7 +33,7 @@ uint8_t *worker_buf_get(pgs_worker *w)
     if (w->free_bufs) {
         void *b = w->free_bufs;
         w->free_bufs = *(void **)b;
-        w->n_free_bufs--;
+        pgs_count(&w->n_free_bufs, -1);
         return b;
     }
     return pgs_xmalloc(PGS_BUF_SIZE);
@@ -47,7 +47,7 @@ void worker_buf_put(pgs_worker *w, uint8_t *b)
     }
     *(void **)b = w->free_bufs;
     w->free_bufs = b;
-    w->n_free_bufs++;
+    pgs_count(&w->n_free_bufs, 1);
 }
 
 uint32_t worker_client_pid(const pgs_client *c)

@@ -33,6 +33,12 @@ What the fixtures do:
 - When a test fails, the tail of each pgscale's stderr and the primary's log
   lines written during the test are attached to the report.
 
+- With PGSCALE_BIN set to a sanitizer build (`make integration-asan`,
+  `make integration-tsan`), any report in a pgscale's output fails the test
+  that ran it: AddressSanitizer, UBSan, a LeakSanitizer report at exit, a
+  ThreadSanitizer warning.  The factory then waits up to 20 s (not 5) for
+  pgscale to exit after SIGINT, so that the leak check at exit can run.
+
 Set PGSCALE_IT_KEEP=1 to keep the temp dir even when everything passed.
 """
 import atexit
@@ -63,6 +69,14 @@ PGSCALE_BIN = Path(os.environ.get("PGSCALE_BIN", str(REPO_ROOT / "build" / "pgsc
 PG_BINDIR = Path(os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin"))
 
 OBSERVER_APPNAME = "it-observer"
+# What AddressSanitizer, LeakSanitizer (at exit), UBSan and ThreadSanitizer
+# print when they find something.
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                     "LeakSanitizer has encountered a fatal error", "runtime error:",
+                     "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer")
+# A sanitizer build exits more slowly (the leak check runs at exit); stop()
+# waits longer for it before SIGKILL, which would lose that report.
+STOP_TIMEOUT = 20 if "PGSCALE_BIN" in os.environ else 5
 DEFAULT_DEADLINE = 120
 
 # Every pgscale process started by the factory that may still be running, so
@@ -304,6 +318,7 @@ class Pgscale:
         self.proc = None
         self._logfh = None
         self._clients = []
+        self.killed_at_stop = False   # SIGINT did not stop it within the timeout
 
     # -- process -----------------------------------------------------------
     def start(self):
@@ -369,13 +384,14 @@ class Pgscale:
         except OSError:
             pass
 
-    def stop(self, timeout=5):
+    def stop(self, timeout=STOP_TIMEOUT):
         self.close_clients()
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGINT)
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.killed_at_stop = True
                 self.proc.kill()
                 self.proc.wait(10)
             except ProcessLookupError:
@@ -491,15 +507,19 @@ def pgscale(primary, request, tmp_path_factory):
     yield start
     for inst in instances:
         inst.stop()
-    # A sanitizer build (PGSCALE_BIN=build-asan/pgscale, `make
-    # integration-asan`) reports to stderr, possibly only at exit: any report
-    # fails the test that ran that pgscale.
+    # A sanitizer build (PGSCALE_BIN=build-asan/pgscale or build-tsan/pgscale,
+    # `make integration-asan` / `integration-tsan`) reports to stderr, a leak
+    # report only at exit: any report fails the test that ran that pgscale.
     for inst in instances:
         text = inst.stderr_text()
-        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        if inst.killed_at_stop and "PGSCALE_BIN" in os.environ:
+            pytest.fail("pgscale did not exit within %d s of SIGINT and was killed, so its "
+                        "sanitizer's checks at exit did not run; output tail:\n%s"
+                        % (STOP_TIMEOUT, text[-3000:]))
+        for marker in SANITIZER_MARKERS:
             if marker in text:
                 at = text.index(marker)
-                pytest.fail("pgscale reported a sanitizer error:\n%s" % text[max(0, at - 200):at + 3000])
+                pytest.fail("pgscale reported a sanitizer error:\n%s" % text[max(0, at - 200):at + 6000])
     # Let the backends of the stopped pgscales go away, so that the next test
     # counting server connections starts from zero.
     if primary.is_running():

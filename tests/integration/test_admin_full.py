@@ -235,12 +235,89 @@ def test_reload_applies_new_console_users_to_connected_and_new_clients(pgscale, 
     assert exc.value.pgcode == "42501"
 
 
-def test_open_console_without_console_users_warns_at_start(pgscale):
+# -- zero config: no admin_users, no stats_users ------------------------------------
+def test_zero_config_application_user_may_show_but_not_change_anything(pgscale):
+    pg = pgscale()
+    c = console(pg, "webapp")          # any user who can log in; not DATABASE_URL's
+    for what in ("POOLS", "CLIENTS", "SERVERS", "STATS", "CONFIG", "DATABASES", "USERS", "LISTS"):
+        assert run_console(c, "SHOW " + what) is not None
+    for cmd in CHANGING_COMMANDS:
+        with pytest.raises(psycopg2.Error) as exc:
+            run_console(c, cmd)
+        msg = str(exc.value)
+        assert exc.value.pgcode == "42501", (cmd, exc.value.pgcode, msg)
+        assert "DATABASE_URL" in msg and "admin_users" in msg and "Unix socket" in msg, msg
+    # the refused SHUTDOWN did not stop pgscale, nor did PAUSE / KILL pause anything
+    assert pg.wait_exit(1) is None, pg.stderr_text()[-2000:]
+    assert not any(_int(r["paused"]) for r in pg.admin("SHOW DATABASES", user="webapp"))
+    conn = pg.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+
+
+def test_zero_config_database_url_user_may_change_things_and_start_warns(pgscale):
     pg = pgscale()
     wait_for(lambda: "admin_users and stats_users are empty" in pg.stderr_text(), 5,
              what="the open-console warning")
-    pg.admin("PAUSE app", user="anyone")
-    pg.admin("RESUME app", user="anyone")
+    assert "allowed only to the user named in DATABASE_URL" in pg.stderr_text()
+    c = console(pg, "app")             # DATABASE_URL's user
+    run_console(c, "PAUSE app")
+    run_console(c, "RESUME app")
+    run_console(c, "RELOAD")
+    run_console(c, "SHUTDOWN")
+    assert pg.wait_exit(10) == 0, pg.stderr_text()[-2000:]
+
+
+def test_zero_config_unix_socket_peer_of_pgscales_os_user_may_change_things(pgscale, tmp_path):
+    import os
+    import shutil
+    import tempfile
+    from helpers import free_port, port_accepts
+    port = free_port()
+    sockdir = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")  # socket paths must be short
+    try:
+        os.chmod(sockdir, 0o755)
+        cfg = write_config(tmp_path / "pgscale.yaml", """\
+            listen:
+              - 127.0.0.1:%d
+              - unix:%s
+            """ % (port, sockdir))
+        pg = pgscale(args=["--config", cfg], wait=False, PGSCALE_LISTEN=None)
+        pg.port = port
+        wait_for(lambda: port_accepts(port) or not pg.is_running(), 10, what="pgscale to listen")
+        assert pg.is_running(), pg.stderr_text()[-2000:]
+        # the same OS user over the Unix socket, whatever user name it gives
+        c = psycopg2.connect(host=sockdir, port=port, user="ops", dbname="pgscale",
+                             connect_timeout=10)
+        c.autocommit = True
+        try:
+            run_console(c, "PAUSE app")
+            run_console(c, "RESUME app")
+        finally:
+            c.close()
+        # the same user name over TCP: SHOW only
+        tcp = console(pg, "ops")
+        with pytest.raises(psycopg2.Error) as exc:
+            run_console(tcp, "PAUSE app")
+        assert exc.value.pgcode == "42501", str(exc.value)
+        # another OS user over the Unix socket: SHOW only
+        if os.geteuid() == 0:
+            def as_postgres(sql):
+                return subprocess.run(
+                    ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--clear-groups",
+                     "psql", "-X", "-w", "-At", "-v", "ON_ERROR_STOP=1", "-h", sockdir,
+                     "-p", str(port), "-U", "ops", "-d", "pgscale", "-c", sql],
+                    capture_output=True, text=True, timeout=30, env=client_env(),
+                    cwd="/tmp", stdin=subprocess.DEVNULL)
+            r = as_postgres("SHOW POOLS")
+            assert r.returncode == 0, r.stderr
+            r = as_postgres("SHUTDOWN")
+            assert r.returncode != 0 and "admin access needed" in r.stderr, (r.stdout, r.stderr)
+        assert pg.wait_exit(1) is None, pg.stderr_text()[-2000:]
+        assert port_accepts(port)
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 # -- PAUSE / RESUME ----------------------------------------------------------------
