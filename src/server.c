@@ -13,6 +13,7 @@
 #include "auth.h"
 #include "client.h"
 #include "io.h"
+#include "net.h"
 #include "params.h"
 #include "pool.h"
 #include "prepared.h"
@@ -127,7 +128,7 @@ static void on_connect(uv_connect_t *req, int status)
         login_failed(sv, false, "08006", msg);
         return;
     }
-    uv_tcp_nodelay(&sv->s.tcp, 1);
+    pgs_net->tcp_nodelay(&sv->s.tcp, 1);
     set_state(sv, SV_LOGIN);
     if (io_read_start(&sv->s) < 0) {
         login_failed(sv, false, "08006", "could not read from the server");
@@ -233,7 +234,7 @@ void server_open(pgs_pool *p)
     list_add_tail(&w->servers, &sv->all_node);
     pthread_mutex_unlock(&w->lock);
     sv->connect_req.data = sv;
-    int rc = uv_tcp_connect(&sv->connect_req, &sv->s.tcp,
+    int rc = pgs_net->tcp_connect(&sv->connect_req, &sv->s.tcp,
                             (const struct sockaddr *)&g_pgs.server_addr, on_connect);
     if (rc < 0) {
         char msg[400];
@@ -580,7 +581,7 @@ static void handoff_closed(uv_handle_t *h)
 void server_handoff(pgs_server *sv, int to)
 {
     int fd, nfd;
-    if (uv_fileno((uv_handle_t *)&sv->s.tcp, &fd) != 0 || (nfd = dup(fd)) < 0) {
+    if (pgs_net->fileno((uv_handle_t *)&sv->s.tcp, &fd) != 0 || (nfd = pgs_net->dup(fd)) < 0) {
         server_close(sv, "could not hand over to another worker");
         return;
     }
@@ -605,22 +606,22 @@ int server_adopt(pgs_worker *w, pgs_pool *p, pgs_server *sv)
     list_init(&sv->all_node);
     memset(&sv->s, 0, sizeof(sv->s));
     sv->bytes_counted = 0; /* the new socket's byte counters start at zero */
-    uv_tcp_init(&w->loop, &sv->s.tcp);
+    pgs_net->tcp_init(&w->loop, &sv->s.tcp);
     sv->s.tcp.data = sv;
     sv->s.kind = PGS_SOCK_SERVER;
     pthread_mutex_lock(&w->lock);
     list_add_tail(&w->servers, &sv->all_node);
     pthread_mutex_unlock(&w->lock);
-    if (uv_tcp_open(&sv->s.tcp, fd) < 0 || io_read_start(&sv->s) < 0) {
+    if (pgs_net->tcp_open(&sv->s.tcp, fd) < 0 || io_read_start(&sv->s) < 0) {
         io_tls_discard(sv->handoff_tls);
         sv->handoff_tls = NULL;
-        close(fd);
+        pgs_net->close_fd(fd);
         atomic_fetch_sub(&p->sh->open, 1);
         pthread_mutex_lock(&w->lock);
         list_del(&sv->all_node);
         pthread_mutex_unlock(&w->lock);
         sv->s.closing = true;
-        uv_close((uv_handle_t *)&sv->s.tcp, free_server);
+        pgs_net->close((uv_handle_t *)&sv->s.tcp, free_server);
         return -1;
     }
     io_tls_attach(&sv->s, sv->handoff_tls);
