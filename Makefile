@@ -32,7 +32,7 @@ fuzz:
 	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true -Dtests=false \
 	    -Db_sanitize=address,undefined -Db_lundef=false -Dc_args=-fsanitize=fuzzer-no-link
 	ninja -C build-fuzz
-	set -e; for t in proto config config_yaml sqlscan auth; do \
+	set -e; for t in proto config config_yaml sqlscan auth relay; do \
 	    scratch=$$(mktemp -d); \
 	    echo "fuzz_$$t: $(FUZZ_SECS) s"; \
 	    build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECS) -print_final_stats=0 $$scratch fuzz/corpus/$$t 2>&1 | tail -n 3; \
