@@ -38,10 +38,13 @@ static void set_state(pgs_server *sv, int st)
     atomic_store_explicit(&sv->state, st, memory_order_relaxed);
 }
 
+static void free_login_params(pgs_server *sv);
+
 static void free_server(uv_handle_t *h)
 {
     pgs_server *sv = h->data;
     pgs_worker *w = sv->w;
+    free_login_params(sv); /* a login that ended half-way */
     io_buf_free(w, &sv->s);
     exq_free(&sv->exq);
     params_free(sv->params);
@@ -475,6 +478,15 @@ static void login_data(pgs_server *sv)
         case 'N':
             break;
         case 'Z':
+            if (len != 5 || (body[0] != 'I' && body[0] != 'T' && body[0] != 'E')) {
+                login_failed(sv, false, "08P01", "server sent an invalid ReadyForQuery during login");
+                return;
+            }
+            if (body[0] != 'I') {
+                /* a new backend is never in a transaction */
+                login_failed(sv, false, "08P01", "server was not idle at the end of login");
+                return;
+            }
             if (sv->scram) {
                 login_failed(sv, false, "28000", "server ended the login before SCRAM finished");
                 return;
