@@ -177,6 +177,9 @@ static void frontend_done(fakepg *pg, fakepg_framer *f)
 
 static void backend_done(fakepg *pg, fakepg_framer *f)
 {
+    /* Notices, notifications and parameter changes may come at any time
+     * and say nothing about where the conversation is. */
+    if (f->type == 'N' || f->type == 'A' || f->type == 'S') return;
     pg->last_type = (char)f->type;
     if (f->type != 'Z') return;
     pg->last_status = f->body_len ? (char)f->body[0] : '?';

@@ -1,7 +1,9 @@
 /* Unit tests for the pool and the relay's release rules, on the fake
  * network with the fake clock (tests/harness.c): the budget, first come
  * first served, pool_timeout, closing idle overflow servers, a vanished
- * client's unsynced server, and a server handed between two workers. */
+ * client's unsynced server, a server handed between two workers, and two
+ * rules of the relay: a reply nothing was owed for ends the server, and a
+ * SET pipelined behind another query is refused. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -239,6 +241,55 @@ static void test_idle_server_is_handed_to_a_waiter_on_another_worker(void **stat
     harness_stop();
 }
 
+static void start_session(void)
+{
+    harness_opts o = {.workers = 1, .pool_size = 2, .max_overflow = 0, .session_mode = true,
+                      .pool_timeout_ms = 30000, .overflow_idle_timeout_ms = 1000};
+    pgs_log_level = -1;
+    harness_start(&o);
+}
+
+static void test_reply_when_nothing_is_owed_ends_the_server(void **state)
+{
+    (void)state;
+    start_session();
+    fn_conn *a = logged_in_client(0);
+    harness_client_query(a, "SELECT 1");
+    harness_pump();
+    fn_conn *s = server_of(a);
+    assert_non_null(s);
+    reply(s, "SELECT 1", 'I');
+    assert_ptr_equal(server_of(a), s); /* session mode: still a's */
+    static const uint8_t row[] = {0, 1, 0, 0, 0, 1, '1'};
+    fakepg_send(s->user, 'D', row, sizeof(row));
+    harness_pump();
+    check();
+    assert_true(s->closed);
+    assert_true(harness_got_error(a, "08006"));
+    harness_stop();
+}
+
+static void test_set_pipelined_behind_a_query_is_refused(void **state)
+{
+    (void)state;
+    start(1, 1, 0, 30000, 1000);
+    fn_conn *a = logged_in_client(0);
+    harness_client_query(a, "SET app.tenant = 'a'");
+    harness_client_query(a, "SET app.tenant = 'b'");
+    harness_pump();
+    check();
+    fn_conn *s = server_of(a);
+    assert_non_null(s);
+    fakepg *pg = s->user;
+    assert_int_equal(pg->n_queries, 1);
+    assert_string_equal(pg->last_query, "SET app.tenant = 'a'");
+    reply(s, "SET", 'I');
+    assert_true(harness_got_error(a, "0A000"));
+    assert_int_equal(harness_count_msgs(a, 'Z'), 2);
+    assert_int_equal(pg->n_queries, 1);
+    harness_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -248,6 +299,8 @@ int main(void)
         cmocka_unit_test(test_idle_overflow_servers_close_after_the_overflow_timeout),
         cmocka_unit_test(test_vanished_client_leaves_an_unsynced_server_closed),
         cmocka_unit_test(test_idle_server_is_handed_to_a_waiter_on_another_worker),
+        cmocka_unit_test(test_reply_when_nothing_is_owed_ends_the_server),
+        cmocka_unit_test(test_set_pipelined_behind_a_query_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
