@@ -280,7 +280,6 @@ static void f_close(uv_handle_t *h, uv_close_cb cb)
     fh->closing = true;
     fh->reading = false;
     fh->close_cb = cb;
-    h->flags |= 0x01; /* as UV_HANDLE_CLOSING, for code that peeks */
     fn_conn *c = fh->c;
     if (c && c->connecting && c->connect_h == fh) {
         c->connecting = false;

@@ -46,7 +46,7 @@ pgs_server *harness_server_of(fn_conn *c);
 pgs_pool *harness_pool(int wi);
 /* Whether the peer has received an ErrorResponse with this SQLSTATE. */
 bool harness_got_error(fn_conn *c, const char *sqlstate);
-/* Whether the peer has received a ReadyForQuery since the last call. */
+/* How many messages of this type the peer has received (since harness_clear). */
 int harness_count_msgs(fn_conn *c, char type);
 /* The peer takes everything pgscale sent it. */
 void harness_clear(fn_conn *c);
