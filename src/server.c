@@ -487,6 +487,14 @@ static void login_data(pgs_server *sv)
                 login_failed(sv, false, "08P01", "server was not idle at the end of login");
                 return;
             }
+            if (b->pos < b->len) {
+                /* PostgreSQL says nothing after its first ReadyForQuery
+                 * until asked.  Bytes left here would sit in an idle
+                 * server's buffer and be read as its first client's
+                 * answer. */
+                login_failed(sv, false, "08P01", "server sent data after the end of its login");
+                return;
+            }
             if (sv->scram) {
                 login_failed(sv, false, "28000", "server ended the login before SCRAM finished");
                 return;

@@ -127,6 +127,7 @@ static void bind_handle(fn_handle *fh, fn_conn *c)
 
 static void append(uint8_t **buf, size_t *len, size_t *cap, const void *p, size_t n)
 {
+    if (n == 0) return;
     if (*len + n > *cap) {
         size_t nc = *cap ? *cap : 256;
         while (nc < *len + n) nc *= 2;
