@@ -14,6 +14,7 @@
 #include "admin.h"
 #include "clientauth.h"
 #include "io.h"
+#include "net.h"
 #include "params.h"
 #include "pool.h"
 #include "prepared.h"
@@ -67,11 +68,9 @@ static void free_client(uv_handle_t *h)
  * reset. */
 static void discard_unread(pgs_client *c)
 {
-    uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)&c->s.tcp, &fd) != 0) return;
     char junk[16384];
     for (int i = 0; i < 64; i++) {
-        ssize_t n = recv(fd, junk, sizeof(junk), MSG_DONTWAIT);
+        ssize_t n = pgs_net->recv((uv_handle_t *)&c->s.tcp, junk, sizeof(junk), MSG_DONTWAIT);
         if (n <= 0) break;
     }
 }
@@ -560,9 +559,9 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
     list_init(&c->wait_node);
     c->unix_socket = listener->type == UV_NAMED_PIPE;
     io_sock_init(w, &c->s, PGS_SOCK_CLIENT, c, c->unix_socket);
-    if (uv_accept(listener, (uv_stream_t *)&c->s.tcp) < 0) {
+    if (pgs_net->accept(listener, (uv_stream_t *)&c->s.tcp) < 0) {
         c->s.closing = true;
-        uv_close((uv_handle_t *)&c->s.tcp, free_client);
+        pgs_net->close((uv_handle_t *)&c->s.tcp, free_client);
         return;
     }
     /* Descriptors are handed out lowest first, so a high one means few are
@@ -570,7 +569,7 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
      * client why it is refused (libuv's own out-of-descriptors handling
      * would close it without a word). */
     int fd;
-    if (g_pgs.fd_limit > 0 && uv_fileno((uv_handle_t *)&c->s.tcp, &fd) == 0 &&
+    if (g_pgs.fd_limit > 0 && pgs_net->fileno((uv_handle_t *)&c->s.tcp, &fd) == 0 &&
         fd >= g_pgs.fd_limit - fd_reserve()) {
         uint8_t buf[256];
         proto_out o;
@@ -583,7 +582,7 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
         log_warn("worker %d: near the open-files limit (%d); refused a client", w->id,
                  g_pgs.fd_limit);
         c->s.closing = true;
-        uv_close((uv_handle_t *)&c->s.tcp, free_client);
+        pgs_net->close((uv_handle_t *)&c->s.tcp, free_client);
         return;
     }
     struct sockaddr_storage ss;
@@ -591,8 +590,8 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
     if (c->unix_socket)
         snprintf(c->addr, sizeof(c->addr), "[local]");
     else
-        uv_tcp_nodelay(&c->s.tcp, 1);
-    if (!c->unix_socket && uv_tcp_getpeername(&c->s.tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        pgs_net->tcp_nodelay(&c->s.tcp, 1);
+    if (!c->unix_socket && pgs_net->tcp_getpeername(&c->s.tcp, (struct sockaddr *)&ss, &sl) == 0) {
         if (ss.ss_family == AF_INET) {
             uv_ip4_name((struct sockaddr_in *)&ss, c->addr, sizeof(c->addr));
             c->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
@@ -631,7 +630,7 @@ static void cancel_closed(uv_handle_t *h)
 /* The loop may be shutting down and have closed the handle already. */
 static void cancel_done(cancel_req *r)
 {
-    if (!uv_is_closing((uv_handle_t *)&r->tcp)) uv_close((uv_handle_t *)&r->tcp, cancel_closed);
+    if (!pgs_net->is_closing((uv_handle_t *)&r->tcp)) pgs_net->close((uv_handle_t *)&r->tcp, cancel_closed);
 }
 
 static void cancel_written(uv_write_t *wr, int status)
@@ -649,7 +648,7 @@ static void cancel_connected(uv_connect_t *conn, int status)
     }
     uv_buf_t b = uv_buf_init((char *)r->buf, 16);
     r->wr.data = r;
-    if (uv_write(&r->wr, (uv_stream_t *)&r->tcp, &b, 1, cancel_written) < 0) cancel_done(r);
+    if (pgs_net->write(&r->wr, (uv_stream_t *)&r->tcp, &b, 1, cancel_written) < 0) cancel_done(r);
 }
 
 void client_forward_cancel(pgs_client *c)
@@ -662,14 +661,14 @@ void client_forward_cancel(pgs_client *c)
     proto_out o;
     proto_out_init(&o, r->buf, sizeof(r->buf));
     proto_cancel_request(&o, sv->backend_pid, sv->backend_key);
-    uv_tcp_init(&c->w->loop, &r->tcp);
+    pgs_net->tcp_init(&c->w->loop, &r->tcp);
     r->tcp.data = r;
     r->conn.data = r;
     log_info("C-%u: forwarding cancel to S-%u (backend pid %u)", c->id, sv->id, sv->backend_pid);
     sv->cancelled_us = pgs_now_us();
-    if (uv_tcp_connect(&r->conn, &r->tcp, (const struct sockaddr *)&g_pgs.server_addr,
+    if (pgs_net->tcp_connect(&r->conn, &r->tcp, (const struct sockaddr *)&g_pgs.server_addr,
                        cancel_connected) < 0)
-        uv_close((uv_handle_t *)&r->tcp, cancel_closed);
+        pgs_net->close((uv_handle_t *)&r->tcp, cancel_closed);
 }
 
 /* --- time bounds --- */

@@ -37,8 +37,16 @@ void pgs_log_write(int level, const char *fmt, ...)
     fputs(line, stderr);
 }
 
+static uint64_t fake_now_us;
+
+void pgs_set_fake_now_us(uint64_t now)
+{
+    fake_now_us = now;
+}
+
 uint64_t pgs_now_us(void)
 {
+    if (PGS_UNLIKELY(fake_now_us)) return fake_now_us;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;

@@ -40,6 +40,10 @@ void pgs_log_write(int level, const char *fmt, ...) __attribute__((format(printf
 
 /* Monotonic clock in microseconds / wall clock in microseconds. */
 uint64_t pgs_now_us(void);
+/* The clock seam: while set (non-zero), pgs_now_us() returns this instead
+ * of the monotonic clock, so that tests drive every time bound (pool
+ * timeout, overflow idle timeout, login timeouts) by hand.  Tests only. */
+void pgs_set_fake_now_us(uint64_t now);
 uint64_t pgs_wall_us(void);
 
 /* Time from `since` to `now`, 0 when since is later.  Timestamps are

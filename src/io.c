@@ -14,6 +14,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "net.h"
 #include "proto.h"
 #include "tls.h"
 #include "worker.h"
@@ -22,9 +23,9 @@ void io_sock_init(pgs_worker *w, pgs_sock *s, int kind, void *owner, bool is_pip
 {
     memset(s, 0, sizeof(*s));
     if (is_pipe)
-        uv_pipe_init(&w->loop, &s->pipe, 0);
+        pgs_net->pipe_init(&w->loop, &s->pipe, 0);
     else
-        uv_tcp_init(&w->loop, &s->tcp);
+        pgs_net->tcp_init(&w->loop, &s->tcp);
     s->tcp.data = owner;
     s->kind = (uint8_t)kind;
 }
@@ -101,7 +102,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 
 static int read_start_now(pgs_sock *s)
 {
-    int rc = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
+    int rc = pgs_net->read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
     if (rc == 0) {
         s->reading = true;
         /* decrypted bytes the owner did not want before may be waiting */
@@ -122,7 +123,7 @@ void io_read_stop(pgs_sock *s)
 {
     s->read_wanted = false;
     if (!s->reading) return;
-    uv_read_stop((uv_stream_t *)&s->tcp);
+    pgs_net->read_stop((uv_stream_t *)&s->tcp);
     s->reading = false;
 }
 
@@ -132,7 +133,7 @@ static void throttle(pgs_sock *s)
 {
     s->throttled = true;
     if (s->reading) {
-        uv_read_stop((uv_stream_t *)&s->tcp);
+        pgs_net->read_stop((uv_stream_t *)&s->tcp);
         s->reading = false;
     }
 }
@@ -256,7 +257,7 @@ static int wb_start(pgs_sock *s)
 {
     pgs_wreq *r = s->wb.req;
     uv_buf_t b = uv_buf_init((char *)r->data, r->len);
-    int rc = uv_write(&r->req, (uv_stream_t *)&s->tcp, &b, 1, on_write_done);
+    int rc = pgs_net->write(&r->req, (uv_stream_t *)&s->tcp, &b, 1, on_write_done);
     if (rc < 0) return rc;
     s->wb.pending = true;
     r->inflight = r->len;
@@ -338,7 +339,7 @@ static int raw_send(pgs_worker *w, pgs_sock *dst, const uv_buf_t *iov, int n)
     if (total == 0) return 0;
     size_t done = 0;
     if (!dst->wb.pending) {
-        int rc = uv_try_write((uv_stream_t *)&dst->tcp, iov, (unsigned)n);
+        int rc = pgs_net->try_write((uv_stream_t *)&dst->tcp, iov, (unsigned)n);
         if (rc >= 0) {
             done = (size_t)rc;
         } else if (rc != UV_EAGAIN) {
@@ -466,7 +467,12 @@ void io_close(pgs_sock *s, uv_close_cb cb)
     if (s->tls) tls_release(s);
     s->closing = true;
     s->reading = false;
-    uv_close((uv_handle_t *)&s->tcp, cb);
+    pgs_net->close((uv_handle_t *)&s->tcp, cb);
+}
+
+size_t io_pending_bytes(const pgs_sock *s)
+{
+    return s->wb.req ? s->wb.req->len : 0;
 }
 
 void io_send_quiet(pgs_worker *w, pgs_sock *dst, const void *p, size_t len)

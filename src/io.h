@@ -34,6 +34,8 @@ void io_buf_free(pgs_worker *w, pgs_sock *s);
 /* Writes bytes now if the kernel takes them, else keeps a copy and writes
  * it later.  Returns 0 or a negative libuv error. */
 PGS_MUSTCHECK int io_send(pgs_worker *w, pgs_sock *dst, const uv_buf_t *iov, int n);
+/* Bytes written to dst that the kernel has not taken yet. */
+size_t io_pending_bytes(const pgs_sock *s);
 /* For a last message before closing, where failure changes nothing. */
 void io_send_quiet(pgs_worker *w, pgs_sock *dst, const void *p, size_t len);
 

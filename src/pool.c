@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "net.h"
 #include "pooltab.h"
 #include "server.h"
 #include "worker.h"
@@ -276,6 +277,30 @@ static bool local_unused(const pgs_pool *p)
            list_empty(&p->idle) && list_empty(&p->used);
 }
 
+void pool_free_all(void)
+{
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    while (g_pgs.pools) {
+        pgs_pool_shared *sh = g_pgs.pools;
+        for (size_t i = 0; i < PGS_ARRAY_LEN(sh->locals); i++) {
+            pgs_pool *p = sh->locals[i];
+            if (!p) continue;
+            sh->locals[i] = NULL;
+            params_free(p->welcome_params);
+            free(p);
+        }
+        shared_free_locked(sh);
+    }
+    pooltab_free(&pool_table);
+    for (int i = 0; i < n_paused_dbs; i++) free(paused_dbs[i]);
+    free(paused_dbs);
+    paused_dbs = NULL;
+    n_paused_dbs = 0;
+    paused_all = false;
+    for (int i = 0; i < g_pgs.n_workers; i++) g_pgs.workers[i].pools = NULL;
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+}
+
 /* Worker thread (the janitor). */
 static void retire_unused(pgs_worker *w, uint64_t now)
 {
@@ -380,10 +405,8 @@ static bool server_expired(const pgs_server *sv, uint64_t now)
  * that arrived after the last loop iteration. */
 static bool server_looks_dead(pgs_server *sv)
 {
-    int fd;
-    if (uv_fileno((uv_handle_t *)&sv->s.tcp, &fd) != 0) return true;
     char b;
-    ssize_t r = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    ssize_t r = pgs_net->recv((uv_handle_t *)&sv->s.tcp, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     if (r == 0) return true;
     if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return true;
     return r > 0; /* an idle server has nothing to say; if it does, it is dying */

@@ -36,6 +36,8 @@ bool pool_failure_is_news(pgs_pool *p, const char *msg);
 void pool_server_gone(pgs_server *sv);
 
 void pool_janitor(pgs_worker *w, uint64_t now);
+/* Frees every pool once no worker runs and no connection is left (tests). */
+void pool_free_all(void);
 void pool_adopt_handoffs(pgs_worker *w, pgs_pool_shared *sh);
 void pool_give_idle(pgs_worker *w, pgs_pool_shared *sh);
 

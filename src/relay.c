@@ -373,6 +373,17 @@ void relay_server_data(pgs_server *sv)
         }
         uint32_t total = len + 1;
         pgs_expect *h = exq_head(&sv->exq);
+        if (!h && type != 'N' && type != 'A' && type != 'S' && type != 'E') {
+            /* PostgreSQL sends nothing but notices, notifications, parameter
+             * changes and a last error unasked.  Anything else means it and
+             * pgscale disagree on where the conversation is: relaying it
+             * would let a server that is still answering pass for idle and
+             * go back to the pool. */
+            (void)io_batch_flush(&cb);
+            server_protocol_error(sv, "server sent a reply when none was expected");
+            return;
+        }
+        if (!h && type == 'E') sv->broken = true; /* a FATAL: the backend is ending */
         bool internal = h && h->kind == EX_INTERNAL;
         /* Small messages we read are held until whole.  An error we would
          * look into but that is larger than we inspect (PostgreSQL quotes
@@ -397,7 +408,14 @@ void relay_server_data(pgs_server *sv)
 
         switch (type) {
         case 'Z': {
-            char status = (char)body[0];
+            char status = len == 5 ? (char)body[0] : 0;
+            if (status != 'I' && status != 'T' && status != 'E') {
+                /* a status read past a short message, or one that means
+                 * nothing, would decide whether the server is idle */
+                (void)io_batch_flush(&cb);
+                server_protocol_error(sv, "server sent an invalid ReadyForQuery");
+                return;
+            }
             bool was_query = h && (h->kind == EX_QUERY || h->kind == EX_SYNC);
             if (internal && sv->restoring) {
                 /* an error would have ended the link at its 'E' */
@@ -789,6 +807,7 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
     sqlscan_classify((const char *)text, tlen, &info);
     const char *refuse = NULL;
     bool idle = c->tx_status == 'I';
+    bool had_pending = sv->pending_set_kind != 0; /* an earlier query's, kept */
     switch (info.kind) {
     case SQL_LISTEN:
         refuse = "LISTEN is not supported in transaction pooling mode: notifications would be "
@@ -830,6 +849,16 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
                    : 1;
     case SQL_SET:
     case SQL_RESET:
+        if (idle && !info.multi && info.name[0] && params_reported_index(info.name) < 0 &&
+            (sv->exq.count > 0 || sv->pending_set_kind)) {
+            /* Behind another request, its ReadyForQuery is not the next
+             * one: which SET it confirms could not be told, and a
+             * setting recorded on the wrong answer (or not at all) would
+             * be restored wrongly on the next server. */
+            refuse = "a SET or RESET sent before the previous query's result arrived cannot be "
+                     "carried across pooled server connections; wait for that result first";
+            break;
+        }
         if (idle && !info.multi && info.name[0] && params_reported_index(info.name) < 0) {
             sv->pending_set_kind = info.kind;
             sv->pending_set_name = pgs_xstrdup(info.name);
@@ -842,6 +871,12 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         break;
     case SQL_RESET_ALL:
     case SQL_DISCARD_ALL:
+        if (idle && (sv->exq.count > 0 || sv->pending_set_kind)) {
+            refuse = "a RESET ALL or DISCARD ALL sent before the previous query's result arrived "
+                     "cannot be carried across pooled server connections; wait for that result "
+                     "first";
+            break;
+        }
         if (idle) sv->pending_set_kind = info.kind;
         break;
     default:
@@ -855,10 +890,12 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         refuse = "session-level advisory locks (pg_advisory_lock) would stay held on a pooled "
                  "server connection after your transaction; use pg_advisory_xact_lock";
     if (refuse) {
-        free(sv->pending_set_name);
-        free(sv->pending_set_stmt);
-        sv->pending_set_name = sv->pending_set_stmt = NULL;
-        sv->pending_set_kind = 0;
+        if (!had_pending) {
+            free(sv->pending_set_name);
+            free(sv->pending_set_stmt);
+            sv->pending_set_name = sv->pending_set_stmt = NULL;
+            sv->pending_set_kind = 0;
+        }
         return exq_push(&sv->exq, EX_FAKE_ERROR, NULL, refuse) < 0 ? -1 : 1;
     }
     return 0;
@@ -1227,7 +1264,11 @@ static void client_forward(pgs_client *c)
 
 void relay_client_data(pgs_client *c)
 {
-    if (c->s.closing) return;
+    /* A client being failed (want_close: its error waits for the socket
+     * to drain) is sent nothing more: its unread requests stay unread.
+     * Going on would fail it again on the same bytes, through a checkout
+     * and a link each time, until the stack ran out. */
+    if (c->s.closing || c->want_close) return;
     pgs_buf *b = &c->s.rbuf;
     /* drop the tail of a refused oversized query */
     while (c->skip_remaining && b->data && b->pos < b->len) {

@@ -13,6 +13,7 @@
 #include "auth.h"
 #include "client.h"
 #include "io.h"
+#include "net.h"
 #include "params.h"
 #include "pool.h"
 #include "prepared.h"
@@ -38,10 +39,13 @@ static void set_state(pgs_server *sv, int st)
     atomic_store_explicit(&sv->state, st, memory_order_release);
 }
 
+static void free_login_params(pgs_server *sv);
+
 static void free_server(uv_handle_t *h)
 {
     pgs_server *sv = h->data;
     pgs_worker *w = sv->w;
+    free_login_params(sv); /* a login that ended half-way */
     io_buf_free(w, &sv->s);
     exq_free(&sv->exq);
     params_free(sv->params);
@@ -128,7 +132,7 @@ static void on_connect(uv_connect_t *req, int status)
         login_failed(sv, false, "08006", msg);
         return;
     }
-    uv_tcp_nodelay(&sv->s.tcp, 1);
+    pgs_net->tcp_nodelay(&sv->s.tcp, 1);
     set_state(sv, SV_LOGIN);
     if (io_read_start(&sv->s) < 0) {
         login_failed(sv, false, "08006", "could not read from the server");
@@ -234,7 +238,7 @@ void server_open(pgs_pool *p)
     list_add_tail(&w->servers, &sv->all_node);
     pthread_mutex_unlock(&w->lock);
     sv->connect_req.data = sv;
-    int rc = uv_tcp_connect(&sv->connect_req, &sv->s.tcp,
+    int rc = pgs_net->tcp_connect(&sv->connect_req, &sv->s.tcp,
                             (const struct sockaddr *)&g_pgs.server_addr, on_connect);
     if (rc < 0) {
         char msg[400];
@@ -476,6 +480,23 @@ static void login_data(pgs_server *sv)
         case 'N':
             break;
         case 'Z':
+            if (len != 5 || (body[0] != 'I' && body[0] != 'T' && body[0] != 'E')) {
+                login_failed(sv, false, "08P01", "server sent an invalid ReadyForQuery during login");
+                return;
+            }
+            if (body[0] != 'I') {
+                /* a new backend is never in a transaction */
+                login_failed(sv, false, "08P01", "server was not idle at the end of login");
+                return;
+            }
+            if (b->pos < b->len) {
+                /* PostgreSQL says nothing after its first ReadyForQuery
+                 * until asked.  Bytes left here would sit in an idle
+                 * server's buffer and be read as its first client's
+                 * answer. */
+                login_failed(sv, false, "08P01", "server sent data after the end of its login");
+                return;
+            }
             if (sv->scram) {
                 login_failed(sv, false, "28000", "server ended the login before SCRAM finished");
                 return;
@@ -582,7 +603,7 @@ static void handoff_closed(uv_handle_t *h)
 void server_handoff(pgs_server *sv, int to)
 {
     int fd, nfd;
-    if (uv_fileno((uv_handle_t *)&sv->s.tcp, &fd) != 0 || (nfd = dup(fd)) < 0) {
+    if (pgs_net->fileno((uv_handle_t *)&sv->s.tcp, &fd) != 0 || (nfd = pgs_net->dup(fd)) < 0) {
         server_close(sv, "could not hand over to another worker");
         return;
     }
@@ -607,22 +628,22 @@ int server_adopt(pgs_worker *w, pgs_pool *p, pgs_server *sv)
     list_init(&sv->all_node);
     memset(&sv->s, 0, sizeof(sv->s));
     sv->bytes_counted = 0; /* the new socket's byte counters start at zero */
-    uv_tcp_init(&w->loop, &sv->s.tcp);
+    pgs_net->tcp_init(&w->loop, &sv->s.tcp);
     sv->s.tcp.data = sv;
     sv->s.kind = PGS_SOCK_SERVER;
     pthread_mutex_lock(&w->lock);
     list_add_tail(&w->servers, &sv->all_node);
     pthread_mutex_unlock(&w->lock);
-    if (uv_tcp_open(&sv->s.tcp, fd) < 0 || io_read_start(&sv->s) < 0) {
+    if (pgs_net->tcp_open(&sv->s.tcp, fd) < 0 || io_read_start(&sv->s) < 0) {
         io_tls_discard(sv->handoff_tls);
         sv->handoff_tls = NULL;
-        close(fd);
+        pgs_net->close_fd(fd);
         atomic_fetch_sub(&p->sh->open, 1);
         pthread_mutex_lock(&w->lock);
         list_del(&sv->all_node);
         pthread_mutex_unlock(&w->lock);
         sv->s.closing = true;
-        uv_close((uv_handle_t *)&sv->s.tcp, free_server);
+        pgs_net->close((uv_handle_t *)&sv->s.tcp, free_server);
         return -1;
     }
     io_tls_attach(&sv->s, sv->handoff_tls);

@@ -19,6 +19,7 @@
 #include "admin.h"
 #include "client.h"
 #include "pool.h"
+#include "prepared.h"
 #include "proto.h"
 #include "reload.h"
 #include "server.h"
@@ -192,14 +193,17 @@ static void on_async(uv_async_t *a)
     }
 }
 
-static void on_janitor(uv_timer_t *t)
+void worker_janitor(pgs_worker *w, uint64_t now)
 {
-    pgs_worker *w = t->data;
-    uint64_t now = pgs_now_us();
     pool_janitor(w, now);
     client_janitor(w, now);
     admin_janitor(w, now);
     if (w->draining && list_empty(&w->clients)) stop_loop(w);
+}
+
+static void on_janitor(uv_timer_t *t)
+{
+    worker_janitor(t->data, pgs_now_us());
 }
 
 static void close_walk(uv_handle_t *h, void *arg)
@@ -398,7 +402,7 @@ bool worker_all_finished(void)
     return true;
 }
 
-int worker_start_all(const pgs_config *cfg)
+int worker_init_all(const pgs_config *cfg, bool listen)
 {
     g_pgs.cfg = cfg;
     g_pgs.n_workers = PGS_MIN(cfg->workers, PGS_MAX_WORKERS);
@@ -418,6 +422,8 @@ int worker_start_all(const pgs_config *cfg)
         list_init(&w->inbox);
         uv_async_init(&w->loop, &w->async, on_async);
         w->async.data = w;
+        w->spare_fd = -1;
+        if (!listen) continue;
         uv_timer_init(&w->loop, &w->janitor);
         w->janitor.data = w;
         uv_timer_start(&w->janitor, on_janitor, JANITOR_MS, JANITOR_MS);
@@ -425,12 +431,55 @@ int worker_start_all(const pgs_config *cfg)
         int rc = open_listeners(w, cfg);
         if (rc < 0) return rc;
     }
+    return 0;
+}
+
+int worker_start_all(const pgs_config *cfg)
+{
+    int rc = worker_init_all(cfg, true);
+    if (rc < 0) return rc;
     for (int i = 0; i < g_pgs.n_workers; i++) {
         pgs_worker *w = &g_pgs.workers[i];
         int rc = uv_thread_create(&w->thread, worker_main, w);
         if (rc < 0) return rc;
     }
     return 0;
+}
+
+void worker_free_all(void)
+{
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_worker *w = &g_pgs.workers[i];
+        while (!list_empty(&w->inbox)) {
+            pgs_worker_msg *m = list_entry(w->inbox.next, pgs_worker_msg, node);
+            list_del(&m->node);
+            if (m->pool) pool_unref(m->pool);
+            free(m->name);
+            free(m);
+        }
+        uv_walk(&w->loop, close_walk, NULL);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        (void)uv_loop_close(&w->loop);
+        while (w->free_bufs) {
+            void *b = w->free_bufs;
+            w->free_bufs = *(void **)b;
+            free(b);
+        }
+        while (w->free_wreqs) {
+            void *r = w->free_wreqs;
+            w->free_wreqs = *(void **)r;
+            free(r);
+        }
+        if (w->stmt_tab) stmt_tab_free(w->stmt_tab);
+        if (w->spare_fd >= 0) close(w->spare_fd);
+        pthread_mutex_destroy(&w->lock);
+        pthread_mutex_destroy(&w->inbox_lock);
+    }
+    pool_free_all();
+    free(g_pgs.workers);
+    g_pgs.workers = NULL;
+    g_pgs.n_workers = 0;
+    pthread_mutex_destroy(&g_pgs.pools_lock);
 }
 
 void worker_join_all(void)

@@ -118,7 +118,18 @@ typedef struct pgs_global {
 
 extern pgs_global g_pgs;
 
+/* Makes the workers (loop, inbox, buffers) and, with listen, their
+ * listening sockets and janitor timers.  worker_start_all() does that and
+ * starts one thread per worker; a test harness calls worker_init_all(cfg,
+ * false) instead and drives one thread's loops itself (UV_RUN_NOWAIT for
+ * messages between workers, worker_janitor() with its own clock). */
+PGS_MUSTCHECK int worker_init_all(const pgs_config *cfg, bool listen);
 PGS_MUSTCHECK int worker_start_all(const pgs_config *cfg);
+/* Every time bound of worker w, as its janitor timer runs them. */
+void worker_janitor(pgs_worker *w, uint64_t now);
+/* Frees the workers and every pool once their connections are closed and
+ * freed (no thread running; for tests and harnesses). */
+void worker_free_all(void);
 void worker_broadcast(int kind);
 void worker_join_all(void);
 bool worker_all_finished(void);
