@@ -45,7 +45,7 @@
  * a loop that never gave the event loop back: one worker spun at 100% CPU
  * and the log grew without bound. */
 #define RETRY_CONNECT_MIN_US 100000u
-#define RETRY_CONNECT_MAX_US 5000000u
+#define RETRY_CONNECT_MAX_US 1000000u
 /* Identical failures are logged once per this window, then summed up. */
 #define FAIL_LOG_WINDOW_US 30000000u
 /* A server coming back goes to a client of its own worker unless a client
@@ -367,16 +367,22 @@ static bool is_paused(const pgs_pool *p)
     return atomic_load_explicit(&p->sh->paused, memory_order_relaxed) != 0;
 }
 
+static bool backing_off(pgs_pool_shared *sh, uint64_t now)
+{
+    uint64_t at = atomic_load_explicit(&sh->retry_at_us, memory_order_relaxed);
+    return at && now < at;
+}
+
 /* Opens servers for waiting clients while the budget allows. */
 static void open_for_waiters(pgs_pool *p)
 {
     uint64_t now = pgs_now_us();
     if (is_paused(p)) return;
-    if (p->retry_at_us && now < p->retry_at_us) return;
+    if (backing_off(p->sh, now)) return;
     bool asked = false;
     while (p->n_waiting > p->n_connecting) {
         /* a connect that failed at once set a back-off: stop here */
-        if (p->retry_at_us && pgs_now_us() < p->retry_at_us) break;
+        if (backing_off(p->sh, pgs_now_us())) break;
         if (!budget_take(p->sh)) {
             if (!asked) ask_other_workers(p);
             asked = true;
@@ -626,8 +632,8 @@ void pool_server_ready(pgs_server *sv)
     pgs_pool *p = sv->pool;
     if (p->fail_log_since_us) log_repeats(p, pgs_now_us());
     p->fail_log_since_us = 0;
-    p->retry_delay_us = 0;
-    p->retry_at_us = 0;
+    atomic_store_explicit(&p->sh->retry_delay_us, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->sh->retry_at_us, 0, memory_order_relaxed);
     p->last_error[0] = '\0';
     p->last_connect_fail_us = 0;
     list_del(&sv->node);
@@ -656,10 +662,12 @@ void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, co
         while ((c = pop_waiter(p)) != NULL) client_fail(c, sqlstate, msg, NULL);
         return;
     }
-    uint32_t d = p->retry_delay_us ? PGS_MIN(p->retry_delay_us * 2u, RETRY_CONNECT_MAX_US)
-                                   : RETRY_CONNECT_MIN_US;
-    p->retry_delay_us = d;
-    p->retry_at_us = pgs_now_us() + d;
+    /* Workers failing at the same moment may each double it: harmless,
+     * it is capped. */
+    uint32_t last = atomic_load_explicit(&p->sh->retry_delay_us, memory_order_relaxed);
+    uint32_t d = last ? PGS_MIN(last * 2u, RETRY_CONNECT_MAX_US) : RETRY_CONNECT_MIN_US;
+    atomic_store_explicit(&p->sh->retry_delay_us, d, memory_order_relaxed);
+    atomic_store_explicit(&p->sh->retry_at_us, pgs_now_us() + d, memory_order_relaxed);
 }
 
 static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)

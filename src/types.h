@@ -260,6 +260,11 @@ struct pgs_pool_shared {
     /* KILL / WAIT_CLOSE: servers connected before this time are closed as
      * soon as they are idle (0: none). */
     _Atomic uint64_t close_before_us;
+    /* Connect back-off, shared by the workers: one worker's successful
+     * login ends every worker's wait (a restarted server is used at once),
+     * one's failure delays every worker's next attempt. */
+    _Atomic uint64_t retry_at_us;     /* no connect attempt before this (0: any time) */
+    _Atomic uint32_t retry_delay_us;  /* the last back-off (0: the last attempt succeeded) */
     _Atomic int n_clients;        /* logged-in clients, all workers */
     pthread_mutex_t lock;         /* protects the hand-over queue */
     pgs_list handoff;             /* servers on their way to another worker */
@@ -296,8 +301,6 @@ struct pgs_pool {
     uint64_t last_connect_fail_us;
     char last_error[256]; /* why the last connect/login failed */
     char last_sqlstate[6];
-    uint64_t retry_at_us;     /* no connect attempt before this (0: any time) */
-    uint32_t retry_delay_us;  /* the last back-off (0: the last attempt succeeded) */
     uint32_t fail_log_repeats;  /* identical failures not logged since fail_log_since_us */
     uint64_t fail_log_since_us; /* when the current run of failures was logged (0: none) */
     pgs_pool_stats stats;
