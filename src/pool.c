@@ -150,7 +150,7 @@ static pgs_pool_shared *shared_get_locked(const char *user, const char *database
     sh = pgs_xcalloc(1, sizeof(*sh));
     sh->user = pgs_xstrdup(user);
     sh->database = pgs_xstrdup(database);
-    sh->hash = pooltab_hash(user, database);
+    sh->hnode.hash = pooltab_hash(user, database);
     /* Under pools_lock, so a RELOAD that publishes a new snapshot
      * either is seen here or reconfigures this pool after us. */
     apply_settings(sh, g_pgs.cfg);

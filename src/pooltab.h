@@ -5,18 +5,24 @@
 
 #include "types.h"
 
-typedef struct pgs_pooltab {
-    pgs_pool_shared **buckets;  /* chains through pgs_pool_shared.hnext */
-    size_t n_buckets;           /* a power of two, or 0 before the first insert */
-    size_t count;
-} pgs_pooltab;
+/* Chains through pgs_pool_shared.hnode; a zeroed table is empty. */
+typedef htab pgs_pooltab;
 
 uint64_t pooltab_hash(const char *user, const char *database);
 pgs_pool_shared *pooltab_find(const pgs_pooltab *t, const char *user, const char *database);
-/* sh->user, sh->database and sh->hash must be set; sh must not be in t. */
-void pooltab_insert(pgs_pooltab *t, pgs_pool_shared *sh);
-/* sh must be in t. */
-void pooltab_remove(pgs_pooltab *t, pgs_pool_shared *sh);
-void pooltab_free(pgs_pooltab *t);
+/* sh->user, sh->database and sh->hnode.hash must be set; sh must not be in t. */
+static inline void pooltab_insert(pgs_pooltab *t, pgs_pool_shared *sh)
+{
+    htab_insert(t, &sh->hnode);
+}
+/* No effect when sh is not in t. */
+static inline void pooltab_remove(pgs_pooltab *t, pgs_pool_shared *sh)
+{
+    htab_remove(t, &sh->hnode);
+}
+static inline void pooltab_free(pgs_pooltab *t)
+{
+    htab_free(t);
+}
 
 #endif

@@ -2,8 +2,8 @@
  * table of interned statement bodies, the per-client map from the
  * client's statement names to those bodies, and the per-server set of
  * statement ids already prepared there (bounded, LRU).  No I/O; relay.c
- * decides what to send.  All three are chained hash tables (lookups by
- * name or id are O(1) on average); they grow by doubling. */
+ * decides what to send.  All three are htab.c's chained hash tables
+ * (lookups by body, name or id are O(1) on average). */
 #include "prepared.h"
 
 #include <stdatomic.h>
@@ -23,16 +23,6 @@ uint64_t stmt_hash(const uint8_t *body, uint32_t len)
 {
     uint64_t h = pgs_hash64(body, len);
     return h ? h : 1;
-}
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    x ^= x >> 31;
-    return x;
 }
 
 void stmt_srv_name(uint64_t id, char out[STMT_SRV_NAME_LEN])
@@ -59,16 +49,14 @@ int stmt_local_kind(const uint8_t *body, uint32_t len, char *name)
 
 struct pgs_stmt_tab {
     stmt_hash_fn hash;
-    uint32_t n, nb;     /* entries, buckets (a power of two) */
-    pgs_stmt **b;
+    htab h;             /* of pgs_stmt.hnode */
 };
 
 pgs_stmt_tab *stmt_tab_new(stmt_hash_fn hash)
 {
     pgs_stmt_tab *t = pgs_xcalloc(1, sizeof(*t));
     t->hash = hash ? hash : stmt_hash;
-    t->nb = 64;
-    t->b = pgs_xcalloc(t->nb, sizeof(pgs_stmt *));
+    htab_init(&t->h, 64);
     return t;
 }
 
@@ -81,60 +69,35 @@ static void stmt_free(pgs_stmt *st)
 void stmt_tab_free(pgs_stmt_tab *t)
 {
     if (!t) return;
-    for (uint32_t i = 0; i < t->nb; i++) {
-        pgs_stmt *st = t->b[i];
-        while (st) {
-            pgs_stmt *nx = st->next;
-            stmt_free(st);
-            st = nx;
-        }
+    for (htab_node *n = htab_next(&t->h, NULL), *next; n; n = next) {
+        next = htab_next(&t->h, n);
+        stmt_free(htab_entry(n, pgs_stmt, hnode));
     }
-    free(t->b);
+    htab_free(&t->h);
     free(t);
-}
-
-static void tab_grow(pgs_stmt_tab *t)
-{
-    uint32_t nb = t->nb * 2;
-    pgs_stmt **b = pgs_xcalloc(nb, sizeof(pgs_stmt *));
-    for (uint32_t i = 0; i < t->nb; i++) {
-        pgs_stmt *st = t->b[i];
-        while (st) {
-            pgs_stmt *nx = st->next;
-            uint32_t k = (uint32_t)(mix64(st->hash) & (nb - 1));
-            st->next = b[k];
-            b[k] = st;
-            st = nx;
-        }
-    }
-    free(t->b);
-    t->b = b;
-    t->nb = nb;
 }
 
 pgs_stmt *stmt_intern(pgs_stmt_tab *t, const uint8_t *body, uint32_t len)
 {
     uint64_t h = t->hash(body, len);
-    pgs_stmt **slot = &t->b[mix64(h) & (t->nb - 1)];
-    for (pgs_stmt *st = *slot; st; st = st->next) {
+    for (htab_node *n = htab_first(&t->h, h); n; n = n->next) {
+        pgs_stmt *st = htab_entry(n, pgs_stmt, hnode);
         /* the hash only narrows the search: the body decides */
-        if (st->hash == h && st->body_len == len && memcmp(st->body, body, len) == 0) {
+        if (n->hash == h && st->body_len == len && memcmp(st->body, body, len) == 0) {
             st->refs++;
             return st;
         }
     }
     pgs_stmt *st = pgs_xcalloc(1, sizeof(*st));
     st->id = atomic_fetch_add_explicit(&g_next_id, 1, memory_order_relaxed);
-    st->hash = h;
+    st->hnode.hash = h;
     stmt_srv_name(st->id, st->srv_name);
     st->refs = 1;
     st->body_len = len;
     st->body = pgs_xmalloc(len ? len : 1);
     if (len) memcpy(st->body, body, len);
     st->local = (uint8_t)stmt_local_kind(body, len, NULL);
-    st->next = *slot;
-    *slot = st;
-    if (++t->n > t->nb) tab_grow(t);
+    htab_insert(&t->h, &st->hnode);
     return st;
 }
 
@@ -146,23 +109,19 @@ pgs_stmt *stmt_intern(pgs_stmt_tab *t, const uint8_t *body, uint32_t len)
 void stmt_unref(pgs_stmt_tab *t, pgs_stmt *st)
 {
     if (--st->refs) return;
-    pgs_stmt **pp = &t->b[mix64(st->hash) & (t->nb - 1)];
-    while (*pp && *pp != st) pp = &(*pp)->next;
-    if (*pp) *pp = st->next;
-    t->n--;
+    htab_remove(&t->h, &st->hnode);
     stmt_free(st);
 }
 
 uint32_t stmt_tab_count(const pgs_stmt_tab *t)
 {
-    return t ? t->n : 0;
+    return t ? (uint32_t)t->h.count : 0;
 }
 
 /* ---------- the client's map ---------- */
 
 typedef struct map_entry {
-    struct map_entry *next;
-    uint64_t name_hash;
+    htab_node hnode;    /* hash: of the name */
     uint32_t name_len;
     pgs_stmt *st;
     char name[]; /* NUL-terminated copy */
@@ -170,9 +129,8 @@ typedef struct map_entry {
 
 struct pgs_stmt_map {
     pgs_stmt_tab *tab;
-    uint32_t n, nb;
+    htab h;             /* of map_entry.hnode */
     uint64_t bytes;
-    map_entry **b;
 };
 
 static uint64_t entry_bytes(const map_entry *e)
@@ -180,43 +138,20 @@ static uint64_t entry_bytes(const map_entry *e)
     return (uint64_t)e->name_len + e->st->body_len;
 }
 
-static map_entry **map_slot(pgs_stmt_map *m, const char *name, size_t len, uint64_t *hp)
+static map_entry *map_find(const pgs_stmt_map *m, const char *name, size_t len, uint64_t h)
 {
-    uint64_t h = pgs_hash64(name, len);
-    if (hp) *hp = h;
-    map_entry **pp = &m->b[mix64(h) & (m->nb - 1)];
-    while (*pp) {
-        map_entry *e = *pp;
-        if (e->name_hash == h && e->name_len == len && memcmp(e->name, name, len) == 0) break;
-        pp = &e->next;
+    for (htab_node *n = htab_first(&m->h, h); n; n = n->next) {
+        map_entry *e = htab_entry(n, map_entry, hnode);
+        if (n->hash == h && e->name_len == len && memcmp(e->name, name, len) == 0) return e;
     }
-    return pp;
+    return NULL;
 }
 
 pgs_stmt *stmt_map_get(pgs_stmt_map *m, const char *name, size_t name_len)
 {
     if (!m) return NULL;
-    map_entry *e = *map_slot(m, name, name_len, NULL);
+    map_entry *e = map_find(m, name, name_len, pgs_hash64(name, name_len));
     return e ? e->st : NULL;
-}
-
-static void map_grow(pgs_stmt_map *m)
-{
-    uint32_t nb = m->nb * 2;
-    map_entry **b = pgs_xcalloc(nb, sizeof(map_entry *));
-    for (uint32_t i = 0; i < m->nb; i++) {
-        map_entry *e = m->b[i];
-        while (e) {
-            map_entry *nx = e->next;
-            uint32_t k = (uint32_t)(mix64(e->name_hash) & (nb - 1));
-            e->next = b[k];
-            b[k] = e;
-            e = nx;
-        }
-    }
-    free(m->b);
-    m->b = b;
-    m->nb = nb;
 }
 
 int stmt_map_put(pgs_stmt_map **mp, pgs_stmt_tab *t, const char *name, size_t name_len,
@@ -226,16 +161,14 @@ int stmt_map_put(pgs_stmt_map **mp, pgs_stmt_tab *t, const char *name, size_t na
     if (!*mp) {
         pgs_stmt_map *m = pgs_xcalloc(1, sizeof(*m));
         m->tab = t;
-        m->nb = 8;
-        m->b = pgs_xcalloc(m->nb, sizeof(map_entry *));
+        htab_init(&m->h, 8);
         *mp = m;
     }
     pgs_stmt_map *m = *mp;
-    uint64_t h;
-    map_entry **pp = map_slot(m, name, name_len, &h);
-    map_entry *old = *pp;
+    uint64_t h = pgs_hash64(name, name_len);
+    map_entry *old = map_find(m, name, name_len, h);
     uint64_t bytes = m->bytes + name_len + body_len - (old ? entry_bytes(old) : 0);
-    if (!old && max_count && m->n >= max_count) return STMT_LIMIT_COUNT;
+    if (!old && max_count && m->h.count >= max_count) return STMT_LIMIT_COUNT;
     if (max_bytes && bytes > max_bytes && bytes > m->bytes) return STMT_LIMIT_BYTES;
 
     pgs_stmt *st = stmt_intern(m->tab, body, body_len);
@@ -244,25 +177,21 @@ int stmt_map_put(pgs_stmt_map **mp, pgs_stmt_tab *t, const char *name, size_t na
         old->st = st;
     } else {
         map_entry *e = pgs_xmalloc(sizeof(*e) + name_len + 1);
-        e->name_hash = h;
+        e->hnode.hash = h;
         e->name_len = (uint32_t)name_len;
         memcpy(e->name, name, name_len);
         e->name[name_len] = '\0';
         e->st = st;
-        e->next = NULL;
-        *pp = e;
-        if (++m->n > m->nb) map_grow(m);
+        htab_insert(&m->h, &e->hnode);
     }
     m->bytes = bytes;
     if (out) *out = st;
     return 0;
 }
 
-static void map_unlink(pgs_stmt_map *m, map_entry **pp)
+static void map_unlink(pgs_stmt_map *m, map_entry *e)
 {
-    map_entry *e = *pp;
-    *pp = e->next;
-    m->n--;
+    htab_remove(&m->h, &e->hnode);
     m->bytes -= entry_bytes(e);
     stmt_unref(m->tab, e->st);
     free(e);
@@ -271,52 +200,51 @@ static void map_unlink(pgs_stmt_map *m, map_entry **pp)
 void stmt_map_del(pgs_stmt_map *m, const char *name, size_t name_len)
 {
     if (!m) return;
-    map_entry **pp = map_slot(m, name, name_len, NULL);
-    if (*pp) map_unlink(m, pp);
+    map_entry *e = map_find(m, name, name_len, pgs_hash64(name, name_len));
+    if (e) map_unlink(m, e);
 }
 
 /* Slow path (a server refused the statement): a walk over the map. */
 void stmt_map_del_id(pgs_stmt_map *m, uint64_t id)
 {
     if (!m) return;
-    for (uint32_t i = 0; i < m->nb; i++) {
-        map_entry **pp = &m->b[i];
-        while (*pp) {
-            if ((*pp)->st->id == id)
-                map_unlink(m, pp);
-            else
-                pp = &(*pp)->next;
-        }
+    for (htab_node *n = htab_next(&m->h, NULL), *next; n; n = next) {
+        next = htab_next(&m->h, n);
+        map_entry *e = htab_entry(n, map_entry, hnode);
+        if (e->st->id == id) map_unlink(m, e);
     }
 }
 
 const char *stmt_map_name_of(const pgs_stmt_map *m, uint64_t id)
 {
     if (!m) return NULL;
-    for (uint32_t i = 0; i < m->nb; i++)
-        for (const map_entry *e = m->b[i]; e; e = e->next)
-            if (e->st->id == id) return e->name;
+    for (htab_node *n = htab_next(&m->h, NULL); n; n = htab_next(&m->h, n)) {
+        map_entry *e = htab_entry(n, map_entry, hnode);
+        if (e->st->id == id) return e->name;
+    }
     return NULL;
 }
 
 void stmt_map_clear(pgs_stmt_map *m)
 {
     if (!m) return;
-    for (uint32_t i = 0; i < m->nb; i++)
-        while (m->b[i]) map_unlink(m, &m->b[i]);
+    for (htab_node *n = htab_next(&m->h, NULL), *next; n; n = next) {
+        next = htab_next(&m->h, n);
+        map_unlink(m, htab_entry(n, map_entry, hnode));
+    }
 }
 
 void stmt_map_free(pgs_stmt_map *m)
 {
     if (!m) return;
     stmt_map_clear(m);
-    free(m->b);
+    htab_free(&m->h);
     free(m);
 }
 
 int stmt_map_count(const pgs_stmt_map *m)
 {
-    return m ? (int)m->n : 0;
+    return m ? (int)m->h.count : 0;
 }
 
 uint64_t stmt_map_bytes(const pgs_stmt_map *m)
@@ -421,114 +349,87 @@ void stmt_local_free(struct pgs_local_ext *lx)
 /* ---------- the server's set ---------- */
 
 typedef struct set_entry {
-    struct set_entry *next; /* hash chain */
+    htab_node hnode;        /* hash: the id itself */
     pgs_list lru;           /* most recently used first */
-    uint64_t id;
 } set_entry;
 
 struct pgs_stmt_set {
-    uint32_t n, nb;
-    set_entry **b;
+    htab h;                 /* of set_entry.hnode */
     pgs_list lru;
 };
 
-static set_entry **set_slot(pgs_stmt_set *s, uint64_t id)
+static set_entry *set_find(const pgs_stmt_set *s, uint64_t id)
 {
-    set_entry **pp = &s->b[mix64(id) & (s->nb - 1)];
-    while (*pp && (*pp)->id != id) pp = &(*pp)->next;
-    return pp;
+    for (htab_node *n = htab_first(&s->h, id); n; n = n->next)
+        if (n->hash == id) return htab_entry(n, set_entry, hnode);
+    return NULL;
 }
 
 bool stmt_set_has(pgs_stmt_set *s, uint64_t id)
 {
     if (!s) return false;
-    set_entry *e = *set_slot(s, id);
+    set_entry *e = set_find(s, id);
     if (!e) return false;
     list_del(&e->lru);
     list_add_head(&s->lru, &e->lru);
     return true;
 }
 
-static void set_unlink(pgs_stmt_set *s, set_entry **pp)
+static void set_unlink(pgs_stmt_set *s, set_entry *e)
 {
-    set_entry *e = *pp;
-    *pp = e->next;
+    htab_remove(&s->h, &e->hnode);
     list_del(&e->lru);
-    s->n--;
     free(e);
-}
-
-static void set_grow(pgs_stmt_set *s)
-{
-    uint32_t nb = s->nb * 2;
-    set_entry **b = pgs_xcalloc(nb, sizeof(set_entry *));
-    for (uint32_t i = 0; i < s->nb; i++) {
-        set_entry *e = s->b[i];
-        while (e) {
-            set_entry *nx = e->next;
-            uint32_t k = (uint32_t)(mix64(e->id) & (nb - 1));
-            e->next = b[k];
-            b[k] = e;
-            e = nx;
-        }
-    }
-    free(s->b);
-    s->b = b;
-    s->nb = nb;
 }
 
 bool stmt_set_add(pgs_stmt_set **sp, uint64_t id, int max, uint64_t *evicted)
 {
     if (!*sp) {
         pgs_stmt_set *s = pgs_xcalloc(1, sizeof(*s));
-        s->nb = 16;
-        s->b = pgs_xcalloc(s->nb, sizeof(set_entry *));
+        htab_init(&s->h, 16);
         list_init(&s->lru);
         *sp = s;
     }
     pgs_stmt_set *s = *sp;
     if (stmt_set_has(s, id)) return false;
     bool ev = false;
-    if (max > 0 && s->n >= (uint32_t)max) {
+    if (max > 0 && s->h.count >= (size_t)max) {
         set_entry *old = list_entry(s->lru.prev, set_entry, lru);
-        *evicted = old->id;
-        set_unlink(s, set_slot(s, old->id));
+        *evicted = old->hnode.hash;
+        set_unlink(s, old);
         ev = true;
     }
     set_entry *e = pgs_xmalloc(sizeof(*e));
-    e->id = id;
-    set_entry **pp = set_slot(s, id);
-    e->next = NULL;
-    *pp = e;
+    e->hnode.hash = id;
+    htab_insert(&s->h, &e->hnode);
     list_init(&e->lru);
     list_add_head(&s->lru, &e->lru);
-    if (++s->n > s->nb) set_grow(s);
     return ev;
 }
 
 void stmt_set_del(pgs_stmt_set *s, uint64_t id)
 {
     if (!s) return;
-    set_entry **pp = set_slot(s, id);
-    if (*pp) set_unlink(s, pp);
+    set_entry *e = set_find(s, id);
+    if (e) set_unlink(s, e);
 }
 
+/* In LRU order rather than through the table: every entry is on the list. */
 void stmt_set_clear(pgs_stmt_set *s)
 {
     if (!s) return;
-    for (uint32_t i = 0; i < s->nb; i++)
-        while (s->b[i]) set_unlink(s, &s->b[i]);
+    while (!list_empty(&s->lru)) set_unlink(s, list_entry(s->lru.next, set_entry, lru));
 }
 
 int stmt_set_count(const pgs_stmt_set *s)
 {
-    return s ? (int)s->n : 0;
+    return s ? (int)s->h.count : 0;
 }
 
 void stmt_set_free(pgs_stmt_set *s)
 {
     if (!s) return;
     stmt_set_clear(s);
-    free(s->b);
+    htab_free(&s->h);
     free(s);
 }

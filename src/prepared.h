@@ -34,14 +34,13 @@ enum stmt_local {
 /* One interned statement body.  Shared by every client (and name) of one
  * worker that prepared the same body; freed with its last reference. */
 struct pgs_stmt {
+    htab_node hnode;                  /* the interning table's; hash: index only */
     uint64_t id;                      /* unique, never reused */
-    uint64_t hash;                    /* index only */
     char srv_name[STMT_SRV_NAME_LEN]; /* "pgs_" + id */
     uint8_t local;                    /* enum stmt_local */
     uint32_t refs;
     uint32_t body_len;
     uint8_t *body;   /* Parse body after the name: query\0 int16 n, n x int32 */
-    pgs_stmt *next;  /* hash chain */
 };
 
 /* Default hash of a Parse body (never 0). */

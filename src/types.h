@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "htab.h"
 
 typedef struct pgs_worker pgs_worker;
 typedef struct pgs_client pgs_client;
@@ -280,8 +281,7 @@ struct pgs_pool_shared {
     char **welcome_names, **welcome_values;
     pgs_pool_shared *next;        /* g_pgs.pools, under pools_lock */
     pgs_pool_shared **pprev;      /* the pointer to this one in that list */
-    pgs_pool_shared *hnext;       /* the lookup table's chain (pooltab.c) */
-    uint64_t hash;                /* pooltab_hash(user, database) */
+    htab_node hnode;              /* the lookup table's (pooltab.c); hash: pooltab_hash */
 };
 
 /* Per-worker part of a pool. */

@@ -19,7 +19,7 @@ static pgs_pool_shared *make(const char *user, const char *db)
     assert_non_null(sh);
     sh->user = strdup(user);
     sh->database = strdup(db);
-    sh->hash = pooltab_hash(user, db);
+    sh->hnode.hash = pooltab_hash(user, db);
     return sh;
 }
 

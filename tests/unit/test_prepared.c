@@ -87,7 +87,7 @@ static void assert_stmt_body(const pgs_stmt *st, const uint8_t *body, uint32_t l
     assert_non_null(st);
     assert_int_equal(st->body_len, len);
     assert_memory_equal(st->body, body, len);
-    assert_true(st->hash == stmt_hash(body, len));
+    assert_true(st->hnode.hash == stmt_hash(body, len));
     char name[STMT_SRV_NAME_LEN];
     stmt_srv_name(st->id, name);
     assert_string_equal(st->srv_name, name);
@@ -442,7 +442,7 @@ static void test_colliding_hashes_never_share_a_statement(void **state)
     pgs_stmt *b = stmt_intern(t, BODY(body_b));
     pgs_stmt *i = stmt_intern(t, BODY(body_int));
     pgs_stmt *x = stmt_intern(t, BODY(body_text));
-    assert_true(a->hash == b->hash);
+    assert_true(a->hnode.hash == b->hnode.hash);
     assert_true(a != b && a->id != b->id && i->id != x->id && a->id != i->id);
     assert_string_not_equal(a->srv_name, b->srv_name);
     assert_string_not_equal(i->srv_name, x->srv_name); /* differ in parameter types only */
