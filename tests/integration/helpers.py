@@ -106,11 +106,13 @@ def proc_kb(pid, key):
 
 
 def is_sanitized(pid):
-    """True when the process runs under AddressSanitizer, whose quarantine
-    and redzones make VmRSS say nothing about the program's own memory."""
+    """True when the process runs under AddressSanitizer or ThreadSanitizer,
+    whose shadow memory, quarantine and slow-down make VmRSS and latency say
+    nothing about the program's own."""
     try:
         with open("/proc/%d/maps" % pid) as f:
-            return "libasan" in f.read()
+            maps = f.read()
+            return "libasan" in maps or "libtsan" in maps
     except OSError:
         return False
 

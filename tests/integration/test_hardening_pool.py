@@ -11,7 +11,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from helpers import wait_for
+from helpers import is_sanitized, wait_for
 
 
 def _one(conn, sql, params=None):
@@ -212,7 +212,8 @@ def test_unused_pools_are_freed_and_login_time_does_not_grow_with_pools(pgscale,
           "%d pools right after" % (len(lat), elapsed, first * 1e3, last * 1e3, peak))
     assert peak > 100, "pools were freed before their idle time: %d left" % peak
     # with thousands of pools made, a login costs what it cost with none
-    assert last < first * 2 + 0.005, (first, last)
+    # (timing says nothing under a sanitizer, which slows every call)
+    assert is_sanitized(pg.pid) or last < first * 2 + 0.005, (first, last)
     wait_for(lambda: not _hp_pools(pg), 30, interval=0.5,
              what="SHOW POOLS without the hp_ pools (PGSCALE_UNUSED_POOL_TIMEOUT=3s)")
     # the pool in use stayed and still serves; a freed pool is made again on demand

@@ -434,11 +434,11 @@ def test_online_restart_on_a_shared_port(pgscale):
     # net.ipv4.tcp_migrate_req=1 — a machine-wide setting this test leaves
     # alone — so a connect may fail now and then; no query may.)
     old = pgscale()
-    stop = time.monotonic() + 4
+    done = threading.Event()
     served, connect_failed, query_failed = [0], [], []
 
     def run():
-        while time.monotonic() < stop:
+        while not done.is_set():
             try:
                 c = psycopg2.connect(old.dsn(), connect_timeout=5)
             except psycopg2.OperationalError as e:
@@ -454,18 +454,25 @@ def test_online_restart_on_a_shared_port(pgscale):
             finally:
                 c.close()
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1)
-    new = pgscale(PGSCALE_LISTEN="%s:%d" % (old.host, old.port))
-    time.sleep(0.5)
-    before = served[0]
-    old.signal(signal.SIGTERM)
-    assert old.wait_exit(10) == 0, old.stderr_text()[-2000:]
-    after_exit = served[0]
-    for t in threads:
-        t.join(20)
+    try:
+        wait_for(lambda: served[0] > 20, 20, what="clients served by the old instance")
+        new = pgscale(PGSCALE_LISTEN="%s:%d" % (old.host, old.port))
+        time.sleep(0.5)
+        before = served[0]
+        old.signal(signal.SIGTERM)
+        assert old.wait_exit(10) == 0, old.stderr_text()[-2000:]
+        after_exit = served[0]
+        # the clients go on against the new instance alone for a while (not
+        # a fixed deadline: a sanitizer build takes seconds to start and exit)
+        wait_for(lambda: served[0] > after_exit + 20, 20,
+                 what="clients served by the new instance")
+    finally:
+        done.set()
+        for t in threads:
+            t.join(20)
     assert new.is_running()
     assert query_failed == [], query_failed[:3]
     assert served[0] > after_exit > before > 0, (before, after_exit, served[0])
