@@ -8,10 +8,10 @@
 #include <string.h>
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 
 #include "worker.h"
 
-#define AQ_MAX_CONNS 16      /* databases with an open lookup connection */
 #define AQ_MAX_QUEUE 4096    /* lookups waiting; beyond, refused at once */
 
 typedef struct aq_req {
@@ -19,13 +19,8 @@ typedef struct aq_req {
     pgs_worker *w;
     uint32_t client_id;
     authquery_done_fn done;
-    char *user, *database;
+    char *user;
 } aq_req;
-
-typedef struct aq_conn {
-    char *database;
-    PGconn *conn;
-} aq_conn;
 
 typedef struct aq_result {
     uint32_t client_id;
@@ -40,7 +35,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static pgs_list queue;
 static int queued;
-static aq_conn conns[AQ_MAX_CONNS];
+static PGconn *conn;         /* to auth.dbname; the lookup thread's only */
 static const pgs_config *qcfg;
 
 bool authquery_enabled(void)
@@ -77,55 +72,64 @@ static const char *aq_password(void)
     return NULL;
 }
 
-static PGconn *conn_for(const char *database, char **error)
+static const char *aq_dbname(void)
 {
-    aq_conn *free_slot = NULL;
-    for (int i = 0; i < AQ_MAX_CONNS; i++) {
-        if (conns[i].database && strcmp(conns[i].database, database) == 0) {
-            if (PQstatus(conns[i].conn) == CONNECTION_OK) return conns[i].conn;
-            PQfinish(conns[i].conn);
-            free(conns[i].database);
-            conns[i].database = NULL;
-            conns[i].conn = NULL;
-        }
-        if (!conns[i].database && !free_slot) free_slot = &conns[i];
-    }
-    if (!free_slot) {
-        /* all slots busy: drop the first one (least likely to matter) */
-        free_slot = &conns[0];
-        PQfinish(free_slot->conn);
-        free(free_slot->database);
-    }
+    return qcfg->auth.dbname ? qcfg->auth.dbname : PGS_DEFAULT_AUTH_DBNAME;
+}
+
+static char *error_text(const char *what, const char *detail)
+{
+    char msg[600];
+    snprintf(msg, sizeof(msg), "%s: %s", what, detail);
+    size_t l = strlen(msg);
+    while (l > 0 && (msg[l - 1] == '\n' || msg[l - 1] == ' ')) msg[--l] = '\0';
+    return pgs_xstrdup(msg);
+}
+
+/* The lookup connection, opened on first use and again after it broke.
+ * search_path is pinned to pg_catalog (pg_temp last) twice over: as a
+ * startup option, which outranks ALTER DATABASE / ALTER ROLE ... SET, and
+ * by a SET afterwards, so that an unqualified name in a custom auth.query
+ * still finds PostgreSQL's own catalog before anything a user created. */
+static PGconn *lookup_conn(char **error)
+{
+    if (conn && PQstatus(conn) == CONNECTION_OK) return conn;
+    if (conn) PQfinish(conn);
+    conn = NULL;
     char port[16];
     snprintf(port, sizeof(port), "%d", qcfg->primary.port ? qcfg->primary.port : 5432);
     char timeout[16];
     snprintf(timeout, sizeof(timeout), "%u", (qcfg->server_connect_timeout_ms + 999) / 1000);
     const char *keys[] = {"host", "port", "dbname", "user", "password", "connect_timeout",
-                          "application_name", "sslmode", NULL};
-    const char *vals[] = {qcfg->primary.host, port, database, qcfg->auth.user, aq_password(),
-                          timeout, "pgscale-auth-query", "prefer", NULL};
+                          "application_name", "sslmode", "options", NULL};
+    const char *vals[] = {qcfg->primary.host, port, aq_dbname(), qcfg->auth.user,
+                          aq_password(), timeout, "pgscale-auth-query", "prefer",
+                          "-csearch_path=pg_catalog,pg_temp", NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 0);
     if (PQstatus(c) != CONNECTION_OK) {
-        char msg[600];
-        snprintf(msg, sizeof(msg), "auth.query could not connect as %s to database %s: %s",
-                 qcfg->auth.user, database, PQerrorMessage(c));
-        size_t l = strlen(msg);
-        while (l > 0 && (msg[l - 1] == '\n' || msg[l - 1] == ' ')) msg[--l] = '\0';
-        *error = pgs_xstrdup(msg);
+        char what[300];
+        snprintf(what, sizeof(what), "auth.query could not connect as %s to database %s",
+                 qcfg->auth.user, aq_dbname());
+        *error = error_text(what, PQerrorMessage(c));
         PQfinish(c);
-        free_slot->database = NULL;
-        free_slot->conn = NULL;
         return NULL;
     }
-    free_slot->database = pgs_xstrdup(database);
-    free_slot->conn = c;
+    PGresult *r = PQexec(c, "SET search_path = pg_catalog, pg_temp");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        *error = error_text("auth.query could not pin search_path", PQresultErrorMessage(r));
+        PQclear(r);
+        PQfinish(c);
+        return NULL;
+    }
+    PQclear(r);
+    conn = c;
     return c;
 }
 
 static void run_one(aq_req *q)
 {
     char *error = NULL;
-    PGconn *c = conn_for(q->database, &error);
+    PGconn *c = lookup_conn(&error);
     if (!c) {
         post_result(q, NULL, error);
         return;
@@ -135,16 +139,15 @@ static void run_one(aq_req *q)
     PGresult *r = PQexecParams(c, sql, 1, NULL, params, NULL, NULL, 0);
     char *secret = NULL;
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        char msg[600];
-        snprintf(msg, sizeof(msg), "auth.query failed: %s", PQresultErrorMessage(r));
-        size_t l = strlen(msg);
-        while (l > 0 && (msg[l - 1] == '\n' || msg[l - 1] == ' ')) msg[--l] = '\0';
-        error = pgs_xstrdup(msg);
+        error = error_text("auth.query failed", PQresultErrorMessage(r));
     } else if (PQnfields(r) < 2) {
         error = pgs_xstrdup("auth.query must return two columns: user name, password secret");
     } else if (PQntuples(r) >= 1 && !PQgetisnull(r, 0, 1)) {
         secret = pgs_xstrdup(PQgetvalue(r, 0, 1));
     }
+    /* libpq does not wipe a result it frees */
+    for (int i = 0; i < PQntuples(r) && PQnfields(r) >= 2; i++)
+        if (!PQgetisnull(r, i, 1)) OPENSSL_cleanse(PQgetvalue(r, i, 1), (size_t)PQgetlength(r, i, 1));
     PQclear(r);
     post_result(q, secret, error);
 }
@@ -166,12 +169,8 @@ static void *aq_main(void *arg)
         pthread_mutex_lock(&lock);
     }
     pthread_mutex_unlock(&lock);
-    for (int i = 0; i < AQ_MAX_CONNS; i++) {
-        if (conns[i].conn) PQfinish(conns[i].conn);
-        free(conns[i].database);
-        conns[i].conn = NULL;
-        conns[i].database = NULL;
-    }
+    if (conn) PQfinish(conn);
+    conn = NULL;
     return NULL;
 }
 
@@ -205,18 +204,14 @@ void authquery_stop(void)
     }
 }
 
-void authquery_lookup(pgs_worker *w, uint32_t client_id, const char *user, const char *database,
+void authquery_lookup(pgs_worker *w, uint32_t client_id, const char *user,
                       authquery_done_fn done)
 {
-    size_t ul = strlen(user), dl = strlen(database);
     aq_req *q = pgs_xcalloc(1, sizeof(*q));
     q->w = w;
     q->client_id = client_id;
     q->done = done;
-    q->user = pgs_xmalloc(ul + dl + 2); /* one allocation: user, then database */
-    memcpy(q->user, user, ul + 1);
-    q->database = q->user + ul + 1;
-    memcpy(q->database, database, dl + 1);
+    q->user = pgs_xstrdup(user);
     pthread_mutex_lock(&lock);
     bool full = queued >= AQ_MAX_QUEUE;
     if (!full) {

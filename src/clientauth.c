@@ -35,6 +35,7 @@ typedef struct pgs_client_auth {
     int step;                 /* SCRAM: 0 = want initial response, 1 = want final */
     bool pending;             /* waiting for auth.query */
     char *secret;             /* from auth.query (NULL: none) */
+    bool by_query;            /* the secret in use came from auth.query */
     bool verified_by_query;   /* a plaintext secret from auth.query is in use */
     scram_secret qscram;      /* secret, parsed, when it is a SCRAM secret */
     uint8_t salt[4];          /* md5 */
@@ -56,37 +57,86 @@ static const authfile *cur_users(void)
 }
 static unsigned char mock_key[32];
 
-/* SCRAM keys of users who logged in with SCRAM, for the server login: a
- * small table under a mutex (login path only), oldest entry replaced. */
+/* What the server login as a user can use, learnt from that user's last
+ * successful login to pgscale: the SCRAM keys its proof revealed, and a
+ * plaintext or md5 secret auth.query returned.  A small table under a
+ * mutex (login path only), the oldest entry replaced.
+ *
+ * Each successful login replaces its user's entry whole, so a secret that
+ * a later login did not confirm never lingers next to newer keys.  What a
+ * login checked against auth.query taught is trusted less than what the
+ * users file vouched for: it never replaces an entry of the latter kind,
+ * and it expires after KEYTAB_QUERY_TTL_MS, so that a wrong secret (a
+ * password changed in PostgreSQL, or a custom auth.query that returned
+ * something it should not have) cannot stand until a restart. */
 #define KEYTAB_SIZE 256
+#define KEYTAB_QUERY_TTL_MS 60000u
 typedef struct keytab_entry {
     char user[64];
     scram_keys keys;
     bool has_keys;
     char secret[128];         /* a plaintext or md5 secret from auth.query */
     int secret_kind;
-    uint64_t stamp;
+    bool from_query;          /* learnt at a login checked against auth.query */
+    uint64_t expires_ms;      /* from_query entries: uv_hrtime() in ms; else 0 */
+    uint64_t stamp;           /* 0 = free */
 } keytab_entry;
 static keytab_entry keytab[KEYTAB_SIZE];
 static uint64_t keytab_clock;
 static pthread_mutex_t keytab_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Remembers k (if given) and/or a non-SCRAM secret (if given) for user. */
-static void keys_remember(const char *user, const scram_keys *k, const char *secret, int kind)
+static uint64_t now_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+static void keytab_wipe(keytab_entry *e)
+{
+    OPENSSL_cleanse(e, sizeof(*e));
+}
+
+/* The live entry of user, or NULL; an expired one is wiped on the way.
+ * Caller holds keytab_lock. */
+static keytab_entry *keytab_find(const char *user, uint64_t now)
+{
+    for (int i = 0; i < KEYTAB_SIZE; i++) {
+        keytab_entry *e = &keytab[i];
+        if (!e->stamp || strcmp(e->user, user) != 0) continue;
+        if (e->expires_ms && now >= e->expires_ms) {
+            keytab_wipe(e);
+            return NULL;
+        }
+        return e;
+    }
+    return NULL;
+}
+
+/* Remembers what a successful login of user proved: k (if given) and/or a
+ * non-SCRAM secret (if given); from_query when the login was checked
+ * against a secret from auth.query. */
+static void keys_remember(const char *user, const scram_keys *k, const char *secret, int kind,
+                          bool from_query)
 {
     if (strlen(user) >= sizeof(keytab[0].user)) return;
     if (secret && strlen(secret) >= sizeof(keytab[0].secret)) secret = NULL;
     if (!k && !secret) return;
     pthread_mutex_lock(&keytab_lock);
-    keytab_entry *slot = &keytab[0];
-    for (int i = 0; i < KEYTAB_SIZE; i++) {
-        if (keytab[i].stamp && strcmp(keytab[i].user, user) == 0) {
-            slot = &keytab[i];
-            break;
-        }
-        if (keytab[i].stamp < slot->stamp) slot = &keytab[i];
+    uint64_t now = now_ms();
+    keytab_entry *slot = keytab_find(user, now);
+    if (slot && !slot->from_query && from_query) {
+        /* the users file's word outranks a lookup's */
+        pthread_mutex_unlock(&keytab_lock);
+        return;
     }
-    if (strcmp(slot->user, user) != 0) memset(slot, 0, sizeof(*slot));
+    if (!slot) {
+        slot = &keytab[0];
+        for (int i = 0; i < KEYTAB_SIZE && slot->stamp; i++) {
+            keytab_entry *e = &keytab[i];
+            if (!e->stamp || (e->expires_ms && now >= e->expires_ms) || e->stamp < slot->stamp)
+                slot = e;
+        }
+    }
+    keytab_wipe(slot);
     snprintf(slot->user, sizeof(slot->user), "%s", user);
     if (k) {
         slot->keys = *k;
@@ -96,6 +146,8 @@ static void keys_remember(const char *user, const scram_keys *k, const char *sec
         snprintf(slot->secret, sizeof(slot->secret), "%s", secret);
         slot->secret_kind = kind;
     }
+    slot->from_query = from_query;
+    slot->expires_ms = from_query ? now + KEYTAB_QUERY_TTL_MS : 0;
     slot->stamp = ++keytab_clock;
     pthread_mutex_unlock(&keytab_lock);
 }
@@ -104,37 +156,37 @@ bool clientauth_user_keys(const char *user, scram_keys *out)
 {
     bool found = false;
     pthread_mutex_lock(&keytab_lock);
-    for (int i = 0; i < KEYTAB_SIZE && !found; i++) {
-        if (keytab[i].stamp && keytab[i].has_keys && strcmp(keytab[i].user, user) == 0) {
-            *out = keytab[i].keys;
-            found = true;
-        }
+    keytab_entry *e = keytab_find(user, now_ms());
+    if (e && e->has_keys) {
+        *out = e->keys;
+        found = true;
     }
     pthread_mutex_unlock(&keytab_lock);
     return found;
 }
 
-const char *clientauth_user_secret(const char *user, int *kind)
+bool clientauth_user_secret(const char *user, int *kind, char *buf, size_t buflen)
 {
+    bool found = false;
     const authfile *u = cur_users();
     const authfile_entry *e = u ? authfile_lookup(u, user) : NULL;
-    if (e && e->kind != AUTH_SECRET_SCRAM) {
+    if (e) {
+        if (e->kind == AUTH_SECRET_SCRAM || strlen(e->secret) >= buflen) return false;
+        memcpy(buf, e->secret, strlen(e->secret) + 1);
         *kind = (int)e->kind;
-        return e->secret;
+        return true;
     }
-    if (e) return NULL;
-    /* from auth.query: entries are never freed, only overwritten in place
-     * by a newer secret of the same user, so the pointer stays valid */
-    const char *s = NULL;
+    /* from auth.query: copied out under the lock, as a newer login (or
+     * eviction) may overwrite the slot the moment it is released */
     pthread_mutex_lock(&keytab_lock);
-    for (int i = 0; i < KEYTAB_SIZE && !s; i++) {
-        if (keytab[i].stamp && keytab[i].secret[0] && strcmp(keytab[i].user, user) == 0) {
-            s = keytab[i].secret;
-            *kind = keytab[i].secret_kind;
-        }
+    keytab_entry *k = keytab_find(user, now_ms());
+    if (k && k->secret[0] && strlen(k->secret) < buflen) {
+        memcpy(buf, k->secret, strlen(k->secret) + 1);
+        *kind = k->secret_kind;
+        found = true;
     }
     pthread_mutex_unlock(&keytab_lock);
-    return s;
+    return found;
 }
 
 int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
@@ -155,6 +207,9 @@ void clientauth_shutdown(void)
     authfile_free(users);
     authfile_free(users_retired);
     users = users_retired = NULL;
+    pthread_mutex_lock(&keytab_lock);
+    for (int i = 0; i < KEYTAB_SIZE; i++) keytab_wipe(&keytab[i]);
+    pthread_mutex_unlock(&keytab_lock);
 }
 
 int clientauth_reload(const char *path, char *err, size_t errlen)
@@ -260,7 +315,7 @@ int clientauth_begin(pgs_client *c)
     if ((!u || !authfile_lookup(u, c->user)) && authquery_enabled()) {
         /* ask PostgreSQL for the secret first; the request follows */
         a->pending = true;
-        authquery_lookup(c->w, c->id, c->user, c->database, lookup_done);
+        authquery_lookup(c->w, c->id, c->user, lookup_done);
         return 1;
     }
     return send_request(c) < 0 ? -1 : 1;
@@ -304,6 +359,7 @@ static void lookup_done(pgs_worker *w, uint32_t client_id, char *secret, char *e
         }
     }
     if (!c || !c->auth || !c->auth->pending || c->s.closing) {
+        if (secret) OPENSSL_cleanse(secret, strlen(secret));
         free(secret);
         free(error);
         return; /* the client left meanwhile */
@@ -312,6 +368,7 @@ static void lookup_done(pgs_worker *w, uint32_t client_id, char *secret, char *e
         log_warn("C-%u: %s", c->id, error);
         client_fail(c, "08006", "could not look up the password (auth.query failed)",
                     "see pgscale's log");
+        if (secret) OPENSSL_cleanse(secret, strlen(secret));
         free(secret);
         free(error);
         return;
@@ -370,7 +427,7 @@ static int md5_step(pgs_client *c, const uint8_t *body, uint32_t blen)
         fail_password(c, err);
         return -1;
     }
-    if (e == &tmp) keys_remember(c->user, NULL, tmp.secret, (int)tmp.kind);
+    if (e == &tmp) keys_remember(c->user, NULL, tmp.secret, (int)tmp.kind, true);
     return 0;
 }
 
@@ -392,6 +449,7 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
         }
         authfile_entry tmp;
         const authfile_entry *e = user_entry(c, &tmp);
+        a->by_query = e == &tmp;
         a->verified_by_query = e == &tmp && tmp.kind == AUTH_SECRET_PLAIN;
         scram_secret secret;
         char err[300];
@@ -435,7 +493,8 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
     if (scram_server_keys(&a->scram, &keys) == 0) {
         /* the keys, and a plaintext password from auth.query, serve the
          * login to PostgreSQL as this user */
-        keys_remember(c->user, &keys, a->verified_by_query ? a->secret : NULL, AUTH_SECRET_PLAIN);
+        keys_remember(c->user, &keys, a->verified_by_query ? a->secret : NULL, AUTH_SECRET_PLAIN,
+                      a->by_query);
         OPENSSL_cleanse(&keys, sizeof(keys));
     }
     if (send_auth(c, AUTH_SASL_FINAL, out, outlen) < 0) {

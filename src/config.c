@@ -1695,6 +1695,7 @@ void config_free(pgs_config *cfg)
     free(a->file);
     free(a->query);
     free(a->user);
+    free(a->dbname);
     for (int i = 0; i < a->n_hba; i++) {
         free(a->hba[i].database);
         free(a->hba[i].user);
@@ -1953,6 +1954,8 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
     emit_str(emit, ctx, "auth.query", a->query ? a->query : PGS_DEFAULT_AUTH_QUERY,
              PGS_DEFAULT_AUTH_QUERY);
     emit_str(emit, ctx, "auth.user", a->user, NULL);
+    emit_str(emit, ctx, "auth.dbname", a->dbname ? a->dbname : PGS_DEFAULT_AUTH_DBNAME,
+             PGS_DEFAULT_AUTH_DBNAME);
     if (a->n_hba == 0) emit(ctx, "auth.hba", "", "");
     for (int i = 0; i < a->n_hba; i++) {
         sb_reset(&b);

@@ -36,7 +36,11 @@ typedef enum pgs_pool_mode {
 
 #define PGS_MAX_LISTEN 32
 #define PGS_NAME_MAX 63 /* PostgreSQL's identifier limit (NAMEDATALEN - 1) */
-#define PGS_DEFAULT_AUTH_QUERY "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"
+/* Schema-qualified, and run in auth.dbname with search_path pinned to
+ * pg_catalog: a database owner's objects cannot stand in for pg_shadow. */
+#define PGS_DEFAULT_AUTH_QUERY \
+    "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
+#define PGS_DEFAULT_AUTH_DBNAME "postgres"
 
 /* One listen address.  A Unix-socket entry ("unix:/run/pgscale") keeps the
  * directory in host; the socket file is <host>/.s.PGSQL.<port>, as with
@@ -79,6 +83,7 @@ typedef struct pgs_auth_config {
     char *file;           /* users file (path resolved against the config file's directory) */
     char *query;          /* auth query; NULL = PGS_DEFAULT_AUTH_QUERY */
     char *user;           /* the user that runs the auth query; NULL = no auth query */
+    char *dbname;         /* the database it runs in; NULL = PGS_DEFAULT_AUTH_DBNAME */
     pgs_hba_rule *hba;
     int n_hba;
 } pgs_auth_config;

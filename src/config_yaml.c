@@ -72,7 +72,7 @@ typedef struct yctx {
     char *err;
     size_t errlen;
     /* Where keys that rules between keys point at were set (0 = not set). */
-    int l_auth_type, l_auth_query;
+    int l_auth_type, l_auth_query, l_auth_dbname;
     int l_tls_mode, l_tls_cert, l_tls_key;
     int l_stls_sslmode, l_stls_cert, l_stls_key;
     int *l_hba_type, *l_hba_method; /* per auth.hba rule */
@@ -955,7 +955,7 @@ static int hba_rule(yctx *c, const node *v, const char *path, pgs_hba_rule *r, i
 
 static int do_auth(yctx *c, const node *v, const char *path)
 {
-    static const char *const keys[] = {"type", "file", "query", "user", "hba"};
+    static const char *const keys[] = {"type", "file", "query", "user", "hba", "dbname"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_auth_config *a = &c->cfg->auth;
     char kp[PATH_BUF], ip[PATH_BUF];
@@ -995,6 +995,20 @@ static int do_auth(yctx *c, const node *v, const char *path)
                 a->n_hba++;
                 rc = hba_rule(c, val->kids[j], ip, &a->hba[j], &c->l_hba_type[j],
                               &c->l_hba_method[j]);
+            }
+            break;
+        case 5:
+            rc = name_text(c, val, kp, &s);
+            /* the admin console's name: a database of that name on the
+             * server is anyone's with CREATEDB to create, never a place to
+             * read secrets from */
+            if (rc == 0 && strcmp(s, "pgscale") == 0)
+                rc = fail(c, val->line, kp,
+                          "'pgscale' is the admin console's name; name a database that only "
+                          "a superuser owns (default: postgres)");
+            if (rc == 0) {
+                set_text(&a->dbname, s);
+                c->l_auth_dbname = val->line;
             }
             break;
         default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
@@ -1199,6 +1213,9 @@ static int check_rules(yctx *c)
 
     if (a->query && !a->user)
         return fail(c, c->l_auth_query, "auth.query",
+                    "needs auth.user (the user that runs the query)");
+    if (a->dbname && !a->user)
+        return fail(c, c->l_auth_dbname, "auth.dbname",
                     "needs auth.user (the user that runs the query)");
     if (c->l_auth_type) {
         if ((a->type == PGS_AUTH_MD5 || a->type == PGS_AUTH_SCRAM) && !password_source)

@@ -50,6 +50,7 @@ static void free_server(uv_handle_t *h)
     exq_free(&sv->exq);
     params_free(sv->params);
     stmt_set_free(sv->prepared);
+    if (sv->scram) OPENSSL_cleanse(sv->scram, sizeof(*sv->scram)); /* holds the password */
     free(sv->scram);
     free(sv->pending_set_name);
     free(sv->pending_set_stmt);
@@ -249,17 +250,19 @@ void server_open(pgs_pool *p)
 }
 
 /* The password to log in with: DATABASE_URL's for its own user, else the
- * users file's (plaintext, or an md5 secret: *is_md5). */
-static const char *server_password(pgs_server *sv, bool *is_md5)
+ * users file's or auth.query's (plaintext, or an md5 secret: *is_md5),
+ * copied into buf, which the caller wipes. */
+#define SERVER_PW_MAX 256
+static const char *server_password(pgs_server *sv, bool *is_md5, char *buf)
 {
     const pgs_url *u = &g_pgs.cfg->primary;
     *is_md5 = false;
     if (u->password && u->user && strcmp(u->user, sv->pool->sh->user) == 0) return u->password;
     if (u->password && !u->user) return u->password;
     int kind;
-    const char *s = clientauth_user_secret(sv->pool->sh->user, &kind);
-    if (s) *is_md5 = kind == AUTH_SECRET_MD5;
-    return s;
+    if (!clientauth_user_secret(sv->pool->sh->user, &kind, buf, SERVER_PW_MAX)) return NULL;
+    *is_md5 = kind == AUTH_SECRET_MD5;
+    return buf;
 }
 
 static void no_password(pgs_server *sv)
@@ -272,10 +275,10 @@ static void no_password(pgs_server *sv)
     login_failed(sv, true, "28P01", msg);
 }
 
-static int need_password(pgs_server *sv, const char **pw)
+static int need_password(pgs_server *sv, const char **pw, char *buf)
 {
     bool is_md5;
-    *pw = server_password(sv, &is_md5);
+    *pw = server_password(sv, &is_md5, buf);
     if (*pw && !is_md5) return 0;
     if (*pw) {
         login_failed(sv, true, "28P01",
@@ -287,8 +290,9 @@ static int need_password(pgs_server *sv, const char **pw)
     return -1;
 }
 
-/* One authentication request from the server. */
-static int handle_auth(pgs_server *sv, const uint8_t *body, uint32_t blen)
+/* One authentication request from the server; pwbuf holds a copy of the
+ * password while it is used. */
+static int auth_step(pgs_server *sv, const uint8_t *body, uint32_t blen, char *pwbuf)
 {
     size_t pos = 0;
     int32_t code;
@@ -306,18 +310,19 @@ static int handle_auth(pgs_server *sv, const uint8_t *body, uint32_t blen)
                              "server skipped the SCRAM final message; refusing to trust it");
                 return -1;
             }
+            OPENSSL_cleanse(sv->scram, sizeof(*sv->scram));
             free(sv->scram);
             sv->scram = NULL;
         }
         return 0;
     case 3: /* cleartext */
-        if (need_password(sv, &pw) < 0) return -1;
+        if (need_password(sv, &pw, pwbuf) < 0) return -1;
         proto_password(&o, pw);
         break;
     case 5: { /* md5 */
         if (blen - pos < 4) return -1;
         bool is_md5;
-        pw = server_password(sv, &is_md5);
+        pw = server_password(sv, &is_md5, pwbuf);
         if (!pw) {
             no_password(sv);
             return -1;
@@ -344,7 +349,7 @@ static int handle_auth(pgs_server *sv, const uint8_t *body, uint32_t blen)
         bool is_md5;
         scram_keys keys;
         bool use_keys = false;
-        pw = server_password(sv, &is_md5);
+        pw = server_password(sv, &is_md5, pwbuf);
         if (!pw || is_md5) {
             /* no password: the keys of the user's last SCRAM login */
             use_keys = clientauth_user_keys(sv->pool->sh->user, &keys);
@@ -456,9 +461,13 @@ static void login_data(pgs_server *sv)
         uint32_t blen = len - 4;
         b->pos += 1 + len;
         switch (type) {
-        case 'R':
-            if (handle_auth(sv, body, blen) < 0) return;
+        case 'R': {
+            char pwbuf[SERVER_PW_MAX];
+            int arc = auth_step(sv, body, blen, pwbuf);
+            OPENSSL_cleanse(pwbuf, sizeof(pwbuf));
+            if (arc < 0) return;
             break;
+        }
         case 'S':
             login_param(sv, body, blen);
             break;

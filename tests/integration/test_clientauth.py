@@ -261,15 +261,17 @@ def test_auth_query_md5_user(pgscale, tmp_path):
 
 def test_auth_query_with_a_custom_function(pgscale, primary, tmp_path, roles):
     # the usual production set-up: a SECURITY DEFINER function instead of
-    # reading pg_shadow as a superuser
+    # reading pg_shadow as a superuser, here in a database named by
+    # auth.dbname (the lookup runs there whatever database the client names)
     primary.execute("""CREATE OR REPLACE FUNCTION public.pgscale_lookup(u text,
                        OUT usename name, OUT passwd text) RETURNS record
                        LANGUAGE sql SECURITY DEFINER
                        AS $$ SELECT usename, passwd FROM pg_shadow WHERE usename = u $$""",
                     db="app")
     pg = start_aq(pgscale, tmp_path, "scram-sha-256",
-                  "  query: SELECT * FROM public.pgscale_lookup($1)\n")
+                  "  dbname: app\n  query: SELECT * FROM public.pgscale_lookup($1)\n")
     assert login(pg, user="bob", password="bob-pw") == ("bob", 2)
+    assert login(pg, user="bob", password="bob-pw", db="postgres") == ("bob", 2)
 
 
 def test_auth_query_failure_is_a_clear_error(pgscale, tmp_path, roles):

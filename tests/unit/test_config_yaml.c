@@ -433,7 +433,7 @@ static void test_unknown_keys_are_rejected_with_a_hint(void **state)
     yaml_bad("server_tls:\n  mode: require\n",
              NAME ":2: server_tls.mode: unknown key (expected one of: sslmode, ca, cert, key)");
     yaml_bad("auth:\n  method: md5\n", NAME ":2: auth.method: unknown key (expected one of: "
-                                       "type, file, query, user, hba)");
+                                       "type, file, query, user, hba, dbname)");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -742,6 +742,9 @@ static void test_auth_defaults(void **state)
     described *d = describe_all(&c);
     assert_string_equal(described_value(d, "auth.type"), "trust");
     assert_string_equal(described_value(d, "auth.query"), PGS_DEFAULT_AUTH_QUERY);
+    assert_string_equal(described_value(d, "auth.dbname"), "postgres");
+    /* the default query names pg_catalog's table, never an unqualified one */
+    assert_non_null(strstr(PGS_DEFAULT_AUTH_QUERY, "FROM pg_catalog.pg_shadow "));
     assert_string_equal(described_value(d, "auth.hba"), "");
     free(d);
     config_free(&c);
@@ -751,6 +754,11 @@ static void test_auth_defaults(void **state)
     assert_int_equal(c.auth.type, PGS_AUTH_SCRAM);
     assert_string_equal(c.auth.user, "pgscale_auth");
     assert_null(c.auth.query);
+    assert_null(c.auth.dbname);
+    config_free(&c);
+
+    yaml_ok(&c, "auth:\n  user: pgscale_auth\n  dbname: authdb\n");
+    assert_string_equal(c.auth.dbname, "authdb");
     config_free(&c);
 }
 
@@ -842,6 +850,12 @@ static void test_auth_errors(void **state)
              NAME ":3: auth.query: the query must take the user name as $1");
     yaml_bad("auth:\n  query: SELECT usename, passwd FROM pg_shadow WHERE usename = $1\n",
              NAME ":2: auth.query: needs auth.user (the user that runs the query)");
+    yaml_bad("auth:\n  dbname: postgres\n",
+             NAME ":2: auth.dbname: needs auth.user (the user that runs the query)");
+    /* a database named like the admin console is anyone's to create */
+    yaml_bad("auth:\n  user: a\n  dbname: pgscale\n",
+             NAME ":3: auth.dbname: 'pgscale' is the admin console's name; name a database "
+                  "that only a superuser owns (default: postgres)");
     yaml_bad("auth:\n  hba: {type: host}\n", NAME ":2: auth.hba: expected a list, got a mapping");
     yaml_bad("auth:\n  hba:\n    - host all all\n",
              NAME ":3: auth.hba[0]: expected a mapping of keys, got text");
