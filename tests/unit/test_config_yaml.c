@@ -1530,7 +1530,7 @@ static void test_every_key_is_documented(void **state)
         "`databases.<name>.max_db_connections`", "`databases.<name>.dbname`",
         "`users.<name>.pool_size`", "`users.<name>.max_overflow`", "`users.<name>.pool_mode`",
         "`users.<name>.max_user_connections`", "`auth.type`", "`auth.file`", "`auth.query`",
-        "`auth.user`", "`auth.hba`", "`auth.hba[].type`", "`auth.hba[].database`",
+        "`auth.user`", "`auth.dbname`", "`auth.hba`", "`auth.hba[].type`", "`auth.hba[].database`",
         "`auth.hba[].user`", "`auth.hba[].address`", "`auth.hba[].method`", "`tls.cert`",
         "`tls.key`", "`tls.ca`", "`tls.mode`", "`tls.min_protocol`", "`tls.ciphers`",
         "`server_tls.sslmode`", "`server_tls.ca`", "`server_tls.cert`", "`server_tls.key`",
