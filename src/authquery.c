@@ -147,7 +147,8 @@ static void run_one(aq_req *q)
     }
     /* libpq does not wipe a result it frees */
     for (int i = 0; i < PQntuples(r) && PQnfields(r) >= 2; i++)
-        if (!PQgetisnull(r, i, 1)) OPENSSL_cleanse(PQgetvalue(r, i, 1), (size_t)PQgetlength(r, i, 1));
+        if (!PQgetisnull(r, i, 1))
+            OPENSSL_cleanse(PQgetvalue(r, i, 1), (size_t)PQgetlength(r, i, 1));
     PQclear(r);
     post_result(q, secret, error);
 }
