@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <pthread.h>
 #include <openssl/rand.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "admin.h"
@@ -49,6 +51,112 @@ static void set_state(pgs_client *c, int st)
     atomic_store_explicit(&c->state, st, memory_order_release);
 }
 
+/* --- connections still logging in ---
+ *
+ * A connection that has not logged in has proved nothing, so it must not
+ * take what logged-in clients need: it is not counted against
+ * max_client_conn (only a login is), and connections still logging in are
+ * bounded on their own, overall (max_pending_logins) and per source address
+ * (max_pending_logins_per_address), so that one host cannot take every
+ * slot.  The per-address counts live in one small table under a mutex,
+ * touched at accept and at the end of a login only, never on the data path;
+ * an address's entry exists while it has a login in progress, so the table
+ * holds at most max_pending_logins entries. */
+#define PENDING_BUCKETS 1024
+
+typedef struct pending_addr {
+    struct pending_addr *next;
+    int n;
+    char addr[48];
+} pending_addr;
+
+static pending_addr *pending_tab[PENDING_BUCKETS];
+static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static pending_addr **pending_slot(const char *addr)
+{
+    pending_addr **pp = &pending_tab[pgs_hash64(addr, strlen(addr)) % PENDING_BUCKETS];
+    while (*pp && strcmp((*pp)->addr, addr) != 0) pp = &(*pp)->next;
+    return pp;
+}
+
+enum { REFUSED_PENDING = 1, REFUSED_PENDING_ADDR = 2 };
+
+/* How long a refused connection may take to send its first packet (so
+ * that it can be told why in a form its driver shows) before it is told
+ * anyway and closed: short, as it holds a descriptor and counts nowhere. */
+#define REFUSED_WAIT_US 1000000u
+
+/* Counts c as logging in; otherwise (nothing counted) a bound is reached
+ * and the REFUSED_* reason is returned. */
+static int pending_begin(pgs_client *c)
+{
+    const pgs_config *cfg = g_pgs.cfg;
+    int per_addr = cfg->max_pending_logins_per_address;
+    if (atomic_fetch_add(&g_pgs.pending_logins, 1) >= cfg->max_pending_logins) {
+        atomic_fetch_sub(&g_pgs.pending_logins, 1);
+        return REFUSED_PENDING;
+    }
+    /* Unix socket clients all share "[local]" and are local processes:
+     * only the overall bound applies to them. */
+    if (!c->unix_socket && per_addr > 0) {
+        pthread_mutex_lock(&pending_lock);
+        pending_addr **pp = pending_slot(c->addr);
+        if (*pp && (*pp)->n >= per_addr) {
+            pthread_mutex_unlock(&pending_lock);
+            atomic_fetch_sub(&g_pgs.pending_logins, 1);
+            return REFUSED_PENDING_ADDR;
+        }
+        if (!*pp) {
+            *pp = pgs_xcalloc(1, sizeof(**pp));
+            snprintf((*pp)->addr, sizeof((*pp)->addr), "%s", c->addr);
+        }
+        (*pp)->n++;
+        pthread_mutex_unlock(&pending_lock);
+    }
+    c->login_pending = true;
+    return 0;
+}
+
+/* Tells a connection refused by pending_begin why, and closes it. */
+static void refuse_pending(pgs_client *c)
+{
+    const pgs_config *cfg = g_pgs.cfg;
+    char msg[200];
+    if (c->refused == REFUSED_PENDING_ADDR) {
+        snprintf(msg, sizeof(msg),
+                 "too many connections from %s are still logging in "
+                 "(max_pending_logins_per_address is %d)",
+                 c->addr, cfg->max_pending_logins_per_address);
+        client_fail(c, "53300", msg,
+                    "finish or close the connections from this address that have not logged "
+                    "in, or raise PGSCALE_MAX_PENDING_LOGINS_PER_ADDRESS");
+    } else {
+        snprintf(msg, sizeof(msg),
+                 "too many connections are still logging in (max_pending_logins is %d)",
+                 cfg->max_pending_logins);
+        client_fail(c, "53300", msg, "retry shortly, or raise PGSCALE_MAX_PENDING_LOGINS");
+    }
+}
+
+/* c has logged in, or is gone.  A RELOAD may have changed the per-address
+ * bound since c was counted, so the entry is looked up whatever it is now. */
+static void pending_end(pgs_client *c)
+{
+    if (!c->login_pending) return;
+    c->login_pending = false;
+    atomic_fetch_sub(&g_pgs.pending_logins, 1);
+    if (c->unix_socket) return;
+    pthread_mutex_lock(&pending_lock);
+    pending_addr **pp = pending_slot(c->addr);
+    pending_addr *e = *pp;
+    if (e && --e->n <= 0) {
+        *pp = e->next;
+        free(e);
+    }
+    pthread_mutex_unlock(&pending_lock);
+}
+
 static void free_client(uv_handle_t *h)
 {
     pgs_client *c = h->data;
@@ -81,6 +189,9 @@ void client_close(pgs_client *c, const char *reason)
     log_debug("C-%u: closing: %s", c->id, reason);
     pool_cancel_wait(c);
     clientauth_free(c);
+    pending_end(c);
+    if (c->counted) atomic_fetch_sub(&g_pgs.logged_in_clients, 1);
+    c->counted = false;
     if (c->is_admin) admin_client_gone(c);
     if (c->server) relay_client_gone(c);
     if (c->pool) pool_client_left(c->pool);
@@ -381,6 +492,17 @@ static void handle_startup(pgs_client *c)
             client_fail(c, "08P01", "invalid startup packet layout or length", NULL);
             return;
         }
+        if (c->refused && su.code != PROTO_CANCEL_CODE) {
+            /* no TLS for a refused connection: 'N', then the refusal */
+            if ((su.code == PROTO_SSL_CODE || su.code == PROTO_GSSENC_CODE) &&
+                !io_is_tls(&c->s)) {
+                b->pos += su.len;
+                io_send_quiet(c->w, &c->s, (const uint8_t *)"N", 1);
+                continue;
+            }
+            refuse_pending(c);
+            return;
+        }
         if (su.code == PROTO_SSL_CODE && !io_is_tls(&c->s) && tls_accepting() &&
             !c->unix_socket) {
             b->pos += su.len;
@@ -470,6 +592,7 @@ static void handle_startup(pgs_client *c)
 /* The client is who it says: admin console, or a pool. */
 void client_after_auth(pgs_client *c)
 {
+    pending_end(c);
     if (strcmp(c->database, ADMIN_DBNAME) == 0) {
         /* admin_users / stats_users decide by name; refused: already failed */
         if (admin_login(c) < 0) return;
@@ -478,7 +601,11 @@ void client_after_auth(pgs_client *c)
         admin_welcome(c);
         return;
     }
-    if (atomic_load(&g_pgs.total_clients) > g_pgs.cfg->max_client_conn) {
+    /* Only logged-in clients count: connections still logging in have
+     * their own bounds (pending_begin), so that they cannot lock out
+     * clients that can log in. */
+    c->counted = true;
+    if (atomic_fetch_add(&g_pgs.logged_in_clients, 1) >= g_pgs.cfg->max_client_conn) {
         char msg[200];
         snprintf(msg, sizeof(msg), "too many clients already (max_client_conn is %d)",
                  g_pgs.cfg->max_client_conn);
@@ -596,8 +723,19 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
             uv_ip4_name((struct sockaddr_in *)&ss, c->addr, sizeof(c->addr));
             c->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
         } else if (ss.ss_family == AF_INET6) {
-            uv_ip6_name((struct sockaddr_in6 *)&ss, c->addr, sizeof(c->addr));
-            c->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+            struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+            c->port = ntohs(s6->sin6_port);
+            if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+                /* An IPv4 client of a dual-stack ([::]) listener arrives
+                 * as ::ffff:a.b.c.d.  It is an IPv4 client: auth.hba's IPv4
+                 * rules (a reject among them) must match it, and logs and
+                 * SHOW CLIENTS must name it as such. */
+                struct sockaddr_in s4 = {.sin_family = AF_INET, .sin_port = s6->sin6_port};
+                memcpy(&s4.sin_addr, &s6->sin6_addr.s6_addr[12], 4);
+                uv_ip4_name(&s4, c->addr, sizeof(c->addr));
+            } else {
+                uv_ip6_name(s6, c->addr, sizeof(c->addr));
+            }
         }
     }
     if (RAND_bytes((unsigned char *)&c->cancel_key, sizeof(c->cancel_key)) != 1)
@@ -610,6 +748,11 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
     pthread_mutex_unlock(&w->lock);
     atomic_fetch_add(&w->n_clients, 1);
     atomic_fetch_add(&g_pgs.total_clients, 1);
+    /* A refused connection is told why at its first packet, not at once:
+     * libpq (sslmode=prefer, its default) first sends an SSLRequest and
+     * shows an error that answers it only as "error response during SSL
+     * exchange".  Until then it is read, but has no login slot. */
+    c->refused = (uint8_t)pending_begin(c);
     if (io_read_start(&c->s) < 0) client_close(c, "read failed");
 }
 
@@ -680,6 +823,7 @@ void client_janitor(pgs_worker *w, uint64_t now)
 {
     const pgs_config *cfg = w->cfg;
     uint64_t login_to = (uint64_t)cfg->client_login_timeout_ms * 1000u;
+    uint64_t startup_to = (uint64_t)cfg->client_startup_timeout_ms * 1000u;
     uint64_t idle_tx_to = (uint64_t)cfg->idle_transaction_timeout_ms * 1000u;
     uint64_t idle_to = (uint64_t)cfg->client_idle_timeout_ms * 1000u;
     uint64_t query_to = (uint64_t)cfg->query_timeout_ms * 1000u;
@@ -694,9 +838,20 @@ void client_janitor(pgs_worker *w, uint64_t now)
         bool between = st == CL_IDLE || (st == CL_ACTIVE && c->server &&
                                          c->server->exq.count == 0 && c->tx_status == 'I' &&
                                          c->fwd_remaining == 0);
-        if ((st == CL_STARTUP || st == CL_AUTH) && pgs_elapsed_us(now, c->connect_us) > login_to) {
+        if (st == CL_STARTUP && c->refused &&
+            pgs_elapsed_us(now, c->connect_us) > PGS_MIN(REFUSED_WAIT_US, startup_to)) {
+            refuse_pending(c);
+        } else if ((st == CL_STARTUP || st == CL_AUTH) &&
+                   pgs_elapsed_us(now, c->connect_us) > login_to) {
             client_fail(c, "08006", "client did not finish logging in in time",
                         "raise PGSCALE_CLIENT_LOGIN_TIMEOUT");
+        } else if (st == CL_STARTUP && pgs_elapsed_us(now, c->connect_us) > startup_to) {
+            /* A real client sends its start-up packet (after TLS, if it
+             * asks for it) at once; one that has not is holding a slot of
+             * max_pending_logins, so it gets a shorter bound than a client
+             * that is answering a password request. */
+            client_fail(c, "08006", "client did not send a complete startup packet in time",
+                        "raise PGSCALE_CLIENT_STARTUP_TIMEOUT");
         } else if (st == CL_ACTIVE && idle_tx_to && c->server && c->server->exq.count == 0 &&
                    c->tx_status != 'I' && quiet > idle_tx_to) {
             client_fail(c, "25P03",

@@ -16,9 +16,46 @@ int pgs_log_level = PGS_LOG_INFO;
 
 static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
+size_t pgs_log_escape(char *dst, size_t cap, const char *src, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (cap == 0) return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        char esc[4];
+        size_t el = 0;
+        if (ch == '\n') {
+            esc[0] = '\\', esc[1] = 'n', el = 2;
+        } else if (ch == '\r') {
+            esc[0] = '\\', esc[1] = 'r', el = 2;
+        } else if (ch == '\t') {
+            esc[0] = '\\', esc[1] = 't', el = 2;
+        } else if (ch < 0x20 || ch == 0x7f) {
+            esc[0] = '\\', esc[1] = 'x', esc[2] = hex[ch >> 4], esc[3] = hex[ch & 15], el = 4;
+        } else {
+            esc[0] = (char)ch, el = 1;
+        }
+        if (o + el >= cap) break; /* cut at a whole escape, never half of one */
+        memcpy(dst + o, esc, el);
+        o += el;
+    }
+    dst[o] = '\0';
+    return o;
+}
+
+/* Log lines carry names a client chose (user, database, application_name,
+ * option values, statement text): a newline in one would end the line and
+ * let the client write a line of its own that looks like ours.  Escaping
+ * the formatted message as a whole, here, rather than each value at each
+ * call site, means no log call can forget it, including ones written
+ * later.  The cost is that a message can never span lines on purpose; none
+ * does (multi-line text is for the client, in its ErrorResponse).  Only
+ * control characters are escaped: UTF-8 names stay readable, and a
+ * backslash the client sent stays as it was (it cannot end a line). */
 void pgs_log_write(int level, const char *fmt, ...)
 {
-    char line[1024];
+    char msg[1024], line[1024 + 64];
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -26,12 +63,15 @@ void pgs_log_write(int level, const char *fmt, ...)
     int n = snprintf(line, sizeof(line), "%04d-%02d-%02d %02d:%02d:%02d.%03ld UTC %s ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, ts.tv_nsec / 1000000, level_names[level & 3]);
+    if (n < 0 || (size_t)n >= sizeof(line)) n = 0;
     va_list ap;
     va_start(ap, fmt);
-    if (n > 0 && (size_t)n < sizeof(line)) vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    int m = vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    size_t mlen = m < 0 ? 0 : PGS_MIN((size_t)m, sizeof(msg) - 1);
+    /* two bytes kept for the newline and the terminator */
+    size_t len = (size_t)n + pgs_log_escape(line + n, sizeof(line) - 1 - (size_t)n, msg, mlen);
     /* One fputs per line keeps lines from different threads whole. */
-    size_t len = strnlen(line, sizeof(line) - 2);
     line[len] = '\n';
     line[len + 1] = '\0';
     fputs(line, stderr);

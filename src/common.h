@@ -22,7 +22,15 @@ enum pgs_log_level { PGS_LOG_ERROR = 0, PGS_LOG_WARN = 1, PGS_LOG_INFO = 2, PGS_
 
 extern int pgs_log_level;
 
+/* Writes one line to stderr.  Control characters in the formatted message
+ * (a newline in a user name a client sent, say) are escaped, so that no
+ * value can end the line or forge another: log values from the network
+ * as they are, without escaping them first. */
 void pgs_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Copies len bytes of src to dst (cap bytes, NUL-terminated) with control
+ * characters written as \n, \r, \t or \xNN; stops before an escape that
+ * would not fit.  Returns the length written. */
+size_t pgs_log_escape(char *dst, size_t cap, const char *src, size_t len);
 
 /* Every line names the connection it is about ("C-17", "S-4") so that one
  * client's story can be grepped out of the log. */

@@ -161,9 +161,12 @@ void config_defaults(pgs_config *cfg)
     cfg->client_idle_timeout_ms = 0;
     cfg->query_timeout_ms = 0;
     cfg->client_login_timeout_ms = 60 * 1000;
+    cfg->client_startup_timeout_ms = 10 * 1000;
     cfg->shutdown_timeout_ms = 30 * 1000;
 
     cfg->max_client_conn = 10000;
+    cfg->max_pending_logins = 2000;
+    cfg->max_pending_logins_per_address = 200;
     cfg->max_prepared_statements = 200;
     cfg->max_client_prepared_statements = 10000;
     cfg->max_client_prepared_bytes = 64u * 1024 * 1024;
@@ -1069,9 +1072,15 @@ static const struct setting settings[] = {
     DUR("PGSCALE_CLIENT_IDLE_TIMEOUT", "client_idle_timeout", client_idle_timeout_ms, true),
     DUR("PGSCALE_QUERY_TIMEOUT", "query_timeout", query_timeout_ms, true),
     DUR("PGSCALE_CLIENT_LOGIN_TIMEOUT", "client_login_timeout", client_login_timeout_ms, false),
+    DUR("PGSCALE_CLIENT_STARTUP_TIMEOUT", "client_startup_timeout", client_startup_timeout_ms,
+        false),
     DUR("PGSCALE_SHUTDOWN_TIMEOUT", "shutdown_timeout", shutdown_timeout_ms, false),
     {.name = "PGSCALE_MAX_CLIENT_CONN", .key = "max_client_conn", .kind = K_INT,
      .off = F(max_client_conn), .min = 1, .max = 1000000},
+    {.name = "PGSCALE_MAX_PENDING_LOGINS", .key = "max_pending_logins", .kind = K_INT,
+     .off = F(max_pending_logins), .min = 1, .max = 1000000},
+    {.name = "PGSCALE_MAX_PENDING_LOGINS_PER_ADDRESS", .key = "max_pending_logins_per_address",
+     .kind = K_INT, .off = F(max_pending_logins_per_address), .min = 0, .max = 1000000},
     {.name = "PGSCALE_MAX_PREPARED_STATEMENTS", .key = "max_prepared_statements", .kind = K_INT,
      .off = F(max_prepared_statements), .min = 0, .max = 100000},
     {.name = "PGSCALE_MAX_CLIENT_PREPARED_STATEMENTS", .key = "max_client_prepared_statements",

@@ -167,9 +167,13 @@ typedef struct pgs_config {
     uint32_t client_idle_timeout_ms;     /* PGSCALE_CLIENT_IDLE_TIMEOUT, 0 = off */
     uint32_t query_timeout_ms;           /* PGSCALE_QUERY_TIMEOUT, 0 = off */
     uint32_t client_login_timeout_ms;    /* PGSCALE_CLIENT_LOGIN_TIMEOUT, 60 s */
+    uint32_t client_startup_timeout_ms;  /* PGSCALE_CLIENT_STARTUP_TIMEOUT, 10 s */
     uint32_t shutdown_timeout_ms;        /* PGSCALE_SHUTDOWN_TIMEOUT, 30 s */
 
     int max_client_conn;          /* PGSCALE_MAX_CLIENT_CONN, default 10000 */
+    int max_pending_logins;       /* PGSCALE_MAX_PENDING_LOGINS, default 2000 */
+    int max_pending_logins_per_address; /* PGSCALE_MAX_PENDING_LOGINS_PER_ADDRESS, 200,
+                                         * 0 = no per-address bound */
     int max_prepared_statements;  /* PGSCALE_MAX_PREPARED_STATEMENTS, per server, 200 */
     int max_client_prepared_statements;      /* PGSCALE_MAX_CLIENT_PREPARED_STATEMENTS, 10000 */
     uint32_t max_client_prepared_bytes;      /* PGSCALE_MAX_CLIENT_PREPARED_BYTES, 64 MiB */

@@ -85,8 +85,11 @@ static void take_reloadable(pgs_config *pub, const pgs_config *fresh)
     pub->client_idle_timeout_ms = fresh->client_idle_timeout_ms;
     pub->query_timeout_ms = fresh->query_timeout_ms;
     pub->client_login_timeout_ms = fresh->client_login_timeout_ms;
+    pub->client_startup_timeout_ms = fresh->client_startup_timeout_ms;
     pub->shutdown_timeout_ms = fresh->shutdown_timeout_ms;
     pub->max_client_conn = fresh->max_client_conn;
+    pub->max_pending_logins = fresh->max_pending_logins;
+    pub->max_pending_logins_per_address = fresh->max_pending_logins_per_address;
     pub->max_message_size = fresh->max_message_size;
     pub->max_startup_packet_size = fresh->max_startup_packet_size;
     pub->log_level = fresh->log_level;

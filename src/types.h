@@ -193,6 +193,10 @@ struct pgs_client {
     bool pipeline_full;       /* too many requests in flight: not read until answered */
     struct pgs_client_auth *auth; /* during CL_AUTH only */
     bool unix_socket;         /* connected through a Unix socket */
+    bool login_pending;       /* counted in g_pgs.pending_logins (and its address's count) */
+    bool counted;             /* counted in g_pgs.logged_in_clients */
+    uint8_t refused;          /* a pending-login bound refused it (enum in client.c):
+                               * told so at its first packet */
     struct pgs_admin_wait *admin_wait; /* admin console: a PAUSE / WAIT_CLOSE in progress */
     char addr[48];
     uint16_t port;

@@ -107,7 +107,9 @@ typedef struct pgs_global {
     int n_workers;
     pthread_mutex_t pools_lock;
     pgs_pool_shared *pools;
-    _Atomic int total_clients;
+    _Atomic int total_clients;      /* every accepted connection */
+    _Atomic int logged_in_clients;  /* held to max_client_conn (console clients aside) */
+    _Atomic int pending_logins;     /* not logged in yet: held to max_pending_logins */
     int fd_limit;               /* RLIMIT_NOFILE soft limit after start-up */
     _Atomic int shutting_down;  /* 1 = draining (SIGTERM) */
     uint64_t start_wall_us;

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -29,11 +30,37 @@ static void test_elapsed_is_zero_when_since_is_later_than_now(void **state)
     assert_false(pgs_elapsed_us(1000, 1001) > query_timeout);
 }
 
+/* Log lines carry names clients chose: no control character may pass. */
+static void test_log_escape_writes_control_characters_as_escapes(void **state)
+{
+    (void)state;
+    char out[64];
+    const char in[] = "u\n2026 ERROR x\r\t\x01\x7f\\ \xc3\xa9";
+    size_t n = pgs_log_escape(out, sizeof(out), in, sizeof(in) - 1);
+    assert_string_equal(out, "u\\n2026 ERROR x\\r\\t\\x01\\x7f\\ \xc3\xa9");
+    assert_int_equal(n, strlen(out));
+}
+
+static void test_log_escape_cuts_at_a_whole_escape(void **state)
+{
+    (void)state;
+    char out[5];
+    /* "ab" fits, "\n" would need 2 more bytes than are left before the NUL */
+    assert_int_equal(pgs_log_escape(out, sizeof(out), "abc\n", 4), 3);
+    assert_string_equal(out, "abc");
+    assert_int_equal(pgs_log_escape(out, sizeof(out), "ab\n\n", 4), 4);
+    assert_string_equal(out, "ab\\n");
+    assert_int_equal(pgs_log_escape(out, 1, "abc", 3), 0);
+    assert_string_equal(out, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_elapsed_is_the_difference_when_ordered),
         cmocka_unit_test(test_elapsed_is_zero_when_since_is_later_than_now),
+        cmocka_unit_test(test_log_escape_writes_control_characters_as_escapes),
+        cmocka_unit_test(test_log_escape_cuts_at_a_whole_escape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -116,8 +116,11 @@ static void test_defaults_match_documented_values(void **state)
     assert_int_equal(c.client_idle_timeout_ms, 0);
     assert_int_equal(c.query_timeout_ms, 0);
     assert_int_equal(c.client_login_timeout_ms, 60000);
+    assert_int_equal(c.client_startup_timeout_ms, 10000);
     assert_int_equal(c.shutdown_timeout_ms, 30000);
     assert_int_equal(c.max_client_conn, 10000);
+    assert_int_equal(c.max_pending_logins, 2000);
+    assert_int_equal(c.max_pending_logins_per_address, 200);
     assert_int_equal(c.max_prepared_statements, 200);
     assert_int_equal(c.max_message_size, 1073741824u);
     assert_int_equal(c.log_level, PGS_LOG_INFO);
@@ -1079,7 +1082,8 @@ static const char *const all_vars[] = {
     "PGSCALE_SERVER_IDLE_TIMEOUT", "PGSCALE_SERVER_CHECK_DELAY", "PGSCALE_OVERFLOW_IDLE_TIMEOUT",
     "PGSCALE_UNUSED_POOL_TIMEOUT",
     "PGSCALE_IDLE_TRANSACTION_TIMEOUT", "PGSCALE_CLIENT_IDLE_TIMEOUT", "PGSCALE_QUERY_TIMEOUT",
-    "PGSCALE_CLIENT_LOGIN_TIMEOUT", "PGSCALE_SHUTDOWN_TIMEOUT", "PGSCALE_MAX_CLIENT_CONN",
+    "PGSCALE_CLIENT_LOGIN_TIMEOUT", "PGSCALE_CLIENT_STARTUP_TIMEOUT", "PGSCALE_SHUTDOWN_TIMEOUT",
+    "PGSCALE_MAX_CLIENT_CONN", "PGSCALE_MAX_PENDING_LOGINS", "PGSCALE_MAX_PENDING_LOGINS_PER_ADDRESS",
     "PGSCALE_MAX_PREPARED_STATEMENTS", "PGSCALE_MAX_CLIENT_PREPARED_STATEMENTS",
     "PGSCALE_MAX_CLIENT_PREPARED_BYTES", "PGSCALE_MAX_MESSAGE_SIZE"};
 
