@@ -65,12 +65,13 @@ static unsigned char mock_key[32];
  * Each successful login replaces its user's entry whole, so a secret that
  * a later login did not confirm never lingers next to newer keys.  What a
  * login checked against auth.query taught is trusted less than what the
- * users file vouched for: it never replaces an entry of the latter kind,
- * and it expires after KEYTAB_QUERY_TTL_MS, so that a wrong secret (a
- * password changed in PostgreSQL, or a custom auth.query that returned
- * something it should not have) cannot stand until a restart. */
+ * users file vouched for: it never replaces an entry of the latter kind.
+ * Entries do not expire: they serve server logins as the user (a pool that
+ * grows an hour after its clients logged in needs them), and a secret that
+ * PostgreSQL no longer accepts only makes such a server login fail until
+ * the user's next login replaces it -- it never lets anyone into pgscale,
+ * which checks every client login afresh. */
 #define KEYTAB_SIZE 256
-#define KEYTAB_QUERY_TTL_MS 60000u
 typedef struct keytab_entry {
     char user[64];
     scram_keys keys;
@@ -78,35 +79,23 @@ typedef struct keytab_entry {
     char secret[128];         /* a plaintext or md5 secret from auth.query */
     int secret_kind;
     bool from_query;          /* learnt at a login checked against auth.query */
-    uint64_t expires_ms;      /* from_query entries: uv_hrtime() in ms; else 0 */
     uint64_t stamp;           /* 0 = free */
 } keytab_entry;
 static keytab_entry keytab[KEYTAB_SIZE];
 static uint64_t keytab_clock;
 static pthread_mutex_t keytab_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static uint64_t now_ms(void)
-{
-    return uv_hrtime() / 1000000u;
-}
-
 static void keytab_wipe(keytab_entry *e)
 {
     OPENSSL_cleanse(e, sizeof(*e));
 }
 
-/* The live entry of user, or NULL; an expired one is wiped on the way.
- * Caller holds keytab_lock. */
-static keytab_entry *keytab_find(const char *user, uint64_t now)
+/* The entry of user, or NULL.  Caller holds keytab_lock. */
+static keytab_entry *keytab_find(const char *user)
 {
     for (int i = 0; i < KEYTAB_SIZE; i++) {
         keytab_entry *e = &keytab[i];
-        if (!e->stamp || strcmp(e->user, user) != 0) continue;
-        if (e->expires_ms && now >= e->expires_ms) {
-            keytab_wipe(e);
-            return NULL;
-        }
-        return e;
+        if (e->stamp && strcmp(e->user, user) == 0) return e;
     }
     return NULL;
 }
@@ -121,8 +110,7 @@ static void keys_remember(const char *user, const scram_keys *k, const char *sec
     if (secret && strlen(secret) >= sizeof(keytab[0].secret)) secret = NULL;
     if (!k && !secret) return;
     pthread_mutex_lock(&keytab_lock);
-    uint64_t now = now_ms();
-    keytab_entry *slot = keytab_find(user, now);
+    keytab_entry *slot = keytab_find(user);
     if (slot && !slot->from_query && from_query) {
         /* the users file's word outranks a lookup's */
         pthread_mutex_unlock(&keytab_lock);
@@ -132,8 +120,7 @@ static void keys_remember(const char *user, const scram_keys *k, const char *sec
         slot = &keytab[0];
         for (int i = 0; i < KEYTAB_SIZE && slot->stamp; i++) {
             keytab_entry *e = &keytab[i];
-            if (!e->stamp || (e->expires_ms && now >= e->expires_ms) || e->stamp < slot->stamp)
-                slot = e;
+            if (!e->stamp || e->stamp < slot->stamp) slot = e;
         }
     }
     keytab_wipe(slot);
@@ -147,7 +134,6 @@ static void keys_remember(const char *user, const scram_keys *k, const char *sec
         slot->secret_kind = kind;
     }
     slot->from_query = from_query;
-    slot->expires_ms = from_query ? now + KEYTAB_QUERY_TTL_MS : 0;
     slot->stamp = ++keytab_clock;
     pthread_mutex_unlock(&keytab_lock);
 }
@@ -156,7 +142,7 @@ bool clientauth_user_keys(const char *user, scram_keys *out)
 {
     bool found = false;
     pthread_mutex_lock(&keytab_lock);
-    keytab_entry *e = keytab_find(user, now_ms());
+    keytab_entry *e = keytab_find(user);
     if (e && e->has_keys) {
         *out = e->keys;
         found = true;
@@ -179,7 +165,7 @@ bool clientauth_user_secret(const char *user, int *kind, char *buf, size_t bufle
     /* from auth.query: copied out under the lock, as a newer login (or
      * eviction) may overwrite the slot the moment it is released */
     pthread_mutex_lock(&keytab_lock);
-    keytab_entry *k = keytab_find(user, now_ms());
+    keytab_entry *k = keytab_find(user);
     if (k && k->secret[0] && strlen(k->secret) < buflen) {
         memcpy(buf, k->secret, strlen(k->secret) + 1);
         *kind = k->secret_kind;
