@@ -618,12 +618,28 @@ static void url_format_masked(sbuf *b, const pgs_url *u)
     }
 }
 
-/* Masks the password of a redis://user:password@host URL for display. */
+/* Is a URL query key one that carries a secret (password=, pass=,
+ * sslpassword=, secret=, token=, in any case)? */
+static bool secret_key(const char *k, size_t n)
+{
+    static const char *const words[] = {"pass", "secret", "token", "auth"};
+    for (size_t w = 0; w < PGS_ARRAY_LEN(words); w++) {
+        size_t wl = strlen(words[w]);
+        for (size_t i = 0; i + wl <= n; i++)
+            if (strncasecmp(k + i, words[w], wl) == 0) return true;
+    }
+    return false;
+}
+
+/* Masks every secret of a redis:// URL for display: the password of
+ * user:password@ (a lone userinfo too, which some clients read as the
+ * password), and the value of any query parameter that names one
+ * (redis://host/0?password=...). */
 static void redis_format_masked(sbuf *b, const char *url)
 {
     const char *auth = strstr(url, "://");
     if (!auth) {
-        sb_puts(b, url);
+        sb_puts(b, "****");
         return;
     }
     auth += 3;
@@ -631,14 +647,37 @@ static void redis_format_masked(sbuf *b, const char *url)
     const char *at = NULL;
     for (const char *q = auth; q < end; q++)
         if (*q == '@') at = q;
-    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-    if (!colon) {
-        sb_puts(b, url);
+    const char *rest = auth;
+    if (at) {
+        const char *colon = memchr(auth, ':', (size_t)(at - auth));
+        sb_putn(b, url, (size_t)((colon ? colon + 1 : auth) - url));
+        sb_puts(b, "****");
+        rest = at;
+    } else {
+        sb_putn(b, url, (size_t)(auth - url));
+    }
+    const char *q = strchr(rest, '?');
+    if (!q) {
+        sb_puts(b, rest);
         return;
     }
-    sb_putn(b, url, (size_t)(colon + 1 - url));
-    sb_puts(b, "****");
-    sb_puts(b, at);
+    sb_putn(b, rest, (size_t)(q + 1 - rest));
+    for (const char *p = q + 1; *p;) {
+        size_t len = strcspn(p, "&#");
+        const char *eq = memchr(p, '=', len);
+        if (eq && secret_key(p, (size_t)(eq - p))) {
+            sb_putn(b, p, (size_t)(eq + 1 - p));
+            sb_puts(b, "****");
+        } else {
+            sb_putn(b, p, len);
+        }
+        p += len;
+        if (*p == '#') {
+            sb_puts(b, p);
+            break;
+        }
+        if (*p == '&') sb_putc(b, *p++);
+    }
 }
 
 /* ------------------------------------------------------------------------ */

@@ -1295,6 +1295,24 @@ static void test_describe_lists_every_variable_and_masks_passwords(void **state)
                         "postgresql://r:****@r1/d,postgresql://r2/d");
     assert_string_equal(lookup_described(d, "REDIS_URL", false),
                         "redis://default:****@cache:6379/0");
+    /* secrets elsewhere in a Redis URL are masked too */
+    static const char *const redis_cases[][2] = {
+        {"redis://cache:6379/0?password=qpw&db=1", "redis://cache:6379/0?password=****&db=1"},
+        {"rediss://cache/0?ssl_cert_reqs=none&Auth_Token=tok", "rediss://cache/0?ssl_cert_reqs=none&Auth_Token=****"},
+        {"redis://lonepw@cache:6379", "redis://****@cache:6379"},
+        {"redis://:pw@cache?password=pw2", "redis://:****@cache?password=****"},
+        {"unix:///run/redis.sock?password=upw", "unix:///run/redis.sock?password=****"},
+    };
+    for (size_t k = 0; k < sizeof(redis_cases) / sizeof(redis_cases[0]); k++) {
+        const char *one[] = {"REDIS_URL", redis_cases[k][0], NULL};
+        pgs_config c2;
+        assert_int_equal(apply(&c2, err, sizeof(err), one), 0);
+        described *d2 = calloc(1, sizeof(*d2));
+        config_describe(&c2, collect, d2);
+        assert_string_equal(lookup_described(d2, "REDIS_URL", false), redis_cases[k][1]);
+        free(d2);
+        config_free(&c2);
+    }
     assert_string_equal(lookup_described(d, "PGSCALE_QUERY_TIMEOUT", false), "1500ms");
     assert_string_equal(lookup_described(d, "PGSCALE_QUERY_TIMEOUT", true), "0");
     assert_string_equal(lookup_described(d, "DB_POOL_TIMEOUT", false), "30s");
