@@ -28,6 +28,7 @@ Exit status: 0 when every client got in, 1 otherwise.
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -194,33 +195,46 @@ def raise_fd_limit(want):
 
 
 # ---------------------------------------------------------------- measuring
-def measure_pid(args, pid, port, label):
-    """Runs the client side in a child process against port; returns a dict."""
-    before = vmrss_kib(pid)
+@contextlib.contextmanager
+def held_clients(hold_args, label="clients", wait=60):
+    """Runs `idle_clients.py hold HOLD_ARGS...` in a child process (so that
+    the caller's descriptors are not involved) and yields its HELD line's
+    fields (ok, failed, seconds, and errors as a dict) once every client has
+    logged in or failed; the clients are closed when the block ends.  The
+    integration test of idle-client memory uses it too."""
     child = subprocess.Popen(
-        [sys.executable, "-B", str(Path(__file__).resolve()), "hold", "--host", args.host, "--port", str(port),
-         "--user", args.user, "--database", args.database, "--count", str(args.count),
-         "--concurrency", str(args.concurrency), "--connect-timeout", str(args.connect_timeout),
-         "--timeout", str(args.timeout)] + (["--password", args.password] if args.password else []),
+        [sys.executable, "-B", str(Path(__file__).resolve()), "hold"] + [str(a) for a in hold_args],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = child.stdout.readline()
         if not line.startswith("HELD "):
             raise RuntimeError(f"{label}: the client process failed ({line.strip() or 'no output'})")
         fields = dict(kv.split("=", 1) for kv in line.split(" ", 5)[1:5])
-        errors = json.loads(line.split("errors=", 1)[1])
-        time.sleep(args.hold)  # let the proxy settle (deferred frees, buffers returned)
-        after = vmrss_kib(pid)
+        fields["errors"] = json.loads(line.split("errors=", 1)[1])
+        yield fields
     finally:
         try:
             child.stdin.close()
         except OSError:
             pass
         try:
-            child.wait(60)
+            child.wait(wait)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+def measure_pid(args, pid, port, label):
+    """Runs the client side in a child process against port; returns a dict."""
+    before = vmrss_kib(pid)
+    hold_args = ["--host", args.host, "--port", port, "--user", args.user,
+                 "--database", args.database, "--count", args.count,
+                 "--concurrency", args.concurrency, "--connect-timeout", args.connect_timeout,
+                 "--timeout", args.timeout] + (["--password", args.password] if args.password else [])
+    with held_clients(hold_args, label) as fields:
+        errors = fields["errors"]
+        time.sleep(args.hold)  # let the proxy settle (deferred frees, buffers returned)
+        after = vmrss_kib(pid)
     n = int(fields["ok"])
     per = (after - before) / n if n else float("nan")
     print(f"  {label}: {n} idle clients in {fields['seconds']}s; RSS {before} KiB -> {after} KiB; "

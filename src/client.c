@@ -15,6 +15,7 @@
 
 #include "admin.h"
 #include "clientauth.h"
+#include "htab.h"
 #include "io.h"
 #include "net.h"
 #include "params.h"
@@ -62,22 +63,23 @@ static void set_state(pgs_client *c, int st)
  * touched at accept and at the end of a login only, never on the data path;
  * an address's entry exists while it has a login in progress, so the table
  * holds at most max_pending_logins entries. */
-#define PENDING_BUCKETS 1024
-
 typedef struct pending_addr {
-    struct pending_addr *next;
+    htab_node hnode;    /* hash: of addr */
     int n;
     char addr[48];
 } pending_addr;
 
-static pending_addr *pending_tab[PENDING_BUCKETS];
+static htab pending_tab;
 static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static pending_addr **pending_slot(const char *addr)
+/* The entry of addr (hash h), or NULL.  Caller holds pending_lock. */
+static pending_addr *pending_find(const char *addr, uint64_t h)
 {
-    pending_addr **pp = &pending_tab[pgs_hash64(addr, strlen(addr)) % PENDING_BUCKETS];
-    while (*pp && strcmp((*pp)->addr, addr) != 0) pp = &(*pp)->next;
-    return pp;
+    for (htab_node *n = htab_first(&pending_tab, h); n; n = n->next) {
+        pending_addr *e = htab_entry(n, pending_addr, hnode);
+        if (n->hash == h && strcmp(e->addr, addr) == 0) return e;
+    }
+    return NULL;
 }
 
 enum { REFUSED_PENDING = 1, REFUSED_PENDING_ADDR = 2 };
@@ -100,18 +102,21 @@ static int pending_begin(pgs_client *c)
     /* Unix socket clients all share "[local]" and are local processes:
      * only the overall bound applies to them. */
     if (!c->unix_socket && per_addr > 0) {
+        uint64_t h = pgs_hash64(c->addr, strlen(c->addr));
         pthread_mutex_lock(&pending_lock);
-        pending_addr **pp = pending_slot(c->addr);
-        if (*pp && (*pp)->n >= per_addr) {
+        pending_addr *e = pending_find(c->addr, h);
+        if (e && e->n >= per_addr) {
             pthread_mutex_unlock(&pending_lock);
             atomic_fetch_sub(&g_pgs.pending_logins, 1);
             return REFUSED_PENDING_ADDR;
         }
-        if (!*pp) {
-            *pp = pgs_xcalloc(1, sizeof(**pp));
-            snprintf((*pp)->addr, sizeof((*pp)->addr), "%s", c->addr);
+        if (!e) {
+            e = pgs_xcalloc(1, sizeof(*e));
+            snprintf(e->addr, sizeof(e->addr), "%s", c->addr);
+            e->hnode.hash = h;
+            htab_insert(&pending_tab, &e->hnode);
         }
-        (*pp)->n++;
+        e->n++;
         pthread_mutex_unlock(&pending_lock);
     }
     c->login_pending = true;
@@ -147,11 +152,11 @@ static void pending_end(pgs_client *c)
     c->login_pending = false;
     atomic_fetch_sub(&g_pgs.pending_logins, 1);
     if (c->unix_socket) return;
+    uint64_t h = pgs_hash64(c->addr, strlen(c->addr));
     pthread_mutex_lock(&pending_lock);
-    pending_addr **pp = pending_slot(c->addr);
-    pending_addr *e = *pp;
+    pending_addr *e = pending_find(c->addr, h);
     if (e && --e->n <= 0) {
-        *pp = e->next;
+        htab_remove(&pending_tab, &e->hnode);
         free(e);
     }
     pthread_mutex_unlock(&pending_lock);

@@ -119,12 +119,17 @@ int io_read_start(pgs_sock *s)
     return read_start_now(s);
 }
 
-void io_read_stop(pgs_sock *s)
+static void read_stop_now(pgs_sock *s)
 {
-    s->read_wanted = false;
     if (!s->reading) return;
     pgs_net->read_stop((uv_stream_t *)&s->tcp);
     s->reading = false;
+}
+
+void io_read_stop(pgs_sock *s)
+{
+    s->read_wanted = false;
+    read_stop_now(s);
 }
 
 /* Too much output is waiting for this client: stop reading it (the owner's
@@ -132,10 +137,7 @@ void io_read_stop(pgs_sock *s)
 static void throttle(pgs_sock *s)
 {
     s->throttled = true;
-    if (s->reading) {
-        pgs_net->read_stop((uv_stream_t *)&s->tcp);
-        s->reading = false;
-    }
+    read_stop_now(s);
 }
 
 static int unthrottle(pgs_sock *s)

@@ -67,30 +67,39 @@ static pgs_params *build(const char *const vals[PARAMS_REPORTED])
     return n;
 }
 
-/* Replaces *pp by a block whose reported value i is value (extras move
- * over, or are copied when the old block is shared). */
-static void rebuild(pgs_params **pp, int i, const char *value)
+/* Replaces *pp by a block of the reported values vals[] (which may point
+ * into *pp); the extras move over, or are copied when the old block is
+ * shared. */
+static void replace(pgs_params **pp, const char *const vals[PARAMS_REPORTED])
 {
     pgs_params *old = *pp;
-    const char *vals[PARAMS_REPORTED];
-    for (int k = 0; k < PARAMS_REPORTED; k++) vals[k] = rep_get(old, k);
-    if (i >= 0) vals[i] = value;
     pgs_params *n = build(vals);
     if (old && atomic_load_explicit(&old->refs, memory_order_relaxed) == 1) {
         n->extra = old->extra;
         n->n_extra = old->n_extra;
         free(old);
     } else if (old) {
-        for (int k = 0; k < old->n_extra; k++) params_set_extra(&n, old->extra[k].name, old->extra[k].stmt);
+        for (int k = 0; k < old->n_extra; k++)
+            params_set_extra(&n, old->extra[k].name, old->extra[k].stmt);
         params_free(old);
     }
     *pp = n;
 }
 
+/* Replaces *pp by a block whose reported value i (if i >= 0) is value. */
+static void rebuild(pgs_params **pp, int i, const char *value)
+{
+    const char *vals[PARAMS_REPORTED];
+    for (int k = 0; k < PARAMS_REPORTED; k++) vals[k] = rep_get(*pp, k);
+    if (i >= 0) vals[i] = value;
+    replace(pp, vals);
+}
+
 /* The block is about to change: make it ours alone. */
 static pgs_params *own(pgs_params **pp)
 {
-    if (!*pp || atomic_load_explicit(&(*pp)->refs, memory_order_relaxed) > 1) rebuild(pp, -1, NULL);
+    if (!*pp || atomic_load_explicit(&(*pp)->refs, memory_order_relaxed) > 1)
+        rebuild(pp, -1, NULL);
     return *pp;
 }
 
@@ -117,14 +126,9 @@ void params_fill_from(pgs_params **pp, const pgs_params *base)
         if (!rep_get(*pp, i) && rep_get(base, i)) missing = true;
     if (!missing) return;
     const char *vals[PARAMS_REPORTED];
-    for (int i = 0; i < PARAMS_REPORTED; i++) vals[i] = rep_get(*pp, i) ? rep_get(*pp, i) : rep_get(base, i);
-    pgs_params *n = build(vals);
-    pgs_params *old = *pp;
-    if (old) {
-        for (int k = 0; k < old->n_extra; k++) params_set_extra(&n, old->extra[k].name, old->extra[k].stmt);
-        params_free(old);
-    }
-    *pp = n;
+    for (int i = 0; i < PARAMS_REPORTED; i++)
+        vals[i] = rep_get(*pp, i) ? rep_get(*pp, i) : rep_get(base, i);
+    replace(pp, vals);
 }
 
 int params_reported_index(const char *name)

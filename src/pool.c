@@ -40,7 +40,7 @@
 
 /* After a connect or login fails for a reason other than the server's
  * refusal, the pool waits before the next attempt: 100 ms, doubling up to
- * 5 s, back to nothing after a success.  Without it a connect that fails
+ * 1 s, back to nothing after a success (shared by the workers).  Without it a connect that fails
  * at once (no route to the host, out of file descriptors) was retried in
  * a loop that never gave the event loop back: one worker spun at 100% CPU
  * and the log grew without bound. */
@@ -76,13 +76,6 @@ static void check_counters(const pgs_pool *p)
     PGS_UNUSED(p);
 }
 
-/* Every server opened for waiters counts in n_connecting (and n_login)
- * from server_open until it either logs in (pool_server_ready) or is
- * closed while connecting or logging in, whatever closes it: a login
- * failure, a login timeout, KILL, a write error, shutdown.  server.c calls
- * this from the one place that takes a server off its pool's lists, so no
- * path can forget it (KILL once did, and the worker never opened a server
- * again: it believed one was on its way). */
 bool pool_has_welcome(pgs_pool_shared *sh)
 {
     pthread_mutex_lock(&sh->lock);
@@ -248,16 +241,19 @@ static bool shared_unused_locked(pgs_pool_shared *sh)
     return none_in_transit;
 }
 
+static void local_free(pgs_pool *p)
+{
+    params_free(p->welcome_params);
+    free(p);
+}
+
 static void shared_free_locked(pgs_pool_shared *sh)
 {
     pooltab_remove(&pool_table, sh);
     *sh->pprev = sh->next;
     if (sh->next) sh->next->pprev = sh->pprev;
-    for (size_t i = 0; i < PGS_ARRAY_LEN(sh->retired); i++) {
-        if (!sh->retired[i]) continue;
-        params_free(sh->retired[i]->welcome_params);
-        free(sh->retired[i]);
-    }
+    for (size_t i = 0; i < PGS_ARRAY_LEN(sh->retired); i++)
+        if (sh->retired[i]) local_free(sh->retired[i]);
     for (int i = 0; i < sh->n_welcome; i++) {
         free(sh->welcome_names[i]);
         free(sh->welcome_values[i]);
@@ -286,8 +282,7 @@ void pool_free_all(void)
             pgs_pool *p = sh->locals[i];
             if (!p) continue;
             sh->locals[i] = NULL;
-            params_free(p->welcome_params);
-            free(p);
+            local_free(p);
         }
         shared_free_locked(sh);
     }
@@ -376,9 +371,7 @@ static bool backing_off(pgs_pool_shared *sh, uint64_t now)
 /* Opens servers for waiting clients while the budget allows. */
 static void open_for_waiters(pgs_pool *p)
 {
-    uint64_t now = pgs_now_us();
     if (is_paused(p)) return;
-    if (backing_off(p->sh, now)) return;
     bool asked = false;
     while (p->n_waiting > p->n_connecting) {
         /* a connect that failed at once set a back-off: stop here */
@@ -597,6 +590,13 @@ void pool_release(pgs_server *sv)
     place_idle_server(sv);
 }
 
+/* Every server opened for waiters counts in n_connecting (and n_login)
+ * from server_open until it either logs in (pool_server_ready) or is
+ * closed while connecting or logging in, whatever closes it: a login
+ * failure, a login timeout, KILL, a write error, shutdown.  server.c calls
+ * this from the one place that takes a server off its pool's lists, so no
+ * path can forget it (KILL once did, and the worker never opened a server
+ * again: it believed one was on its way). */
 void pool_login_ended(pgs_pool *p)
 {
     pgs_count(&p->n_login, -1);

@@ -81,6 +81,17 @@ int exq_push(pgs_expect_q *q, uint8_t kind, pgs_stmt *st, const char *tag)
     return 0;
 }
 
+/* A fake reply whose text is built here: the queue owns and frees it. */
+static int exq_push_owned(pgs_expect_q *q, uint8_t kind, char *text)
+{
+    if (exq_push(q, kind, NULL, text) < 0) {
+        free(text);
+        return -1;
+    }
+    q->items[(q->head + q->count - 1) % q->cap].owned = text;
+    return 0;
+}
+
 static int exq_push_id(pgs_expect_q *q, uint8_t kind, uint64_t id)
 {
     pgs_stmt tmp = {.id = id};
@@ -225,6 +236,15 @@ static void skip_to_sync(pgs_server *sv)
     }
 }
 
+/* Forgets the SET/RESET waiting for its answer (recorded or not). */
+static void drop_pending_set(pgs_server *sv)
+{
+    free(sv->pending_set_name);
+    free(sv->pending_set_stmt);
+    sv->pending_set_name = sv->pending_set_stmt = NULL;
+    sv->pending_set_kind = 0;
+}
+
 static void apply_pending_set(pgs_server *sv, bool ok)
 {
     pgs_client *c = sv->client;
@@ -251,10 +271,7 @@ static void apply_pending_set(pgs_server *sv, bool ok)
             break;
         }
     }
-    free(sv->pending_set_name);
-    free(sv->pending_set_stmt);
-    sv->pending_set_name = sv->pending_set_stmt = NULL;
-    sv->pending_set_kind = 0;
+    drop_pending_set(sv);
 }
 
 /* Is the server provably idle, as PostgreSQL itself sees it: its last
@@ -263,7 +280,7 @@ static void apply_pending_set(pgs_server *sv, bool ok)
  * message, nothing queued), and nothing it sent is unread? */
 static bool server_done(const pgs_server *sv)
 {
-    return sv->exq.count == 0 && sv->tx_status == 'I' && !sv->unsynced && !sv->restoring &&
+    return sv->exq.count == 0 && sv->tx_status == 'I' && !sv->unsynced &&
            !sv->s.wb.pending && sv->s.rbuf.pos == sv->s.rbuf.len && sv->fwd_remaining == 0 &&
            !sv->pending_set_kind;
 }
@@ -568,8 +585,7 @@ void relay_server_data(pgs_server *sv)
         relay_client_data(c);
         return;
     }
-    if (saw_ready && tx_mode(c) && c->fwd_remaining == 0 && server_done(sv) &&
-        !sv->pending_set_kind) {
+    if (saw_ready && tx_mode(c) && c->fwd_remaining == 0 && server_done(sv)) {
         /* Whatever the client still has to receive was copied aside, so
          * the server can serve someone else already. */
         unlink_and_release(c, sv);
@@ -674,6 +690,13 @@ static int refuse_ext(pgs_client *c, pgs_server *sv, const char *state_msg)
     return exq_push(&sv->exq, EX_FAKE_EXT_ERROR, NULL, state_msg);
 }
 
+/* The same, with a message built for this request (freed with its entry). */
+static int refuse_ext_owned(pgs_client *c, pgs_server *sv, char *state_msg)
+{
+    c->ext_skip = true;
+    return exq_push_owned(&sv->exq, EX_FAKE_EXT_ERROR, state_msg);
+}
+
 /* Handles a named Parse in transaction mode.  The whole message is in
  * the buffer.  A statement the server already has is answered here. */
 static int client_parse(pgs_client *c, pgs_server *sv, const uint8_t *body, uint32_t blen,
@@ -750,14 +773,10 @@ static int client_local_exec(pgs_client *c, pgs_server *sv, const pgs_stmt *st)
     switch (stmt_local_kind(st->body, st->body_len, name)) {
     case STMT_DEALLOCATE:
         if (!stmt_map_get(c->stmts, name, strlen(name))) {
-            int rc = refuse_ext(c, sv, NULL);
-            if (rc < 0) return rc;
-            pgs_expect *e = &sv->exq.items[(sv->exq.head + sv->exq.count - 1) % sv->exq.cap];
             size_t n = strlen(name) + 64;
-            e->owned = pgs_xmalloc(n);
-            snprintf(e->owned, n, "26000prepared statement \"%s\" does not exist", name);
-            e->tag = e->owned;
-            return 0;
+            char *text = pgs_xmalloc(n);
+            snprintf(text, n, "26000prepared statement \"%s\" does not exist", name);
+            return refuse_ext_owned(c, sv, text);
         }
         stmt_map_del(c->stmts, name, strlen(name));
         tag = "DEALLOCATE";
@@ -890,12 +909,7 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         refuse = "session-level advisory locks (pg_advisory_lock) would stay held on a pooled "
                  "server connection after your transaction; use pg_advisory_xact_lock";
     if (refuse) {
-        if (!had_pending) {
-            free(sv->pending_set_name);
-            free(sv->pending_set_stmt);
-            sv->pending_set_name = sv->pending_set_stmt = NULL;
-            sv->pending_set_kind = 0;
-        }
+        if (!had_pending) drop_pending_set(sv);
         return exq_push(&sv->exq, EX_FAKE_ERROR, NULL, refuse) < 0 ? -1 : 1;
     }
     return 0;
@@ -1255,7 +1269,7 @@ static void client_forward(pgs_client *c)
             client_close(c, "writing to the client failed");
             return;
         }
-        if (tx_mode(c) && c->fwd_remaining == 0 && server_done(sv) && !sv->pending_set_kind &&
+        if (tx_mode(c) && c->fwd_remaining == 0 && server_done(sv) &&
             !(b->data && b->pos < b->len)) {
             unlink_and_release(c, sv);
         }
@@ -1378,7 +1392,7 @@ void relay_client_gone(pgs_client *c)
      * not provably clean, so it cannot serve anyone else.  Closing it makes
      * PostgreSQL roll back whatever the client left open. */
     bool busy = sv->exq.count > 0 || c->fwd_remaining > 0 || sv->s.wb.pending ||
-                sv->fwd_remaining > 0 || sv->unsynced || sv->restoring;
+                sv->fwd_remaining > 0 || sv->unsynced;
     if (busy) {
         server_close(sv, "client left with a request in progress");
         return;

@@ -232,7 +232,8 @@ struct pgs_server {
     bool unsynced;
     /* The client's settings are being restored (relay_link): its requests
      * wait until the server confirms them, so that none runs under the
-     * previous client's settings. */
+     * previous client's settings.  The restore is an EX_INTERNAL entry in
+     * exq, so a restoring server is never idle by the queue alone. */
     bool restoring;
     uint64_t connect_us, last_used_us, login_start_us;
     uint64_t cancelled_us;    /* when a cancel request was last sent for it */

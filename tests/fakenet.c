@@ -223,27 +223,34 @@ static int f_try_write(uv_stream_t *s, const uv_buf_t bufs[], unsigned n)
     return (int)take;
 }
 
+/* Takes fh's first pending write off its queue and queues its completion
+ * with `status`, as libuv calls a write's callback on a later turn. */
+static void complete_first_write(fn_handle *fh, int status)
+{
+    fn_write *wr = fh->writes;
+    fh->writes = wr->next;
+    fn_event *e = pgs_xcalloc(1, sizeof(*e));
+    e->kind = EV_WRITE;
+    e->fh = fh;
+    e->wreq = wr->req;
+    e->wcb = wr->cb;
+    e->status = status;
+    push_event(e);
+    free(wr->data);
+    free(wr);
+}
+
 /* Pending writes of fh that the connection now takes complete. */
 static void flush_writes(fn_handle *fh)
 {
     fn_conn *c = fh->c;
     while (fh->writes && (peer_gone(c) || fh->writes->len <= c->limit)) {
-        fn_write *wr = fh->writes;
-        fh->writes = wr->next;
         int status = 0;
         if (peer_gone(c))
             status = UV_EPIPE;
         else
-            transmit(c, wr->data, wr->len);
-        fn_event *e = pgs_xcalloc(1, sizeof(*e));
-        e->kind = EV_WRITE;
-        e->fh = fh;
-        e->wreq = wr->req;
-        e->wcb = wr->cb;
-        e->status = status;
-        push_event(e);
-        free(wr->data);
-        free(wr);
+            transmit(c, fh->writes->data, fh->writes->len);
+        complete_first_write(fh, status);
     }
 }
 
@@ -292,19 +299,7 @@ static void f_close(uv_handle_t *h, uv_close_cb cb)
         e->status = UV_ECANCELED;
         push_event(e);
     }
-    while (fh->writes) {
-        fn_write *wr = fh->writes;
-        fh->writes = wr->next;
-        fn_event *e = pgs_xcalloc(1, sizeof(*e));
-        e->kind = EV_WRITE;
-        e->fh = fh;
-        e->wreq = wr->req;
-        e->wcb = wr->cb;
-        e->status = UV_ECANCELED;
-        push_event(e);
-        free(wr->data);
-        free(wr);
-    }
+    while (fh->writes) complete_first_write(fh, UV_ECANCELED);
     if (fh->fd >= 0) fd_release(fh->fd);
     fh->fd = -1;
     fn_event *e = pgs_xcalloc(1, sizeof(*e));

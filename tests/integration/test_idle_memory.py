@@ -3,7 +3,6 @@ memory by a few hundred bytes each (bench/idle_clients.py measures the exact
 figure against PgBouncer; this test guards against a regression with a
 generous bound)."""
 import resource
-import subprocess
 import sys
 import time
 
@@ -11,6 +10,9 @@ import pytest
 
 from conftest import REPO_ROOT
 from helpers import APP_DB, APP_USER, is_sanitized, proc_kb
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+import idle_clients  # noqa: E402  (bench/: the client side of the measurement)
 
 N_CLIENTS = 10000
 KIB_PER_CLIENT_BOUND = 4.0
@@ -30,16 +32,10 @@ def test_ten_thousand_idle_clients_cost_under_4_kib_each(pgscale):
     before = proc_kb(pg.pid, "VmRSS")
     # The clients live in another process (raw sockets on asyncio), so this
     # process's descriptors are not involved; it raises its own limit.
-    child = subprocess.Popen(
-        [sys.executable, "-B", str(REPO_ROOT / "bench" / "idle_clients.py"), "hold",
-         "--port", str(pg.port), "--user", APP_USER, "--database", APP_DB,
-         "--count", str(N_CLIENTS), "--timeout", "60"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = child.stdout.readline()
-        assert line.startswith("HELD "), "client process failed: %r %s" % (line, child.stderr.read()[-2000:])
-        fields = dict(kv.split("=", 1) for kv in line.split(" ", 5)[1:5])
-        assert int(fields["ok"]) == N_CLIENTS, line
+    hold_args = ["--port", pg.port, "--user", APP_USER, "--database", APP_DB,
+                 "--count", N_CLIENTS, "--timeout", 60]
+    with idle_clients.held_clients(hold_args, wait=30) as fields:
+        assert int(fields["ok"]) == N_CLIENTS, fields
         time.sleep(1.0)
         after = proc_kb(pg.pid, "VmRSS")
         per = (after - before) / N_CLIENTS
@@ -47,13 +43,3 @@ def test_ten_thousand_idle_clients_cost_under_4_kib_each(pgscale):
         assert per <= KIB_PER_CLIENT_BOUND, (
             "%d idle clients grew pgscale's VmRSS by %d KiB: %.2f KiB each (bound %.1f)"
             % (N_CLIENTS, after - before, per, KIB_PER_CLIENT_BOUND))
-    finally:
-        try:
-            child.stdin.close()
-        except OSError:
-            pass
-        try:
-            child.wait(30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
