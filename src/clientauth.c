@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <openssl/crypto.h>
 
@@ -81,7 +82,7 @@ typedef struct keytab_entry {
     bool from_query;          /* learnt at a login checked against auth.query */
     uint64_t stamp;           /* 0 = free */
 } keytab_entry;
-static keytab_entry keytab[KEYTAB_SIZE];
+static keytab_entry *keytab; /* KEYTAB_SIZE entries, kept out of core dumps */
 static uint64_t keytab_clock;
 static pthread_mutex_t keytab_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -93,6 +94,7 @@ static void keytab_wipe(keytab_entry *e)
 /* The entry of user, or NULL.  Caller holds keytab_lock. */
 static keytab_entry *keytab_find(const char *user)
 {
+    if (!keytab) return NULL; /* before clientauth_init */
     for (int i = 0; i < KEYTAB_SIZE; i++) {
         keytab_entry *e = &keytab[i];
         if (e->stamp && strcmp(e->user, user) == 0) return e;
@@ -110,6 +112,10 @@ static void keys_remember(const char *user, const scram_keys *k, const char *sec
     if (secret && strlen(secret) >= sizeof(keytab[0].secret)) secret = NULL;
     if (!k && !secret) return;
     pthread_mutex_lock(&keytab_lock);
+    if (!keytab) {
+        pthread_mutex_unlock(&keytab_lock);
+        return;
+    }
     keytab_entry *slot = keytab_find(user);
     if (slot && !slot->from_query && from_query) {
         /* the users file's word outranks a lookup's */
@@ -177,6 +183,18 @@ bool clientauth_user_secret(const char *user, int *kind, char *buf, size_t bufle
 
 int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
 {
+    /* Pages of their own, so that MADV_DONTDUMP leaves the keys out of a
+     * core file even when allow_core_dumps is on. */
+    if (!keytab) {
+        void *p = mmap(NULL, KEYTAB_SIZE * sizeof(keytab_entry), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            snprintf(err, errlen, "no memory for the key table");
+            return -1;
+        }
+        madvise(p, KEYTAB_SIZE * sizeof(keytab_entry), MADV_DONTDUMP);
+        keytab = p;
+    }
     if (auth_random_bytes(mock_key, sizeof(mock_key)) < 0) {
         snprintf(err, errlen, "no random bytes for the SCRAM mock key");
         return -1;
@@ -194,7 +212,11 @@ void clientauth_shutdown(void)
     authfile_free(users_retired);
     users = users_retired = NULL;
     pthread_mutex_lock(&keytab_lock);
-    for (int i = 0; i < KEYTAB_SIZE; i++) keytab_wipe(&keytab[i]);
+    if (keytab) {
+        for (int i = 0; i < KEYTAB_SIZE; i++) keytab_wipe(&keytab[i]);
+        munmap(keytab, KEYTAB_SIZE * sizeof(keytab_entry));
+        keytab = NULL;
+    }
     pthread_mutex_unlock(&keytab_lock);
 }
 

@@ -174,6 +174,9 @@ void config_defaults(pgs_config *cfg)
 
     cfg->redis_url = NULL;
     cfg->log_level = PGS_LOG_INFO;
+    cfg->unix_socket_permissions = 0700;
+    cfg->unix_socket_group = NULL;
+    cfg->allow_core_dumps = false;
 
     cfg->n_listen = 1;
     cfg->listen[0].is_unix = false;
@@ -1070,6 +1073,9 @@ enum kind {
     K_BYTES,     /* uint32_t bytes in [min, max] */
     K_REDIS,     /* char * */
     K_LOG_LEVEL, /* int, PGS_LOG_* */
+    K_FILE_MODE, /* int, permission bits 0..0777, written in octal */
+    K_NAME,      /* char *, a plain name without control characters */
+    K_BOOL,      /* bool: on/off, true/false, yes/no, 1/0 */
 };
 
 struct setting {
@@ -1130,6 +1136,12 @@ static const struct setting settings[] = {
      .off = F(max_message_size), .min = 1024, .max = 1073741824L},
     {.name = "REDIS_URL", .key = "redis_url", .kind = K_REDIS, .off = F(redis_url)},
     {.name = "PGSCALE_LOG_LEVEL", .key = "log_level", .kind = K_LOG_LEVEL, .off = F(log_level)},
+    {.name = "PGSCALE_UNIX_SOCKET_PERMISSIONS", .key = "unix_socket_permissions",
+     .kind = K_FILE_MODE, .off = F(unix_socket_permissions)},
+    {.name = "PGSCALE_UNIX_SOCKET_GROUP", .key = "unix_socket_group", .kind = K_NAME,
+     .off = F(unix_socket_group)},
+    {.name = "PGSCALE_ALLOW_CORE_DUMPS", .key = "allow_core_dumps", .kind = K_BOOL,
+     .off = F(allow_core_dumps)},
 };
 #undef DUR
 #undef F
@@ -1208,6 +1220,44 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
         seterr(why, whylen, "'%s' is not a log level (expected error, warn, info or debug)",
                shown(v, sb, sizeof(sb)));
         return -EINVAL;
+    case K_FILE_MODE: {
+        /* octal, as chmod and PostgreSQL's unix_socket_permissions write it */
+        char *end;
+        errno = 0;
+        long m = strtol(v, &end, 8);
+        if (!*v || *end || errno || m < 0 || m > 0777) {
+            seterr(why, whylen, "'%s' is not a permission mode (expected octal 0000..0777, such "
+                   "as 0700 or 0770)", shown(v, sb, sizeof(sb)));
+            return -EINVAL;
+        }
+        *FIELD(cfg, s, int) = (int)m;
+        return 0;
+    }
+    case K_NAME: {
+        for (const char *p = v; *p; p++) {
+            if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+                seterr(why, whylen, "contains a control character (a stray newline?)");
+                return -EINVAL;
+            }
+        }
+        char **field = FIELD(cfg, s, char *);
+        free(*field);
+        *field = pgs_xstrdup(v);
+        return 0;
+    }
+    case K_BOOL: {
+        static const char *const yes[] = {"on", "true", "yes", "1"};
+        static const char *const no[] = {"off", "false", "no", "0"};
+        for (size_t i = 0; i < PGS_ARRAY_LEN(yes); i++) {
+            if (strcasecmp(v, yes[i]) == 0 || strcasecmp(v, no[i]) == 0) {
+                *FIELD(cfg, s, bool) = strcasecmp(v, yes[i]) == 0;
+                return 0;
+            }
+        }
+        seterr(why, whylen, "'%s' is not on or off (expected on/off, true/false, yes/no, 1/0)",
+               shown(v, sb, sizeof(sb)));
+        return -EINVAL;
+    }
     }
     return -EINVAL;
 }
@@ -1265,7 +1315,10 @@ const char *config_setting_for_key(const char *key, pgs_value_kind *kind)
         case K_BYTES: *kind = PGS_VALUE_SIZE; break;
         case K_REDIS: *kind = PGS_VALUE_SECRET; break;
         case K_POOL_MODE:
-        case K_LOG_LEVEL: *kind = PGS_VALUE_TEXT; break;
+        case K_LOG_LEVEL:
+        case K_FILE_MODE:
+        case K_NAME:
+        case K_BOOL: *kind = PGS_VALUE_TEXT; break;
         }
         return s->name;
     }
@@ -1738,6 +1791,8 @@ void config_free(pgs_config *cfg)
     cfg->n_replicas = 0;
     free(cfg->redis_url);
     cfg->redis_url = NULL;
+    free(cfg->unix_socket_group);
+    cfg->unix_socket_group = NULL;
 
     pgs_auth_config *a = &cfg->auth;
     free(a->file);
@@ -1864,6 +1919,17 @@ static void format_setting(sbuf *b, const pgs_config *cfg, const struct setting 
                  lv >= 0 && lv < (int)PGS_ARRAY_LEN(log_level_names) ? log_level_names[lv] : "?");
         break;
     }
+    case K_FILE_MODE:
+        snprintf(tmp, sizeof(tmp), "%04o", (unsigned)*CFIELD(cfg, s, int));
+        break;
+    case K_NAME: {
+        const char *n = *CFIELD(cfg, s, char *);
+        if (n) sb_puts(b, n);
+        return;
+    }
+    case K_BOOL:
+        snprintf(tmp, sizeof(tmp), "%s", *CFIELD(cfg, s, bool) ? "on" : "off");
+        break;
     }
     sb_puts(b, tmp);
 }

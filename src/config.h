@@ -181,6 +181,9 @@ typedef struct pgs_config {
 
     char *redis_url;              /* REDIS_URL (kept for later features) */
     int log_level;                /* PGSCALE_LOG_LEVEL: error|warn|info|debug */
+    int unix_socket_permissions;  /* PGSCALE_UNIX_SOCKET_PERMISSIONS, 0700 */
+    char *unix_socket_group;      /* PGSCALE_UNIX_SOCKET_GROUP, NULL = pgscale's own */
+    bool allow_core_dumps;        /* PGSCALE_ALLOW_CORE_DUMPS, off */
 
     /* From the config file only (see the types above). */
     pgs_listen_addr listen[PGS_MAX_LISTEN]; /* listen:; PGSCALE_LISTEN sets one */

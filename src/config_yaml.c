@@ -1134,7 +1134,8 @@ static const char *const top_keys[] = {
     "client_idle_timeout", "query_timeout", "client_login_timeout", "client_startup_timeout",
     "shutdown_timeout", "max_client_conn", "max_pending_logins", "max_pending_logins_per_address", "max_prepared_statements", "max_client_prepared_statements",
     "max_client_prepared_bytes", "max_message_size",
-    "max_startup_packet_size", "redis_url", "log_level", "nodes", "databases", "users", "auth",
+    "max_startup_packet_size", "redis_url", "log_level", "unix_socket_permissions",
+    "unix_socket_group", "allow_core_dumps", "nodes", "databases", "users", "auth",
     "tls", "server_tls", "admin_users", "stats_users",
 };
 

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <arpa/inet.h>
 
@@ -131,6 +132,10 @@ static void on_signal(uv_signal_t *s, int signum)
 
 int main(int argc, char **argv)
 {
+    /* Not dumpable from the first instruction: the environment and the
+     * files read next hold passwords, and a core file or a same-user
+     * ptrace would expose them.  allow_core_dumps turns it back on. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     const char *envfile = NULL, *config_flag = NULL;
     bool check_only = false;
     static const struct option opts[] = {{"config", required_argument, NULL, 'f'},
@@ -164,6 +169,7 @@ int main(int argc, char **argv)
         return 1;
     }
     pgs_log_level = g_cfg.log_level;
+    if (g_cfg.allow_core_dumps) prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
     if (check_only) {
         config_describe(&g_cfg, print_cfg, NULL);
         config_describe_file(&g_cfg, print_cfg, NULL);

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -310,9 +311,37 @@ static int open_tcp_listener(pgs_worker *w, const pgs_listen_addr *a)
     return 0;
 }
 
+/* unix_socket_group and unix_socket_permissions, as PostgreSQL applies
+ * its settings of the same names. */
+static int set_socket_access(const char *path, const pgs_config *cfg)
+{
+    if (cfg->unix_socket_group && *cfg->unix_socket_group) {
+        struct group gr, *found = NULL;
+        char buf[4096];
+        int e = getgrnam_r(cfg->unix_socket_group, &gr, buf, sizeof(buf), &found);
+        if (e != 0 || !found) {
+            log_error("listen: unix_socket_group \"%s\" is not a group on this system",
+                      cfg->unix_socket_group);
+            return -EINVAL;
+        }
+        if (chown(path, (uid_t)-1, found->gr_gid) != 0) {
+            int err = errno;
+            log_error("listen: cannot give %s to group %s: %s (pgscale must be a member of the "
+                      "group)", path, cfg->unix_socket_group, strerror(err));
+            return -err;
+        }
+    }
+    if (chmod(path, (mode_t)cfg->unix_socket_permissions) != 0) {
+        int err = errno;
+        log_error("listen: cannot set the mode of %s: %s", path, strerror(err));
+        return -err;
+    }
+    return 0;
+}
+
 /* A Unix socket <dir>/.s.PGSQL.<port>, as PostgreSQL names it, so that
  * psql -h <dir> -p <port> finds it. */
-static int open_unix_listener(pgs_worker *w, const pgs_listen_addr *a)
+static int open_unix_listener(pgs_worker *w, const pgs_listen_addr *a, const pgs_config *cfg)
 {
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
     char path[sizeof(sun.sun_path)];
@@ -346,8 +375,10 @@ static int open_unix_listener(pgs_worker *w, const pgs_listen_addr *a)
     int rc = uv_pipe_bind(l, path);
     if (rc == 0) {
         w->unix_paths[w->n_listeners - 1] = pgs_xstrdup(path);
-        chmod(path, 0777); /* who may connect is decided by auth (local rules) */
-        rc = uv_listen((uv_stream_t *)l, 4096, on_connection);
+        /* Before listen(): nobody can connect while the mode is still the
+         * umask's.  connect() needs write permission on the socket file. */
+        rc = set_socket_access(path, cfg);
+        if (rc == 0) rc = uv_listen((uv_stream_t *)l, 4096, on_connection);
     }
     if (rc < 0) {
         log_error("cannot listen on %s: %s", path, uv_strerror(rc));
@@ -364,7 +395,7 @@ static int open_listeners(pgs_worker *w, const pgs_config *cfg)
         if (!a->is_unix)
             rc = open_tcp_listener(w, a);
         else if (w->id == 0)
-            rc = open_unix_listener(w, a);
+            rc = open_unix_listener(w, a, cfg);
         if (rc < 0) return rc;
     }
     w->listening = w->n_listeners > 0;

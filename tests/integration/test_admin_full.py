@@ -282,6 +282,7 @@ def test_zero_config_unix_socket_peer_of_pgscales_os_user_may_change_things(pgsc
             listen:
               - 127.0.0.1:%d
               - unix:%s
+            unix_socket_permissions: "0777"
             """ % (port, sockdir))
         pg = pgscale(args=["--config", cfg], wait=False, PGSCALE_LISTEN=None)
         pg.port = port

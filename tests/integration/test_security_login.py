@@ -2,15 +2,22 @@
 in.  An IPv4 client on a dual-stack listener must meet the IPv4 auth.hba
 rules; connections that never finish logging in must not lock real clients
 out; and names sent by a client must not forge lines in pgscale's log."""
+import grp
+import os
 import re
+import shutil
 import socket
+import stat
+import subprocess
+import tempfile
 import time
 
 import psycopg2
 import pytest
 
 import pgwire
-from helpers import LOCALHOST, free_port, port_accepts, wait_for
+from helpers import (APP_PASSWORD, LOCALHOST, client_env, free_port, is_sanitized, port_accepts,
+                     wait_for)
 
 CLIENT_PW = "client-pw"
 
@@ -210,3 +217,110 @@ def test_newline_in_user_name_does_not_forge_a_log_line(pgscale, tmp_path):
     assert not [ln for ln in lines if "forged" in ln and not re.match(
         r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC \w+ ", ln)], lines[-20:]
     assert any("evil\\n2026-01-01" in ln for ln in lines), lines[-20:]
+
+
+# -- 5. The Unix socket's permissions, and secrets out of reach of the same OS user ----------
+def _as_postgres_psql(sockdir, port, sql="SELECT 1"):
+    """psql run as the OS user postgres (another user than pgscale's) over the socket."""
+    return subprocess.run(
+        ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--clear-groups",
+         "psql", "-X", "-w", "-At", "-h", sockdir, "-p", str(port), "-U", "app", "-d", "app",
+         "-c", sql],
+        capture_output=True, text=True, timeout=30, env=client_env(), cwd="/tmp",
+        stdin=subprocess.DEVNULL)
+
+
+def _start_with_socket(pgscale, tmp_path, extra=""):
+    port = free_port()
+    sockdir = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")  # socket paths must be short
+    os.chmod(sockdir, 0o755)
+    cfg = write(tmp_path, "pgscale.yaml", "listen:\n  - 127.0.0.1:%d\n  - unix:%s\n%s" % (
+        port, sockdir, extra))
+    pg = pgscale(args=["--config", cfg], wait=False, PGSCALE_LISTEN=None)
+    pg.port = port
+    wait_for(lambda: port_accepts(port) or not pg.is_running(), 10, what="pgscale to listen")
+    assert pg.is_running(), pg.stderr_text()[-2000:]
+    return pg, port, sockdir
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another OS user")
+def test_unix_socket_is_closed_to_other_os_users_by_default(pgscale, tmp_path):
+    pg, port, sockdir = _start_with_socket(pgscale, tmp_path)
+    try:
+        st = os.stat(os.path.join(sockdir, ".s.PGSQL.%d" % port))
+        assert stat.S_IMODE(st.st_mode) == 0o700, oct(st.st_mode)
+        r = _as_postgres_psql(sockdir, port)
+        assert r.returncode != 0 and "Permission denied" in r.stderr, (r.stdout, r.stderr)
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another OS user")
+def test_unix_socket_group_and_permissions_open_it_to_a_group(pgscale, tmp_path):
+    pg, port, sockdir = _start_with_socket(
+        pgscale, tmp_path, 'unix_socket_group: postgres\nunix_socket_permissions: "0770"\n')
+    try:
+        st = os.stat(os.path.join(sockdir, ".s.PGSQL.%d" % port))
+        assert stat.S_IMODE(st.st_mode) == 0o770, oct(st.st_mode)
+        assert st.st_gid == grp.getgrnam("postgres").gr_gid
+        # a member of the group reaches pgscale (and then authenticates as
+        # any client does: the server's answer, not a permission error)
+        r = subprocess.run(
+            ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--init-groups",
+             "psql", "-X", "-w", "-At", "-h", sockdir, "-p", str(port), "-U", "app", "-d",
+             "app", "-c", "SELECT 'in'"],
+            capture_output=True, text=True, timeout=30, env=client_env(), cwd="/tmp",
+            stdin=subprocess.DEVNULL)
+        assert "Permission denied" not in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_unknown_unix_socket_group_stops_the_start_with_a_clear_error(pgscale, tmp_path):
+    port = free_port()
+    sockdir = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")
+    try:
+        cfg = write(tmp_path, "pgscale.yaml", "listen:\n  - 127.0.0.1:%d\n  - unix:%s\n"
+                    "unix_socket_group: no-such-group-here\n" % (port, sockdir))
+        pg = pgscale(args=["--config", cfg], wait=False, PGSCALE_LISTEN=None)
+        assert pg.wait_exit(10) not in (None, 0)
+        assert 'unix_socket_group "no-such-group-here" is not a group' in pg.stderr_text()
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run pgscale as another OS user")
+@pytest.mark.parametrize("allow", [False, True], ids=["default", "allow_core_dumps"])
+def test_same_os_user_cannot_read_secrets_from_proc_unless_dumps_are_allowed(
+        pgscale, tmp_path, allow):
+    """The attack: another process of pgscale's own OS user reads DATABASE_URL's
+    password from /proc/<pid>/environ (or attaches a debugger, or makes it
+    dump core).  pgscale is not dumpable unless allow_core_dumps is on."""
+    env = {"PGSCALE_ALLOW_CORE_DUMPS": "on"} if allow else {}
+    pg = pgscale(prefix=["setpriv", "--reuid", "postgres", "--regid", "postgres",
+                         "--clear-groups"], **env)
+    pid = pg.pid
+    r = subprocess.run(
+        ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--clear-groups",
+         "cat", "/proc/%d/environ" % pid],
+        capture_output=True, timeout=10, cwd="/tmp", stdin=subprocess.DEVNULL)
+    if allow:
+        assert r.returncode == 0 and b"DATABASE_URL=" in r.stdout, r.stderr
+    else:
+        assert r.returncode != 0 and b"DATABASE_URL" not in r.stdout, r.stdout[:200]
+        assert b"Permission denied" in r.stderr, r.stderr
+    # pgscale still serves clients either way
+    with pgwire.RawConn(LOCALHOST, pg.port) as c:
+        msgs = c.login("app", "app", APP_PASSWORD)
+        assert not pgwire.errors(msgs), msgs
+
+
+def test_key_table_is_left_out_of_core_dumps(pgscale):
+    pg = pgscale(PGSCALE_ALLOW_CORE_DUMPS="on")
+    if is_sanitized(pg.pid):
+        pytest.skip("sanitizers mark their own mappings MADV_DONTDUMP")
+    with open("/proc/%d/smaps" % pg.pid) as f:
+        flags = [line.split()[1:] for line in f if line.startswith("VmFlags:")]
+    # (the kernel's read-only [vvar] pages are always "dd"; the key table is
+    # the writable one)
+    assert any("dd" in fl and "wr" in fl for fl in flags), "no writable mapping is do-not-dump"

@@ -767,6 +767,46 @@ static void test_log_level(void **state)
                              "warn, info or debug)");
 }
 
+static void test_local_access_settings(void **state)
+{
+    (void)state;
+    pgs_config c;
+    apply_ok(&c, "PGSCALE_LOG_LEVEL", "info");
+    assert_int_equal(c.unix_socket_permissions, 0700);
+    assert_null(c.unix_socket_group);
+    assert_false(c.allow_core_dumps);
+    config_free(&c);
+    apply_ok(&c, "PGSCALE_UNIX_SOCKET_PERMISSIONS", "0770");
+    assert_int_equal(c.unix_socket_permissions, 0770);
+    config_free(&c);
+    apply_ok(&c, "PGSCALE_UNIX_SOCKET_PERMISSIONS", "777");
+    assert_int_equal(c.unix_socket_permissions, 0777);
+    config_free(&c);
+    apply_ok(&c, "PGSCALE_UNIX_SOCKET_GROUP", "pgclients");
+    assert_string_equal(c.unix_socket_group, "pgclients");
+    config_free(&c);
+    static const char *const on[] = {"on", "TRUE", "yes", "1"}, *const off[] = {"off", "false",
+                                                                                 "No", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        apply_ok(&c, "PGSCALE_ALLOW_CORE_DUMPS", on[i]);
+        assert_true(c.allow_core_dumps);
+        config_free(&c);
+        apply_ok(&c, "PGSCALE_ALLOW_CORE_DUMPS", off[i]);
+        assert_false(c.allow_core_dumps);
+        config_free(&c);
+    }
+    char err[512];
+    apply_bad("PGSCALE_UNIX_SOCKET_PERMISSIONS", "0800", err, sizeof(err));
+    assert_string_equal(err, "PGSCALE_UNIX_SOCKET_PERMISSIONS: '0800' is not a permission mode "
+                             "(expected octal 0000..0777, such as 0700 or 0770)");
+    apply_bad("PGSCALE_UNIX_SOCKET_PERMISSIONS", "1777", err, sizeof(err));
+    apply_bad("PGSCALE_UNIX_SOCKET_PERMISSIONS", "-1", err, sizeof(err));
+    apply_bad("PGSCALE_UNIX_SOCKET_GROUP", "a\nb", err, sizeof(err));
+    apply_bad("PGSCALE_ALLOW_CORE_DUMPS", "maybe", err, sizeof(err));
+    assert_string_equal(err, "PGSCALE_ALLOW_CORE_DUMPS: 'maybe' is not on or off (expected "
+                             "on/off, true/false, yes/no, 1/0)");
+}
+
 static void test_max_client_conn(void **state)
 {
     (void)state;
@@ -1085,7 +1125,8 @@ static const char *const all_vars[] = {
     "PGSCALE_CLIENT_LOGIN_TIMEOUT", "PGSCALE_CLIENT_STARTUP_TIMEOUT", "PGSCALE_SHUTDOWN_TIMEOUT",
     "PGSCALE_MAX_CLIENT_CONN", "PGSCALE_MAX_PENDING_LOGINS", "PGSCALE_MAX_PENDING_LOGINS_PER_ADDRESS",
     "PGSCALE_MAX_PREPARED_STATEMENTS", "PGSCALE_MAX_CLIENT_PREPARED_STATEMENTS",
-    "PGSCALE_MAX_CLIENT_PREPARED_BYTES", "PGSCALE_MAX_MESSAGE_SIZE"};
+    "PGSCALE_MAX_CLIENT_PREPARED_BYTES", "PGSCALE_MAX_MESSAGE_SIZE",
+    "PGSCALE_UNIX_SOCKET_PERMISSIONS", "PGSCALE_UNIX_SOCKET_GROUP", "PGSCALE_ALLOW_CORE_DUMPS"};
 
 static int clear_env(void **state)
 {
@@ -1385,6 +1426,7 @@ int main(void)
         cmocka_unit_test(test_workers),
         cmocka_unit_test(test_redis_url),
         cmocka_unit_test(test_log_level),
+        cmocka_unit_test(test_local_access_settings),
         cmocka_unit_test(test_max_client_conn),
         cmocka_unit_test(test_max_prepared_statements),
         cmocka_unit_test(test_max_message_size),
