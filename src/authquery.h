@@ -21,8 +21,21 @@ bool authquery_enabled(void);
  * with the reason in error).  Both strings are the callee's to free. */
 typedef void (*authquery_done_fn)(pgs_worker *w, uint32_t client_id, char *secret, char *error);
 
-/* Queues a lookup of user for client client_id of worker w. */
-void authquery_lookup(pgs_worker *w, uint32_t client_id, const char *user,
-                      authquery_done_fn done);
+/* Asks for user's secret for client client_id of worker w, connected from
+ * addr (NULL: a Unix socket, which no per-address bound applies to).
+ * AQ_QUEUED: done is called later on w's thread -- after the lookups of
+ * addr ahead of it when addr already has auth.query_max_per_address in
+ * the queue.  AQ_NO_USER: answered at once, without PostgreSQL, as "no
+ * such user": a lookup said so less than auth.query_negative_ttl ago. */
+enum { AQ_QUEUED = 0, AQ_NO_USER = 1 };
+int authquery_lookup(pgs_worker *w, uint32_t client_id, const char *user, const char *addr,
+                     authquery_done_fn done);
+/* The client of a queued lookup left: the lookup is dropped unless it is
+ * already running (its answer then finds no client). */
+void authquery_cancel(pgs_worker *w, uint32_t client_id, const char *addr);
+
+/* Forgets every remembered "no such user" (RELOAD: a user created since
+ * can log in at once). */
+void authquery_forget(void);
 
 #endif

@@ -319,14 +319,18 @@ int clientauth_begin(pgs_client *c)
     pgs_client_auth *a = pgs_xcalloc(1, sizeof(*a));
     a->method = (pgs_auth_method)m;
     c->auth = a;
+    /* The first request (the SASL mechanisms, or md5 with a fresh salt)
+     * does not depend on the user, so it goes out at once for everyone: if
+     * it waited for the lookup, its delay would tell a prober which names
+     * the users file lacks.  The lookup runs meanwhile; the client's answer
+     * waits for it only if it arrives first (clientauth_data). */
+    if (send_request(c) < 0) return -1;
     const authfile *u = cur_users();
-    if ((!u || !authfile_lookup(u, c->user)) && authquery_enabled()) {
-        /* ask PostgreSQL for the secret first; the request follows */
+    if ((!u || !authfile_lookup(u, c->user)) && authquery_enabled() &&
+        authquery_lookup(c->w, c->id, c->user, c->unix_socket ? NULL : c->addr, lookup_done) ==
+            AQ_QUEUED)
         a->pending = true;
-        authquery_lookup(c->w, c->id, c->user, lookup_done);
-        return 1;
-    }
-    return send_request(c) < 0 ? -1 : 1;
+    return 1;
 }
 
 /* The first authentication request: md5 with a fresh salt, or SASL. */
@@ -383,14 +387,15 @@ static void lookup_done(pgs_worker *w, uint32_t client_id, char *secret, char *e
     }
     c->auth->pending = false;
     c->auth->secret = secret; /* NULL: no such user; the exchange fails at its end */
-    if (send_request(c) == 0 && c->auth && c->s.rbuf.data && c->s.rbuf.pos < c->s.rbuf.len &&
-        clientauth_data(c) == 0)
+    /* the client's answer to the first request may be waiting already */
+    if (c->s.rbuf.data && c->s.rbuf.pos < c->s.rbuf.len && clientauth_data(c) == 0)
         client_after_auth(c);
 }
 
 void clientauth_free(pgs_client *c)
 {
     if (!c->auth) return;
+    if (c->auth->pending) authquery_cancel(c->w, c->id, c->unix_socket ? NULL : c->addr);
     scram_server_clear(&c->auth->scram);
     if (c->auth->secret) OPENSSL_cleanse(c->auth->secret, strlen(c->auth->secret));
     free(c->auth->secret);
@@ -515,7 +520,26 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
 int clientauth_data(pgs_client *c)
 {
     pgs_buf *b = &c->s.rbuf;
-    if (c->auth && c->auth->pending) return 1; /* nothing asked of the client yet */
+    if (c->auth && c->auth->pending) {
+        /* The answer needs the secret the lookup is still fetching: it
+         * stays in the buffer until lookup_done.  What cannot be an answer
+         * is refused now. */
+        uint8_t type;
+        uint32_t len;
+        int rc = b->data && b->pos < b->len
+                     ? proto_peek_header(b->data + b->pos, b->len - b->pos, AUTH_MSG_MAX, &type,
+                                         &len)
+                     : PROTO_NEED_MORE;
+        if (rc == PROTO_NEED_MORE) return 1;
+        if (rc < 0 || type != 'p') {
+            client_fail(c, "08P01",
+                        type == 'X' ? "client left during authentication"
+                                    : "expected a password or SASL response message",
+                        NULL);
+            return -1;
+        }
+        return 1;
+    }
     while (c->auth && b->data && b->pos < b->len) {
         uint8_t type;
         uint32_t len;

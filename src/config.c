@@ -184,6 +184,8 @@ void config_defaults(pgs_config *cfg)
     cfg->listen[0].port = cfg->listen_port;
     cfg->max_startup_packet_size = 10000;
     cfg->auth.type = PGS_AUTH_TRUST;
+    cfg->auth.query_max_per_address = 4;
+    cfg->auth.query_negative_ttl_ms = 30000;
     cfg->tls.mode = PGS_TLS_DISABLE;
     cfg->tls.min_protocol = 0x0303;
     cfg->server_tls.sslmode = PGS_SSLMODE_PREFER;
@@ -2070,6 +2072,16 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
     emit_str(emit, ctx, "auth.user", a->user, NULL);
     emit_str(emit, ctx, "auth.dbname", a->dbname ? a->dbname : PGS_DEFAULT_AUTH_DBNAME,
              PGS_DEFAULT_AUTH_DBNAME);
+    char num[32], defnum[32];
+    snprintf(num, sizeof(num), "%d", a->query_max_per_address);
+    snprintf(defnum, sizeof(defnum), "%d", def.auth.query_max_per_address);
+    emit(ctx, "auth.query_max_per_address", num, defnum);
+    sb_reset(&b);
+    sb_duration(&b, a->query_negative_ttl_ms);
+    snprintf(num, sizeof(num), "%s", sb_str(&b));
+    sb_reset(&b);
+    sb_duration(&b, def.auth.query_negative_ttl_ms);
+    emit(ctx, "auth.query_negative_ttl", num, sb_str(&b));
     if (a->n_hba == 0) emit(ctx, "auth.hba", "", "");
     for (int i = 0; i < a->n_hba; i++) {
         sb_reset(&b);

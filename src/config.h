@@ -84,6 +84,8 @@ typedef struct pgs_auth_config {
     char *query;          /* auth query; NULL = PGS_DEFAULT_AUTH_QUERY */
     char *user;           /* the user that runs the auth query; NULL = no auth query */
     char *dbname;         /* the database it runs in; NULL = PGS_DEFAULT_AUTH_DBNAME */
+    int query_max_per_address;       /* lookups queued or running per client address; 0 = no bound */
+    uint32_t query_negative_ttl_ms;  /* how long "no such user" is remembered; 0 = not at all */
     pgs_hba_rule *hba;
     int n_hba;
 } pgs_auth_config;

@@ -955,7 +955,8 @@ static int hba_rule(yctx *c, const node *v, const char *path, pgs_hba_rule *r, i
 
 static int do_auth(yctx *c, const node *v, const char *path)
 {
-    static const char *const keys[] = {"type", "file", "query", "user", "hba", "dbname"};
+    static const char *const keys[] = {"type", "file", "query", "user", "hba", "dbname",
+                                       "query_max_per_address", "query_negative_ttl"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_auth_config *a = &c->cfg->auth;
     char kp[PATH_BUF], ip[PATH_BUF];
@@ -1011,6 +1012,15 @@ static int do_auth(yctx *c, const node *v, const char *path)
                 c->l_auth_dbname = val->line;
             }
             break;
+        case 6: rc = int_value(c, val, kp, 0, 1000000, &a->query_max_per_address); break;
+        case 7: {
+            char why[256];
+            rc = scalar(c, val, kp, PGS_VALUE_DURATION, &s);
+            if (rc == 0 &&
+                config_parse_duration(s, true, &a->query_negative_ttl_ms, why, sizeof(why)) < 0)
+                rc = fail(c, val->line, kp, "%s", why);
+            break;
+        }
         default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
         }
         if (rc < 0) return rc;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "authquery.h"
 #include "clientauth.h"
 #include "pool.h"
 #include "worker.h"
@@ -27,7 +28,9 @@
  *  - Only settings that can change safely while running are taken from
  *    the new sources: pool sizes, modes, timeouts, limits, the
  *    per-database and per-user overrides, the console's users and the log
- *    level; and the users file is read again (clientauth_reload).  The rest (listen addresses, workers, the servers, auth, TLS,
+ *    level; the users file is read again (clientauth_reload), and the
+ *    names auth.query found unknown are forgotten (authquery_forget).
+ *    The rest (listen addresses, workers, the servers, auth, TLS,
  *    max_prepared_statements) keeps its running value, shared with the
  *    previous snapshot: such parts belong to the first snapshot and live
  *    until exit (start-up code such as the auth-query thread may hold
@@ -234,6 +237,8 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
     atomic_store(&g_pgs.cfg, pub);
     __atomic_store_n(&pgs_log_level, pub->log_level, __ATOMIC_RELAXED);
     pool_reconfigure_all(pub);
+    /* a user created since a lookup said "no such user" can log in now */
+    authquery_forget();
     uint64_t gen = worker_broadcast_ctl(WM_CONFIG, NULL);
     retired *r = pgs_xcalloc(1, sizeof(*r));
     r->cfg = current;

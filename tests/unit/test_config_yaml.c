@@ -433,7 +433,8 @@ static void test_unknown_keys_are_rejected_with_a_hint(void **state)
     yaml_bad("server_tls:\n  mode: require\n",
              NAME ":2: server_tls.mode: unknown key (expected one of: sslmode, ca, cert, key)");
     yaml_bad("auth:\n  method: md5\n", NAME ":2: auth.method: unknown key (expected one of: "
-                                       "type, file, query, user, hba, dbname)");
+                                       "type, file, query, user, hba, dbname, "
+                                       "query_max_per_address, query_negative_ttl)");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -743,6 +744,10 @@ static void test_auth_defaults(void **state)
     assert_string_equal(described_value(d, "auth.type"), "trust");
     assert_string_equal(described_value(d, "auth.query"), PGS_DEFAULT_AUTH_QUERY);
     assert_string_equal(described_value(d, "auth.dbname"), "postgres");
+    assert_int_equal(c.auth.query_max_per_address, 4);
+    assert_int_equal(c.auth.query_negative_ttl_ms, 30000);
+    assert_string_equal(described_value(d, "auth.query_max_per_address"), "4");
+    assert_string_equal(described_value(d, "auth.query_negative_ttl"), "30s");
     /* the default query names pg_catalog's table, never an unqualified one */
     assert_non_null(strstr(PGS_DEFAULT_AUTH_QUERY, "FROM pg_catalog.pg_shadow "));
     assert_string_equal(described_value(d, "auth.hba"), "");
@@ -781,11 +786,15 @@ static void test_auth_every_key(void **state)
              "    - {type: hostnossl, database: all, user: all, address: 192.168.1.7, "
              "method: scram-sha-256}\n"
              "    - {type: host, address: 'fd00::/8', method: reject}\n"
-             "    - {type: host, address: all, method: scram-sha-256}\n",
+             "    - {type: host, address: all, method: scram-sha-256}\n"
+             "  query_max_per_address: 0\n"
+             "  query_negative_ttl: 500ms\n",
              tmp_path("users.txt"));
     pgs_config c;
     yaml_ok(&c, doc);
     pgs_auth_config *a = &c.auth;
+    assert_int_equal(a->query_max_per_address, 0);
+    assert_int_equal(a->query_negative_ttl_ms, 500);
     assert_int_equal(a->type, PGS_AUTH_MD5);
     assert_string_equal(a->file, tmp_path("users.txt"));
     assert_string_equal(a->user, "pgscale_auth");
@@ -833,6 +842,11 @@ static void test_auth_every_key(void **state)
 static void test_auth_errors(void **state)
 {
     (void)state;
+    yaml_bad("auth:\n  query_max_per_address: -1\n",
+             NAME ":2: auth.query_max_per_address: '-1' is out of range (expected 0..1000000)");
+    yaml_bad("auth:\n  query_negative_ttl: soon\n",
+             NAME ":2: auth.query_negative_ttl: 'soon' is not a duration (expected seconds, or a "
+                  "number with a unit ms, s, min or h, e.g. 500ms, 2.5s, 1min; 0 turns it off)");
     yaml_bad("auth:\n  type: password\n",
              NAME ":2: auth.type: 'password' is not an auth type (expected trust, md5 or "
                   "scram-sha-256)");
@@ -1530,7 +1544,8 @@ static void test_every_key_is_documented(void **state)
         "`databases.<name>.max_db_connections`", "`databases.<name>.dbname`",
         "`users.<name>.pool_size`", "`users.<name>.max_overflow`", "`users.<name>.pool_mode`",
         "`users.<name>.max_user_connections`", "`auth.type`", "`auth.file`", "`auth.query`",
-        "`auth.user`", "`auth.dbname`", "`auth.hba`", "`auth.hba[].type`", "`auth.hba[].database`",
+        "`auth.user`", "`auth.dbname`", "`auth.query_max_per_address`",
+        "`auth.query_negative_ttl`", "`auth.hba`", "`auth.hba[].type`", "`auth.hba[].database`",
         "`auth.hba[].user`", "`auth.hba[].address`", "`auth.hba[].method`", "`tls.cert`",
         "`tls.key`", "`tls.ca`", "`tls.mode`", "`tls.min_protocol`", "`tls.ciphers`",
         "`server_tls.sslmode`", "`server_tls.ca`", "`server_tls.cert`", "`server_tls.key`",
