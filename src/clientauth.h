@@ -37,7 +37,7 @@ void clientauth_free(pgs_client *c);
  * - the SCRAM keys recovered from that user's last successful SCRAM login
  *   to pgscale (PgBouncer's way: they work when the users file holds the
  *   same SCRAM secret as PostgreSQL, i.e. same salt and iterations).
- * Secrets learnt through auth.query expire after a minute and never
+ * Secrets learnt through auth.query do not expire and never
  * replace what the users file vouched for.  The secret is copied into buf
  * (false: none, or longer than buflen). */
 bool clientauth_user_secret(const char *user, int *kind, char *buf, size_t buflen);
