@@ -240,7 +240,19 @@ def _start_with_socket(pgscale, tmp_path, extra=""):
     pg.port = port
     wait_for(lambda: port_accepts(port) or not pg.is_running(), 10, what="pgscale to listen")
     assert pg.is_running(), pg.stderr_text()[-2000:]
+    # the TCP port may open (another worker) before the socket is listening
+    wait_for(lambda: _accepts_unix(os.path.join(sockdir, ".s.PGSQL.%d" % port)), 10,
+             what="the Unix socket to accept")
     return pg, port, sockdir
+
+
+def _accepts_unix(path):
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another OS user")
