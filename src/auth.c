@@ -129,6 +129,10 @@ static int b64_encode(const unsigned char *in, size_t len, char *out, size_t out
 
 /* ---- SCRAM-SHA-256 ------------------------------------------------------- */
 
+/* The gs2 header of an exchange bound to the TLS server certificate (the
+ * only channel-binding type PostgreSQL knows). */
+#define CBIND_HEADER "p=tls-server-end-point,,"
+
 /* The attribute values we accept as nonces: printable ASCII except ','
  * (RFC 5802 "printable"). */
 static bool nonce_char(unsigned char c)
@@ -207,6 +211,7 @@ int scram_client_init_nonce(scram_client *sc, const char *password, const char *
      * SASLprep implementation is worth carrying. */
     memcpy(sc->password, password, pl + 1);
     memcpy(sc->client_nonce, nonce, nl + 1);
+    sc->cbind_flag = 'n';
 
     int r = build_first_bare(sc, ""); /* PostgreSQL ignores the SCRAM user name */
     if (r < 0) {
@@ -251,15 +256,60 @@ int scram_client_set_keys(scram_client *sc, const scram_keys *keys)
     return 0;
 }
 
+int scram_client_set_cbind(scram_client *sc, char flag, const unsigned char *data, size_t len)
+{
+    if (sc->state != SC_INIT) return -EINVAL;
+    switch (flag) {
+    case 'n':
+    case 'y':
+        if (len != 0) return -EINVAL;
+        break;
+    case 'p':
+        if (data == NULL || len == 0 || len > sizeof(sc->cbind)) return -EINVAL;
+        memcpy(sc->cbind, data, len);
+        break;
+    default:
+        return -EINVAL;
+    }
+    sc->cbind_flag = flag;
+    sc->cbind_len = len;
+    return 0;
+}
+
+bool scram_client_bound(const scram_client *sc)
+{
+    return sc->state == SC_DONE && sc->cbind_flag == 'p';
+}
+
+int scram_client_set_max_iterations(scram_client *sc, int max)
+{
+    if (sc->state != SC_INIT && sc->state != SC_FIRST_SENT) return -EINVAL;
+    if (max < 1 || max > SCRAM_MAX_ITERATIONS) return -EINVAL;
+    sc->max_iterations = max;
+    return 0;
+}
+
+/* The gs2 header as sent in client-first-message and repeated in c=. */
+static const char *gs2_header(const scram_client *sc)
+{
+    switch (sc->cbind_flag) {
+    case 'p': return CBIND_HEADER;
+    case 'y': return "y,,";
+    default: return "n,,";
+    }
+}
+
 int scram_client_first(scram_client *sc, char *out, size_t outcap, size_t *outlen)
 {
     if (sc->state != SC_INIT) return -EINVAL;
-    /* gs2-header "n,," — no channel binding, no authzid. */
+    /* gs2-header: the channel-binding flag, no authzid. */
+    const char *gs2 = gs2_header(sc);
+    size_t gl = strlen(gs2);
     size_t bl = strlen(sc->client_first_bare);
-    if (bl + 3 + 1 > outcap) return -ENOBUFS;
-    memcpy(out, "n,,", 3);
-    memcpy(out + 3, sc->client_first_bare, bl + 1);
-    *outlen = bl + 3;
+    if (gl + bl + 1 > outcap) return -ENOBUFS;
+    memcpy(out, gs2, gl);
+    memcpy(out + gl, sc->client_first_bare, bl + 1);
+    *outlen = gl + bl;
     sc->state = SC_FIRST_SENT;
     return 0;
 }
@@ -410,14 +460,38 @@ static int scram_final(scram_client *sc, const char *msg, size_t len, char *out,
     if (len == 0 || len >= sizeof(sc->server_first) || memchr(msg, '\0', len) != NULL)
         return -EPROTO;
     if ((r = parse_server_first(sc, msg, len, &m)) < 0) return r;
+    sc->server_iterations = m.iterations;
+    /* The bound protects the caller's thread from PBKDF2 with a count the
+     * server chose; with keys nothing is derived, so nothing to protect. */
+    int max = sc->max_iterations > 0 ? sc->max_iterations : SCRAM_MAX_ITERATIONS;
+    if (!sc->use_keys && m.iterations > max) return -ERANGE;
     memcpy(sc->server_first, msg, len);
     sc->server_first[len] = '\0';
 
     char *cf = sc->client_final_without_proof;
     size_t cfcap = sizeof(sc->client_final_without_proof);
     cf[0] = '\0';
-    /* "biws" is base64("n,,"): the gs2-header echoed back, no binding. */
-    if ((r = append(cf, cfcap, &fl, "c=biws,r=", 9)) < 0 ||
+    /* c= is the gs2 header echoed back ("biws" is base64("n,,")) followed,
+     * with channel binding, by the hash of the certificate the server
+     * presented on this connection: a man in the middle terminating TLS
+     * with another certificate makes the server see a different c=. */
+    unsigned char cbin[sizeof(CBIND_HEADER) + SCRAM_MAX_CBIND_LEN];
+    char cb64[(sizeof(cbin) + 2) / 3 * 4 + 1];
+    const char *gs2 = gs2_header(sc);
+    size_t cbl = strlen(gs2);
+    memcpy(cbin, gs2, cbl);
+    if (sc->cbind_flag == 'p') {
+        memcpy(cbin + cbl, sc->cbind, sc->cbind_len);
+        cbl += sc->cbind_len;
+    }
+    int c64 = b64_encode(cbin, cbl, cb64, sizeof(cb64));
+    if (c64 < 0) {
+        r = -EIO;
+        goto out;
+    }
+    if ((r = append(cf, cfcap, &fl, "c=", 2)) < 0 ||
+        (r = append(cf, cfcap, &fl, cb64, (size_t)c64)) < 0 ||
+        (r = append(cf, cfcap, &fl, ",r=", 3)) < 0 ||
         (r = append(cf, cfcap, &fl, m.nonce, m.nonce_len)) < 0)
         goto out;
 
@@ -769,7 +843,6 @@ enum {
 
 #define SERVER_NONCE_RAW 18 /* 24 base64 characters, as PostgreSQL */
 #define MAX_CLIENT_NONCE 512
-#define CBIND_HEADER "p=tls-server-end-point,,"
 
 /* Every failure inside the exchange ends it and forgets the secret.  The
  * same reason text serves a wrong password and a mock user: it goes to the

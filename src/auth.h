@@ -49,13 +49,20 @@ typedef struct scram_client {
     unsigned char auth_message_sig[32];    /* expected ServerSignature */
     scram_keys keys;                       /* when use_keys: instead of password */
     bool use_keys;
+    char cbind_flag;                       /* gs2 flag: 'n' (default), 'y' or 'p' */
+    unsigned char cbind[SCRAM_MAX_CBIND_LEN]; /* with 'p': tls-server-end-point data */
+    size_t cbind_len;
+    int max_iterations;                    /* 0: SCRAM_MAX_ITERATIONS */
+    int server_iterations;                 /* what server-first asked for, once seen */
     int state;
 } scram_client;
 
 /* The SCRAM functions fail with: -EINVAL for a call out of order or a bad
  * argument (password over 255 bytes), -EPROTO for a malformed server
- * message, -EACCES for a server error ("e=...") or a wrong server signature,
- * -ENOBUFS when out is too small, -EIO when OpenSSL fails.  After a failure
+ * message, -ERANGE for a server-first-message whose iteration count is
+ * above the bound (scram_client_set_max_iterations), -EACCES for a server
+ * error ("e=...") or a wrong server signature, -ENOBUFS when out is too
+ * small, -EIO when OpenSSL fails.  After a failure
  * in final or verify the exchange is dead: start again with init.  With
  * keys set (scram_client_set_keys), final fails with -EKEYREJECTED when the
  * server's salt or iteration count differ from the keys'.  Output
@@ -84,12 +91,32 @@ PGS_MUSTCHECK int scram_client_set_user(scram_client *sc, const char *user);
  * entry, final fails with -EKEYREJECTED.  Fails with -EINVAL on a bad
  * call or keys with no salt or an iteration count out of range. */
 PGS_MUSTCHECK int scram_client_set_keys(scram_client *sc, const scram_keys *keys);
-/* client-first-message "n,,n=,r=<nonce>" into out; *outlen set. */
+/* Channel binding (RFC 5802 section 6, as libpq does it); only between
+ * init and first.  flag 'n': no binding (the default); 'y': the client could
+ * bind but the server did not offer SCRAM-SHA-256-PLUS (a server that did
+ * offer it then detects the downgrade); 'p': SCRAM-SHA-256-PLUS with
+ * tls-server-end-point, data being the hash of the server's certificate
+ * (1..SCRAM_MAX_CBIND_LEN bytes).  The gs2 header becomes "n,,", "y,,"
+ * or "p=tls-server-end-point,," and c= carries it (and data) in base64. */
+PGS_MUSTCHECK int scram_client_set_cbind(scram_client *sc, char flag, const unsigned char *data,
+                                         size_t len);
+/* True once an exchange that used channel binding ('p') has verified the
+ * server's signature: the server proved it saw the same certificate. */
+bool scram_client_bound(const scram_client *sc);
+/* The largest iteration count accepted from server-first-message
+ * (1..SCRAM_MAX_ITERATIONS; the default is SCRAM_MAX_ITERATIONS).  PBKDF2
+ * costs one HMAC per iteration on the caller's thread, so a server that
+ * asks for more makes final fail with -ERANGE before any of it is spent
+ * (the count asked for is then in sc->server_iterations).  Logins with keys
+ * (scram_client_set_keys) compute nothing and are not bound.  Any time
+ * before final. */
+PGS_MUSTCHECK int scram_client_set_max_iterations(scram_client *sc, int max);
+/* client-first-message "<gs2 header>n=,r=<nonce>" into out; *outlen set. */
 PGS_MUSTCHECK int scram_client_first(scram_client *sc, char *out, size_t outcap,
                                      size_t *outlen);
 /* Takes server-first-message (not NUL-terminated, len bytes: untrusted),
- * checks it (nonce prefix, salt, iteration count 1..10,000,000), and writes
- * client-final-message into out. */
+ * checks it (nonce prefix, salt, iteration count 1..10,000,000 and under
+ * the bound), and writes client-final-message into out. */
 PGS_MUSTCHECK int scram_client_final(scram_client *sc, const char *server_first, size_t len,
                                      char *out, size_t outcap, size_t *outlen);
 /* Checks server-final-message "v=<signature>" (or "e=<error>": fails). */

@@ -6,6 +6,7 @@
  * the workers from the snapshot). */
 #include "config.h"
 #include "config_yaml.h"
+#include "auth.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -130,6 +131,44 @@ int config_parse_sslmode(const char *v, pgs_sslmode *out, char *why, size_t whyl
     return -EINVAL;
 }
 
+static const char *const cbind_names[] = {"disable", "prefer", "require"};
+
+int config_parse_channel_binding(const char *v, pgs_channel_binding *out, char *why,
+                                 size_t whylen)
+{
+    for (size_t i = 0; i < PGS_ARRAY_LEN(cbind_names); i++) {
+        if (strcmp(v, cbind_names[i]) == 0) {
+            *out = (pgs_channel_binding)i;
+            return 0;
+        }
+    }
+    char sb[80];
+    seterr(why, whylen,
+           "'%s' is not a channel binding mode (expected disable, prefer or require)",
+           shown(v, sb, sizeof(sb)));
+    return -EINVAL;
+}
+
+int config_parse_bool(const char *v, bool *out, char *why, size_t whylen)
+{
+    static const char *const yes[] = {"on", "true", "yes", "1"};
+    static const char *const no[] = {"off", "false", "no", "0"};
+    for (size_t i = 0; i < PGS_ARRAY_LEN(yes); i++) {
+        if (strcasecmp(v, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcasecmp(v, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    char sb[80];
+    seterr(why, whylen, "'%s' is not on or off (expected on/off, true/false, yes/no, 1/0)",
+           shown(v, sb, sizeof(sb)));
+    return -EINVAL;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Defaults                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -189,6 +228,11 @@ void config_defaults(pgs_config *cfg)
     cfg->tls.mode = PGS_TLS_DISABLE;
     cfg->tls.min_protocol = 0x0303;
     cfg->server_tls.sslmode = PGS_SSLMODE_PREFER;
+    cfg->server_tls.channel_binding = PGS_CBIND_PREFER;
+    /* PostgreSQL makes 4096; this leaves room for roles given a stronger
+     * secret while keeping one login's PBKDF2 to tens of milliseconds. */
+    cfg->server_scram_max_iterations = 100000;
+    cfg->server_allow_cleartext_password = false;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -354,6 +398,16 @@ static int apply_param(pgs_url *u, char *key, char *value, char *err, size_t err
         char why[200];
         if (config_parse_sslmode(value, &m, why, sizeof(why)) < 0) {
             seterr(err, errlen, "query parameter 'sslmode': %s", why);
+            free(key);
+            free(value);
+            return -EINVAL;
+        }
+    }
+    if (strcmp(key, "channel_binding") == 0 && value && value[0]) {
+        pgs_channel_binding m;
+        char why[200];
+        if (config_parse_channel_binding(value, &m, why, sizeof(why)) < 0) {
+            seterr(err, errlen, "query parameter 'channel_binding': %s", why);
             free(key);
             free(value);
             return -EINVAL;
@@ -1144,6 +1198,11 @@ static const struct setting settings[] = {
      .off = F(unix_socket_group)},
     {.name = "PGSCALE_ALLOW_CORE_DUMPS", .key = "allow_core_dumps", .kind = K_BOOL,
      .off = F(allow_core_dumps)},
+    {.name = "PGSCALE_SERVER_SCRAM_MAX_ITERATIONS", .key = "server_scram_max_iterations",
+     .kind = K_INT, .off = F(server_scram_max_iterations), .min = 1,
+     .max = SCRAM_MAX_ITERATIONS},
+    {.name = "PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD", .key = "server_allow_cleartext_password",
+     .kind = K_BOOL, .off = F(server_allow_cleartext_password)},
 };
 #undef DUR
 #undef F
@@ -1247,19 +1306,8 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
         *field = pgs_xstrdup(v);
         return 0;
     }
-    case K_BOOL: {
-        static const char *const yes[] = {"on", "true", "yes", "1"};
-        static const char *const no[] = {"off", "false", "no", "0"};
-        for (size_t i = 0; i < PGS_ARRAY_LEN(yes); i++) {
-            if (strcasecmp(v, yes[i]) == 0 || strcasecmp(v, no[i]) == 0) {
-                *FIELD(cfg, s, bool) = strcasecmp(v, yes[i]) == 0;
-                return 0;
-            }
-        }
-        seterr(why, whylen, "'%s' is not on or off (expected on/off, true/false, yes/no, 1/0)",
-               shown(v, sb, sizeof(sb)));
-        return -EINVAL;
-    }
+    case K_BOOL:
+        return config_parse_bool(v, FIELD(cfg, s, bool), why, whylen);
     }
     return -EINVAL;
 }
@@ -1315,12 +1363,12 @@ const char *config_setting_for_key(const char *key, pgs_value_kind *kind)
         case K_OVERFLOW: *kind = PGS_VALUE_INT; break;
         case K_DURATION: *kind = PGS_VALUE_DURATION; break;
         case K_BYTES: *kind = PGS_VALUE_SIZE; break;
+        case K_BOOL: *kind = PGS_VALUE_BOOL; break;
         case K_REDIS: *kind = PGS_VALUE_SECRET; break;
         case K_POOL_MODE:
         case K_LOG_LEVEL:
         case K_FILE_MODE:
-        case K_NAME:
-        case K_BOOL: *kind = PGS_VALUE_TEXT; break;
+        case K_NAME: *kind = PGS_VALUE_TEXT; break;
         }
         return s->name;
     }
@@ -1695,6 +1743,16 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, char *err,
         char why[200];
         if (config_parse_sslmode(m, &cfg->server_tls.sslmode, why, sizeof(why)) < 0) {
             seterr(err, errlen, "DATABASE_URL: query parameter 'sslmode': %s", why);
+            return -EINVAL;
+        }
+    }
+    /* ?channel_binding= the same way: the file's setting wins. */
+    const char *cb = config_url_param(&cfg->primary, "channel_binding");
+    if (!seen->channel_binding && cb && *cb) {
+        char why[200];
+        if (config_parse_channel_binding(cb, &cfg->server_tls.channel_binding, why,
+                                         sizeof(why)) < 0) {
+            seterr(err, errlen, "DATABASE_URL: query parameter 'channel_binding': %s", why);
             return -EINVAL;
         }
     }
@@ -2101,6 +2159,8 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
     const pgs_server_tls_config *st = &cfg->server_tls;
     emit(ctx, "server_tls.sslmode", sslmode_names[st->sslmode],
          sslmode_names[def.server_tls.sslmode]);
+    emit(ctx, "server_tls.channel_binding", cbind_names[st->channel_binding],
+         cbind_names[def.server_tls.channel_binding]);
     emit_str(emit, ctx, "server_tls.ca", st->ca, NULL);
     emit_str(emit, ctx, "server_tls.cert", st->cert, NULL);
     emit_str(emit, ctx, "server_tls.key", st->key, NULL);

@@ -116,8 +116,16 @@ typedef enum pgs_sslmode {
     PGS_SSLMODE_VERIFY_FULL = 5,
 } pgs_sslmode;
 
+/* SCRAM channel binding toward servers, as libpq's channel_binding. */
+typedef enum pgs_channel_binding {
+    PGS_CBIND_DISABLE = 0,
+    PGS_CBIND_PREFER = 1, /* the default, as in libpq */
+    PGS_CBIND_REQUIRE = 2,
+} pgs_channel_binding;
+
 typedef struct pgs_server_tls_config {
     pgs_sslmode sslmode;   /* server_tls.sslmode, else DATABASE_URL's ?sslmode=, else prefer */
+    pgs_channel_binding channel_binding; /* server_tls.channel_binding, else the URL's */
     char *ca, *cert, *key; /* paths, NULL = not given */
 } pgs_server_tls_config;
 
@@ -186,6 +194,8 @@ typedef struct pgs_config {
     int unix_socket_permissions;  /* PGSCALE_UNIX_SOCKET_PERMISSIONS, 0700 */
     char *unix_socket_group;      /* PGSCALE_UNIX_SOCKET_GROUP, NULL = pgscale's own */
     bool allow_core_dumps;        /* PGSCALE_ALLOW_CORE_DUMPS, off */
+    int server_scram_max_iterations;     /* PGSCALE_SERVER_SCRAM_MAX_ITERATIONS, 100000 */
+    bool server_allow_cleartext_password; /* PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD, off */
 
     /* From the config file only (see the types above). */
     pgs_listen_addr listen[PGS_MAX_LISTEN]; /* listen:; PGSCALE_LISTEN sets one */
@@ -298,6 +308,7 @@ typedef enum pgs_value_kind {
     PGS_VALUE_INT,
     PGS_VALUE_DURATION, /* a number of seconds or text with a unit */
     PGS_VALUE_SIZE,     /* a number of bytes or text with a unit */
+    PGS_VALUE_BOOL,     /* on/off, true/false */
 } pgs_value_kind;
 
 /* Looks up the environment setting that the file key `key` mirrors
@@ -327,6 +338,11 @@ PGS_MUSTCHECK int config_parse_listen_addr(const char *v, pgs_listen_addr *out, 
 /* disable, allow, prefer, require, verify-ca, verify-full. */
 PGS_MUSTCHECK int config_parse_sslmode(const char *v, pgs_sslmode *out, char *why,
                                        size_t whylen);
+/* disable, prefer, require. */
+PGS_MUSTCHECK int config_parse_channel_binding(const char *v, pgs_channel_binding *out,
+                                               char *why, size_t whylen);
+/* on/off (also true/false, yes/no, 1/0). */
+PGS_MUSTCHECK int config_parse_bool(const char *v, bool *out, char *why, size_t whylen);
 /* Renders a listen address back in the form it is written in. */
 void config_format_listen(const pgs_listen_addr *a, char *buf, size_t n);
 /* Every listen address, ", "-separated ("a:1, unix:/run/pgscale"). */

@@ -402,6 +402,7 @@ static const char *kind_name(pgs_value_kind k)
     case PGS_VALUE_INT: return "an integer";
     case PGS_VALUE_DURATION: return "a duration";
     case PGS_VALUE_SIZE: return "a size";
+    case PGS_VALUE_BOOL: return "on or off";
     case PGS_VALUE_TEXT:
     case PGS_VALUE_SECRET: break;
     }
@@ -421,7 +422,7 @@ static int scalar(yctx *c, const node *n, const char *path, pgs_value_kind kind,
         return fail(c, n->line, path, "has no value (expected %s; leave the key out to use "
                                       "the default)",
                     kind_name(kind));
-    if (is_bool(n))
+    if (is_bool(n) && kind != PGS_VALUE_BOOL)
         return fail(c, n->line, path, "expected %s, got the boolean %s%s", kind_name(kind),
                     n->str,
                     kind == PGS_VALUE_TEXT || kind == PGS_VALUE_SECRET
@@ -1075,7 +1076,7 @@ static int do_tls(yctx *c, const node *v, const char *path)
 
 static int do_server_tls(yctx *c, const node *v, const char *path)
 {
-    static const char *const keys[] = {"sslmode", "ca", "cert", "key"};
+    static const char *const keys[] = {"sslmode", "ca", "cert", "key", "channel_binding"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_server_tls_config *t = &c->cfg->server_tls;
     char kp[PATH_BUF], why[256];
@@ -1100,6 +1101,13 @@ static int do_server_tls(yctx *c, const node *v, const char *path)
         case 3:
             rc = file_path(c, val, kp, &t->key);
             c->l_stls_key = val->line;
+            break;
+        case 4:
+            rc = text(c, val, kp, false, &s);
+            if (rc == 0 &&
+                config_parse_channel_binding(s, &t->channel_binding, why, sizeof(why)) < 0)
+                rc = fail(c, val->line, kp, "%s", why);
+            c->seen.channel_binding = true;
             break;
         default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
         }
@@ -1145,7 +1153,8 @@ static const char *const top_keys[] = {
     "shutdown_timeout", "max_client_conn", "max_pending_logins", "max_pending_logins_per_address", "max_prepared_statements", "max_client_prepared_statements",
     "max_client_prepared_bytes", "max_message_size",
     "max_startup_packet_size", "redis_url", "log_level", "unix_socket_permissions",
-    "unix_socket_group", "allow_core_dumps", "nodes", "databases", "users", "auth",
+    "unix_socket_group", "allow_core_dumps", "server_scram_max_iterations",
+    "server_allow_cleartext_password", "nodes", "databases", "users", "auth",
     "tls", "server_tls", "admin_users", "stats_users",
 };
 

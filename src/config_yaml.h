@@ -15,6 +15,7 @@
 typedef struct config_yaml_seen {
     bool primary; /* nodes.primary */
     bool sslmode; /* server_tls.sslmode */
+    bool channel_binding; /* server_tls.channel_binding */
 } config_yaml_seen;
 
 /* Applies the file on top of *cfg (normally fresh defaults).  Errors are

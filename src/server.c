@@ -290,6 +290,103 @@ static int need_password(pgs_server *sv, const char **pw, char *buf)
     return -1;
 }
 
+/* Whether the bytes to this server are safe from anyone on the path, so
+ * that a password may be sent as it is.  Only TLS counts for now: should a
+ * Unix-socket transport toward servers be added, it belongs here too (a
+ * local socket is as private as PostgreSQL's own "local" lines assume). */
+static bool transport_protects_password(const pgs_server *sv)
+{
+    return io_is_tls(&sv->s);
+}
+
+/* server_tls.channel_binding=require and this login cannot be bound. */
+static void cbind_required(pgs_server *sv, const char *why)
+{
+    char msg[600];
+    snprintf(msg, sizeof(msg),
+             "channel binding is required (server_tls.channel_binding=require), but %s; "
+             "connect to the server over TLS (server_tls.sslmode=require) with "
+             "scram-sha-256 in its pg_hba.conf, or set channel_binding to prefer",
+             why);
+    login_failed(sv, true, "28000", msg);
+}
+
+/* AuthenticationCleartextPassword: the password itself goes on the wire. */
+static bool cleartext_allowed(pgs_server *sv)
+{
+    if (transport_protects_password(sv) || g_pgs.cfg->server_allow_cleartext_password)
+        return true;
+    char msg[700];
+    snprintf(msg, sizeof(msg),
+             "server %s asks for the password of user \"%s\" in clear text (pg_hba.conf method "
+             "\"password\") on a connection without TLS; pgscale does not send it. Use "
+             "scram-sha-256 in pg_hba.conf, or TLS toward the server "
+             "(server_tls.sslmode=require), or allow it with server_allow_cleartext_password: "
+             "on (PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD=on)",
+             g_pgs.server_addr_text, sv->pool->sh->user);
+    login_failed(sv, true, "28000", msg);
+    return false;
+}
+
+/* AuthenticationSASL: picks the mechanism and the channel-binding flag as
+ * libpq does.  SCRAM-SHA-256-PLUS over TLS (unless channel_binding is
+ * disable) binds the exchange to the certificate the server presented;
+ * -PLUS offered without TLS means TLS was stripped on the way (PostgreSQL
+ * only offers it over TLS) and the login is refused; over TLS without
+ * -PLUS the flag is 'y', which a server that did offer -PLUS (its offer
+ * removed in between) detects as a downgrade.  0 with *mech, *flag and
+ * cbind set, or -1 after login_failed. */
+static int choose_sasl(pgs_server *sv, const uint8_t *body, uint32_t blen, size_t pos,
+                       const char **mech, char *flag, unsigned char *cbind, size_t *cbind_len)
+{
+    bool plain = false, plus = false;
+    const char *m;
+    while ((m = proto_get_string(body, blen, &pos)) != NULL && *m) {
+        if (strcmp(m, SCRAM_MECH) == 0) plain = true;
+        if (strcmp(m, SCRAM_MECH_PLUS) == 0) plus = true;
+    }
+    bool tls = io_is_tls(&sv->s);
+    pgs_channel_binding cb = tls_server_channel_binding();
+    char msg[700];
+    *cbind_len = 0;
+    if (plus && !tls) {
+        snprintf(msg, sizeof(msg),
+                 "server %s offered SCRAM-SHA-256-PLUS on a connection without TLS (was TLS "
+                 "removed by something in between?); refusing to log in",
+                 g_pgs.server_addr_text);
+        login_failed(sv, true, "08006", msg);
+        return -1;
+    }
+    if (plus && cb != PGS_CBIND_DISABLE) {
+        *cbind_len = tls_peer_cbind_data(io_tls_ssl(&sv->s), cbind);
+        if (*cbind_len == 0) {
+            snprintf(msg, sizeof(msg),
+                     "could not hash the certificate of server %s for SCRAM channel binding "
+                     "(its signature algorithm names no digest); set channel_binding to "
+                     "disable",
+                     g_pgs.server_addr_text);
+            login_failed(sv, true, "28000", msg);
+            return -1;
+        }
+        *mech = SCRAM_MECH_PLUS;
+        *flag = 'p';
+        return 0;
+    }
+    if (cb == PGS_CBIND_REQUIRE) {
+        cbind_required(sv, !tls ? "the connection to the server does not use TLS"
+                                : "the server does not offer SCRAM-SHA-256-PLUS");
+        return -1;
+    }
+    if (!plain) {
+        login_failed(sv, true, "28000",
+                     "server offers no SASL mechanism pgscale supports (SCRAM-SHA-256)");
+        return -1;
+    }
+    *mech = SCRAM_MECH;
+    *flag = tls && cb != PGS_CBIND_DISABLE ? 'y' : 'n';
+    return 0;
+}
+
 /* One authentication request from the server; pwbuf holds a copy of the
  * password while it is used. */
 static int auth_step(pgs_server *sv, const uint8_t *body, uint32_t blen, char *pwbuf)
@@ -301,6 +398,7 @@ static int auth_step(pgs_server *sv, const uint8_t *body, uint32_t blen, char *p
     proto_out o;
     proto_out_init(&o, out, sizeof(out));
     const char *pw;
+    bool cb_required = tls_server_channel_binding() == PGS_CBIND_REQUIRE;
     switch (code) {
     case 0: /* AuthenticationOk */
         if (sv->scram) {
@@ -310,17 +408,34 @@ static int auth_step(pgs_server *sv, const uint8_t *body, uint32_t blen, char *p
                              "server skipped the SCRAM final message; refusing to trust it");
                 return -1;
             }
+        }
+        /* trust or cert in pg_hba.conf: no exchange, so nothing bound */
+        if (cb_required && !(sv->scram && scram_client_bound(sv->scram))) {
+            cbind_required(sv, "the server let pgscale in without SCRAM (trust or cert in "
+                               "its pg_hba.conf)");
+            return -1;
+        }
+        if (sv->scram) {
             OPENSSL_cleanse(sv->scram, sizeof(*sv->scram));
             free(sv->scram);
             sv->scram = NULL;
         }
         return 0;
     case 3: /* cleartext */
+        if (cb_required) {
+            cbind_required(sv, "the server asks for the password in clear text");
+            return -1;
+        }
+        if (!cleartext_allowed(sv)) return -1;
         if (need_password(sv, &pw, pwbuf) < 0) return -1;
         proto_password(&o, pw);
         break;
     case 5: { /* md5 */
         if (blen - pos < 4) return -1;
+        if (cb_required) {
+            cbind_required(sv, "the server asks for md5 authentication");
+            return -1;
+        }
         bool is_md5;
         pw = server_password(sv, &is_md5, pwbuf);
         if (!pw) {
@@ -337,15 +452,15 @@ static int auth_step(pgs_server *sv, const uint8_t *body, uint32_t blen, char *p
         break;
     }
     case 10: { /* SASL: list of mechanisms */
-        bool found = false;
-        const char *m;
-        while ((m = proto_get_string(body, blen, &pos)) != NULL && *m)
-            if (strcmp(m, "SCRAM-SHA-256") == 0) found = true;
-        if (!found) {
-            login_failed(sv, true, "28000",
-                         "server offers no SASL mechanism pgscale supports (SCRAM-SHA-256)");
+        const char *mech = NULL;
+        char flag = 'n';
+        unsigned char cbind[SCRAM_MAX_CBIND_LEN];
+        size_t cbind_len = 0;
+        if (sv->scram) {
+            login_failed(sv, false, "08P01", "server started SASL authentication twice");
             return -1;
         }
+        if (choose_sasl(sv, body, blen, pos, &mech, &flag, cbind, &cbind_len) < 0) return -1;
         bool is_md5;
         scram_keys keys;
         bool use_keys = false;
@@ -365,18 +480,37 @@ static int auth_step(pgs_server *sv, const uint8_t *body, uint32_t blen, char *p
         int src = scram_client_init(sv->scram, pw);
         if (src == 0 && use_keys) src = scram_client_set_keys(sv->scram, &keys);
         if (use_keys) OPENSSL_cleanse(&keys, sizeof(keys));
+        if (src == 0) src = scram_client_set_cbind(sv->scram, flag, cbind, cbind_len);
+        if (src == 0)
+            src = scram_client_set_max_iterations(sv->scram,
+                                                  g_pgs.cfg->server_scram_max_iterations);
         if (src < 0 || scram_client_first(sv->scram, first, sizeof(first), &flen) < 0) {
             login_failed(sv, false, "28000", "SCRAM initialisation failed");
             return -1;
         }
-        proto_sasl_initial(&o, "SCRAM-SHA-256", first, flen);
+        proto_sasl_initial(&o, mech, first, flen);
         break;
     }
     case 11: { /* SASLContinue */
         char fin[SCRAM_MAX_MSG];
         size_t flen;
-        if (!sv->scram || scram_client_final(sv->scram, (const char *)body + pos, blen - pos,
-                                             fin, sizeof(fin), &flen) < 0) {
+        int frc = sv->scram ? scram_client_final(sv->scram, (const char *)body + pos,
+                                                 blen - pos, fin, sizeof(fin), &flen)
+                            : -EINVAL;
+        if (frc == -ERANGE) {
+            char msg[600];
+            snprintf(msg, sizeof(msg),
+                     "server %s asks for %d SCRAM iterations for user \"%s\", more than "
+                     "server_scram_max_iterations (%d); refusing, as computing them would "
+                     "stall every client of this worker. If the role's secret really uses "
+                     "that many, raise server_scram_max_iterations "
+                     "(PGSCALE_SERVER_SCRAM_MAX_ITERATIONS)",
+                     g_pgs.server_addr_text, sv->scram->server_iterations,
+                     sv->pool->sh->user, g_pgs.cfg->server_scram_max_iterations);
+            login_failed(sv, true, "28000", msg);
+            return -1;
+        }
+        if (frc < 0) {
             login_failed(sv, false, "28000",
                          "invalid SCRAM server-first message (or, logging in with a client's "
                          "SCRAM keys, the users file's secret differs from PostgreSQL's)");

@@ -20,6 +20,7 @@ static bool server_verify_host;
 /* What the contexts were built for: a reload does not rebuild them, so the
  * connections keep following these (tls settings need a restart). */
 static pgs_sslmode server_sslmode;
+static pgs_channel_binding server_cbind;
 static pgs_tls_mode client_mode;
 static char server_host[256];
 static unsigned char cbind[SCRAM_MAX_CBIND_LEN];
@@ -60,23 +61,28 @@ static void common_options(SSL_CTX *ctx)
 
 /* tls-server-end-point (RFC 5929 section 4.1): the certificate's hash with
  * its signature's digest, SHA-256 when that is MD5 or SHA-1.  Certificates
- * whose signature names no digest (Ed25519) get no -PLUS, as in PostgreSQL. */
-static void compute_cbind(SSL_CTX *ctx)
+ * whose signature names no digest (Ed25519) have no such hash: no -PLUS
+ * for them, as in PostgreSQL (be_tls_get_certificate_hash) and libpq
+ * (pgtls_get_peer_certificate_hash).  Returns the length, 0 when none. */
+static size_t cert_cbind(X509 *cert, unsigned char out[SCRAM_MAX_CBIND_LEN])
 {
-    X509 *cert = SSL_CTX_get0_certificate(ctx);
     int algo = NID_undef;
-    cbind_len = 0;
-    if (!cert || !OBJ_find_sigid_algs(X509_get_signature_nid(cert), &algo, NULL)) return;
+    if (!cert || !OBJ_find_sigid_algs(X509_get_signature_nid(cert), &algo, NULL)) return 0;
     const EVP_MD *md = algo == NID_md5 || algo == NID_sha1 ? EVP_sha256()
                                                            : EVP_get_digestbynid(algo);
     unsigned int len = 0;
     unsigned char buf[EVP_MAX_MD_SIZE];
-    if (!md || !X509_digest(cert, md, buf, &len) || len > sizeof(cbind)) {
+    if (!md || !X509_digest(cert, md, buf, &len) || len == 0 || len > SCRAM_MAX_CBIND_LEN) {
         ERR_clear_error();
-        return;
+        return 0;
     }
-    memcpy(cbind, buf, len);
-    cbind_len = len;
+    memcpy(out, buf, len);
+    return len;
+}
+
+static void compute_cbind(SSL_CTX *ctx)
+{
+    cbind_len = cert_cbind(SSL_CTX_get0_certificate(ctx), cbind);
 }
 
 static int init_accept(const pgs_tls_config *t, char *err, size_t errlen)
@@ -154,6 +160,7 @@ static int init_connect(const pgs_server_tls_config *t, char *err, size_t errlen
 int tls_init(const pgs_config *cfg, char *err, size_t errlen)
 {
     server_sslmode = cfg->server_tls.sslmode;
+    server_cbind = cfg->server_tls.channel_binding;
     client_mode = cfg->tls.mode;
     /* the host DATABASE_URL names, as main.c resolves it */
     const char *host = cfg->primary.host && *cfg->primary.host ? cfg->primary.host : "localhost";
@@ -251,6 +258,22 @@ SSL *tls_new_connect(char *err, size_t errlen)
         }
     }
     return ssl;
+}
+
+size_t tls_peer_cbind_data(struct ssl_st *ssl, unsigned char out[SCRAM_MAX_CBIND_LEN])
+{
+    return ssl ? cert_cbind(SSL_get0_peer_certificate(ssl), out) : 0;
+}
+
+pgs_channel_binding tls_server_channel_binding(void)
+{
+    return server_cbind;
+}
+
+const char *tls_channel_binding_name(pgs_channel_binding m)
+{
+    static const char *const names[] = {"disable", "prefer", "require"};
+    return (unsigned)m < PGS_ARRAY_LEN(names) ? names[m] : "?";
 }
 
 const unsigned char *tls_cbind_data(size_t *len)

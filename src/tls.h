@@ -6,6 +6,7 @@
 #ifndef PGS_TLS_H
 #define PGS_TLS_H
 
+#include "auth.h"
 #include "config.h"
 
 struct ssl_st;
@@ -35,6 +36,14 @@ struct ssl_st *tls_new_connect(char *err, size_t errlen);
  * 5929: its hash, with SHA-256 for MD5/SHA-1 signed certificates); NULL
  * when clients are not served TLS. */
 const unsigned char *tls_cbind_data(size_t *len);
+
+/* The same for the certificate the peer presented on ssl (a PostgreSQL
+ * server, for SCRAM-SHA-256-PLUS toward it): the length written to out,
+ * 0 when there is no certificate or its signature names no digest. */
+size_t tls_peer_cbind_data(struct ssl_st *ssl, unsigned char out[SCRAM_MAX_CBIND_LEN]);
+/* server_tls.channel_binding as it was at start. */
+pgs_channel_binding tls_server_channel_binding(void);
+const char *tls_channel_binding_name(pgs_channel_binding m);
 
 /* Common name of the peer's certificate into buf (NUL-terminated).  0, or
  * -1 when there is no certificate, no CN, or a CN with a NUL byte. */

@@ -310,12 +310,28 @@ def test_reload_rereads_the_users_file(pgscale, tmp_path):
 
 
 def test_server_asking_for_a_cleartext_password(pgscale, primary, tmp_path):
-    # PostgreSQL's "password" method (pg_hba line for pwuser in conftest)
+    # PostgreSQL's "password" method (pg_hba line for pwuser in conftest),
+    # over plain TCP: sent only with server_allow_cleartext_password
     primary.execute("DROP ROLE IF EXISTS pwuser")
     primary.execute("CREATE ROLE pwuser LOGIN PASSWORD 'pw-user-pw'")
     try:
-        pg = start(pgscale, tmp_path, "  type: md5\n", '"pwuser" "pw-user-pw"\n')
+        pg = start(pgscale, tmp_path, "  type: md5\nserver_allow_cleartext_password: on\n",
+                   '"pwuser" "pw-user-pw"\n')
         assert login(pg, user="pwuser", password="pw-user-pw") == ("pwuser", 2)
+    finally:
+        primary.execute("DROP ROLE IF EXISTS pwuser")
+
+
+def test_cleartext_password_over_plain_tcp_is_refused_by_default(pgscale, primary, tmp_path):
+    primary.execute("DROP ROLE IF EXISTS pwuser")
+    primary.execute("CREATE ROLE pwuser LOGIN PASSWORD 'pw-user-pw'")
+    off = primary.log_size()
+    try:
+        pg = start(pgscale, tmp_path, "  type: md5\n", '"pwuser" "pw-user-pw"\n')
+        msg = refused(pg, "pwuser", "pw-user-pw", sqlstate="28000")
+        assert "in clear text" in msg and "server_allow_cleartext_password" in msg, msg
+        # PostgreSQL never got the password: no login of pwuser was authorized
+        assert "connection authorized: user=pwuser" not in primary.log_tail(5000, since=off)
     finally:
         primary.execute("DROP ROLE IF EXISTS pwuser")
 

@@ -481,6 +481,49 @@ def test_server_verify_full_checks_the_host_name(pgscale, primary, tmp_path, cer
     assert server_side_ssl(connect(pg2)) is True
 
 
+def test_channel_binding_require_logs_in_over_tls_with_scram_plus(pgscale, primary, pg_tls):
+    # pgscale refuses a login it could not bind, and PostgreSQL checks the
+    # certificate hash in c=: a login here is a bound one
+    pg = pgscale(DATABASE_URL=primary.url() + "?sslmode=require&channel_binding=require")
+    conn = connect(pg)
+    assert server_side_ssl(conn) is True
+    assert one(conn, "SELECT current_user")[0] == APP_USER
+
+
+def test_channel_binding_require_without_tls_is_refused_clearly(pgscale, primary, tmp_path,
+                                                                certs, pg_tls):
+    pg = pgscale(DATABASE_URL=primary.url() + "?sslmode=disable&channel_binding=require")
+    with pgwire.RawConn(pg.host, pg.port, timeout=15) as c:
+        errs = pgwire.errors(c.login(APP_USER, APP_DB, "", timeout=15))
+    assert len(errs) == 1 and errs[0]["C"] == "28000", errs
+    assert "channel binding is required" in errs[0]["M"], errs
+    assert "does not use TLS" in errs[0]["M"], errs
+    # md5 over TLS cannot be bound either
+    pg2 = start(pgscale, tmp_path, certs, mode="disable", sslmode="require",
+                extra="  channel_binding: require\n",
+                DATABASE_URL=primary.url(user="md5user", password="md5secret"))
+    with pgwire.RawConn(pg2.host, pg2.port, timeout=15) as c:
+        errs = pgwire.errors(c.login("md5user", APP_DB, "", timeout=15))
+    assert len(errs) == 1 and errs[0]["C"] == "28000", errs
+    assert "md5" in errs[0]["M"], errs
+
+
+def test_cleartext_password_is_sent_over_tls_without_the_setting(pgscale, primary, pg_tls):
+    # pg_hba's "password" method for pwuser (conftest): over TLS pgscale
+    # answers it without server_allow_cleartext_password
+    primary.execute("DROP ROLE IF EXISTS pwuser")
+    primary.execute("CREATE ROLE pwuser LOGIN PASSWORD 'pw-user-pw'")
+    try:
+        pg = pgscale(DATABASE_URL=primary.url(user="pwuser", password="pw-user-pw") +
+                     "?sslmode=require")
+        conn = connect(pg, user="pwuser")
+        assert one(conn, "SELECT current_user")[0] == "pwuser"
+        assert server_side_ssl(conn) is True
+        conn.close()
+    finally:
+        primary.execute("DROP ROLE IF EXISTS pwuser")
+
+
 def test_server_sslmode_require_toward_a_server_without_tls_fails_clearly(
         pgscale, tmp_path, certs, pg_tls):
     _set_primary_ssl(pg_tls, False)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -441,9 +442,147 @@ static void test_scram_rejects_bad_client_nonce(void **state)
     assert_int_equal(scram_client_init_nonce(&sc, "pw", longn), -EINVAL);
 }
 
+/* ---- channel binding and the iteration bound ----------------------------- */
+
+/* One whole exchange between the client and pgscale's own verifier: the
+ * client binds to ccb (flag 'p' when ccb_len, else cflag), the verifier
+ * offers -PLUS with scb when scb_len.  Returns the verifier's final result
+ * (or its first's), and checks the client accepts a successful end. */
+static int exchange(char cflag, const unsigned char *ccb, size_t ccb_len,
+                    const unsigned char *scb, size_t scb_len, char *first_out)
+{
+    scram_secret sec;
+    scram_server ss;
+    scram_client sc;
+    char cf[SCRAM_MAX_MSG], sf[SCRAM_MAX_MSG], fin[SCRAM_MAX_MSG], sfin[SCRAM_MAX_MSG];
+    size_t cl, sl, fl, sfl;
+    assert_int_equal(scram_secret_from_password("pw", &sec), 0);
+    assert_int_equal(scram_server_init(&ss, &sec, scb, scb_len), 0);
+    assert_int_equal(scram_client_init(&sc, "pw"), 0);
+    assert_int_equal(scram_client_set_cbind(&sc, cflag, ccb, ccb_len), 0);
+    assert_int_equal(scram_client_first(&sc, cf, sizeof(cf), &cl), 0);
+    if (first_out) strcpy(first_out, cf);
+    const char *mech = cflag == 'p' ? SCRAM_MECH_PLUS : SCRAM_MECH;
+    int r = scram_server_first(&ss, mech, strlen(mech), cf, cl, sf, sizeof(sf), &sl);
+    if (r < 0) return r;
+    assert_int_equal(final_exact(&sc, sf, sl, fin, sizeof(fin), &fl), 0);
+    r = scram_server_final(&ss, fin, fl, sfin, sizeof(sfin), &sfl);
+    if (r == 0) {
+        assert_int_equal(verify_exact(&sc, sfin, sfl), 0);
+        assert_true(scram_client_bound(&sc) == (cflag == 'p'));
+    }
+    scram_server_clear(&ss);
+    return r;
+}
+
+static void test_scram_plus_binds_to_the_certificate_hash(void **state)
+{
+    (void)state;
+    unsigned char cert[32], other[32];
+    char first[SCRAM_MAX_MSG];
+    memset(cert, 0xab, sizeof(cert));
+    memset(other, 0xcd, sizeof(other));
+    /* the gs2 header names tls-server-end-point */
+    assert_int_equal(exchange('p', cert, sizeof(cert), cert, sizeof(cert), first), 0);
+    assert_memory_equal(first, "p=tls-server-end-point,,n=,r=", 29);
+    /* a man in the middle with another certificate: the verifier sees it */
+    assert_int_equal(exchange('p', other, sizeof(other), cert, sizeof(cert), NULL), -EPROTO);
+}
+
+static void test_scram_c_attribute_carries_gs2_header_and_hash(void **state)
+{
+    (void)state;
+    scram_client sc;
+    unsigned char cert[3] = {1, 2, 3};
+    char out[SCRAM_MAX_MSG];
+    size_t ol;
+    assert_int_equal(scram_client_init_nonce(&sc, RFC_PASSWORD, RFC_NONCE), 0);
+    assert_int_equal(scram_client_set_cbind(&sc, 'p', cert, sizeof(cert)), 0);
+    assert_int_equal(scram_client_first(&sc, out, sizeof(out), &ol), 0);
+    assert_string_equal(out, "p=tls-server-end-point,,n=,r=" RFC_NONCE);
+    assert_int_equal(final_exact(&sc, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), out,
+                                 sizeof(out), &ol),
+                     0);
+    /* python3 -c 'import base64; print(base64.b64encode(b"p=tls-server-end-point,,\x01\x02\x03"))' */
+    assert_memory_equal(out, "c=cD10bHMtc2VydmVyLWVuZC1wb2ludCwsAQID,r=", 41);
+
+    /* 'y': "y,," in both places */
+    assert_int_equal(scram_client_init_nonce(&sc, RFC_PASSWORD, RFC_NONCE), 0);
+    assert_int_equal(scram_client_set_cbind(&sc, 'y', NULL, 0), 0);
+    assert_int_equal(scram_client_first(&sc, out, sizeof(out), &ol), 0);
+    assert_string_equal(out, "y,,n=,r=" RFC_NONCE);
+    assert_int_equal(final_exact(&sc, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), out,
+                                 sizeof(out), &ol),
+                     0);
+    assert_memory_equal(out, "c=eSws,r=", 9);
+
+    /* bad calls: 'p' without data, data too long, after first */
+    assert_int_equal(scram_client_init_nonce(&sc, RFC_PASSWORD, RFC_NONCE), 0);
+    assert_int_equal(scram_client_set_cbind(&sc, 'p', NULL, 0), -EINVAL);
+    unsigned char big[SCRAM_MAX_CBIND_LEN + 1] = {0};
+    assert_int_equal(scram_client_set_cbind(&sc, 'p', big, sizeof(big)), -EINVAL);
+    assert_int_equal(scram_client_set_cbind(&sc, 'x', NULL, 0), -EINVAL);
+    assert_int_equal(scram_client_first(&sc, out, sizeof(out), &ol), 0);
+    assert_int_equal(scram_client_set_cbind(&sc, 'n', NULL, 0), -EINVAL);
+}
+
+static void test_scram_y_flag_is_a_downgrade_when_plus_was_offered(void **state)
+{
+    (void)state;
+    unsigned char cert[32];
+    memset(cert, 7, sizeof(cert));
+    /* the server offered -PLUS, the client was told it did not */
+    assert_int_equal(exchange('y', NULL, 0, cert, sizeof(cert), NULL), -EPROTO);
+    /* a server without -PLUS accepts 'y' and 'n' */
+    assert_int_equal(exchange('y', NULL, 0, NULL, 0, NULL), 0);
+    assert_int_equal(exchange('n', NULL, 0, NULL, 0, NULL), 0);
+}
+
+static void test_scram_iteration_count_above_the_bound_is_refused_unspent(void **state)
+{
+    (void)state;
+    scram_client sc;
+    char out[SCRAM_MAX_MSG];
+    size_t ol;
+    static const char hostile[] = "r=" RFC_SERVER_NONCE ",s=" RFC_SALT ",i=9999999";
+    start_rfc(&sc);
+    assert_int_equal(scram_client_set_max_iterations(&sc, 100000), 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(final_exact(&sc, hostile, strlen(hostile), out, sizeof(out), &ol), -ERANGE);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    /* refused before PBKDF2: 9,999,999 iterations would take seconds */
+    assert_true((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 200);
+    assert_int_equal(sc.server_iterations, 9999999);
+    /* the exchange is dead afterwards */
+    assert_int_equal(final_exact(&sc, hostile, strlen(hostile), out, sizeof(out), &ol), -EINVAL);
+
+    /* at the bound: accepted (the RFC vector's 4096) */
+    start_rfc(&sc);
+    assert_int_equal(scram_client_set_max_iterations(&sc, 4096), 0);
+    assert_int_equal(final_exact(&sc, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), out,
+                                 sizeof(out), &ol),
+                     0);
+    assert_string_equal(out, RFC_CLIENT_FINAL);
+    /* one below: refused */
+    start_rfc(&sc);
+    assert_int_equal(scram_client_set_max_iterations(&sc, 4095), 0);
+    assert_int_equal(final_exact(&sc, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), out,
+                                 sizeof(out), &ol),
+                     -ERANGE);
+    /* out of range settings */
+    start_rfc(&sc);
+    assert_int_equal(scram_client_set_max_iterations(&sc, 0), -EINVAL);
+    assert_int_equal(scram_client_set_max_iterations(&sc, SCRAM_MAX_ITERATIONS + 1), -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scram_plus_binds_to_the_certificate_hash),
+        cmocka_unit_test(test_scram_c_attribute_carries_gs2_header_and_hash),
+        cmocka_unit_test(test_scram_y_flag_is_a_downgrade_when_plus_was_offered),
+        cmocka_unit_test(test_scram_iteration_count_above_the_bound_is_refused_unspent),
         cmocka_unit_test(test_md5_response_matches_independent_computation),
         cmocka_unit_test(test_md5_response_from_stored_hash_equals_from_password),
         cmocka_unit_test(test_scram_rfc7677_vector),

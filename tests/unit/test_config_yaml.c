@@ -206,6 +206,9 @@ static const struct mirror mirrors[] = {
     {"max_message_size", "PGSCALE_MAX_MESSAGE_SIZE", "64MB", "1023"},
     {"redis_url", "REDIS_URL", "redis://:pw@cache:6379/0", "http://cache"},
     {"log_level", "PGSCALE_LOG_LEVEL", "debug", "loud"},
+    {"server_scram_max_iterations", "PGSCALE_SERVER_SCRAM_MAX_ITERATIONS", "4096", "10000001"},
+    {"server_allow_cleartext_password", "PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD", "on",
+     "sometimes"},
 };
 
 static void test_every_environment_setting_has_its_file_key(void **state)
@@ -275,7 +278,8 @@ static void test_bad_values_get_the_environment_reason_with_file_and_line(void *
         snprintf(expect, sizeof(expect), NAME ":3: %s%s", m->key, err + envlen);
         if (strcmp(m->key, "workers") == 0 || strcmp(m->key, "pool_size") == 0 ||
             strcmp(m->key, "max_overflow") == 0 || strcmp(m->key, "max_client_conn") == 0 ||
-            strcmp(m->key, "max_prepared_statements") == 0) {
+            strcmp(m->key, "max_prepared_statements") == 0 ||
+            strcmp(m->key, "server_scram_max_iterations") == 0) {
             /* Integers in quotes are strings: the type error comes first. */
             snprintf(expect, sizeof(expect),
                      NAME ":3: %s: expected an integer, got the quoted string '%s' (write "
@@ -431,7 +435,8 @@ static void test_unknown_keys_are_rejected_with_a_hint(void **state)
     yaml_bad("auth:\n  hba:\n    - type: host\n      adress: all\n      method: trust\n",
              NAME ":4: auth.hba[0].adress: unknown key (did you mean address?)");
     yaml_bad("server_tls:\n  mode: require\n",
-             NAME ":2: server_tls.mode: unknown key (expected one of: sslmode, ca, cert, key)");
+             NAME ":2: server_tls.mode: unknown key (expected one of: sslmode, ca, cert, key, "
+                  "channel_binding)");
     yaml_bad("auth:\n  method: md5\n", NAME ":2: auth.method: unknown key (expected one of: "
                                        "type, file, query, user, hba, dbname, "
                                        "query_max_per_address, query_negative_ttl)");
@@ -1431,6 +1436,46 @@ static void test_sslmode_from_database_url_unless_the_file_sets_it(void **state)
                              "verify-full)");
 }
 
+static void test_channel_binding_from_database_url_unless_the_file_sets_it(void **state)
+{
+    (void)state;
+    const char *yaml = tmp_write("pgscale.yaml", "pool_size: 5\n");
+    pgs_config c;
+    char err[1024];
+    setenv("DATABASE_URL", "postgresql://h/db?sslmode=require&channel_binding=require", 1);
+    if (config_load_files(&c, yaml, NULL, err, sizeof(err)) != 0) fail_msg("%s", err);
+    assert_int_equal(c.server_tls.channel_binding, PGS_CBIND_REQUIRE);
+    described *d = describe_all(&c);
+    assert_string_equal(described_value(d, "server_tls.channel_binding"), "require");
+    free(d);
+    config_free(&c);
+
+    yaml = tmp_write("pgscale.yaml", "server_tls: {channel_binding: disable}\n");
+    if (config_load_files(&c, yaml, NULL, err, sizeof(err)) != 0) fail_msg("%s", err);
+    assert_int_equal(c.server_tls.channel_binding, PGS_CBIND_DISABLE); /* the file wins */
+    config_free(&c);
+
+    setenv("DATABASE_URL", "postgresql://h/db", 1);
+    if (config_load(&c, NULL, err, sizeof(err)) != 0) fail_msg("%s", err);
+    assert_int_equal(c.server_tls.channel_binding, PGS_CBIND_PREFER); /* libpq's default */
+    assert_int_equal(c.server_scram_max_iterations, 100000);
+    assert_false(c.server_allow_cleartext_password);
+    config_free(&c);
+
+    setenv("DATABASE_URL", "postgresql://h/db?channel_binding=always", 1);
+    assert_true(config_load(&c, NULL, err, sizeof(err)) < 0);
+    assert_string_equal(err, "DATABASE_URL: query parameter 'channel_binding': 'always' is not "
+                             "a channel binding mode (expected disable, prefer or require)");
+    yaml_bad("server_tls:\n  channel_binding: yes please\n",
+             NAME ":2: server_tls.channel_binding: 'yes please' is not a channel binding mode "
+                  "(expected disable, prefer or require)");
+    /* a YAML boolean is a boolean setting's value */
+    pgs_config b;
+    yaml_ok(&b, "server_allow_cleartext_password: true\n");
+    assert_true(b.server_allow_cleartext_password);
+    config_free(&b);
+}
+
 static void test_reload_fills_a_fresh_snapshot_and_leaves_the_running_one(void **state)
 {
     (void)state;
@@ -1596,6 +1641,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_load_errors_name_their_source, clear_env,
                                         clear_env),
         cmocka_unit_test_setup_teardown(test_sslmode_from_database_url_unless_the_file_sets_it,
+                                        clear_env, clear_env),
+        cmocka_unit_test_setup_teardown(test_channel_binding_from_database_url_unless_the_file_sets_it,
                                         clear_env, clear_env),
         cmocka_unit_test_setup_teardown(
             test_reload_fills_a_fresh_snapshot_and_leaves_the_running_one, clear_env, clear_env),
