@@ -405,6 +405,13 @@ static salt_cache_entry salt_cache[SALT_CACHE_SIZE];
 static unsigned salt_cache_next;
 static pthread_mutex_t salt_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 
+void scram_client_cache_wipe(void)
+{
+    pthread_mutex_lock(&salt_cache_lock);
+    OPENSSL_cleanse(salt_cache, sizeof(salt_cache));
+    pthread_mutex_unlock(&salt_cache_lock);
+}
+
 static int salted_password(const char *password, const unsigned char *salt, size_t salt_len,
                            int iterations, unsigned char out[SHA256_LEN])
 {

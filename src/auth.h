@@ -266,4 +266,7 @@ const char *scram_server_error(const scram_server *ss);
 /* Wipes the secret material from the struct. */
 void scram_server_clear(scram_server *ss);
 
+/* Wipes the remembered SaltedPassword values (at exit). */
+void scram_client_cache_wipe(void);
+
 #endif

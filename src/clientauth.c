@@ -208,6 +208,7 @@ int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
 
 void clientauth_shutdown(void)
 {
+    scram_client_cache_wipe();
     authfile_free(users);
     authfile_free(users_retired);
     users = users_retired = NULL;
