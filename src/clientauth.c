@@ -231,7 +231,13 @@ static void warn_config(const pgs_config *cfg)
                  user ? "\", who may run every admin console command (SHUTDOWN too)" : "");
         return;
     }
-    if (!implicit_rules(cfg) || !user) return;
+    if (!implicit_rules(cfg)) return;
+    if (!user) {
+        log_warn("DATABASE_URL names no user: clients can log into pgscale only as users of the "
+                 "users file (auth.file) or auth.query; put the application's user and password "
+                 "in DATABASE_URL (postgresql://USER:PASSWORD@host/db)");
+        return;
+    }
     const authfile *u = cur_users();
     if (!cfg->primary.password && !(u && authfile_lookup(u, user))) {
         log_warn("DATABASE_URL has no password: user \"%s\" may log into pgscale without one "
@@ -242,10 +248,10 @@ static void warn_config(const pgs_config *cfg)
                  user, user, user);
         return;
     }
-    log_info("clients authenticate with SCRAM-SHA-256 (or md5): user \"%s\" with DATABASE_URL's "
-             "password%s; the same OS user as pgscale may log in as \"%s\" over its Unix "
-             "socket without one",
-             user, u ? ", the users file's users with theirs" : "", user);
+    log_info("clients authenticate with SCRAM-SHA-256: user \"%s\" with %s password%s; the "
+             "same OS user as pgscale may log in as \"%s\" over its Unix socket without one",
+             user, u && authfile_lookup(u, user) ? "the users file's" : "DATABASE_URL's",
+             u ? ", the users file's users with theirs" : "", user);
 }
 
 int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
