@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -86,6 +87,15 @@ def error_text(payload):
     return f"{fields.get('C', '?')} {fields.get('M', '?')}"
 
 
+@functools.lru_cache(maxsize=64)
+def salted_password(password, salt_b64, iterations):
+    """PBKDF2 of the password, once per (password, salt, iterations): a
+    server gives one user the same salt on every login (PostgreSQL, and
+    pgscale for DATABASE_URL's user), so thousands of handshakes need one
+    derivation -- the client's CPU is not what this measures."""
+    return hashlib.pbkdf2_hmac("sha256", password, base64.b64decode(salt_b64), iterations)
+
+
 class Scram:
     """Client side of SCRAM-SHA-256 (RFC 5802/7677), without channel binding."""
 
@@ -102,7 +112,7 @@ class Scram:
         attrs = dict(kv.split("=", 1) for kv in server_first.decode().split(","))
         if not attrs["r"].startswith(self.nonce):
             raise ValueError("SCRAM: server nonce does not extend ours")
-        salted = hashlib.pbkdf2_hmac("sha256", self.password, base64.b64decode(attrs["s"]), int(attrs["i"]))
+        salted = salted_password(self.password, attrs["s"], int(attrs["i"]))
         client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
         stored_key = hashlib.sha256(client_key).digest()
         without_proof = f"c=biws,r={attrs['r']}"
@@ -341,6 +351,9 @@ def compare(args):
             if r.returncode != 0:
                 sys.exit(f"idle_clients: could not start PostgreSQL:\n{r.stdout}{r.stderr}")
             url = f"postgresql://{args.user}:{args.password_server}@127.0.0.1:{pgport}/{args.database}"
+        if args.password is None:
+            # pgscale asks clients for DATABASE_URL's password by default
+            args.password = unquote(urlparse(url).password or "") or None
         print(f"== Idle clients: {args.count} connections opened by a separate process, each through "
               f"start-up to ReadyForQuery, then idle; each proxy started fresh; VmRSS before and after", flush=True)
         results = {}

@@ -198,7 +198,7 @@ for u in "$APP_USER" postgres pgscale ""; do
     [ -n "$u" ] && admin 'SHOW POOLS' >/dev/null 2>&1 && break
 done
 say "pgscale (pid $SCALE_PID) listens on 127.0.0.1:$SCALE_PORT; applications connect there instead of to PostgreSQL."
-say "admin console: psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale -c 'SHOW POOLS'"
+say "admin console: PGPASSWORD=$APP_PASSWORD psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale -c 'SHOW POOLS'"
 
 step "4. Sample data: pgbench -i -s $SCALE ($((SCALE * 100000)) accounts), loaded straight into the primary"
 PGPASSWORD=$APP_PASSWORD run_child timeout 300 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" \
@@ -255,7 +255,7 @@ declare -A TPS LAT TXN PEAK NODES
 run_workload read "5. Read-only: $DEMO_CLIENTS clients running SELECTs by primary key" -S
 run_workload mixed "6. Mixed: $DEMO_CLIENTS clients running BEGIN; UPDATE; SELECT; INSERT; END" -N
 
-step "7. What pgscale saw (admin console: psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale)"
+step "7. What pgscale saw (admin console: PGPASSWORD=$APP_PASSWORD psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale)"
 for cmd in 'SHOW POOLS' 'SHOW STATS' 'SHOW SERVERS'; do
     say "${B}$cmd${R}"
     admin "$cmd" 2>&1 | indent || true

@@ -13,10 +13,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "client.h"
+#include "clientauth.h"
 #include "io.h"
 #include "pool.h"
 #include "proto.h"
@@ -503,21 +503,6 @@ static bool in_list(char *const *v, int n, const char *user)
     return false;
 }
 
-/* True when c came over one of pgscale's own Unix sockets from a process
- * of the OS user pgscale runs as: whoever can signal pgscale anyway.  The
- * kernel vouches for the peer (SO_PEERCRED), not the client. */
-static bool same_os_user(pgs_client *c)
-{
-    if (!c->unix_socket) return false;
-    uv_os_fd_t fd;
-    if (uv_fileno((const uv_handle_t *)&c->s.pipe, &fd) != 0) return false;
-    struct ucred cred;
-    socklen_t len = sizeof(cred);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred))
-        return false;
-    return cred.uid == geteuid();
-}
-
 /* With neither list set (the zero-config start from the environment),
  * every user who can log in may look (SHOW), but only the user named in
  * DATABASE_URL and the OS user running pgscale (over its Unix socket) may
@@ -532,7 +517,7 @@ static int role_of(const pgs_config *cfg, pgs_client *c)
 {
     if (zero_config(cfg)) {
         if (cfg->primary.user && strcmp(cfg->primary.user, c->user) == 0) return ROLE_ADMIN;
-        return same_os_user(c) ? ROLE_ADMIN : ROLE_STATS;
+        return clientauth_peer_is_self(c) ? ROLE_ADMIN : ROLE_STATS;
     }
     if (in_list(cfg->admin_users, cfg->n_admin_users, c->user)) return ROLE_ADMIN;
     if (in_list(cfg->stats_users, cfg->n_stats_users, c->user)) return ROLE_STATS;

@@ -281,6 +281,20 @@ int authfile_load(const char *path, authfile **out, char *err, size_t errlen)
     return rc;
 }
 
+authfile *authfile_from_password(const char *name, const char *user, const char *password)
+{
+    authfile *f = pgs_xcalloc(1, sizeof(*f));
+    f->name = pgs_xstrdup(name);
+    f->v = pgs_xcalloc(1, sizeof(*f->v));
+    f->n = 1;
+    authfile_entry *e = &f->v[0];
+    e->user = pgs_xstrdup(user);
+    e->secret = pgs_xstrdup(password);
+    e->kind = AUTH_SECRET_PLAIN;
+    e->file = f->name;
+    return f;
+}
+
 size_t authfile_count(const authfile *f)
 {
     return f ? f->n : 0;

@@ -47,6 +47,11 @@ PGS_MUSTCHECK int authfile_parse(const char *name, const char *data, size_t len,
                                  authfile **out, char *err, size_t errlen);
 /* Reads path (at most 10 MiB) and parses it. */
 PGS_MUSTCHECK int authfile_load(const char *path, authfile **out, char *err, size_t errlen);
+/* A one-user table holding a plaintext password as it is (any bytes but
+ * NUL; never classified as an md5 hash or SCRAM secret): DATABASE_URL's
+ * user and password, which answer like a users file's entry.  name is used
+ * in messages. */
+authfile *authfile_from_password(const char *name, const char *user, const char *password);
 void authfile_free(authfile *f);
 
 size_t authfile_count(const authfile *f);

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -57,6 +59,47 @@ static const authfile *cur_users(void)
     return __atomic_load_n(&users, __ATOMIC_ACQUIRE);
 }
 static unsigned char mock_key[32];
+
+/* DATABASE_URL's user with DATABASE_URL's password, answering like a users
+ * file entry: the application already holds that password, so pointing it
+ * at pgscale needs no other secret.  The users file's own entry for the
+ * user outranks it.  NULL when the URL carries no password.  Set once at
+ * start (the URL does not change on reload). */
+static authfile *url_user;
+
+/* The entry that verifies user's password: the users file's, else
+ * DATABASE_URL's; NULL for anyone else (auth.query may still know them). */
+static const authfile_entry *known_entry(const char *user)
+{
+    const authfile *u = cur_users();
+    const authfile_entry *e = u ? authfile_lookup(u, user) : NULL;
+    return e ? e : authfile_lookup(url_user, user);
+}
+
+/* Neither auth.type nor auth.hba given (PGSCALE_AUTH_TYPE counts as
+ * auth.type): the zero-config start, where two rules for DATABASE_URL's
+ * user come on top of SCRAM (see clientauth_begin). */
+static bool implicit_rules(const pgs_config *cfg)
+{
+    return !cfg->auth.type_set && cfg->auth.n_hba == 0;
+}
+
+static bool is_url_user(const pgs_config *cfg, const char *user)
+{
+    return cfg->primary.user && strcmp(cfg->primary.user, user) == 0;
+}
+
+bool clientauth_peer_is_self(const pgs_client *c)
+{
+    if (!c->unix_socket) return false;
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)&c->s.pipe, &fd) != 0) return false;
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred))
+        return false;
+    return cred.uid == geteuid();
+}
 
 /* What the server login as a user can use, learnt from that user's last
  * successful login to pgscale: the SCRAM keys its proof revealed, and a
@@ -181,6 +224,42 @@ bool clientauth_user_secret(const char *user, int *kind, char *buf, size_t bufle
     return found;
 }
 
+/* Says at start who may log in without a password, where that is anyone. */
+static void warn_config(const pgs_config *cfg)
+{
+    const pgs_auth_config *a = &cfg->auth;
+    const char *user = cfg->primary.user;
+    if (a->type_set && a->type == PGS_AUTH_TRUST && a->n_hba == 0) {
+        log_warn("auth.type is trust: every client that reaches pgscale may log in as any user "
+                 "without a password%s%s%s; remove auth.type (and PGSCALE_AUTH_TYPE) to have "
+                 "clients authenticate with SCRAM-SHA-256 against DATABASE_URL's password",
+                 user ? ", including \"" : "", user ? user : "",
+                 user ? "\", who may run every admin console command (SHUTDOWN too)" : "");
+        return;
+    }
+    if (!implicit_rules(cfg)) return;
+    if (!user) {
+        log_warn("DATABASE_URL names no user: clients can log into pgscale only as users of the "
+                 "users file (auth.file) or auth.query; put the application's user and password "
+                 "in DATABASE_URL (postgresql://USER:PASSWORD@host/db)");
+        return;
+    }
+    const authfile *u = cur_users();
+    if (!cfg->primary.password && !(u && authfile_lookup(u, user))) {
+        log_warn("DATABASE_URL has no password: user \"%s\" may log into pgscale without one "
+                 "from every address pgscale listens on, and run every admin console command "
+                 "(SHUTDOWN too); other users need a password; to require one for \"%s\", put "
+                 "the password in DATABASE_URL (postgresql://%s:PASSWORD@host/db) or give the "
+                 "user an entry in a users file (auth.file)",
+                 user, user, user);
+        return;
+    }
+    log_info("clients authenticate with SCRAM-SHA-256: user \"%s\" with %s password%s; the "
+             "same OS user as pgscale may log in as \"%s\" over its Unix socket without one",
+             user, u && authfile_lookup(u, user) ? "the users file's" : "DATABASE_URL's",
+             u ? ", the users file's users with theirs" : "", user);
+}
+
 int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
 {
     /* Pages of their own, so that MADV_DONTDUMP leaves the keys out of a
@@ -203,6 +282,13 @@ int clientauth_init(const pgs_config *cfg, char *err, size_t errlen)
                            authfile_precompute_scram(users, mock_key, sizeof(mock_key), err,
                                                      errlen) < 0))
         return -1;
+    const pgs_url *url = &cfg->primary;
+    if (url->user && url->password) {
+        url_user = authfile_from_password("DATABASE_URL", url->user, url->password);
+        if (authfile_precompute_scram(url_user, mock_key, sizeof(mock_key), err, errlen) < 0)
+            return -1;
+    }
+    warn_config(cfg);
     return 0;
 }
 
@@ -211,7 +297,8 @@ void clientauth_shutdown(void)
     scram_client_cache_wipe();
     authfile_free(users);
     authfile_free(users_retired);
-    users = users_retired = NULL;
+    authfile_free(url_user);
+    users = users_retired = url_user = NULL;
     pthread_mutex_lock(&keytab_lock);
     if (keytab) {
         for (int i = 0; i < KEYTAB_SIZE; i++) keytab_wipe(&keytab[i]);
@@ -317,6 +404,28 @@ int clientauth_begin(pgs_client *c)
         return -1;
     }
     if (m == PGS_AUTH_TRUST) return 0;
+    const pgs_config *cfg = g_pgs.cfg;
+    if (implicit_rules(cfg) && is_url_user(cfg, c->user)) {
+        /* The zero-config start lets DATABASE_URL's user in without a
+         * password in two cases, neither of which gives away anything:
+         * - the client is the OS user pgscale runs as, on pgscale's Unix
+         *   socket (PostgreSQL's "peer"): it can read the password from
+         *   pgscale's environment (/proc/PID/environ) anyway;
+         * - DATABASE_URL has no password (PostgreSQL trusts pgscale's
+         *   connections) and no users file entry asks for one: there is
+         *   nothing to check it against.  warn_config said so at start. */
+        const authfile *u = cur_users();
+        const char *why = NULL;
+        if (clientauth_peer_is_self(c))
+            why = "same OS user as pgscale, over its Unix socket";
+        else if (!cfg->primary.password && !(u && authfile_lookup(u, c->user)))
+            why = "DATABASE_URL has no password";
+        if (why) {
+            log_info("C-%u: user=%s db=%s logged in without a password (%s)", c->id, c->user,
+                     c->database, why);
+            return 0;
+        }
+    }
     pgs_client_auth *a = pgs_xcalloc(1, sizeof(*a));
     a->method = (pgs_auth_method)m;
     c->auth = a;
@@ -326,8 +435,7 @@ int clientauth_begin(pgs_client *c)
      * the users file lacks.  The lookup runs meanwhile; the client's answer
      * waits for it only if it arrives first (clientauth_data). */
     if (send_request(c) < 0) return -1;
-    const authfile *u = cur_users();
-    if ((!u || !authfile_lookup(u, c->user)) && authquery_enabled() &&
+    if (!known_entry(c->user) && authquery_enabled() &&
         authquery_lookup(c->w, c->id, c->user, c->unix_socket ? NULL : c->addr, lookup_done) ==
             AQ_QUEUED)
         a->pending = true;
@@ -405,12 +513,11 @@ void clientauth_free(pgs_client *c)
     c->auth = NULL;
 }
 
-/* The client's secret: from the users file, else from auth.query (as a
- * temporary entry in *tmp), else NULL. */
+/* The client's secret: from the users file, else DATABASE_URL's for its
+ * user, else from auth.query (as a temporary entry in *tmp), else NULL. */
 static const authfile_entry *user_entry(pgs_client *c, authfile_entry *tmp)
 {
-    const authfile *u = cur_users();
-    const authfile_entry *e = u ? authfile_lookup(u, c->user) : NULL;
+    const authfile_entry *e = known_entry(c->user);
     pgs_client_auth *a = c->auth;
     if (e || !a->secret) return e;
     memset(tmp, 0, sizeof(*tmp));

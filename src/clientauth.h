@@ -28,6 +28,12 @@ int clientauth_begin(pgs_client *c);
  * come; -1: refused or failed (the client was already failed). */
 int clientauth_data(pgs_client *c);
 
+/* True when c came over one of pgscale's own Unix sockets from a process
+ * of the OS user pgscale runs as (the kernel vouches for the peer,
+ * SO_PEERCRED): whoever can read pgscale's environment and signal it
+ * anyway. */
+bool clientauth_peer_is_self(const pgs_client *c);
+
 /* Frees an unfinished exchange (client closing). */
 void clientauth_free(pgs_client *c);
 

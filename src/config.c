@@ -25,6 +25,9 @@
 #define MAX_WORKERS 64
 #define OVERFLOW_UNLIMITED 10000         /* what DB_MAX_OVERFLOW=-1 maps to */
 
+/* The environment's name for auth.type (the only auth setting it has). */
+#define AUTH_TYPE_VAR "PGSCALE_AUTH_TYPE"
+
 static const char database_url_hint[] =
     "point it at your PostgreSQL primary, e.g. postgresql://user:pass@host:5432/db";
 
@@ -222,7 +225,7 @@ void config_defaults(pgs_config *cfg)
     snprintf(cfg->listen[0].host, sizeof(cfg->listen[0].host), "%s", cfg->listen_host);
     cfg->listen[0].port = cfg->listen_port;
     cfg->max_startup_packet_size = 10000;
-    cfg->auth.type = PGS_AUTH_TRUST;
+    cfg->auth.type = PGS_AUTH_SCRAM;
     cfg->auth.query_max_per_address = 4;
     cfg->auth.query_negative_ttl_ms = 30000;
     cfg->tls.mode = PGS_TLS_DISABLE;
@@ -1335,7 +1338,33 @@ int config_apply_env(pgs_config *cfg, pgs_env_lookup lookup, void *ctx, char *er
             return -EINVAL;
         }
     }
+    /* auth.type is the one auth setting an environment-only start may need
+     * (to say trust explicitly); the file shows it as auth.type. */
+    const char *v = lookup(ctx, AUTH_TYPE_VAR);
+    if (v && *v) {
+        char why[200];
+        if (config_parse_auth_type(v, &cfg->auth.type, why, sizeof(why)) < 0) {
+            seterr(err, errlen, "%s: %s", AUTH_TYPE_VAR, why);
+            return -EINVAL;
+        }
+        cfg->auth.type_set = true;
+    }
     return 0;
+}
+
+int config_parse_auth_type(const char *v, pgs_auth_method *out, char *why, size_t whylen)
+{
+    static const char *const names[] = {"trust", "md5", "scram-sha-256"};
+    char sb[80];
+    for (int i = 0; i < (int)PGS_ARRAY_LEN(names); i++) {
+        if (strcasecmp(v, names[i]) == 0) {
+            *out = (pgs_auth_method)i;
+            return 0;
+        }
+    }
+    seterr(why, whylen, "'%s' is not an auth type (expected trust, md5 or scram-sha-256)",
+           shown(v, sb, sizeof(sb)));
+    return -EINVAL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1698,6 +1727,7 @@ static const char *layered_lookup(void *ctx, const char *name)
 
 static bool known_setting(const char *name)
 {
+    if (strcmp(name, AUTH_TYPE_VAR) == 0) return true;
     for (size_t i = 0; i < PGS_ARRAY_LEN(settings); i++)
         if (strcmp(settings[i].name, name) == 0) return true;
     return false;
@@ -1732,7 +1762,8 @@ static int check_unknown_keys(const pgs_envfile *f, char *err, size_t errlen)
 }
 
 /* What is settled only once every source is in. */
-static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, char *err, size_t errlen)
+static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char *config_path,
+                       bool env_auth_type, char *err, size_t errlen)
 {
     /* The primary URL's ?sslmode= stands for server_tls.sslmode unless the
      * file set that explicitly: an operator's server_tls is not weakened
@@ -1755,6 +1786,32 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, char *err,
             seterr(err, errlen, "DATABASE_URL: query parameter 'channel_binding': %s", why);
             return -EINVAL;
         }
+    }
+    /* md5 and SCRAM check a password: the users file's, auth.query's, or
+     * the one DATABASE_URL carries for its own user.  With none of them no
+     * client could ever log in, so say so now.  (Without an explicit
+     * auth.type, a DATABASE_URL without a password lets its user in
+     * without one instead; clientauth warns about it at start.) */
+    const pgs_auth_config *a = &cfg->auth;
+    if (a->file || a->user || (cfg->primary.user && cfg->primary.password)) return 0;
+    static const char fix[] =
+        "needs passwords: set auth.file (a users file) or auth.user (to look them up with "
+        "auth.query), or put the password in DATABASE_URL";
+    if (a->type_set && (a->type == PGS_AUTH_MD5 || a->type == PGS_AUTH_SCRAM)) {
+        const char *t = a->type == PGS_AUTH_MD5 ? "md5" : "scram-sha-256";
+        if (seen->auth_type_line && !env_auth_type)
+            seterr(err, errlen, "%s:%d: auth.type: '%s' %s", config_path, seen->auth_type_line, t,
+                   fix);
+        else
+            seterr(err, errlen, "%s: '%s' %s", AUTH_TYPE_VAR, t, fix);
+        return -EINVAL;
+    }
+    if (seen->hba_password_line) {
+        const pgs_hba_rule *r = &a->hba[seen->hba_password_index];
+        seterr(err, errlen, "%s:%d: auth.hba[%d].method: '%s' %s", config_path,
+               seen->hba_password_line, seen->hba_password_index,
+               r->method == PGS_AUTH_MD5 ? "md5" : "scram-sha-256", fix);
+        return -EINVAL;
     }
     return 0;
 }
@@ -1795,7 +1852,8 @@ int config_load_files(pgs_config *cfg, const char *config_path, const char *envf
         else seterr(err, errlen, "%s", why);
         goto out;
     }
-    rc = finish_load(cfg, &seen, err, errlen);
+    const char *at = layered_lookup(&l, AUTH_TYPE_VAR);
+    rc = finish_load(cfg, &seen, config_path, at && *at, err, errlen);
 out:
     config_envfile_free(f);
     if (rc < 0) config_free(cfg);
@@ -1994,6 +2052,8 @@ static void format_setting(sbuf *b, const pgs_config *cfg, const struct setting 
     sb_puts(b, tmp);
 }
 
+static const char *const auth_method_names[] = {"trust", "md5", "scram-sha-256", "reject"};
+
 void config_describe(const pgs_config *cfg, pgs_config_emit emit, void *ctx)
 {
     pgs_config def;
@@ -2008,13 +2068,15 @@ void config_describe(const pgs_config *cfg, pgs_config_emit emit, void *ctx)
     }
     free(vb.p);
     free(db.p);
+    /* the same value as auth.type (config_describe_file), under the name an
+     * environment-only start knows it by */
+    emit(ctx, AUTH_TYPE_VAR, auth_method_names[cfg->auth.type], auth_method_names[def.auth.type]);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Describe: the settings only the config file has                          */
 /* ------------------------------------------------------------------------ */
 
-static const char *const auth_method_names[] = {"trust", "md5", "scram-sha-256", "reject"};
 static const char *const hba_type_names[] = {"host", "hostssl", "hostnossl", "local"};
 static const char *const tls_mode_names[] = {"disable", "allow", "require", "verify-ca",
                                              "verify-full"};

@@ -79,7 +79,8 @@ typedef struct pgs_hba_rule {
 } pgs_hba_rule;
 
 typedef struct pgs_auth_config {
-    pgs_auth_method type; /* default scram-sha-256 with a users file or auth.user, else trust */
+    pgs_auth_method type; /* default scram-sha-256 (see docs/configuration.md, "Security model") */
+    bool type_set;        /* auth.type or PGSCALE_AUTH_TYPE given: no implicit rules apply */
     char *file;           /* users file (path resolved against the config file's directory) */
     char *query;          /* auth query; NULL = PGS_DEFAULT_AUTH_QUERY */
     char *user;           /* the user that runs the auth query; NULL = no auth query */
@@ -343,6 +344,9 @@ PGS_MUSTCHECK int config_parse_channel_binding(const char *v, pgs_channel_bindin
                                                char *why, size_t whylen);
 /* on/off (also true/false, yes/no, 1/0). */
 PGS_MUSTCHECK int config_parse_bool(const char *v, bool *out, char *why, size_t whylen);
+/* trust, md5, scram-sha-256 (auth.type, PGSCALE_AUTH_TYPE). */
+PGS_MUSTCHECK int config_parse_auth_type(const char *v, pgs_auth_method *out, char *why,
+                                         size_t whylen);
 /* Renders a listen address back in the form it is written in. */
 void config_format_listen(const pgs_listen_addr *a, char *buf, size_t n);
 /* Every listen address, ", "-separated ("a:1, unix:/run/pgscale"). */

@@ -970,6 +970,7 @@ static int do_auth(yctx *c, const node *v, const char *path)
         case 0:
             rc = one_of(c, val, kp, auth_types, PGS_ARRAY_LEN(auth_types), "an auth type", &w);
             a->type = (pgs_auth_method)w;
+            a->type_set = true;
             c->l_auth_type = val->line;
             break;
         case 1: rc = file_path(c, val, kp, &a->file); break;
@@ -1208,7 +1209,6 @@ static int check_rules(yctx *c)
     pgs_auth_config *a = &cfg->auth;
     pgs_tls_config *t = &cfg->tls;
     pgs_server_tls_config *st = &cfg->server_tls;
-    bool password_source = a->file || a->user;
 
     if (t->cert && !t->key) return fail(c, c->l_tls_cert, "tls.cert", "needs tls.key as well");
     if (t->key && !t->cert) return fail(c, c->l_tls_key, "tls.key", "needs tls.cert as well");
@@ -1237,15 +1237,10 @@ static int check_rules(yctx *c)
     if (a->dbname && !a->user)
         return fail(c, c->l_auth_dbname, "auth.dbname",
                     "needs auth.user (the user that runs the query)");
-    if (c->l_auth_type) {
-        if ((a->type == PGS_AUTH_MD5 || a->type == PGS_AUTH_SCRAM) && !password_source)
-            return fail(c, c->l_auth_type, "auth.type",
-                        "'%s' needs passwords: set auth.file (a users file) or auth.user (to "
-                        "look them up with auth.query)",
-                        auth_types[a->type]);
-    } else {
-        a->type = password_source ? PGS_AUTH_SCRAM : PGS_AUTH_TRUST;
-    }
+    /* Whether md5 / SCRAM have any password to check against (a users file,
+     * auth.query, or DATABASE_URL's password) is settled once the
+     * environment is in (config.c, finish_load); the lines go with it. */
+    if (c->l_auth_type) c->seen.auth_type_line = c->l_auth_type;
     for (int i = 0; i < a->n_hba; i++) {
         const pgs_hba_rule *r = &a->hba[i];
         char p[64];
@@ -1255,10 +1250,10 @@ static int check_rules(yctx *c)
                         "hostssl rules need TLS for clients (set tls.mode, tls.cert and "
                         "tls.key)");
         }
-        if ((r->method == PGS_AUTH_MD5 || r->method == PGS_AUTH_SCRAM) && !password_source) {
-            snprintf(p, sizeof(p), "auth.hba[%d].method", i);
-            return fail(c, c->l_hba_method[i], p,
-                        "'%s' needs passwords: set auth.file or auth.user", hba_methods[r->method]);
+        if ((r->method == PGS_AUTH_MD5 || r->method == PGS_AUTH_SCRAM) &&
+            !c->seen.hba_password_line) {
+            c->seen.hba_password_line = c->l_hba_method[i];
+            c->seen.hba_password_index = i;
         }
     }
     return 0;

@@ -16,6 +16,11 @@ typedef struct config_yaml_seen {
     bool primary; /* nodes.primary */
     bool sslmode; /* server_tls.sslmode */
     bool channel_binding; /* server_tls.channel_binding */
+    /* Lines for the password-source check, which needs DATABASE_URL (it
+     * may come from the environment): auth.type's, and the first auth.hba
+     * rule's that asks for a password (0 = none) with its index. */
+    int auth_type_line;
+    int hba_password_line, hba_password_index;
 } config_yaml_seen;
 
 /* Applies the file on top of *cfg (normally fresh defaults).  Errors are

@@ -40,6 +40,9 @@ void harness_start(const harness_opts *o)
     if (o->pool_timeout_ms) cfg.pool_timeout_ms = o->pool_timeout_ms;
     cfg.overflow_idle_timeout_ms = o->overflow_idle_timeout_ms;
     cfg.server_tls.sslmode = PGS_SSLMODE_DISABLE;
+    /* the pool and relay are under test, not client authentication */
+    cfg.auth.type = PGS_AUTH_TRUST;
+    cfg.auth.type_set = true;
     login_mode = o->login_mode;
     fakenet_install();
     now_us = 1000000000000ull;

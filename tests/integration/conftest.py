@@ -412,13 +412,27 @@ class Pgscale:
 
     # -- clients -----------------------------------------------------------
     def dsn(self, user=APP_USER, db=APP_DB, **params):
+        """libpq DSN through pgscale.  As `app` it carries the application's
+        password (DATABASE_URL's, which pgscale checks by default) unless the
+        test passes password=... itself; other users pass their own."""
+        if user == APP_USER and "password" not in params:
+            params["password"] = APP_PASSWORD
         s = "host=%s port=%d user=%s dbname=%s connect_timeout=10" % (self.host, self.port, user, db)
         for k, v in params.items():
+            v = str(v)
+            if not v.startswith("'") and (not v or any(ch in v for ch in " '\\")):
+                # libpq's quoting (a password may hold spaces and quotes); a
+                # value the caller quoted itself is passed as it is
+                v = "'%s'" % v.replace("\\", "\\\\").replace("'", "\\'")
             s += " %s=%s" % (k, v)
         return s
 
-    def url(self, user=APP_USER, db=APP_DB, scheme="postgresql"):
-        return "%s://%s@%s:%d/%s" % (scheme, user, self.host, self.port, db)
+    def url(self, user=APP_USER, db=APP_DB, scheme="postgresql", password=None):
+        """The application's URL pointed at pgscale (app's password by default)."""
+        if password is None and user == APP_USER:
+            password = APP_PASSWORD
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+        return "%s://%s@%s:%d/%s" % (scheme, auth, self.host, self.port, db)
 
     def connect(self, user=APP_USER, db=APP_DB, autocommit=True, **params):
         """psycopg2 connection through pgscale; closed at teardown."""
@@ -436,9 +450,9 @@ class Pgscale:
         self._clients = []
 
     # -- admin console -----------------------------------------------------
-    def admin_columns(self, sql, user=APP_USER):
+    def admin_columns(self, sql, user=APP_USER, **params):
         """(column names, rows as dicts) of an admin console command."""
-        conn = psycopg2.connect(self.dsn(user, "pgscale"))
+        conn = psycopg2.connect(self.dsn(user, "pgscale", **params))
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
@@ -450,8 +464,8 @@ class Pgscale:
         finally:
             conn.close()
 
-    def admin(self, sql, user=APP_USER):
-        return self.admin_columns(sql, user)[1]
+    def admin(self, sql, user=APP_USER, **params):
+        return self.admin_columns(sql, user, **params)[1]
 
     def pool(self, db=APP_DB, user=APP_USER):
         """The SHOW POOLS row of (db, user), or None."""

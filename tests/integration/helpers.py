@@ -44,10 +44,13 @@ def wait_for(predicate, timeout, interval=0.05, what="condition"):
 
 
 def client_env(extra=None):
-    """Environment for psql/pgbench: no stray PG* settings, bounded connects."""
+    """Environment for psql/pgbench: no stray PG* settings, bounded connects,
+    and the application's password (pgscale checks DATABASE_URL's password
+    by default; libpq sends it only when asked)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["PGCONNECT_TIMEOUT"] = "10"
     env["PGAPPNAME"] = "pgscale-it"
+    env["PGPASSWORD"] = APP_PASSWORD
     if extra:
         env.update(extra)
     return env
@@ -133,6 +136,8 @@ def arun(coro, timeout=60):
 async def aconnect(pg, user=APP_USER, db=APP_DB, **kw):
     """asyncpg connection through pgscale with bounded connect and commands."""
     import asyncpg
+    if user == APP_USER:
+        kw.setdefault("password", APP_PASSWORD)
     kw.setdefault("timeout", 10)
     kw.setdefault("command_timeout", 20)
     return await asyncpg.connect(host=pg.host, port=pg.port, user=user, database=db, **kw)

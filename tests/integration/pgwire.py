@@ -14,6 +14,8 @@ import socket
 import struct
 import time
 
+from helpers import APP_PASSWORD
+
 PROTOCOL_V3 = 196608
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
@@ -170,8 +172,11 @@ class RawConn:
             msgs.append(m)
 
     def startup(self, user="app", database="app", timeout=10.0, **params):
-        self.send(startup_packet(user, database, **params))
-        return self.read_until_ready(timeout)
+        """Startup, answering a password request with the application's
+        password as `app` (pgscale's default asks for it) and with an empty
+        one for anyone else; messages up to ReadyForQuery or the close."""
+        return self.login(user, database, APP_PASSWORD if user == "app" else "", timeout,
+                          **params)
 
     def login(self, user="app", database="app", password="", timeout=10.0, **params):
         """Startup with password authentication (cleartext, md5 or

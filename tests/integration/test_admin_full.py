@@ -34,9 +34,9 @@ def write_config(path, text):
     return path
 
 
-def console(pg, user="app"):
+def console(pg, user="app", **params):
     """A psycopg2 connection to the admin console (closed at teardown)."""
-    return pg.connect(user=user, db="pgscale")
+    return pg.connect(user=user, db="pgscale", **params)
 
 
 def run_console(conn, sql):
@@ -170,7 +170,11 @@ def test_show_lists_counts_pools_clients_and_servers(pgscale):
 
 
 # -- access control ------------------------------------------------------------
+# The lists decide by user name; who proves which name is auth's business
+# (test_security_zeroconfig.py, test_clientauth.py), so these tests let
+# every name in.
 ACCESS_CONFIG = """\
+    auth: {type: trust}
     admin_users: [opsadmin]
     stats_users: [monitor]
     """
@@ -223,6 +227,7 @@ def test_reload_applies_new_console_users_to_connected_and_new_clients(pgscale, 
     assert login_error(pg, user="auditor", db="pgscale")["C"] == "28000"
     monitor = console(pg, "monitor")
     write_config(path, """\
+        auth: {type: trust}
         admin_users: [opsadmin, monitor]
         stats_users: [auditor]
         """)
@@ -236,9 +241,19 @@ def test_reload_applies_new_console_users_to_connected_and_new_clients(pgscale, 
 
 
 # -- zero config: no admin_users, no stats_users ------------------------------------
-def test_zero_config_application_user_may_show_but_not_change_anything(pgscale):
-    pg = pgscale()
-    c = console(pg, "webapp")          # any user who can log in; not DATABASE_URL's
+def zero_config_with_users(tmp_path, extra=""):
+    """A config file with a users file (webapp, ops) and no admin lists: the
+    console's zero-config rules, with users other than DATABASE_URL's that
+    can log in."""
+    users = tmp_path / "users.txt"
+    users.write_text('"webapp" "webapp-pw"\n"ops" "ops-pw"\n')
+    return write_config(tmp_path / "pgscale.yaml", extra + "auth:\n  file: %s\n" % users)
+
+
+def test_zero_config_application_user_may_show_but_not_change_anything(pgscale, tmp_path):
+    pg = pgscale(args=["--config", zero_config_with_users(tmp_path)])
+    # any user who can log in (here from the users file); not DATABASE_URL's
+    c = console(pg, "webapp", password="webapp-pw")
     for what in ("POOLS", "CLIENTS", "SERVERS", "STATS", "CONFIG", "DATABASES", "USERS", "LISTS"):
         assert run_console(c, "SHOW " + what) is not None
     for cmd in CHANGING_COMMANDS:
@@ -249,7 +264,8 @@ def test_zero_config_application_user_may_show_but_not_change_anything(pgscale):
         assert "DATABASE_URL" in msg and "admin_users" in msg and "Unix socket" in msg, msg
     # the refused SHUTDOWN did not stop pgscale, nor did PAUSE / KILL pause anything
     assert pg.wait_exit(1) is None, pg.stderr_text()[-2000:]
-    assert not any(_int(r["paused"]) for r in pg.admin("SHOW DATABASES", user="webapp"))
+    assert not any(_int(r["paused"]) for r in pg.admin("SHOW DATABASES", user="webapp",
+                                                       password="webapp-pw"))
     conn = pg.connect()
     with conn.cursor() as cur:
         cur.execute("SELECT 1")
@@ -278,19 +294,21 @@ def test_zero_config_unix_socket_peer_of_pgscales_os_user_may_change_things(pgsc
     sockdir = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")  # socket paths must be short
     try:
         os.chmod(sockdir, 0o755)
-        cfg = write_config(tmp_path / "pgscale.yaml", """\
+        cfg = zero_config_with_users(tmp_path, textwrap.dedent("""\
             listen:
               - 127.0.0.1:%d
               - unix:%s
             unix_socket_permissions: "0777"
-            """ % (port, sockdir))
+            """ % (port, sockdir)))
         pg = pgscale(args=["--config", cfg], wait=False, PGSCALE_LISTEN=None)
         pg.port = port
         wait_for(lambda: port_accepts(port) or not pg.is_running(), 10, what="pgscale to listen")
         assert pg.is_running(), pg.stderr_text()[-2000:]
-        # the same OS user over the Unix socket, whatever user name it gives
+        # the same OS user over the Unix socket, whatever user name it logs
+        # in as (ops proves its password; only DATABASE_URL's user would
+        # need none on this socket)
         c = psycopg2.connect(host=sockdir, port=port, user="ops", dbname="pgscale",
-                             connect_timeout=10)
+                             password="ops-pw", connect_timeout=10)
         c.autocommit = True
         try:
             run_console(c, "PAUSE app")
@@ -298,7 +316,7 @@ def test_zero_config_unix_socket_peer_of_pgscales_os_user_may_change_things(pgsc
         finally:
             c.close()
         # the same user name over TCP: SHOW only
-        tcp = console(pg, "ops")
+        tcp = console(pg, "ops", password="ops-pw")
         with pytest.raises(psycopg2.Error) as exc:
             run_console(tcp, "PAUSE app")
         assert exc.value.pgcode == "42501", str(exc.value)
@@ -309,8 +327,9 @@ def test_zero_config_unix_socket_peer_of_pgscales_os_user_may_change_things(pgsc
                     ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--clear-groups",
                      "psql", "-X", "-w", "-At", "-v", "ON_ERROR_STOP=1", "-h", sockdir,
                      "-p", str(port), "-U", "ops", "-d", "pgscale", "-c", sql],
-                    capture_output=True, text=True, timeout=30, env=client_env(),
-                    cwd="/tmp", stdin=subprocess.DEVNULL)
+                    capture_output=True, text=True, timeout=30,
+                    env=client_env({"PGPASSWORD": "ops-pw"}), cwd="/tmp",
+                    stdin=subprocess.DEVNULL)
             r = as_postgres("SHOW POOLS")
             assert r.returncode == 0, r.stderr
             r = as_postgres("SHUTDOWN")

@@ -116,8 +116,7 @@ def test_client_past_max_client_conn_gets_53300_and_earlier_clients_keep_working
     held = [connect(pg) for _ in range(3)]
     try:
         with pgwire.RawConn(LOCALHOST, pg.port, timeout=5) as c:
-            c.send(pgwire.startup_packet())
-            msgs = c.read_until_close(5)
+            msgs = c.startup(timeout=5)  # the limit applies once the client has logged in
         errs = pgwire.errors(msgs)
         assert len(errs) == 1 and not [t for t, _ in msgs if t == b"Z"], msgs
         e = errs[0]

@@ -5,14 +5,14 @@ much waits for it, so pgscale's memory stays bounded; once the client reads,
 it gets every reply, in order.  A slow reader of a large result does not make
 pgscale buffer the result either."""
 import select
-import socket
 import struct
 import time
 
 import pytest
 
 from helpers import APP_USER, is_sanitized, proc_kb, wait_for
-from pgwire import message, parse_fields, query, startup_packet
+import pgwire
+from pgwire import message, parse_fields, query
 
 # pgscale's own bound is a few hundred KiB per client; this leaves room for
 # the allocator and the pooled buffers of one busy connection.  (Without the
@@ -28,15 +28,12 @@ class Pipeline:
 
     def __init__(self, pg, database="app"):
         self.pid = pg.pid
-        self.sock = socket.create_connection((pg.host, pg.port), timeout=10)
-        self.sock.sendall(startup_packet(APP_USER, database))
-        self.buf = bytearray()
-        while True:
-            kind, payload = self.read_one(10)
-            if kind == b"E":
-                pytest.fail("login failed: %s" % parse_fields(payload))
-            if kind == b"Z":
-                break
+        login = pgwire.RawConn(pg.host, pg.port, timeout=10)
+        msgs = login.startup(APP_USER, database)  # with the application's password
+        if pgwire.ready_status(msgs) is None:
+            pytest.fail("login failed: %s" % pgwire.errors(msgs))
+        self.sock = login.sock
+        self.buf = bytearray(login.buf)
         self.sock.setblocking(False)
         self.rss_start = proc_kb(self.pid, "VmRSS")
         self.rss_max = self.rss_start
@@ -236,14 +233,11 @@ def test_unread_admin_console_pipeline_is_bounded_and_answered_in_order(pgscale)
 @pytest.mark.deadline(120)
 def test_slow_reader_of_large_result_keeps_memory_bounded(pgscale, primary):
     pg = pgscale(DB_POOL_SIZE=2)
-    sock = socket.create_connection((pg.host, pg.port), timeout=10)
+    login = pgwire.RawConn(pg.host, pg.port, timeout=10)
+    sock = login.sock
     try:
-        sock.sendall(startup_packet(APP_USER, "app", application_name="slow-reader"))
-        got = b""
-        while not got.endswith(b"Z\x00\x00\x00\x05I"):
-            chunk = sock.recv(4096)
-            assert chunk
-            got += chunk
+        msgs = login.startup(APP_USER, "app", application_name="slow-reader")
+        assert pgwire.ready_status(msgs) == "I", msgs
         start = proc_kb(pg.pid, "VmRSS")
         top = start
         sock.sendall(query("SELECT repeat('x', 1000) FROM generate_series(1, 100000)"))

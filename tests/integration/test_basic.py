@@ -226,7 +226,7 @@ def test_one_megabyte_query_text_is_relayed(pgscale, pool_mode):
 
 def test_server_login_with_md5_password_works(pgscale, primary):
     pg = pgscale(DATABASE_URL=primary.url(MD5_USER, MD5_PASSWORD, "app"))
-    conn = pg.connect(user=MD5_USER, db="app")
+    conn = pg.connect(user=MD5_USER, db="app", password=MD5_PASSWORD)
     with conn.cursor() as cur:
         cur.execute("SELECT current_user, current_database()")
         assert cur.fetchone() == (MD5_USER, "app")

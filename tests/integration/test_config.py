@@ -66,8 +66,8 @@ def _config(pg):
     return {r["key"]: r["value"] for r in pg.admin("SHOW CONFIG")}
 
 
-def _query_through(pg, user=APP_USER, db=APP_DB):
-    conn = pg.connect(user=user, db=db)
+def _query_through(pg, user=APP_USER, db=APP_DB, **params):
+    conn = pg.connect(user=user, db=db, **params)
     with conn.cursor() as cur:
         cur.execute("SELECT current_user, current_database(), 6 * 7")
         return cur.fetchone()
@@ -364,8 +364,9 @@ def test_database_url_with_percent_encoded_special_password(pgscale, primary):
     url = primary.url(user="it_special", password=password, db=APP_DB)
     assert "%40" in url and "%3A" in url and "%2F" in url and "%25" in url and "%3F" in url, url
     pg = pgscale(DATABASE_URL=url)
-    assert _query_through(pg, user="it_special") == ("it_special", APP_DB, 42)
-    assert password not in repr(pg.admin("SHOW CONFIG"))
+    # clients log into pgscale with the same password (DATABASE_URL's)
+    assert _query_through(pg, user="it_special", password=password) == ("it_special", APP_DB, 42)
+    assert password not in repr(pg.admin("SHOW CONFIG", user="it_special", password=password))
 
 
 @pytest.mark.deadline(30)
@@ -374,7 +375,7 @@ def test_database_url_with_unencoded_at_in_password(pgscale, primary):
     _ensure_role(primary, "it_at", password)
     url = "postgresql://it_at:%s@%s:%d/%s" % (password, primary.host, primary.port, APP_DB)
     pg = pgscale(DATABASE_URL=url)
-    assert _query_through(pg, user="it_at") == ("it_at", APP_DB, 42)
+    assert _query_through(pg, user="it_at", password=password) == ("it_at", APP_DB, 42)
 
 
 @pytest.mark.deadline(30)

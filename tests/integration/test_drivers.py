@@ -116,7 +116,7 @@ def test_asyncpg_pool_of_20_runs_200_tasks_over_5_servers(pgscale, primary):
 
     async def go():
         pool = await asyncpg.create_pool(host=pg.host, port=pg.port, user="app", database="app",
-                                         min_size=20, max_size=20, timeout=10, command_timeout=30)
+                                         password=APP_PASSWORD, min_size=20, max_size=20, timeout=10, command_timeout=30)
         try:
             async def task(i):
                 async with pool.acquire(timeout=30) as c:

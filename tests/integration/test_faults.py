@@ -537,9 +537,8 @@ def _errors_of_new_client(pg, timeout):
     (errors, seconds from the first byte sent to the close)."""
     with pgwire.RawConn(pg.host, pg.port, timeout=timeout) as c:
         t0 = time.monotonic()
-        c.send(pgwire.startup_packet())
         try:
-            msgs = c.read_until_ready(timeout)
+            msgs = c.startup(timeout=timeout)
         except pgwire.ProtocolTimeout:
             pytest.fail("login through pgscale hung for %.1f s" % timeout)
         if c.eof:
@@ -740,8 +739,7 @@ def _try_client(pg, timeout=2.0):
     except OSError:
         return "refused", None, None
     try:
-        c.send(pgwire.startup_packet())
-        msgs = c.read_until_ready(timeout)
+        msgs = c.startup(timeout=timeout)
     except pgwire.ProtocolTimeout:
         c.close()
         return "hung", None, None

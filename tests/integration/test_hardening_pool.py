@@ -196,7 +196,10 @@ def _hp_pools(pg):
 
 @pytest.mark.deadline(300)
 def test_unused_pools_are_freed_and_login_time_does_not_grow_with_pools(pgscale, many_roles):
+    # pools, not client authentication, are under test: the hp_ roles log
+    # in without passwords (PostgreSQL trusts them too)
     pg = pgscale(DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, PGSCALE_WORKERS=2, DB_POOL_TIMEOUT=30,
+                 PGSCALE_AUTH_TYPE="trust",
                  PGSCALE_SERVER_IDLE_TIMEOUT="300ms", PGSCALE_UNUSED_POOL_TIMEOUT="3s")
     keep = pg.connect()  # a pool in use is never freed
     assert _one(keep, "SELECT 1") == (1,)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import REPO_ROOT
-from helpers import APP_DB, APP_USER, is_sanitized, proc_kb
+from helpers import APP_DB, APP_PASSWORD, APP_USER, is_sanitized, proc_kb
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 import idle_clients  # noqa: E402  (bench/: the client side of the measurement)
@@ -33,6 +33,7 @@ def test_ten_thousand_idle_clients_cost_under_4_kib_each(pgscale):
     # The clients live in another process (raw sockets on asyncio), so this
     # process's descriptors are not involved; it raises its own limit.
     hold_args = ["--port", pg.port, "--user", APP_USER, "--database", APP_DB,
+                 "--password", APP_PASSWORD,
                  "--count", N_CLIENTS, "--timeout", 60]
     with idle_clients.held_clients(hold_args, wait=30) as fields:
         assert int(fields["ok"]) == N_CLIENTS, fields

@@ -237,7 +237,9 @@ def test_transaction_mode_clients_alternate_on_one_backend(pgscale):
 
 
 def test_each_user_and_database_pair_gets_its_own_pool(pgscale):
-    pg = pgscale()
+    # `postgres` logs in without a password (PostgreSQL trusts it): pools,
+    # not client authentication, are under test here
+    pg = pgscale(PGSCALE_AUTH_TYPE="trust")
     for user, db in (("app", "app"), ("postgres", "app"), ("app", "postgres")):
         conn = pg.connect(user=user, db=db)
         assert _one(conn, "SELECT current_user, current_database()") == (user, db)

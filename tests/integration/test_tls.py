@@ -20,7 +20,7 @@ import psycopg2
 import pytest
 
 import pgwire
-from helpers import APP_DB, APP_USER, LOCALHOST, client_env, run, wait_for
+from helpers import APP_DB, APP_PASSWORD, APP_USER, LOCALHOST, client_env, run, wait_for
 
 
 # --------------------------------------------------------------------------
@@ -197,9 +197,9 @@ def test_psql_and_psycopg2_connect_with_sslmode_require(pgscale, tmp_path, certs
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_sslmode_verify_full_checks_pgscale_certificate(pgscale, tmp_path, certs, host):
     pg = start(pgscale, tmp_path, certs, mode="require")
-    conn = psycopg2.connect("host=%s port=%d user=%s dbname=%s sslmode=verify-full "
+    conn = psycopg2.connect("host=%s port=%d user=%s dbname=%s password=%s sslmode=verify-full "
                             "sslrootcert=%s connect_timeout=10"
-                            % (host, pg.port, APP_USER, APP_DB, certs.ca_crt))
+                            % (host, pg.port, APP_USER, APP_DB, APP_PASSWORD, certs.ca_crt))
     try:
         assert conn.info.ssl_in_use
         with conn.cursor() as cur:
@@ -373,7 +373,8 @@ def test_garbage_instead_of_tls_handshake_closes_only_that_client(pgscale, tmp_p
 def test_client_hello_sent_along_with_sslrequest_is_taken_as_tls(pgscale, tmp_path, certs):
     # bytes after the SSLRequest in the same packet are the TLS stream,
     # never plaintext (they are fed to the handshake, not the protocol)
-    pg = start(pgscale, tmp_path, certs, mode="require")
+    # the TLS framing is under test, not the password exchange
+    pg = start(pgscale, tmp_path, certs, mode="require", PGSCALE_AUTH_TYPE="trust")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE

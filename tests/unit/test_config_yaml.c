@@ -740,13 +740,15 @@ static void test_auth_defaults(void **state)
     (void)state;
     pgs_config c;
     yaml_ok(&c, "pool_size: 3\n");
-    assert_int_equal(c.auth.type, PGS_AUTH_TRUST);
+    /* SCRAM by default, and not "set": the zero-config rules apply */
+    assert_int_equal(c.auth.type, PGS_AUTH_SCRAM);
+    assert_false(c.auth.type_set);
     assert_null(c.auth.file);
     assert_null(c.auth.query);
     assert_null(c.auth.user);
     assert_int_equal(c.auth.n_hba, 0);
     described *d = describe_all(&c);
-    assert_string_equal(described_value(d, "auth.type"), "trust");
+    assert_string_equal(described_value(d, "auth.type"), "scram-sha-256");
     assert_string_equal(described_value(d, "auth.query"), PGS_DEFAULT_AUTH_QUERY);
     assert_string_equal(described_value(d, "auth.dbname"), "postgres");
     assert_int_equal(c.auth.query_max_per_address, 4);
@@ -858,9 +860,6 @@ static void test_auth_errors(void **state)
     yaml_bad("auth:\n  type: reject\n",
              NAME ":2: auth.type: 'reject' is not an auth type (expected trust, md5 or "
                   "scram-sha-256)");
-    yaml_bad("pool_size: 1\nauth:\n  type: scram-sha-256\n",
-             NAME ":3: auth.type: 'scram-sha-256' needs passwords: set auth.file (a users file) "
-                  "or auth.user (to look them up with auth.query)");
     yaml_bad("auth:\n  file: /nonexistent/pgscale/users.txt\n",
              NAME ":2: auth.file: /nonexistent/pgscale/users.txt: No such file or directory");
     yaml_bad("auth:\n  file: /tmp\n", NAME ":2: auth.file: /tmp: is a directory, not a file");
@@ -916,12 +915,6 @@ static void test_auth_errors(void **state)
              "      method: trust\n",
              NAME ":6: auth.hba[1].type: hostssl rules need TLS for clients (set tls.mode, "
                   "tls.cert and tls.key)");
-    yaml_bad("auth:\n"
-             "  hba:\n"
-             "    - type: host\n"
-             "      address: all\n"
-             "      method: md5\n",
-             NAME ":5: auth.hba[0].method: 'md5' needs passwords: set auth.file or auth.user");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1303,7 +1296,8 @@ static const char *const env_vars[] = {
     "PGSCALE_UNUSED_POOL_TIMEOUT",
     "PGSCALE_IDLE_TRANSACTION_TIMEOUT", "PGSCALE_CLIENT_IDLE_TIMEOUT", "PGSCALE_QUERY_TIMEOUT",
     "PGSCALE_CLIENT_LOGIN_TIMEOUT", "PGSCALE_SHUTDOWN_TIMEOUT", "PGSCALE_MAX_CLIENT_CONN",
-    "PGSCALE_MAX_PREPARED_STATEMENTS", "PGSCALE_MAX_MESSAGE_SIZE", "PGSCALE_CONFIG"};
+    "PGSCALE_MAX_PREPARED_STATEMENTS", "PGSCALE_MAX_MESSAGE_SIZE", "PGSCALE_CONFIG",
+    "PGSCALE_AUTH_TYPE"};
 
 static int clear_env(void **state)
 {
@@ -1402,6 +1396,96 @@ static void test_load_errors_name_their_source(void **state)
              "the config file); use --config FILE",
              env);
     assert_string_equal(err, expect);
+}
+
+/* md5 and SCRAM need a password to check: a users file, auth.query, or
+ * DATABASE_URL's own (which may come from the environment, so the check
+ * runs after it is in). */
+static void test_password_methods_need_a_password_source(void **state)
+{
+    (void)state;
+    pgs_config c;
+    char err[1024], expect[1024];
+    const char *yaml = tmp_write("pgscale.yaml", "pool_size: 1\nauth:\n  type: scram-sha-256\n");
+    setenv("DATABASE_URL", "postgresql://app@h/db", 1);
+    assert_true(config_load_files(&c, yaml, NULL, err, sizeof(err)) < 0);
+    snprintf(expect, sizeof(expect),
+             "%s:3: auth.type: 'scram-sha-256' needs passwords: set auth.file (a users file) or "
+             "auth.user (to look them up with auth.query), or put the password in DATABASE_URL",
+             yaml);
+    assert_string_equal(err, expect);
+
+    /* DATABASE_URL's password is one. */
+    setenv("DATABASE_URL", "postgresql://app:secret@h/db", 1);
+    if (config_load_files(&c, yaml, NULL, err, sizeof(err)) != 0) fail_msg("%s", err);
+    assert_int_equal(c.auth.type, PGS_AUTH_SCRAM);
+    assert_true(c.auth.type_set);
+    config_free(&c);
+
+    /* An hba rule that asks for one. */
+    yaml = tmp_write("pgscale.yaml", "auth:\n"
+                                     "  hba:\n"
+                                     "    - type: host\n"
+                                     "      address: all\n"
+                                     "      method: md5\n");
+    setenv("DATABASE_URL", "postgresql://app@h/db", 1);
+    assert_true(config_load_files(&c, yaml, NULL, err, sizeof(err)) < 0);
+    snprintf(expect, sizeof(expect),
+             "%s:5: auth.hba[0].method: 'md5' needs passwords: set auth.file (a users file) or "
+             "auth.user (to look them up with auth.query), or put the password in DATABASE_URL",
+             yaml);
+    assert_string_equal(err, expect);
+
+    /* Without auth.type the default SCRAM does not need one: DATABASE_URL's
+     * user then logs in without a password (clientauth warns). */
+    yaml = tmp_write("pgscale.yaml", "pool_size: 1\n");
+    if (config_load_files(&c, yaml, NULL, err, sizeof(err)) != 0) fail_msg("%s", err);
+    assert_int_equal(c.auth.type, PGS_AUTH_SCRAM);
+    assert_false(c.auth.type_set);
+    config_free(&c);
+}
+
+/* PGSCALE_AUTH_TYPE is auth.type from the environment, and wins over the
+ * file like every other variable. */
+static void test_auth_type_from_the_environment(void **state)
+{
+    (void)state;
+    pgs_config c;
+    char err[1024];
+    const char *yaml = tmp_write("pgscale.yaml", "auth:\n  type: md5\n");
+    setenv("DATABASE_URL", "postgresql://app:secret@h/db", 1);
+    if (config_load_files(&c, yaml, NULL, err, sizeof(err)) != 0) fail_msg("%s", err);
+    assert_int_equal(c.auth.type, PGS_AUTH_MD5);
+    config_free(&c);
+
+    setenv("PGSCALE_AUTH_TYPE", "trust", 1);
+    if (config_load_files(&c, yaml, NULL, err, sizeof(err)) != 0) fail_msg("%s", err);
+    assert_int_equal(c.auth.type, PGS_AUTH_TRUST);
+    assert_true(c.auth.type_set);
+    described *d = describe_all(&c);
+    assert_string_equal(described_value(d, "auth.type"), "trust");
+    free(d);
+    config_free(&c);
+
+    setenv("PGSCALE_AUTH_TYPE", "scram-sha-256", 1);
+    setenv("DATABASE_URL", "postgresql://app@h/db", 1);
+    assert_true(config_load_files(&c, yaml, NULL, err, sizeof(err)) < 0);
+    assert_string_equal(err, "PGSCALE_AUTH_TYPE: 'scram-sha-256' needs passwords: set auth.file "
+                             "(a users file) or auth.user (to look them up with auth.query), or "
+                             "put the password in DATABASE_URL");
+
+    setenv("PGSCALE_AUTH_TYPE", "password", 1);
+    assert_true(config_load_files(&c, NULL, NULL, err, sizeof(err)) < 0);
+    assert_string_equal(err, "PGSCALE_AUTH_TYPE: 'password' is not an auth type (expected trust, "
+                             "md5 or scram-sha-256)");
+
+    /* a .env file may set it too (PGSCALE_* names there are checked) */
+    unsetenv("PGSCALE_AUTH_TYPE");
+    const char *env = tmp_write("app.env", "PGSCALE_AUTH_TYPE=trust\n");
+    if (config_load_files(&c, NULL, env, err, sizeof(err)) != 0) fail_msg("%s", err);
+    assert_int_equal(c.auth.type, PGS_AUTH_TRUST);
+    assert_true(c.auth.type_set);
+    config_free(&c);
 }
 
 static void test_sslmode_from_database_url_unless_the_file_sets_it(void **state)
@@ -1639,6 +1723,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_environment_listen_replaces_the_file_list,
                                         clear_env, clear_env),
         cmocka_unit_test_setup_teardown(test_load_errors_name_their_source, clear_env,
+                                        clear_env),
+        cmocka_unit_test_setup_teardown(test_password_methods_need_a_password_source, clear_env,
+                                        clear_env),
+        cmocka_unit_test_setup_teardown(test_auth_type_from_the_environment, clear_env,
                                         clear_env),
         cmocka_unit_test_setup_teardown(test_sslmode_from_database_url_unless_the_file_sets_it,
                                         clear_env, clear_env),
