@@ -239,8 +239,8 @@ def test_explicit_trust_lets_everyone_in_and_warns(pgscale, primary, tmp_path, w
 @pytest.fixture
 def socket_pgscale(pgscale, tmp_path):
     sockdir = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")  # socket paths must be short
-    # reachable by another OS user: this test is about authentication, not
-    # about the socket's file permissions
+    # reachable by another OS user (directory and socket file): this test
+    # is about authentication, not about the socket's file permissions
     os.chmod(sockdir, 0o755)
     port = free_port()
     cfg = tmp_path / "pgscale.yaml"
@@ -248,6 +248,7 @@ def socket_pgscale(pgscale, tmp_path):
         listen:
           - 127.0.0.1:%d
           - unix:%s
+        unix_socket_permissions: "0777"
         """ % (port, sockdir)))
     pg = pgscale(args=["--config", str(cfg)], wait=False, PGSCALE_LISTEN=None)
     pg.port = port

@@ -18,7 +18,7 @@ import time
 import pytest
 
 import pgwire
-from helpers import LOCALHOST, free_port
+from helpers import APP_PASSWORD, LOCALHOST, free_port
 
 PASSWORD = "fake-pw"
 
@@ -200,7 +200,7 @@ def plus_only(c, fake):
 
 def login_error(pg, timeout=10):
     with pgwire.RawConn(LOCALHOST, pg.port, timeout=timeout) as c:
-        msgs = c.login("app", "app", "")
+        msgs = c.login("app", "app", PASSWORD)
     errs = pgwire.errors(msgs)
     assert len(errs) == 1 and pgwire.ready_status(msgs) is None, msgs
     return errs[0]
@@ -224,7 +224,7 @@ def test_hostile_iteration_count_is_refused_at_once_naming_the_setting(pgscale, 
         # and a pool toward the real server, on the same pgscale's workers, is served
         pg2 = pgscale(PGSCALE_WORKERS=2)
         with pgwire.RawConn(LOCALHOST, pg2.port, timeout=10) as c:
-            msgs = c.login("app", "app", "")
+            msgs = c.login("app", "app", APP_PASSWORD)
             assert pgwire.ready_status(msgs) == "I", msgs
     finally:
         fake.close()
@@ -263,7 +263,7 @@ def test_cleartext_over_plain_tcp_is_sent_when_allowed(pgscale, primary):
         pg = pgscale(DATABASE_URL=fake.url(), PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD="on")
         with pgwire.RawConn(LOCALHOST, pg.port, timeout=10) as c:
             try:
-                c.login("app", "app", "")
+                c.login("app", "app", PASSWORD)
             except Exception:
                 pass
         deadline = time.monotonic() + 5
@@ -301,7 +301,7 @@ def test_scram_plus_binds_to_the_server_certificate(pgscale, primary, fake_cert)
     try:
         pg = pgscale(DATABASE_URL=fake.url() + "?sslmode=require&channel_binding=require")
         with pgwire.RawConn(LOCALHOST, pg.port, timeout=10) as c:
-            msgs = c.login("app", "app", "")
+            msgs = c.login("app", "app", PASSWORD)
             assert pgwire.ready_status(msgs) == "I", (msgs, fake.notes)
         assert fake.notes["mech"] == b"SCRAM-SHA-256-PLUS"
         assert fake.notes["client_first"].startswith(b"p=tls-server-end-point,,n=,r=")

@@ -495,7 +495,7 @@ def test_channel_binding_require_without_tls_is_refused_clearly(pgscale, primary
                                                                 certs, pg_tls):
     pg = pgscale(DATABASE_URL=primary.url() + "?sslmode=disable&channel_binding=require")
     with pgwire.RawConn(pg.host, pg.port, timeout=15) as c:
-        errs = pgwire.errors(c.login(APP_USER, APP_DB, "", timeout=15))
+        errs = pgwire.errors(c.login(APP_USER, APP_DB, APP_PASSWORD, timeout=15))
     assert len(errs) == 1 and errs[0]["C"] == "28000", errs
     assert "channel binding is required" in errs[0]["M"], errs
     assert "does not use TLS" in errs[0]["M"], errs
@@ -504,7 +504,7 @@ def test_channel_binding_require_without_tls_is_refused_clearly(pgscale, primary
                 extra="  channel_binding: require\n",
                 DATABASE_URL=primary.url(user="md5user", password="md5secret"))
     with pgwire.RawConn(pg2.host, pg2.port, timeout=15) as c:
-        errs = pgwire.errors(c.login("md5user", APP_DB, "", timeout=15))
+        errs = pgwire.errors(c.login("md5user", APP_DB, "md5secret", timeout=15))
     assert len(errs) == 1 and errs[0]["C"] == "28000", errs
     assert "md5" in errs[0]["M"], errs
 
@@ -517,7 +517,7 @@ def test_cleartext_password_is_sent_over_tls_without_the_setting(pgscale, primar
     try:
         pg = pgscale(DATABASE_URL=primary.url(user="pwuser", password="pw-user-pw") +
                      "?sslmode=require")
-        conn = connect(pg, user="pwuser")
+        conn = connect(pg, user="pwuser", password="pw-user-pw")
         assert one(conn, "SELECT current_user")[0] == "pwuser"
         assert server_side_ssl(conn) is True
         conn.close()
