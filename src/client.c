@@ -689,7 +689,13 @@ static void handle_startup(pgs_client *c)
         b->pos += su.len;
         if (negotiate) send_negotiate(c, &su);
         int ar = clientauth_begin(c);
-        if (ar == 1) set_state(c, CL_AUTH);
+        if (ar == 1) {
+            set_state(c, CL_AUTH);
+            /* A client that knows the method may send its answer in the
+             * start-up packet's segment, as PostgreSQL accepts: it is read
+             * now, not when (if ever) more bytes arrive. */
+            if (b->data && b->pos < b->len && clientauth_data(c) == 0) client_after_auth(c);
+        }
         if (ar == 0) client_after_auth(c);
         return;
     }
