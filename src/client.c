@@ -162,6 +162,61 @@ static void pending_end(pgs_client *c)
     pthread_mutex_unlock(&pending_lock);
 }
 
+/* --- cancel requests for session-mode clients ---
+ *
+ * A session-mode client's BackendKeyData carries its server's real pid, so
+ * that pg_backend_pid() and the driver's backend pid agree; the secret key
+ * stays our own random per-client key, so a cancel request still passes
+ * our check and never reaches PostgreSQL with a key a client could know.
+ * A real pid says nothing about which worker owns the client, so such
+ * cancel requests are routed by key: this table maps key (and pid) to
+ * client under a mutex, touched at login, at close and by cancel requests,
+ * never on the data path.  Transaction-mode clients keep pids that encode
+ * their worker and id (worker_client_pid) and are not in it. */
+static htab cancel_tab;
+static pthread_mutex_t cancel_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void cancel_register(pgs_client *c, uint32_t pid)
+{
+    c->real_pid = pid;
+    c->cancel_node.hash = pgs_hash64(&c->cancel_key, sizeof(c->cancel_key));
+    pthread_mutex_lock(&cancel_lock);
+    htab_insert(&cancel_tab, &c->cancel_node);
+    pthread_mutex_unlock(&cancel_lock);
+}
+
+static void cancel_unregister(pgs_client *c)
+{
+    if (!c->real_pid) return;
+    pthread_mutex_lock(&cancel_lock);
+    htab_remove(&cancel_tab, &c->cancel_node);
+    pthread_mutex_unlock(&cancel_lock);
+    c->real_pid = 0;
+}
+
+/* A cancel request for a session-mode client goes to its worker (as one
+ * with our own pid would); false when no such client has this key and pid.
+ * The worker checks the key again against the client it finds. */
+static bool cancel_route_session(uint32_t pid, uint32_t key)
+{
+    uint64_t h = pgs_hash64(&key, sizeof(key));
+    uint32_t wid = 0, id = 0;
+    bool found = false;
+    pthread_mutex_lock(&cancel_lock);
+    for (htab_node *n = htab_first(&cancel_tab, h); n; n = n->next) {
+        pgs_client *c = htab_entry(n, pgs_client, cancel_node);
+        if (n->hash == h && c->cancel_key == key && c->real_pid == pid) {
+            wid = (uint32_t)c->w->id;
+            id = c->id;
+            found = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&cancel_lock);
+    if (found) worker_route_cancel(wid << 24 | (id & 0xffffffu), key);
+    return found;
+}
+
 static void free_client(uv_handle_t *h)
 {
     pgs_client *c = h->data;
@@ -169,6 +224,7 @@ static void free_client(uv_handle_t *h)
     params_free(c->params);
     stmt_local_free(c->lx);
     stmt_map_free(c->stmts);
+    free(c->tx_lost);
     free(c->user);
     free(c);
 }
@@ -195,6 +251,7 @@ void client_close(pgs_client *c, const char *reason)
     pool_cancel_wait(c);
     clientauth_free(c);
     pending_end(c);
+    cancel_unregister(c);
     if (c->counted) atomic_fetch_sub(&g_pgs.logged_in_clients, 1);
     c->counted = false;
     if (c->is_admin) admin_client_gone(c);
@@ -243,6 +300,21 @@ void client_fail(pgs_client *c, const char *sqlstate, const char *msg, const cha
 void client_server_lost(pgs_client *c, const char *why)
 {
     pgs_server *sv = c->server;
+    if (sv && sv->fatal_relayed) {
+        /* The server said why it ended (pg_terminate_backend, an admin
+         * shutdown) and the client has that FATAL: as from PostgreSQL,
+         * nothing follows it but the close. */
+        sv->client = NULL;
+        c->server = NULL;
+        log_info("C-%u: closing after the server's FATAL: %s", c->id, why);
+        if (c->s.wb.pending) {
+            c->want_close = true;
+            io_read_stop(&c->s);
+            return;
+        }
+        client_close(c, why);
+        return;
+    }
     if (sv) {
         /* The server is being closed by the caller; do not reset it. */
         sv->client = NULL;
@@ -357,7 +429,9 @@ static int parse_options(pgs_client *c, const char *opts)
     return want_c ? -1 : 0;
 }
 
-static void send_welcome(pgs_client *c)
+/* AuthenticationOk, the parameters, BackendKeyData with `pid` and our
+ * key, ReadyForQuery.  -1 when the client was failed or closed instead. */
+static int write_welcome(pgs_client *c, uint32_t pid)
 {
     pgs_pool_shared *sh = c->pool->sh;
     uint8_t buf[8192];
@@ -381,17 +455,25 @@ static void send_welcome(pgs_client *c)
         proto_parameter_status(&o, name, mine ? mine : sh->welcome_values[i]);
     }
     pthread_mutex_unlock(&sh->lock);
-    proto_backend_key(&o, worker_client_pid(c), c->cancel_key);
+    proto_backend_key(&o, pid, c->cancel_key);
     proto_ready_for_query(&o, 'I');
     if (o.overflow) {
         client_fail(c, "54000", "server parameters too large to relay", NULL);
-        return;
+        return -1;
     }
     uv_buf_t b = uv_buf_init((char *)buf, (unsigned)o.len);
     if (io_send(c->w, &c->s, &b, 1) < 0) {
         client_close(c, "write failed");
-        return;
+        return -1;
     }
+    return 0;
+}
+
+/* Transaction mode: the welcome with our own pid; a server is taken at
+ * the first request. */
+static void send_welcome(pgs_client *c)
+{
+    if (write_welcome(c, worker_client_pid(c)) < 0) return;
     set_state(c, CL_IDLE);
     c->tx_status = 'I';
     log_debug("C-%u: logged in as user=%s db=%s", c->id, c->user, c->database);
@@ -400,6 +482,24 @@ static void send_welcome(pgs_client *c)
 
 void client_server_ready(pgs_client *c, pgs_server *sv)
 {
+    if (c->login_checkout) {
+        /* Session mode: this server is the client's for its whole session,
+         * as a backend is a direct connection's, and its pid is the one
+         * the client is told.  The welcome goes first; then the link,
+         * which restores the start-up settings and forwards whatever the
+         * client pipelined after its start-up packet. */
+        c->login_checkout = false;
+        if (write_welcome(c, sv->backend_pid) < 0) {
+            pool_release(sv);
+            return;
+        }
+        cancel_register(c, sv->backend_pid);
+        c->tx_status = 'I';
+        log_debug("C-%u: logged in as user=%s db=%s on S-%u (backend pid %u)", c->id, c->user,
+                  c->database, sv->id, sv->backend_pid);
+        relay_link(c, sv);
+        return;
+    }
     if (atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WELCOME) {
         /* We only needed the server's parameters. */
         pool_release(sv);
@@ -529,7 +629,8 @@ static void handle_startup(pgs_client *c)
             continue;
         }
         if (su.code == PROTO_CANCEL_CODE) {
-            worker_route_cancel(su.cancel_pid, su.cancel_key);
+            if (!cancel_route_session(su.cancel_pid, su.cancel_key))
+                worker_route_cancel(su.cancel_pid, su.cancel_key);
             client_close(c, "cancel request handled");
             return;
         }
@@ -588,7 +689,13 @@ static void handle_startup(pgs_client *c)
         b->pos += su.len;
         if (negotiate) send_negotiate(c, &su);
         int ar = clientauth_begin(c);
-        if (ar == 1) set_state(c, CL_AUTH);
+        if (ar == 1) {
+            set_state(c, CL_AUTH);
+            /* A client that knows the method may send its answer in the
+             * start-up packet's segment, as PostgreSQL accepts: it is read
+             * now, not when (if ever) more bytes arrive. */
+            if (b->data && b->pos < b->len && clientauth_data(c) == 0) client_after_auth(c);
+        }
         if (ar == 0) client_after_auth(c);
         return;
     }
@@ -627,6 +734,15 @@ void client_after_auth(pgs_client *c)
     /* fixed for the client's lifetime: a RELOAD that changes the mode
      * applies to clients that log in after it */
     c->pool_mode = (uint8_t)atomic_load(&p->sh->pool_mode);
+    if (c->pool_mode == PGS_POOL_SESSION) {
+        /* The server comes first (client_server_ready): a client that
+         * waits for it is queued like any other (pool_timeout and its
+         * error apply), and stays read so that one that leaves is noticed
+         * and taken out of the queue. */
+        c->login_checkout = true;
+        pool_checkout(c->pool, c);
+        return;
+    }
     if (pool_has_welcome(c->pool->sh)) {
         send_welcome(c);
     } else {

@@ -625,9 +625,26 @@ static int scram_step(pgs_client *c, const uint8_t *body, uint32_t blen)
     return 0;
 }
 
+/* Anything but a password / SASL message where one is expected: refused
+ * with PostgreSQL's own words (a driver that pipelines a query or a
+ * Terminate after its start-up packet gets the same answer as from
+ * PostgreSQL).  True when the client was failed. */
+static bool refuse_non_answer(pgs_client *c)
+{
+    pgs_buf *b = &c->s.rbuf;
+    if (!b->data || b->pos >= b->len || b->data[b->pos] == 'p') return false;
+    char msg[80];
+    snprintf(msg, sizeof(msg), "expected %s response, got message type %d",
+             c->auth && c->auth->method == PGS_AUTH_MD5 ? "password" : "SASL",
+             b->data[b->pos]);
+    client_fail(c, "08P01", msg, NULL);
+    return true;
+}
+
 int clientauth_data(pgs_client *c)
 {
     pgs_buf *b = &c->s.rbuf;
+    if (refuse_non_answer(c)) return -1;
     if (c->auth && c->auth->pending) {
         /* The answer needs the secret the lookup is still fetching: it
          * stays in the buffer until lookup_done.  What cannot be an answer
@@ -640,10 +657,7 @@ int clientauth_data(pgs_client *c)
                      : PROTO_NEED_MORE;
         if (rc == PROTO_NEED_MORE) return 1;
         if (rc < 0 || type != 'p') {
-            client_fail(c, "08P01",
-                        type == 'X' ? "client left during authentication"
-                                    : "expected a password or SASL response message",
-                        NULL);
+            client_fail(c, "08P01", "expected a password or SASL response message", NULL);
             return -1;
         }
         return 1;
@@ -653,11 +667,9 @@ int clientauth_data(pgs_client *c)
         uint32_t len;
         int rc = proto_peek_header(b->data + b->pos, b->len - b->pos, AUTH_MSG_MAX, &type, &len);
         if (rc == PROTO_NEED_MORE) return 1;
-        if (rc < 0 || type != 'p') {
-            client_fail(c, "08P01",
-                        type == 'X' ? "client left during authentication"
-                                    : "expected a password or SASL response message",
-                        NULL);
+        if (refuse_non_answer(c)) return -1;
+        if (rc < 0) {
+            client_fail(c, "08P01", "expected a password or SASL response message", NULL);
             return -1;
         }
         if (b->len - b->pos < len + 1) return 1;

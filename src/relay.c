@@ -351,6 +351,151 @@ static bool lost_statement(pgs_server *sv, uint64_t id, const uint8_t *body, uin
     return true;
 }
 
+static void client_protocol_error(pgs_client *c, const char *msg);
+
+/* Is this ErrorResponse a FATAL (or PANIC): the backend ends after it? */
+static bool server_fatal(const uint8_t *body, uint32_t blen)
+{
+    proto_error_fields f;
+    if (proto_read_error(body, blen, &f) != 0 || !f.severity) return false;
+    return strcmp(f.severity, "FATAL") == 0 || strcmp(f.severity, "PANIC") == 0;
+}
+
+/* The ERROR that stands for a server's FATAL in transaction mode. */
+static void put_tx_lost_error(proto_out *o, const char *state, const char *msg)
+{
+    proto_error(o, "ERROR", state, msg,
+                "retry the transaction; the client connection is still usable (transaction "
+                "pooling)");
+}
+
+/* Transaction mode: the server of the client's transaction sent a FATAL
+ * and is ending.  The client's connection is pgscale's, not that
+ * backend's: it stays open, and what the backend took with it is said
+ * where the client waits for it.  Each request still owed a reply gets an
+ * ERROR with the server's SQLSTATE (a simple query, a Sync'ed sequence:
+ * with its ReadyForQuery 'I', the transaction being gone); an
+ * extended-protocol sequence not yet Sync'ed gets its ERROR, and its
+ * messages up to Sync are dropped as after any error.  A client idle in
+ * its transaction gets the error at its next request (relay_client_data).
+ * The server is closed and the client carries on on another one. */
+static void tx_server_fatal(pgs_server *sv, pgs_client *c, io_batch *cb, const uint8_t *body,
+                            uint32_t blen)
+{
+    proto_error_fields f;
+    if (proto_read_error(body, blen, &f) != 0) f.message = f.sqlstate = NULL;
+    const char *state = f.sqlstate && strlen(f.sqlstate) == 5 ? f.sqlstate : "08006";
+    char msg[600];
+    snprintf(msg, sizeof(msg),
+             "the server connection of this transaction was terminated (%.400s); the "
+             "transaction was rolled back (a COMMIT in progress may or may not have taken "
+             "effect)",
+             f.message ? f.message : "FATAL error");
+    log_info("S-%u: FATAL from the server in C-%u's transaction: %s", sv->id, c->id,
+             f.message ? f.message : "?");
+    bool in_seq = false, any = false;
+    for (uint32_t i = 0; i < sv->exq.count; i++) {
+        const pgs_expect *e = &sv->exq.items[(sv->exq.head + i) % sv->exq.cap];
+        if (e->kind == EX_INTERNAL) continue;
+        proto_out o;
+        if (!in_seq) {
+            io_batch_out(cb, &o);
+            put_tx_lost_error(&o, state, msg);
+            io_batch_commit_out(cb, &o);
+            in_seq = any = true;
+        }
+        if (e->kind == EX_QUERY || e->kind == EX_SYNC || e->kind == EX_FAKE_QUERY ||
+            e->kind == EX_FAKE_ERROR) {
+            io_batch_out(cb, &o);
+            proto_ready_for_query(&o, 'I');
+            io_batch_commit_out(cb, &o);
+            in_seq = false;
+        }
+    }
+    if (in_seq) c->ext_skip = true;
+    if (!any) {
+        size_t n = strlen(msg);
+        free(c->tx_lost);
+        c->tx_lost = pgs_xmalloc(5 + n + 1);
+        memcpy(c->tx_lost, state, 5);
+        memcpy(c->tx_lost + 5, msg, n + 1);
+        c->tx_lost_sent = false;
+    }
+    exq_clear(&sv->exq);
+    if (sv->pending_set_kind) apply_pending_set(sv, false);
+    if (c->fwd_remaining) {
+        /* the rest of a message being streamed to the server is dropped */
+        c->skip_remaining = c->fwd_remaining;
+        c->fwd_remaining = 0;
+    }
+    c->tx_status = 'I';
+    c->pipeline_full = false;
+    c->query_start_us = c->xact_start_us = 0;
+    c->server = NULL;
+    sv->client = NULL;
+    atomic_store_explicit(&c->server_id, 0, memory_order_relaxed);
+    atomic_store_explicit(&sv->client_id, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->state, CL_IDLE, memory_order_relaxed);
+    int rc = io_batch_flush(cb);
+    server_close(sv, "the server sent a FATAL error");
+    if (rc < 0) {
+        client_close(c, "writing to the client failed");
+        return;
+    }
+    relay_client_data(c);
+}
+
+/* The client's first request after tx_server_fatal found it idle in its
+ * transaction: answered with that error instead of running outside the
+ * transaction the client believes it is in.  A simple query is answered
+ * with the ERROR and ReadyForQuery; an extended-protocol sequence with the
+ * ERROR, its messages up to Sync dropped and the Sync answered. */
+static void answer_tx_lost(pgs_client *c)
+{
+    pgs_buf *b = &c->s.rbuf;
+    uint8_t buf[1400];
+    proto_out o;
+    proto_out_init(&o, buf, sizeof(buf));
+    while (c->tx_lost && b->data && b->pos < b->len) {
+        if (c->skip_remaining) {
+            uint32_t n = PGS_MIN(b->len - b->pos, c->skip_remaining);
+            b->pos += n;
+            c->skip_remaining -= n;
+            continue;
+        }
+        uint8_t type;
+        uint32_t len;
+        int rc = proto_peek_header(b->data + b->pos, b->len - b->pos, cfg()->max_message_size,
+                                   &type, &len);
+        if (rc == PROTO_NEED_MORE) break;
+        if (rc < 0 || !proto_is_frontend_type(type)) {
+            client_protocol_error(c, "invalid message from client");
+            return;
+        }
+        if (type == 'X') {
+            client_close(c, "client sent Terminate");
+            return;
+        }
+        uint32_t n = PGS_MIN(b->len - b->pos, len + 1);
+        b->pos += n;
+        c->skip_remaining = len + 1 - n;
+        if (type == 'H' || type == 'd' || type == 'c' || type == 'f') continue;
+        if (!c->tx_lost_sent) {
+            char state[6];
+            memcpy(state, c->tx_lost, 5);
+            state[5] = '\0';
+            put_tx_lost_error(&o, state, c->tx_lost + 5);
+            c->tx_lost_sent = true;
+        }
+        if (type == 'Q' || type == 'F' || type == 'S') {
+            proto_ready_for_query(&o, 'I');
+            free(c->tx_lost);
+            c->tx_lost = NULL;
+        }
+    }
+    if (o.len) io_send_quiet(c->w, &c->s, buf, o.len);
+}
+
 static void server_protocol_error(pgs_server *sv, const char *what)
 {
     log_warn("S-%u: %s", sv->id, what);
@@ -405,9 +550,7 @@ void relay_server_data(pgs_server *sv)
         /* Small messages we read are held until whole.  An error we would
          * look into but that is larger than we inspect (PostgreSQL quotes
          * a bad value whole) is streamed, and read as "some error". */
-        bool need_whole = type == 'Z' || type == 'S' ||
-                          (type == 'E' && (internal || (h && h->kind == EX_STMT_RUN)) &&
-                           total <= INSPECT_MAX);
+        bool need_whole = type == 'Z' || type == 'S' || (type == 'E' && total <= INSPECT_MAX);
         bool whole = avail >= total;
         if (need_whole && avail < total) {
             if (total > INSPECT_MAX) {
@@ -498,6 +641,18 @@ void relay_server_data(pgs_server *sv)
                     return;
                 }
                 break;
+            }
+            if (c && whole && server_fatal(body, len - 4)) {
+                /* The backend is ending (pg_terminate_backend, an admin
+                 * shutdown, a crash of another backend). */
+                sv->broken = true;
+                if (tx_mode(c)) {
+                    tx_server_fatal(sv, c, &cb, body, len - 4);
+                    return;
+                }
+                /* Session mode: the client's own backend, as on a direct
+                 * connection: the FATAL as it is, then the close. */
+                sv->fatal_relayed = true;
             }
             if (h && h->kind == EX_STMT_RUN && c && whole &&
                 lost_statement(sv, h->id, body, len - 4, &cb))
@@ -1298,6 +1453,14 @@ void relay_client_data(pgs_client *c)
         }
         int st = atomic_load_explicit(&c->state, memory_order_relaxed);
         if (st == CL_WAITING) return;
+        if (c->tx_lost) {
+            answer_tx_lost(c);
+            if (c->s.closing || c->want_close) return;
+            if (c->tx_lost || !b->data || b->pos >= b->len) {
+                if (io_read_start(&c->s) < 0) client_close(c, "read failed");
+                return;
+            }
+        }
         /* A Terminate needs no server. */
         if (b->len - b->pos >= 5 && b->data[b->pos] == 'X') {
             client_close(c, "client sent Terminate");

@@ -198,6 +198,21 @@ struct pgs_client {
     uint8_t refused;          /* a pending-login bound refused it (enum in client.c):
                                * told so at its first packet */
     struct pgs_admin_wait *admin_wait; /* admin console: a PAUSE / WAIT_CLOSE in progress */
+    /* Session mode: the client gets its server at login, and its
+     * BackendKeyData carries that server's real pid (with our own key).
+     * login_checkout: that server is being waited for.  real_pid: the pid
+     * handed out (0: our own, transaction mode), and cancel_node links the
+     * client into client.c's table that routes cancel requests by key. */
+    bool login_checkout;
+    uint32_t real_pid;
+    htab_node cancel_node;
+    /* Transaction mode: the server of the client's transaction ended with
+     * a FATAL while no request was in flight.  The SQLSTATE (5 bytes) and
+     * the message for the client's next request, which gets it as an
+     * ERROR (relay.c); tx_lost_sent: that ERROR went, the Sync of its
+     * extended-protocol sequence is still to be answered. */
+    char *tx_lost;
+    bool tx_lost_sent;
     char addr[48];
     uint16_t port;
 };
@@ -224,6 +239,8 @@ struct pgs_server {
     uint64_t bytes_counted;   /* s.bytes_in already added to pool stats */
     char tx_status;
     bool broken;              /* must not go back to the pool */
+    bool fatal_relayed;       /* its FATAL went to the client as it was (session mode):
+                               * the close that follows adds nothing */
     bool reset_pending;       /* DISCARD ALL on next release (session mode) */
     /* An extended-protocol message (Parse, Bind, Execute, Describe, Close)
      * went to the server after its last Sync or Query: it may be inside an
