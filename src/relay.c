@@ -1060,7 +1060,8 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         refuse = "session-level advisory locks (pg_advisory_lock) would stay held on a pooled "
                  "server connection after your transaction; use pg_advisory_xact_lock";
     if (!refuse && pinning) {
-        unsigned want = sqlscan_session_state((const char *)text, tlen);
+        unsigned want = info.multi ? sqlscan_session_state((const char *)text, tlen)
+                                   : sqlscan_state_of(&info);
         if (want & ~pin) {
             if (pin_add(c, want, "", &refuse_owned) < 0) refuse = refuse_owned;
         } else if (info.unlock_all && !info.session_lock && info.kind == SQL_OTHER && alone) {

@@ -734,6 +734,13 @@ static unsigned state_of(sql_kind kind, bool on_commit_drop)
     }
 }
 
+unsigned sqlscan_state_of(const sql_info *info)
+{
+    return state_of(info->kind, info->on_commit_drop) |
+           (info->session_lock ? SQLSCAN_STATE_LOCK : 0u) |
+           (info->temp_object ? SQLSCAN_STATE_TEMP : 0u);
+}
+
 /* Several statements: one pass of the lexer over the whole text, each
  * statement's first tokens through the classifier, so the cost stays linear
  * in the text however many statements it holds. */
@@ -743,10 +750,7 @@ unsigned sqlscan_session_state(const char *sql, size_t len)
      * tests already tell. */
     sql_info info;
     sqlscan_classify(sql, len, &info);
-    if (!info.multi)
-        return state_of(info.kind, info.on_commit_drop) |
-               (info.session_lock ? SQLSCAN_STATE_LOCK : 0u) |
-               (info.temp_object ? SQLSCAN_STATE_TEMP : 0u);
+    if (!info.multi) return sqlscan_state_of(&info);
 
     lexer lx = {.s = (const unsigned char *)sql, .len = sql ? len : 0};
     unsigned m = 0;

@@ -87,5 +87,8 @@ enum {
  * not need it only costs a server connection, missing one hands another
  * client a server carrying someone's state. */
 unsigned sqlscan_session_state(const char *sql, size_t len);
+/* The same for a text already classified into *info, when info->multi is
+ * false (one statement: nothing is scanned again). */
+unsigned sqlscan_state_of(const sql_info *info);
 
 #endif
