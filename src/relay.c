@@ -1146,15 +1146,17 @@ static int32_t client_rename(pgs_client *c, pgs_server *sv, uint8_t type, const 
     return (int32_t)(5 + pos);
 }
 
-/* A Parse (its body at `body`, whole or its first INSPECT_MAX bytes) whose text creates session state pins
- * the client now: pinning at Parse rather than at Execute is early, which
- * is safe.  Returns 1 when it was refused (max_pinned): the error is queued
- * and the client's messages up to Sync are dropped.  -2: malformed. */
+/* A Parse (its body at `body`: whole, or its first INSPECT_MAX bytes) whose
+ * text creates session state pins the client now: pinning at Parse rather
+ * than at Execute is early, which is safe.  Returns 1 when it was refused
+ * (max_pinned): the error is queued and the client's messages up to Sync
+ * are dropped; -1 when the queue is full. */
 static int parse_pin(pgs_client *c, pgs_server *sv, const uint8_t *body, uint32_t blen)
 {
     size_t pos = 0;
-    if (!proto_get_string(body, blen, &pos)) return 0; /* a name past what is held: the
-                                                         * server judges it */
+    /* a name not terminated within what is held: client_parse or the
+     * server judges the message */
+    if (!proto_get_string(body, blen, &pos)) return 0;
     const uint8_t *q = body + pos;
     const uint8_t *nul = memchr(q, '\0', blen - pos);
     size_t qlen = nul ? (size_t)(nul - q) : blen - pos;

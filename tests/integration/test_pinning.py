@@ -234,8 +234,10 @@ def test_each_reason_with_asyncpg(pgscale, primary):
             got = asyncio.get_event_loop().create_future()
             await b.add_listener("pin_achan", lambda *args: got.done() or got.set_result(args[3]))
             await asyncio.sleep(0.1)
-            await other[0].execute("NOTIFY pin_achan, 'hi'")
+            notifier = await aconnect(pg)  # (the hammering clients are busy)
+            await notifier.execute("NOTIFY pin_achan, 'hi'")
             payload = await asyncio.wait_for(got, 1.0)
+            await notifier.close()
             reasons_b = client_row(pg, "pin-async-b")["pinned"]
             await a.close()
             await b.close()
