@@ -20,6 +20,7 @@
 #include "io.h"
 #include "pool.h"
 #include "proto.h"
+#include "relay.h"
 #include "reload.h"
 #include "server.h"
 #include "worker.h"
@@ -107,8 +108,9 @@ static void show_pools(reply *r)
 {
     static const char *const cols[] = {"database", "user", "cl_active", "cl_waiting",
                                        "sv_active", "sv_idle", "sv_login", "sv_total",
-                                       "sv_overflow", "max_total", "maxwait_ms", "pool_mode"};
-    header(r, 12, cols);
+                                       "sv_overflow", "max_total", "maxwait_ms", "pool_mode",
+                                       "sv_pinned"};
+    header(r, 13, cols);
     int rows = 0;
     uint64_t now = pgs_now_us();
     pthread_mutex_lock(&g_pgs.pools_lock);
@@ -137,8 +139,8 @@ static void show_pools(reply *r)
             pthread_mutex_unlock(&w->lock);
         }
         int total = atomic_load(&sh->open);
-        char b[8][24];
-        const char *v[12] = {sh->database,
+        char b[9][24];
+        const char *v[13] = {sh->database,
                              sh->user,
                              I32(b[0], cl_active < 0 ? 0 : cl_active),
                              I32(b[1], cl_waiting),
@@ -150,10 +152,11 @@ static void show_pools(reply *r)
                              I32(b[7], sh->max_total),
                              NULL,
                              atomic_load(&sh->pool_mode) == PGS_POOL_SESSION ? "session"
-                                                                             : "transaction"};
+                                                                             : "transaction",
+                             I32(b[8], atomic_load(&sh->pinned))};
         char mw[24];
         v[10] = U64(mw, maxwait / 1000u);
-        row(r, 12, v);
+        row(r, 13, v);
         rows++;
     }
     pthread_mutex_unlock(&g_pgs.pools_lock);
@@ -167,8 +170,8 @@ static void show_clients(reply *r)
 {
     static const char *const cols[] = {"id",    "worker",       "database", "user",
                                        "application_name", "addr", "port", "state",
-                                       "connect_time", "wait_ms", "server_id"};
-    header(r, 11, cols);
+                                       "connect_time", "wait_ms", "server_id", "pinned"};
+    header(r, 12, cols);
     uint64_t now = pgs_now_us();
     for (int i = 0; i < g_pgs.n_workers; i++) {
         pgs_worker *w = &g_pgs.workers[i];
@@ -181,7 +184,10 @@ static void show_clients(reply *r)
             uint64_t ws = __atomic_load_n(&c->wait_start_us, __ATOMIC_RELAXED);
             uint32_t sid = atomic_load_explicit(&c->server_id, memory_order_relaxed);
             fmt_time(b[3], sizeof(b[3]), c->connect_us);
-            const char *v[11] = {U64(b[0], c->id),
+            char pins[64];
+            relay_pin_names(atomic_load_explicit(&c->pin, memory_order_relaxed), pins,
+                            sizeof(pins));
+            const char *v[12] = {U64(b[0], c->id),
                                  I32(b[1], w->id),
                                  c->database,
                                  c->user,
@@ -193,8 +199,9 @@ static void show_clients(reply *r)
                                  U64(b[4], st == CL_WAITING && ws
                                                ? pgs_elapsed_us(now, ws) / 1000u
                                                : 0),
-                                 sid ? U64(b[5], sid) : NULL};
-            row(r, 11, v);
+                                 sid ? U64(b[5], sid) : NULL,
+                                 pins};
+            row(r, 12, v);
         }
         pthread_mutex_unlock(&w->lock);
     }

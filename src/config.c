@@ -191,6 +191,8 @@ void config_defaults(pgs_config *cfg)
     cfg->pool_size = 20;
     cfg->max_overflow = 10;
     cfg->pool_timeout_ms = 30 * 1000;
+    cfg->pinning = true;
+    cfg->max_pinned = 0;
 
     cfg->server_connect_timeout_ms = 5 * 1000;
     cfg->server_login_timeout_ms = 10 * 1000;
@@ -1162,6 +1164,9 @@ static const struct setting settings[] = {
     {.name = "DB_MAX_OVERFLOW", .key = "max_overflow", .kind = K_OVERFLOW,
      .off = F(max_overflow), .min = -1, .max = OVERFLOW_UNLIMITED},
     DUR("DB_POOL_TIMEOUT", "pool_timeout", pool_timeout_ms, false),
+    {.name = "PGSCALE_PINNING", .key = "pinning", .kind = K_BOOL, .off = F(pinning)},
+    {.name = "PGSCALE_MAX_PINNED", .key = "max_pinned", .kind = K_INT, .off = F(max_pinned),
+     .min = 0, .max = 10000},
     DUR("PGSCALE_SERVER_CONNECT_TIMEOUT", "server_connect_timeout", server_connect_timeout_ms,
         false),
     DUR("PGSCALE_SERVER_LOGIN_TIMEOUT", "server_login_timeout", server_login_timeout_ms, false),
@@ -1965,6 +1970,8 @@ void config_pool_settings(const pgs_config *cfg, const char *database, const cha
     out->pool_timeout_ms = cfg->pool_timeout_ms;
     out->max_db_connections = 0;
     out->max_user_connections = 0;
+    out->pinning = cfg->pinning;
+    out->max_pinned = cfg->max_pinned;
     out->server_dbname = database;
 
     const pgs_db_config *d = config_find_database(cfg, database);
@@ -1974,6 +1981,8 @@ void config_pool_settings(const pgs_config *cfg, const char *database, const cha
         if (d->pool_mode >= 0) out->pool_mode = (pgs_pool_mode)d->pool_mode;
         if (d->pool_timeout_ms > 0) out->pool_timeout_ms = d->pool_timeout_ms;
         out->max_db_connections = d->max_db_connections;
+        if (d->pinning >= 0) out->pinning = d->pinning;
+        if (d->max_pinned >= 0) out->max_pinned = d->max_pinned;
         if (d->dbname) out->server_dbname = d->dbname;
     }
     const pgs_user_config *u = config_find_user(cfg, user);
@@ -1982,7 +1991,11 @@ void config_pool_settings(const pgs_config *cfg, const char *database, const cha
         if (u->max_overflow >= 0) out->max_overflow = u->max_overflow;
         if (u->pool_mode >= 0) out->pool_mode = (pgs_pool_mode)u->pool_mode;
         out->max_user_connections = u->max_user_connections;
+        if (u->pinning >= 0) out->pinning = u->pinning;
+        if (u->max_pinned >= 0) out->max_pinned = u->max_pinned;
     }
+    /* 0: half the pool, so that pinned clients never hold every server */
+    if (out->max_pinned <= 0) out->max_pinned = out->pool_size / 2 > 0 ? out->pool_size / 2 : 1;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2168,6 +2181,8 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
             sb_duration(&b, d->pool_timeout_ms);
         }
         if (d->max_db_connections > 0) sb_kv_int(&b, "max_db_connections", d->max_db_connections);
+        if (d->pinning >= 0) sb_kv_str(&b, "pinning", d->pinning ? "on" : "off");
+        if (d->max_pinned >= 0) sb_kv_int(&b, "max_pinned", d->max_pinned);
         snprintf(name, sizeof(name), "databases.%s", d->name);
         emit(ctx, name, sb_str(&b), "");
     }
@@ -2180,6 +2195,8 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
             sb_kv_str(&b, "pool_mode", u->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
         if (u->max_user_connections > 0)
             sb_kv_int(&b, "max_user_connections", u->max_user_connections);
+        if (u->pinning >= 0) sb_kv_str(&b, "pinning", u->pinning ? "on" : "off");
+        if (u->max_pinned >= 0) sb_kv_int(&b, "max_pinned", u->max_pinned);
         snprintf(name, sizeof(name), "users.%s", u->name);
         emit(ctx, name, sb_str(&b), "");
     }

@@ -141,6 +141,8 @@ typedef struct pgs_db_config {
     int pool_mode;
     uint32_t pool_timeout_ms;
     int max_db_connections;
+    int pinning;              /* -1 not set, 0 off, 1 on */
+    int max_pinned;           /* -1 not set, 0 half of pool_size */
     int line;
 } pgs_db_config;
 
@@ -150,6 +152,8 @@ typedef struct pgs_user_config {
     int max_overflow;
     int pool_mode;
     int max_user_connections;
+    int pinning;              /* -1 not set, 0 off, 1 on */
+    int max_pinned;           /* -1 not set, 0 half of pool_size */
     int line;
 } pgs_user_config;
 
@@ -166,6 +170,8 @@ typedef struct pgs_config {
     int pool_size;                /* DB_POOL_SIZE, default 20 */
     int max_overflow;             /* DB_MAX_OVERFLOW, default 10 */
     uint32_t pool_timeout_ms;     /* DB_POOL_TIMEOUT, default 30 s */
+    bool pinning;                 /* PGSCALE_PINNING, default on */
+    int max_pinned;               /* PGSCALE_MAX_PINNED, 0 (default) = pool_size / 2, >= 1 */
 
     uint32_t server_connect_timeout_ms;  /* PGSCALE_SERVER_CONNECT_TIMEOUT, 5 s */
     uint32_t server_login_timeout_ms;    /* PGSCALE_SERVER_LOGIN_TIMEOUT, 10 s */
@@ -226,6 +232,8 @@ typedef struct pgs_pool_settings {
     uint32_t pool_timeout_ms;
     int max_db_connections;
     int max_user_connections;
+    bool pinning;
+    int max_pinned;            /* resolved: >= 1 */
     const char *server_dbname; /* the database to ask the server for */
 } pgs_pool_settings;
 

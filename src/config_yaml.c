@@ -742,6 +742,18 @@ static int pool_mode_value(yctx *c, const node *n, const char *path, int *out)
     return 0;
 }
 
+/* on/off as an int (0/1) for the overrides, where -1 means "not set". */
+static int bool_value(yctx *c, const node *n, const char *path, int *out)
+{
+    const char *v;
+    char why[256];
+    bool b;
+    if (scalar(c, n, path, PGS_VALUE_BOOL, &v) < 0) return -EINVAL;
+    if (config_parse_bool(v, &b, why, sizeof(why)) < 0) return fail(c, n->line, path, "%s", why);
+    *out = b ? 1 : 0;
+    return 0;
+}
+
 static int overflow_value(yctx *c, const node *n, const char *path, int *out)
 {
     const char *s;
@@ -764,8 +776,9 @@ static int check_entry_name(yctx *c, const node *k, const char *path, bool is_da
 
 static int do_databases(yctx *c, const node *v, const char *path)
 {
-    static const char *const keys[] = {"pool_size", "max_overflow", "pool_mode",
-                                       "pool_timeout", "max_db_connections", "dbname"};
+    static const char *const keys[] = {"pool_size",          "max_overflow", "pool_mode",
+                                       "pool_timeout",       "max_db_connections", "dbname",
+                                       "pinning",            "max_pinned"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_config *cfg = c->cfg;
     size_t n = v->n / 2;
@@ -777,7 +790,7 @@ static int do_databases(yctx *c, const node *v, const char *path)
         if (check_entry_name(c, name, ep, true) < 0) return -EINVAL;
         pgs_db_config *d = &cfg->databases[cfg->n_databases++];
         d->name = pgs_xstrdup(name->str);
-        d->pool_size = d->max_overflow = d->pool_mode = -1;
+        d->pool_size = d->max_overflow = d->pool_mode = d->pinning = d->max_pinned = -1;
         d->line = name->line;
         if (want_map(c, body, ep) < 0) return -EINVAL;
         for (size_t j = 0; j < body->n; j += 2) {
@@ -800,6 +813,8 @@ static int do_databases(yctx *c, const node *v, const char *path)
                 rc = name_text(c, val, kp, &s);
                 if (rc == 0) set_text(&d->dbname, s);
                 break;
+            case 6: rc = bool_value(c, val, kp, &d->pinning); break;
+            case 7: rc = int_value(c, val, kp, 0, 10000, &d->max_pinned); break;
             default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
             }
             if (rc < 0) return rc;
@@ -811,7 +826,7 @@ static int do_databases(yctx *c, const node *v, const char *path)
 static int do_users(yctx *c, const node *v, const char *path)
 {
     static const char *const keys[] = {"pool_size", "max_overflow", "pool_mode",
-                                       "max_user_connections"};
+                                       "max_user_connections", "pinning", "max_pinned"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_config *cfg = c->cfg;
     size_t n = v->n / 2;
@@ -823,7 +838,7 @@ static int do_users(yctx *c, const node *v, const char *path)
         if (check_entry_name(c, name, ep, false) < 0) return -EINVAL;
         pgs_user_config *u = &cfg->users[cfg->n_users++];
         u->name = pgs_xstrdup(name->str);
-        u->pool_size = u->max_overflow = u->pool_mode = -1;
+        u->pool_size = u->max_overflow = u->pool_mode = u->pinning = u->max_pinned = -1;
         u->line = name->line;
         if (want_map(c, body, ep) < 0) return -EINVAL;
         for (size_t j = 0; j < body->n; j += 2) {
@@ -835,6 +850,8 @@ static int do_users(yctx *c, const node *v, const char *path)
             case 1: rc = overflow_value(c, val, kp, &u->max_overflow); break;
             case 2: rc = pool_mode_value(c, val, kp, &u->pool_mode); break;
             case 3: rc = int_value(c, val, kp, 0, 1000000, &u->max_user_connections); break;
+            case 4: rc = bool_value(c, val, kp, &u->pinning); break;
+            case 5: rc = int_value(c, val, kp, 0, 10000, &u->max_pinned); break;
             default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
             }
             if (rc < 0) return rc;
@@ -1146,7 +1163,8 @@ static int do_size(yctx *c, const node *v, const char *path, uint32_t min, uint3
  * environment variable and are parsed by config.c exactly as it parses
  * the variable. */
 static const char *const top_keys[] = {
-    "listen", "pool_mode", "workers", "pool_size", "max_overflow", "pool_timeout",
+    "listen", "pool_mode", "workers", "pool_size", "max_overflow", "pool_timeout", "pinning",
+    "max_pinned",
     "server_connect_timeout", "server_login_timeout", "server_lifetime", "server_idle_timeout",
     "overflow_idle_timeout", "server_check_delay", "unused_pool_timeout",
     "idle_transaction_timeout",

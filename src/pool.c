@@ -126,6 +126,8 @@ static void apply_settings(pgs_pool_shared *sh, const pgs_config *cfg)
     atomic_store(&sh->max_total, ps.pool_size + ps.max_overflow);
     atomic_store(&sh->pool_mode, (int)ps.pool_mode);
     atomic_store(&sh->pool_timeout_ms, ps.pool_timeout_ms);
+    atomic_store(&sh->pinning, ps.pinning ? 1 : 0);
+    atomic_store(&sh->max_pinned, ps.max_pinned);
 }
 
 /* ------------------------------------------------------------------------ */

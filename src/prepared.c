@@ -97,6 +97,10 @@ pgs_stmt *stmt_intern(pgs_stmt_tab *t, const uint8_t *body, uint32_t len)
     st->body = pgs_xmalloc(len ? len : 1);
     if (len) memcpy(st->body, body, len);
     st->local = (uint8_t)stmt_local_kind(body, len, NULL);
+    /* scanned once per distinct text: a Bind of it looks the answer up */
+    const uint8_t *nul = memchr(body, '\0', len);
+    st->state = (uint8_t)sqlscan_session_state((const char *)body,
+                                               nul ? (size_t)(nul - body) : len);
     htab_insert(&t->h, &st->hnode);
     return st;
 }

@@ -153,6 +153,117 @@ static bool track_prepared(const pgs_client *c)
     return tx_mode(c) && cfg()->max_prepared_statements > 0;
 }
 
+/* ---------- pinning ----------
+ *
+ * Session state that cannot follow a client to another server connection
+ * (a temporary table, a WITH HOLD cursor, LISTEN, a session-level advisory
+ * lock, an SQL-level prepared statement) pins a transaction-mode client to
+ * its server: from then on it keeps that server between transactions, as
+ * in session mode, until a statement provably ends the state (DISCARD ALL,
+ * DISCARD TEMP, UNLISTEN *, CLOSE ALL, pg_advisory_unlock_all(),
+ * DEALLOCATE ALL).  A statement is seen as it is sent, before its result:
+ * pinning a client whose statement then fails costs a server connection
+ * for a while; pinning one too late would hand its state to someone else.
+ * At most max_pinned clients of a pool are pinned at once, so that pinned
+ * clients cannot take every server; past it the statement is refused. */
+
+static const char *const pin_names[] = {"temp", "hold", "listen", "lock", "prepare"};
+static const char *const pin_what[] = {
+    "a temporary table", "a WITH HOLD cursor", "LISTEN", "a session-level advisory lock",
+    "an SQL PREPARE"};
+
+void relay_pin_names(unsigned mask, char *buf, size_t n)
+{
+    size_t at = 0;
+    if (n) buf[0] = '\0';
+    for (size_t i = 0; i < PGS_ARRAY_LEN(pin_names); i++) {
+        if (!(mask & (1u << i))) continue;
+        int w = snprintf(buf + at, n - at, "%s%s", at ? "," : "", pin_names[i]);
+        if (w < 0 || (size_t)w >= n - at) break;
+        at += (size_t)w;
+    }
+}
+
+static unsigned pin_of(const pgs_client *c)
+{
+    return atomic_load_explicit(&c->pin, memory_order_relaxed);
+}
+
+static bool pinning_on(const pgs_client *c)
+{
+    return tx_mode(c) && atomic_load_explicit(&c->pool->sh->pinning, memory_order_relaxed);
+}
+
+/* Adds the reasons in `want` to the client's pin, taking a slot of its
+ * pool's max_pinned when it was not pinned.  -1 when no slot is left:
+ * *refusal is then the error message (allocated, after `prefix`). */
+static int pin_add(pgs_client *c, unsigned want, const char *prefix, char **refusal)
+{
+    unsigned cur = pin_of(c), add = want & ~cur & SQLSCAN_STATE_ALL;
+    if (!add) return 0;
+    pgs_pool_shared *sh = c->pool->sh;
+    if (!cur) {
+        int max = atomic_load(&sh->max_pinned);
+        int n = atomic_load(&sh->pinned);
+        do {
+            if (n >= max) {
+                const char *what = "session state";
+                for (size_t i = 0; i < PGS_ARRAY_LEN(pin_what); i++)
+                    if (add & (1u << i)) {
+                        what = pin_what[i];
+                        break;
+                    }
+                size_t len = 600;
+                *refusal = pgs_xmalloc(len);
+                snprintf(*refusal, len,
+                         "%s%s would pin this client to its server connection, but %d clients "
+                         "of the pool for db=%s user=%s are pinned already (max_pinned=%d); "
+                         "raise max_pinned (PGSCALE_MAX_PINNED), end that state in other "
+                         "clients sooner (DISCARD ALL), or use pool_mode session for them",
+                         prefix, what, n, sh->database, sh->user, max);
+                log_info("C-%u: refused: max_pinned (%d) reached", c->id, max);
+                return -1;
+            }
+        } while (!atomic_compare_exchange_weak(&sh->pinned, &n, n + 1));
+    }
+    atomic_store_explicit(&c->pin, (uint8_t)(cur | add), memory_order_relaxed);
+    unsigned news = add & ~(unsigned)c->pin_logged;
+    if (news) {
+        char names[64];
+        relay_pin_names(news, names, sizeof(names));
+        log_info("C-%u: pinned to S-%u (%s): session state that cannot follow the client to "
+                 "another server connection",
+                 c->id, c->server ? c->server->id : 0, names);
+        c->pin_logged |= (uint8_t)news;
+    }
+    return 0;
+}
+
+/* The state behind `reasons` is gone: when nothing else pins the client,
+ * its slot goes back (the server follows at the next idle point). */
+static void pin_drop(pgs_client *c, unsigned reasons)
+{
+    unsigned cur = pin_of(c);
+    if (!(cur & reasons)) return;
+    unsigned left = cur & ~reasons;
+    atomic_store_explicit(&c->pin, (uint8_t)left, memory_order_relaxed);
+    if (!left) {
+        atomic_fetch_sub(&c->pool->sh->pinned, 1);
+        log_debug("C-%u: no longer pinned", c->id);
+    }
+}
+
+void relay_unpin_all(pgs_client *c)
+{
+    pin_drop(c, SQLSCAN_STATE_ALL);
+}
+
+/* The client gives its server back between transactions. */
+static bool releases_server(const pgs_client *c)
+{
+    return tx_mode(c) && !pin_of(c);
+}
+
 static void stats_add(_Atomic uint64_t *ctr, uint64_t v)
 {
     atomic_store_explicit(ctr, atomic_load_explicit(ctr, memory_order_relaxed) + v,
@@ -265,6 +376,7 @@ static void apply_pending_set(pgs_server *sv, bool ok)
             if (sv->pending_set_kind == SQL_DISCARD_ALL) {
                 stmt_set_clear(sv->prepared);
                 stmt_map_clear(c->stmts); /* the client's own are gone too */
+                pin_drop(c, SQLSCAN_STATE_ALL); /* and every kind of session state */
             }
             break;
         default:
@@ -586,6 +698,10 @@ void relay_server_data(pgs_server *sv)
                 exq_pop(&sv->exq);
             sv->tx_status = status;
             if (sv->pending_set_kind && was_query) apply_pending_set(sv, !sv->query_failed);
+            if (sv->pending_unpin && was_query) {
+                if (c && !sv->query_failed && status == 'I') pin_drop(c, sv->pending_unpin);
+                sv->pending_unpin = 0;
+            }
             sv->query_failed = false;
             if (c && !internal) {
                 uint64_t now = pgs_now_us();
@@ -740,7 +856,7 @@ void relay_server_data(pgs_server *sv)
         relay_client_data(c);
         return;
     }
-    if (saw_ready && tx_mode(c) && c->fwd_remaining == 0 && server_done(sv)) {
+    if (saw_ready && releases_server(c) && c->fwd_remaining == 0 && server_done(sv)) {
         /* Whatever the client still has to receive was copied aside, so
          * the server can serve someone else already. */
         unlink_and_release(c, sv);
@@ -971,40 +1087,75 @@ static bool has_deallocate(const uint8_t *text, uint32_t tlen)
     return false;
 }
 
-/* Looks at a simple query in transaction mode: refuses what cannot work
- * across pooled connections, notes settings to carry.  Returns 1 when the
- * query was answered here (not forwarded). */
+/* Looks at a simple query in transaction mode: pins the client for session
+ * state that cannot follow it (or, with pinning off, refuses it), notes
+ * settings to carry and state that ends.  Returns 1 when the query was
+ * answered here (not forwarded). */
 static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text,
                               uint32_t tlen)
 {
     sql_info info;
     sqlscan_classify((const char *)text, tlen, &info);
     const char *refuse = NULL;
+    char *refuse_owned = NULL;
     bool idle = c->tx_status == 'I';
     bool had_pending = sv->pending_set_kind != 0; /* an earlier query's, kept */
+    bool pinning = pinning_on(c);
+    unsigned pin = pin_of(c);
+    /* A statement that ends session state ends the pin only when it ran
+     * alone, outside a transaction block, and its own ReadyForQuery is the
+     * next one: then that ReadyForQuery ('I', no error) proves it done.  In
+     * any other case the pin stays (a pin kept too long only costs a
+     * server connection). */
+    bool alone = idle && !info.multi && sv->exq.count == 0 && !sv->pending_set_kind &&
+                 !sv->pending_unpin;
+    unsigned unpin = 0;
     switch (info.kind) {
     case SQL_LISTEN:
-        refuse = "LISTEN is not supported in transaction pooling mode: notifications would be "
-                 "delivered to whichever client uses the server connection next";
+        if (!pinning)
+            refuse = "LISTEN is not supported in transaction pooling mode: notifications would "
+                     "be delivered to whichever client uses the server connection next";
         break;
     case SQL_PREPARE:
-        if (idle)
+        if (idle && !pinning)
             refuse = "SQL PREPARE outside a transaction is not supported in transaction pooling "
                      "mode; use protocol-level prepared statements (your driver's prepare) or "
                      "run PREPARE and EXECUTE inside one transaction";
         break;
     case SQL_CREATE_TEMP:
-        if (idle)
+        if (idle && !pinning)
             refuse = "a temporary table created outside a transaction would stay on a pooled "
                      "server connection and be gone for your next statement; create it inside "
                      "a transaction (ON COMMIT DROP)";
         break;
     case SQL_DECLARE_HOLD:
-        refuse = "WITH HOLD cursors outlive their transaction and cannot follow a client in "
-                 "transaction pooling mode";
+        if (!pinning)
+            refuse = "WITH HOLD cursors outlive their transaction and cannot follow a client in "
+                     "transaction pooling mode";
+        break;
+    case SQL_DISCARD_TEMP:
+        if (alone) unpin = SQLSCAN_STATE_TEMP;
+        break;
+    case SQL_UNLISTEN_ALL:
+        if (alone) unpin = SQLSCAN_STATE_LISTEN;
+        break;
+    case SQL_CLOSE_ALL:
+        if (alone) unpin = SQLSCAN_STATE_HOLD;
         break;
     case SQL_DEALLOCATE:
     case SQL_DEALLOCATE_ALL:
+        if (info.kind == SQL_DEALLOCATE_ALL && (pin & SQLSCAN_STATE_PREPARE) && alone) {
+            /* The statements SQL PREPARE made are on the server: this one
+             * must run there.  It drops pgscale's own statements on that
+             * server too (they are prepared again when next used), and the
+             * client's protocol-level ones, as on a direct connection.
+             * Outside a transaction block it cannot fail. */
+            stmt_set_clear(sv->prepared);
+            atomic_store_explicit(&sv->n_prepared, 0, memory_order_relaxed);
+            stmt_map_clear(c->stmts);
+            unpin = SQLSCAN_STATE_PREPARE;
+            break;
+        }
         if (!track_prepared(c) || info.multi) break;
         if (info.kind == SQL_DEALLOCATE_ALL) {
             stmt_map_clear(c->stmts);
@@ -1051,7 +1202,7 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
                      "first";
             break;
         }
-        if (idle) sv->pending_set_kind = info.kind;
+        if (idle) sv->pending_set_kind = info.kind; /* DISCARD ALL also unpins: apply_pending_set */
         break;
     default:
         break;
@@ -1060,13 +1211,24 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         refuse = "DEALLOCATE inside a multi-statement query is not supported in transaction "
                  "pooling mode (it would drop statements other clients share); send it as a "
                  "query of its own";
-    if (!refuse && info.session_lock)
+    if (!refuse && info.session_lock && !pinning)
         refuse = "session-level advisory locks (pg_advisory_lock) would stay held on a pooled "
                  "server connection after your transaction; use pg_advisory_xact_lock";
+    if (!refuse && pinning) {
+        unsigned want = info.multi ? sqlscan_session_state((const char *)text, tlen)
+                                   : sqlscan_state_of(&info);
+        if (want & ~pin) {
+            if (pin_add(c, want, "", &refuse_owned) < 0) refuse = refuse_owned;
+        } else if (info.unlock_all && !info.session_lock && info.kind == SQL_OTHER && alone) {
+            unpin = SQLSCAN_STATE_LOCK;
+        }
+    }
     if (refuse) {
         if (!had_pending) drop_pending_set(sv);
+        if (refuse_owned) return exq_push_owned(&sv->exq, EX_FAKE_ERROR, refuse_owned) < 0 ? -1 : 1;
         return exq_push(&sv->exq, EX_FAKE_ERROR, NULL, refuse) < 0 ? -1 : 1;
     }
+    if (unpin & pin) sv->pending_unpin = (uint8_t)(unpin & pin);
     return 0;
 }
 
@@ -1115,6 +1277,13 @@ static int32_t client_rename(pgs_client *c, pgs_server *sv, uint8_t type, const 
         stmt_local_bind(&c->lx, worker_stmts(c->w), portal, portal_len, st);
         return exq_push(&sv->exq, EX_FAKE_BIND, NULL, NULL) < 0 ? -1 : RENAME_LOCAL;
     }
+    if (st && type == 'B' && (st->state & ~pin_of(c)) && pinning_on(c)) {
+        /* A statement prepared before, run again after its state ended
+         * (LISTEN after UNLISTEN *): it pins again. */
+        char *msg = NULL;
+        if (pin_add(c, st->state, "0A000", &msg) < 0)
+            return refuse_ext_owned(c, sv, msg) < 0 ? -1 : RENAME_LOCAL;
+    }
     if (portal) stmt_local_unbind(c->lx, portal, portal_len); /* the portal is the server's now */
     if (!*name) return 0; /* unnamed statement: nothing to rename */
     if (!st) return 0; /* let the server say it does not exist */
@@ -1130,6 +1299,27 @@ static int32_t client_rename(pgs_client *c, pgs_server *sv, uint8_t type, const 
     memcpy(hdr + 5 + name_at, st->srv_name, STMT_SRV_NAME_LEN);
     io_batch_add(sb, hdr, 5 + name_at + STMT_SRV_NAME_LEN);
     return (int32_t)(5 + pos);
+}
+
+/* A Parse (its body at `body`: whole, or its first INSPECT_MAX bytes) whose
+ * text creates session state pins the client now: pinning at Parse rather
+ * than at Execute is early, which is safe.  Returns 1 when it was refused
+ * (max_pinned): the error is queued and the client's messages up to Sync
+ * are dropped; -1 when the queue is full. */
+static int parse_pin(pgs_client *c, pgs_server *sv, const uint8_t *body, uint32_t blen)
+{
+    size_t pos = 0;
+    /* a name not terminated within what is held: client_parse or the
+     * server judges the message */
+    if (!proto_get_string(body, blen, &pos)) return 0;
+    const uint8_t *q = body + pos;
+    const uint8_t *nul = memchr(q, '\0', blen - pos);
+    size_t qlen = nul ? (size_t)(nul - q) : blen - pos;
+    unsigned want = sqlscan_session_state((const char *)q, qlen);
+    if (!(want & ~pin_of(c))) return 0;
+    char *msg = NULL;
+    if (pin_add(c, want, "0A000", &msg) == 0) return 0;
+    return refuse_ext_owned(c, sv, msg) < 0 ? -1 : 1;
 }
 
 /* Forwards what the client has in its buffer to its server. */
@@ -1202,6 +1392,7 @@ static void client_forward(pgs_client *c)
             continue;
         }
         bool tracked = track_prepared(c);
+        bool pin_scan = pinning_on(c);
         uint32_t need = 0;
         switch (type) {
         case 'P':
@@ -1216,6 +1407,8 @@ static void client_forward(pgs_client *c)
                 else if (total <= INSPECT_MAX && maybe_local(p + 6, PGS_MIN(avail, total) - 6))
                     need = total;
             }
+            /* its text is looked at for session state (pinning) */
+            if (pin_scan && need < PGS_MIN(total, INSPECT_MAX)) need = PGS_MIN(total, INSPECT_MAX);
             break;
         case 'E':
             if (stmt_local_any_portal(c->lx)) need = PGS_MIN(total, INSPECT_MAX);
@@ -1286,6 +1479,18 @@ static void client_forward(pgs_client *c)
             ex = 0xff; /* no reply */
             break;
         case 'P':
+            if (pin_scan) {
+                /* all of it, or its first INSPECT_MAX bytes (see need) */
+                r = parse_pin(c, sv, p + 5, PGS_MIN(avail, total) - 5);
+                if (r == 1) {
+                    r = 0;
+                    forward = false;
+                    ex = 0xff;
+                    any_fake = true;
+                    break;
+                }
+                if (r < 0) break;
+            }
             if (tracked && p[5] == '\0') {
                 r = client_parse_unnamed(c, sv, p + 5, len - 4, need && total <= avail);
                 if (r == 1) {
@@ -1424,7 +1629,7 @@ static void client_forward(pgs_client *c)
             client_close(c, "writing to the client failed");
             return;
         }
-        if (tx_mode(c) && c->fwd_remaining == 0 && server_done(sv) &&
+        if (releases_server(c) && c->fwd_remaining == 0 && server_done(sv) &&
             !(b->data && b->pos < b->len)) {
             unlink_and_release(c, sv);
         }
@@ -1549,6 +1754,18 @@ void relay_client_gone(pgs_client *c)
     sv->client = NULL;
     atomic_store_explicit(&sv->client_id, 0, memory_order_relaxed);
     if (sv->pending_set_kind) apply_pending_set(sv, false);
+    sv->pending_unpin = 0;
+    if (pin_of(c)) {
+        /* The server carries the client's session state (temporary
+         * tables, LISTEN, advisory locks, cursors, prepared statements).
+         * It could be cleaned (DISCARD ALL does all of it) and kept, but
+         * closing it is always correct, needs no reply to wait for, and
+         * cannot miss a kind of state pgscale did not see: a pinned client
+         * leaving is rare enough that the new connection costs little. */
+        server_close(sv, "its client left while pinned (session state on the server)");
+        relay_unpin_all(c);
+        return;
+    }
     /* Replies still owed, half a message sent, or extended-protocol
      * messages without their Sync (an implicit transaction that a Sync or
      * the next client's first query would commit): the server's state is

@@ -18,6 +18,12 @@ void relay_link(pgs_client *c, pgs_server *sv);
  * close it when that cannot be done safely. */
 void relay_client_gone(pgs_client *c);
 
+/* Pinning (transaction mode, see relay.c): the reasons in `mask`
+ * (SQLSCAN_STATE_*) as "temp,listen"; and the client's pin given up (its
+ * slot of max_pinned back), when it is gone. */
+void relay_pin_names(unsigned mask, char *buf, size_t n);
+void relay_unpin_all(pgs_client *c);
+
 PGS_MUSTCHECK int exq_push(pgs_expect_q *q, uint8_t kind, pgs_stmt *st, const char *tag);
 void exq_clear(pgs_expect_q *q);
 void exq_free(pgs_expect_q *q);

@@ -77,6 +77,8 @@ static void take_reloadable(pgs_config *pub, const pgs_config *fresh)
     pub->pool_size = fresh->pool_size;
     pub->max_overflow = fresh->max_overflow;
     pub->pool_timeout_ms = fresh->pool_timeout_ms;
+    pub->pinning = fresh->pinning;
+    pub->max_pinned = fresh->max_pinned;
     pub->server_connect_timeout_ms = fresh->server_connect_timeout_ms;
     pub->server_login_timeout_ms = fresh->server_login_timeout_ms;
     pub->server_lifetime_ms = fresh->server_lifetime_ms;

@@ -39,6 +39,11 @@ typedef struct lexer {
     /* Statement-separator tracking is done as tokens are produced, so every
      * token counts exactly once however the classifier below peeks. */
     bool after_semi, multi, lock;
+    bool unlock_all;     /* pg_advisory_unlock_all seen */
+    bool temp_object;    /* INTO TEMP or pg_temp. seen (see sqlscan.h) */
+    bool on_commit_drop; /* set by classify_create */
+    uint8_t prev;        /* what the previous token was, for the two-token patterns */
+    uint32_t n_semis;    /* ';' tokens produced */
     bool peeked;
     token la;
 } lexer;
@@ -207,6 +212,36 @@ static bool is_lock_func(const unsigned char *p, size_t n, bool fold)
     return false;
 }
 
+static bool is_unlock_all_func(const unsigned char *p, size_t n, bool fold)
+{
+    static const char f[] = "pg_advisory_unlock_all";
+    if (n != sizeof(f) - 1) return false;
+    return fold ? eq_fold(p, f, n) : memcmp(p, f, n) == 0;
+}
+
+enum { PREV_OTHER = 0, PREV_INTO, PREV_PG_TEMP };
+
+/* The two-token patterns behind temp_object: INTO {TEMP|TEMPORARY}
+ * (SELECT ... INTO TEMP t) and pg_temp '.' (a name in the session's own
+ * temporary schema). */
+static void note_temp_patterns(lexer *lx, const token *t)
+{
+    const unsigned char *p = lx->s + t->off;
+    uint8_t prev = lx->prev;
+    lx->prev = PREV_OTHER;
+    if (t->kind == TK_WORD) {
+        if (prev == PREV_INTO && ((t->n == 4 && eq_fold(p, "temp", 4)) ||
+                                  (t->n == 9 && eq_fold(p, "temporary", 9))))
+            lx->temp_object = true;
+        if (t->n == 4 && eq_fold(p, "into", 4)) lx->prev = PREV_INTO;
+        if (t->n == 7 && eq_fold(p, "pg_temp", 7)) lx->prev = PREV_PG_TEMP;
+    } else if (t->kind == TK_QIDENT && !t->bad) {
+        if (t->n == 7 && memcmp(p, "pg_temp", 7) == 0) lx->prev = PREV_PG_TEMP;
+    } else if (t->kind == TK_PUNCT && t->ch == '.' && prev == PREV_PG_TEMP) {
+        lx->temp_object = true;
+    }
+}
+
 static token lex(lexer *lx)
 {
     const unsigned char *s = lx->s;
@@ -229,6 +264,7 @@ static token lex(lexer *lx)
             t.n = j - i;
             lx->pos = j;
             if (is_lock_func(s + i, t.n, true)) lx->lock = true;
+            if (is_unlock_all_func(s + i, t.n, true)) lx->unlock_all = true;
         }
     } else if (c == '"') {
         bool closed;
@@ -239,6 +275,7 @@ static token lex(lexer *lx)
         t.n = end - (i + 1) - (closed ? 1 : 0);
         lx->pos = end;
         if (closed && is_lock_func(s + t.off, t.n, false)) lx->lock = true;
+        if (closed && is_unlock_all_func(s + t.off, t.n, false)) lx->unlock_all = true;
     } else if (c == '\'') {
         bool closed;
         t.kind = TK_LITERAL;
@@ -256,8 +293,11 @@ static token lex(lexer *lx)
         lx->pos = i + 1;
     }
 
-    if (t.kind == TK_PUNCT && c == ';')
+    note_temp_patterns(lx, &t);
+    if (t.kind == TK_PUNCT && c == ';') {
         lx->after_semi = true;
+        lx->n_semis++;
+    }
     else if (lx->after_semi)
         lx->multi = true;
     return t;
@@ -460,9 +500,10 @@ static sql_kind classify_discard(lexer *lx)
     sql_kind k = SQL_OTHER;
     if (kw(lx, &t, "all"))
         k = SQL_DISCARD_ALL;
-    else if (kw(lx, &t, "plans") || kw(lx, &t, "sequences") || kw(lx, &t, "temp") ||
-             kw(lx, &t, "temporary"))
+    else if (kw(lx, &t, "plans") || kw(lx, &t, "sequences"))
         k = SQL_DISCARD_OTHER;
+    else if (kw(lx, &t, "temp") || kw(lx, &t, "temporary"))
+        k = SQL_DISCARD_TEMP;
     return (k != SQL_OTHER && next_is_end(lx)) ? k : SQL_OTHER;
 }
 
@@ -497,7 +538,18 @@ static sql_kind classify_create(lexer *lx)
     }
     if (kw(lx, &t, "global") || kw(lx, &t, "local")) t = next(lx);
     if (!kw(lx, &t, "temp") && !kw(lx, &t, "temporary")) return SQL_OTHER;
-    return next_is_end(lx) ? SQL_OTHER : SQL_CREATE_TEMP;
+    if (is_stmt_end(peek(lx))) return SQL_OTHER;
+    /* The rest of the statement, for ON COMMIT DROP (after the column list
+     * or before AS; the three words cannot appear together elsewhere
+     * outside quotes). */
+    int seen = 0; /* 1: ON, 2: ON COMMIT */
+    for (;;) {
+        token u = next(lx);
+        if (is_stmt_end(&u)) break;
+        if (seen == 2 && kw(lx, &u, "drop")) lx->on_commit_drop = true;
+        seen = kw(lx, &u, "on") ? 1 : (seen == 1 && kw(lx, &u, "commit")) ? 2 : 0;
+    }
+    return SQL_CREATE_TEMP;
 }
 
 /* DECLARE name cursor_options CURSOR [{WITH|WITHOUT} HOLD] FOR query, where
@@ -534,6 +586,10 @@ static sql_kind classify_first(lexer *lx, const token *first, char *name)
         break;
     case 'c':
         if (kw(lx, t, "create")) return classify_create(lx);
+        if (kw(lx, t, "close") && kw(lx, peek(lx), "all")) {
+            (void)next(lx);
+            return next_is_end(lx) ? SQL_CLOSE_ALL : SQL_OTHER;
+        }
         break;
     case 'd':
         if (kw(lx, t, "discard")) return classify_discard(lx);
@@ -554,8 +610,13 @@ static sql_kind classify_first(lexer *lx, const token *first, char *name)
         if (kw(lx, t, "start")) return kw(lx, peek(lx), "transaction") ? SQL_BEGIN : SQL_OTHER;
         break;
     case 'u':
-        if (kw(lx, t, "unlisten"))
-            return (is_ident(peek(lx)) || is_punct(peek(lx), '*')) ? SQL_UNLISTEN : SQL_OTHER;
+        if (kw(lx, t, "unlisten")) {
+            if (is_punct(peek(lx), '*')) {
+                (void)next(lx);
+                return next_is_end(lx) ? SQL_UNLISTEN_ALL : SQL_OTHER;
+            }
+            return is_ident(peek(lx)) ? SQL_UNLISTEN : SQL_OTHER;
+        }
         break;
     default:
         break;
@@ -607,6 +668,15 @@ static bool has_advisory(const unsigned char *s, size_t n)
     return false;
 }
 
+/* Case-insensitive search for "temp" (temporary, pg_temp): without it
+ * neither INTO TEMP nor pg_temp. can be in the text. */
+static bool has_temp(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i + 4 <= n; i++)
+        if ((s[i] | 0x20) == 't' && eq_fold(s + i, "temp", 4)) return true;
+    return false;
+}
+
 static void finish_flags(lexer *lx)
 {
     const unsigned char *s = lx->s;
@@ -621,9 +691,13 @@ static void finish_flags(lexer *lx)
         }
         need_multi = (lx->after_semi || from < len) && !only_blanks_or_semis(s, from, len);
     }
-    bool need_lock = !lx->lock && has_advisory(s + pos, len - pos);
+    /* The advisory functions: lock and unlock_all both want the whole rest
+     * lexed when "advisory" is in it. */
+    bool need_lock = (!lx->lock || !lx->unlock_all) && has_advisory(s + pos, len - pos);
+    bool need_temp = !lx->temp_object && has_temp(s + pos, len - pos);
 
-    while ((need_multi && !lx->multi) || (need_lock && !lx->lock)) {
+    while ((need_multi && !lx->multi) || (need_lock && (!lx->lock || !lx->unlock_all)) ||
+           (need_temp && !lx->temp_object)) {
         token t = next(lx);
         if (t.kind == TK_END) break;
     }
@@ -644,6 +718,60 @@ void sqlscan_classify(const char *sql, size_t len, sql_info *out)
     out->kind = kind;
     out->multi = lx.multi;
     out->session_lock = lx.lock;
+    out->unlock_all = lx.unlock_all;
+    out->on_commit_drop = kind == SQL_CREATE_TEMP && lx.on_commit_drop;
+    out->temp_object = lx.temp_object;
+}
+
+static unsigned state_of(sql_kind kind, bool on_commit_drop)
+{
+    switch (kind) {
+    case SQL_LISTEN: return SQLSCAN_STATE_LISTEN;
+    case SQL_PREPARE: return SQLSCAN_STATE_PREPARE;
+    case SQL_DECLARE_HOLD: return SQLSCAN_STATE_HOLD;
+    case SQL_CREATE_TEMP: return on_commit_drop ? 0 : SQLSCAN_STATE_TEMP;
+    default: return 0;
+    }
+}
+
+unsigned sqlscan_state_of(const sql_info *info)
+{
+    return state_of(info->kind, info->on_commit_drop) |
+           (info->session_lock ? SQLSCAN_STATE_LOCK : 0u) |
+           (info->temp_object ? SQLSCAN_STATE_TEMP : 0u);
+}
+
+/* Several statements: one pass of the lexer over the whole text, each
+ * statement's first tokens through the classifier, so the cost stays linear
+ * in the text however many statements it holds. */
+unsigned sqlscan_session_state(const char *sql, size_t len)
+{
+    /* One statement (the usual case): the classifier's cheap whole-text
+     * tests already tell. */
+    sql_info info;
+    sqlscan_classify(sql, len, &info);
+    if (!info.multi) return sqlscan_state_of(&info);
+
+    lexer lx = {.s = (const unsigned char *)sql, .len = sql ? len : 0};
+    unsigned m = 0;
+    char name[SQLSCAN_NAME_MAX];
+    for (;;) {
+        token first = next(&lx);
+        if (first.kind == TK_END) break;
+        if (is_punct(&first, ';')) continue;
+        uint32_t semis = lx.n_semis;
+        lx.on_commit_drop = false;
+        sql_kind k = first.kind == TK_WORD ? classify_first(&lx, &first, name) : SQL_OTHER;
+        m |= state_of(k, lx.on_commit_drop);
+        /* on to the end of this statement, unless the classifier got there */
+        while (lx.n_semis == semis) {
+            token t = next(&lx);
+            if (t.kind == TK_END) break;
+        }
+    }
+    if (lx.lock) m |= SQLSCAN_STATE_LOCK;
+    if (lx.temp_object) m |= SQLSCAN_STATE_TEMP;
+    return m;
 }
 
 size_t sqlscan_next_statement(const char *sql, size_t len)

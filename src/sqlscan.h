@@ -14,15 +14,18 @@ typedef enum sql_kind {
     SQL_RESET,          /* RESET name */
     SQL_RESET_ALL,      /* RESET ALL */
     SQL_DISCARD_ALL,    /* DISCARD ALL */
-    SQL_DISCARD_OTHER,  /* DISCARD PLANS / SEQUENCES / TEMP */
+    SQL_DISCARD_OTHER,  /* DISCARD PLANS / SEQUENCES */
+    SQL_DISCARD_TEMP,   /* DISCARD {TEMP|TEMPORARY} */
     SQL_DEALLOCATE,     /* DEALLOCATE [PREPARE] name; name in info.name */
     SQL_DEALLOCATE_ALL, /* DEALLOCATE [PREPARE] ALL */
     SQL_LISTEN,         /* LISTEN channel */
-    SQL_UNLISTEN,       /* UNLISTEN ... */
+    SQL_UNLISTEN,       /* UNLISTEN channel */
+    SQL_UNLISTEN_ALL,   /* UNLISTEN * */
     SQL_PREPARE,        /* PREPARE name [(types)] AS ... */
     SQL_CREATE_TEMP,    /* CREATE [GLOBAL|LOCAL] {TEMP|TEMPORARY} TABLE/VIEW/SEQUENCE ... */
     SQL_DECLARE_HOLD,   /* DECLARE name ... WITH HOLD ... */
     SQL_BEGIN,          /* BEGIN / START TRANSACTION */
+    SQL_CLOSE_ALL,      /* CLOSE ALL (every cursor) */
 } sql_kind;
 
 #define SQLSCAN_NAME_MAX 64
@@ -45,6 +48,15 @@ typedef struct sql_info {
      * pg_try_advisory_lock_shared), case-insensitively, outside quotes and
      * comments.  The _xact_ variants do not count. */
     bool session_lock;
+    /* The text calls pg_advisory_unlock_all, with the same rules. */
+    bool unlock_all;
+    /* SQL_CREATE_TEMP: the statement says ON COMMIT DROP. */
+    bool on_commit_drop;
+    /* The text may create a temporary object without starting with CREATE
+     * TEMP: SELECT ... INTO {TEMP|TEMPORARY}, or a name qualified with the
+     * pg_temp schema (CREATE TABLE pg_temp.t ...).  Outside quotes and
+     * comments; a false positive only costs a pinned client. */
+    bool temp_object;
 } sql_info;
 
 /* Classifies the first statement of sql[0..len).  Leading blanks, "--" and
@@ -57,5 +69,26 @@ void sqlscan_classify(const char *sql, size_t len, sql_info *out);
  * none.  Walking a multi-statement query with it and sqlscan_classify
  * classifies each statement. */
 size_t sqlscan_next_statement(const char *sql, size_t len);
+
+/* Session state a text creates that cannot follow a client to another
+ * server connection: a mask of the reasons to pin it to its server. */
+enum {
+    SQLSCAN_STATE_TEMP = 1 << 0,    /* temporary table, view or sequence */
+    SQLSCAN_STATE_HOLD = 1 << 1,    /* WITH HOLD cursor */
+    SQLSCAN_STATE_LISTEN = 1 << 2,  /* LISTEN */
+    SQLSCAN_STATE_LOCK = 1 << 3,    /* session-level advisory lock */
+    SQLSCAN_STATE_PREPARE = 1 << 4, /* SQL PREPARE */
+    SQLSCAN_STATE_ALL = (1 << 5) - 1,
+};
+
+/* The session state every statement of sql[0..len) may create (0: none).
+ * A CREATE TEMP ... ON COMMIT DROP creates none: the object ends with the
+ * transaction.  Errs on the side of a reason: pinning a client that did
+ * not need it only costs a server connection, missing one hands another
+ * client a server carrying someone's state. */
+unsigned sqlscan_session_state(const char *sql, size_t len);
+/* The same for a text already classified into *info, when info->multi is
+ * false (one statement: nothing is scanned again). */
+unsigned sqlscan_state_of(const sql_info *info);
 
 #endif

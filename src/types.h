@@ -182,6 +182,12 @@ struct pgs_client {
                                * that changes it applies to clients that log in after */
     bool want_close;          /* close once pending writes drain */
     bool cancel_sent;         /* query_timeout already cancelled this query */
+    /* Transaction mode: session state on its server that cannot follow it
+     * (SQLSCAN_STATE_* reasons) pins the client to that server until the
+     * state is gone.  Non-zero exactly while it holds a slot of its pool's
+     * max_pinned.  Read by SHOW CLIENTS from another thread. */
+    _Atomic uint8_t pin;
+    uint8_t pin_logged;       /* reasons already logged for this client */
     uint8_t close_reason_set;
     uint64_t connect_us, wait_start_us, active_us, xact_start_us, query_start_us;
     uint64_t last_activity_us;
@@ -230,6 +236,9 @@ struct pgs_server {
     _Atomic uint32_t client_id;   /* for SHOW SERVERS */
     _Atomic uint32_t n_prepared;  /* for SHOW SERVERS */
     bool query_failed;        /* an ErrorResponse in the current request */
+    /* Pin reasons the simple query in flight ends when it succeeds outside a
+     * transaction block (DISCARD TEMP, UNLISTEN *, CLOSE ALL, ...). */
+    uint8_t pending_unpin;
     char *pending_set_name;   /* SET/RESET to record once it succeeds */
     char *pending_set_stmt;
     int pending_set_kind;
@@ -289,6 +298,12 @@ struct pgs_pool_shared {
     _Atomic uint64_t retry_at_us;     /* no connect attempt before this (0: any time) */
     _Atomic uint32_t retry_delay_us;  /* the last back-off (0: the last attempt succeeded) */
     _Atomic int n_clients;        /* logged-in clients, all workers */
+    /* Pinning (transaction mode): whether session state pins a client to
+     * its server, at most how many may be pinned, and how many are (a
+     * slot is taken with a compare-and-swap, by any worker). */
+    _Atomic int pinning;
+    _Atomic int max_pinned;
+    _Atomic int pinned;
     pthread_mutex_t lock;         /* protects the hand-over queue */
     pgs_list handoff;             /* servers on their way to another worker */
     pgs_pool *locals[64];         /* per-worker part, index = worker id */

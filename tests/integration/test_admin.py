@@ -10,9 +10,9 @@ import pytest
 from helpers import BOTH_MODES, psql, wait_for
 
 POOLS_COLUMNS = ["database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_login",
-                 "sv_total", "sv_overflow", "max_total", "maxwait_ms", "pool_mode"]
+                 "sv_total", "sv_overflow", "max_total", "maxwait_ms", "pool_mode", "sv_pinned"]
 CLIENTS_COLUMNS = ["id", "worker", "database", "user", "application_name", "addr", "port", "state",
-                   "connect_time", "wait_ms", "server_id"]
+                   "connect_time", "wait_ms", "server_id", "pinned"]
 SERVERS_COLUMNS = ["id", "worker", "database", "user", "addr", "port", "state", "connect_time",
                    "backend_pid", "client_id", "prepared"]
 STATS_COLUMNS = ["database", "user", "xact_count", "query_count", "bytes_received", "bytes_sent",
@@ -34,6 +34,7 @@ def test_show_pools_columns_and_counts(pgscale, pool_mode):
     assert cols == POOLS_COLUMNS
     row = next(r for r in rows if (r["database"], r["user"]) == ("app", "app"))
     n = {k: _int(row[k]) for k in POOLS_COLUMNS if k not in ("database", "user", "pool_mode")}
+    assert n["sv_pinned"] == 0, row
     assert row["pool_mode"] == pool_mode
     assert n["max_total"] == 7
     assert n["cl_active"] >= 1 and n["cl_waiting"] == 0, row

@@ -143,7 +143,7 @@ def assert_bounded(p, what):
 
 @pytest.mark.deadline(120)
 def test_unread_refused_listen_pipeline_is_bounded_and_answered_in_order(pgscale):
-    pg = pgscale(PGSCALE_POOL_MODE="transaction")
+    pg = pgscale(PGSCALE_POOL_MODE="transaction", PGSCALE_PINNING="off")
     n = 200000
     data = query("LISTEN x") * n
     p = Pipeline(pg)

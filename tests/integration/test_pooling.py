@@ -396,9 +396,10 @@ def test_server_lifetime_replaces_old_servers(pgscale):
              what="a new server after PGSCALE_SERVER_LIFETIME (1 s)")
 
 
-# -- what transaction mode refuses, and session mode allows --------------------------
+# -- what transaction mode refuses (with pinning off; tests/integration/test_pinning.py
+# has what it does with pinning on), and session mode allows ----------------------
 def test_listen_is_rejected_in_transaction_mode(pgscale):
-    pg = pgscale()
+    pg = pgscale(PGSCALE_PINNING="off")
     conn = pg.connect()
     with pytest.raises(psycopg2.errors.FeatureNotSupported) as exc:
         _one(conn, "LISTEN some_channel")
@@ -408,7 +409,7 @@ def test_listen_is_rejected_in_transaction_mode(pgscale):
 
 
 def test_session_advisory_lock_is_rejected_in_transaction_mode(pgscale, primary):
-    pg = pgscale()
+    pg = pgscale(PGSCALE_PINNING="off")
     conn = pg.connect()
     with pytest.raises(psycopg2.errors.FeatureNotSupported) as exc:
         _one(conn, "SELECT pg_advisory_lock(4242)")

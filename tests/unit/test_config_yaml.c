@@ -428,10 +428,11 @@ static void test_unknown_keys_are_rejected_with_a_hint(void **state)
              NAME ":2: nodes.standby: unknown key (expected one of: primary, replicas)");
     yaml_bad("databases:\n  app:\n    size: 3\n",
              NAME ":3: databases.app.size: unknown key (expected one of: pool_size, "
-                  "max_overflow, pool_mode, pool_timeout, max_db_connections, dbname)");
+                  "max_overflow, pool_mode, pool_timeout, max_db_connections, dbname, pinning, "
+                  "max_pinned)");
     yaml_bad("users:\n  web:\n    max_db_connections: 3\n",
              NAME ":3: users.web.max_db_connections: unknown key (expected one of: pool_size, "
-                  "max_overflow, pool_mode, max_user_connections)");
+                  "max_overflow, pool_mode, max_user_connections, pinning, max_pinned)");
     yaml_bad("auth:\n  hba:\n    - type: host\n      adress: all\n      method: trust\n",
              NAME ":4: auth.hba[0].adress: unknown key (did you mean address?)");
     yaml_bad("server_tls:\n  mode: require\n",
@@ -692,6 +693,34 @@ static void test_databases_and_users_errors(void **state)
              NAME ":3: users.web.pool_size: '10001' is out of range (expected 1..10000)");
     yaml_bad("users:\n  true: {}\n", NAME ":2: users.true: expected text, got the boolean true "
                                      "(quote it if you mean the text)");
+}
+
+static void test_pinning_settings_resolve_and_default_to_half_the_pool(void **state)
+{
+    (void)state;
+    pgs_config c;
+    yaml_ok(&c, "pool_size: 9\n"
+                "databases:\n"
+                "  app: {pinning: off}\n"
+                "  big: {pool_size: 40, max_pinned: 3}\n"
+                "users:\n"
+                "  web: {pinning: on, max_pinned: 0}\n"
+                "  one: {pool_size: 1}\n");
+    pgs_pool_settings s;
+    config_pool_settings(&c, "other", "someone", &s);
+    assert_true(s.pinning);
+    assert_int_equal(s.max_pinned, 4); /* 9 / 2, rounded down */
+    config_pool_settings(&c, "app", "someone", &s);
+    assert_false(s.pinning);
+    config_pool_settings(&c, "app", "web", &s);
+    assert_true(s.pinning);
+    config_pool_settings(&c, "big", "someone", &s);
+    assert_int_equal(s.max_pinned, 3);
+    config_pool_settings(&c, "big", "web", &s);
+    assert_int_equal(s.max_pinned, 20); /* the user's 0: half of its pool */
+    config_pool_settings(&c, "other", "one", &s);
+    assert_int_equal(s.max_pinned, 1); /* never 0 */
+    config_free(&c);
 }
 
 static void test_pool_settings_resolve_global_then_database_then_user(void **state)
@@ -1704,6 +1733,7 @@ int main(void)
         cmocka_unit_test(test_users_every_key),
         cmocka_unit_test(test_databases_and_users_errors),
         cmocka_unit_test(test_pool_settings_resolve_global_then_database_then_user),
+        cmocka_unit_test(test_pinning_settings_resolve_and_default_to_half_the_pool),
         cmocka_unit_test(test_auth_defaults),
         cmocka_unit_test_teardown(test_auth_every_key, tmp_cleanup),
         cmocka_unit_test(test_auth_errors),

@@ -224,8 +224,8 @@ static void test_discard_all_and_others(void **state)
     expect("discard all ;", SQL_DISCARD_ALL, "");
     expect("DISCARD PLANS", SQL_DISCARD_OTHER, "");
     expect("DISCARD SEQUENCES", SQL_DISCARD_OTHER, "");
-    expect("DISCARD TEMP", SQL_DISCARD_OTHER, "");
-    expect("discard Temporary", SQL_DISCARD_OTHER, "");
+    expect("DISCARD TEMP", SQL_DISCARD_TEMP, "");
+    expect("discard Temporary", SQL_DISCARD_TEMP, "");
     expect_other("DISCARD");
     expect_other("DISCARD everything");
     expect_other("DISCARD ALL PLANS");
@@ -262,7 +262,7 @@ static void test_listen_and_unlisten(void **state)
     expect("LISTEN jobs", SQL_LISTEN, "");
     expect("listen \"Jobs\"", SQL_LISTEN, "");
     expect("UNLISTEN jobs", SQL_UNLISTEN, "");
-    expect("unlisten *", SQL_UNLISTEN, "");
+    expect("unlisten *", SQL_UNLISTEN_ALL, "");
     expect_other("LISTEN");
     expect_other("UNLISTEN");
     expect_other("listener");
@@ -397,6 +397,65 @@ static void test_multi_ignores_semicolons_in_strings_and_comments(void **state)
     expect_multi("SELECT 1 /* unterminated; x", false);
     /* an E-string escape does not apply to a plain string */
     expect_multi("SELECT '\\'; SELECT 2", true);
+}
+
+/* ---- session state (pinning) ------------------------------------------------------------ */
+
+static void expect_state(const char *text, unsigned want)
+{
+    unsigned got = sqlscan_session_state(text, strlen(text));
+    if (got != want) fail_msg("\"%s\": session state %#x, want %#x", text, got, want);
+}
+
+static void test_session_state_reasons(void **state)
+{
+    (void)state;
+    expect_state("SELECT 1", 0);
+    expect_state("LISTEN jobs", SQLSCAN_STATE_LISTEN);
+    expect_state("PREPARE q AS SELECT 1", SQLSCAN_STATE_PREPARE);
+    expect_state("DECLARE c CURSOR WITH HOLD FOR SELECT 1", SQLSCAN_STATE_HOLD);
+    expect_state("DECLARE c CURSOR FOR SELECT 1", 0);
+    expect_state("CREATE TEMP TABLE t (a int)", SQLSCAN_STATE_TEMP);
+    expect_state("CREATE TEMP TABLE t (a int) ON COMMIT DELETE ROWS", SQLSCAN_STATE_TEMP);
+    expect_state("CREATE TEMP TABLE t (a int) ON COMMIT DROP", 0);
+    expect_state("create temporary table t on commit drop as select 1", 0);
+    expect_state("SELECT pg_advisory_lock(1)", SQLSCAN_STATE_LOCK);
+    expect_state("SELECT pg_advisory_xact_lock(1)", 0);
+    expect_state("SELECT 1 INTO TEMP t", SQLSCAN_STATE_TEMP);
+    expect_state("select 1 into temporary table t", SQLSCAN_STATE_TEMP);
+    expect_state("CREATE TABLE pg_temp.t (a int)", SQLSCAN_STATE_TEMP);
+    expect_state("CREATE TABLE \"pg_temp\".t (a int)", SQLSCAN_STATE_TEMP);
+    expect_state("SELECT 'into temp x', 'pg_temp.t' -- into temp\n", 0);
+    expect_state("SELECT 'LISTEN x'", 0);
+}
+
+static void test_session_state_every_statement(void **state)
+{
+    (void)state;
+    expect_state("SELECT 1; LISTEN a; SELECT 2", SQLSCAN_STATE_LISTEN);
+    expect_state("BEGIN; CREATE TEMP TABLE t(a int); COMMIT", SQLSCAN_STATE_TEMP);
+    expect_state("CREATE TEMP TABLE t(a int) ON COMMIT DROP; LISTEN x", SQLSCAN_STATE_LISTEN);
+    expect_state("LISTEN x;PREPARE p AS SELECT 1;SELECT pg_advisory_lock(2)",
+                 SQLSCAN_STATE_LISTEN | SQLSCAN_STATE_PREPARE | SQLSCAN_STATE_LOCK);
+    expect_state(";;; DECLARE c CURSOR WITH HOLD FOR SELECT 1;", SQLSCAN_STATE_HOLD);
+    expect_state("SELECT ';LISTEN x'; SELECT 2", 0);
+}
+
+static void test_release_statements(void **state)
+{
+    (void)state;
+    expect("CLOSE ALL", SQL_CLOSE_ALL, "");
+    expect_other("CLOSE c");
+    expect_other("CLOSE ALL x");
+    expect_other("UNLISTEN * x");
+    sql_info info = scan("SELECT pg_advisory_unlock_all()");
+    assert_true(info.unlock_all);
+    assert_false(info.session_lock);
+    info = scan("SELECT 'pg_advisory_unlock_all()'");
+    assert_false(info.unlock_all);
+    info = scan("SELECT pg_advisory_unlock_all(), pg_advisory_lock(1)");
+    assert_true(info.unlock_all);
+    assert_true(info.session_lock);
 }
 
 /* ---- session_lock ------------------------------------------------------------------------ */
@@ -611,6 +670,9 @@ int main(void)
         cmocka_unit_test(test_multi_detects_second_statement),
         cmocka_unit_test(test_multi_ignores_trailing_blanks_comments_and_semicolons),
         cmocka_unit_test(test_multi_ignores_semicolons_in_strings_and_comments),
+        cmocka_unit_test(test_session_state_reasons),
+        cmocka_unit_test(test_session_state_every_statement),
+        cmocka_unit_test(test_release_statements),
         cmocka_unit_test(test_session_lock_functions_detected),
         cmocka_unit_test(test_session_lock_ignores_xact_and_look_alikes),
         cmocka_unit_test(test_session_lock_ignores_strings_and_comments),
