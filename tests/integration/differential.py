@@ -494,8 +494,13 @@ DRIVERS = ("psycopg2", "psycopg3", "asyncpg", "node-postgres")
 
 def node_available():
     from shutil import which
-    return which("node") is not None and (NODE_DIR / "node_modules" / "pg").is_dir() and \
-        (NODE_DIR / "node_modules" / "pg-copy-streams").is_dir()
+    return which("node") is not None
+
+
+def node_modules_missing():
+    """The tests/node packages that are not installed (scripts/install-deps.sh
+    installs them)."""
+    return [m for m in ("pg", "pg-copy-streams") if not (NODE_DIR / "node_modules" / m).is_dir()]
 
 
 class Target:

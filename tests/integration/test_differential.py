@@ -23,8 +23,8 @@ import decimal
 
 import pytest
 
-from differential import (DRIVERS, Json, Target, compare, node_available, run_scenario,
-                          stop_node, text_of)
+from differential import (DRIVERS, Json, Target, compare, node_available,
+                          node_modules_missing, run_scenario, stop_node, text_of)
 from helpers import APP_DB, APP_PASSWORD, APP_USER, LOCALHOST
 
 # --------------------------------------------------------------------------
@@ -371,9 +371,7 @@ def _pgscale_for(pgscale, mode):
 def _driver_param(d):
     marks = []
     if d == "node-postgres":
-        marks.append(pytest.mark.skipif(not node_available(),
-                                        reason="node or tests/node/node_modules missing "
-                                               "(run scripts/install-deps.sh)"))
+        marks.append(pytest.mark.skipif(not node_available(), reason="node is not installed"))
     return pytest.param(d, marks=marks, id=d)
 
 
@@ -382,6 +380,9 @@ def _driver_param(d):
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 @pytest.mark.parametrize("driver", [_driver_param(d) for d in DRIVERS])
 def test_same_outcome_as_direct_connection(primary, pgscale, driver, mode, name):
+    if driver == "node-postgres" and node_modules_missing():
+        pytest.fail("tests/node/node_modules lacks %s: run scripts/install-deps.sh"
+                    % ", ".join(node_modules_missing()))
     direct = _direct_trace(primary, driver, name)
     pg = _pgscale_for(pgscale, mode)
     through = run_scenario(SCENARIOS[name], driver,
