@@ -24,7 +24,6 @@ import decimal
 import hashlib
 import io
 import json
-import os
 import re
 import select
 import subprocess
@@ -167,7 +166,6 @@ def to_pyformat(sql, params):
 class Psycopg2Session(Session):
     def __init__(self, trace, tag, dsn):
         import psycopg2
-        import psycopg2.extensions
         super().__init__(trace, tag)
         self.pg2 = psycopg2
         self.conn = psycopg2.connect(dsn)
