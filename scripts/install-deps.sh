@@ -16,6 +16,11 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js for the node-postgres tests.  Debian 12 packages node and npm
+# separately; a Node.js from elsewhere (NodeSource, nvm) brings its own npm,
+# which Debian's npm package would conflict with: ask only for what is absent.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -25,6 +30,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# node-postgres and pg-copy-streams at the versions in tests/node's
+# package-lock.json; skipped when node_modules was installed from this very
+# lock file (the stamp is a copy of it).
+node_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/node"
+stamp="$node_dir/node_modules/.installed-package-lock.json"
+if ! cmp -s "$node_dir/package-lock.json" "$stamp"; then
+  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$node_dir/package-lock.json" "$stamp"
 fi
 
 # The Debian packages start clusters/services on install; tests and the demo
