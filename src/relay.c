@@ -662,7 +662,8 @@ void relay_server_data(pgs_server *sv)
         /* Small messages we read are held until whole.  An error we would
          * look into but that is larger than we inspect (PostgreSQL quotes
          * a bad value whole) is streamed, and read as "some error". */
-        bool need_whole = type == 'Z' || type == 'S' || (type == 'E' && total <= INSPECT_MAX);
+        bool need_whole = type == 'Z' || type == 'S' || (type == 'E' && total <= INSPECT_MAX) ||
+                          (type == 'A' && total <= INSPECT_MAX);
         bool whole = avail >= total;
         if (need_whole && avail < total) {
             if (total > INSPECT_MAX) {
@@ -780,6 +781,14 @@ void relay_server_data(pgs_server *sv)
                 }
                 exq_pop(&sv->exq);
                 skip_to_sync(sv);
+            }
+            break;
+        case 'A':
+            /* NotificationResponse: the sender's pid as the sending client
+             * knows it (its transaction-mode pid, not its backend's) */
+            if (whole && len >= 8) {
+                uint32_t sender = server_sender_pid(proto_be32(body));
+                proto_put_be32(p + 5, sender);
             }
             break;
         case '1':
@@ -1700,6 +1709,8 @@ void relay_link(pgs_client *c, pgs_server *sv)
 {
     c->server = sv;
     sv->client = c;
+    atomic_store_explicit(&sv->client_pid, tx_mode(c) ? worker_client_pid(c) : 0,
+                          memory_order_relaxed);
     atomic_store_explicit(&c->server_id, sv->id, memory_order_relaxed);
     atomic_store_explicit(&sv->client_id, c->id, memory_order_relaxed);
     atomic_store_explicit(&c->state, CL_ACTIVE, memory_order_relaxed);

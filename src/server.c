@@ -6,6 +6,7 @@
 #include "server.h"
 
 #include <openssl/crypto.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -41,10 +42,53 @@ static void set_state(pgs_server *sv, int st)
 
 static void free_login_params(pgs_server *sv);
 
+/* Server connections by backend pid, for notifications: a client that
+ * compares a notification's sender pid with the pid it was given (to skip
+ * its own, say) must see the pid pgscale gave the sending client, not the
+ * backend's.  A mutex, taken at login, at free and per notification only. */
+static htab pid_tab;
+static pthread_mutex_t pid_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void pid_list(pgs_server *sv)
+{
+    sv->pid_node.hash = pgs_hash64(&sv->backend_pid, sizeof(sv->backend_pid));
+    pthread_mutex_lock(&pid_lock);
+    htab_insert(&pid_tab, &sv->pid_node);
+    pthread_mutex_unlock(&pid_lock);
+    sv->pid_listed = true;
+}
+
+static void pid_unlist(pgs_server *sv)
+{
+    if (!sv->pid_listed) return;
+    pthread_mutex_lock(&pid_lock);
+    htab_remove(&pid_tab, &sv->pid_node);
+    pthread_mutex_unlock(&pid_lock);
+    sv->pid_listed = false;
+}
+
+uint32_t server_sender_pid(uint32_t backend_pid)
+{
+    uint64_t h = pgs_hash64(&backend_pid, sizeof(backend_pid));
+    uint32_t pid = backend_pid;
+    pthread_mutex_lock(&pid_lock);
+    for (htab_node *n = htab_first(&pid_tab, h); n; n = n->next) {
+        pgs_server *sv = htab_entry(n, pgs_server, pid_node);
+        if (n->hash == h && sv->backend_pid == backend_pid) {
+            uint32_t cp = atomic_load_explicit(&sv->client_pid, memory_order_relaxed);
+            if (cp) pid = cp;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&pid_lock);
+    return pid;
+}
+
 static void free_server(uv_handle_t *h)
 {
     pgs_server *sv = h->data;
     pgs_worker *w = sv->w;
+    pid_unlist(sv);
     free_login_params(sv); /* a login that ended half-way */
     io_buf_free(w, &sv->s);
     exq_free(&sv->exq);
@@ -649,6 +693,7 @@ static void login_data(pgs_server *sv)
             free_login_params(sv);
             io_buf_release_if_empty(sv->w, &sv->s);
             log_debug("S-%u: logged in (backend pid %u)", sv->id, sv->backend_pid);
+            pid_list(sv);
             pool_server_ready(sv);
             return;
         default:

@@ -243,6 +243,13 @@ struct pgs_server {
     char *pending_set_stmt;
     int pending_set_kind;
     uint32_t backend_pid, backend_key;
+    /* The pid the client it serves, or served last, was given when that
+     * client is in transaction mode (pgscale's own); 0 when the backend's
+     * real pid stands (a session-mode client knows that one).  Read by
+     * other workers translating a notification's sender (server_sender_pid). */
+    _Atomic uint32_t client_pid;
+    htab_node pid_node;       /* in the backend-pid table, once logged in */
+    bool pid_listed;
     uint32_t fwd_remaining;   /* rest of a message being streamed to the client */
     bool fwd_drop;            /* the message being streamed is swallowed */
     uint64_t bytes_counted;   /* s.bytes_in already added to pool stats */

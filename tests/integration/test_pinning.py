@@ -409,3 +409,60 @@ def test_vanished_pinned_client_leaves_no_state_behind(pgscale, primary, how):
     assert _one(n, "SELECT count(*) FROM pg_listening_channels()") == (0,)
     assert _one(n, "SELECT to_regclass('vanish_t') IS NULL") == (True,)
     _one(n, "SELECT pg_advisory_xact_lock(771005)")  # free
+
+
+# -- notification sender pids ---------------------------------------------------
+def _wait_notifies(conn, n, timeout=2.0):
+    t0 = time.monotonic()
+    while len(conn.notifies) < n and time.monotonic() - t0 < timeout:
+        if select.select([conn], [], [], 0.1)[0]:
+            conn.poll()
+    return list(conn.notifies)
+
+
+def test_notification_carries_the_pid_the_sender_was_given_psycopg2(pgscale, primary):
+    """Applications compare a notification's pid with their own connection's
+    (to skip their own notifications, say): in transaction mode the sender's
+    pid is the one pgscale gave the sending client, not its backend's."""
+    pg = small_pool(pgscale, DB_POOL_SIZE=3)
+    listener = pg.connect(application_name="pid-listener")
+    _one(listener, "LISTEN pid_chan")
+    own_pid = listener.get_backend_pid()
+    backend = _one(listener, "SELECT pg_backend_pid()")[0]
+    assert own_pid != backend  # transaction mode: pgscale's own pid
+    _one(listener, "NOTIFY pid_chan, 'self'")
+    other = pg.connect()
+    _one(other, "NOTIFY pid_chan, 'other'")
+    direct = primary.connect(user="app", db=APP_DB, password="secret")
+    _one(direct, "NOTIFY pid_chan, 'direct'")
+    direct_pid = direct.get_backend_pid()
+    got = {n.payload: n.pid for n in _wait_notifies(listener, 3)}
+    direct.close()
+    assert got == {"self": own_pid, "other": other.get_backend_pid(), "direct": direct_pid}, got
+
+
+def test_notification_carries_the_pid_the_sender_was_given_asyncpg(pgscale):
+    pg = small_pool(pgscale, DB_POOL_SIZE=3)
+
+    async def main():
+        listener = await aconnect(pg)
+        other = await aconnect(pg)
+        got = {}
+        arrived = asyncio.Event()
+
+        def on_notify(_conn, pid, _channel, payload):
+            got[payload] = pid
+            if len(got) == 2:
+                arrived.set()
+        try:
+            await listener.add_listener("apid_chan", on_notify)
+            await listener.execute("NOTIFY apid_chan, 'self'")
+            await other.execute("NOTIFY apid_chan, 'other'")
+            await asyncio.wait_for(arrived.wait(), 2)
+            return got, listener.get_server_pid(), other.get_server_pid()
+        finally:
+            await listener.close()
+            await other.close()
+
+    got, own, other = arun(main())
+    assert got == {"self": own, "other": other}, (got, own, other)
