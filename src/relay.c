@@ -119,6 +119,9 @@ static void exq_run_done(pgs_expect_q *q)
     if (h && (h->kind == EX_RUN || h->kind == EX_STMT_RUN) && --h->count == 0) exq_pop(q);
 }
 
+/* The hint of pgscale's own 0A000 refusals. */
+#define FAKE_ERROR_HINT "set PGSCALE_POOL_MODE=session for clients that need it"
+
 static bool is_fake(const pgs_expect *e)
 {
     switch (e->kind) {
@@ -293,8 +296,7 @@ static void emit_fakes(pgs_server *sv, io_batch *cb)
             break;
         case EX_FAKE_ERROR:
             if (cb) {
-                proto_error(&o, "ERROR", "0A000", h->tag,
-                            "set PGSCALE_POOL_MODE=session for clients that need it");
+                proto_error(&o, "ERROR", "0A000", h->tag, FAKE_ERROR_HINT);
                 proto_ready_for_query(&o, sv->tx_status);
             }
             break;
@@ -1100,8 +1102,31 @@ static bool has_deallocate(const uint8_t *text, uint32_t tlen)
  * state that cannot follow it (or, with pinning off, refuses it), notes
  * settings to carry and state that ends.  Returns 1 when the query was
  * answered here (not forwarded). */
+/* A refusal inside a transaction block is raised by the server itself, as
+ * a DO block: PostgreSQL then aborts the transaction as it does for any
+ * error, and a COMMIT that follows rolls back, as on a direct connection
+ * (an error made up by pgscale would leave the server's transaction
+ * open, and the client's COMMIT would commit what came before). */
+static char *raise_sql(const char *msg)
+{
+    static const char head[] = "DO $pgs$BEGIN RAISE USING ERRCODE = '0A000', MESSAGE = '";
+    static const char mid[] = "', HINT = '" FAKE_ERROR_HINT "'; END$pgs$";
+    size_t n = strlen(msg);
+    char *sql = pgs_xmalloc(sizeof(head) + 2 * n + sizeof(mid));
+    char *o = sql;
+    memcpy(o, head, sizeof(head) - 1);
+    o += sizeof(head) - 1;
+    for (size_t i = 0; i < n; i++) {
+        if (msg[i] == '$') continue; /* cannot end the dollar quote: no $ at all */
+        if (msg[i] == '\'') *o++ = '\'';
+        *o++ = msg[i];
+    }
+    memcpy(o, mid, sizeof(mid));
+    return sql;
+}
+
 static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text,
-                              uint32_t tlen)
+                              uint32_t tlen, char **raise)
 {
     sql_info info;
     sqlscan_classify((const char *)text, tlen, &info);
@@ -1234,6 +1259,11 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
     }
     if (refuse) {
         if (!had_pending) drop_pending_set(sv);
+        if (!idle) {
+            *raise = raise_sql(refuse);
+            free(refuse_owned);
+            return 2;
+        }
         if (refuse_owned) return exq_push_owned(&sv->exq, EX_FAKE_ERROR, refuse_owned) < 0 ? -1 : 1;
         return exq_push(&sv->exq, EX_FAKE_ERROR, NULL, refuse) < 0 ? -1 : 1;
     }
@@ -1457,7 +1487,27 @@ static void client_forward(pgs_client *c)
                 uint32_t tlen = PGS_MIN(total, avail) - 5;
                 if (total <= avail && tlen > 0 && p[5 + tlen - 1] == '\0')
                     tlen--; /* the query string's terminator is not SQL */
-                r = client_query_check(c, sv, p + 5, tlen);
+                char *raise = NULL;
+                r = client_query_check(c, sv, p + 5, tlen, &raise);
+                if (r == 2) {
+                    /* refused inside a transaction block: the server raises it */
+                    size_t ql = strlen(raise) + 1;
+                    uint8_t *q = io_batch_scratch(&sb, 5 + ql);
+                    r = q && exq_push(&sv->exq, EX_QUERY, NULL, NULL) == 0 ? 1 : -1;
+                    if (q) {
+                        q[0] = 'Q';
+                        proto_put_be32(q + 1, (uint32_t)(4 + ql));
+                        memcpy(q + 5, raise, ql);
+                        io_batch_add(&sb, q, 5 + ql);
+                    }
+                    free(raise);
+                    if (r < 0) break;
+                    r = 0;
+                    forward = false;
+                    sv->unsynced = false;
+                    if (total > avail) c->fwd_remaining = 0;
+                    break;
+                }
                 if (r == 1) {
                     forward = false;
                     any_fake = true;

@@ -364,6 +364,32 @@ def test_pinning_off_refuses_session_state_with_0A000(pgscale, sql):
     assert sv_pinned(pg) == 0
 
 
+@pytest.mark.parametrize("sql", ["LISTEN off_chan", "SELECT pg_advisory_lock(771005)"])
+def test_refusal_inside_a_transaction_aborts_it_as_postgresql_would(pgscale, primary, sql):
+    """A statement refused inside a transaction block fails that transaction,
+    as any error does on PostgreSQL: a COMMIT sent anyway rolls back, and
+    nothing the transaction did before is kept."""
+    primary.app_execute("DROP TABLE IF EXISTS refuse_tx; CREATE TABLE refuse_tx (x int)")
+    pg = small_pool(pgscale, PGSCALE_PINNING="off")
+    with pgwire.RawConn(pg.host, pg.port) as c:
+        assert pgwire.ready_status(c.startup()) == "I"
+        for q in ("BEGIN", "INSERT INTO refuse_tx VALUES (1)"):
+            c.send(pgwire.query(q))
+            assert pgwire.ready_status(c.read_until_ready()) == "T"
+        c.send(pgwire.query(sql))
+        msgs = c.read_until_ready()
+        errs = pgwire.errors(msgs)
+        assert [e["C"] for e in errs] == ["0A000"], msgs
+        assert errs[0]["H"] == "set PGSCALE_POOL_MODE=session for clients that need it", errs
+        assert pgwire.ready_status(msgs) == "E", msgs
+        c.send(pgwire.query("COMMIT"))
+        msgs = c.read_until_ready()
+        assert [m[1] for m in msgs if m[0] == b"C"] == [b"ROLLBACK\0"], msgs
+        assert pgwire.ready_status(msgs) == "I"
+    assert primary.app_execute("SELECT count(*) FROM refuse_tx")[0][0] == 0
+    primary.app_execute("DROP TABLE refuse_tx")
+
+
 # -- a pinned server serves nobody else; a pinned client that vanishes ----------------
 @pytest.mark.deadline(60)
 def test_pinned_server_is_never_handed_to_another_client(pgscale):
