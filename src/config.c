@@ -1220,6 +1220,21 @@ static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 #define FIELD(cfg, s, type) ((type *)(void *)((char *)(cfg) + (s)->off))
 #define CFIELD(cfg, s, type) ((const type *)(const void *)((const char *)(cfg) + (s)->off))
 
+/* A text setting: any bytes but control characters (a value cut from a
+ * file with a stray newline is an error, not a name). */
+static int set_text(char **field, const char *v, char *why, size_t whylen)
+{
+    for (const char *p = v; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            seterr(why, whylen, "contains a control character (a stray newline?)");
+            return -EINVAL;
+        }
+    }
+    free(*field);
+    *field = pgs_xstrdup(v);
+    return 0;
+}
+
 static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, char *why,
                      size_t whylen)
 {
@@ -1264,16 +1279,7 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
             seterr(why, whylen, "must start with redis://, rediss:// or unix://");
             return -EINVAL;
         }
-        for (const char *p = v; *p; p++) {
-            if ((unsigned char)*p < 0x20 || *p == 0x7f) {
-                seterr(why, whylen, "contains a control character (a stray newline?)");
-                return -EINVAL;
-            }
-        }
-        char **field = FIELD(cfg, s, char *);
-        free(*field);
-        *field = pgs_xstrdup(v);
-        return 0;
+        return set_text(FIELD(cfg, s, char *), v, why, whylen);
     }
     case K_LOG_LEVEL:
         for (int i = 0; i < (int)PGS_ARRAY_LEN(log_level_names); i++) {
@@ -1302,18 +1308,8 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
         *FIELD(cfg, s, int) = (int)m;
         return 0;
     }
-    case K_NAME: {
-        for (const char *p = v; *p; p++) {
-            if ((unsigned char)*p < 0x20 || *p == 0x7f) {
-                seterr(why, whylen, "contains a control character (a stray newline?)");
-                return -EINVAL;
-            }
-        }
-        char **field = FIELD(cfg, s, char *);
-        free(*field);
-        *field = pgs_xstrdup(v);
-        return 0;
-    }
+    case K_NAME:
+        return set_text(FIELD(cfg, s, char *), v, why, whylen);
     case K_BOOL:
         return config_parse_bool(v, FIELD(cfg, s, bool), why, whylen);
     }
