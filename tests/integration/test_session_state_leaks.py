@@ -78,6 +78,8 @@ def test_reset_clears_a_set_config_value(pgscale, clear):
     pg = pool_of(pgscale, 1)
     a, b = pg.connect(), pg.connect()
     _one(a, "SELECT set_config('app.tenant', 'A', false)")
+    assert tenant(b) in (None, "")
+    assert tenant(a) == "A"
     with a.cursor() as cur:
         cur.execute(clear)
     assert tenant(b) in (None, "")   # another client took the server in between
