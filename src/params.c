@@ -246,7 +246,7 @@ static bool put_reset(char *out, size_t cap, size_t *len, const char *name)
  * reported parameters are those of baseline (its values at login; NULL:
  * unknown, every value the client has is set) and its other settings are
  * defaults, except role and session_authorization, which RESET ALL leaves
- * alone and the per-setting resets below still undo. */
+ * alone and their own resets below still undo. */
 static int sync_sql(const pgs_params *client, pgs_params **server, const pgs_params *baseline,
                     bool reset_all, char *out, size_t cap)
 {
@@ -272,8 +272,11 @@ static int sync_sql(const pgs_params *client, pgs_params **server, const pgs_par
     if (any_rep && !put(out, cap, &len, ";")) return -1;
     const pgs_params *sp = *server;
     for (int i = 0; sp && i < sp->n_extra; i++) {
-        if (find_extra(client, sp->extra[i].name)) continue;
-        if (!put_reset(out, cap, &len, sp->extra[i].name)) return -1;
+        const char *name = sp->extra[i].name;
+        if (find_extra(client, name)) continue;
+        if (reset_all && strcmp(name, "role") != 0 && strcmp(name, "session_authorization") != 0)
+            continue; /* RESET ALL did it */
+        if (!put_reset(out, cap, &len, name)) return -1;
     }
     for (int i = 0; client && i < client->n_extra; i++) {
         const char *have = reset_all ? NULL : find_extra(sp, client->extra[i].name);

@@ -1142,6 +1142,14 @@ static char *raise_sql(const char *msg)
     return sql;
 }
 
+/* Replies still owed to the client's earlier requests: a RESET ALL sent
+ * ahead of them (resetting) is not one of those, and its ReadyForQuery
+ * confirms no SET. */
+static bool owes_client(const pgs_server *sv)
+{
+    return sv->exq.count > (sv->resetting ? 1u : 0u);
+}
+
 /* A statement's session-level set_config calls with constant arguments,
  * noted to be recorded like SETs when it succeeds outside a transaction
  * block (apply_pending_set).  Each is replayed as a set_config of the same
@@ -1198,7 +1206,7 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
      * next one: then that ReadyForQuery ('I', no error) proves it done.  In
      * any other case the pin stays (a pin kept too long only costs a
      * server connection). */
-    bool alone = idle && !info.multi && sv->exq.count == 0 && !sv->pending_set_kind &&
+    bool alone = idle && !info.multi && !owes_client(sv) && !sv->pending_set_kind &&
                  !sv->pending_unpin;
     unsigned unpin = 0;
     /* Session-level set_config: carried like SET when the statement says
@@ -1207,7 +1215,7 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
      * keeps the setting from the next client). */
     unsigned config = 0;
     if (info.config_session) {
-        if (info.config_unseen || !idle || sv->exq.count > 0 || sv->pending_set_kind)
+        if (info.config_unseen || !idle || owes_client(sv) || sv->pending_set_kind)
             config = SQLSCAN_STATE_CONFIG;
         else
             (void)note_set_configs(sv, text, tlen);
@@ -1277,7 +1285,7 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
     case SQL_SET:
     case SQL_RESET:
         if (idle && !info.multi && info.name[0] && params_reported_index(info.name) < 0 &&
-            (sv->exq.count > 0 || sv->pending_set_kind)) {
+            (owes_client(sv) || sv->pending_set_kind)) {
             /* Behind another request, its ReadyForQuery is not the next
              * one: which SET it confirms could not be told, and a
              * setting recorded on the wrong answer (or not at all) would
@@ -1298,7 +1306,7 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         break;
     case SQL_RESET_ALL:
     case SQL_DISCARD_ALL:
-        if (idle && (sv->exq.count > 0 || sv->pending_set_kind)) {
+        if (idle && (owes_client(sv) || sv->pending_set_kind)) {
             refuse = "a RESET ALL or DISCARD ALL sent before the previous query's result arrived "
                      "cannot be carried across pooled server connections; wait for that result "
                      "first";
