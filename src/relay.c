@@ -1922,8 +1922,10 @@ void relay_client_gone(pgs_client *c)
      * messages without their Sync (an implicit transaction that a Sync or
      * the next client's first query would commit): the server's state is
      * not provably clean, so it cannot serve anyone else.  Closing it makes
-     * PostgreSQL roll back whatever the client left open. */
-    bool busy = sv->exq.count > 0 || c->fwd_remaining > 0 || sv->s.wb.pending ||
+     * PostgreSQL roll back whatever the client left open.  (A RESET ALL of
+     * server_reset_settings still running is pgscale's own: the server
+     * goes back once it is answered.) */
+    bool busy = owes_client(sv) || c->fwd_remaining > 0 || sv->s.wb.pending ||
                 sv->fwd_remaining > 0 || sv->unsynced;
     if (busy) {
         server_close(sv, "client left with a request in progress");
