@@ -193,6 +193,7 @@ void config_defaults(pgs_config *cfg)
     cfg->pool_timeout_ms = 30 * 1000;
     cfg->pinning = true;
     cfg->max_pinned = 0;
+    cfg->server_reset_settings = PGS_RESET_ALL;
 
     cfg->server_connect_timeout_ms = 5 * 1000;
     cfg->server_login_timeout_ms = 10 * 1000;
@@ -1137,6 +1138,7 @@ enum kind {
     K_FILE_MODE, /* int, permission bits 0..0777, written in octal */
     K_NAME,      /* char *, a plain name without control characters */
     K_BOOL,      /* bool: on/off, true/false, yes/no, 1/0 */
+    K_RESET,     /* int, PGS_RESET_*: off | all */
 };
 
 struct setting {
@@ -1167,6 +1169,8 @@ static const struct setting settings[] = {
     {.name = "PGSCALE_PINNING", .key = "pinning", .kind = K_BOOL, .off = F(pinning)},
     {.name = "PGSCALE_MAX_PINNED", .key = "max_pinned", .kind = K_INT, .off = F(max_pinned),
      .min = 0, .max = 10000},
+    {.name = "PGSCALE_SERVER_RESET_SETTINGS", .key = "server_reset_settings", .kind = K_RESET,
+     .off = F(server_reset_settings)},
     DUR("PGSCALE_SERVER_CONNECT_TIMEOUT", "server_connect_timeout", server_connect_timeout_ms,
         false),
     DUR("PGSCALE_SERVER_LOGIN_TIMEOUT", "server_login_timeout", server_login_timeout_ms, false),
@@ -1216,6 +1220,7 @@ static const struct setting settings[] = {
 #undef F
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
+static const char *const reset_names[] = {"off", "all"};
 
 #define FIELD(cfg, s, type) ((type *)(void *)((char *)(cfg) + (s)->off))
 #define CFIELD(cfg, s, type) ((const type *)(const void *)((const char *)(cfg) + (s)->off))
@@ -1312,6 +1317,16 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
         return set_text(FIELD(cfg, s, char *), v, why, whylen);
     case K_BOOL:
         return config_parse_bool(v, FIELD(cfg, s, bool), why, whylen);
+    case K_RESET:
+        for (int i = 0; i < (int)PGS_ARRAY_LEN(reset_names); i++) {
+            if (strcasecmp(v, reset_names[i]) == 0) {
+                *FIELD(cfg, s, int) = i;
+                return 0;
+            }
+        }
+        seterr(why, whylen, "'%s' is not a reset mode (expected off or all)",
+               shown(v, sb, sizeof(sb)));
+        return -EINVAL;
     }
     return -EINVAL;
 }
@@ -1396,6 +1411,7 @@ const char *config_setting_for_key(const char *key, pgs_value_kind *kind)
         case K_BOOL: *kind = PGS_VALUE_BOOL; break;
         case K_REDIS: *kind = PGS_VALUE_SECRET; break;
         case K_POOL_MODE:
+        case K_RESET:
         case K_LOG_LEVEL:
         case K_FILE_MODE:
         case K_NAME: *kind = PGS_VALUE_TEXT; break;
@@ -2057,6 +2073,12 @@ static void format_setting(sbuf *b, const pgs_config *cfg, const struct setting 
     case K_BOOL:
         snprintf(tmp, sizeof(tmp), "%s", *CFIELD(cfg, s, bool) ? "on" : "off");
         break;
+    case K_RESET: {
+        int r = *CFIELD(cfg, s, int);
+        snprintf(tmp, sizeof(tmp), "%s",
+                 r >= 0 && r < (int)PGS_ARRAY_LEN(reset_names) ? reset_names[r] : "?");
+        break;
+    }
     }
     sb_puts(b, tmp);
 }

@@ -157,6 +157,10 @@ typedef struct pgs_user_config {
     int line;
 } pgs_user_config;
 
+/* server_reset_settings: what a transaction-mode server connection gets
+ * when it passes from one client to another. */
+enum { PGS_RESET_OFF = 0, PGS_RESET_ALL = 1 };
+
 typedef struct pgs_config {
     pgs_url primary;              /* DATABASE_URL (required) */
     pgs_url *replicas;            /* READ_REPLICA_URLS (parsed, not yet routed to) */
@@ -171,6 +175,7 @@ typedef struct pgs_config {
     int max_overflow;             /* DB_MAX_OVERFLOW, default 10 */
     uint32_t pool_timeout_ms;     /* DB_POOL_TIMEOUT, default 30 s */
     bool pinning;                 /* PGSCALE_PINNING, default on */
+    int server_reset_settings;    /* PGSCALE_SERVER_RESET_SETTINGS: PGS_RESET_*, default all */
     int max_pinned;               /* PGSCALE_MAX_PINNED, 0 (default) = pool_size / 2, >= 1 */
 
     uint32_t server_connect_timeout_ms;  /* PGSCALE_SERVER_CONNECT_TIMEOUT, 5 s */

@@ -1164,7 +1164,7 @@ static int do_size(yctx *c, const node *v, const char *path, uint32_t min, uint3
  * the variable. */
 static const char *const top_keys[] = {
     "listen", "pool_mode", "workers", "pool_size", "max_overflow", "pool_timeout", "pinning",
-    "max_pinned",
+    "max_pinned", "server_reset_settings",
     "server_connect_timeout", "server_login_timeout", "server_lifetime", "server_idle_timeout",
     "overflow_idle_timeout", "server_check_delay", "unused_pool_timeout",
     "idle_transaction_timeout",

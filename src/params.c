@@ -242,14 +242,22 @@ static bool put_reset(char *out, size_t cap, size_t *len, const char *name)
     return put(out, cap, len, "\";");
 }
 
-int params_sync_sql(const pgs_params *client, pgs_params **server, char *out, size_t cap)
+/* reset_all: the text starts with RESET ALL, after which the server's
+ * reported parameters are those of baseline (its values at login; NULL:
+ * unknown, every value the client has is set) and its other settings are
+ * defaults, except role and session_authorization, which RESET ALL leaves
+ * alone and their own resets below still undo. */
+static int sync_sql(const pgs_params *client, pgs_params **server, const pgs_params *baseline,
+                    bool reset_all, char *out, size_t cap)
 {
-    if (!client) return 0;
+    if (!client && !reset_all) return 0;
     size_t len = 0;
+    if (reset_all && !put(out, cap, &len, "RESET ALL;")) return -1;
+    const pgs_params *have_rep = reset_all ? baseline : *server;
     bool any_rep = false;
     for (int i = 0; i < PARAMS_REPORTED; i++) {
         const char *want = rep_get(client, i);
-        const char *have = rep_get(*server, i);
+        const char *have = rep_get(have_rep, i);
         if (!want || (have && strcmp(want, have) == 0)) continue;
         /* set_config() takes the value exactly as a start-up parameter
          * would, so list values like search_path keep their meaning. */
@@ -264,11 +272,14 @@ int params_sync_sql(const pgs_params *client, pgs_params **server, char *out, si
     if (any_rep && !put(out, cap, &len, ";")) return -1;
     const pgs_params *sp = *server;
     for (int i = 0; sp && i < sp->n_extra; i++) {
-        if (find_extra(client, sp->extra[i].name)) continue;
-        if (!put_reset(out, cap, &len, sp->extra[i].name)) return -1;
+        const char *name = sp->extra[i].name;
+        if (find_extra(client, name)) continue;
+        if (reset_all && strcmp(name, "role") != 0 && strcmp(name, "session_authorization") != 0)
+            continue; /* RESET ALL did it */
+        if (!put_reset(out, cap, &len, name)) return -1;
     }
-    for (int i = 0; i < client->n_extra; i++) {
-        const char *have = find_extra(sp, client->extra[i].name);
+    for (int i = 0; client && i < client->n_extra; i++) {
+        const char *have = reset_all ? NULL : find_extra(sp, client->extra[i].name);
         if (have && strcmp(have, client->extra[i].stmt) == 0) continue;
         if (!put(out, cap, &len, client->extra[i].stmt) || !put(out, cap, &len, ";"))
             return -1;
@@ -277,10 +288,21 @@ int params_sync_sql(const pgs_params *client, pgs_params **server, char *out, si
     out[len] = '\0';
     /* The server will look like the client once this ran. */
     pgs_params *np = params_copy(client);
-    params_fill_from(&np, *server);
+    params_fill_from(&np, reset_all && baseline ? baseline : *server);
     params_free(*server);
     *server = np;
     return (int)len;
+}
+
+int params_sync_sql(const pgs_params *client, pgs_params **server, char *out, size_t cap)
+{
+    return sync_sql(client, server, NULL, false, out, cap);
+}
+
+int params_sync_sql_reset(const pgs_params *client, pgs_params **server,
+                          const pgs_params *baseline, char *out, size_t cap)
+{
+    return sync_sql(client, server, baseline, true, out, cap);
 }
 
 pgs_params *params_copy(const pgs_params *p)

@@ -22,6 +22,12 @@ void params_clear_extras(pgs_params *p);
  * look like the client's; updates *server to match.  Returns its length,
  * 0 when nothing differs, -1 when it does not fit in cap. */
 int params_sync_sql(const pgs_params *client, pgs_params **server, char *out, size_t cap);
+/* The same, starting with RESET ALL: also undoes what pgscale never saw
+ * (a set_config inside a function).  baseline holds the server's reported
+ * parameters as they were at its login, which is where RESET ALL takes
+ * them.  Never returns 0. */
+int params_sync_sql_reset(const pgs_params *client, pgs_params **server,
+                          const pgs_params *baseline, char *out, size_t cap);
 /* A private copy (settings and extras). */
 pgs_params *params_copy(const pgs_params *p);
 /* Shares p (copy on write: the functions taking pgs_params ** copy a

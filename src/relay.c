@@ -170,10 +170,10 @@ static bool track_prepared(const pgs_client *c)
  * At most max_pinned clients of a pool are pinned at once, so that pinned
  * clients cannot take every server; past it the statement is refused. */
 
-static const char *const pin_names[] = {"temp", "hold", "listen", "lock", "prepare"};
+static const char *const pin_names[] = {"temp", "hold", "listen", "lock", "prepare", "config"};
 static const char *const pin_what[] = {
     "a temporary table", "a WITH HOLD cursor", "LISTEN", "a session-level advisory lock",
-    "an SQL PREPARE"};
+    "an SQL PREPARE", "a set_config() whose setting pgscale cannot read from the statement"};
 
 void relay_pin_names(unsigned mask, char *buf, size_t n)
 {
@@ -349,6 +349,11 @@ static void skip_to_sync(pgs_server *sv)
     }
 }
 
+/* pending_set_kind of a SELECT whose set_config calls are recorded when it
+ * succeeds; pending_set_stmt then holds "name\0statement\0" for each call,
+ * then a final NUL. */
+#define PENDING_SET_CONFIG (-1)
+
 /* Forgets the SET/RESET waiting for its answer (recorded or not). */
 static void drop_pending_set(pgs_server *sv)
 {
@@ -370,6 +375,14 @@ static void apply_pending_set(pgs_server *sv, bool ok)
         case SQL_RESET:
             params_set_extra(&c->params, sv->pending_set_name, NULL);
             params_set_extra(&sv->params, sv->pending_set_name, NULL);
+            break;
+        case PENDING_SET_CONFIG:
+            for (const char *e = sv->pending_set_stmt; *e;) {
+                const char *stmt = e + strlen(e) + 1;
+                params_set_extra(&c->params, e, stmt);
+                params_set_extra(&sv->params, e, stmt);
+                e = stmt + strlen(stmt) + 1;
+            }
             break;
         case SQL_RESET_ALL:
         case SQL_DISCARD_ALL:
@@ -697,6 +710,7 @@ void relay_server_data(pgs_server *sv)
                 sv->restoring = false;
                 restored = true;
             }
+            if (internal) sv->resetting = false;
             if (h && (h->kind == EX_SYNC || h->kind == EX_QUERY || h->kind == EX_INTERNAL))
                 exq_pop(&sv->exq);
             sv->tx_status = status;
@@ -737,7 +751,10 @@ void relay_server_data(pgs_server *sv)
                 log_warn("S-%u: %s failed: %s", sv->id,
                          sv->restoring ? "restoring a client's settings" : "resetting",
                          f.message ? f.message : "?");
-                if (c && sv->restoring) {
+                /* (A RESET ALL sent alone, not waited for, ends the same
+                 * way; the client's requests behind it went already, and
+                 * the close rolls back what they left open.) */
+                if (c && (sv->restoring || sv->resetting)) {
                     /* The restore ran as one implicit transaction and was
                      * rolled back whole: this server still carries the
                      * previous client's settings, and none of the client's
@@ -1125,6 +1142,54 @@ static char *raise_sql(const char *msg)
     return sql;
 }
 
+/* Replies still owed to the client's earlier requests: a RESET ALL sent
+ * ahead of them (resetting) is not one of those, and its ReadyForQuery
+ * confirms no SET. */
+static bool owes_client(const pgs_server *sv)
+{
+    return sv->exq.count > (sv->resetting ? 1u : 0u);
+}
+
+/* A statement's session-level set_config calls with constant arguments,
+ * noted to be recorded like SETs when it succeeds outside a transaction
+ * block (apply_pending_set).  Each is replayed as a set_config of the same
+ * value literal, which restores exactly the value it set.  Returns false
+ * when there is nothing to record (reported parameters are followed from
+ * the server's ParameterStatus). */
+static bool note_set_configs(pgs_server *sv, const uint8_t *text, uint32_t tlen)
+{
+    sql_setcfg calls[SQLSCAN_SETCFG_MAX];
+    int n = sqlscan_set_configs((const char *)text, tlen, calls);
+    size_t cap = 1;
+    for (int i = 0; i < n; i++)
+        cap += 2 * strlen(calls[i].name) + calls[i].value_len + 64;
+    char *buf = pgs_xmalloc(cap), *o = buf;
+    for (int i = 0; i < n; i++) {
+        if (params_reported_index(calls[i].name) >= 0) continue;
+        size_t nl = strlen(calls[i].name);
+        memcpy(o, calls[i].name, nl + 1);
+        o += nl + 1;
+        o += sprintf(o, "SELECT pg_catalog.set_config(E'");
+        for (const char *q = calls[i].name; *q; q++) {
+            if (*q == '\'' || *q == '\\') *o++ = *q;
+            *o++ = *q;
+        }
+        o += sprintf(o, "', ");
+        memcpy(o, text + calls[i].value_off, calls[i].value_len);
+        o += calls[i].value_len;
+        o += sprintf(o, ", false)");
+        *o++ = '\0';
+    }
+    *o = '\0';
+    if (o == buf) {
+        free(buf);
+        return false;
+    }
+    sv->pending_set_kind = PENDING_SET_CONFIG;
+    sv->pending_set_stmt = buf;
+    return true;
+}
+
 static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text,
                               uint32_t tlen, char **raise)
 {
@@ -1141,9 +1206,20 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
      * next one: then that ReadyForQuery ('I', no error) proves it done.  In
      * any other case the pin stays (a pin kept too long only costs a
      * server connection). */
-    bool alone = idle && !info.multi && sv->exq.count == 0 && !sv->pending_set_kind &&
+    bool alone = idle && !info.multi && !owes_client(sv) && !sv->pending_set_kind &&
                  !sv->pending_unpin;
     unsigned unpin = 0;
+    /* Session-level set_config: carried like SET when the statement says
+     * what it sets and its own ReadyForQuery will confirm it; otherwise the
+     * client is pinned (with pinning off, server_reset_settings is what
+     * keeps the setting from the next client). */
+    unsigned config = 0;
+    if (info.config_session) {
+        if (info.config_unseen || !idle || owes_client(sv) || sv->pending_set_kind)
+            config = SQLSCAN_STATE_CONFIG;
+        else
+            (void)note_set_configs(sv, text, tlen);
+    }
     switch (info.kind) {
     case SQL_LISTEN:
         if (!pinning)
@@ -1209,7 +1285,7 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
     case SQL_SET:
     case SQL_RESET:
         if (idle && !info.multi && info.name[0] && params_reported_index(info.name) < 0 &&
-            (sv->exq.count > 0 || sv->pending_set_kind)) {
+            (owes_client(sv) || sv->pending_set_kind)) {
             /* Behind another request, its ReadyForQuery is not the next
              * one: which SET it confirms could not be told, and a
              * setting recorded on the wrong answer (or not at all) would
@@ -1230,13 +1306,14 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         break;
     case SQL_RESET_ALL:
     case SQL_DISCARD_ALL:
-        if (idle && (sv->exq.count > 0 || sv->pending_set_kind)) {
+        if (idle && (owes_client(sv) || sv->pending_set_kind)) {
             refuse = "a RESET ALL or DISCARD ALL sent before the previous query's result arrived "
                      "cannot be carried across pooled server connections; wait for that result "
                      "first";
             break;
         }
         if (idle) sv->pending_set_kind = info.kind; /* DISCARD ALL also unpins: apply_pending_set */
+        if (info.kind == SQL_RESET_ALL && alone) unpin = SQLSCAN_STATE_CONFIG;
         break;
     default:
         break;
@@ -1249,8 +1326,9 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         refuse = "session-level advisory locks (pg_advisory_lock) would stay held on a pooled "
                  "server connection after your transaction; use pg_advisory_xact_lock";
     if (!refuse && pinning) {
-        unsigned want = info.multi ? sqlscan_session_state((const char *)text, tlen)
-                                   : sqlscan_state_of(&info);
+        unsigned want = (info.multi ? sqlscan_session_state((const char *)text, tlen)
+                                    : sqlscan_state_of(&info)) |
+                        config;
         if (want & ~pin) {
             if (pin_add(c, want, "", &refuse_owned) < 0) refuse = refuse_owned;
         } else if (info.unlock_all && !info.session_lock && info.kind == SQL_OTHER && alone) {
@@ -1768,9 +1846,19 @@ void relay_link(pgs_client *c, pgs_server *sv)
     char stack_sql[4096], *sql = stack_sql;
     size_t cap = sizeof(stack_sql);
     int n;
+    /* server_reset_settings: a server that served someone else since this
+     * client last had it starts with RESET ALL, in the restore's own text,
+     * so that what pgscale could not see (a set_config inside a function)
+     * does not reach this client. */
+    bool reset = tx_mode(c) && cfg()->server_reset_settings == PGS_RESET_ALL &&
+                 sv->last_client && !(sv->last_client == c && c->last_server == sv);
+    sv->last_client = c;
+    c->last_server = sv;
     /* A client with many or long settings needs more room; the restore
      * must be whole, never cut short. */
-    while ((n = params_sync_sql(c->params, &sv->params, sql, cap)) < 0 && cap < RESTORE_MAX) {
+    while ((n = reset ? params_sync_sql_reset(c->params, &sv->params, sv->login_params, sql, cap)
+                      : params_sync_sql(c->params, &sv->params, sql, cap)) < 0 &&
+           cap < RESTORE_MAX) {
         if (sql != stack_sql) free(sql);
         cap *= 4;
         sql = pgs_xmalloc(cap);
@@ -1786,8 +1874,11 @@ void relay_link(pgs_client *c, pgs_server *sv)
     }
     if (n > 0) {
         /* The client's requests wait for the server's answer: if one
-         * setting is refused, none of them may run (see 'E' above). */
-        sv->restoring = true;
+         * setting is refused, none of them may run (see 'E' above).  A
+         * RESET ALL alone is not waited for (it cannot be refused on an
+         * idle server; if it failed anyway, the link ends at its 'E'). */
+        sv->restoring = !(reset && n == (int)strlen("RESET ALL;"));
+        sv->resetting = !sv->restoring;
         int rc = server_send_internal(sv, sql, (size_t)n);
         if (sql != stack_sql) free(sql);
         if (rc < 0) {
@@ -1831,8 +1922,10 @@ void relay_client_gone(pgs_client *c)
      * messages without their Sync (an implicit transaction that a Sync or
      * the next client's first query would commit): the server's state is
      * not provably clean, so it cannot serve anyone else.  Closing it makes
-     * PostgreSQL roll back whatever the client left open. */
-    bool busy = sv->exq.count > 0 || c->fwd_remaining > 0 || sv->s.wb.pending ||
+     * PostgreSQL roll back whatever the client left open.  (A RESET ALL of
+     * server_reset_settings still running is pgscale's own: the server
+     * goes back once it is answered.) */
+    bool busy = owes_client(sv) || c->fwd_remaining > 0 || sv->s.wb.pending ||
                 sv->fwd_remaining > 0 || sv->unsynced;
     if (busy) {
         server_close(sv, "client left with a request in progress");

@@ -93,6 +93,7 @@ static void free_server(uv_handle_t *h)
     io_buf_free(w, &sv->s);
     exq_free(&sv->exq);
     params_free(sv->params);
+    params_free(sv->login_params);
     stmt_set_free(sv->prepared);
     if (sv->scram) OPENSSL_cleanse(sv->scram, sizeof(*sv->scram)); /* holds the password */
     free(sv->scram);
@@ -690,6 +691,7 @@ static void login_data(pgs_server *sv)
             }
             pool_set_welcome(sv->pool->sh, sv->n_login_params, sv->login_names,
                              sv->login_values);
+            sv->login_params = params_copy(sv->params);
             free_login_params(sv);
             io_buf_release_if_empty(sv->w, &sv->s);
             log_debug("S-%u: logged in (backend pid %u)", sv->id, sv->backend_pid);

@@ -41,6 +41,7 @@ typedef struct lexer {
     bool after_semi, multi, lock;
     bool unlock_all;     /* pg_advisory_unlock_all seen */
     bool temp_object;    /* INTO TEMP or pg_temp. seen (see sqlscan.h) */
+    bool set_config;     /* the name set_config seen */
     bool on_commit_drop; /* set by classify_create */
     uint8_t prev;        /* what the previous token was, for the two-token patterns */
     uint32_t n_semis;    /* ';' tokens produced */
@@ -219,6 +220,12 @@ static bool is_unlock_all_func(const unsigned char *p, size_t n, bool fold)
     return fold ? eq_fold(p, f, n) : memcmp(p, f, n) == 0;
 }
 
+static bool is_name10(const unsigned char *p, size_t n, bool fold, const char *f)
+{
+    if (n != 10) return false;
+    return fold ? eq_fold(p, f, n) : memcmp(p, f, n) == 0;
+}
+
 enum { PREV_OTHER = 0, PREV_INTO, PREV_PG_TEMP };
 
 /* The two-token patterns behind temp_object: INTO {TEMP|TEMPORARY}
@@ -259,12 +266,14 @@ static token lex(lexer *lx)
         if (j == i + 1 && (c == 'e' || c == 'E') && j < len && s[j] == '\'') {
             t.kind = TK_LITERAL;
             lx->pos = skip_estring(s, len, j + 1);
+            t.n = lx->pos - i;
         } else {
             t.kind = TK_WORD;
             t.n = j - i;
             lx->pos = j;
             if (is_lock_func(s + i, t.n, true)) lx->lock = true;
             if (is_unlock_all_func(s + i, t.n, true)) lx->unlock_all = true;
+            if (is_name10(s + i, t.n, true, "set_config")) lx->set_config = true;
         }
     } else if (c == '"') {
         bool closed;
@@ -276,16 +285,20 @@ static token lex(lexer *lx)
         lx->pos = end;
         if (closed && is_lock_func(s + t.off, t.n, false)) lx->lock = true;
         if (closed && is_unlock_all_func(s + t.off, t.n, false)) lx->unlock_all = true;
+        if (closed && is_name10(s + t.off, t.n, false, "set_config")) lx->set_config = true;
     } else if (c == '\'') {
         bool closed;
         t.kind = TK_LITERAL;
         lx->pos = skip_quoted(s, len, i + 1, '\'', &closed);
+        t.n = lx->pos - i;
     } else if (c == '$' && skip_dollar_quote(s, len, i, &lx->pos)) {
         t.kind = TK_LITERAL;
+        t.n = lx->pos - i;
     } else if (c >= '0' && c <= '9') {
         size_t j = i + 1;
         while (j < len && ((s[j] >= '0' && s[j] <= '9') || s[j] == '.')) j++;
         t.kind = TK_LITERAL;
+        t.n = j - i;
         lx->pos = j;
     } else {
         t.kind = TK_PUNCT;
@@ -668,6 +681,20 @@ static bool has_advisory(const unsigned char *s, size_t n)
     return false;
 }
 
+/* Case-insensitive search for "set_config". */
+static bool has_set_config(const unsigned char *s, size_t n)
+{
+    size_t i = 3;
+    while (i + 7 <= n) {
+        const unsigned char *p = memchr(s + i, '_', n - 7 + 1 - i);
+        if (!p) return false;
+        i = (size_t)(p - s);
+        if (eq_fold(s + i - 3, "set_config", 10)) return true;
+        i++;
+    }
+    return false;
+}
+
 /* Case-insensitive search for "temp" (temporary, pg_temp): without it
  * neither INTO TEMP nor pg_temp. can be in the text. */
 static bool has_temp(const unsigned char *s, size_t n)
@@ -695,12 +722,245 @@ static void finish_flags(lexer *lx)
      * lexed when "advisory" is in it. */
     bool need_lock = (!lx->lock || !lx->unlock_all) && has_advisory(s + pos, len - pos);
     bool need_temp = !lx->temp_object && has_temp(s + pos, len - pos);
+    bool need_cfg = !lx->set_config && has_set_config(s + pos, len - pos);
 
     while ((need_multi && !lx->multi) || (need_lock && (!lx->lock || !lx->unlock_all)) ||
-           (need_temp && !lx->temp_object)) {
+           (need_temp && !lx->temp_object) || (need_cfg && !lx->set_config)) {
         token t = next(lx);
         if (t.kind == TK_END) break;
     }
+}
+
+/* ---------------------------------------------------------------------------
+ * set_config calls
+ *
+ * A session-level set_config(name, value, false) changes the session like
+ * SET does, so pgscale carries it the same way, but only when the text says
+ * exactly what it sets: a plain SELECT whose list items are whole calls
+ * with string-literal name and value and a constant is_local.  Anything
+ * less certain (a parameter, a nested or conditional call, a FROM clause
+ * that may run it any number of times) is reported as unseen.
+ * ------------------------------------------------------------------------- */
+
+/* The text of a string literal token (plain, E'' without backslashes, or
+ * dollar-quoted) into out[0..cap) with its NUL, lower-cased when fold
+ * (out NULL: only checked).  False when it is another kind of literal, is
+ * not closed, holds a NUL or does not fit. */
+static bool decode_string(const unsigned char *p, size_t n, char *out, size_t cap, bool fold)
+{
+    size_t o = 0;
+    if (n >= 2 && p[0] == '$') {
+        const unsigned char *tag_end = memchr(p + 1, '$', n - 1);
+        if (!tag_end) return false;
+        size_t tag = (size_t)(tag_end - p) + 1;
+        if (n < 2 * tag || memcmp(p, p + n - tag, tag) != 0) return false;
+        for (size_t k = tag; k < n - tag; k++) {
+            if (p[k] == '\0' || (out && o + 1 >= cap)) return false;
+            if (out) out[o] = (char)(fold ? ascii_lower(p[k]) : p[k]);
+            o++;
+        }
+        if (out) out[o] = '\0';
+        return true;
+    }
+    size_t k = 0;
+    if (n >= 1 && (p[0] == 'e' || p[0] == 'E')) {
+        if (memchr(p, '\\', n)) return false;
+        k = 1;
+    }
+    if (n < k + 2 || p[k] != '\'' || p[n - 1] != '\'') return false;
+    for (k++; k < n - 1; k++) {
+        unsigned char c = p[k];
+        if (c == '\'') {
+            if (k + 1 >= n - 1 || p[k + 1] != '\'') return false; /* not closed here */
+            k++;
+        }
+        if (c == '\0' || (out && o + 1 >= cap)) return false;
+        if (out) out[o] = (char)(fold ? ascii_lower(c) : c);
+        o++;
+    }
+    if (out) out[o] = '\0';
+    return true;
+}
+
+/* What PostgreSQL's boolin makes of a string: 1 true, 0 false, -1 neither. */
+static int text_bool(const char *v)
+{
+    while (is_space((unsigned char)*v)) v++;
+    size_t n = strlen(v);
+    while (n > 0 && is_space((unsigned char)v[n - 1])) n--;
+    if (n == 0) return -1;
+    static const struct {
+        const char *word;
+        size_t min;
+        int val;
+    } forms[] = {{"true", 1, 1}, {"false", 1, 0}, {"yes", 1, 1}, {"no", 1, 0},
+                 {"on", 2, 1},   {"off", 2, 0},   {"1", 1, 1},   {"0", 1, 0}};
+    for (size_t i = 0; i < PGS_ARRAY_LEN(forms); i++)
+        if (n >= forms[i].min && n <= strlen(forms[i].word) && strncmp(v, forms[i].word, n) == 0)
+            return forms[i].val;
+    return -1;
+}
+
+static bool is_clause_word(const lexer *lx, const token *t)
+{
+    static const char *const words[] = {"from",  "where",     "group",  "having", "window",
+                                        "limit", "offset",    "fetch",  "union",  "intersect",
+                                        "except", "into",     "for"};
+    if (t->kind != TK_WORD) return false;
+    for (size_t i = 0; i < PGS_ARRAY_LEN(words); i++)
+        if (kw_n(lx, t, words[i], strlen(words[i]))) return true;
+    return false;
+}
+
+typedef struct cfg_arg {
+    int ntok;      /* tokens in the argument */
+    token first;   /* its first token */
+} cfg_arg;
+
+enum { CFG_LOCAL, CFG_SESSION, CFG_UNKNOWN };
+
+/* is_local's argument: constant true (CFG_LOCAL), constant false or NULL
+ * (CFG_SESSION), or anything else (CFG_UNKNOWN). */
+static int cfg_scope(const lexer *lx, const cfg_arg *a)
+{
+    if (a->ntok != 1) return CFG_UNKNOWN;
+    const token *t = &a->first;
+    if (kw(lx, t, "true")) return CFG_LOCAL;
+    if (kw(lx, t, "false") || kw(lx, t, "null")) return CFG_SESSION;
+    char v[16];
+    if (t->kind != TK_LITERAL || !decode_string(lx->s + t->off, t->n, v, sizeof(v), true))
+        return CFG_UNKNOWN;
+    int b = text_bool(v);
+    return b == 1 ? CFG_LOCAL : b == 0 ? CFG_SESSION : CFG_UNKNOWN;
+}
+
+/* Walks the whole text.  *session: some call may set a session-level
+ * value; *unseen: one of them cannot be recorded.  The calls that can go
+ * to out[] (when out is not NULL); returns how many. */
+static int scan_configs(const char *sql, size_t len, sql_setcfg *out, bool *session,
+                        bool *unseen)
+{
+    lexer lx = {.s = (const unsigned char *)sql, .len = sql ? len : 0};
+    int n = 0;
+    *session = *unseen = false;
+    token t = next(&lx);
+    bool select = kw(&lx, &t, "select");
+    bool clause = false;    /* FROM, WHERE, UNION ... at depth 0 */
+    int depth = 0;          /* parentheses, brackets and CASE ... END */
+    bool item_start = select;
+    int qual = 0;           /* 1: pg_catalog, 2: pg_catalog '.', 3: other '.' */
+    bool qual_item_start = false;
+    int after = 0;          /* after a call: 1, 2 (AS), 3 (alias) */
+    if (select) t = next(&lx);
+    for (; t.kind != TK_END; t = next(&lx)) {
+        if (after) {
+            bool end = is_stmt_end(&t) || (is_punct(&t, ',') && depth == 0);
+            if ((after == 1 || after == 3) && end)
+                after = 0;
+            else if (after == 1 && kw(&lx, &t, "as"))
+                after = 2;
+            else if ((after == 1 || after == 2) && is_ident(&t) && !is_clause_word(&lx, &t))
+                after = 3;
+            else {
+                after = 0;
+                *unseen = true;
+            }
+        }
+        bool at_item = item_start;
+        item_start = false;
+        int q = qual;
+        qual = 0;
+        if (is_punct(&t, ';')) {
+            /* what follows makes the text multi: judged at the end */
+            select = false;
+            continue;
+        }
+        if (is_punct(&t, '(') || is_punct(&t, '[') || kw(&lx, &t, "case")) {
+            depth++;
+            continue;
+        }
+        if (is_punct(&t, ')') || is_punct(&t, ']') || kw(&lx, &t, "end")) {
+            if (depth > 0) depth--;
+            continue;
+        }
+        if (is_punct(&t, ',')) {
+            item_start = depth == 0;
+            continue;
+        }
+        if (depth == 0 && is_clause_word(&lx, &t)) clause = true;
+        if (t.kind == TK_WORD || t.kind == TK_QIDENT) {
+            const unsigned char *p = lx.s + t.off;
+            bool fold = t.kind == TK_WORD;
+            if (!t.bad && is_name10(p, t.n, fold, "pg_catalog") && is_punct(peek(&lx), '.')) {
+                qual = 1;
+                qual_item_start = at_item;
+                continue;
+            }
+            if (t.bad || !is_name10(p, t.n, fold, "set_config")) continue;
+        } else if (is_punct(&t, '.')) {
+            qual = q == 1 ? 2 : 3;
+            continue;
+        } else {
+            continue;
+        }
+        /* the name set_config */
+        if (!is_punct(peek(&lx), '(')) continue; /* a column or such */
+        (void)next(&lx);
+        cfg_arg args[3] = {{0}};
+        int nargs = 0, d = 0;
+        bool nested = false, closed = false, extra = false;
+        for (;;) {
+            token a = next(&lx);
+            if (is_stmt_end(&a)) break;
+            if (d == 0 && is_punct(&a, ')')) {
+                closed = true;
+                break;
+            }
+            if (d == 0 && is_punct(&a, ',')) {
+                if (++nargs >= 3) extra = true;
+                continue;
+            }
+            if (is_punct(&a, '(') || is_punct(&a, '[') || kw(&lx, &a, "case")) d++;
+            if ((is_punct(&a, ')') || is_punct(&a, ']') || kw(&lx, &a, "end")) && d > 0) d--;
+            if ((a.kind == TK_WORD || a.kind == TK_QIDENT) && !a.bad &&
+                is_name10(lx.s + a.off, a.n, a.kind == TK_WORD, "set_config"))
+                nested = true;
+            if (!extra && nargs < 3 && args[nargs].ntok++ == 0) args[nargs].first = a;
+        }
+        if (closed && !extra) nargs++;
+        int scope = closed && !extra && nargs == 3 && q != 3 ? cfg_scope(&lx, &args[2])
+                                                              : CFG_UNKNOWN;
+        if (scope == CFG_LOCAL && !nested) continue;
+        *session = true;
+        bool whole_item = select && depth == 0 && (q == 2 ? qual_item_start : q == 0 && at_item);
+        char name[SQLSCAN_NAME_MAX];
+        const token *nt = &args[0].first, *vt = &args[1].first;
+        bool consts = args[0].ntok == 1 && args[1].ntok == 1 && nt->kind == TK_LITERAL &&
+                      vt->kind == TK_LITERAL &&
+                      decode_string(lx.s + nt->off, nt->n, name, sizeof(name), true) && name[0] &&
+                      /* a valid string, whatever its length: it is replayed as written */
+                      decode_string(lx.s + vt->off, vt->n, NULL, 0, false);
+        if (scope != CFG_SESSION || nested || !whole_item || !consts || n == SQLSCAN_SETCFG_MAX) {
+            *unseen = true;
+            continue;
+        }
+        if (out) {
+            memcpy(out[n].name, name, sizeof(name));
+            out[n].value_off = vt->off;
+            out[n].value_len = vt->n;
+        }
+        n++;
+        after = 1;
+    }
+    if (after == 2) *unseen = true; /* "AS" and nothing */
+    if (*session && (clause || lx.multi)) *unseen = true;
+    return *unseen ? 0 : n;
+}
+
+int sqlscan_set_configs(const char *sql, size_t len, sql_setcfg *out)
+{
+    bool session, unseen;
+    return scan_configs(sql, len, out, &session, &unseen);
 }
 
 void sqlscan_classify(const char *sql, size_t len, sql_info *out)
@@ -715,6 +975,8 @@ void sqlscan_classify(const char *sql, size_t len, sql_info *out)
         out->name[0] = '\0';
 
     finish_flags(&lx);
+    out->config_session = out->config_unseen = false;
+    if (lx.set_config) (void)scan_configs(sql, len, NULL, &out->config_session, &out->config_unseen);
     out->kind = kind;
     out->multi = lx.multi;
     out->session_lock = lx.lock;
@@ -738,7 +1000,8 @@ unsigned sqlscan_state_of(const sql_info *info)
 {
     return state_of(info->kind, info->on_commit_drop) |
            (info->session_lock ? SQLSCAN_STATE_LOCK : 0u) |
-           (info->temp_object ? SQLSCAN_STATE_TEMP : 0u);
+           (info->temp_object ? SQLSCAN_STATE_TEMP : 0u) |
+           (info->config_unseen ? SQLSCAN_STATE_CONFIG : 0u);
 }
 
 /* Several statements: one pass of the lexer over the whole text, each
@@ -750,7 +1013,8 @@ unsigned sqlscan_session_state(const char *sql, size_t len)
      * tests already tell. */
     sql_info info;
     sqlscan_classify(sql, len, &info);
-    if (!info.multi) return sqlscan_state_of(&info);
+    unsigned config = info.config_session ? SQLSCAN_STATE_CONFIG : 0u;
+    if (!info.multi) return sqlscan_state_of(&info) | config;
 
     lexer lx = {.s = (const unsigned char *)sql, .len = sql ? len : 0};
     unsigned m = 0;
@@ -771,7 +1035,7 @@ unsigned sqlscan_session_state(const char *sql, size_t len)
     }
     if (lx.lock) m |= SQLSCAN_STATE_LOCK;
     if (lx.temp_object) m |= SQLSCAN_STATE_TEMP;
-    return m;
+    return m | config;
 }
 
 size_t sqlscan_next_statement(const char *sql, size_t len)

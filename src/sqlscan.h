@@ -52,12 +52,38 @@ typedef struct sql_info {
     bool unlock_all;
     /* SQL_CREATE_TEMP: the statement says ON COMMIT DROP. */
     bool on_commit_drop;
+    /* The text may call set_config(name, value, is_local) with is_local
+     * other than the constant true: a session-level setting.  Unquoted
+     * set_config or "set_config", with or without pg_catalog., outside
+     * quotes and comments; a call inside a function body is not seen. */
+    bool config_session;
+    /* ... and for one of those calls pgscale cannot know what it sets: an
+     * argument that is not a string literal (a parameter, a column, an
+     * expression), an is_local that is not a constant, a call that is not
+     * a whole item of a plain SELECT list (nested, conditional, in a
+     * statement with FROM or WHERE, in INSERT ...), another schema's
+     * set_config, more than SQLSCAN_SETCFG_MAX calls, or several
+     * statements in the text.  When config_session is set and this is not,
+     * sqlscan_set_configs() lists what the statement sets. */
+    bool config_unseen;
     /* The text may create a temporary object without starting with CREATE
      * TEMP: SELECT ... INTO {TEMP|TEMPORARY}, or a name qualified with the
      * pg_temp schema (CREATE TABLE pg_temp.t ...).  Outside quotes and
      * comments; a false positive only costs a pinned client. */
     bool temp_object;
 } sql_info;
+
+/* One session-level set_config call with constant arguments. */
+#define SQLSCAN_SETCFG_MAX 8
+typedef struct sql_setcfg {
+    char name[SQLSCAN_NAME_MAX];  /* the setting's name, lower-cased */
+    size_t value_off, value_len;  /* the value's string literal, as written in the text */
+} sql_setcfg;
+
+/* The session-level set_config calls of a text classified with
+ * config_session set and config_unseen clear, in text order, into out[]
+ * (room for SQLSCAN_SETCFG_MAX); returns how many. */
+int sqlscan_set_configs(const char *sql, size_t len, sql_setcfg *out);
 
 /* Classifies the first statement of sql[0..len).  Leading blanks, "--" and
  * nested block comments are skipped.  Never reads past len; sql need not be
@@ -78,17 +104,22 @@ enum {
     SQLSCAN_STATE_LISTEN = 1 << 2,  /* LISTEN */
     SQLSCAN_STATE_LOCK = 1 << 3,    /* session-level advisory lock */
     SQLSCAN_STATE_PREPARE = 1 << 4, /* SQL PREPARE */
-    SQLSCAN_STATE_ALL = (1 << 5) - 1,
+    SQLSCAN_STATE_CONFIG = 1 << 5,  /* a session-level set_config pgscale cannot carry */
+    SQLSCAN_STATE_ALL = (1 << 6) - 1,
 };
 
 /* The session state every statement of sql[0..len) may create (0: none).
  * A CREATE TEMP ... ON COMMIT DROP creates none: the object ends with the
- * transaction.  Errs on the side of a reason: pinning a client that did
+ * transaction.  Any session-level set_config counts (SQLSCAN_STATE_CONFIG):
+ * this is what Parse texts and multi-statement queries are judged by, and
+ * their settings cannot be recorded.  Errs on the side of a reason: pinning a client that did
  * not need it only costs a server connection, missing one hands another
  * client a server carrying someone's state. */
 unsigned sqlscan_session_state(const char *sql, size_t len);
 /* The same for a text already classified into *info, when info->multi is
- * false (one statement: nothing is scanned again). */
+ * false (one statement: nothing is scanned again), run as a simple query:
+ * a set_config counts only when config_unseen (the others can be recorded
+ * from the text). */
 unsigned sqlscan_state_of(const sql_info *info);
 
 #endif

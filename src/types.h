@@ -169,6 +169,7 @@ struct pgs_client {
     pgs_worker *w;
     pgs_pool *pool;
     pgs_server *server;       /* linked server, if any */
+    const pgs_server *last_server; /* the last one linked; only compared (relay_link) */
     uint32_t id;
     _Atomic int state;
     _Atomic uint32_t server_id;   /* for SHOW CLIENTS */
@@ -268,10 +269,17 @@ struct pgs_server {
      * previous client's settings.  The restore is an EX_INTERNAL entry in
      * exq, so a restoring server is never idle by the queue alone. */
     bool restoring;
+    /* A RESET ALL (server_reset_settings) was sent ahead of the client's
+     * requests, without waiting for it: its failure ends the link. */
+    bool resetting;
     uint64_t connect_us, last_used_us, login_start_us;
     uint64_t cancelled_us;    /* when a cancel request was last sent for it */
     pgs_expect_q exq;
     pgs_params *params;       /* settings currently in effect on the server */
+    pgs_params *login_params; /* its reported parameters right after login (RESET ALL's) */
+    /* The client it served last; only compared, never followed (with the
+     * client's last_server, it tells that no one else used it since). */
+    const pgs_client *last_client;
     pgs_stmt_set *prepared;   /* statements prepared on this server */
     struct scram_client *scram; /* during SCRAM login only */
     int n_login_params;       /* ParameterStatus seen during login */

@@ -40,6 +40,9 @@ void harness_start(const harness_opts *o)
     if (o->pool_timeout_ms) cfg.pool_timeout_ms = o->pool_timeout_ms;
     cfg.overflow_idle_timeout_ms = o->overflow_idle_timeout_ms;
     cfg.server_tls.sslmode = PGS_SSLMODE_DISABLE;
+    /* the scripted servers answer only what each test sends (the reset
+     * between clients is tested against PostgreSQL) */
+    cfg.server_reset_settings = PGS_RESET_OFF;
     /* the pool and relay are under test, not client authentication */
     cfg.auth.type = PGS_AUTH_TRUST;
     cfg.auth.type_set = true;

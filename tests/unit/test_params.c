@@ -524,6 +524,42 @@ static void test_set_extra_replaces_and_null_removes(void **state)
     params_free(p);
 }
 
+/* RESET ALL first; reported values compared with the server's login values
+ * (where RESET ALL takes them), every extra of the client replayed, the
+ * server's own extras still reset (role survives RESET ALL). */
+static void test_sync_reset_all_compares_with_login_values(void **state)
+{
+    (void)state;
+    pgs_params *client = NULL, *server = NULL, *login = NULL;
+    params_set(&login, "TimeZone", "UTC");
+    params_set(&login, "application_name", "");
+    params_set(&server, "TimeZone", "UTC");
+    params_set(&server, "application_name", "other");
+    params_set_extra(&server, "role", "SET ROLE admin");
+    params_set_extra(&server, "app.tenant", "SET app.tenant = 'B'");
+    params_set(&client, "TimeZone", "UTC");
+    params_set(&client, "application_name", "other");
+    params_set_extra(&client, "app.tenant", "SELECT pg_catalog.set_config(E'app.tenant', 'A', false)");
+    char out[1024];
+    int n = params_sync_sql_reset(client, &server, login, out, sizeof(out));
+    assert_true(n > 0);
+    assert_string_equal(out, "RESET ALL;SELECT pg_catalog.set_config(E'application_name', "
+                             "E'other', false);RESET ROLE;"
+                             "SELECT pg_catalog.set_config(E'app.tenant', 'A', false);");
+    /* the server now looks like the client */
+    sync_expect(client, &server, "");
+    /* nothing of the client's own: the reset alone */
+    pgs_params *bare = NULL;
+    params_set(&bare, "TimeZone", "UTC");
+    n = params_sync_sql_reset(bare, &server, login, out, sizeof(out));
+    assert_int_equal(n, 10);
+    assert_string_equal(out, "RESET ALL;");
+    params_free(bare);
+    params_free(client);
+    params_free(server);
+    params_free(login);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -542,6 +578,7 @@ int main(void)
         cmocka_unit_test(test_sync_replaces_differing_extra_without_reset),
         cmocka_unit_test(test_sync_resets_extra_client_lacks),
         cmocka_unit_test(test_sync_resets_role),
+        cmocka_unit_test(test_sync_reset_all_compares_with_login_values),
         cmocka_unit_test(test_sync_resets_transaction_characteristics),
         cmocka_unit_test(test_sync_reset_doubles_double_quote_in_name),
         cmocka_unit_test(test_sync_order_select_then_resets_then_sets),

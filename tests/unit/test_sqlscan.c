@@ -642,6 +642,119 @@ static void test_every_prefix_of_statements_is_safe(void **state)
     }
 }
 
+/* ---- set_config ---- */
+
+/* cfg: 0 no session call, 1 recordable, 2 unseen */
+static void expect_cfg(const char *text, int cfg)
+{
+    sql_info info = scan(text);
+    int got = !info.config_session ? 0 : info.config_unseen ? 2 : 1;
+    if (got != cfg) fail_msg("\"%s\": set_config class %d, want %d", text, got, cfg);
+    if (cfg == 2) assert_true(sqlscan_state_of(&info) & SQLSCAN_STATE_CONFIG);
+    else assert_false(sqlscan_state_of(&info) & SQLSCAN_STATE_CONFIG);
+    /* a Parse text or a multi-statement query cannot be recorded */
+    bool state = sqlscan_session_state(text, strlen(text)) & SQLSCAN_STATE_CONFIG;
+    assert_int_equal(state, cfg != 0);
+}
+
+/* The calls of a recordable text: "name=value literal;..." */
+static void expect_calls(const char *text, const char *want)
+{
+    size_t len = strlen(text);
+    char *copy = malloc(len);
+    assert_non_null(copy);
+    memcpy(copy, text, len);
+    sql_setcfg calls[SQLSCAN_SETCFG_MAX];
+    int n = sqlscan_set_configs(copy, len, calls);
+    char got[512] = "";
+    size_t g = 0;
+    for (int i = 0; i < n; i++)
+        g += (size_t)snprintf(got + g, sizeof(got) - g, "%s=%.*s;", calls[i].name,
+                              (int)calls[i].value_len, copy + calls[i].value_off);
+    free(copy);
+    if (strcmp(got, want) != 0) fail_msg("\"%s\": calls \"%s\", want \"%s\"", text, got, want);
+}
+
+static void test_set_config_constant_session_calls_recorded(void **state)
+{
+    (void)state;
+    expect_cfg("SELECT set_config('app.tenant', '42', false)", 1);
+    expect_calls("SELECT set_config('app.tenant', '42', false)", "app.tenant='42';");
+    expect_calls("select SET_CONFIG('App.Tenant', 'A b', FALSE);", "app.tenant='A b';");
+    expect_calls("SELECT pg_catalog.set_config('a.b', $$x'y$$, 'f') AS r",
+                 "a.b=$$x'y$$;");
+    expect_calls("SELECT \"set_config\"('a.b', E'it''s', 'off') r, "
+                 "set_config('c.d', '', NULL), set_config('e.f', 'v', 'no')",
+                 "a.b=E'it''s';c.d='';e.f='v';");
+    expect_calls("/* c */ SELECT set_config('search_path', 'a, \"B\"', false) ;  ",
+                 "search_path='a, \"B\"';");
+    expect_calls("SELECT 1, set_config('x.y', 'z', false), now()", "x.y='z';");
+}
+
+static void test_set_config_local_needs_nothing(void **state)
+{
+    (void)state;
+    expect_cfg("SELECT set_config('app.tenant', '42', true)", 0);
+    expect_cfg("SELECT set_config($1, $2, true)", 0);
+    expect_cfg("SELECT set_config('a.b', 'c', 'on'), set_config('a.c', 'd', ' t ')", 0);
+    expect_cfg("SELECT 'set_config(''a.b'', ''c'', false)' -- set_config('a','b',false)", 0);
+    expect_cfg("SELECT set_config FROM t", 0);
+    expect_cfg("SELECT 1", 0);
+}
+
+static void test_set_config_not_constant_is_unseen(void **state)
+{
+    (void)state;
+    expect_cfg("SELECT set_config($1, $2, false)", 2);
+    expect_cfg("SELECT set_config('a.b', $1, false)", 2);
+    expect_cfg("SELECT set_config('a.b', 'c', $1)", 2);
+    expect_cfg("SELECT set_config('a.b', v, false) FROM t", 2);
+    expect_cfg("SELECT set_config('a.b', 'c', false) FROM t", 2);
+    expect_cfg("SELECT set_config('a.b', 'c', false) WHERE false", 2);
+    expect_cfg("SELECT set_config('a.b', 'c' || 'd', false)", 2);
+    expect_cfg("SELECT set_config('a.b', E'c\\\\d', false)", 2);
+    expect_cfg("SELECT set_config('a.b', 'c', false)::text", 2);
+    expect_cfg("SELECT coalesce(set_config('a.b', 'c', false), 'x')", 2);
+    expect_cfg("SELECT CASE WHEN x THEN set_config('a.b', 'c', false) END", 2);
+    expect_cfg("SELECT false AND set_config('a.b', 'c', false) = ''", 2);
+    expect_cfg("SELECT set_config('a.b', set_config('c.d', 'e', false), true)", 2);
+    expect_cfg("SELECT myschema.set_config('a.b', 'c', true)", 2);
+    expect_cfg("INSERT INTO t VALUES (set_config('a.b', 'c', false))", 2);
+    expect_cfg("WITH x AS (SELECT 1) SELECT set_config('a.b', 'c', false)", 2);
+    expect_cfg("SELECT set_config('a.b', 'c', false); SELECT 1", 2);
+    expect_cfg("SELECT 1; SELECT set_config('a.b', 'c', false)", 2);
+    expect_cfg("SELECT set_config('a.b', 'c')", 2);
+    expect_cfg("SELECT set_config('a.b', 'c', false, 1)", 2);
+    expect_cfg("SELECT set_config('a.b', 'c', false", 2);
+    expect_cfg("SELECT set_config('a.b', 'c', 'maybe')", 2);
+    expect_cfg("SELECT DISTINCT set_config('a.b', 'c', false)", 2);
+    /* nine calls: more than are recorded */
+    expect_cfg("SELECT set_config('a.a','1',false), set_config('a.b','1',false), "
+               "set_config('a.c','1',false), set_config('a.d','1',false), "
+               "set_config('a.e','1',false), set_config('a.f','1',false), "
+               "set_config('a.g','1',false), set_config('a.h','1',false), "
+               "set_config('a.i','1',false)", 2);
+}
+
+static void test_set_config_every_prefix_is_safe(void **state)
+{
+    (void)state;
+    const char *text = "SELECT pg_catalog.set_config('a.b', $q$c$q$, false) AS x, "
+                       "set_config(E'd.e', 'f''g', NULL)";
+    size_t len = strlen(text);
+    for (size_t n = 0; n <= len; n++) {
+        sql_info info = scan_n(text, n);
+        (void)info;
+        char *copy = malloc(n ? n : 1);
+        memcpy(copy, text, n);
+        sql_setcfg calls[SQLSCAN_SETCFG_MAX];
+        int k = sqlscan_set_configs(copy, n, calls);
+        assert_true(k >= 0 && k <= 2);
+        for (int i = 0; i < k; i++) assert_true(calls[i].value_off + calls[i].value_len <= n);
+        free(copy);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -681,6 +794,10 @@ int main(void)
         cmocka_unit_test(test_nul_bytes_are_ordinary_bytes),
         cmocka_unit_test(test_name_of_63_bytes_kept_64_rejected),
         cmocka_unit_test(test_every_prefix_of_statements_is_safe),
+        cmocka_unit_test(test_set_config_constant_session_calls_recorded),
+        cmocka_unit_test(test_set_config_local_needs_nothing),
+        cmocka_unit_test(test_set_config_not_constant_is_unseen),
+        cmocka_unit_test(test_set_config_every_prefix_is_safe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
