@@ -328,23 +328,33 @@ static void seq_pin(pgs_client *c)
     "connections: the value could be another one than this session's last; use INSERT ... "   \
     "RETURNING, or session mode"
 
+static void seq_forget(pgs_client *c, pgs_server *sv, bool discarded);
+
 /* A statement using sequence state (`use`: SQLSCAN_SEQ_*) is about to run
- * on sv: NULL when it may (the bookkeeping is done), else why not. */
+ * on sv: NULL when it may (the bookkeeping is done), else why not.  After a
+ * refusal the client's sequence state starts over, as after DISCARD
+ * SEQUENCES: its values are on server connections that other clients use
+ * now, and starting over makes its next insert and read exact again
+ * (otherwise currval() would stay refused for good). */
 static const char *seq_use(pgs_client *c, pgs_server *sv, unsigned use)
 {
     if (!use) return NULL;
-    bool here = c->seq_run == 0 || c->seq_run == sv->seq_run;
+    /* after a refusal, reads stay refused until the next statement that
+     * may call nextval: the values the client expects are gone */
+    bool here = !c->seq_lost && (c->seq_run == 0 || c->seq_run == sv->seq_run);
     if (use & (SQLSCAN_SEQ_LASTVAL | SQLSCAN_SEQ_CURRVAL)) {
         c->seq_reader = true;
-        if (!here) {
+        if (!here || ((use & SQLSCAN_SEQ_CURRVAL) && c->seq_split)) {
             log_debug("C-%u: lastval()/currval() refused: its sequence values are not on S-%u",
                       c->id, sv->id);
-            return SEQ_REFUSE_OTHER;
+            seq_forget(c, sv, false);
+            c->seq_lost = true;
+            return here ? SEQ_REFUSE_SPLIT : SEQ_REFUSE_OTHER;
         }
-        if ((use & SQLSCAN_SEQ_CURRVAL) && c->seq_split) return SEQ_REFUSE_SPLIT;
         seq_pin(c);
     }
     if (use & SQLSCAN_SEQ_NEXT) {
+        c->seq_lost = false;
         if (c->seq_run && c->seq_run != sv->seq_run) c->seq_split = true;
         c->seq_run = sv->seq_run;
         sv->seq_dirty = true;
@@ -353,11 +363,25 @@ static const char *seq_use(pgs_client *c, pgs_server *sv, unsigned use)
     return NULL;
 }
 
-/* The client's sequence state is gone (DISCARD SEQUENCES or ALL ran). */
-static void seq_forget(pgs_client *c)
+/* The client's sequence state starts over: DISCARD SEQUENCES or ALL ran
+ * on sv (`discarded`), or a read of it was refused.  The client takes a new
+ * identity, so that every server holding its old values starts a new run
+ * (with DISCARD SEQUENCES) when it next serves it; sv too, unless it just
+ * discarded them itself. */
+static void seq_forget(pgs_client *c, pgs_server *sv, bool discarded)
 {
+    c->seq_uid = seq_new_id();
     c->seq_run = 0;
-    c->seq_split = false;
+    c->seq_split = c->seq_lost = false;
+    if (!sv) return;
+    if (discarded) {
+        sv->seq_owner = c->seq_uid;
+        sv->seq_run = seq_new_id();
+        sv->seq_dirty = false;
+    } else {
+        sv->seq_owner = 0;
+        sv->seq_dirty = true;
+    }
 }
 
 static void stats_add(_Atomic uint64_t *ctr, uint64_t v)
@@ -472,7 +496,7 @@ static void apply_pending_set(pgs_server *sv, bool ok)
                 stmt_set_clear(sv->prepared);
                 stmt_map_clear(c->stmts); /* the client's own are gone too */
                 pin_drop(c, SQLSCAN_STATE_ALL); /* and every kind of session state */
-                seq_forget(c);
+                seq_forget(c, sv, true);
             }
             break;
         default:
@@ -800,7 +824,7 @@ void relay_server_data(pgs_server *sv)
                 sv->pending_unpin = 0;
             }
             if (sv->pending_seq_reset && was_query) {
-                if (c && !sv->query_failed && status == 'I') seq_forget(c);
+                if (c && !sv->query_failed && status == 'I') seq_forget(c, sv, true);
                 sv->pending_seq_reset = false;
             }
             sv->query_failed = false;

@@ -193,10 +193,11 @@ struct pgs_client {
      * seq_run is the server run (see pgs_server) of its last statement
      * that may have called nextval (0: none since login or DISCARD);
      * seq_split: such statements ran in more than one run; seq_reader: it
-     * has called lastval()/currval(); unnamed_seq: SQLSCAN_SEQ_* of its
-     * unnamed prepared statement. */
+     * has called lastval()/currval(); seq_lost: a read was refused and no
+     * statement that may call nextval followed yet; unnamed_seq:
+     * SQLSCAN_SEQ_* of its unnamed prepared statement. */
     uint64_t seq_uid, seq_run;
-    bool seq_split, seq_reader;
+    bool seq_split, seq_reader, seq_lost;
     uint8_t unnamed_seq;
     uint8_t close_reason_set;
     uint64_t connect_us, wait_start_us, active_us, xact_start_us, query_start_us;
