@@ -432,9 +432,25 @@ static bool server_too_old(const pgs_server *sv)
     return before && sv->connect_us < before;
 }
 
+/* The idle server that still holds the client's sequence values (the run
+ * of its last statement that may have called nextval: relay.c, "sequence
+ * state") goes first, so that a lastval() that follows finds them. */
+static void prefer_own_run(pgs_pool *p, const pgs_client *c)
+{
+    if (!c->seq_run || c->pool_mode != PGS_POOL_TRANSACTION) return;
+    for (pgs_list *it = p->idle.next; it != &p->idle; it = it->next) {
+        pgs_server *sv = list_entry(it, pgs_server, node);
+        if (sv->seq_run != c->seq_run) continue;
+        list_del(&sv->node);
+        list_add_head(&p->idle, &sv->node);
+        return;
+    }
+}
+
 void pool_checkout(pgs_pool *p, pgs_client *c)
 {
     uint64_t now = pgs_now_us();
+    prefer_own_run(p, c);
     /* paused: queue; RESUME serves the queue */
     pgs_list *it = is_paused(p) ? &p->idle : p->idle.next;
     while (it != &p->idle) {

@@ -101,6 +101,7 @@ pgs_stmt *stmt_intern(pgs_stmt_tab *t, const uint8_t *body, uint32_t len)
     const uint8_t *nul = memchr(body, '\0', len);
     st->state = (uint8_t)sqlscan_session_state((const char *)body,
                                                nul ? (size_t)(nul - body) : len);
+    st->seq = (uint8_t)sqlscan_sequence_use((const char *)body, nul ? (size_t)(nul - body) : len);
     htab_insert(&t->h, &st->hnode);
     return st;
 }

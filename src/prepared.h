@@ -39,6 +39,7 @@ struct pgs_stmt {
     char srv_name[STMT_SRV_NAME_LEN]; /* "pgs_" + id */
     uint8_t local;                    /* enum stmt_local */
     uint8_t state;                    /* SQLSCAN_STATE_* its text creates (pinning) */
+    uint8_t seq;                      /* SQLSCAN_SEQ_* (sequence state it uses) */
     uint32_t refs;
     uint32_t body_len;
     uint8_t *body;   /* Parse body after the name: query\0 int16 n, n x int32 */

@@ -170,10 +170,12 @@ static bool track_prepared(const pgs_client *c)
  * At most max_pinned clients of a pool are pinned at once, so that pinned
  * clients cannot take every server; past it the statement is refused. */
 
-static const char *const pin_names[] = {"temp", "hold", "listen", "lock", "prepare", "config"};
+static const char *const pin_names[] = {"temp", "hold", "listen", "lock", "prepare", "config",
+                                        "sequence"};
 static const char *const pin_what[] = {
     "a temporary table", "a WITH HOLD cursor", "LISTEN", "a session-level advisory lock",
-    "an SQL PREPARE", "a set_config() whose setting pgscale cannot read from the statement"};
+    "an SQL PREPARE", "a set_config() whose setting pgscale cannot read from the statement",
+    "lastval()/currval()"};
 
 void relay_pin_names(unsigned mask, char *buf, size_t n)
 {
@@ -265,6 +267,122 @@ void relay_unpin_all(pgs_client *c)
 static bool releases_server(const pgs_client *c)
 {
     return tx_mode(c) && !pin_of(c);
+}
+
+/* ---------- sequence state ----------
+ *
+ * nextval() leaves the session's last value behind for lastval() and
+ * currval(); in transaction mode "the session" is whichever server
+ * connection ran the statement.  Rather than pin every client that
+ * inserts, pgscale keeps two facts and decides when a statement reads the
+ * state:
+ *
+ * - A server's sequence values belong to one client at a time.  Each time
+ *   a server passes to a client other than the last one, it starts a new
+ *   run (a process-unique number), and when a statement that may have
+ *   called nextval ran in the previous run, DISCARD SEQUENCES goes ahead
+ *   of the new client's requests (pipelined: no round trip).  So a server
+ *   linked to a client never holds another client's sequence values.
+ * - Each client remembers the run of its last statement that may have
+ *   called nextval (sqlscan_sequence_use: writes, nextval, functions not
+ *   known to be harmless), and whether such statements ran in several
+ *   runs.
+ *
+ * lastval() is then exact when that run is the server's current run (or
+ * the client never ran such a statement: the server's state is empty, as
+ * the session's would be); currval() when, in addition, all of them ran
+ * in that run (otherwise the sequence it names may have been used last in
+ * another run).  Anything else is refused with 0A000.  A client that reads
+ * the state is pinned (reason "sequence") -- at once when the read is
+ * exact, else at its next statement that may call nextval -- so that from
+ * then on its statements stay in one run.  A pin for this reason is only
+ * taken within max_pinned and while at least one server of the pool stays
+ * unpinned; without it the client carries on as above.  pool_checkout
+ * gives a client the server of its run when that one is idle. */
+
+static _Atomic uint64_t seq_ids = 1;
+
+static uint64_t seq_new_id(void)
+{
+    return atomic_fetch_add_explicit(&seq_ids, 1, memory_order_relaxed);
+}
+
+static int pin_add(pgs_client *c, unsigned want, const char *prefix, char **refusal);
+
+static void seq_pin(pgs_client *c)
+{
+    if (!pinning_on(c) || (pin_of(c) & SQLSCAN_STATE_SEQUENCE)) return;
+    pgs_pool_shared *sh = c->pool->sh;
+    if (!pin_of(c)) {
+        int n = atomic_load(&sh->pinned);
+        if (n >= atomic_load(&sh->max_pinned) || n + 1 >= atomic_load(&sh->pool_size)) return;
+    }
+    char *msg = NULL;
+    if (pin_add(c, SQLSCAN_STATE_SEQUENCE, "", &msg) < 0) free(msg); /* raced: stay unpinned */
+}
+
+#define SEQ_REFUSE_OTHER                                                                        \
+    "lastval()/currval() after another client used the server connection: the value would "   \
+    "be another session's; use INSERT ... RETURNING, or session mode"
+#define SEQ_REFUSE_SPLIT                                                                        \
+    "currval() after this session's earlier sequence values were made on other server "       \
+    "connections: the value could be another one than this session's last; use INSERT ... "   \
+    "RETURNING, or session mode"
+
+static void seq_forget(pgs_client *c, pgs_server *sv, bool discarded);
+
+/* A statement using sequence state (`use`: SQLSCAN_SEQ_*) is about to run
+ * on sv: NULL when it may (the bookkeeping is done), else why not.  After a
+ * refusal the client's sequence state starts over, as after DISCARD
+ * SEQUENCES: its values are on server connections that other clients use
+ * now, and starting over makes its next insert and read exact again
+ * (otherwise currval() would stay refused for good). */
+static const char *seq_use(pgs_client *c, pgs_server *sv, unsigned use)
+{
+    if (!use) return NULL;
+    /* after a refusal, reads stay refused until the next statement that
+     * may call nextval: the values the client expects are gone */
+    bool here = !c->seq_lost && (c->seq_run == 0 || c->seq_run == sv->seq_run);
+    if (use & (SQLSCAN_SEQ_LASTVAL | SQLSCAN_SEQ_CURRVAL)) {
+        c->seq_reader = true;
+        if (!here || ((use & SQLSCAN_SEQ_CURRVAL) && c->seq_split)) {
+            log_debug("C-%u: lastval()/currval() refused: its sequence values are not on S-%u",
+                      c->id, sv->id);
+            seq_forget(c, sv, false);
+            c->seq_lost = true;
+            return here ? SEQ_REFUSE_SPLIT : SEQ_REFUSE_OTHER;
+        }
+        seq_pin(c);
+    }
+    if (use & SQLSCAN_SEQ_NEXT) {
+        c->seq_lost = false;
+        if (c->seq_run && c->seq_run != sv->seq_run) c->seq_split = true;
+        c->seq_run = sv->seq_run;
+        sv->seq_dirty = true;
+        if (c->seq_reader) seq_pin(c);
+    }
+    return NULL;
+}
+
+/* The client's sequence state starts over: DISCARD SEQUENCES or ALL ran
+ * on sv (`discarded`), or a read of it was refused.  The client takes a new
+ * identity, so that every server holding its old values starts a new run
+ * (with DISCARD SEQUENCES) when it next serves it; sv too, unless it just
+ * discarded them itself. */
+static void seq_forget(pgs_client *c, pgs_server *sv, bool discarded)
+{
+    c->seq_uid = seq_new_id();
+    c->seq_run = 0;
+    c->seq_split = c->seq_lost = false;
+    if (!sv) return;
+    if (discarded) {
+        sv->seq_owner = c->seq_uid;
+        sv->seq_run = seq_new_id();
+        sv->seq_dirty = false;
+    } else {
+        sv->seq_owner = 0;
+        sv->seq_dirty = true;
+    }
 }
 
 static void stats_add(_Atomic uint64_t *ctr, uint64_t v)
@@ -392,6 +510,7 @@ static void apply_pending_set(pgs_server *sv, bool ok)
                 stmt_set_clear(sv->prepared);
                 stmt_map_clear(c->stmts); /* the client's own are gone too */
                 pin_drop(c, SQLSCAN_STATE_ALL); /* and every kind of session state */
+                seq_forget(c, sv, true);
             }
             break;
         default:
@@ -718,6 +837,10 @@ void relay_server_data(pgs_server *sv)
             if (sv->pending_unpin && was_query) {
                 if (c && !sv->query_failed && status == 'I') pin_drop(c, sv->pending_unpin);
                 sv->pending_unpin = 0;
+            }
+            if (sv->pending_seq_reset && was_query) {
+                if (c && !sv->query_failed && status == 'I') seq_forget(c, sv, true);
+                sv->pending_seq_reset = false;
             }
             sv->query_failed = false;
             if (c && !internal) {
@@ -1252,6 +1375,9 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
     case SQL_CLOSE_ALL:
         if (alone) unpin = SQLSCAN_STATE_HOLD;
         break;
+    case SQL_DISCARD_SEQUENCES:
+        if (alone) unpin = SQLSCAN_STATE_SEQUENCE;
+        break;
     case SQL_DEALLOCATE:
     case SQL_DEALLOCATE_ALL:
         if (info.kind == SQL_DEALLOCATE_ALL && (pin & SQLSCAN_STATE_PREPARE) && alone) {
@@ -1335,6 +1461,7 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
             unpin = SQLSCAN_STATE_LOCK;
         }
     }
+    if (!refuse) refuse = seq_use(c, sv, sqlscan_sequence_use((const char *)text, tlen));
     if (refuse) {
         if (!had_pending) drop_pending_set(sv);
         if (!idle) {
@@ -1346,6 +1473,8 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
         return exq_push(&sv->exq, EX_FAKE_ERROR, NULL, refuse) < 0 ? -1 : 1;
     }
     if (unpin & pin) sv->pending_unpin = (uint8_t)(unpin & pin);
+    if ((unpin & SQLSCAN_STATE_SEQUENCE) || (info.kind == SQL_DISCARD_ALL && alone))
+        sv->pending_seq_reset = true;
     return 0;
 }
 
@@ -1439,6 +1568,57 @@ static int parse_pin(pgs_client *c, pgs_server *sv, const uint8_t *body, uint32_
     return refuse_ext_owned(c, sv, msg) < 0 ? -1 : 1;
 }
 
+/* The extended protocol's side of "sequence state": a statement's use is
+ * known from its Parse text, and decided each time it is bound (a named
+ * statement may run many times, on different server connections).  With
+ * max_prepared_statements 0 a named statement lives on one server and is
+ * decided at its Parse.  Both return 1 when refused (the error is queued,
+ * the client's messages up to Sync are dropped), -1 on a full queue. */
+static int seq_refuse_ext(pgs_client *c, pgs_server *sv, const char *why)
+{
+    size_t n = strlen(why) + 6;
+    char *text = pgs_xmalloc(n);
+    snprintf(text, n, "0A000%s", why);
+    return refuse_ext_owned(c, sv, text) < 0 ? -1 : 1;
+}
+
+static int parse_seq(pgs_client *c, pgs_server *sv, const uint8_t *body, uint32_t blen,
+                     bool tracked)
+{
+    size_t pos = 0;
+    if (!proto_get_string(body, blen, &pos)) return 0;
+    bool unnamed = pos == 1;
+    const uint8_t *q = body + pos;
+    const uint8_t *nul = memchr(q, '\0', blen - pos);
+    unsigned use = sqlscan_sequence_use((const char *)q, nul ? (size_t)(nul - q) : blen - pos);
+    if (unnamed) {
+        c->unnamed_seq = (uint8_t)use;
+        return 0;
+    }
+    if (tracked) return 0; /* the statement's own (pgs_stmt.seq) */
+    const char *why = seq_use(c, sv, use);
+    return why ? seq_refuse_ext(c, sv, why) : 0;
+}
+
+static int bind_seq(pgs_client *c, pgs_server *sv, const uint8_t *body, uint32_t blen,
+                    bool tracked)
+{
+    size_t pos = 0;
+    if (!proto_get_string(body, blen, &pos)) return 0; /* portal */
+    size_t at = pos;
+    const char *name = proto_get_string(body, blen, &pos);
+    if (!name) return 0;
+    unsigned use = 0;
+    if (!*name) {
+        use = c->unnamed_seq;
+    } else if (tracked) {
+        pgs_stmt *st = stmt_map_get(c->stmts, name, pos - at - 1);
+        if (st) use = st->seq;
+    }
+    const char *why = seq_use(c, sv, use);
+    return why ? seq_refuse_ext(c, sv, why) : 0;
+}
+
 /* Forwards what the client has in its buffer to its server. */
 static void client_forward(pgs_client *c)
 {
@@ -1524,8 +1704,10 @@ static void client_forward(pgs_client *c)
                 else if (total <= INSPECT_MAX && maybe_local(p + 6, PGS_MIN(avail, total) - 6))
                     need = total;
             }
-            /* its text is looked at for session state (pinning) */
-            if (pin_scan && need < PGS_MIN(total, INSPECT_MAX)) need = PGS_MIN(total, INSPECT_MAX);
+            /* its text is looked at for session state (pinning) and
+             * sequence use */
+            if (tx_mode(c) && need < PGS_MIN(total, INSPECT_MAX))
+                need = PGS_MIN(total, INSPECT_MAX);
             break;
         case 'E':
             if (stmt_local_any_portal(c->lx)) need = PGS_MIN(total, INSPECT_MAX);
@@ -1616,6 +1798,17 @@ static void client_forward(pgs_client *c)
             ex = 0xff; /* no reply */
             break;
         case 'P':
+            if (tx_mode(c)) {
+                r = parse_seq(c, sv, p + 5, PGS_MIN(avail, total) - 5, tracked);
+                if (r == 1) {
+                    r = 0;
+                    forward = false;
+                    ex = 0xff;
+                    any_fake = true;
+                    break;
+                }
+                if (r < 0) break;
+            }
             if (pin_scan) {
                 /* all of it, or its first INSPECT_MAX bytes (see need) */
                 r = parse_pin(c, sv, p + 5, PGS_MIN(avail, total) - 5);
@@ -1646,6 +1839,17 @@ static void client_forward(pgs_client *c)
             break;
         case 'B':
         case 'D':
+            if (type == 'B' && tx_mode(c)) {
+                r = bind_seq(c, sv, p + 5, PGS_MIN(avail, total) - 5, tracked);
+                if (r == 1) {
+                    r = 0;
+                    forward = false;
+                    ex = 0xff;
+                    any_fake = true;
+                    break;
+                }
+                if (r < 0) break;
+            }
             if (tracked) {
                 consumed =
                     client_rename(c, sv, type, p, PGS_MIN(avail, total), total, &sb, &used);
@@ -1843,6 +2047,18 @@ void relay_link(pgs_client *c, pgs_server *sv)
     atomic_store_explicit(&sv->client_id, c->id, memory_order_relaxed);
     atomic_store_explicit(&c->state, CL_ACTIVE, memory_order_relaxed);
     atomic_store_explicit(&sv->state, SV_ACTIVE, memory_order_relaxed);
+    /* Another client's sequence values do not pass to this one (see
+     * "sequence state" above). */
+    bool seq_discard = false;
+    if (tx_mode(c)) {
+        if (!c->seq_uid) c->seq_uid = seq_new_id();
+        if (sv->seq_owner != c->seq_uid) {
+            sv->seq_owner = c->seq_uid;
+            sv->seq_run = seq_new_id();
+            seq_discard = sv->seq_dirty;
+            sv->seq_dirty = false;
+        }
+    }
     char stack_sql[4096], *sql = stack_sql;
     size_t cap = sizeof(stack_sql);
     int n;
@@ -1887,6 +2103,13 @@ void relay_link(pgs_client *c, pgs_server *sv)
             return;
         }
     }
+    /* After the restore, whose ReadyForQuery ends `restoring`; nobody
+     * waits for this one's (it cannot fail on an idle server). */
+    if (seq_discard && server_send_internal(sv, "DISCARD SEQUENCES", 17) < 0) {
+        client_server_lost(c, "writing to the PostgreSQL server failed");
+        server_close(sv, "write failed");
+        return;
+    }
     if (io_read_start(&sv->s) < 0) {
         client_server_lost(c, "reading from the PostgreSQL server failed");
         server_close(sv, "read failed");
@@ -1907,6 +2130,7 @@ void relay_client_gone(pgs_client *c)
     atomic_store_explicit(&sv->client_id, 0, memory_order_relaxed);
     if (sv->pending_set_kind) apply_pending_set(sv, false);
     sv->pending_unpin = 0;
+    sv->pending_seq_reset = false;
     if (pin_of(c)) {
         /* The server carries the client's session state (temporary
          * tables, LISTEN, advisory locks, cursors, prepared statements).

@@ -513,8 +513,10 @@ static sql_kind classify_discard(lexer *lx)
     sql_kind k = SQL_OTHER;
     if (kw(lx, &t, "all"))
         k = SQL_DISCARD_ALL;
-    else if (kw(lx, &t, "plans") || kw(lx, &t, "sequences"))
+    else if (kw(lx, &t, "plans"))
         k = SQL_DISCARD_OTHER;
+    else if (kw(lx, &t, "sequences"))
+        k = SQL_DISCARD_SEQUENCES;
     else if (kw(lx, &t, "temp") || kw(lx, &t, "temporary"))
         k = SQL_DISCARD_TEMP;
     return (k != SQL_OTHER && next_is_end(lx)) ? k : SQL_OTHER;
@@ -1046,4 +1048,89 @@ size_t sqlscan_next_statement(const char *sql, size_t len)
         if (t.kind == TK_END) return lx.len;
         if (t.kind == TK_PUNCT && t.ch == ';') return lx.pos;
     }
+}
+
+/* ---------------------------------------------------------------------------
+ * Sequence state
+ *
+ * lastval() and currval() read state that nextval() leaves in the session.
+ * Which statements may call nextval cannot be told from the text in general
+ * (a serial or identity default, a trigger, a function), so the test errs
+ * on the side of yes: every write, and every call of a function that is not
+ * one of the common built-ins below (none of which touches a sequence).
+ * Keywords that a '(' may follow are listed too.
+ * ------------------------------------------------------------------------- */
+
+static const char *const no_nextval_calls[] = {
+    /* keywords */
+    "all", "and", "any", "array", "as", "between", "by", "case", "cast", "coalesce", "cube",
+    "else", "except", "exists", "extract", "filter", "from", "greatest", "group", "grouping",
+    "having", "ilike", "in", "intersect", "is", "join", "lateral", "least", "like", "limit",
+    "not", "nullif", "offset", "on", "or", "order", "over", "overlay", "partition", "position",
+    "returning", "rollup", "row", "rows", "select", "sets", "similar", "some", "substring",
+    "table", "then", "trim", "union", "using", "values", "when", "where", "window", "with",
+    "within", "xmlelement",
+    /* type names with a modifier */
+    "bit", "char", "character", "decimal", "float", "interval", "numeric", "time",
+    "timestamp", "timestamptz", "varchar", "varbit",
+    /* common built-ins */
+    "abs", "age", "array_agg", "array_length", "avg", "bool_and", "bool_or", "ceil",
+    "char_length", "clock_timestamp", "concat", "concat_ws", "count", "current_database",
+    "current_setting", "date_part", "date_trunc", "floor", "format", "generate_series",
+    "gen_random_uuid", "json_agg", "json_build_object", "jsonb_agg", "jsonb_build_object",
+    "left", "length", "lower", "max", "md5", "min", "mod", "now", "pg_backend_pid",
+    "pg_sleep", "power", "random", "rank", "regexp_replace", "replace", "right", "round",
+    "row_number", "split_part", "sqrt", "statement_timestamp", "string_agg", "sum",
+    "to_char", "to_date", "to_json", "to_jsonb", "to_number", "to_timestamp",
+    "transaction_timestamp", "trunc", "unnest", "upper", "version",
+    /* the readers themselves */
+    "currval", "lastval",
+};
+
+static bool word_is(const unsigned char *p, size_t n, bool fold, const char *lit)
+{
+    size_t l = strlen(lit);
+    return n == l && (fold ? eq_fold(p, lit, n) : memcmp(p, lit, n) == 0);
+}
+
+/* What a call of the function named p[0..n) does to sequence state. */
+static unsigned call_use(const unsigned char *p, size_t n, bool fold)
+{
+    if (word_is(p, n, fold, "lastval")) return SQLSCAN_SEQ_LASTVAL;
+    if (word_is(p, n, fold, "currval")) return SQLSCAN_SEQ_CURRVAL;
+    for (size_t k = 0; k < PGS_ARRAY_LEN(no_nextval_calls); k++)
+        if (word_is(p, n, fold, no_nextval_calls[k])) return 0;
+    return SQLSCAN_SEQ_NEXT; /* nextval, setval, or a function that may call them */
+}
+
+static bool writes(const unsigned char *p, size_t n)
+{
+    static const char *const w[] = {"insert", "update", "delete", "merge",
+                                    "copy",   "call",   "do",     "execute"};
+    for (size_t k = 0; k < PGS_ARRAY_LEN(w); k++)
+        if (word_is(p, n, true, w[k])) return true;
+    return false;
+}
+
+unsigned sqlscan_sequence_use(const char *sql, size_t len)
+{
+    lexer lx = {.s = (const unsigned char *)sql, .len = sql ? len : 0};
+    unsigned m = 0;
+    bool at_start = true; /* the next token begins a statement */
+    token prev = {.kind = TK_END};
+    for (;;) {
+        token t = lex(&lx);
+        if (t.kind == TK_END) break;
+        if (t.kind == TK_PUNCT && t.ch == '(' &&
+            (prev.kind == TK_WORD || (prev.kind == TK_QIDENT && !prev.bad)))
+            m |= call_use(lx.s + prev.off, prev.n, prev.kind == TK_WORD);
+        /* a WITH ... INSERT, an EXPLAIN ANALYZE INSERT: a write anywhere */
+        if (t.kind == TK_WORD && (at_start || word_is(lx.s + t.off, t.n, true, "insert") ||
+                                  word_is(lx.s + t.off, t.n, true, "merge")) &&
+            writes(lx.s + t.off, t.n))
+            m |= SQLSCAN_SEQ_NEXT;
+        at_start = t.kind == TK_PUNCT && t.ch == ';';
+        prev = t;
+    }
+    return m;
 }

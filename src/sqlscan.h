@@ -14,7 +14,7 @@ typedef enum sql_kind {
     SQL_RESET,          /* RESET name */
     SQL_RESET_ALL,      /* RESET ALL */
     SQL_DISCARD_ALL,    /* DISCARD ALL */
-    SQL_DISCARD_OTHER,  /* DISCARD PLANS / SEQUENCES */
+    SQL_DISCARD_OTHER,  /* DISCARD PLANS */
     SQL_DISCARD_TEMP,   /* DISCARD {TEMP|TEMPORARY} */
     SQL_DEALLOCATE,     /* DEALLOCATE [PREPARE] name; name in info.name */
     SQL_DEALLOCATE_ALL, /* DEALLOCATE [PREPARE] ALL */
@@ -26,6 +26,7 @@ typedef enum sql_kind {
     SQL_DECLARE_HOLD,   /* DECLARE name ... WITH HOLD ... */
     SQL_BEGIN,          /* BEGIN / START TRANSACTION */
     SQL_CLOSE_ALL,      /* CLOSE ALL (every cursor) */
+    SQL_DISCARD_SEQUENCES, /* DISCARD SEQUENCES */
 } sql_kind;
 
 #define SQLSCAN_NAME_MAX 64
@@ -105,7 +106,10 @@ enum {
     SQLSCAN_STATE_LOCK = 1 << 3,    /* session-level advisory lock */
     SQLSCAN_STATE_PREPARE = 1 << 4, /* SQL PREPARE */
     SQLSCAN_STATE_CONFIG = 1 << 5,  /* a session-level set_config pgscale cannot carry */
-    SQLSCAN_STATE_ALL = (1 << 6) - 1,
+    /* lastval()/currval() read the session's sequence state (never
+     * returned by sqlscan_session_state: the relay decides, see relay.c) */
+    SQLSCAN_STATE_SEQUENCE = 1 << 6,
+    SQLSCAN_STATE_ALL = (1 << 7) - 1,
 };
 
 /* The session state every statement of sql[0..len) may create (0: none).
@@ -121,5 +125,20 @@ unsigned sqlscan_session_state(const char *sql, size_t len);
  * a set_config counts only when config_unseen (the others can be recorded
  * from the text). */
 unsigned sqlscan_state_of(const sql_info *info);
+
+/* How a text uses the session's sequence state (a mask):
+ * SQLSCAN_SEQ_NEXT: it may call nextval() or setval() -- it names one, or
+ * it is an INSERT, UPDATE, DELETE, MERGE, COPY, CALL, DO or EXECUTE (serial
+ * and identity defaults, triggers), or it calls a function that is not a
+ * known built-in (which may call nextval itself).  Errs on the side of yes.
+ * SQLSCAN_SEQ_LASTVAL / SQLSCAN_SEQ_CURRVAL: it calls lastval() /
+ * currval(), pg_catalog-qualified or not, any case, outside quotes and
+ * comments. */
+enum {
+    SQLSCAN_SEQ_NEXT = 1 << 0,
+    SQLSCAN_SEQ_LASTVAL = 1 << 1,
+    SQLSCAN_SEQ_CURRVAL = 1 << 2,
+};
+unsigned sqlscan_sequence_use(const char *sql, size_t len);
 
 #endif

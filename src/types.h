@@ -189,6 +189,17 @@ struct pgs_client {
      * max_pinned.  Read by SHOW CLIENTS from another thread. */
     _Atomic uint8_t pin;
     uint8_t pin_logged;       /* reasons already logged for this client */
+    /* Transaction mode, sequence state (relay.c, "sequence state"):
+     * seq_uid names this client to the servers it uses (never reused);
+     * seq_run is the server run (see pgs_server) of its last statement
+     * that may have called nextval (0: none since login or DISCARD);
+     * seq_split: such statements ran in more than one run; seq_reader: it
+     * has called lastval()/currval(); seq_lost: a read was refused and no
+     * statement that may call nextval followed yet; unnamed_seq:
+     * SQLSCAN_SEQ_* of its unnamed prepared statement. */
+    uint64_t seq_uid, seq_run;
+    bool seq_split, seq_reader, seq_lost;
+    uint8_t unnamed_seq;
     uint8_t close_reason_set;
     uint64_t connect_us, wait_start_us, active_us, xact_start_us, query_start_us;
     uint64_t last_activity_us;
@@ -240,6 +251,13 @@ struct pgs_server {
     /* Pin reasons the simple query in flight ends when it succeeds outside a
      * transaction block (DISCARD TEMP, UNLISTEN *, CLOSE ALL, ...). */
     uint8_t pending_unpin;
+    /* Sequence state (transaction mode): the client whose session's
+     * sequence values the server holds (its seq_uid), the run -- a
+     * process-unique number taken each time the server passes to another
+     * client -- and whether a statement that may call nextval ran in it. */
+    uint64_t seq_owner, seq_run;
+    bool seq_dirty;
+    bool pending_seq_reset;   /* DISCARD SEQUENCES/ALL in flight: forget the history */
     char *pending_set_name;   /* SET/RESET to record once it succeeds */
     char *pending_set_stmt;
     int pending_set_kind;

@@ -271,9 +271,10 @@ EXPECTED_DIFFERENCES = {
         "pins its client (reason config), so the other client gets another server connection "
         "and nothing differs", {}),
     ("transaction", "lastval_after_insert", "*"): (
-        "lastval() is per server connection: another client's insert on the same server "
-        "connection in between changes it (sequences are not pinned)", {
-            "A:lastval": ("rows", [(500,)]),
+        "the other client's insert ran on A's server connection in between: A's sequence "
+        "values are gone from it, and pgscale refuses lastval() with 0A000 rather than "
+        "return B's value", {
+            "A:lastval": ("error", "0A000"),
         }),
 }
 

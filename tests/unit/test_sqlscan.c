@@ -223,7 +223,7 @@ static void test_discard_all_and_others(void **state)
     expect("DISCARD ALL", SQL_DISCARD_ALL, "");
     expect("discard all ;", SQL_DISCARD_ALL, "");
     expect("DISCARD PLANS", SQL_DISCARD_OTHER, "");
-    expect("DISCARD SEQUENCES", SQL_DISCARD_OTHER, "");
+    expect("DISCARD SEQUENCES", SQL_DISCARD_SEQUENCES, "");
     expect("DISCARD TEMP", SQL_DISCARD_TEMP, "");
     expect("discard Temporary", SQL_DISCARD_TEMP, "");
     expect_other("DISCARD");
@@ -755,6 +755,35 @@ static void test_set_config_every_prefix_is_safe(void **state)
     }
 }
 
+static unsigned seq(const char *q)
+{
+    return sqlscan_sequence_use(q, strlen(q));
+}
+
+static void test_sequence_use_of_texts(void **state)
+{
+    (void)state;
+    assert_int_equal(seq("SELECT lastval()"), SQLSCAN_SEQ_LASTVAL);
+    assert_int_equal(seq("select PG_CATALOG.LastVal ()"), SQLSCAN_SEQ_LASTVAL);
+    assert_int_equal(seq("SELECT pg_catalog.\"currval\"('s')"), SQLSCAN_SEQ_CURRVAL);
+    assert_int_equal(seq("SELECT currval('t_id_seq'), count(*) FROM t"), SQLSCAN_SEQ_CURRVAL);
+    assert_int_equal(seq("SELECT 'lastval()' -- lastval()\n"), 0u);
+    assert_int_equal(seq("SELECT $$currval(x)$$, \"LASTVAL\"()"), SQLSCAN_SEQ_NEXT);
+    assert_int_equal(seq("SELECT 1, now(), x IN (1, 2) FROM t WHERE v::numeric(10,2) > 0"), 0u);
+    assert_int_equal(seq("INSERT INTO t (v) VALUES ('x') RETURNING id"), SQLSCAN_SEQ_NEXT);
+    assert_int_equal(seq("  insert into t default values"), SQLSCAN_SEQ_NEXT);
+    assert_int_equal(seq("WITH a AS (SELECT 1) INSERT INTO t SELECT * FROM a"),
+                     SQLSCAN_SEQ_NEXT);
+    assert_int_equal(seq("SELECT nextval('s')"), SQLSCAN_SEQ_NEXT);
+    assert_int_equal(seq("SELECT my_func(1)"), SQLSCAN_SEQ_NEXT);
+    assert_int_equal(seq("COPY t FROM STDIN"), SQLSCAN_SEQ_NEXT);
+    assert_int_equal(seq("DO $$BEGIN PERFORM 1; END$$"), SQLSCAN_SEQ_NEXT);
+    assert_int_equal(seq("SELECT 1; INSERT INTO t VALUES (1); SELECT lastval()"),
+                     SQLSCAN_SEQ_NEXT | SQLSCAN_SEQ_LASTVAL);
+    assert_int_equal(seq("SELECT insert_count FROM t"), 0u);
+    assert_int_equal(seq(""), 0u);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -798,6 +827,7 @@ int main(void)
         cmocka_unit_test(test_set_config_local_needs_nothing),
         cmocka_unit_test(test_set_config_not_constant_is_unseen),
         cmocka_unit_test(test_set_config_every_prefix_is_safe),
+        cmocka_unit_test(test_sequence_use_of_texts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
