@@ -1265,12 +1265,15 @@ static char *raise_sql(const char *msg)
     return sql;
 }
 
-/* Replies still owed to the client's earlier requests: a RESET ALL sent
- * ahead of them (resetting) is not one of those, and its ReadyForQuery
- * confirms no SET. */
+/* Replies still owed to the client's earlier requests.  pgscale's own
+ * statements sent ahead of them and not waited for (a RESET ALL, a
+ * DISCARD SEQUENCES: EX_INTERNAL entries, at the head of the queue) are
+ * not among those, and their ReadyForQuery confirms no SET. */
 static bool owes_client(const pgs_server *sv)
 {
-    return sv->exq.count > (sv->resetting ? 1u : 0u);
+    for (uint32_t i = 0; i < sv->exq.count; i++)
+        if (sv->exq.items[(sv->exq.head + i) % sv->exq.cap].kind != EX_INTERNAL) return true;
+    return false;
 }
 
 /* A statement's session-level set_config calls with constant arguments,
