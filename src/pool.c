@@ -432,25 +432,40 @@ static bool server_too_old(const pgs_server *sv)
     return before && sv->connect_us < before;
 }
 
-/* The idle server that still holds the client's sequence values (the run
- * of its last statement that may have called nextval: relay.c, "sequence
- * state") goes first, so that a lastval() that follows finds them. */
-static void prefer_own_run(pgs_pool *p, const pgs_client *c)
+/* Transaction mode: the idle server this client had last goes first when
+ * no one else used it since -- above all the one that still holds the
+ * client's sequence values (the run of its last statement that may have
+ * called nextval: relay.c, "sequence state"), so that a lastval() that
+ * follows finds them; and a server going back to its last client needs no
+ * RESET ALL (server_reset_settings) and no DISCARD SEQUENCES.  Pointers
+ * are only compared, never followed (last_server may be gone). */
+static void prefer_own_server(pgs_pool *p, const pgs_client *c)
 {
-    if (!c->seq_run || c->pool_mode != PGS_POOL_TRANSACTION) return;
-    for (pgs_list *it = p->idle.next; it != &p->idle; it = it->next) {
+    if (c->pool_mode != PGS_POOL_TRANSACTION) return;
+    pgs_server *own = NULL;
+    /* The idle list is most-recent first, so a server a client just left
+     * is near its head: the look is bounded, for pools of thousands. */
+    int budget = 64;
+    for (pgs_list *it = p->idle.next; it != &p->idle && budget-- > 0; it = it->next) {
         pgs_server *sv = list_entry(it, pgs_server, node);
-        if (sv->seq_run != c->seq_run) continue;
-        list_del(&sv->node);
-        list_add_head(&p->idle, &sv->node);
-        return;
+        if (c->seq_run && sv->seq_run == c->seq_run) {
+            own = sv;
+            break;
+        }
+        if (!own && sv == c->last_server && sv->last_client == c) {
+            own = sv;
+            if (!c->seq_run) break;
+        }
     }
+    if (!own || p->idle.next == &own->node) return;
+    list_del(&own->node);
+    list_add_head(&p->idle, &own->node);
 }
 
 void pool_checkout(pgs_pool *p, pgs_client *c)
 {
     uint64_t now = pgs_now_us();
-    prefer_own_run(p, c);
+    prefer_own_server(p, c);
     /* paused: queue; RESUME serves the queue */
     pgs_list *it = is_paused(p) ? &p->idle : p->idle.next;
     while (it != &p->idle) {

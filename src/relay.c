@@ -2067,10 +2067,13 @@ void relay_link(pgs_client *c, pgs_server *sv)
     int n;
     /* server_reset_settings: a server that served someone else since this
      * client last had it starts with RESET ALL, in the restore's own text,
-     * so that what pgscale could not see (a set_config inside a function)
-     * does not reach this client. */
-    bool reset = tx_mode(c) && cfg()->server_reset_settings == PGS_RESET_ALL &&
-                 sv->last_client && !(sv->last_client == c && c->last_server == sv);
+     * so that what pgscale could not see (a set_config inside a function,
+     * a trigger) does not reach this client -- when the other client ran
+     * something that could have done it: a call of a function that is not
+     * a known built-in, a DO block, CALL, or a data-modifying statement
+     * (triggers), exactly what marks the server's sequence state dirty
+     * (seq_discard, sqlscan_sequence_use).  Plain reads cost nothing. */
+    bool reset = tx_mode(c) && cfg()->server_reset_settings == PGS_RESET_ALL && seq_discard;
     sv->last_client = c;
     c->last_server = sv;
     /* A client with many or long settings needs more room; the restore

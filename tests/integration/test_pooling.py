@@ -306,12 +306,12 @@ def test_set_does_not_leak_to_other_clients_in_transaction_mode(pgscale):
 
 @pytest.mark.deadline(60)
 def test_prepared_statements_follow_client_across_servers(pgscale):
-    # Two servers, one worker.  A blocker takes the server the asyncpg
-    # client used last (idle servers are reused most-recent-first) and gives
-    # it back before the client's next statement, so the client alternates
+    # Two servers, one worker.  A blocker -- a new client each time, so that
+    # it has no server of its own to prefer -- takes the server the asyncpg
+    # client used last (idle servers are reused most-recent-first) and holds
+    # it during the client's next statement, so the client alternates
     # between the two: its statements must be prepared on each on first use.
     pg = pgscale(DB_POOL_SIZE=2, DB_MAX_OVERFLOW=0, PGSCALE_WORKERS=1, DB_POOL_TIMEOUT=20)
-    blocker = pg.connect(autocommit=False)
 
     async def go():
         conn = await aconnect(pg)
@@ -319,12 +319,13 @@ def test_prepared_statements_follow_client_across_servers(pgscale):
             stmt = await conn.prepare("SELECT $1::int + 1, pg_backend_pid()")
             pids, vals = [], []
             for i in range(20):
+                blocker = psycopg2.connect(pg.dsn())
                 with blocker.cursor() as cur:
                     cur.execute("SELECT 1")   # takes the server the client just used
                 v, pid = await stmt.fetchrow(i)
                 vals.append(v)
                 pids.append(pid)
-                blocker.commit()              # the client gets the other one back
+                blocker.close()               # the client gets the other one back
                 # the implicit statement cache (named statements) as well
                 v, pid = await conn.fetchrow("SELECT $1::int * 10, pg_backend_pid()", i)
                 vals.append(v)
