@@ -990,12 +990,17 @@ void client_janitor(pgs_worker *w, uint64_t now)
             /* (a console client waiting for PAUSE / WAIT_CLOSE is not idle) */
             client_fail(c, "57P05", "terminating connection due to client idle timeout",
                         "raise PGSCALE_CLIENT_IDLE_TIMEOUT");
-        } else if (w->draining && (((between || st == CL_ADMIN) && quiet > DRAIN_IDLE_US) ||
-                                   (st == CL_STARTUP && quiet > DRAIN_IDLE_US))) {
+        } else if (w->draining &&
+                   (((between || st == CL_ADMIN) && quiet > DRAIN_IDLE_US) ||
+                    ((st == CL_STARTUP || st == CL_AUTH) &&
+                     pgs_elapsed_us(now, c->connect_us) > DRAIN_IDLE_US))) {
             /* Draining: a request that arrives is still served (an error
              * would reach the application; a closed idle connection is
              * only reconnected, to the next instance); connections are
-             * closed at their first pause between requests. */
+             * closed at their first pause between requests, and one still
+             * logging in after a quarter of a second (a password exchange
+             * the peer does not finish would otherwise hold the old
+             * instance for the whole login timeout) is told to reconnect. */
             client_fail(c, "57P01", "terminating connection because pgscale is shutting down",
                         NULL);
         }

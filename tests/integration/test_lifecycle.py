@@ -477,3 +477,20 @@ def test_online_restart_on_a_shared_port(pgscale):
     assert query_failed == [], query_failed[:3]
     assert served[0] > after_exit > before > 0, (before, after_exit, served[0])
     assert len(connect_failed) <= max(2, served[0] // 100), connect_failed[:3]
+
+
+def test_client_stalled_in_its_password_exchange_does_not_hold_up_shutdown(pgscale):
+    """A client that got the SASL request and never answers it: on SIGTERM it
+    is told to reconnect (57P01) and pgscale exits, instead of waiting for
+    the whole login timeout."""
+    pg = pgscale(PGSCALE_CLIENT_LOGIN_TIMEOUT="60s")
+    with pgwire.RawConn(LOCALHOST, pg.port) as c:
+        c.send(pgwire.startup_packet())
+        m = c.recv_msg()
+        assert m is not None and m[0] == b"R", m   # AuthenticationSASL
+        t0 = time.monotonic()
+        pg.signal(signal.SIGTERM)
+        assert pg.wait_exit(10) == 0, pg.stderr_text()[-2000:]
+        assert time.monotonic() - t0 < 5
+        errs = pgwire.errors(c.read_until_close())
+        assert [e["C"] for e in errs] == ["57P01"], errs
