@@ -292,7 +292,7 @@ def start_pgscale(args, url, tmp):
     env.update(DATABASE_URL=url, PGSCALE_LISTEN=f"127.0.0.1:{port}", PGSCALE_POOL_MODE="transaction",
                DB_POOL_SIZE="20", DB_MAX_OVERFLOW="10", PGSCALE_MAX_CLIENT_CONN=str(args.count + 2000),
                PGSCALE_LOG_LEVEL="warn")
-    for k in ("PGSCALE_WORKERS",):
+    for k in ("PGSCALE_WORKERS", "PGSCALE_AUTH_TYPE"):
         if k in os.environ:
             env[k] = os.environ[k]
     log = open(tmp / "pgscale.log", "wb")
@@ -307,6 +307,11 @@ def start_pgbouncer(args, url, tmp):
     d = tmp / "pgbouncer"
     d.mkdir()
     (d / "userlist.txt").write_text(f'"{unquote(u.username)}" "{unquote(u.password or "")}"\n')
+    # Clients authenticate to both proxies the same way: SCRAM-SHA-256
+    # against the URL's password (pgscale's default), unless
+    # PGSCALE_AUTH_TYPE=trust asks for trust on both.
+    auth = "trust" if os.environ.get("PGSCALE_AUTH_TYPE") == "trust" or not u.password \
+        else "scram-sha-256"
     (d / "pgbouncer.ini").write_text(f"""[databases]
 {args.database} = host={u.hostname} port={u.port or 5432} dbname={u.path.lstrip('/') or args.database}
 
@@ -314,7 +319,7 @@ def start_pgbouncer(args, url, tmp):
 listen_addr = 127.0.0.1
 listen_port = {port}
 unix_socket_dir =
-auth_type = trust
+auth_type = {auth}
 auth_file = {d}/userlist.txt
 pool_mode = transaction
 default_pool_size = 20
