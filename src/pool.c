@@ -487,7 +487,9 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
         return;
     }
     __atomic_store_n(&c->wait_start_us, now, __ATOMIC_RELAXED); /* read by SHOW POOLS/CLIENTS */
-    atomic_store_explicit(&c->state, CL_WAITING, memory_order_relaxed);
+    /* release: SHOW POOLS reads c->pool of a client it sees waiting
+     * (acquire), from another thread */
+    atomic_store_explicit(&c->state, CL_WAITING, memory_order_release);
     list_add_tail(&p->waiting, &c->wait_node);
     pgs_count(&p->n_waiting, 1);
     if (p->n_waiting == 1) publish_head(p);
