@@ -230,7 +230,7 @@ static void show_servers(reply *r)
                                  I32(b[1], w->id),
                                  sv->pool->sh->database,
                                  sv->pool->sh->user,
-                                 u->host ? u->host : "localhost",
+                                 u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR,
                                  I32(b[3], u->port ? u->port : 5432),
                                  server_state_name(st),
                                  b[2],
@@ -398,7 +398,7 @@ static void show_databases(reply *r)
         config_pool_settings(cfg, dbs.v[i], NULL, &ps);
         char b[8][24];
         const char *v[12] = {dbs.v[i],
-                             u->host ? u->host : "localhost",
+                             u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR,
                              I32(b[0], u->port ? u->port : 5432),
                              dbs.v[i],
                              NULL,

@@ -881,7 +881,10 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
 /* --- cancel --- */
 
 typedef struct cancel_req {
-    uv_tcp_t tcp;
+    union {                 /* as g_pgs.server: TCP or Unix socket */
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    };
     uv_connect_t conn;
     uv_write_t wr;
     uint8_t buf[16];
@@ -926,13 +929,12 @@ void client_forward_cancel(pgs_client *c)
     proto_out o;
     proto_out_init(&o, r->buf, sizeof(r->buf));
     proto_cancel_request(&o, sv->backend_pid, sv->backend_key);
-    pgs_net->tcp_init(&c->w->loop, &r->tcp);
+    endpoint_handle_init(&g_pgs.server, &c->w->loop, (uv_handle_t *)&r->tcp);
     r->tcp.data = r;
     r->conn.data = r;
     log_info("C-%u: forwarding cancel to S-%u (backend pid %u)", c->id, sv->id, sv->backend_pid);
     sv->cancelled_us = pgs_now_us();
-    if (pgs_net->tcp_connect(&r->conn, &r->tcp, (const struct sockaddr *)&g_pgs.server_addr,
-                       cancel_connected) < 0)
+    if (endpoint_connect(&g_pgs.server, &r->conn, (uv_handle_t *)&r->tcp, cancel_connected) < 0)
         pgs_net->close((uv_handle_t *)&r->tcp, cancel_closed);
 }
 

@@ -5,6 +5,7 @@
  * applies nothing itself (log level, listeners, pools are set up by main and
  * the workers from the snapshot). */
 #include "config.h"
+#include "endpoint.h"
 #include "config_yaml.h"
 #include "auth.h"
 
@@ -628,6 +629,8 @@ int config_parse_url(const char *s, pgs_url *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
     int rc = parse_url(s, out, err, errlen);
+    /* a socket directory is checked now, where the error can name the line */
+    if (rc == 0) rc = endpoint_check_host(out->host, out->port, err, errlen);
     if (rc < 0) config_url_free(out); /* leaves *out zeroed: safe to free again */
     return rc;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include <arpa/inet.h>
 
 #include "admin.h"
@@ -57,29 +58,28 @@ static const char *config_path(const char *flag)
 
 static int resolve_server(const pgs_config *cfg)
 {
-    const pgs_url *u = &cfg->primary;
-    const char *host = u->host && *u->host ? u->host : "localhost";
-    if (host[0] == '/') {
-        fprintf(stderr,
-                "pgscale: DATABASE_URL: Unix-socket hosts (%s) are not supported yet; use a TCP "
-                "host such as 127.0.0.1\n",
-                host);
+    char err[400];
+    if (endpoint_resolve(&cfg->primary, &g_pgs.server, err, sizeof(err)) < 0) {
+        fprintf(stderr, "pgscale: DATABASE_URL: %s\n", err);
         return -1;
     }
-    int port = u->port ? u->port : 5432;
-    char portstr[16];
-    snprintf(portstr, sizeof(portstr), "%d", port);
-    struct addrinfo hints = {0}, *res = NULL;
-    hints.ai_socktype = SOCK_STREAM;
-    int rc = getaddrinfo(host, portstr, &hints, &res);
-    if (rc != 0 || !res) {
-        fprintf(stderr, "pgscale: DATABASE_URL: cannot resolve host \"%s\": %s\n", host,
-                gai_strerror(rc));
-        return -1;
-    }
-    memcpy(&g_pgs.server_addr, res->ai_addr, res->ai_addrlen);
-    freeaddrinfo(res);
-    snprintf(g_pgs.server_addr_text, sizeof(g_pgs.server_addr_text), "%s:%d", host, port);
+    if (!g_pgs.server.is_unix) return 0;
+    /* As libpq: TLS settings do not apply over a Unix socket. */
+    if (cfg->server_tls.sslmode != PGS_SSLMODE_DISABLE &&
+        cfg->server_tls.sslmode != PGS_SSLMODE_PREFER &&
+        cfg->server_tls.sslmode != PGS_SSLMODE_ALLOW)
+        log_info("server_tls.sslmode=%s does not apply to the Unix socket %s: TLS is not used "
+                 "there (as libpq does)",
+                 tls_sslmode_name(cfg->server_tls.sslmode), g_pgs.server.path);
+    /* The server may start later; say now if its directory is missing. */
+    char dir[sizeof(g_pgs.server.path)];
+    snprintf(dir, sizeof(dir), "%s", g_pgs.server.path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) *slash = '\0';
+    if (access(dir, F_OK) != 0)
+        log_warn("DATABASE_URL: the socket directory %s does not exist (yet); server "
+                 "connections will fail until PostgreSQL creates it",
+                 dir);
     return 0;
 }
 
@@ -210,7 +210,7 @@ int main(int argc, char **argv)
              "pool %d+%d, server %s",
              listening, g_cfg.workers,
              g_cfg.pool_mode == PGS_POOL_SESSION ? "session" : "transaction", g_cfg.pool_size,
-             g_cfg.max_overflow, g_pgs.server_addr_text);
+             g_cfg.max_overflow, g_pgs.server.text);
     uv_run(loop, UV_RUN_DEFAULT);
     worker_join_all();
     authquery_stop();

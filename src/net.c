@@ -15,6 +15,12 @@ static int pipe_init(uv_loop_t *loop, uv_pipe_t *h, int ipc)
     return uv_pipe_init(loop, h, ipc);
 }
 
+static int pipe_connect(uv_connect_t *req, uv_pipe_t *h, const char *path, uv_connect_cb cb)
+{
+    uv_pipe_connect(req, h, path, cb);
+    return 0;
+}
+
 static int is_closing(const uv_handle_t *h)
 {
     return uv_is_closing(h);
@@ -50,12 +56,14 @@ const pgs_net_ops pgs_net_libuv = {
     .close = uv_close,
     .is_closing = is_closing,
     .tcp_connect = uv_tcp_connect,
+    .pipe_connect = pipe_connect,
     .accept = uv_accept,
     .tcp_nodelay = uv_tcp_nodelay,
     .tcp_getpeername = uv_tcp_getpeername,
     .fileno = uv_fileno,
     .dup = fd_dup,
     .tcp_open = uv_tcp_open,
+    .pipe_open = uv_pipe_open,
     .close_fd = fd_close,
     .recv = fd_recv,
 };

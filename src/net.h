@@ -25,6 +25,8 @@ typedef struct pgs_net_ops {
     int (*is_closing)(const uv_handle_t *h);
     int (*tcp_connect)(uv_connect_t *req, uv_tcp_t *h, const struct sockaddr *addr,
                        uv_connect_cb cb);
+    /* uv_pipe_connect, which reports every error through cb; 0 */
+    int (*pipe_connect)(uv_connect_t *req, uv_pipe_t *h, const char *path, uv_connect_cb cb);
     int (*accept)(uv_stream_t *listener, uv_stream_t *client);
     int (*tcp_nodelay)(uv_tcp_t *h, int enable);
     int (*tcp_getpeername)(const uv_tcp_t *h, struct sockaddr *name, int *namelen);
@@ -34,6 +36,7 @@ typedef struct pgs_net_ops {
     int (*fileno)(const uv_handle_t *h, uv_os_fd_t *fd);
     int (*dup)(int fd);
     int (*tcp_open)(uv_tcp_t *h, uv_os_sock_t fd);
+    int (*pipe_open)(uv_pipe_t *h, uv_file fd);
     int (*close_fd)(int fd);
     /* recv(2) on the handle's descriptor, for a look at what is queued
      * (MSG_PEEK) or to discard it; -1 with errno set on failure. */

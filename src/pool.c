@@ -710,7 +710,7 @@ static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
     const pgs_config *cfg = g_pgs.cfg;
     uint64_t pool_to = (uint64_t)atomic_load(&p->sh->pool_timeout_ms) * 1000u;
     uint64_t conn_to = (uint64_t)cfg->server_connect_timeout_ms * 1000u;
-    char msg[512];
+    char msg[1024];
     pgs_list *it = p->waiting.next;
     while (it != &p->waiting) {
         pgs_client *c = list_entry(it, pgs_client, wait_node);

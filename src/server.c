@@ -139,7 +139,7 @@ static void login_failed(pgs_server *sv, bool server_error, const char *sqlstate
 {
     if (pool_failure_is_news(sv->pool, msg))
         log_warn("S-%u: login to %s as user=%s db=%s failed: %s", sv->id,
-                 g_pgs.server_addr_text, sv->pool->sh->user, sv->pool->sh->database, msg);
+                 g_pgs.server.text, sv->pool->sh->user, sv->pool->sh->database, msg);
     pool_server_failed(sv->pool, server_error, sqlstate, msg);
     server_close(sv, "login failed");
 }
@@ -172,19 +172,20 @@ static void on_connect(uv_connect_t *req, int status)
     pgs_server *sv = req->data;
     if (sv->s.closing) return;
     if (status < 0) {
-        char msg[400];
-        snprintf(msg, sizeof(msg), "connection to %s failed: %s", g_pgs.server_addr_text,
-                 uv_strerror(status));
+        char msg[600];
+        endpoint_connect_error(&g_pgs.server, status, msg, sizeof(msg));
         login_failed(sv, false, "08006", msg);
         return;
     }
-    pgs_net->tcp_nodelay(&sv->s.tcp, 1);
+    if (!sv->on_unix) pgs_net->tcp_nodelay(&sv->s.tcp, 1);
     set_state(sv, SV_LOGIN);
     if (io_read_start(&sv->s) < 0) {
         login_failed(sv, false, "08006", "could not read from the server");
         return;
     }
-    if (tls_server_sslmode() != PGS_SSLMODE_DISABLE) {
+    /* Over a Unix socket TLS does not apply (libpq does not ask for it
+     * there either, whatever sslmode says). */
+    if (!sv->on_unix && tls_server_sslmode() != PGS_SSLMODE_DISABLE) {
         /* As libpq: ask for TLS first; the answer is one byte. */
         uint8_t req[8];
         proto_put_be32(req, 8);
@@ -234,7 +235,7 @@ static void tls_answer(pgs_server *sv)
         if (rc < 0) {
             const char *te = io_tls_error(&sv->s);
             snprintf(msg, sizeof(msg), "TLS handshake with server %s failed: %s",
-                     g_pgs.server_addr_text, te ? te : uv_strerror(rc));
+                     g_pgs.server.text, te ? te : uv_strerror(rc));
             login_failed(sv, false, "08006", msg);
         }
         return;
@@ -249,12 +250,12 @@ static void tls_answer(pgs_server *sv)
         snprintf(msg, sizeof(msg),
                  "server %s does not accept TLS connections, but server_tls.sslmode is %s; "
                  "turn ssl on in PostgreSQL or lower server_tls.sslmode to prefer",
-                 g_pgs.server_addr_text, tls_sslmode_name(mode));
+                 g_pgs.server.text, tls_sslmode_name(mode));
         login_failed(sv, true, "08006", msg);
         return;
     }
     snprintf(msg, sizeof(msg), "server %s sent an invalid answer to SSLRequest (byte 0x%02x)",
-             g_pgs.server_addr_text, answer);
+             g_pgs.server.text, answer);
     login_failed(sv, false, "08P01", msg);
 }
 
@@ -275,7 +276,8 @@ void server_open(pgs_pool *p)
     sv->tx_status = 'I';
     list_init(&sv->node);
     list_init(&sv->all_node);
-    io_sock_init(w, &sv->s, PGS_SOCK_SERVER, sv, false);
+    sv->on_unix = g_pgs.server.is_unix;
+    io_sock_init(w, &sv->s, PGS_SOCK_SERVER, sv, sv->on_unix);
     sv->connect_us = sv->login_start_us = sv->last_used_us = pgs_now_us();
     set_state(sv, SV_CONNECTING);
     list_add_tail(&p->used, &sv->node);
@@ -284,12 +286,11 @@ void server_open(pgs_pool *p)
     list_add_tail(&w->servers, &sv->all_node);
     pthread_mutex_unlock(&w->lock);
     sv->connect_req.data = sv;
-    int rc = pgs_net->tcp_connect(&sv->connect_req, &sv->s.tcp,
-                            (const struct sockaddr *)&g_pgs.server_addr, on_connect);
+    int rc = endpoint_connect(&g_pgs.server, &sv->connect_req, (uv_handle_t *)&sv->s.tcp,
+                              on_connect);
     if (rc < 0) {
-        char msg[400];
-        snprintf(msg, sizeof(msg), "connection to %s failed: %s", g_pgs.server_addr_text,
-                 uv_strerror(rc));
+        char msg[600];
+        endpoint_connect_error(&g_pgs.server, rc, msg, sizeof(msg));
         login_failed(sv, false, "08006", msg);
     }
 }
@@ -339,9 +340,11 @@ static int need_password(pgs_server *sv, const char **pw, char *buf)
  * that a password may be sent as it is.  Only TLS counts for now: should a
  * Unix-socket transport toward servers be added, it belongs here too (a
  * local socket is as private as PostgreSQL's own "local" lines assume). */
+/* TLS, or a Unix socket: only the kernel (and root) sees what crosses
+ * one, as PostgreSQL's own "local" connections rely on. */
 static bool transport_protects_password(const pgs_server *sv)
 {
-    return io_is_tls(&sv->s);
+    return sv->on_unix || io_is_tls(&sv->s);
 }
 
 /* server_tls.channel_binding=require and this login cannot be bound. */
@@ -368,7 +371,7 @@ static bool cleartext_allowed(pgs_server *sv)
              "scram-sha-256 in pg_hba.conf, or TLS toward the server "
              "(server_tls.sslmode=require), or allow it with server_allow_cleartext_password: "
              "on (PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD=on)",
-             g_pgs.server_addr_text, sv->pool->sh->user);
+             g_pgs.server.text, sv->pool->sh->user);
     login_failed(sv, true, "28000", msg);
     return false;
 }
@@ -398,7 +401,7 @@ static int choose_sasl(pgs_server *sv, const uint8_t *body, uint32_t blen, size_
         snprintf(msg, sizeof(msg),
                  "server %s offered SCRAM-SHA-256-PLUS on a connection without TLS (was TLS "
                  "removed by something in between?); refusing to log in",
-                 g_pgs.server_addr_text);
+                 g_pgs.server.text);
         login_failed(sv, true, "08006", msg);
         return -1;
     }
@@ -409,7 +412,7 @@ static int choose_sasl(pgs_server *sv, const uint8_t *body, uint32_t blen, size_
                      "could not hash the certificate of server %s for SCRAM channel binding "
                      "(its signature algorithm names no digest); set channel_binding to "
                      "disable",
-                     g_pgs.server_addr_text);
+                     g_pgs.server.text);
             login_failed(sv, true, "28000", msg);
             return -1;
         }
@@ -550,7 +553,7 @@ static int auth_step(pgs_server *sv, const uint8_t *body, uint32_t blen, char *p
                      "stall every client of this worker. If the role's secret really uses "
                      "that many, raise server_scram_max_iterations "
                      "(PGSCALE_SERVER_SCRAM_MAX_ITERATIONS)",
-                     g_pgs.server_addr_text, sv->scram->server_iterations,
+                     g_pgs.server.text, sv->scram->server_iterations,
                      sv->pool->sh->user, g_pgs.cfg->server_scram_max_iterations);
             login_failed(sv, true, "28000", msg);
             return -1;
@@ -717,13 +720,13 @@ void server_on_read(pgs_server *sv, ssize_t nread)
                 /* a certificate that does not verify will not verify on
                  * the next try either: fail the waiting clients now */
                 snprintf(msg, sizeof(msg), "TLS handshake with server %s failed: %s (%s=%s)",
-                         g_pgs.server_addr_text, te, "server_tls.sslmode",
+                         g_pgs.server.text, te, "server_tls.sslmode",
                          tls_sslmode_name(tls_server_sslmode()));
                 login_failed(sv, true, "08006", msg);
                 return;
             }
             snprintf(msg, sizeof(msg), "server %s closed the connection during login: %s",
-                     g_pgs.server_addr_text, uv_strerror((int)nread));
+                     g_pgs.server.text, uv_strerror((int)nread));
             login_failed(sv, false, "08006", msg);
             return;
         }
@@ -818,13 +821,17 @@ int server_adopt(pgs_worker *w, pgs_pool *p, pgs_server *sv)
     list_init(&sv->all_node);
     memset(&sv->s, 0, sizeof(sv->s));
     sv->bytes_counted = 0; /* the new socket's byte counters start at zero */
-    pgs_net->tcp_init(&w->loop, &sv->s.tcp);
+    if (sv->on_unix)
+        pgs_net->pipe_init(&w->loop, &sv->s.pipe, 0);
+    else
+        pgs_net->tcp_init(&w->loop, &sv->s.tcp);
     sv->s.tcp.data = sv;
     sv->s.kind = PGS_SOCK_SERVER;
     pthread_mutex_lock(&w->lock);
     list_add_tail(&w->servers, &sv->all_node);
     pthread_mutex_unlock(&w->lock);
-    if (pgs_net->tcp_open(&sv->s.tcp, fd) < 0 || io_read_start(&sv->s) < 0) {
+    int orc = sv->on_unix ? pgs_net->pipe_open(&sv->s.pipe, fd) : pgs_net->tcp_open(&sv->s.tcp, fd);
+    if (orc < 0 || io_read_start(&sv->s) < 0) {
         io_tls_discard(sv->handoff_tls);
         sv->handoff_tls = NULL;
         pgs_net->close_fd(fd);
@@ -855,12 +862,12 @@ void server_check_login_timeouts(pgs_pool *p, uint64_t now)
             pgs_elapsed_us(now, sv->login_start_us) >
                 (uint64_t)cfg->server_connect_timeout_ms * 1000u) {
             snprintf(msg, sizeof(msg), "connecting to %s timed out after %u ms",
-                     g_pgs.server_addr_text, cfg->server_connect_timeout_ms);
+                     g_pgs.server.text, cfg->server_connect_timeout_ms);
             login_failed(sv, false, "08006", msg);
         } else if (st == SV_LOGIN && pgs_elapsed_us(now, sv->login_start_us) >
                                          (uint64_t)cfg->server_login_timeout_ms * 1000u) {
             snprintf(msg, sizeof(msg), "logging in to %s timed out after %u ms",
-                     g_pgs.server_addr_text, cfg->server_login_timeout_ms);
+                     g_pgs.server.text, cfg->server_login_timeout_ms);
             login_failed(sv, false, "08006", msg);
         }
     }

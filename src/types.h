@@ -306,6 +306,7 @@ struct pgs_server {
     int handoff_fd;       /* the dup()ed socket during a hand-over */
     struct pgs_tls *handoff_tls; /* its TLS session, travelling with it */
     uint8_t tls_step;         /* login: 1 = SSLRequest sent, 2 = TLS handshake */
+    bool on_unix;             /* connected over a Unix socket (s.pipe), not TCP */
 };
 
 /* Cross-worker part of a pool: the connection budget.  Only the slow path
@@ -369,7 +370,7 @@ struct pgs_pool {
      * served across workers. */
     _Atomic uint64_t head_wait_us;
     uint64_t last_connect_fail_us;
-    char last_error[256]; /* why the last connect/login failed */
+    char last_error[512]; /* why the last connect/login failed */
     char last_sqlstate[6];
     uint32_t fail_log_repeats;  /* identical failures not logged since fail_log_since_us */
     uint64_t fail_log_since_us; /* when the current run of failures was logged (0: none) */

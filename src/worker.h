@@ -4,6 +4,7 @@
 #ifndef PGS_WORKER_H
 #define PGS_WORKER_H
 
+#include "endpoint.h"
 #include "types.h"
 
 #define PGS_BUF_SIZE (16 * 1024)
@@ -114,8 +115,7 @@ typedef struct pgs_global {
     _Atomic int shutting_down;  /* 1 = draining (SIGTERM) */
     uint64_t start_wall_us;
     /* where DATABASE_URL points, resolved once at start */
-    struct sockaddr_storage server_addr;
-    char server_addr_text[300];
+    pgs_endpoint server;
 } pgs_global;
 
 extern pgs_global g_pgs;

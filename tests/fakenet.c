@@ -389,6 +389,19 @@ static int f_tcp_open(uv_tcp_t *h, uv_os_sock_t fd)
     return 0;
 }
 
+/* The in-memory network has no addresses: a pipe connects and opens as a
+ * TCP handle does. */
+static int f_pipe_connect(uv_connect_t *req, uv_pipe_t *h, const char *path, uv_connect_cb cb)
+{
+    (void)path;
+    return f_tcp_connect(req, (uv_tcp_t *)h, NULL, cb);
+}
+
+static int f_pipe_open(uv_pipe_t *h, uv_file fd)
+{
+    return f_tcp_open((uv_tcp_t *)h, fd);
+}
+
 static int f_close_fd(int fd)
 {
     if (!fd_conn(fd)) {
@@ -433,12 +446,14 @@ static const pgs_net_ops fake_ops = {
     .close = f_close,
     .is_closing = f_is_closing,
     .tcp_connect = f_tcp_connect,
+    .pipe_connect = f_pipe_connect,
     .accept = f_accept,
     .tcp_nodelay = f_tcp_nodelay,
     .tcp_getpeername = f_tcp_getpeername,
     .fileno = f_fileno,
     .dup = f_dup,
     .tcp_open = f_tcp_open,
+    .pipe_open = f_pipe_open,
     .close_fd = f_close_fd,
     .recv = f_recv,
 };

@@ -148,12 +148,22 @@ lc_messages = 'C'
         with open(self.datadir / "pg_hba.conf", "w") as f:
             f.write("""# pgscale integration tests
 local   all  postgres                 trust
+local   all  peeruser                 peer map=pgscale
+local   all  trustuser                trust
+local   all  app                      scram-sha-256
+local   all  md5user                  md5
+local   all  sockpw                   password
+local   all  all                      scram-sha-256
 host    all  postgres  127.0.0.1/32   trust
 host    all  app       127.0.0.1/32   scram-sha-256
 host    all  md5user   127.0.0.1/32   md5
 host    all  pwuser    127.0.0.1/32   password
 host    all  all       127.0.0.1/32   scram-sha-256
 """)
+        # peer authentication over the socket: the OS user that runs the
+        # tests (and pgscale) may log in as database user peeruser
+        with open(self.datadir / "pg_ident.conf", "a") as f:
+            f.write("pgscale  %s  peeruser\n" % pwd.getpwuid(os.geteuid()).pw_name)
 
     def start(self, timeout=60):
         assert not self.is_running(), "primary already running"
