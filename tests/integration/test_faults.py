@@ -558,12 +558,31 @@ def _errors_of_new_client(pg, timeout):
         return errs, time.monotonic() - t0
 
 
+def _transport_url(primary, transport):
+    """DATABASE_URL over TCP (the fixture's) or over the primary's socket."""
+    if transport == "tcp":
+        return primary.url()
+    return "postgresql://%s:%s@/%s?host=%s&port=%d" % (APP_USER, APP_PASSWORD, APP_DB,
+                                                        primary.sockdir, primary.port)
+
+
+def _names_server(primary, transport, msg, unix_why):
+    """The error names where pgscale connects, and for a socket why it failed."""
+    if transport == "tcp":
+        return "%s:%d" % (primary.host, primary.port) in msg
+    return ('socket "%s/.s.PGSQL.%d"' % (primary.sockdir, primary.port) in msg and
+            unix_why in msg)
+
+
 @pytest.mark.deadline(60)
 @BOTH_MODES
-def test_primary_stopped_gives_clear_error_then_recovers(pgscale, primary_ctl, pool_mode):
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_primary_stopped_gives_clear_error_then_recovers(pgscale, primary_ctl, pool_mode,
+                                                         transport):
     primary = primary_ctl
     pg = pgscale(PGSCALE_POOL_MODE=pool_mode, DB_POOL_SIZE=2, DB_MAX_OVERFLOW=0,
-                 PGSCALE_SERVER_CONNECT_TIMEOUT="1s", DB_POOL_TIMEOUT=10)
+                 PGSCALE_SERVER_CONNECT_TIMEOUT="1s", DB_POOL_TIMEOUT=10,
+                 DATABASE_URL=_transport_url(primary, transport))
     before = pg.connect()
     assert _one(before, "SELECT 1") == (1,)
     primary.stop()
@@ -578,7 +597,8 @@ def test_primary_stopped_gives_clear_error_then_recovers(pgscale, primary_ctl, p
     # a new client gets 08006 naming the server, within the connect timeout + slack
     errs, elapsed = _errors_of_new_client(pg, 6)
     e = _assert_one_fatal(errs, "08006")
-    assert "%s:%d" % (primary.host, primary.port) in e["M"], e
+    # a stopped server removes its socket file
+    assert _names_server(primary, transport, e["M"], "no such file"), e
     assert elapsed < 1 + 2, "error after %.1f s" % elapsed
     assert pg.is_running()
 
@@ -633,14 +653,16 @@ def _pid_alive(pid):
 
 
 @pytest.mark.deadline(90)
-def test_postmaster_killed_with_sigkill_gives_clients_08006_then_recovers(pgscale, primary_ctl):
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_postmaster_killed_with_sigkill_gives_clients_08006_then_recovers(pgscale, primary_ctl,
+                                                                          transport):
     """A real crash of the whole server: the postmaster gets SIGKILL while one
     client's query runs and another client sits idle.  Both are told with
     08006; once PostgreSQL is started again pgscale serves without a
     restart."""
     primary = primary_ctl
     pg = pgscale(DB_POOL_SIZE=2, DB_MAX_OVERFLOW=0, PGSCALE_SERVER_CONNECT_TIMEOUT="1s",
-                 DB_POOL_TIMEOUT=10)
+                 DB_POOL_TIMEOUT=10, DATABASE_URL=_transport_url(primary, transport))
     idle = pgwire.RawConn(pg.host, pg.port, timeout=10)
     busy = pgwire.RawConn(pg.host, pg.port, timeout=10)
     try:
@@ -664,7 +686,8 @@ def test_postmaster_killed_with_sigkill_gives_clients_08006_then_recovers(pgscal
         idle.send(pgwire.query("SELECT 2"))
         errs = _fatal_and_closed(idle, timeout=6)
         e = _assert_one_fatal(errs, "08006")
-        assert "%s:%d" % (primary.host, primary.port) in e["M"], e
+        # a killed postmaster leaves its socket file behind: nobody accepts there
+        assert _names_server(primary, transport, e["M"], "connection refused"), e
     finally:
         idle.close()
         busy.close()

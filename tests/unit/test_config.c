@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "endpoint.h"
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -355,6 +356,73 @@ static void test_url_multiple_hosts_are_rejected_clearly(void **state)
     url_bad("postgresql://u:p@h1:5432,h2:5433/d", "not supported yet");
     url_bad("postgresql://[::1]:1,[::2]:2/d", "multiple hosts");
     url_bad("postgresql:///d?host=a,b", "multiple hosts");
+}
+
+/* A socket directory, in each of the forms libpq accepts, and where the
+ * endpoint puts the socket file. */
+static void test_url_unix_socket_hosts(void **state)
+{
+    (void)state;
+    struct {
+        const char *url;
+        const char *path;
+    } cases[] = {
+        {"postgresql:///app?host=/var/run/postgresql", "/var/run/postgresql/.s.PGSQL.5432"},
+        {"postgresql://u:p@/app?host=/tmp/&port=6000", "/tmp/.s.PGSQL.6000"},
+        {"postgresql://%2Fsrv%2Fpg:5433/app", "/srv/pg/.s.PGSQL.5433"},
+        {"postgresql:///app", PGS_DEFAULT_SOCKET_DIR "/.s.PGSQL.5432"},
+        {"postgresql://u@/app?port=7", PGS_DEFAULT_SOCKET_DIR "/.s.PGSQL.7"},
+        {"postgresql:///app?host=/", "/.s.PGSQL.5432"},
+    };
+    for (size_t i = 0; i < PGS_ARRAY_LEN(cases); i++) {
+        pgs_url u;
+        url_ok(cases[i].url, &u);
+        assert_true(endpoint_url_is_unix(&u));
+        pgs_endpoint ep;
+        char err[400] = "";
+        if (endpoint_resolve(&u, &ep, err, sizeof(err)) != 0)
+            fail_msg("'%s': %s", cases[i].url, err);
+        assert_true(ep.is_unix);
+        assert_string_equal(ep.path, cases[i].path);
+        assert_string_equal(ep.text, cases[i].path);
+        config_url_free(&u);
+    }
+    /* a TCP host stays TCP */
+    pgs_url u;
+    url_ok("postgresql://127.0.0.1:6543/app?host=127.0.0.2", &u);
+    assert_false(endpoint_url_is_unix(&u));
+    pgs_endpoint ep;
+    char err[400];
+    assert_int_equal(endpoint_resolve(&u, &ep, err, sizeof(err)), 0);
+    assert_false(ep.is_unix);
+    assert_string_equal(ep.text, "127.0.0.2:6543");
+    config_url_free(&u);
+}
+
+static void test_url_unix_socket_path_limits(void **state)
+{
+    (void)state;
+    /* sun_path holds 107 characters: directory + "/.s.PGSQL.<port>" */
+    char dir[200], url[300];
+    size_t suffix = strlen("/.s.PGSQL.5432");
+    size_t fits = sizeof(((pgs_endpoint *)0)->path) - 1 - suffix;
+    memset(dir, 'd', sizeof(dir));
+    dir[0] = '/';
+    dir[fits] = '\0';
+    snprintf(url, sizeof(url), "postgresql:///app?host=%s", dir);
+    pgs_url u;
+    url_ok(url, &u);
+    config_url_free(&u);
+    dir[fits] = 'd';
+    dir[fits + 1] = '\0';
+    snprintf(url, sizeof(url), "postgresql:///app?host=%s", dir);
+    url_bad(url, "the system allows at most 107");
+    /* a longer port makes the same directory too long */
+    dir[fits] = '\0';
+    snprintf(url, sizeof(url), "postgresql:///app?host=%s&port=54321", dir);
+    url_bad(url, "use a shorter directory");
+    url_bad("postgresql:///app?host=@pgsock", "abstract-namespace");
+    url_bad("postgresql://%40pgsock/app", "abstract-namespace");
 }
 
 static void test_url_query_params_in_order_with_limit(void **state)
@@ -1411,6 +1479,8 @@ int main(void)
         cmocka_unit_test(test_url_ports),
         cmocka_unit_test(test_url_bad_schemes),
         cmocka_unit_test(test_url_multiple_hosts_are_rejected_clearly),
+        cmocka_unit_test(test_url_unix_socket_hosts),
+        cmocka_unit_test(test_url_unix_socket_path_limits),
         cmocka_unit_test(test_url_query_params_in_order_with_limit),
         cmocka_unit_test(test_url_query_param_forms),
         cmocka_unit_test(test_url_query_params_override_parts),

@@ -211,10 +211,10 @@ static void test_vanished_client_leaves_an_unsynced_server_closed(void **state)
     harness_stop();
 }
 
-static void test_idle_server_is_handed_to_a_waiter_on_another_worker(void **state)
+static void handed_to_a_waiter_on_another_worker(bool unix_socket)
 {
-    (void)state;
     start(2, 1, 0, 30000, 1000);
+    g_pgs.server.is_unix = unix_socket;
     fn_conn *a = logged_in_client(0);
     harness_client_query(a, "BEGIN");
     harness_pump();
@@ -234,11 +234,27 @@ static void test_idle_server_is_handed_to_a_waiter_on_another_worker(void **stat
     assert_ptr_equal(server_of(b), s);
     pgs_client *cb = harness_client_of(b);
     assert_int_equal(cb->server->w->id, 1);
+    /* reopened on the new worker as the same kind of socket */
+    assert_int_equal(cb->server->on_unix, unix_socket);
+    assert_int_equal(cb->server->s.tcp.type, unix_socket ? UV_NAMED_PIPE : UV_TCP);
     assert_string_equal(((fakepg *)s->user)->last_query, "SELECT 'b'");
     assert_int_equal(open_servers(), 1);
     reply(s, "SELECT 1", 'I');
     assert_int_equal(harness_count_msgs(b, 'C'), 1);
     harness_stop();
+    g_pgs.server.is_unix = false;
+}
+
+static void test_idle_server_is_handed_to_a_waiter_on_another_worker(void **state)
+{
+    (void)state;
+    handed_to_a_waiter_on_another_worker(false);
+}
+
+static void test_unix_socket_server_is_handed_over_as_a_pipe(void **state)
+{
+    (void)state;
+    handed_to_a_waiter_on_another_worker(true);
 }
 
 static void start_session(void)
@@ -299,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_idle_overflow_servers_close_after_the_overflow_timeout),
         cmocka_unit_test(test_vanished_client_leaves_an_unsynced_server_closed),
         cmocka_unit_test(test_idle_server_is_handed_to_a_waiter_on_another_worker),
+        cmocka_unit_test(test_unix_socket_server_is_handed_over_as_a_pipe),
         cmocka_unit_test(test_reply_when_nothing_is_owed_ends_the_server),
         cmocka_unit_test(test_set_pipelined_behind_a_query_is_refused),
     };
