@@ -4,6 +4,7 @@
  * that one thread from being flooded: a bound on lookups per client
  * address and a short memory of names PostgreSQL said it does not know. */
 #include "authquery.h"
+#include "endpoint.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -286,6 +287,14 @@ static int first_request_is_cleartext(int fd, int64_t deadline)
  * connection without TLS.  The same rule as server.c's, the same setting.
  * libpq still answers a cleartext request that comes later in the exchange
  * (after a SASL start), which only a hostile server sends. */
+/* A Unix socket protects a password as TLS does (server.c's rule). */
+static bool is_unix_socket(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    return getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX;
+}
+
 static PGconn *connect_guarded(const char *const *keys, const char *const *vals, char **error)
 {
     PGconn *c = PQconnectStartParams(keys, vals, 0);
@@ -307,7 +316,7 @@ static PGconn *connect_guarded(const char *const *keys, const char *const *vals,
         poll(&p, 1, (int)(left > 1000 ? 1000 : left));
         ConnStatusType now = PQstatus(c);
         if (guard && st == PGRES_POLLING_READING && now == CONNECTION_AWAITING_RESPONSE &&
-            last != CONNECTION_AWAITING_RESPONSE && !PQsslInUse(c)) {
+            last != CONNECTION_AWAITING_RESPONSE && !PQsslInUse(c) && !is_unix_socket(fd)) {
             int r = first_request_is_cleartext(fd, deadline);
             if (r != 0) {
                 char msg[600];
@@ -348,7 +357,11 @@ static PGconn *lookup_conn(char **error)
     const char *keys[] = {"host", "port", "dbname", "user", "password", "connect_timeout",
                           "application_name", "sslmode", "channel_binding", "options",
                           "sslrootcert", "sslcert", "sslkey", NULL};
-    const char *vals[] = {qcfg->primary.host, port, aq_dbname(), qcfg->auth.user,
+    /* the host as the pools read it: no host is the default socket
+     * directory (libpq would look at PGHOST first) */
+    const char *host = qcfg->primary.host && *qcfg->primary.host ? qcfg->primary.host
+                                                                  : PGS_DEFAULT_SOCKET_DIR;
+    const char *vals[] = {host, port, aq_dbname(), qcfg->auth.user,
                           aq_password(), timeout, "pgscale-auth-query",
                           tls_sslmode_name(st->sslmode),
                           tls_channel_binding_name(st->channel_binding),

@@ -216,15 +216,25 @@ def test_pgbench_through_a_socket_server(pgscale, primary, mode):
     assert ports and all(p == -1 for p in ports), ports
 
 
-def test_auth_query_looks_up_over_the_socket(pgscale, primary, tmp_path):
+@pytest.mark.parametrize("lookup_user", ["postgres", "sockpw"])
+def test_auth_query_looks_up_over_the_socket(pgscale, primary, roles, tmp_path, lookup_user):
+    # postgres: trust over the socket.  sockpw: PostgreSQL asks for its
+    # password in clear text ("password" in pg_hba.conf), which the lookup
+    # sends over a socket as the pools do (made superuser here to read
+    # pg_shadow).
     primary.execute("DROP ROLE IF EXISTS aq_sock")
     primary.execute("CREATE ROLE aq_sock LOGIN PASSWORD 'aq-sock-pw'")
+    if lookup_user == "sockpw":
+        primary.execute("ALTER ROLE sockpw SUPERUSER")
+        url = sock_url(primary, user="sockpw", password=SOCKPW_PASSWORD)
+    else:
+        url = sock_url(primary)
     try:
         cfg = tmp_path / "pgscale.yaml"
-        cfg.write_text("auth:\n  type: scram-sha-256\n  user: postgres\n"
+        cfg.write_text("auth:\n  type: scram-sha-256\n  user: %s\n"
                        "  query: SELECT usename, passwd FROM pg_catalog.pg_shadow "
-                       "WHERE usename = $1\n")
-        pg = pgscale(args=["--config", str(cfg)], DATABASE_URL=sock_url(primary))
+                       "WHERE usename = $1\n" % lookup_user)
+        pg = pgscale(args=["--config", str(cfg)], DATABASE_URL=url)
         # aq_sock is known only to PostgreSQL: the lookup (as postgres,
         # trusted over the socket only) and the pool both use the socket
         assert round_trip(pg, user="aq_sock", password="aq-sock-pw") == ("aq_sock", True, -1)
@@ -237,6 +247,7 @@ def test_auth_query_looks_up_over_the_socket(pgscale, primary, tmp_path):
         assert "password authentication failed" in str(e.value)
     finally:
         primary.execute("DROP ROLE IF EXISTS aq_sock")
+        primary.execute("ALTER ROLE sockpw NOSUPERUSER")
 
 
 # --- errors --------------------------------------------------------------
