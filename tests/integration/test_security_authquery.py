@@ -307,11 +307,14 @@ def test_missing_database_and_wrong_password_get_the_same_answer(pgscale, tmp_pa
                                                                   primary, user, password):
     pg = start_counted(pgscale, tmp_path)
     assert primary.execute("SELECT 1 FROM pg_database WHERE datname = %s", (MISSING_DB,)) == []
-    wrong_existing, t_existing = attempt(pg, user, "wrong-pw", "app")
-    wrong_missing, t_missing = attempt(pg, user, "wrong-pw", MISSING_DB)
+    # the fastest of three attempts each: one slow attempt on a busy
+    # machine says nothing, a path that is slower every time does
+    existing = [attempt(pg, user, "wrong-pw", "app") for _ in range(3)]
+    missing = [attempt(pg, user, "wrong-pw", MISSING_DB) for _ in range(3)]
     expected = ("28P01", "FATAL", 'password authentication failed for user "%s"' % user)
-    assert wrong_existing == wrong_missing == expected
-    assert abs(t_existing - t_missing) < 0.2, (t_existing, t_missing)
+    assert {a for a, _ in existing} == {a for a, _ in missing} == {expected}
+    t_existing, t_missing = min(t for _, t in existing), min(t for _, t in missing)
+    assert abs(t_existing - t_missing) < 0.2, (existing, missing)
     # an unknown user gets the same, whichever database it names
     assert attempt(pg, "aq_nobody2", "wrong-pw", MISSING_DB)[0][0] == "28P01"
     # only after authenticating does a client learn that the database is missing
