@@ -20,6 +20,7 @@
 #include "net.h"
 #include "params.h"
 #include "pool.h"
+#include "topology.h"
 #include "prepared.h"
 #include "proto.h"
 #include "relay.h"
@@ -725,7 +726,7 @@ void client_after_auth(pgs_client *c)
         client_fail(c, "53300", msg, "raise PGSCALE_MAX_CLIENT_CONN");
         return;
     }
-    pgs_pool *p = pool_get(c->w, c->user, c->database);
+    pgs_pool *p = pool_get(c->w, topology_primary(), c->user, c->database);
     char msg[400], hint[300];
     if (pool_admit_client(p, msg, sizeof(msg), hint, sizeof(hint)) < 0) {
         client_fail(c, "53300", msg, hint);
@@ -881,7 +882,7 @@ void client_accept(pgs_worker *w, uv_stream_t *listener)
 /* --- cancel --- */
 
 typedef struct cancel_req {
-    union {                 /* as g_pgs.server: TCP or Unix socket */
+    union {                 /* as the server's node: TCP or Unix socket */
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     };
@@ -929,12 +930,14 @@ void client_forward_cancel(pgs_client *c)
     proto_out o;
     proto_out_init(&o, r->buf, sizeof(r->buf));
     proto_cancel_request(&o, sv->backend_pid, sv->backend_key);
-    endpoint_handle_init(&g_pgs.server, &c->w->loop, (uv_handle_t *)&r->tcp);
+    /* to the node the server is on */
+    const pgs_endpoint *ep = &sv->pool->sh->node->ep;
+    endpoint_handle_init(ep, &c->w->loop, (uv_handle_t *)&r->tcp);
     r->tcp.data = r;
     r->conn.data = r;
     log_info("C-%u: forwarding cancel to S-%u (backend pid %u)", c->id, sv->id, sv->backend_pid);
     sv->cancelled_us = pgs_now_us();
-    if (endpoint_connect(&g_pgs.server, &r->conn, (uv_handle_t *)&r->tcp, cancel_connected) < 0)
+    if (endpoint_connect(ep, &r->conn, (uv_handle_t *)&r->tcp, cancel_connected) < 0)
         pgs_net->close((uv_handle_t *)&r->tcp, cancel_closed);
 }
 

@@ -17,6 +17,7 @@
 #include "config.h"
 #include "reload.h"
 #include "tls.h"
+#include "topology.h"
 #include "worker.h"
 
 #define PGSCALE_VERSION "0.1.0"
@@ -56,30 +57,38 @@ static const char *config_path(const char *flag)
     return e && *e ? e : NULL;
 }
 
-static int resolve_server(const pgs_config *cfg)
+/* The nodes (topology.c), and for those reached over a Unix socket what
+ * a user would want to know at start. */
+static int resolve_nodes(const pgs_config *cfg)
 {
-    char err[400];
-    if (endpoint_resolve(&cfg->primary, &g_pgs.server, err, sizeof(err)) < 0) {
-        fprintf(stderr, "pgscale: DATABASE_URL: %s\n", err);
+    char err[500];
+    if (topology_init(cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "pgscale: %s\n", err);
         return -1;
     }
-    if (!g_pgs.server.is_unix) return 0;
-    /* As libpq: TLS settings do not apply over a Unix socket. */
-    if (cfg->server_tls.sslmode != PGS_SSLMODE_DISABLE &&
-        cfg->server_tls.sslmode != PGS_SSLMODE_PREFER &&
-        cfg->server_tls.sslmode != PGS_SSLMODE_ALLOW)
-        log_info("server_tls.sslmode=%s does not apply to the Unix socket %s: TLS is not used "
-                 "there (as libpq does)",
-                 tls_sslmode_name(cfg->server_tls.sslmode), g_pgs.server.path);
-    /* The server may start later; say now if its directory is missing. */
-    char dir[sizeof(g_pgs.server.path)];
-    snprintf(dir, sizeof(dir), "%s", g_pgs.server.path);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) *slash = '\0';
-    if (access(dir, F_OK) != 0)
-        log_warn("DATABASE_URL: the socket directory %s does not exist (yet); server "
-                 "connections will fail until PostgreSQL creates it",
-                 dir);
+    bool said_tls = false;
+    for (int i = 0; i < topology_count(); i++) {
+        const pgs_node *n = topology_node(i);
+        if (!n->resolved || !n->ep.is_unix) continue;
+        /* As libpq: TLS settings do not apply over a Unix socket. */
+        if (!said_tls && cfg->server_tls.sslmode != PGS_SSLMODE_DISABLE &&
+            cfg->server_tls.sslmode != PGS_SSLMODE_PREFER &&
+            cfg->server_tls.sslmode != PGS_SSLMODE_ALLOW) {
+            log_info("server_tls.sslmode=%s does not apply to the Unix socket %s: TLS is not "
+                     "used there (as libpq does)",
+                     tls_sslmode_name(cfg->server_tls.sslmode), n->ep.path);
+            said_tls = true;
+        }
+        /* The server may start later; say now if its directory is missing. */
+        char dir[sizeof(n->ep.path)];
+        snprintf(dir, sizeof(dir), "%s", n->ep.path);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) *slash = '\0';
+        if (access(dir, F_OK) != 0)
+            log_warn("%s: the socket directory %s does not exist (yet); server connections "
+                     "will fail until PostgreSQL creates it",
+                     i == 0 ? "DATABASE_URL" : n->name, dir);
+    }
     return 0;
 }
 
@@ -176,7 +185,7 @@ int main(int argc, char **argv)
         config_free(&g_cfg);
         return 0;
     }
-    if (resolve_server(&g_cfg) < 0) return 1;
+    if (resolve_nodes(&g_cfg) < 0) return 1;
     if (clientauth_init(&g_cfg, err, sizeof(err)) < 0 || tls_init(&g_cfg, err, sizeof(err)) < 0 ||
         authquery_start(&g_cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "pgscale: configuration error: %s\n", err);
@@ -210,7 +219,7 @@ int main(int argc, char **argv)
              "pool %d+%d, server %s",
              listening, g_cfg.workers,
              g_cfg.pool_mode == PGS_POOL_SESSION ? "session" : "transaction", g_cfg.pool_size,
-             g_cfg.max_overflow, g_pgs.server.text);
+             g_cfg.max_overflow, topology_primary()->ep.text);
     uv_run(loop, UV_RUN_DEFAULT);
     worker_join_all();
     authquery_stop();

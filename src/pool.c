@@ -23,6 +23,7 @@
  * message to every worker for what only the owning worker may do (close
  * its connections, serve its waiting clients). */
 #include "pool.h"
+#include "topology.h"
 #include "params.h"
 
 #include <assert.h>
@@ -138,14 +139,17 @@ static void apply_settings(pgs_pool_shared *sh, const pgs_config *cfg)
  * (as is the g_pgs.pools list, which the admin console walks). */
 static pgs_pooltab pool_table;
 
-static pgs_pool_shared *shared_get_locked(const char *user, const char *database)
+static pgs_pool_shared *shared_get_locked(pgs_node *node, const char *user,
+                                          const char *database)
 {
-    pgs_pool_shared *sh = pooltab_find(&pool_table, user, database);
+    pgs_pool_shared *sh = pooltab_find(&pool_table, node->index, user, database);
     if (sh) return sh;
     sh = pgs_xcalloc(1, sizeof(*sh));
     sh->user = pgs_xstrdup(user);
     sh->database = pgs_xstrdup(database);
-    sh->hnode.hash = pooltab_hash(user, database);
+    sh->node = node;
+    sh->node_index = node->index;
+    sh->hnode.hash = pooltab_hash(node->index, user, database);
     /* Under pools_lock, so a RELOAD that publishes a new snapshot
      * either is seen here or reconfigures this pool after us. */
     apply_settings(sh, g_pgs.cfg);
@@ -189,10 +193,10 @@ static pgs_pool *local_attach_locked(pgs_worker *w, pgs_pool_shared *sh)
     return p;
 }
 
-pgs_pool *pool_get(pgs_worker *w, const char *user, const char *database)
+pgs_pool *pool_get(pgs_worker *w, pgs_node *node, const char *user, const char *database)
 {
     pthread_mutex_lock(&g_pgs.pools_lock);
-    pgs_pool *p = local_attach_locked(w, shared_get_locked(user, database));
+    pgs_pool *p = local_attach_locked(w, shared_get_locked(node, user, database));
     pthread_mutex_unlock(&g_pgs.pools_lock);
     return p;
 }

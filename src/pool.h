@@ -1,4 +1,4 @@
-/* Server pools per (user, database): pool_size kept, up to max_overflow
+/* Server pools per (node, user, database): pool_size kept, up to max_overflow
  * more under load, FIFO waiting with pool_timeout, and the cross-worker
  * budget that keeps the total within pool_size + max_overflow. */
 #ifndef PGS_POOL_H
@@ -6,8 +6,9 @@
 
 #include "types.h"
 
-/* Worker w's part of the pool of (user, database), made if needed. */
-pgs_pool *pool_get(pgs_worker *w, const char *user, const char *database);
+/* Worker w's part of the pool of (user, database) on node (topology.h),
+ * made if needed. */
+pgs_pool *pool_get(pgs_worker *w, struct pgs_node *node, const char *user, const char *database);
 /* A control message naming sh is posted (ref) / was handled (unref): a
  * pool is not freed while one is on its way. */
 void pool_ref(pgs_pool_shared *sh);

@@ -1,4 +1,4 @@
-/* The table that finds a pool's shared part by (user, database).  No I/O,
+/* The table that finds a pool's shared part by (node, user, database).  No I/O,
  * no locking: the caller holds g_pgs.pools_lock. */
 #ifndef PGS_POOLTAB_H
 #define PGS_POOLTAB_H
@@ -8,9 +8,12 @@
 /* Chains through pgs_pool_shared.hnode; a zeroed table is empty. */
 typedef htab pgs_pooltab;
 
-uint64_t pooltab_hash(const char *user, const char *database);
-pgs_pool_shared *pooltab_find(const pgs_pooltab *t, const char *user, const char *database);
-/* sh->user, sh->database and sh->hnode.hash must be set; sh must not be in t. */
+/* node: the index of the PostgreSQL node (topology.h) the pool connects to. */
+uint64_t pooltab_hash(int node, const char *user, const char *database);
+pgs_pool_shared *pooltab_find(const pgs_pooltab *t, int node, const char *user,
+                              const char *database);
+/* sh->node_index, sh->user, sh->database and sh->hnode.hash must be set;
+ * sh must not be in t. */
 static inline void pooltab_insert(pgs_pooltab *t, pgs_pool_shared *sh)
 {
     htab_insert(t, &sh->hnode);

@@ -4,6 +4,7 @@
  * worker.  Once logged in, bytes are relay.c's. */
 #include "clientauth.h"
 #include "server.h"
+#include "topology.h"
 
 #include <openssl/crypto.h>
 #include <pthread.h>
@@ -120,6 +121,12 @@ static void unlist(pgs_server *sv)
     pthread_mutex_unlock(&sv->w->lock);
 }
 
+/* Where sv connects: its pool's node. */
+static const pgs_endpoint *node_ep(const pgs_server *sv)
+{
+    return &sv->pool->sh->node->ep;
+}
+
 void server_close(pgs_server *sv, const char *reason)
 {
     if (sv->s.closing) return;
@@ -139,7 +146,7 @@ static void login_failed(pgs_server *sv, bool server_error, const char *sqlstate
 {
     if (pool_failure_is_news(sv->pool, msg))
         log_warn("S-%u: login to %s as user=%s db=%s failed: %s", sv->id,
-                 g_pgs.server.text, sv->pool->sh->user, sv->pool->sh->database, msg);
+                 node_ep(sv)->text, sv->pool->sh->user, sv->pool->sh->database, msg);
     pool_server_failed(sv->pool, server_error, sqlstate, msg);
     server_close(sv, "login failed");
 }
@@ -173,7 +180,7 @@ static void on_connect(uv_connect_t *req, int status)
     if (sv->s.closing) return;
     if (status < 0) {
         char msg[600];
-        endpoint_connect_error(&g_pgs.server, status, msg, sizeof(msg));
+        endpoint_connect_error(node_ep(sv), status, msg, sizeof(msg));
         login_failed(sv, false, "08006", msg);
         return;
     }
@@ -235,7 +242,7 @@ static void tls_answer(pgs_server *sv)
         if (rc < 0) {
             const char *te = io_tls_error(&sv->s);
             snprintf(msg, sizeof(msg), "TLS handshake with server %s failed: %s",
-                     g_pgs.server.text, te ? te : uv_strerror(rc));
+                     node_ep(sv)->text, te ? te : uv_strerror(rc));
             login_failed(sv, false, "08006", msg);
         }
         return;
@@ -250,12 +257,12 @@ static void tls_answer(pgs_server *sv)
         snprintf(msg, sizeof(msg),
                  "server %s does not accept TLS connections, but server_tls.sslmode is %s; "
                  "turn ssl on in PostgreSQL or lower server_tls.sslmode to prefer",
-                 g_pgs.server.text, tls_sslmode_name(mode));
+                 node_ep(sv)->text, tls_sslmode_name(mode));
         login_failed(sv, true, "08006", msg);
         return;
     }
     snprintf(msg, sizeof(msg), "server %s sent an invalid answer to SSLRequest (byte 0x%02x)",
-             g_pgs.server.text, answer);
+             node_ep(sv)->text, answer);
     login_failed(sv, false, "08P01", msg);
 }
 
@@ -276,7 +283,7 @@ void server_open(pgs_pool *p)
     sv->tx_status = 'I';
     list_init(&sv->node);
     list_init(&sv->all_node);
-    sv->on_unix = g_pgs.server.is_unix;
+    sv->on_unix = node_ep(sv)->is_unix;
     io_sock_init(w, &sv->s, PGS_SOCK_SERVER, sv, sv->on_unix);
     sv->connect_us = sv->login_start_us = sv->last_used_us = pgs_now_us();
     set_state(sv, SV_CONNECTING);
@@ -286,11 +293,11 @@ void server_open(pgs_pool *p)
     list_add_tail(&w->servers, &sv->all_node);
     pthread_mutex_unlock(&w->lock);
     sv->connect_req.data = sv;
-    int rc = endpoint_connect(&g_pgs.server, &sv->connect_req, (uv_handle_t *)&sv->s.tcp,
+    int rc = endpoint_connect(node_ep(sv), &sv->connect_req, (uv_handle_t *)&sv->s.tcp,
                               on_connect);
     if (rc < 0) {
         char msg[600];
-        endpoint_connect_error(&g_pgs.server, rc, msg, sizeof(msg));
+        endpoint_connect_error(node_ep(sv), rc, msg, sizeof(msg));
         login_failed(sv, false, "08006", msg);
     }
 }
@@ -371,7 +378,7 @@ static bool cleartext_allowed(pgs_server *sv)
              "scram-sha-256 in pg_hba.conf, or TLS toward the server "
              "(server_tls.sslmode=require), or allow it with server_allow_cleartext_password: "
              "on (PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD=on)",
-             g_pgs.server.text, sv->pool->sh->user);
+             node_ep(sv)->text, sv->pool->sh->user);
     login_failed(sv, true, "28000", msg);
     return false;
 }
@@ -401,7 +408,7 @@ static int choose_sasl(pgs_server *sv, const uint8_t *body, uint32_t blen, size_
         snprintf(msg, sizeof(msg),
                  "server %s offered SCRAM-SHA-256-PLUS on a connection without TLS (was TLS "
                  "removed by something in between?); refusing to log in",
-                 g_pgs.server.text);
+                 node_ep(sv)->text);
         login_failed(sv, true, "08006", msg);
         return -1;
     }
@@ -412,7 +419,7 @@ static int choose_sasl(pgs_server *sv, const uint8_t *body, uint32_t blen, size_
                      "could not hash the certificate of server %s for SCRAM channel binding "
                      "(its signature algorithm names no digest); set channel_binding to "
                      "disable",
-                     g_pgs.server.text);
+                     node_ep(sv)->text);
             login_failed(sv, true, "28000", msg);
             return -1;
         }
@@ -553,7 +560,7 @@ static int auth_step(pgs_server *sv, const uint8_t *body, uint32_t blen, char *p
                      "stall every client of this worker. If the role's secret really uses "
                      "that many, raise server_scram_max_iterations "
                      "(PGSCALE_SERVER_SCRAM_MAX_ITERATIONS)",
-                     g_pgs.server.text, sv->scram->server_iterations,
+                     node_ep(sv)->text, sv->scram->server_iterations,
                      sv->pool->sh->user, g_pgs.cfg->server_scram_max_iterations);
             login_failed(sv, true, "28000", msg);
             return -1;
@@ -720,13 +727,13 @@ void server_on_read(pgs_server *sv, ssize_t nread)
                 /* a certificate that does not verify will not verify on
                  * the next try either: fail the waiting clients now */
                 snprintf(msg, sizeof(msg), "TLS handshake with server %s failed: %s (%s=%s)",
-                         g_pgs.server.text, te, "server_tls.sslmode",
+                         node_ep(sv)->text, te, "server_tls.sslmode",
                          tls_sslmode_name(tls_server_sslmode()));
                 login_failed(sv, true, "08006", msg);
                 return;
             }
             snprintf(msg, sizeof(msg), "server %s closed the connection during login: %s",
-                     g_pgs.server.text, uv_strerror((int)nread));
+                     node_ep(sv)->text, uv_strerror((int)nread));
             login_failed(sv, false, "08006", msg);
             return;
         }
@@ -862,12 +869,12 @@ void server_check_login_timeouts(pgs_pool *p, uint64_t now)
             pgs_elapsed_us(now, sv->login_start_us) >
                 (uint64_t)cfg->server_connect_timeout_ms * 1000u) {
             snprintf(msg, sizeof(msg), "connecting to %s timed out after %u ms",
-                     g_pgs.server.text, cfg->server_connect_timeout_ms);
+                     node_ep(sv)->text, cfg->server_connect_timeout_ms);
             login_failed(sv, false, "08006", msg);
         } else if (st == SV_LOGIN && pgs_elapsed_us(now, sv->login_start_us) >
                                          (uint64_t)cfg->server_login_timeout_ms * 1000u) {
             snprintf(msg, sizeof(msg), "logging in to %s timed out after %u ms",
-                     g_pgs.server.text, cfg->server_login_timeout_ms);
+                     node_ep(sv)->text, cfg->server_login_timeout_ms);
             login_failed(sv, false, "08006", msg);
         }
     }

@@ -316,6 +316,8 @@ struct pgs_server {
  * x86). */
 struct pgs_pool_shared {
     char *user, *database;
+    struct pgs_node *node;        /* the PostgreSQL node it connects to (topology.h) */
+    int node_index;
     _Atomic int open;             /* server connections open or opening, all workers */
     _Atomic int waiting;          /* clients queued, all workers */
     _Atomic int max_total;        /* pool_size + max_overflow */

@@ -114,8 +114,6 @@ typedef struct pgs_global {
     int fd_limit;               /* RLIMIT_NOFILE soft limit after start-up */
     _Atomic int shutting_down;  /* 1 = draining (SIGTERM) */
     uint64_t start_wall_us;
-    /* where DATABASE_URL points, resolved once at start */
-    pgs_endpoint server;
 } pgs_global;
 
 extern pgs_global g_pgs;

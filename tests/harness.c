@@ -1,5 +1,6 @@
 /* pgscale on the fake network, one thread, fake clock (harness.h). */
 #include "harness.h"
+#include "topology.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,10 @@ void harness_start(const harness_opts *o)
     pgs_set_fake_now_us(now_us);
     g_pgs.pools = NULL;
     atomic_store(&g_pgs.total_clients, 0);
+    /* one node; the fake network does not look at its address */
+    cfg.primary.host = pgs_xstrdup("127.0.0.1");
+    char err[256];
+    if (topology_init(&cfg, err, sizeof(err)) < 0) abort();
     if (worker_init_all(&cfg, false) < 0) abort();
 }
 
@@ -169,6 +174,7 @@ void harness_stop(void)
     for (size_t i = 0; i < n; i++) fakepg_free(all[i]);
     fakenet_reset();
     fakenet_uninstall();
+    topology_free();
     config_free(&cfg);
     pgs_set_fake_now_us(0);
 }

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "topology.h"
 #include "worker.h"
 
 static void start(int workers, int size, int overflow, uint32_t timeout_ms, uint32_t overflow_idle_ms)
@@ -214,7 +215,7 @@ static void test_vanished_client_leaves_an_unsynced_server_closed(void **state)
 static void handed_to_a_waiter_on_another_worker(bool unix_socket)
 {
     start(2, 1, 0, 30000, 1000);
-    g_pgs.server.is_unix = unix_socket;
+    topology_primary()->ep.is_unix = unix_socket;
     fn_conn *a = logged_in_client(0);
     harness_client_query(a, "BEGIN");
     harness_pump();
@@ -242,7 +243,6 @@ static void handed_to_a_waiter_on_another_worker(bool unix_socket)
     reply(s, "SELECT 1", 'I');
     assert_int_equal(harness_count_msgs(b, 'C'), 1);
     harness_stop();
-    g_pgs.server.is_unix = false;
 }
 
 static void test_idle_server_is_handed_to_a_waiter_on_another_worker(void **state)

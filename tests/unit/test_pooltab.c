@@ -19,7 +19,7 @@ static pgs_pool_shared *make(const char *user, const char *db)
     assert_non_null(sh);
     sh->user = strdup(user);
     sh->database = strdup(db);
-    sh->hnode.hash = pooltab_hash(user, db);
+    sh->hnode.hash = pooltab_hash(sh->node_index, user, db);
     return sh;
 }
 
@@ -38,7 +38,7 @@ static void test_finds_every_pool_through_growth_and_removal(void **state)
     pgs_pooltab t = {0};
     static pgs_pool_shared *all[N];
     char u[32], d[32];
-    assert_null(pooltab_find(&t, "app", "app"));
+    assert_null(pooltab_find(&t, 0, "app", "app"));
     for (int i = 0; i < N; i++) {
         snprintf(u, sizeof(u), "user%d", i);
         snprintf(d, sizeof(d), "db%d", i % 7);
@@ -50,9 +50,9 @@ static void test_finds_every_pool_through_growth_and_removal(void **state)
     for (int i = 0; i < N; i++) {
         snprintf(u, sizeof(u), "user%d", i);
         snprintf(d, sizeof(d), "db%d", i % 7);
-        assert_ptr_equal(pooltab_find(&t, u, d), all[i]);
+        assert_ptr_equal(pooltab_find(&t, 0, u, d), all[i]);
         snprintf(d, sizeof(d), "db%d", (i + 1) % 7);
-        assert_null(pooltab_find(&t, u, d));
+        assert_null(pooltab_find(&t, 0, u, d));
     }
     /* remove the odd ones, newest first */
     for (int i = N - 1; i >= 0; i--)
@@ -62,9 +62,9 @@ static void test_finds_every_pool_through_growth_and_removal(void **state)
         snprintf(u, sizeof(u), "user%d", i);
         snprintf(d, sizeof(d), "db%d", i % 7);
         if (i % 2)
-            assert_null(pooltab_find(&t, u, d));
+            assert_null(pooltab_find(&t, 0, u, d));
         else
-            assert_ptr_equal(pooltab_find(&t, u, d), all[i]);
+            assert_ptr_equal(pooltab_find(&t, 0, u, d), all[i]);
     }
     for (int i = 0; i < N; i++)
         if (i % 2 == 0) pooltab_remove(&t, all[i]);
@@ -79,14 +79,14 @@ static void test_user_and_database_boundary_matters(void **state)
     pgs_pooltab t = {0};
     pgs_pool_shared *a = make("ab", "c"), *b = make("a", "bc");
     pooltab_insert(&t, a);
-    assert_null(pooltab_find(&t, "a", "bc"));
+    assert_null(pooltab_find(&t, 0, "a", "bc"));
     pooltab_insert(&t, b);
-    assert_ptr_equal(pooltab_find(&t, "ab", "c"), a);
-    assert_ptr_equal(pooltab_find(&t, "a", "bc"), b);
+    assert_ptr_equal(pooltab_find(&t, 0, "ab", "c"), a);
+    assert_ptr_equal(pooltab_find(&t, 0, "a", "bc"), b);
     pooltab_remove(&t, a);
     pooltab_remove(&t, a); /* not there any more: no effect */
     assert_int_equal(t.count, 1);
-    assert_ptr_equal(pooltab_find(&t, "a", "bc"), b);
+    assert_ptr_equal(pooltab_find(&t, 0, "a", "bc"), b);
     drop(a);
     drop(b);
     pooltab_free(&t);

@@ -1,0 +1,70 @@
+/* The PostgreSQL nodes pgscale knows: DATABASE_URL's (the primary at
+ * start) and READ_REPLICA_URLS' (or the config file's nodes), each with
+ * where it is reached and what the monitor last learnt of it.  The list is
+ * fixed at start (changing it needs a restart); what changes at run time
+ * -- role, health, WAL positions, lag -- lives in atomics that the monitor
+ * thread writes and the workers read without a lock. */
+#ifndef PGS_TOPOLOGY_H
+#define PGS_TOPOLOGY_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "endpoint.h"
+
+#define PGS_MAX_NODES 16
+
+typedef enum pgs_node_role {
+    PGS_ROLE_PRIMARY = 0,
+    PGS_ROLE_REPLICA = 1,
+    PGS_ROLE_UNKNOWN = 2, /* not reached yet */
+} pgs_node_role;
+
+typedef enum pgs_node_state {
+    PGS_NODE_UP = 0,      /* answering health checks (or not checked yet) */
+    PGS_NODE_DOWN = 1,    /* failed checks: no new work until it is back */
+    PGS_NODE_FENCED = 2,  /* a former primary after failover: never used again */
+} pgs_node_state;
+
+typedef struct pgs_node {
+    int index;
+    char name[16];            /* "primary", "replica1", ... (as configured) */
+    const pgs_url *url;       /* in the start-up configuration */
+    pgs_endpoint ep;
+    bool resolved;            /* ep is usable (a replica's host may not resolve) */
+    int weight;               /* balancing weight (1 unless configured) */
+    _Atomic int role;         /* pgs_node_role */
+    _Atomic int state;        /* pgs_node_state */
+    /* WAL positions (LSNs as 64-bit numbers): on the primary its current
+     * write position, on a replica what it has replayed and received. */
+    _Atomic uint64_t lsn;
+    _Atomic uint64_t receive_lsn;
+    _Atomic uint64_t lag_bytes;   /* primary's LSN - this replica's replay LSN */
+    _Atomic uint32_t lag_ms;      /* replay delay as the replica reports it */
+    _Atomic uint64_t checked_us;  /* when the monitor last read the above (0: never) */
+    /* Counters for SHOW NODES, by any worker. */
+    _Atomic uint64_t reads, writes;
+    _Atomic int outstanding;      /* transactions running there now */
+    pthread_mutex_t err_lock;     /* guards last_error */
+    char last_error[256];
+} pgs_node;
+
+/* Builds the node list from cfg; the primary's address must resolve (err
+ * says why not), a replica's that does not is logged and kept down. */
+PGS_MUSTCHECK int topology_init(const pgs_config *cfg, char *err, size_t errlen);
+void topology_free(void);
+
+int topology_count(void);
+pgs_node *topology_node(int i);
+/* The node that takes writes now. */
+pgs_node *topology_primary(void);
+
+void topology_set_error(pgs_node *n, const char *msg);
+void topology_get_error(pgs_node *n, char *buf, size_t len);
+
+const char *topology_role_name(int role);
+const char *topology_state_name(int state);
+
+#endif
