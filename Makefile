@@ -1,12 +1,14 @@
 # Thin wrapper over meson/ninja.  `make` builds build/pgscale; `make check`
-# runs every test; `make demo` and `make bench` run the demo and benchmarks.
+# runs every test; `make demo` and `make bench` run the demo and benchmarks;
+# `make bench-unix` compares server connections over TCP and a Unix socket.
 # check, demo and bench install their dependencies first (Debian 12, root).
 
 PYTHON     ?= /usr/bin/python3
 FUZZ_SECS  ?= 20
 PYTEST_ARGS ?=
 
-.PHONY: all deps check unit asan tsan fuzz integration integration-asan integration-tsan demo bench clean
+.PHONY: all deps check unit asan tsan fuzz integration integration-asan integration-tsan demo bench \
+	bench-unix clean
 
 all: build/build.ninja
 	ninja -C build
@@ -91,6 +93,13 @@ demo: deps all
 
 bench: deps all
 	bash bench/pgbench_compare.sh
+
+# pgscale and PgBouncer each twice, one reaching PostgreSQL over TCP and one
+# over its Unix socket, beside direct PostgreSQL; pgbench reaches them all
+# over TCP. BENCH_SECONDS and BENCH_MODES pass through.
+bench-unix: deps all
+	BENCH_TARGETS="direct pgbouncer pgbouncer-unix pgscale pgscale-unix" BENCH_CLIENTS="16 64" \
+	    BENCH_IDLE_CLIENTS=0 bash bench/pgbench_compare.sh
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz

@@ -6,21 +6,32 @@
 # `pgbench -i -s 10`, starts PgBouncer and pgscale in transaction mode with
 # the same pool size, then runs the read-only pgbench workload (-S) through
 # each, for every protocol mode and client count. Prints one table of tps,
-# ratios and the proxy's CPU time per transaction, then the idle-client memory
-# test (bench/idle_clients.py: 10,000 clients that log in and sit idle), then
-# the figures against pgscale's targets. Everything it started is stopped and
-# removed on exit, Ctrl-C included.
+# ratios and the proxy's CPU time per transaction (user and system), then the
+# idle-client memory test (bench/idle_clients.py: 10,000 clients that log in
+# and sit idle), then the figures against pgscale's targets. Everything it
+# started is stopped and removed on exit, Ctrl-C included.
+#
+# Targets: `direct` is PostgreSQL itself; `pgbouncer` and `pgscale` reach
+# the server over TCP; `pgbouncer-unix` and `pgscale-unix` are a second
+# PgBouncer and pgscale that reach it over its Unix socket (the cluster then
+# gets a socket directory). pgbench always reaches every target over loopback
+# TCP: only the proxy-to-server leg differs. The Unix-socket comparison is
+# `make bench-unix`, i.e.
+#   BENCH_TARGETS="direct pgbouncer pgbouncer-unix pgscale pgscale-unix" \
+#   BENCH_CLIENTS="16 64" BENCH_IDLE_CLIENTS=0 bench/pgbench_compare.sh
 #
 # Environment (defaults in brackets):
 #   BENCH_SECONDS [10]                 length of each pgbench run
 #   BENCH_CLIENTS ["1 16 64 256 1000"] client counts
 #   BENCH_MODES   ["simple prepared"]  pgbench -M protocol modes
-#   BENCH_TARGETS ["direct pgbouncer pgscale"]
+#   BENCH_TARGETS ["direct pgbouncer pgscale"]  any of direct pgbouncer
+#                                      pgbouncer-unix pgscale pgscale-unix
 #   BENCH_JOBS    [2]                  pgbench -j (threads)
 #   BENCH_SCALE   [10]                 pgbench -i -s
 #   BENCH_IDLE_CLIENTS [10000]         idle-client test size; 0 skips it
 #   BENCH_KEEP    [0]                  1 keeps the temp dir (logs, data) for a look
-#   BENCH_RESULTS [unset]              also write the table as TSV to this file
+#   BENCH_RESULTS [unset]              also write the table as TSV (one row
+#                                      per mode, client count and target) to this file
 #   PGSCALE_BIN   [build/pgscale]      PGSCALE_WORKERS and PGSCALE_LOG_LEVEL pass through
 # Quick smoke run: BENCH_SECONDS=3 BENCH_CLIENTS="16 64" bench/pgbench_compare.sh
 #
@@ -47,6 +58,8 @@ POOL_SIZE=20        # PgBouncer default_pool_size and pgscale DB_POOL_SIZE
 MAX_OVERFLOW=10     # pgscale DB_MAX_OVERFLOW
 APP_USER=app APP_PASSWORD=secret APP_DB=app
 FD_LIMIT=20000
+# Every target, in the order runs and table rows go.
+ALL_TARGETS="direct pgbouncer pgbouncer-unix pgscale pgscale-unix"
 
 log()  { printf '%s\n' "$*"; }
 warn() { printf 'bench: %s\n' "$*" >&2; }
@@ -54,7 +67,8 @@ die()  { warn "$*"; exit 1; }
 
 # ---------------------------------------------------------------- checks
 for t in $BENCH_TARGETS; do
-    case $t in direct|pgbouncer|pgscale) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
+    case $t in direct|pgbouncer|pgbouncer-unix|pgscale|pgscale-unix) ;;
+        *) die "unknown target '$t' in BENCH_TARGETS (known: $ALL_TARGETS)" ;; esac
 done
 for m in $BENCH_MODES; do
     case $m in simple|extended|prepared) ;; *) die "unknown pgbench mode '$m' in BENCH_MODES" ;; esac
@@ -65,10 +79,18 @@ command -v pgbench >/dev/null || die "pgbench not found; run scripts/install-dep
 [ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN; run scripts/install-deps.sh"
 [ -x "$PYTHON" ] || die "$PYTHON not found"
 want() { [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
-if want pgbouncer && ! command -v pgbouncer >/dev/null; then
+if { want pgbouncer || want pgbouncer-unix; } && ! command -v pgbouncer >/dev/null; then
     warn "pgbouncer not found (scripts/install-deps.sh installs it); skipping it"
-    BENCH_TARGETS=${BENCH_TARGETS//pgbouncer/}
+    kept=
+    for t in $BENCH_TARGETS; do [[ $t == pgbouncer* ]] || kept="$kept $t"; done
+    BENCH_TARGETS=$kept
 fi
+leg() {  # leg TARGET — how the target reaches PostgreSQL
+    case $1 in direct) echo - ;; *-unix) echo unix ;; *) echo tcp ;; esac
+}
+bouncer_of() {  # bouncer_of TARGET — the PgBouncer on the same server leg
+    case $1 in pgscale) echo pgbouncer ;; pgscale-unix) echo pgbouncer-unix ;; *) echo "" ;; esac
+}
 
 # pgbench with 1000 clients, and 10,000 idle clients, need many descriptors;
 # children (pgbench, PgBouncer, the idle-client script) inherit this limit.
@@ -83,8 +105,7 @@ fi
 # ---------------------------------------------------------------- cleanup
 TMP=
 CHILD=          # the pgbench / idle-client run in progress
-BOUNCER_PID=
-SCALE_PID=
+declare -A PID=() PORT=()   # per proxy target: its process and listening port
 CLEANED=0
 
 stop_pid() {  # stop_pid PID — TERM, up to 5 s, then KILL
@@ -106,8 +127,8 @@ cleanup() {
     CLEANED=1
     trap '' INT TERM
     stop_pid "$CHILD"
-    stop_pid "$SCALE_PID"
-    stop_pid "$BOUNCER_PID"
+    local t
+    for t in "${!PID[@]}"; do stop_pid "${PID[$t]}"; done
     if [ -n "$TMP" ] && [ -d "$TMP" ]; then
         "$PGCLUSTER" stop "$TMP/cluster" >/dev/null 2>&1 || warn "could not stop the cluster in $TMP/cluster"
         if [ "$BENCH_KEEP" = 1 ]; then
@@ -174,103 +195,122 @@ chmod 711 "$TMP"          # the postgres user must reach $TMP/cluster and $TMP/p
 mkdir -p "$TMP/logs"
 
 free_port PG_PORT
-free_port BOUNCER_PORT
-free_port SCALE_PORT
+PORT[direct]=$PG_PORT
+for t in $ALL_TARGETS; do
+    [ "$t" != direct ] && want "$t" && free_port "PORT[$t]"
+done
+# The -unix targets need the server's socket: a short directory (a socket
+# path holds at most 107 bytes) that root-run pgscale and postgres-run
+# PgBouncer both reach ($TMP is mode 711).
+SOCK_DIR=
+if want pgbouncer-unix || want pgscale-unix; then SOCK_DIR=$TMP/sock; fi
 
 log "== pgscale benchmark: pgbench -S, ${BENCH_SECONDS}s per run, clients: $BENCH_CLIENTS, modes: $BENCH_MODES"
-log "   $(nproc) cores; PostgreSQL on :$PG_PORT, PgBouncer on :$BOUNCER_PORT, pgscale on :$SCALE_PORT; work dir $TMP"
+ports="PostgreSQL on :$PG_PORT${SOCK_DIR:+ and $SOCK_DIR/.s.PGSQL.$PG_PORT}"
+for t in $ALL_TARGETS; do [ -n "${PORT[$t]:-}" ] && [ "$t" != direct ] && ports="$ports, $t on :${PORT[$t]}"; done
+log "   $(nproc) cores; $ports; work dir $TMP"
 
-"$PGCLUSTER" start "$TMP/cluster" "$PG_PORT" 0 >"$TMP/logs/pgcluster.log" 2>&1 \
+PGCLUSTER_SOCKET_DIR=$SOCK_DIR "$PGCLUSTER" start "$TMP/cluster" "$PG_PORT" 0 >"$TMP/logs/pgcluster.log" 2>&1 \
     || { cat "$TMP/logs/pgcluster.log" >&2; die "could not start PostgreSQL"; }
-log "-- PostgreSQL 15 started; loading pgbench -i -s $BENCH_SCALE"
+log "-- PostgreSQL 15 started${SOCK_DIR:+ (also on its Unix socket)}; loading pgbench -i -s $BENCH_SCALE"
 PGPASSWORD=$APP_PASSWORD run_child timeout 600 pgbench -i -q -s "$BENCH_SCALE" \
     -h 127.0.0.1 -p "$PG_PORT" -U "$APP_USER" "$APP_DB" >"$TMP/logs/pgbench-init.log" 2>&1 \
     || { tail -n 20 "$TMP/logs/pgbench-init.log" >&2; die "pgbench -i failed"; }
 
 declare -A AVAILABLE=([direct]=1) DEAD=()
 
-if want pgbouncer; then
-    mkdir -p "$TMP/pgbouncer"
+start_pgbouncer() {  # start_pgbouncer TARGET HOST — HOST: 127.0.0.1 or the socket directory
+    local t=$1 host=$2 dir=$TMP/$1 how
+    how=$([ "$host" = 127.0.0.1 ] && echo "server over TCP" || echo "server over the Unix socket")
+    mkdir -p "$dir"
     # Clients log in with trust (as they do with pgscale); the userlist gives
     # PgBouncer the app password for its own scram-sha-256 login to the server.
-    printf '"%s" "%s"\n' "$APP_USER" "$APP_PASSWORD" >"$TMP/pgbouncer/userlist.txt"
-    cat >"$TMP/pgbouncer/pgbouncer.ini" <<EOF
+    printf '"%s" "%s"\n' "$APP_USER" "$APP_PASSWORD" >"$dir/userlist.txt"
+    cat >"$dir/pgbouncer.ini" <<EOF
 [databases]
-$APP_DB = host=127.0.0.1 port=$PG_PORT dbname=$APP_DB
+$APP_DB = host=$host port=$PG_PORT dbname=$APP_DB
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
+listen_port = ${PORT[$t]}
 unix_socket_dir =
 auth_type = trust
-auth_file = $TMP/pgbouncer/userlist.txt
+auth_file = $dir/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
 max_client_conn = 12000
 ignore_startup_parameters = extra_float_digits
-logfile = $TMP/pgbouncer/pgbouncer.log
+logfile = $dir/$t.log
 log_connections = 0
 log_disconnections = 0
 EOF
-    chmod 600 "$TMP/pgbouncer/userlist.txt"
+    chmod 600 "$dir/userlist.txt"
     # PgBouncer refuses to run as root. setpriv execs it in place (no PAM
     # session resetting the open-files limit, unlike runuser), so $! is
     # PgBouncer itself: its /proc entries are what we measure.
     if [ "$(id -u)" -eq 0 ]; then
-        chown -R postgres:postgres "$TMP/pgbouncer"
+        chown -R postgres:postgres "$dir"
         (cd / && exec setpriv --reuid postgres --regid postgres --init-groups -- \
-            pgbouncer "$TMP/pgbouncer/pgbouncer.ini") >"$TMP/logs/pgbouncer.out" 2>&1 &
+            pgbouncer "$dir/pgbouncer.ini") >"$TMP/logs/$t.out" 2>&1 &
     else
-        pgbouncer "$TMP/pgbouncer/pgbouncer.ini" >"$TMP/logs/pgbouncer.out" 2>&1 &
+        pgbouncer "$dir/pgbouncer.ini" >"$TMP/logs/$t.out" 2>&1 &
     fi
-    BOUNCER_PID=$!
-    if wait_port "$BOUNCER_PORT" 15 "$BOUNCER_PID" && [ "$(psql_at "$BOUNCER_PORT" "$APP_DB" 'SELECT 1' 2>>"$TMP/logs/pgbouncer.out")" = 1 ]; then
-        AVAILABLE[pgbouncer]=1
-        log "-- PgBouncer $(pgbouncer --version | head -n1 | awk '{print $2}') started (transaction mode, default_pool_size $POOL_SIZE), pid $BOUNCER_PID"
+    PID[$t]=$!
+    if wait_port "${PORT[$t]}" 15 "${PID[$t]}" && [ "$(psql_at "${PORT[$t]}" "$APP_DB" 'SELECT 1' 2>>"$TMP/logs/$t.out")" = 1 ]; then
+        AVAILABLE[$t]=1
+        log "-- $t: PgBouncer $(pgbouncer --version | head -n1 | awk '{print $2}') started (transaction mode, default_pool_size $POOL_SIZE, $how), pid ${PID[$t]}"
     else
-        warn "PgBouncer did not come up; skipping it. Log:"
-        tail -n 20 "$TMP/logs/pgbouncer.out" "$TMP/pgbouncer/pgbouncer.log" >&2 2>/dev/null || true
+        warn "$t (PgBouncer) did not come up; skipping it. Log:"
+        tail -n 20 "$TMP/logs/$t.out" "$dir/$t.log" >&2 2>/dev/null || true
+        stop_pid "${PID[$t]}"; unset "PID[$t]"
     fi
-fi
+}
 
-if want pgscale; then
+start_pgscale() {  # start_pgscale TARGET DATABASE_URL
+    local t=$1 url=$2 how
+    how=$([[ $t == *-unix ]] && echo "server over the Unix socket" || echo "server over TCP")
+    # Only what the benchmark means to configure; a caller's replica or
+    # Redis settings would change what is measured.
+    env -u READ_REPLICA_URLS -u REDIS_URL \
+        DATABASE_URL="$url" \
+        PGSCALE_LISTEN="127.0.0.1:${PORT[$t]}" \
+        PGSCALE_POOL_MODE=transaction \
+        DB_POOL_SIZE=$POOL_SIZE DB_MAX_OVERFLOW=$MAX_OVERFLOW \
+        PGSCALE_MAX_CLIENT_CONN=12000 \
+        "$PGSCALE_BIN" >"$TMP/logs/$t.log" 2>&1 &
+    PID[$t]=$!
+    if wait_port "${PORT[$t]}" 15 "${PID[$t]}" && [ "$(psql_at "${PORT[$t]}" "$APP_DB" 'SELECT 1' 2>>"$TMP/logs/$t.log")" = 1 ]; then
+        AVAILABLE[$t]=1
+        log "-- $t: pgscale started (transaction mode, DB_POOL_SIZE=$POOL_SIZE DB_MAX_OVERFLOW=$MAX_OVERFLOW, workers ${PGSCALE_WORKERS:-default}, $how), pid ${PID[$t]}"
+    else
+        warn "$t (pgscale) did not come up or does not answer SELECT 1; skipping it. Log:"
+        tail -n 20 "$TMP/logs/$t.log" >&2 || true
+        stop_pid "${PID[$t]}"; unset "PID[$t]"
+    fi
+}
+
+want pgbouncer && start_pgbouncer pgbouncer 127.0.0.1
+want pgbouncer-unix && start_pgbouncer pgbouncer-unix "$SOCK_DIR"
+if want pgscale || want pgscale-unix; then
     if [ ! -x "$PGSCALE_BIN" ]; then
         warn "$PGSCALE_BIN not found (run make); skipping pgscale"
     else
-        # Only what the benchmark means to configure; a caller's replica or
-        # Redis settings would change what is measured.
-        env -u READ_REPLICA_URLS -u REDIS_URL \
-            DATABASE_URL="postgresql://$APP_USER:$APP_PASSWORD@127.0.0.1:$PG_PORT/$APP_DB" \
-            PGSCALE_LISTEN="127.0.0.1:$SCALE_PORT" \
-            PGSCALE_POOL_MODE=transaction \
-            DB_POOL_SIZE=$POOL_SIZE DB_MAX_OVERFLOW=$MAX_OVERFLOW \
-            PGSCALE_MAX_CLIENT_CONN=12000 \
-            "$PGSCALE_BIN" >"$TMP/logs/pgscale.log" 2>&1 &
-        SCALE_PID=$!
-        if wait_port "$SCALE_PORT" 15 "$SCALE_PID" && [ "$(psql_at "$SCALE_PORT" "$APP_DB" 'SELECT 1' 2>>"$TMP/logs/pgscale.log")" = 1 ]; then
-            AVAILABLE[pgscale]=1
-            log "-- pgscale started (transaction mode, DB_POOL_SIZE=$POOL_SIZE DB_MAX_OVERFLOW=$MAX_OVERFLOW, workers ${PGSCALE_WORKERS:-default}), pid $SCALE_PID"
-        else
-            warn "pgscale did not come up or does not answer SELECT 1; skipping it. Log:"
-            tail -n 20 "$TMP/logs/pgscale.log" >&2 || true
-            stop_pid "$SCALE_PID"; SCALE_PID=
-        fi
+        want pgscale && start_pgscale pgscale \
+            "postgresql://$APP_USER:$APP_PASSWORD@127.0.0.1:$PG_PORT/$APP_DB"
+        want pgscale-unix && start_pgscale pgscale-unix \
+            "postgresql://$APP_USER:$APP_PASSWORD@/$APP_DB?host=$SOCK_DIR&port=$PG_PORT"
     fi
 fi
 
-target_port() {
-    case $1 in direct) echo "$PG_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; pgscale) echo "$SCALE_PORT" ;; esac
-}
-target_pid() {
-    case $1 in pgbouncer) echo "$BOUNCER_PID" ;; pgscale) echo "$SCALE_PID" ;; *) echo "" ;; esac
-}
+target_port() { echo "${PORT[$1]}"; }
+target_pid() { echo "${PID[$1]:-}"; }
 
 # A short run so the first measured run does not pay for cold caches.
 PGPASSWORD=$APP_PASSWORD run_child timeout 60 pgbench -n -S -c 4 -j 2 -T 2 \
     -h 127.0.0.1 -p "$PG_PORT" -U "$APP_USER" "$APP_DB" >"$TMP/logs/warmup.log" 2>&1 || true
 
 # ---------------------------------------------------------------- pgbench runs
-declare -A TPS CPU USR
+declare -A TPS CPU USR SYS
 NOTES=()
 
 proxy_died() {  # proxy_died TARGET WHEN — say so once, with the end of its log
@@ -287,7 +327,7 @@ proxy_died() {  # proxy_died TARGET WHEN — say so once, with the end of its lo
 # measured window would shrink to nothing. So -T is BENCH_SECONDS plus the
 # connection time expected from the last run against the same target
 # (milliseconds per client; first guesses below), with 50% to spare.
-declare -A CONN_MS=([direct]=25 [pgbouncer]=5 [pgscale]=5)
+declare -A CONN_MS=([direct]=25 [pgbouncer]=5 [pgbouncer-unix]=5 [pgscale]=5 [pgscale-unix]=5)
 
 run_one() {  # run_one MODE CLIENTS TARGET
     local mode=$1 c=$2 t=$3 key="$1/$2/$3"
@@ -295,7 +335,7 @@ run_one() {  # run_one MODE CLIENTS TARGET
     port=$(target_port "$t"); pid=$(target_pid "$t")
     out="$TMP/logs/pgbench-$mode-$c-$t.log"
     jobs=$BENCH_JOBS; [ "$c" -lt "$jobs" ] && jobs=$c
-    USR[$key]=-
+    USR[$key]=- SYS[$key]=-
     if [ -z "${AVAILABLE[$t]:-}" ]; then TPS[$key]=${DEAD[$t]:--}; CPU[$key]=-; return; fi
     if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
         proxy_died "$t" "before $mode/$c"
@@ -333,23 +373,27 @@ run_one() {  # run_one MODE CLIENTS TARGET
         why=$(grep -m1 -iE 'error|fatal|abort' "$out" | sed 's/^pgbench: //' | cut -c1-110 || true)
         [ "$rc" -eq 124 ] && why="timed out; ${why}"
         TPS[$key]=ERR; CPU[$key]=-
-        if [ "$t" = pgbouncer ] && [ "$mode" = prepared ] && [[ $why == *"prepared statement"* ]]; then
+        if [[ $t == pgbouncer* ]] && [ "$mode" = prepared ] && [[ $why == *"prepared statement"* ]]; then
             why="$why — PgBouncer before 1.21 cannot keep protocol-level prepared statements in transaction mode"
         fi
         NOTES+=("$t $mode $c clients: pgbench failed (exit $rc): ${why:-see $out}")
-        log "   $(printf '%-8s %5s clients  %-9s' "$mode" "$c" "$t")  FAILED (exit $rc) ${why}"
+        log "   $(printf '%-8s %5s clients  %-14s' "$mode" "$c" "$t")  FAILED (exit $rc) ${why}"
         return
     fi
     TPS[$key]=$(printf '%.0f' "$tps")
     if [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ]; then
-        # user + system time, and user time alone (the proxy's own code;
-        # the system part is mostly the kernel's loopback TCP work)
-        CPU[$key]=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.2f", (y[1] + y[2] - x[1] - x[2]) / hz * 1e6 / n }')
-        USR[$key]=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.2f", (y[1] - x[1]) / hz * 1e6 / n }')
+        # user time (the proxy's own code) and system time (mostly the
+        # kernel's socket work: what a Unix-socket server leg changes), each
+        # per transaction
+        local cpu usr sys
+        read -r cpu usr sys < <(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$txns" \
+            'BEGIN { split(a, x, " "); split(b, y, " "); u = (y[1] - x[1]) / hz * 1e6 / n; s = (y[2] - x[2]) / hz * 1e6 / n
+                     printf "%.2f %.2f %.2f\n", u + s, u, s }')
+        CPU[$key]=$cpu USR[$key]=$usr SYS[$key]=$sys
     else
-        CPU[$key]=- USR[$key]=-
+        CPU[$key]=- USR[$key]=- SYS[$key]=-
     fi
-    log "   $(printf '%-8s %5s clients  %-9s' "$mode" "$c" "$t")  $(printf '%8s tps' "${TPS[$key]}")$( [ "${CPU[$key]}" != - ] && printf '  %6s µs proxy CPU/txn (%s µs user)' "${CPU[$key]}" "${USR[$key]}")$(printf '   (%s s measured after %.1f s connecting)' "${window:-?}" "$(awk -v m="${conn_ms:-0}" 'BEGIN { print m / 1000 }')")"
+    log "   $(printf '%-8s %5s clients  %-14s' "$mode" "$c" "$t")  $(printf '%8s tps' "${TPS[$key]}")$( [ "${CPU[$key]}" != - ] && printf '  %6s µs proxy CPU/txn (%s user + %s sys)' "${CPU[$key]}" "${USR[$key]}" "${SYS[$key]}")$(printf '   (%s s measured after %.1f s connecting)' "${window:-?}" "$(awk -v m="${conn_ms:-0}" 'BEGIN { print m / 1000 }')")"
     if [ -n "${window:-}" ] && awk -v w="$window" -v s="$BENCH_SECONDS" 'BEGIN { exit !(w < 0.7 * s) }'; then
         NOTES+=("$t $mode $c clients: measured over only ${window}s (connecting took $((${conn_ms%.*} / 1000))s)")
     fi
@@ -359,8 +403,8 @@ log ""
 log "-- pgbench -n -S -j $BENCH_JOBS -T $BENCH_SECONDS (tps without initial connection time)"
 for mode in $BENCH_MODES; do
     for c in $BENCH_CLIENTS; do
-        for t in direct pgbouncer pgscale; do
-            want "$t" || { TPS["$mode/$c/$t"]=-; CPU["$mode/$c/$t"]=-; USR["$mode/$c/$t"]=-; continue; }
+        for t in $ALL_TARGETS; do
+            want "$t" || { TPS["$mode/$c/$t"]=-; CPU["$mode/$c/$t"]=-; USR["$mode/$c/$t"]=-; SYS["$mode/$c/$t"]=-; continue; }
             run_one "$mode" "$c" "$t"
             sleep 1   # let the previous run's connections finish closing
         done
@@ -374,20 +418,29 @@ ratio() {  # ratio A B — A/B with 2 decimals, or - when either is not a number
 
 log ""
 log "== Results: pgbench -S, ${BENCH_SECONDS}s per run, pool size $POOL_SIZE (pgscale +$MAX_OVERFLOW overflow), $(nproc) cores shared by everything"
-fmt='%-9s %7s %11s %14s %12s %18s %15s %20s %18s %15s %13s\n'
-hfmt='%-9s %7s %11s %14s %12s %18s %15s %21s %19s %16s %14s\n'   # "µ" is two bytes wide for printf
+log "   server: how the target reaches PostgreSQL (pgbench reaches every target over TCP);"
+log "   vs pgbouncer: against the PgBouncer with the same server leg; vs tcp: against the same proxy"
+log "   with its server over TCP; CPU: the proxy's own user+system time per transaction (/proc/PID/stat)"
+fmt='%-8s %7s  %-14s %6s %8s %9s %12s %7s %12s %9s %9s\n'
+hfmt='%-8s %7s  %-14s %6s %8s %9s %12s %7s %13s %10s %10s\n'   # "µ" is two bytes wide for printf
 # shellcheck disable=SC2059
-printf "$hfmt" mode clients "tps direct" "tps pgbouncer" "tps pgscale" "pgscale/pgbouncer" "pgscale/direct" "µs CPU/txn pgbouncer" "µs CPU/txn pgscale" "µs user pgbouncer" "µs user pgscale"
+printf "$hfmt" mode clients target server tps "vs direct" "vs pgbouncer" "vs tcp" "CPU µs/txn" "user µs" "sys µs"
 RESULTS_TSV=$TMP/results.tsv
-printf 'mode\tclients\ttps_direct\ttps_pgbouncer\ttps_pgscale\tcpu_us_pgbouncer\tcpu_us_pgscale\tuser_us_pgbouncer\tuser_us_pgscale\n' >"$RESULTS_TSV"
+printf 'mode\tclients\ttarget\tserver_leg\ttps\ttps_vs_direct\ttps_vs_pgbouncer\ttps_vs_tcp\tcpu_us_per_txn\tuser_us_per_txn\tsys_us_per_txn\n' >"$RESULTS_TSV"
 for mode in $BENCH_MODES; do
     for c in $BENCH_CLIENTS; do
-        d=${TPS[$mode/$c/direct]} b=${TPS[$mode/$c/pgbouncer]} s=${TPS[$mode/$c/pgscale]}
-        # shellcheck disable=SC2059
-        printf "$fmt" "$mode" "$c" "$d" "$b" "$s" "$(ratio "$s" "$b")" "$(ratio "$s" "$d")" \
-            "${CPU[$mode/$c/pgbouncer]}" "${CPU[$mode/$c/pgscale]}" "${USR[$mode/$c/pgbouncer]}" "${USR[$mode/$c/pgscale]}"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$c" "$d" "$b" "$s" \
-            "${CPU[$mode/$c/pgbouncer]}" "${CPU[$mode/$c/pgscale]}" "${USR[$mode/$c/pgbouncer]}" "${USR[$mode/$c/pgscale]}" >>"$RESULTS_TSV"
+        for t in $ALL_TARGETS; do
+            want "$t" || continue
+            k=$mode/$c/$t tps=${TPS[$mode/$c/$t]} vd=- vb=- vt=-
+            [ "$t" = direct ] || vd=$(ratio "$tps" "${TPS[$mode/$c/direct]}")
+            b=$(bouncer_of "$t")
+            [ -z "$b" ] || vb=$(ratio "$tps" "${TPS[$mode/$c/$b]}")
+            [[ $t != *-unix ]] || vt=$(ratio "$tps" "${TPS[$mode/$c/${t%-unix}]}")
+            # shellcheck disable=SC2059
+            printf "$fmt" "$mode" "$c" "$t" "$(leg "$t")" "$tps" "$vd" "$vb" "$vt" "${CPU[$k]}" "${USR[$k]}" "${SYS[$k]}"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$c" "$t" "$(leg "$t")" "$tps" \
+                "${vd%x}" "${vb%x}" "${vt%x}" "${CPU[$k]}" "${USR[$k]}" "${SYS[$k]}" >>"$RESULTS_TSV"
+        done
     done
 done
 for n in "${NOTES[@]+"${NOTES[@]}"}"; do log "   note: $n"; done
@@ -400,8 +453,8 @@ if [ "$BENCH_IDLE_CLIENTS" -gt 0 ]; then
     # Measured as a user would see it: each proxy started fresh (the ones
     # above are stopped first, so the runs do not share the machine), the
     # clients opened by a separate process; see bench/idle_clients.py.
-    stop_pid "$SCALE_PID"; SCALE_PID=
-    stop_pid "$BOUNCER_PID"; BOUNCER_PID=
+    for t in "${!PID[@]}"; do stop_pid "${PID[$t]}"; done
+    PID=()
     targets=
     for t in pgbouncer pgscale; do
         if want "$t" && [ -n "${AVAILABLE[$t]:-}" ]; then targets=${targets:+$targets,}$t; fi
@@ -442,19 +495,21 @@ for mode in $BENCH_MODES; do
         check_ratio "tps vs direct, $mode, 16 clients" 0.9 "${TPS[$mode/16/pgscale]}" "${TPS[$mode/16/direct]}"
     fi
 done
-worst=- where=
+worst=- where='' wkey=''
 for mode in $BENCH_MODES; do
     for c in $BENCH_CLIENTS; do
         v=${CPU[$mode/$c/pgscale]}
         [ "$v" = - ] && continue
-        if [ "$worst" = - ] || awk -v a="$v" -v b="$worst" 'BEGIN { exit !(a > b) }'; then worst=$v where="$mode, $c clients"; fi
+        if [ "$worst" = - ] || awk -v a="$v" -v b="$worst" 'BEGIN { exit !(a > b) }'; then
+            worst=$v where="$mode, $c clients" wkey=$mode/$c/pgscale
+        fi
     done
 done
 if [ "$worst" = - ]; then
     log "   n/a   CPU per transaction (no pgscale run)"
 else
     log "   $(verdict "$(awk -v a="$worst" 'BEGIN { print (a <= 5) ? 1 : 0 }')")  CPU per transaction: worst ${worst} µs ($where) (target <= 5 µs)"
-    log "         of which user time (pgscale's own code): ${USR[${where%%,*}/$(echo "$where" | sed 's/.*, \([0-9]*\) clients/\1/')/pgscale]} µs; the rest is the kernel's TCP work"
+    log "         of which user time (pgscale's own code) ${USR[$wkey]} µs, system time (mostly the kernel's TCP work) ${SYS[$wkey]} µs"
 fi
 if [ -n "${IDLE_KIB[pgscale]:-}" ]; then
     log "   $(verdict "$(awk -v a="${IDLE_KIB[pgscale]}" -v b="${IDLE_KIB[pgbouncer]:-}" 'BEGIN { print (a <= 1 && (b == "" || a < b)) ? 1 : 0 }')")  memory per idle client: ${IDLE_KIB[pgscale]} KiB (target <= 1 KiB and below PgBouncer's ${IDLE_KIB[pgbouncer]:--} KiB)"

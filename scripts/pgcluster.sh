@@ -13,6 +13,15 @@
 # APP_USER (default app / APP_PASSWORD secret, scram-sha-256) owning database
 # APP_DB (default app).
 #
+# Opt-in Unix sockets: with PGCLUSTER_SOCKET_DIR=/abs/dir every server also
+# listens on a socket in that directory, /abs/dir/.s.PGSQL.<its port> (the
+# nodes share it: their ports differ), with the same logins as over TCP
+# (`local` lines: postgres trust, everyone else scram-sha-256). The directory
+# is created if missing and, as root, handed to `postgres`; socket files are
+# mode 0777, so any OS user that can reach the directory can connect (e.g.
+# pgscale as root, PgBouncer as postgres). A socket path holds at most 107
+# bytes, so keep the directory short (e.g. /tmp/x/sock).
+#
 # Re-running `start` is safe: existing data directories are reused, servers
 # already running are left alone, missing replicas are created. initdb and
 # pg_ctl refuse to run as root, so as root every server command runs as the
@@ -25,13 +34,19 @@ APP_PASSWORD=${APP_PASSWORD:-secret}
 APP_DB=${APP_DB:-app}
 # Every wait below is bounded by this many seconds.
 PGCLUSTER_TIMEOUT=${PGCLUSTER_TIMEOUT:-60}
+# Empty (the default): TCP only. See the header.
+SOCKET_DIR=${PGCLUSTER_SOCKET_DIR:-}
 
 export PGCONNECT_TIMEOUT=10
 # A caller's PG* variables must not redirect the commands below.
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGSERVICE PGOPTIONS
 
+header() {  # the comment at the top of this file, without the '# '
+    awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"
+}
+
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    header >&2
     exit 2
 }
 
@@ -72,7 +87,7 @@ write_conf() {  # write_conf NODEDIR PORT
 # Written by scripts/pgcluster.sh; rewritten on every start.
 listen_addresses = '127.0.0.1'
 port = $port
-unix_socket_directories = ''
+unix_socket_directories = '$SOCKET_DIR'
 max_connections = 1100
 shared_buffers = 128MB
 fsync = off
@@ -90,12 +105,46 @@ EOF
 }
 
 write_hba() {
-    as_pg tee "$1/pg_hba.conf" >/dev/null <<EOF
+    if [ -z "$SOCKET_DIR" ]; then
+        as_pg tee "$1/pg_hba.conf" >/dev/null <<EOF
 # Written by scripts/pgcluster.sh. TCP on 127.0.0.1 only; no Unix socket.
 host  all          postgres  127.0.0.1/32  trust
 host  replication  postgres  127.0.0.1/32  trust
 host  all          all       127.0.0.1/32  scram-sha-256
 EOF
+    else
+        as_pg tee "$1/pg_hba.conf" >/dev/null <<EOF
+# Written by scripts/pgcluster.sh. TCP on 127.0.0.1 and a Unix socket in
+# $SOCKET_DIR (PGCLUSTER_SOCKET_DIR), with the same logins on both.
+local all          postgres                trust
+local all          all                     scram-sha-256
+host  all          postgres  127.0.0.1/32  trust
+host  replication  postgres  127.0.0.1/32  trust
+host  all          all       127.0.0.1/32  scram-sha-256
+EOF
+    fi
+}
+
+# PGCLUSTER_SOCKET_DIR must be absolute, fit the longest socket file name in
+# the 107 bytes of a socket path (PostgreSQL would refuse to start, with a
+# less direct message) and be writable by the user the servers run as.
+prepare_socket_dir() {
+    [ -n "$SOCKET_DIR" ] || return 0
+    [[ $SOCKET_DIR == /* ]] || die "PGCLUSTER_SOCKET_DIR must be an absolute path, not '$SOCKET_DIR'"
+    # It goes into a quoted, comma-separated setting and into URLs.
+    [[ $SOCKET_DIR =~ ^[A-Za-z0-9/._-]+$ ]] \
+        || die "PGCLUSTER_SOCKET_DIR may hold only letters, digits and / . _ -, not '$SOCKET_DIR'"
+    SOCKET_DIR=${SOCKET_DIR%/}
+    local longest=$SOCKET_DIR/.s.PGSQL.65000
+    [ "${#longest}" -le 107 ] \
+        || die "PGCLUSTER_SOCKET_DIR is too long: $longest is ${#longest} bytes, a Unix socket path holds at most 107; use a shorter directory"
+    mkdir -p "$SOCKET_DIR"
+    chmod 755 "$SOCKET_DIR"
+    if is_root; then
+        chown postgres:postgres "$SOCKET_DIR"
+        runuser -u postgres -- test -w "$SOCKET_DIR" -a -x "$SOCKET_DIR" \
+            || die "user postgres cannot write $SOCKET_DIR (a parent directory is private?); use a directory under /tmp"
+    fi
 }
 
 start_node() {  # start_node NAME PORT
@@ -103,10 +152,14 @@ start_node() {  # start_node NAME PORT
     if node_running "$d"; then
         local cur; cur=$(node_port "$d")
         [ "$cur" = "$port" ] || die "$name is already running on port $cur, not $port; run '$0 stop $DIR' first or use port $cur"
+        [ -z "$SOCKET_DIR" ] || grep -qxF "unix_socket_directories = '$SOCKET_DIR'" "$d/pgcluster.conf" \
+            || die "$name is already running without a socket in PGCLUSTER_SOCKET_DIR=$SOCKET_DIR; run '$0 stop $DIR' first"
         return 0
     fi
     port_in_use "$port" && die "port $port is in use by another process; pick another PORT"
     write_conf "$d" "$port"
+    # A cluster first started without a socket gains its `local` lines.
+    [ -z "$SOCKET_DIR" ] || write_hba "$d"
     as_pg "$PGBIN/pg_ctl" -D "$d" -l "$DIR/$name.log" -w -t "$PGCLUSTER_TIMEOUT" start >/dev/null \
         || { tail -n 20 "$DIR/$name.log" >&2 || true; die "$name did not start; log: $DIR/$name.log"; }
 }
@@ -130,6 +183,7 @@ cmd_start() {
     [[ $port =~ ^[0-9]+$ ]] && [ "$port" -ge 1024 ] && [ "$port" -le 65000 ] || die "PORT must be a number in 1024..65000"
     [[ $replicas =~ ^[0-9]+$ ]] && [ "$replicas" -le 9 ] || die "REPLICAS must be 0..9"
     [ -x "$PGBIN/initdb" ] || die "$PGBIN/initdb not found; run scripts/install-deps.sh (postgresql-15)"
+    prepare_socket_dir
 
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
@@ -184,6 +238,8 @@ SQL
         say "$name  running on 127.0.0.1:$rport (in recovery, streaming)"
     done
     say "primary URL: postgresql://$APP_USER:$APP_PASSWORD@127.0.0.1:$port/$APP_DB"
+    [ -z "$SOCKET_DIR" ] \
+        || say "primary socket URL: postgresql://$APP_USER:$APP_PASSWORD@/$APP_DB?host=$SOCKET_DIR&port=$port"
 }
 
 nodes() {  # nodes [primary-first]; replicas first by default, so stop does not
@@ -248,6 +304,6 @@ case "$sub" in
     start)  cmd_start "$@" ;;
     stop)   cmd_stop "$@" ;;
     status) cmd_status "$@" ;;
-    -h|--help|help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help|help) header; exit 0 ;;
     *) usage ;;
 esac
