@@ -15,8 +15,8 @@ enum {
     /* Provably read-only, runnable on a standby: SELECT, VALUES, TABLE,
      * SHOW, EXPLAIN [ANALYZE] of such, with no data-modifying CTE, no
      * FOR UPDATE/SHARE/NO KEY UPDATE/KEY SHARE, no SELECT INTO and no
-     * function anywhere that is volatile or unknown (see classify.c for the
-     * whole list).  Transaction control a standby accepts (BEGIN READ ONLY,
+     * function anywhere that is volatile or unknown (docs/routing.md has
+     * the whole list).  Transaction control a standby accepts (BEGIN READ ONLY,
      * COMMIT, ROLLBACK, SAVEPOINT, RELEASE) also counts as READ: inside a
      * transaction the caller routes by the transaction, not by these. */
     PGS_FACT_READ = 1u << 0,
@@ -139,7 +139,8 @@ uint64_t classify_volatility_generation(void);
  * for unknown.  schema NULL means the name was not qualified. */
 char classify_function_volatility(const char *schema, const char *name);
 
-/* Frees the published table (at exit, so that leak checkers stay quiet). */
+/* Frees the published table, at exit only (so that leak checkers stay
+ * quiet): classify() after it falls back to the built-in list. */
 void classify_shutdown(void);
 
 #endif
