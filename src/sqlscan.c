@@ -1050,6 +1050,31 @@ size_t sqlscan_next_statement(const char *sql, size_t len)
     }
 }
 
+/* The bytes between two tokens are blanks and comments only (lex skips
+ * nothing else), so a word found there is inside a comment: never in a
+ * string, a dollar-quoted body or a quoted identifier. */
+static bool gap_has(const unsigned char *s, size_t from, size_t to, const char *word, size_t wlen)
+{
+    for (size_t i = from; i + wlen <= to; i++)
+        if (eq_fold(s + i, word, wlen)) return true;
+    return false;
+}
+
+bool sqlscan_comment_has(const char *sql, size_t len, const char *word)
+{
+    size_t wlen = strlen(word);
+    lexer lx = {.s = (const unsigned char *)sql, .len = sql ? len : 0};
+    if (wlen == 0) return false;
+    for (;;) {
+        size_t gap_start = lx.pos;
+        token t = lex(&lx);
+        /* A quoted identifier's off is past its opening quote. */
+        size_t tok_start = t.kind == TK_QIDENT ? t.off - 1 : t.off;
+        if (gap_has(lx.s, gap_start, tok_start, word, wlen)) return true;
+        if (t.kind == TK_END) return false;
+    }
+}
+
 /* ---------------------------------------------------------------------------
  * Sequence state
  *

@@ -97,6 +97,13 @@ void sqlscan_classify(const char *sql, size_t len, sql_info *out);
  * classifies each statement. */
 size_t sqlscan_next_statement(const char *sql, size_t len);
 
+/* A comment anywhere in sql[0..len) contains word (lower-case ASCII,
+ * matched case-insensitively): "--" and nested block comments count, the
+ * inside of strings, dollar quotes and quoted identifiers does not.  How
+ * the classifier finds the "pgscale:primary" routing hint, which the
+ * parser drops with the other comments. */
+bool sqlscan_comment_has(const char *sql, size_t len, const char *word);
+
 /* Session state a text creates that cannot follow a client to another
  * server connection: a mask of the reasons to pin it to its server. */
 enum {

@@ -784,6 +784,39 @@ static void test_sequence_use_of_texts(void **state)
     assert_int_equal(seq(""), 0u);
 }
 
+/* The classifier's routing hint: words inside comments only. */
+static bool comment_has(const char *text)
+{
+    size_t len = strlen(text);
+    char *copy = malloc(len ? len : 1);
+    assert_non_null(copy);
+    if (len) memcpy(copy, text, len);
+    bool r = sqlscan_comment_has(copy, len, "pgscale:primary");
+    free(copy);
+    return r;
+}
+
+static void test_comment_has_finds_words_in_comments_only(void **state)
+{
+    (void)state;
+    assert_true(comment_has("/* pgscale:primary */ SELECT 1"));
+    assert_true(comment_has("SELECT 1 /* pgscale:primary */"));
+    assert_true(comment_has("SELECT 1 -- PgScale:Primary"));
+    assert_true(comment_has("SELECT /* a /* pgscale:primary */ b */ 1"));
+    assert_true(comment_has("SELECT \"x\" /*pgscale:primary*/"));
+    assert_true(comment_has("SELECT 1; /* pgscale:primary */ SELECT 2"));
+    assert_false(comment_has("SELECT 'pgscale:primary'"));
+    assert_false(comment_has("SELECT '/* pgscale:primary */'"));
+    assert_false(comment_has("SELECT E'\\' /* pgscale:primary */'"));
+    assert_false(comment_has("SELECT $$ -- pgscale:primary $$"));
+    assert_false(comment_has("SELECT $t$ /* pgscale:primary */ $t$"));
+    assert_false(comment_has("SELECT 1 AS \"/* pgscale:primary */\""));
+    assert_false(comment_has("SELECT 1 /* pgscale:prima */"));
+    assert_false(comment_has("SELECT 1 /* pgscale:"));
+    assert_false(comment_has(""));
+    assert_false(sqlscan_comment_has("/* x */", 7, ""));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -828,6 +861,7 @@ int main(void)
         cmocka_unit_test(test_set_config_not_constant_is_unseen),
         cmocka_unit_test(test_set_config_every_prefix_is_safe),
         cmocka_unit_test(test_sequence_use_of_texts),
+        cmocka_unit_test(test_comment_has_finds_words_in_comments_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
