@@ -98,6 +98,16 @@ static void take_reloadable(pgs_config *pub, const pgs_config *fresh)
     pub->max_message_size = fresh->max_message_size;
     pub->max_startup_packet_size = fresh->max_startup_packet_size;
     pub->log_level = fresh->log_level;
+    /* read by the routing code and the monitor (monitor_configure) */
+    pub->consistency = fresh->consistency;
+    pub->failover = fresh->failover;
+    pub->max_replica_lag_bytes = fresh->max_replica_lag_bytes;
+    pub->max_replica_lag_ms = fresh->max_replica_lag_ms;
+    pub->read_from_primary = fresh->read_from_primary;
+    pub->load_balance = fresh->load_balance;
+    pub->monitor_interval_ms = fresh->monitor_interval_ms;
+    pub->health_check_timeout_ms = fresh->health_check_timeout_ms;
+    pub->failover_timeout_ms = fresh->failover_timeout_ms;
     pub->databases = fresh->databases;
     pub->n_databases = fresh->n_databases;
     pub->users = fresh->users;

@@ -43,6 +43,7 @@ int topology_init(const pgs_config *cfg, char *err, size_t errlen)
         char name[24];
         snprintf(name, sizeof(name), "replica%d", (i + 1) % 100);
         node_init(n, n_nodes, name, &cfg->replicas[i], PGS_ROLE_REPLICA);
+        if (cfg->replica_weights) n->weight = cfg->replica_weights[i];
         if (endpoint_resolve(&cfg->replicas[i], &n->ep, why, sizeof(why)) < 0) {
             /* a replica that cannot be found yet is down, not fatal */
             log_warn("READ_REPLICA_URLS: %s: %s; it gets no work until it resolves", name, why);
