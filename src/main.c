@@ -15,6 +15,7 @@
 #include "authquery.h"
 #include "clientauth.h"
 #include "config.h"
+#include "monitor.h"
 #include "reload.h"
 #include "tls.h"
 #include "topology.h"
@@ -213,6 +214,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgscale: could not start (see the messages above)\n");
         return 1;
     }
+    /* after the workers: a check that finds the primary failed may act
+     * on pools at once */
+    if (monitor_start(&g_cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "pgscale: %s\n", err);
+        return 1;
+    }
     char listening[1024];
     config_format_listen_list(&g_cfg, listening, sizeof(listening));
     log_info("pgscale " PGSCALE_VERSION " listening on %s, %d workers, %s pooling, "
@@ -222,6 +229,7 @@ int main(int argc, char **argv)
              g_cfg.max_overflow, topology_primary()->ep.text);
     uv_run(loop, UV_RUN_DEFAULT);
     worker_join_all();
+    monitor_stop();
     authquery_stop();
     log_info("pgscale stopped");
     return 0;

@@ -11,6 +11,7 @@
 #include "admin.h"
 #include "authquery.h"
 #include "clientauth.h"
+#include "monitor.h"
 #include "pool.h"
 #include "worker.h"
 
@@ -249,6 +250,7 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
     atomic_store(&g_pgs.cfg, pub);
     __atomic_store_n(&pgs_log_level, pub->log_level, __ATOMIC_RELAXED);
     pool_reconfigure_all(pub);
+    monitor_configure(pub);
     /* a user created since a lookup said "no such user" can log in now */
     authquery_forget();
     uint64_t gen = worker_broadcast_ctl(WM_CONFIG, NULL);
