@@ -23,6 +23,7 @@
 #include "relay.h"
 #include "reload.h"
 #include "server.h"
+#include "topology.h"
 #include "worker.h"
 
 /* A growing reply buffer: admin output is off the data path, so it may
@@ -109,8 +110,8 @@ static void show_pools(reply *r)
     static const char *const cols[] = {"database", "user", "cl_active", "cl_waiting",
                                        "sv_active", "sv_idle", "sv_login", "sv_total",
                                        "sv_overflow", "max_total", "maxwait_ms", "pool_mode",
-                                       "sv_pinned"};
-    header(r, 13, cols);
+                                       "sv_pinned", "node"};
+    header(r, 14, cols);
     int rows = 0;
     uint64_t now = pgs_now_us();
     pthread_mutex_lock(&g_pgs.pools_lock);
@@ -140,7 +141,7 @@ static void show_pools(reply *r)
         }
         int total = atomic_load(&sh->open);
         char b[9][24];
-        const char *v[13] = {sh->database,
+        const char *v[14] = {sh->database,
                              sh->user,
                              I32(b[0], cl_active < 0 ? 0 : cl_active),
                              I32(b[1], cl_waiting),
@@ -153,10 +154,11 @@ static void show_pools(reply *r)
                              NULL,
                              atomic_load(&sh->pool_mode) == PGS_POOL_SESSION ? "session"
                                                                              : "transaction",
-                             I32(b[8], atomic_load(&sh->pinned))};
+                             I32(b[8], atomic_load(&sh->pinned)),
+                             sh->node ? sh->node->name : NULL};
         char mw[24];
         v[10] = U64(mw, maxwait / 1000u);
-        row(r, 13, v);
+        row(r, 14, v);
         rows++;
     }
     pthread_mutex_unlock(&g_pgs.pools_lock);
@@ -213,9 +215,8 @@ static void show_servers(reply *r)
     static const char *const cols[] = {"id",          "worker",       "database",
                                        "user",        "addr",         "port",
                                        "state",       "connect_time", "backend_pid",
-                                       "client_id",   "prepared"};
-    header(r, 11, cols);
-    const pgs_url *u = &g_pgs.cfg->primary;
+                                       "client_id",   "prepared",     "node"};
+    header(r, 12, cols);
     for (int i = 0; i < g_pgs.n_workers; i++) {
         pgs_worker *w = &g_pgs.workers[i];
         pthread_mutex_lock(&w->lock);
@@ -226,7 +227,9 @@ static void show_servers(reply *r)
             char b[7][32];
             uint32_t cid = atomic_load_explicit(&sv->client_id, memory_order_relaxed);
             fmt_time(b[2], sizeof(b[2]), sv->connect_us);
-            const char *v[11] = {U64(b[0], sv->id),
+            const pgs_node *nd = sv->pool->sh->node;
+            const pgs_url *u = nd ? nd->url : &g_pgs.cfg->primary;
+            const char *v[12] = {U64(b[0], sv->id),
                                  I32(b[1], w->id),
                                  sv->pool->sh->database,
                                  sv->pool->sh->user,
@@ -237,8 +240,9 @@ static void show_servers(reply *r)
                                  pid ? U64(b[4], pid) : NULL,
                                  cid ? U64(b[5], cid) : NULL,
                                  U64(b[6], atomic_load_explicit(&sv->n_prepared,
-                                                                memory_order_relaxed))};
-            row(r, 11, v);
+                                                                memory_order_relaxed)),
+                                 nd ? nd->name : NULL};
+            row(r, 12, v);
         }
         pthread_mutex_unlock(&w->lock);
     }
@@ -276,6 +280,46 @@ static void show_stats(reply *r)
         row(r, 10, v);
     }
     pthread_mutex_unlock(&g_pgs.pools_lock);
+    complete(r, "SHOW");
+}
+
+/* The nodes as the monitor last saw them (topology.h): lag_seconds is the
+ * replica's replay delay, lsn its replay position (a primary's: its
+ * current write position). */
+static void show_nodes(reply *r)
+{
+    static const char *const cols[] = {"node",        "role",  "state",   "addr",
+                                       "port",        "lag_bytes", "lag_seconds", "lsn",
+                                       "reads",       "writes", "outstanding", "last_error"};
+    header(r, 12, cols);
+    const pgs_node *primary = topology_primary();
+    for (int i = 0; i < topology_count(); i++) {
+        pgs_node *n = topology_node(i);
+        char b[8][40], err[256];
+        const pgs_url *u = n->url;
+        int role = atomic_load(&n->role);
+        /* the configured role until the first check says otherwise; the
+         * node taking writes is the primary whatever it said last */
+        if (n == primary && role != PGS_ROLE_REPLICA) role = PGS_ROLE_PRIMARY;
+        uint64_t checked = atomic_load(&n->checked_us);
+        uint64_t lsn = atomic_load(&n->lsn);
+        topology_format_lsn(lsn, b[2], sizeof(b[2]));
+        snprintf(b[3], sizeof(b[3]), "%.3f", (double)atomic_load(&n->lag_ms) / 1000.0);
+        topology_get_error(n, err, sizeof(err));
+        const char *v[12] = {n->name,
+                             topology_role_name(role),
+                             topology_state_name(atomic_load(&n->state)),
+                             u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR,
+                             I32(b[0], u->port ? u->port : 5432),
+                             checked ? U64(b[1], atomic_load(&n->lag_bytes)) : NULL,
+                             checked ? b[3] : NULL,
+                             checked ? b[2] : NULL,
+                             U64(b[4], atomic_load(&n->reads)),
+                             U64(b[5], atomic_load(&n->writes)),
+                             I32(b[6], atomic_load(&n->outstanding)),
+                             err[0] ? err : NULL};
+        row(r, 12, v);
+    }
     complete(r, "SHOW");
 }
 
@@ -656,8 +700,8 @@ void admin_client_gone(pgs_client *c)
 typedef enum { CMD_DONE, CMD_ERROR, CMD_WAIT } cmd_result;
 
 static const char commands_hint[] =
-    "available commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, "
-    "SHOW DATABASES, SHOW USERS, SHOW LISTS, RELOAD, PAUSE [db], RESUME [db], KILL [db], "
+    "available commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW NODES, "
+    "SHOW CONFIG, SHOW DATABASES, SHOW USERS, SHOW LISTS, RELOAD, PAUSE [db], RESUME [db], KILL [db], "
     "WAIT_CLOSE [db], SHUTDOWN";
 
 /* A database name given to a command may not be the console's own. */
@@ -810,6 +854,7 @@ static cmd_result run_command(pgs_client *c, reply *r, const char *sql)
         else if (strcasecmp(what, "DATABASES") == 0) fn = show_databases;
         else if (strcasecmp(what, "USERS") == 0) fn = show_users;
         else if (strcasecmp(what, "LISTS") == 0) fn = show_lists;
+        else if (strcasecmp(what, "NODES") == 0) fn = show_nodes;
         if (fn) {
             if (!allowed(c, r, false, "SHOW")) return CMD_ERROR;
             fn(r);

@@ -4,21 +4,18 @@
  * that one thread from being flooded: a bound on lookups per client
  * address and a short memory of names PostgreSQL said it does not know. */
 #include "authquery.h"
-#include "endpoint.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 
 #include "htab.h"
-#include "tls.h"
+#include "pqconn.h"
 #include "worker.h"
 
 #define AQ_MAX_QUEUE 4096    /* lookups waiting; beyond, refused at once */
@@ -238,106 +235,6 @@ static const char *aq_dbname(void)
     return qcfg->auth.dbname ? qcfg->auth.dbname : PGS_DEFAULT_AUTH_DBNAME;
 }
 
-static char *error_text(const char *what, const char *detail)
-{
-    char msg[600];
-    snprintf(msg, sizeof(msg), "%s: %s", what, detail);
-    size_t l = strlen(msg);
-    while (l > 0 && (msg[l - 1] == '\n' || msg[l - 1] == ' ')) msg[--l] = '\0';
-    return pgs_xstrdup(msg);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* The server's first answer to the startup packet, read with MSG_PEEK
- * before libpq sees it: 1 when it asks for a cleartext password, 0 when it
- * asks for anything else (or says something else), -1 when it did not
- * come in time.  Right after libpq sent the startup packet it has read
- * nothing, so the first message is whole in the socket. */
-static int first_request_is_cleartext(int fd, int64_t deadline)
-{
-    for (;;) {
-        unsigned char h[9];
-        ssize_t n = recv(fd, h, sizeof(h), MSG_PEEK | MSG_DONTWAIT);
-        if (n == 0 || (n > 0 && h[0] != 'R')) return 0;
-        if (n == (ssize_t)sizeof(h)) {
-            uint32_t code = (uint32_t)h[5] << 24 | (uint32_t)h[6] << 16 | (uint32_t)h[7] << 8 | h[8];
-            return code == 3 ? 1 : 0;
-        }
-        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return 0;
-        int64_t left = deadline - now_ms();
-        if (left <= 0) return -1;
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        /* part of a message: poll() would say "readable" at once, so wait
-         * a little instead */
-        if (n > 0) poll(NULL, 0, 5);
-        else poll(&p, 1, (int)(left > 1000 ? 1000 : left));
-    }
-}
-
-/* PQconnectdbParams, step by step, so that the server's first
- * authentication request can be looked at before libpq answers it: libpq 15
- * has no require_auth, and without this it would send the password in
- * clear text to any server (or man in the middle) that asks for it on a
- * connection without TLS.  The same rule as server.c's, the same setting.
- * libpq still answers a cleartext request that comes later in the exchange
- * (after a SASL start), which only a hostile server sends. */
-/* A Unix socket protects a password as TLS does (server.c's rule). */
-static bool is_unix_socket(int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    return getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX;
-}
-
-static PGconn *connect_guarded(const char *const *keys, const char *const *vals, char **error)
-{
-    PGconn *c = PQconnectStartParams(keys, vals, 0);
-    if (!c || PQstatus(c) == CONNECTION_BAD) return c;
-    bool guard = !qcfg->server_allow_cleartext_password;
-    int64_t deadline = now_ms() + (int64_t)qcfg->server_connect_timeout_ms +
-                       (int64_t)qcfg->server_login_timeout_ms;
-    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-    ConnStatusType last = CONNECTION_STARTED;
-    while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
-        int fd = PQsocket(c);
-        int64_t left = deadline - now_ms();
-        if (fd < 0 || left <= 0) {
-            *error = pgs_xstrdup("auth.query could not connect: timed out");
-            PQfinish(c);
-            return NULL;
-        }
-        struct pollfd p = {.fd = fd, .events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT};
-        poll(&p, 1, (int)(left > 1000 ? 1000 : left));
-        ConnStatusType now = PQstatus(c);
-        if (guard && st == PGRES_POLLING_READING && now == CONNECTION_AWAITING_RESPONSE &&
-            last != CONNECTION_AWAITING_RESPONSE && !PQsslInUse(c) && !is_unix_socket(fd)) {
-            int r = first_request_is_cleartext(fd, deadline);
-            if (r != 0) {
-                char msg[600];
-                snprintf(msg, sizeof(msg),
-                         r < 0 ? "auth.query could not connect: timed out"
-                               : "auth.query could not connect as %s: the server asks for the "
-                                 "password in clear text on a connection without TLS; pgscale "
-                                 "does not send it (use scram-sha-256 in pg_hba.conf, TLS "
-                                 "toward the server, or server_allow_cleartext_password: on)",
-                         qcfg->auth.user);
-                *error = pgs_xstrdup(msg);
-                PQfinish(c);
-                return NULL;
-            }
-        }
-        last = now;
-        st = PQconnectPoll(c);
-    }
-    return c;
-}
-
 /* The lookup connection, opened on first use and again after it broke.
  * search_path is pinned to pg_catalog (pg_temp last) twice over: as a
  * startup option, which outranks ALTER DATABASE / ALTER ROLE ... SET, and
@@ -349,39 +246,22 @@ static PGconn *lookup_conn(char **error)
     if (conn && PQstatus(conn) == CONNECTION_OK) return conn;
     if (conn) PQfinish(conn);
     conn = NULL;
-    char port[16];
-    snprintf(port, sizeof(port), "%d", qcfg->primary.port ? qcfg->primary.port : 5432);
-    char timeout[16];
-    snprintf(timeout, sizeof(timeout), "%u", (qcfg->server_connect_timeout_ms + 999) / 1000);
-    const pgs_server_tls_config *st = &qcfg->server_tls;
-    const char *keys[] = {"host", "port", "dbname", "user", "password", "connect_timeout",
-                          "application_name", "sslmode", "channel_binding", "options",
-                          "sslrootcert", "sslcert", "sslkey", NULL};
-    /* the host as the pools read it: no host is the default socket
-     * directory (libpq would look at PGHOST first) */
-    const char *host = qcfg->primary.host && *qcfg->primary.host ? qcfg->primary.host
-                                                                  : PGS_DEFAULT_SOCKET_DIR;
-    const char *vals[] = {host, port, aq_dbname(), qcfg->auth.user,
-                          aq_password(), timeout, "pgscale-auth-query",
-                          tls_sslmode_name(st->sslmode),
-                          tls_channel_binding_name(st->channel_binding),
-                          "-csearch_path=pg_catalog,pg_temp", st->ca, st->cert, st->key, NULL};
-    PGconn *c = connect_guarded(keys, vals, error);
-    if (!c) {
-        if (!*error) *error = pgs_xstrdup("auth.query could not connect: out of memory");
-        return NULL;
-    }
-    if (PQstatus(c) != CONNECTION_OK) {
-        char what[300];
-        snprintf(what, sizeof(what), "auth.query could not connect as %s to database %s",
-                 qcfg->auth.user, aq_dbname());
-        *error = error_text(what, PQerrorMessage(c));
-        PQfinish(c);
-        return NULL;
-    }
+    pqconn_params pp = {
+        .cfg = qcfg,
+        .url = &qcfg->primary,
+        .user = qcfg->auth.user,
+        .password = aq_password(),
+        .dbname = aq_dbname(),
+        .application_name = "pgscale-auth-query",
+        .options = "-csearch_path=pg_catalog,pg_temp",
+        .timeout_ms = qcfg->server_connect_timeout_ms + qcfg->server_login_timeout_ms,
+        .what = "auth.query",
+    };
+    PGconn *c = pqconn_open(&pp, error);
+    if (!c) return NULL;
     PGresult *r = PQexec(c, "SET search_path = pg_catalog, pg_temp");
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        *error = error_text("auth.query could not pin search_path", PQresultErrorMessage(r));
+        *error = pqconn_error_text("auth.query could not pin search_path", PQresultErrorMessage(r));
         PQclear(r);
         PQfinish(c);
         return NULL;
@@ -404,7 +284,7 @@ static void run_one(aq_req *q)
     PGresult *r = PQexecParams(c, sql, 1, NULL, params, NULL, NULL, 0);
     char *secret = NULL;
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        error = error_text("auth.query failed", PQresultErrorMessage(r));
+        error = pqconn_error_text("auth.query failed", PQresultErrorMessage(r));
     } else if (PQnfields(r) < 2) {
         error = pgs_xstrdup("auth.query must return two columns: user name, password secret");
     } else if (PQntuples(r) >= 1 && !PQgetisnull(r, 0, 1)) {

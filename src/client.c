@@ -20,6 +20,7 @@
 #include "net.h"
 #include "params.h"
 #include "pool.h"
+#include "route.h"
 #include "topology.h"
 #include "prepared.h"
 #include "proto.h"
@@ -258,6 +259,7 @@ void client_close(pgs_client *c, const char *reason)
     if (c->is_admin) admin_client_gone(c);
     if (c->server) relay_client_gone(c);
     relay_unpin_all(c);
+    route_client_gone(c);
     if (c->pool) pool_client_left(c->pool);
     set_state(c, CL_CLOSING);
     pgs_worker *w = c->w;

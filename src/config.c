@@ -10,6 +10,7 @@
 #include "auth.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -195,6 +196,16 @@ void config_defaults(pgs_config *cfg)
     cfg->pinning = true;
     cfg->max_pinned = 0;
     cfg->server_reset_settings = PGS_RESET_ALL;
+
+    cfg->consistency = PGS_CONSISTENCY_SESSION;
+    cfg->failover = PGS_FAILOVER_AUTO;
+    cfg->max_replica_lag_bytes = 0;
+    cfg->max_replica_lag_ms = 10 * 1000;
+    cfg->read_from_primary = false;
+    cfg->load_balance = PGS_BALANCE_ROUND_ROBIN;
+    cfg->monitor_interval_ms = 100;
+    cfg->health_check_timeout_ms = 2 * 1000;
+    cfg->failover_timeout_ms = 10 * 1000;
 
     cfg->server_connect_timeout_ms = 5 * 1000;
     cfg->server_login_timeout_ms = 10 * 1000;
@@ -875,8 +886,8 @@ static void format_size(uint64_t n, char *buf, size_t len)
 
 /* Sizes in bytes with an optional B, kB, MB or GB suffix (1024-based, as
  * PostgreSQL's own memory settings are). */
-static int parse_bytes(const char *v, uint64_t min, uint64_t max, uint32_t *out, char *why,
-                       size_t whylen)
+static int parse_bytes64(const char *v, uint64_t min, uint64_t max, uint64_t *out, char *why,
+                         size_t whylen)
 {
     char sb[80], lo[32], hi[32];
     format_size(min, lo, sizeof(lo));
@@ -908,7 +919,55 @@ static int parse_bytes(const char *v, uint64_t min, uint64_t max, uint32_t *out,
                (unsigned long long)max);
         return -EINVAL;
     }
-    *out = (uint32_t)(n * mul);
+    *out = n * mul;
+    return 0;
+}
+
+static int parse_bytes(const char *v, uint64_t min, uint64_t max, uint32_t *out, char *why,
+                       size_t whylen)
+{
+    uint64_t x;
+    if (parse_bytes64(v, min, max < UINT32_MAX ? max : UINT32_MAX, &x, why, whylen) < 0)
+        return -EINVAL;
+    *out = (uint32_t)x;
+    return 0;
+}
+
+/* A size needs a unit here (a bare number could be seconds or bytes); the
+ * unit decides which of the two limits the value sets. */
+int config_parse_replica_lag(const char *v, uint64_t *bytes, uint32_t *ms, char *why,
+                             size_t whylen)
+{
+    char sb[80];
+    const char *p = v;
+    while (is_digit((unsigned char)*p) || *p == '.') p++;
+    if (p != v && *p == '\0') {
+        if (strspn(v, "0") == strlen(v)) {
+            *bytes = 0;
+            *ms = 0;
+            return 0;
+        }
+        seterr(why, whylen, "'%s' needs a unit: a size (e.g. 16MB) or a duration (e.g. 10s), "
+                            "or 0 for no limit", shown(v, sb, sizeof(sb)));
+        return -EINVAL;
+    }
+    while (*p == ' ') p++;
+    if (strcasecmp(p, "B") == 0 || strcasecmp(p, "kB") == 0 || strcasecmp(p, "MB") == 0 ||
+        strcasecmp(p, "GB") == 0) {
+        uint64_t b;
+        if (parse_bytes64(v, 0, 1024ull << 30, &b, why, whylen) < 0) return -EINVAL;
+        *bytes = b;
+        *ms = 0;
+        return 0;
+    }
+    uint32_t d = 0;
+    if (parse_duration_ms(v, &d) < 0) {
+        seterr(why, whylen, "'%s' is neither a size (e.g. 16MB) nor a duration (e.g. 10s, "
+                            "500ms); 0 means no limit", shown(v, sb, sizeof(sb)));
+        return -EINVAL;
+    }
+    *bytes = 0;
+    *ms = d;
     return 0;
 }
 
@@ -1141,7 +1200,8 @@ enum kind {
     K_FILE_MODE, /* int, permission bits 0..0777, written in octal */
     K_NAME,      /* char *, a plain name without control characters */
     K_BOOL,      /* bool: on/off, true/false, yes/no, 1/0 */
-    K_RESET,     /* int, PGS_RESET_*: off | all */
+    K_ENUM,      /* int: the index of the value in names */
+    K_LAG,       /* max_replica_lag_bytes + max_replica_lag_ms */
 };
 
 struct setting {
@@ -1151,11 +1211,21 @@ struct setting {
     size_t off;
     long min, max;    /* K_INT, K_OVERFLOW, K_BYTES */
     bool zero_is_off; /* K_DURATION */
+    const char *const *names; /* K_ENUM: the values, NULL-terminated */
+    const char *what;         /* K_ENUM: "a reset mode", for messages */
 };
+
+static const char *const reset_names[] = {"off", "all", NULL};
+static const char *const consistency_names[] = {"session", "strict", "eventual", NULL};
+static const char *const failover_names[] = {"auto", "follow", "off", NULL};
+static const char *const balance_names[] = {"round_robin", "least_outstanding", "weighted",
+                                            NULL};
 
 #define F(field) offsetof(pgs_config, field)
 #define DUR(n, k, field, zoff) \
     {.name = n, .key = k, .kind = K_DURATION, .off = F(field), .zero_is_off = zoff}
+#define ENUM(n, k, field, list, w) \
+    {.name = n, .key = k, .kind = K_ENUM, .off = F(field), .names = list, .what = w}
 static const struct setting settings[] = {
     {.name = "DATABASE_URL", .key = "nodes.primary", .kind = K_URL, .off = F(primary)},
     {.name = "READ_REPLICA_URLS", .key = "nodes.replicas", .kind = K_URL_LIST,
@@ -1172,8 +1242,8 @@ static const struct setting settings[] = {
     {.name = "PGSCALE_PINNING", .key = "pinning", .kind = K_BOOL, .off = F(pinning)},
     {.name = "PGSCALE_MAX_PINNED", .key = "max_pinned", .kind = K_INT, .off = F(max_pinned),
      .min = 0, .max = 10000},
-    {.name = "PGSCALE_SERVER_RESET_SETTINGS", .key = "server_reset_settings", .kind = K_RESET,
-     .off = F(server_reset_settings)},
+    ENUM("PGSCALE_SERVER_RESET_SETTINGS", "server_reset_settings", server_reset_settings,
+         reset_names, "a reset mode"),
     DUR("PGSCALE_SERVER_CONNECT_TIMEOUT", "server_connect_timeout", server_connect_timeout_ms,
         false),
     DUR("PGSCALE_SERVER_LOGIN_TIMEOUT", "server_login_timeout", server_login_timeout_ms, false),
@@ -1218,12 +1288,69 @@ static const struct setting settings[] = {
      .max = SCRAM_MAX_ITERATIONS},
     {.name = "PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD", .key = "server_allow_cleartext_password",
      .kind = K_BOOL, .off = F(server_allow_cleartext_password)},
+    ENUM("PGSCALE_CONSISTENCY", "consistency", consistency, consistency_names,
+         "a consistency mode"),
+    ENUM("PGSCALE_FAILOVER", "failover", failover, failover_names, "a failover mode"),
+    {.name = "PGSCALE_MAX_REPLICA_LAG", .key = "max_replica_lag", .kind = K_LAG,
+     .off = F(max_replica_lag_bytes)},
+    {.name = "PGSCALE_READ_FROM_PRIMARY", .key = "read_from_primary", .kind = K_BOOL,
+     .off = F(read_from_primary)},
+    ENUM("PGSCALE_LOAD_BALANCE", "load_balance", load_balance, balance_names,
+         "a load-balancing method"),
+    DUR("PGSCALE_MONITOR_INTERVAL", "monitor_interval", monitor_interval_ms, false),
+    DUR("PGSCALE_HEALTH_CHECK_TIMEOUT", "health_check_timeout", health_check_timeout_ms, false),
+    DUR("PGSCALE_FAILOVER_TIMEOUT", "failover_timeout", failover_timeout_ms, false),
 };
+#undef ENUM
 #undef DUR
 #undef F
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
-static const char *const reset_names[] = {"off", "all"};
+
+/* An enum value: case-insensitive, and '-' may stand for '_'
+ * (least-outstanding), as people write either. */
+static bool enum_word_eq(const char *v, const char *name)
+{
+    for (; *v && *name; v++, name++) {
+        char a = (char)tolower((unsigned char)*v), b = *name;
+        if (a == '-') a = '_';
+        if (a != b) return false;
+    }
+    return *v == *name;
+}
+
+static int parse_enum(const char *v, const char *const *names, const char *what, int *out,
+                      char *why, size_t whylen)
+{
+    char sb[80], list[256] = "";
+    int n = 0;
+    while (names[n]) n++;
+    for (int i = 0; i < n; i++) {
+        if (enum_word_eq(v, names[i])) {
+            *out = i;
+            return 0;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+                 i == 0 ? "" : i + 1 == n ? " or " : ", ", names[i]);
+    seterr(why, whylen, "'%s' is not %s (expected %s)", shown(v, sb, sizeof(sb)), what, list);
+    return -EINVAL;
+}
+
+static const char *const route_names[] = {"auto", "primary", NULL};
+
+int config_parse_route(const char *v, int *out, char *why, size_t whylen)
+{
+    return parse_enum(v, route_names, "a route", out, why, whylen);
+}
+
+static int enum_count(const char *const *names)
+{
+    int n = 0;
+    while (names[n]) n++;
+    return n;
+}
 
 #define FIELD(cfg, s, type) ((type *)(void *)((char *)(cfg) + (s)->off))
 #define CFIELD(cfg, s, type) ((const type *)(const void *)((const char *)(cfg) + (s)->off))
@@ -1262,8 +1389,12 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
         if (parse_url_list(v, &list, &n, why, whylen) < 0) return -EINVAL;
         for (int i = 0; i < cfg->n_replicas; i++) config_url_free(&cfg->replicas[i]);
         free(cfg->replicas);
+        free(cfg->replica_weights);
         cfg->replicas = list;
         cfg->n_replicas = n;
+        /* the variable has no weights: every replica weighs 1 */
+        cfg->replica_weights = pgs_xcalloc(n ? (size_t)n : 1, sizeof(int));
+        for (int i = 0; i < n; i++) cfg->replica_weights[i] = 1;
         return 0;
     }
     case K_LISTEN:
@@ -1320,16 +1451,11 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
         return set_text(FIELD(cfg, s, char *), v, why, whylen);
     case K_BOOL:
         return config_parse_bool(v, FIELD(cfg, s, bool), why, whylen);
-    case K_RESET:
-        for (int i = 0; i < (int)PGS_ARRAY_LEN(reset_names); i++) {
-            if (strcasecmp(v, reset_names[i]) == 0) {
-                *FIELD(cfg, s, int) = i;
-                return 0;
-            }
-        }
-        seterr(why, whylen, "'%s' is not a reset mode (expected off or all)",
-               shown(v, sb, sizeof(sb)));
-        return -EINVAL;
+    case K_ENUM:
+        return parse_enum(v, s->names, s->what, FIELD(cfg, s, int), why, whylen);
+    case K_LAG:
+        return config_parse_replica_lag(v, &cfg->max_replica_lag_bytes,
+                                        &cfg->max_replica_lag_ms, why, whylen);
     }
     return -EINVAL;
 }
@@ -1414,7 +1540,8 @@ const char *config_setting_for_key(const char *key, pgs_value_kind *kind)
         case K_BOOL: *kind = PGS_VALUE_BOOL; break;
         case K_REDIS: *kind = PGS_VALUE_SECRET; break;
         case K_POOL_MODE:
-        case K_RESET:
+        case K_ENUM:
+        case K_LAG:
         case K_LOG_LEVEL:
         case K_FILE_MODE:
         case K_NAME: *kind = PGS_VALUE_TEXT; break;
@@ -1925,7 +2052,9 @@ void config_free(pgs_config *cfg)
     config_url_free(&cfg->primary);
     for (int i = 0; i < cfg->n_replicas; i++) config_url_free(&cfg->replicas[i]);
     free(cfg->replicas);
+    free(cfg->replica_weights);
     cfg->replicas = NULL;
+    cfg->replica_weights = NULL;
     cfg->n_replicas = 0;
     free(cfg->redis_url);
     cfg->redis_url = NULL;
@@ -1987,6 +2116,7 @@ void config_pool_settings(const pgs_config *cfg, const char *database, const cha
     out->max_user_connections = 0;
     out->pinning = cfg->pinning;
     out->max_pinned = cfg->max_pinned;
+    out->force_primary = false;
     out->server_dbname = database;
 
     const pgs_db_config *d = config_find_database(cfg, database);
@@ -1998,6 +2128,7 @@ void config_pool_settings(const pgs_config *cfg, const char *database, const cha
         out->max_db_connections = d->max_db_connections;
         if (d->pinning >= 0) out->pinning = d->pinning;
         if (d->max_pinned >= 0) out->max_pinned = d->max_pinned;
+        if (d->route >= 0) out->force_primary = d->route == PGS_ROUTE_PRIMARY;
         if (d->dbname) out->server_dbname = d->dbname;
     }
     const pgs_user_config *u = config_find_user(cfg, user);
@@ -2008,6 +2139,7 @@ void config_pool_settings(const pgs_config *cfg, const char *database, const cha
         out->max_user_connections = u->max_user_connections;
         if (u->pinning >= 0) out->pinning = u->pinning;
         if (u->max_pinned >= 0) out->max_pinned = u->max_pinned;
+        if (u->route >= 0) out->force_primary = u->route == PGS_ROUTE_PRIMARY;
     }
     /* 0: half the pool, so that pinned clients never hold every server */
     if (out->max_pinned <= 0) out->max_pinned = out->pool_size / 2 > 0 ? out->pool_size / 2 : 1;
@@ -2016,6 +2148,14 @@ void config_pool_settings(const pgs_config *cfg, const char *database, const cha
 /* ------------------------------------------------------------------------ */
 /* Describe                                                                 */
 /* ------------------------------------------------------------------------ */
+
+/* 0, or whole seconds as "10s", else milliseconds as "250ms". */
+static void sb_duration_text(uint32_t ms, char *tmp, size_t n)
+{
+    if (ms == 0) snprintf(tmp, n, "0");
+    else if (ms % 1000 == 0) snprintf(tmp, n, "%us", (unsigned)(ms / 1000));
+    else snprintf(tmp, n, "%ums", (unsigned)ms);
+}
 
 static void format_setting(sbuf *b, const pgs_config *cfg, const struct setting *s,
                            bool is_default)
@@ -2044,13 +2184,9 @@ static void format_setting(sbuf *b, const pgs_config *cfg, const struct setting 
     case K_OVERFLOW:
         snprintf(tmp, sizeof(tmp), "%d", *CFIELD(cfg, s, int));
         break;
-    case K_DURATION: {
-        uint32_t ms = *CFIELD(cfg, s, uint32_t);
-        if (ms == 0) snprintf(tmp, sizeof(tmp), "0");
-        else if (ms % 1000 == 0) snprintf(tmp, sizeof(tmp), "%us", (unsigned)(ms / 1000));
-        else snprintf(tmp, sizeof(tmp), "%ums", (unsigned)ms);
+    case K_DURATION:
+        sb_duration_text(*CFIELD(cfg, s, uint32_t), tmp, sizeof(tmp));
         break;
-    }
     case K_BYTES:
         format_size(*CFIELD(cfg, s, uint32_t), tmp, sizeof(tmp));
         break;
@@ -2076,12 +2212,16 @@ static void format_setting(sbuf *b, const pgs_config *cfg, const struct setting 
     case K_BOOL:
         snprintf(tmp, sizeof(tmp), "%s", *CFIELD(cfg, s, bool) ? "on" : "off");
         break;
-    case K_RESET: {
+    case K_ENUM: {
         int r = *CFIELD(cfg, s, int);
-        snprintf(tmp, sizeof(tmp), "%s",
-                 r >= 0 && r < (int)PGS_ARRAY_LEN(reset_names) ? reset_names[r] : "?");
+        snprintf(tmp, sizeof(tmp), "%s", r >= 0 && r < enum_count(s->names) ? s->names[r] : "?");
         break;
     }
+    case K_LAG:
+        if (cfg->max_replica_lag_bytes) format_size(cfg->max_replica_lag_bytes, tmp, sizeof(tmp));
+        else if (cfg->max_replica_lag_ms) sb_duration_text(cfg->max_replica_lag_ms, tmp, sizeof(tmp));
+        else snprintf(tmp, sizeof(tmp), "0");
+        break;
     }
     sb_puts(b, tmp);
 }
@@ -2189,6 +2329,15 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
     format_size(def.max_startup_packet_size, dtmp, sizeof(dtmp));
     emit(ctx, "max_startup_packet_size", tmp, dtmp);
 
+    /* the replicas' URLs are READ_REPLICA_URLS; their weights, in order */
+    sb_reset(&b);
+    for (int i = 0; i < cfg->n_replicas; i++) {
+        snprintf(tmp, sizeof(tmp), "%s%d", i ? ", " : "",
+                 cfg->replica_weights ? cfg->replica_weights[i] : 1);
+        sb_puts(&b, tmp);
+    }
+    emit(ctx, "nodes.replicas.weight", sb_str(&b), "");
+
     for (int i = 0; i < cfg->n_databases; i++) {
         const pgs_db_config *d = &cfg->databases[i];
         sb_reset(&b);
@@ -2204,6 +2353,7 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
         if (d->max_db_connections > 0) sb_kv_int(&b, "max_db_connections", d->max_db_connections);
         if (d->pinning >= 0) sb_kv_str(&b, "pinning", d->pinning ? "on" : "off");
         if (d->max_pinned >= 0) sb_kv_int(&b, "max_pinned", d->max_pinned);
+        if (d->route >= 0) sb_kv_str(&b, "route", route_names[d->route]);
         snprintf(name, sizeof(name), "databases.%s", d->name);
         emit(ctx, name, sb_str(&b), "");
     }
@@ -2218,6 +2368,7 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
             sb_kv_int(&b, "max_user_connections", u->max_user_connections);
         if (u->pinning >= 0) sb_kv_str(&b, "pinning", u->pinning ? "on" : "off");
         if (u->max_pinned >= 0) sb_kv_int(&b, "max_pinned", u->max_pinned);
+        if (u->route >= 0) sb_kv_str(&b, "route", route_names[u->route]);
         snprintf(name, sizeof(name), "users.%s", u->name);
         emit(ctx, name, sb_str(&b), "");
     }

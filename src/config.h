@@ -143,6 +143,7 @@ typedef struct pgs_db_config {
     int max_db_connections;
     int pinning;              /* -1 not set, 0 off, 1 on */
     int max_pinned;           /* -1 not set, 0 half of pool_size */
+    int route;                /* -1 not set, else PGS_ROUTE_* */
     int line;
 } pgs_db_config;
 
@@ -154,6 +155,7 @@ typedef struct pgs_user_config {
     int max_user_connections;
     int pinning;              /* -1 not set, 0 off, 1 on */
     int max_pinned;           /* -1 not set, 0 half of pool_size */
+    int route;                /* -1 not set, else PGS_ROUTE_* */
     int line;
 } pgs_user_config;
 
@@ -161,10 +163,42 @@ typedef struct pgs_user_config {
  * when it passes from one client to another. */
 enum { PGS_RESET_OFF = 0, PGS_RESET_ALL = 1 };
 
+/* consistency: which replicas a read may go to (DESIGN.md, "Consistency
+ * rules").  session: a client reads its own writes; strict: every client
+ * reads every write acknowledged before its read started; eventual: any
+ * replica within max_replica_lag. */
+enum { PGS_CONSISTENCY_SESSION = 0, PGS_CONSISTENCY_STRICT = 1, PGS_CONSISTENCY_EVENTUAL = 2 };
+/* failover: what the monitor does when the primary fails (monitor.c). */
+enum { PGS_FAILOVER_AUTO = 0, PGS_FAILOVER_FOLLOW = 1, PGS_FAILOVER_OFF = 2 };
+/* load_balance: how reads are spread over the nodes that may serve them. */
+enum {
+    PGS_BALANCE_ROUND_ROBIN = 0,
+    PGS_BALANCE_LEAST_OUTSTANDING = 1,
+    PGS_BALANCE_WEIGHTED = 2,
+};
+/* route (databases: / users: entries): auto = reads may go to replicas. */
+enum { PGS_ROUTE_AUTO = 0, PGS_ROUTE_PRIMARY = 1 };
+#define PGS_MAX_REPLICA_WEIGHT 1000
+
 typedef struct pgs_config {
     pgs_url primary;              /* DATABASE_URL (required) */
-    pgs_url *replicas;            /* READ_REPLICA_URLS (parsed, not yet routed to) */
+    pgs_url *replicas;            /* READ_REPLICA_URLS / nodes.replicas */
+    int *replica_weights;         /* parallel to replicas: 1..PGS_MAX_REPLICA_WEIGHT */
     int n_replicas;
+
+    /* Replicas and failover (see the enums above). */
+    int consistency;              /* PGSCALE_CONSISTENCY, default session */
+    int failover;                 /* PGSCALE_FAILOVER, default auto */
+    /* PGSCALE_MAX_REPLICA_LAG: a size (bytes of WAL behind the primary) or
+     * a duration (replay delay); the other is 0 = not checked.  Both 0 =
+     * no limit.  Default 10 s. */
+    uint64_t max_replica_lag_bytes;
+    uint32_t max_replica_lag_ms;
+    bool read_from_primary;       /* PGSCALE_READ_FROM_PRIMARY, default off */
+    int load_balance;             /* PGSCALE_LOAD_BALANCE, default round_robin */
+    uint32_t monitor_interval_ms;     /* PGSCALE_MONITOR_INTERVAL, 100 ms */
+    uint32_t health_check_timeout_ms; /* PGSCALE_HEALTH_CHECK_TIMEOUT, 2 s */
+    uint32_t failover_timeout_ms;     /* PGSCALE_FAILOVER_TIMEOUT, 10 s */
 
     char listen_host[256];        /* PGSCALE_LISTEN, default 127.0.0.1:6432 */
     int listen_port;
@@ -239,6 +273,7 @@ typedef struct pgs_pool_settings {
     int max_user_connections;
     bool pinning;
     int max_pinned;            /* resolved: >= 1 */
+    bool force_primary;        /* route: primary for this database or user */
     const char *server_dbname; /* the database to ask the server for */
 } pgs_pool_settings;
 
@@ -357,6 +392,12 @@ PGS_MUSTCHECK int config_parse_channel_binding(const char *v, pgs_channel_bindin
                                                char *why, size_t whylen);
 /* on/off (also true/false, yes/no, 1/0). */
 PGS_MUSTCHECK int config_parse_bool(const char *v, bool *out, char *why, size_t whylen);
+/* auto, primary (databases.<db>.route, users.<user>.route). */
+PGS_MUSTCHECK int config_parse_route(const char *v, int *out, char *why, size_t whylen);
+/* max_replica_lag: a size with a unit (16MB), a duration with a unit (10s),
+ * or 0 for no limit; exactly one of *bytes, *ms is non-zero unless 0. */
+PGS_MUSTCHECK int config_parse_replica_lag(const char *v, uint64_t *bytes, uint32_t *ms,
+                                           char *why, size_t whylen);
 /* trust, md5, scram-sha-256 (auth.type, PGSCALE_AUTH_TYPE). */
 PGS_MUSTCHECK int config_parse_auth_type(const char *v, pgs_auth_method *out, char *why,
                                          size_t whylen);

@@ -682,6 +682,47 @@ static int do_listen(yctx *c, const node *v, const char *path)
     return 0;
 }
 
+/* One nodes.replicas entry: a URL, or {url: ..., weight: N}. */
+static int replica_entry(yctx *c, const node *n, const char *path, pgs_url *u, int *weight)
+{
+    static const char *const keys[] = {"url", "weight"};
+    char why[512], kp[PATH_BUF];
+    const char *s;
+    *weight = 1;
+    if (n->kind != N_MAP) {
+        if (scalar(c, n, path, PGS_VALUE_SECRET, &s) < 0) return -EINVAL;
+        if (config_parse_url(s, u, why, sizeof(why)) < 0)
+            return fail(c, n->line, path, "%s", why);
+        return 0;
+    }
+    const node *url = NULL;
+    for (size_t i = 0; i < n->n; i += 2) {
+        const node *k = n->kids[i], *val = n->kids[i + 1];
+        path_key(kp, sizeof(kp), path, k->str);
+        switch (find_word(keys, PGS_ARRAY_LEN(keys), k->str)) {
+        case 0: url = val; break;
+        case 1:
+            if (int_value(c, val, kp, 1, PGS_MAX_REPLICA_WEIGHT, weight) < 0) return -EINVAL;
+            break;
+        default: return unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true);
+        }
+    }
+    if (!url) return fail(c, n->line, path, "has no url (write {url: postgresql://..., weight: N})");
+    path_key(kp, sizeof(kp), path, "url");
+    if (scalar(c, url, kp, PGS_VALUE_SECRET, &s) < 0) return -EINVAL;
+    if (config_parse_url(s, u, why, sizeof(why)) < 0) return fail(c, url->line, kp, "%s", why);
+    return 0;
+}
+
+static int route_value(yctx *c, const node *n, const char *path, int *out)
+{
+    const char *s;
+    char why[256];
+    if (text(c, n, path, false, &s) < 0) return -EINVAL;
+    if (config_parse_route(s, out, why, sizeof(why)) < 0) return fail(c, n->line, path, "%s", why);
+    return 0;
+}
+
 static int do_nodes(yctx *c, const node *v, const char *path)
 {
     static const char *const keys[] = {"primary", "replicas"};
@@ -706,20 +747,22 @@ static int do_nodes(yctx *c, const node *v, const char *path)
         case 1: {
             if (want_seq(c, val, kp) < 0) return -EINVAL;
             pgs_url *list = val->n ? pgs_xcalloc(val->n, sizeof(*list)) : NULL;
+            int *weights = pgs_xcalloc(val->n ? val->n : 1, sizeof(int));
             for (size_t j = 0; j < val->n; j++) {
                 path_index(ip, sizeof(ip), kp, j);
-                int rc = scalar(c, val->kids[j], ip, PGS_VALUE_SECRET, &s);
-                if (rc == 0 && config_parse_url(s, &list[j], why, sizeof(why)) < 0)
-                    rc = fail(c, val->kids[j]->line, ip, "%s", why);
+                int rc = replica_entry(c, val->kids[j], ip, &list[j], &weights[j]);
                 if (rc < 0) {
                     for (size_t x = 0; x < j; x++) config_url_free(&list[x]);
                     free(list);
+                    free(weights);
                     return -EINVAL;
                 }
             }
             for (int j = 0; j < cfg->n_replicas; j++) config_url_free(&cfg->replicas[j]);
             free(cfg->replicas);
+            free(cfg->replica_weights);
             cfg->replicas = list;
+            cfg->replica_weights = weights;
             cfg->n_replicas = (int)val->n;
             break;
         }
@@ -778,7 +821,7 @@ static int do_databases(yctx *c, const node *v, const char *path)
 {
     static const char *const keys[] = {"pool_size",          "max_overflow", "pool_mode",
                                        "pool_timeout",       "max_db_connections", "dbname",
-                                       "pinning",            "max_pinned"};
+                                       "pinning",            "max_pinned",   "route"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_config *cfg = c->cfg;
     size_t n = v->n / 2;
@@ -791,6 +834,7 @@ static int do_databases(yctx *c, const node *v, const char *path)
         pgs_db_config *d = &cfg->databases[cfg->n_databases++];
         d->name = pgs_xstrdup(name->str);
         d->pool_size = d->max_overflow = d->pool_mode = d->pinning = d->max_pinned = -1;
+        d->route = -1;
         d->line = name->line;
         if (want_map(c, body, ep) < 0) return -EINVAL;
         for (size_t j = 0; j < body->n; j += 2) {
@@ -815,6 +859,7 @@ static int do_databases(yctx *c, const node *v, const char *path)
                 break;
             case 6: rc = bool_value(c, val, kp, &d->pinning); break;
             case 7: rc = int_value(c, val, kp, 0, 10000, &d->max_pinned); break;
+            case 8: rc = route_value(c, val, kp, &d->route); break;
             default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
             }
             if (rc < 0) return rc;
@@ -826,7 +871,8 @@ static int do_databases(yctx *c, const node *v, const char *path)
 static int do_users(yctx *c, const node *v, const char *path)
 {
     static const char *const keys[] = {"pool_size", "max_overflow", "pool_mode",
-                                       "max_user_connections", "pinning", "max_pinned"};
+                                       "max_user_connections", "pinning", "max_pinned",
+                                       "route"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_config *cfg = c->cfg;
     size_t n = v->n / 2;
@@ -839,6 +885,7 @@ static int do_users(yctx *c, const node *v, const char *path)
         pgs_user_config *u = &cfg->users[cfg->n_users++];
         u->name = pgs_xstrdup(name->str);
         u->pool_size = u->max_overflow = u->pool_mode = u->pinning = u->max_pinned = -1;
+        u->route = -1;
         u->line = name->line;
         if (want_map(c, body, ep) < 0) return -EINVAL;
         for (size_t j = 0; j < body->n; j += 2) {
@@ -852,6 +899,7 @@ static int do_users(yctx *c, const node *v, const char *path)
             case 3: rc = int_value(c, val, kp, 0, 1000000, &u->max_user_connections); break;
             case 4: rc = bool_value(c, val, kp, &u->pinning); break;
             case 5: rc = int_value(c, val, kp, 0, 10000, &u->max_pinned); break;
+            case 6: rc = route_value(c, val, kp, &u->route); break;
             default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
             }
             if (rc < 0) return rc;
@@ -1173,7 +1221,9 @@ static const char *const top_keys[] = {
     "max_client_prepared_bytes", "max_message_size",
     "max_startup_packet_size", "redis_url", "log_level", "unix_socket_permissions",
     "unix_socket_group", "allow_core_dumps", "server_scram_max_iterations",
-    "server_allow_cleartext_password", "nodes", "databases", "users", "auth",
+    "server_allow_cleartext_password", "consistency", "failover", "max_replica_lag",
+    "read_from_primary", "load_balance", "monitor_interval", "health_check_timeout",
+    "failover_timeout", "nodes", "databases", "users", "auth",
     "tls", "server_tls", "admin_users", "stats_users",
 };
 

@@ -15,6 +15,8 @@
 #include "authquery.h"
 #include "clientauth.h"
 #include "config.h"
+#include "classify.h"
+#include "monitor.h"
 #include "reload.h"
 #include "tls.h"
 #include "topology.h"
@@ -90,6 +92,20 @@ static int resolve_nodes(const pgs_config *cfg)
                      i == 0 ? "DATABASE_URL" : n->name, dir);
     }
     return 0;
+}
+
+/* The monitor's primary hook (its thread): function volatility for the
+ * classifier. */
+static void load_volatility(PGconn *conn)
+{
+    char err[300];
+    if (classify_volatility_load(conn, err, sizeof(err)) < 0)
+        log_warn("could not read function volatility from the primary: %s (statements calling "
+                 "functions other than common built-ins go to the primary)",
+                 err);
+    else
+        log_debug("function volatility loaded from the primary (generation %llu)",
+                  (unsigned long long)classify_volatility_generation());
 }
 
 static void raise_nofile(void)
@@ -213,6 +229,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgscale: could not start (see the messages above)\n");
         return 1;
     }
+    /* after the workers: a check that finds the primary failed may act
+     * on pools at once.  Routing judges function calls by the primary's
+     * pg_proc, loaded on each (re)connect to it. */
+    monitor_set_primary_hook(load_volatility);
+    if (monitor_start(&g_cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "pgscale: %s\n", err);
+        return 1;
+    }
     char listening[1024];
     config_format_listen_list(&g_cfg, listening, sizeof(listening));
     log_info("pgscale " PGSCALE_VERSION " listening on %s, %d workers, %s pooling, "
@@ -222,6 +246,8 @@ int main(int argc, char **argv)
              g_cfg.max_overflow, topology_primary()->ep.text);
     uv_run(loop, UV_RUN_DEFAULT);
     worker_join_all();
+    monitor_stop();
+    classify_shutdown();
     authquery_stop();
     log_info("pgscale stopped");
     return 0;

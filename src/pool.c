@@ -129,6 +129,12 @@ static void apply_settings(pgs_pool_shared *sh, const pgs_config *cfg)
     atomic_store(&sh->pool_timeout_ms, ps.pool_timeout_ms);
     atomic_store(&sh->pinning, ps.pinning ? 1 : 0);
     atomic_store(&sh->max_pinned, ps.max_pinned);
+    atomic_store(&sh->force_primary, ps.force_primary ? 1 : 0);
+}
+
+bool pool_force_primary(const pgs_pool *p)
+{
+    return atomic_load_explicit(&p->sh->force_primary, memory_order_relaxed) != 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -302,6 +308,40 @@ void pool_free_all(void)
     pthread_mutex_unlock(&g_pgs.pools_lock);
 }
 
+/* A retired part lets go of the other nodes' pools it found (see
+ * pool_for_node); one left unused by that is freed here, as retiring would
+ * have freed it.  Under pools_lock. */
+static void drop_node_pools_locked(pgs_pool *p)
+{
+    for (int i = 0; i < PGS_MAX_NODES; i++) {
+        pgs_pool *q = p->node_pool[i];
+        if (!q) continue;
+        p->node_pool[i] = NULL;
+        pool_unref(q->sh);
+        if (shared_unused_locked(q->sh)) shared_free_locked(q->sh);
+    }
+}
+
+pgs_pool *pool_for_node(pgs_pool *home, pgs_node *node)
+{
+    if (node == home->sh->node) return home;
+    pgs_pool *q = home->node_pool[node->index];
+    /* still this worker's live part (the janitor retires an unused one;
+     * only this worker writes locals[w->id]) */
+    if (q && q->sh->locals[home->w->id] == q) return q;
+    pthread_mutex_lock(&g_pgs.pools_lock);
+    if (q) {
+        q = local_attach_locked(home->w, q->sh); /* back from retirement */
+    } else {
+        q = local_attach_locked(home->w,
+                                shared_get_locked(node, home->sh->user, home->sh->database));
+        pool_ref(q->sh);
+    }
+    pthread_mutex_unlock(&g_pgs.pools_lock);
+    home->node_pool[node->index] = q;
+    return q;
+}
+
 /* Worker thread (the janitor). */
 static void retire_unused(pgs_worker *w, uint64_t now)
 {
@@ -328,6 +368,7 @@ static void retire_unused(pgs_worker *w, uint64_t now)
         pthread_mutex_unlock(&w->lock);
         __atomic_store_n(&sh->locals[w->id], NULL, __ATOMIC_RELEASE);
         sh->retired[w->id] = p;
+        drop_node_pools_locked(p);
         if (shared_unused_locked(sh)) {
             log_debug("pool db=%s user=%s: unused, freed", sh->database, sh->user);
             shared_free_locked(sh);
@@ -495,6 +536,7 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
      * (acquire), from another thread */
     atomic_store_explicit(&c->state, CL_WAITING, memory_order_release);
     list_add_tail(&p->waiting, &c->wait_node);
+    c->wait_pool = p;
     pgs_count(&p->n_waiting, 1);
     if (p->n_waiting == 1) publish_head(p);
     atomic_fetch_add(&p->sh->waiting, 1);
@@ -503,7 +545,7 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
 
 void pool_cancel_wait(pgs_client *c)
 {
-    pgs_pool *p = c->pool;
+    pgs_pool *p = c->wait_pool;
     if (!p || list_empty(&c->wait_node)) return;
     list_del(&c->wait_node);
     pgs_count(&p->n_waiting, -1);

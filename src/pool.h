@@ -9,6 +9,12 @@
 /* Worker w's part of the pool of (user, database) on node (topology.h),
  * made if needed. */
 pgs_pool *pool_get(pgs_worker *w, struct pgs_node *node, const char *user, const char *database);
+/* Worker home->w's part of the pool of home's (user, database) on node:
+ * home itself on its own node.  Found under the pools lock once, then
+ * kept by home (no lock after the first time). */
+pgs_pool *pool_for_node(pgs_pool *home, struct pgs_node *node);
+/* `route: primary` for the pool's database or user (config). */
+bool pool_force_primary(const pgs_pool *p);
 /* A control message naming sh is posted (ref) / was handled (unref): a
  * pool is not freed while one is on its way. */
 void pool_ref(pgs_pool_shared *sh);

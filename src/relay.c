@@ -7,6 +7,7 @@
  * server owes nothing more, which is when a transaction-mode server goes
  * back to its pool. */
 #include "relay.h"
+#include "route.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -796,8 +797,9 @@ void relay_server_data(pgs_server *sv)
         /* Small messages we read are held until whole.  An error we would
          * look into but that is larger than we inspect (PostgreSQL quotes
          * a bad value whole) is streamed, and read as "some error". */
+        bool lsn_row = internal && sv->lsn_pending && type == 'D';
         bool need_whole = type == 'Z' || type == 'S' || (type == 'E' && total <= INSPECT_MAX) ||
-                          (type == 'A' && total <= INSPECT_MAX);
+                          (type == 'A' && total <= INSPECT_MAX) || (lsn_row && total <= 64);
         bool whole = avail >= total;
         if (need_whole && avail < total) {
             if (total > INSPECT_MAX) {
@@ -830,6 +832,11 @@ void relay_server_data(pgs_server *sv)
                 restored = true;
             }
             if (internal) sv->resetting = false;
+            if (internal && sv->lsn_pending) {
+                sv->lsn_pending = false;
+                if (c && !sv->lsn_seen) route_lsn_unknown(c);
+                sv->lsn_seen = false;
+            }
             if (h && (h->kind == EX_SYNC || h->kind == EX_QUERY || h->kind == EX_INTERNAL))
                 exq_pop(&sv->exq);
             sv->tx_status = status;
@@ -872,7 +879,9 @@ void relay_server_data(pgs_server *sv)
                     f.message = f.sqlstate = NULL;
                 if (f.sqlstate && strlen(f.sqlstate) != 5) f.sqlstate = NULL;
                 log_warn("S-%u: %s failed: %s", sv->id,
-                         sv->restoring ? "restoring a client's settings" : "resetting",
+                         sv->restoring      ? "restoring a client's settings"
+                         : sv->lsn_pending ? "reading the WAL position after a write"
+                                           : "resetting",
                          f.message ? f.message : "?");
                 /* (A RESET ALL sent alone, not waited for, ends the same
                  * way; the client's requests behind it went already, and
@@ -924,6 +933,9 @@ void relay_server_data(pgs_server *sv)
                 exq_pop(&sv->exq);
                 skip_to_sync(sv);
             }
+            break;
+        case 'D':
+            if (lsn_row && whole) sv->lsn_seen = route_lsn_row(c, body, len - 4);
             break;
         case 'A':
             /* NotificationResponse: the sender's pid as the sending client
@@ -1008,6 +1020,17 @@ void relay_server_data(pgs_server *sv)
         return;
     }
     if (saw_ready && releases_server(c) && c->fwd_remaining == 0 && server_done(sv)) {
+        if (route_wants_lsn(c, sv)) {
+            /* read-your-writes: where the primary's WAL is after this
+             * client's write, read on the same server before it goes
+             * back (the client has its answer already) */
+            sv->lsn_pending = true;
+            if (server_send_internal(sv, ROUTE_LSN_QUERY, strlen(ROUTE_LSN_QUERY)) < 0) {
+                client_server_lost(c, "writing to the PostgreSQL server failed");
+                server_close(sv, "write failed");
+            }
+            return;
+        }
         /* Whatever the client still has to receive was copied aside, so
          * the server can serve someone else already. */
         unlink_and_release(c, sv);
@@ -1631,6 +1654,8 @@ static void client_forward(pgs_client *c)
     io_batch sb;
     io_batch_init(&sb, w, &sv->s);
     bool any_fake = false;
+    bool route_on = route_active();
+    bool held = false;      /* a unit waits for another node */
     /* the batches of earlier calls are all flushed */
     unpin_batch_stmts(w);
 
@@ -1728,6 +1753,14 @@ static void client_forward(pgs_client *c)
             /* the batch points into the buffer: send it before moving bytes */
             if (io_batch_flush(&sb) < 0) break;
             if (io_buf_make_room(w, &c->s, need) < 0) return;
+            break;
+        }
+        /* A new unit (after a Sync or Query): may it run on this server's
+         * node?  A write behind a read on a replica waits here for the
+         * server to be released, and is then routed on its own. */
+        if (route_on && !sv->unsynced && type != 'S' && type != 'H' && type != 'X' &&
+            !route_unit_allowed(c, sv, p, avail)) {
+            held = true;
             break;
         }
         if (c->tx_status == 'I' && !c->xact_start_us) c->xact_start_us = pgs_now_us();
@@ -1976,7 +2009,14 @@ static void client_forward(pgs_client *c)
         if (releases_server(c) && c->fwd_remaining == 0 && server_done(sv) &&
             !(b->data && b->pos < b->len)) {
             unlink_and_release(c, sv);
+            return;
         }
+    }
+    if (held && c->server == sv && releases_server(c) && c->fwd_remaining == 0 &&
+        server_done(sv)) {
+        /* nothing runs here any more: the held unit is routed afresh */
+        unlink_and_release(c, sv);
+        relay_client_data(c);
     }
 }
 
@@ -2017,8 +2057,9 @@ void relay_client_data(pgs_client *c)
         }
         /* Queued or not, the client stays readable: requests pile up in
          * its buffer until a server is ours (client_on_read stops reading
-         * when the buffer fills). */
-        pool_checkout(c->pool, c);
+         * when the buffer fills).  With replicas, a read may be checked
+         * out on one (route.c). */
+        pool_checkout(route_checkout(c), c);
         return;
     }
     pgs_server *sv = c->server;

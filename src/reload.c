@@ -11,6 +11,7 @@
 #include "admin.h"
 #include "authquery.h"
 #include "clientauth.h"
+#include "monitor.h"
 #include "pool.h"
 #include "worker.h"
 
@@ -98,6 +99,16 @@ static void take_reloadable(pgs_config *pub, const pgs_config *fresh)
     pub->max_message_size = fresh->max_message_size;
     pub->max_startup_packet_size = fresh->max_startup_packet_size;
     pub->log_level = fresh->log_level;
+    /* read by the routing code and the monitor (monitor_configure) */
+    pub->consistency = fresh->consistency;
+    pub->failover = fresh->failover;
+    pub->max_replica_lag_bytes = fresh->max_replica_lag_bytes;
+    pub->max_replica_lag_ms = fresh->max_replica_lag_ms;
+    pub->read_from_primary = fresh->read_from_primary;
+    pub->load_balance = fresh->load_balance;
+    pub->monitor_interval_ms = fresh->monitor_interval_ms;
+    pub->health_check_timeout_ms = fresh->health_check_timeout_ms;
+    pub->failover_timeout_ms = fresh->failover_timeout_ms;
     pub->databases = fresh->databases;
     pub->n_databases = fresh->n_databases;
     pub->users = fresh->users;
@@ -239,6 +250,7 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
     atomic_store(&g_pgs.cfg, pub);
     __atomic_store_n(&pgs_log_level, pub->log_level, __ATOMIC_RELAXED);
     pool_reconfigure_all(pub);
+    monitor_configure(pub);
     /* a user created since a lookup said "no such user" can log in now */
     authquery_forget();
     uint64_t gen = worker_broadcast_ctl(WM_CONFIG, NULL);

@@ -344,11 +344,9 @@ static int need_password(pgs_server *sv, const char **pw, char *buf)
 }
 
 /* Whether the bytes to this server are safe from anyone on the path, so
- * that a password may be sent as it is.  Only TLS counts for now: should a
- * Unix-socket transport toward servers be added, it belongs here too (a
- * local socket is as private as PostgreSQL's own "local" lines assume). */
-/* TLS, or a Unix socket: only the kernel (and root) sees what crosses
- * one, as PostgreSQL's own "local" connections rely on. */
+ * that a password may be sent as it is: TLS, or a Unix socket (only the
+ * kernel, and root, sees what crosses one, as PostgreSQL's own "local"
+ * lines assume). */
 static bool transport_protects_password(const pgs_server *sv)
 {
     return sv->on_unix || io_is_tls(&sv->s);

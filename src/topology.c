@@ -43,6 +43,7 @@ int topology_init(const pgs_config *cfg, char *err, size_t errlen)
         char name[24];
         snprintf(name, sizeof(name), "replica%d", (i + 1) % 100);
         node_init(n, n_nodes, name, &cfg->replicas[i], PGS_ROLE_REPLICA);
+        if (cfg->replica_weights) n->weight = cfg->replica_weights[i];
         if (endpoint_resolve(&cfg->replicas[i], &n->ep, why, sizeof(why)) < 0) {
             /* a replica that cannot be found yet is down, not fatal */
             log_warn("READ_REPLICA_URLS: %s: %s; it gets no work until it resolves", name, why);
@@ -76,6 +77,40 @@ pgs_node *topology_node(int i)
 pgs_node *topology_primary(void)
 {
     return &nodes[atomic_load_explicit(&primary_index, memory_order_acquire)];
+}
+
+void topology_set_primary(int index)
+{
+    if (index < 0 || index >= n_nodes) return;
+    atomic_store_explicit(&primary_index, index, memory_order_release);
+}
+
+int topology_parse_lsn(const char *s, uint64_t *out)
+{
+    uint64_t part[2] = {0, 0};
+    const char *p = s;
+    for (int k = 0; k < 2; k++) {
+        int nd = 0;
+        for (; *p; p++, nd++) {
+            int d;
+            if (*p >= '0' && *p <= '9') d = *p - '0';
+            else if (*p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
+            else if (*p >= 'A' && *p <= 'F') d = *p - 'A' + 10;
+            else break;
+            if (nd == 8) return -1; /* each half is 32 bits */
+            part[k] = part[k] << 4 | (uint64_t)d;
+        }
+        if (nd == 0) return -1;
+        if (k == 0 && *p++ != '/') return -1;
+    }
+    if (*p) return -1;
+    *out = part[0] << 32 | part[1];
+    return 0;
+}
+
+void topology_format_lsn(uint64_t lsn, char *buf, size_t n)
+{
+    snprintf(buf, n, "%X/%X", (unsigned)(lsn >> 32), (unsigned)(lsn & 0xffffffffu));
 }
 
 void topology_set_error(pgs_node *n, const char *msg)

@@ -13,8 +13,9 @@
 
 #include "config.h"
 #include "endpoint.h"
+#include "types.h"
 
-#define PGS_MAX_NODES 16
+#define PGS_MAX_NODES PGS_MAX_NODES_T
 
 typedef enum pgs_node_role {
     PGS_ROLE_PRIMARY = 0,
@@ -60,6 +61,15 @@ int topology_count(void);
 pgs_node *topology_node(int i);
 /* The node that takes writes now. */
 pgs_node *topology_primary(void);
+/* Failover (monitor.c): node index takes the writes from now on.  A
+ * release store: a worker that reads the new primary (acquire) also sees
+ * what the monitor wrote into its node before. */
+void topology_set_primary(int index);
+
+/* WAL positions as PostgreSQL writes them, "16/B374D848" (two hex numbers,
+ * high and low 32 bits).  Parse: 0, or -1 for anything else. */
+PGS_MUSTCHECK int topology_parse_lsn(const char *s, uint64_t *out);
+void topology_format_lsn(uint64_t lsn, char *buf, size_t n);
 
 void topology_set_error(pgs_node *n, const char *msg);
 void topology_get_error(pgs_node *n, char *buf, size_t len);

@@ -74,6 +74,9 @@ typedef struct pgs_wbuf {
     bool pending;
 } pgs_wbuf;
 
+/* Nodes pgscale can know (topology.h's PGS_MAX_NODES). */
+#define PGS_MAX_NODES_T 16
+
 /* One socket plus its buffers; both client and server embed one. */
 enum { PGS_SOCK_CLIENT = 0, PGS_SOCK_SERVER = 1 };
 typedef struct pgs_sock {
@@ -164,7 +167,8 @@ typedef struct pgs_pool_stats {
 
 struct pgs_client {
     pgs_list node;            /* worker->clients */
-    pgs_list wait_node;       /* pool->waiting */
+    pgs_list wait_node;       /* wait_pool->waiting */
+    struct pgs_pool *wait_pool; /* the pool c waits in: its own, or another node's */
     pgs_sock s;
     pgs_worker *w;
     pgs_pool *pool;
@@ -231,6 +235,16 @@ struct pgs_client {
      * extended-protocol sequence is still to be answered. */
     char *tx_lost;
     bool tx_lost_sent;
+    /* Routing (route.c), with replicas only.  need_lsn: the primary's WAL
+     * position after this client's last write (read-your-writes: its
+     * reads go only where that is replayed).  tx_wrote: what runs on the
+     * primary now may have written.  replica_tx: a BEGIN READ ONLY
+     * transaction is open on the linked replica. */
+    bool tx_wrote;
+    bool replica_tx;
+    bool strict_pending;      /* counted in route.c's writes in flight (strict) */
+    uint64_t need_lsn;
+    uint64_t lsn_unknown_us;  /* need_lsn is UINT64_MAX since: see route_lsn_unknown */
     char addr[48];
     uint16_t port;
 };
@@ -282,6 +296,8 @@ struct pgs_server {
      * implicit transaction that the next simple Query or Sync would commit,
      * whatever its last ReadyForQuery said. */
     bool unsynced;
+    bool lsn_pending;         /* our pg_current_wal_lsn() query is out (route.c) */
+    bool lsn_seen;            /* ... and its row was read */
     /* The client's settings are being restored (relay_link): its requests
      * wait until the server confirms them, so that none runs under the
      * previous client's settings.  The restore is an EX_INTERNAL entry in
@@ -339,6 +355,7 @@ struct pgs_pool_shared {
      * slot is taken with a compare-and-swap, by any worker). */
     _Atomic int pinning;
     _Atomic int max_pinned;
+    _Atomic int force_primary;    /* route: primary for this database/user */
     _Atomic int pinned;
     pthread_mutex_t lock;         /* protects the hand-over queue */
     pgs_list handoff;             /* servers on their way to another worker */
@@ -361,6 +378,10 @@ struct pgs_pool_shared {
 struct pgs_pool {
     pgs_pool_shared *sh;
     pgs_worker *w;
+    /* The same (user, database) on the other nodes, on this worker: found
+     * once (pool_for_node) and held with a reference on their shared part
+     * until this part is retired. */
+    struct pgs_pool *node_pool[PGS_MAX_NODES_T];
     pgs_list idle;        /* idle servers, most recently used first */
     pgs_list used;        /* linked, logging in or resetting */
     pgs_list waiting;     /* clients waiting, FIFO */

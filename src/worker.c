@@ -4,6 +4,7 @@
  * for every time bound.  Workers share nothing on the data path; they post
  * messages to each other's inbox (mutex-protected list + uv_async). */
 #include "worker.h"
+#include "classify.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -502,6 +503,8 @@ void worker_free_all(void)
             free(r);
         }
         if (w->stmt_tab) stmt_tab_free(w->stmt_tab);
+        if (w->classify) classify_cache_free(w->classify);
+        w->classify = NULL;
         if (w->spare_fd >= 0) close(w->spare_fd);
         pthread_mutex_destroy(&w->lock);
         pthread_mutex_destroy(&w->inbox_lock);

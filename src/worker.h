@@ -55,6 +55,9 @@ struct pgs_worker {
     uv_timer_t janitor;
     uv_timer_t drain_timer;
     const pgs_config *cfg;
+    /* The parse cache of routing (route.c), made on first use; this
+     * worker's alone (classify.h). */
+    struct pgs_classify_cache *classify;
 
     /* Membership of these lists changes only when a connection opens or
      * closes; lock guards it so the admin console (another thread) can walk

@@ -27,6 +27,14 @@ What the fixtures do:
   then SIGKILL) at teardown.  A keyword set to None unsets the variable.
 - `primary_ctl` (function): the primary, restarted at teardown if a test
   stopped it.  Tests that stop it live in test_faults.py, which runs last.
+- `replicas` (session, started only when a test asks for it): two streaming
+  replicas of `primary` (pg_basebackup -R), each on a free port with its own
+  socket directory under the primary's temp dir; `replicas.urls()` gives
+  their URLs for READ_REPLICA_URLS, `replicas[i]` a Replica (a Primary with
+  the same helpers).  `replicas_ctl` (function): the same, and at teardown
+  every replica is running again, without apply delay and caught up --
+  tests that stop, kill or delay a replica use it: `stop(i)`, `start(i)`,
+  `kill(i)`, `set_apply_delay(i, ms)`, `wait_replayed(i=None)`.
 - Every test has a deadline (default 120 s, `@pytest.mark.deadline(N)`): when
   it passes, pgscale is SIGKILLed so that any client blocked on it returns,
   and the test fails saying so.  Clients use their own timeouts as well.
@@ -144,6 +152,7 @@ log_line_prefix = '%%m [%%p] %%q%%u@%%d/%%a '
 log_connections = on
 log_min_messages = warning
 lc_messages = 'C'
+wal_keep_size = '256MB'
 """ % (self.port, self.sockdir))
         with open(self.datadir / "pg_hba.conf", "w") as f:
             f.write("""# pgscale integration tests
@@ -159,6 +168,8 @@ host    all  app       127.0.0.1/32   scram-sha-256
 host    all  md5user   127.0.0.1/32   md5
 host    all  pwuser    127.0.0.1/32   password
 host    all  all       127.0.0.1/32   scram-sha-256
+local   replication  postgres         trust
+host    replication  postgres  127.0.0.1/32  trust
 """)
         # peer authentication over the socket: the OS user that runs the
         # tests (and pgscale) may log in as database user peeruser
@@ -304,6 +315,185 @@ def primary(request):
         yield p
     finally:
         p.cleanup(keep=request.session.testsfailed > 0)
+
+
+class Replica(Primary):
+    """A streaming replica of a Primary: pg_basebackup -R of it, on its own
+    port and socket directory; the rest (start, stop, connecting) as Primary."""
+
+    def __init__(self, basedir, source):
+        super().__init__(basedir)
+        self.source = source
+
+    def init(self):
+        self.basedir.mkdir()
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.basedir, pw.pw_uid, pw.pw_gid)
+        self.sockdir.mkdir()
+        if os.geteuid() == 0:
+            os.chown(self.sockdir, pw.pw_uid, pw.pw_gid)
+        r = subprocess.run(
+            self._wrap([PG_BINDIR / "pg_basebackup", "-D", self.datadir, "-h", self.source.host,
+                        "-p", self.source.port, "-U", "postgres", "-R", "-X", "stream",
+                        "--no-sync", "-c", "fast"]),
+            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise RuntimeError("pg_basebackup failed (rc=%d):\n%s\n%s"
+                               % (r.returncode, r.stdout, r.stderr))
+        # the primary's settings came along; the last line wins
+        with open(self.datadir / "postgresql.conf", "a") as f:
+            f.write("\n# --- replica ---\nport = %d\nunix_socket_directories = '%s'\n"
+                    "hot_standby = on\nwal_receiver_status_interval = 1s\n"
+                    % (self.port, self.sockdir))
+
+    def start(self, timeout=60):
+        # after a SIGKILL the old postmaster's children may hold its shared
+        # memory for a moment: "pre-existing shared memory block is still in use"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return super().start(timeout=max(1, deadline - time.monotonic()))
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                if self._logfh is not None:
+                    self._logfh.close()
+                    self._logfh = None
+                time.sleep(0.5)
+
+    def kill(self):
+        """SIGKILL the postmaster (its children exit when they notice)."""
+        if self.is_running():
+            self.proc.kill()
+            self.proc.wait(10)
+        if self._logfh is not None:
+            self._logfh.close()
+            self._logfh = None
+
+    def url(self, user=APP_USER, password=APP_PASSWORD, db=APP_DB, scheme="postgresql"):
+        return super().url(user, password, db, scheme)
+
+    def replay_lsn(self):
+        return self.execute("SELECT pg_last_wal_replay_lsn()::text")[0][0]
+
+    def apply_delay(self):
+        return self.execute("SHOW recovery_min_apply_delay")[0][0]
+
+
+class Replicas:
+    """The session's replicas of the primary (see the module docstring)."""
+
+    def __init__(self, primary, n=2):
+        self.primary = primary
+        self.nodes = [Replica(primary.basedir / ("replica%d" % (i + 1)), primary)
+                      for i in range(n)]
+
+    def __getitem__(self, i):
+        return self.nodes[i]
+
+    def __len__(self):
+        return len(self.nodes)
+
+    def setup(self):
+        for r in self.nodes:
+            r.init()
+            r.start()
+        self.wait_replayed()
+
+    def urls(self, **kw):
+        return [r.url(**kw) for r in self.nodes]
+
+    def url_list(self, **kw):
+        """READ_REPLICA_URLS."""
+        return ",".join(self.urls(**kw))
+
+    def stop(self, i):
+        self.nodes[i].stop()
+
+    def start(self, i):
+        if not self.nodes[i].is_running():
+            self.nodes[i].start()
+
+    def kill(self, i):
+        self.nodes[i].kill()
+
+    def set_apply_delay(self, i, ms):
+        """recovery_min_apply_delay on replica i (0: none), applied by a reload."""
+        r = self.nodes[i]
+        if ms:
+            r.execute("ALTER SYSTEM SET recovery_min_apply_delay = '%dms'" % int(ms))
+        else:
+            r.execute("ALTER SYSTEM RESET recovery_min_apply_delay")
+        r.execute("SELECT pg_reload_conf()")
+        want = "%dms" % ms if ms else "0"
+        wait_until = time.monotonic() + 10
+        while True:
+            got = r.apply_delay()
+            if got == want or (ms and got.endswith("s") and self._same_delay(got, ms)):
+                return
+            if time.monotonic() > wait_until:
+                raise RuntimeError("replica%d: recovery_min_apply_delay is %s, not %s"
+                                   % (i + 1, got, want))
+            time.sleep(0.05)
+
+    @staticmethod
+    def _same_delay(shown, ms):
+        # SHOW prints it in the largest exact unit: 2000ms -> 2s
+        units = (("ms", 1), ("s", 1000), ("min", 60000), ("h", 3600000))
+        for unit, mult in sorted(units, key=lambda u: -len(u[0])):
+            if shown.endswith(unit) and shown[:-len(unit)].isdigit():
+                return int(shown[:-len(unit)]) * mult == ms
+        return False
+
+    def wait_replayed(self, i=None, timeout=30):
+        """Until replica i (or each) has replayed the primary's current WAL position."""
+        target = self.primary.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+        for r in ([self.nodes[i]] if i is not None else self.nodes):
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    ok = r.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                   (target,))[0][0]
+                except psycopg2.OperationalError:
+                    ok = False
+                if ok:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("%s has not replayed %s after %d s (at %s)"
+                                       % (r.basedir.name, target, timeout, r.replay_lsn()))
+                time.sleep(0.05)
+
+    def restore(self):
+        """Every replica running, undelayed and caught up (for the next test)."""
+        for i, r in enumerate(self.nodes):
+            if not r.is_running():
+                r.start()
+            if r.apply_delay() != "0":
+                self.set_apply_delay(i, 0)
+        self.wait_replayed()
+
+    def cleanup(self):
+        for r in self.nodes:
+            r.stop()
+
+
+@pytest.fixture(scope="session")
+def replicas(primary):
+    rs = Replicas(primary)
+    atexit.register(rs.cleanup)
+    try:
+        rs.setup()
+        yield rs
+    finally:
+        rs.cleanup()
+
+
+@pytest.fixture
+def replicas_ctl(replicas):
+    """The replicas, for tests that stop, kill or delay them; restored after."""
+    yield replicas
+    replicas.restore()
 
 
 @pytest.fixture

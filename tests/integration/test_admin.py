@@ -10,11 +10,12 @@ import pytest
 from helpers import BOTH_MODES, psql, wait_for
 
 POOLS_COLUMNS = ["database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_login",
-                 "sv_total", "sv_overflow", "max_total", "maxwait_ms", "pool_mode", "sv_pinned"]
+                 "sv_total", "sv_overflow", "max_total", "maxwait_ms", "pool_mode", "sv_pinned",
+                 "node"]
 CLIENTS_COLUMNS = ["id", "worker", "database", "user", "application_name", "addr", "port", "state",
                    "connect_time", "wait_ms", "server_id", "pinned"]
 SERVERS_COLUMNS = ["id", "worker", "database", "user", "addr", "port", "state", "connect_time",
-                   "backend_pid", "client_id", "prepared"]
+                   "backend_pid", "client_id", "prepared", "node"]
 STATS_COLUMNS = ["database", "user", "xact_count", "query_count", "bytes_received", "bytes_sent",
                  "avg_xact_us", "avg_query_us", "avg_wait_us", "total_wait_us"]
 CONFIG_COLUMNS = ["key", "value", "default"]
@@ -33,8 +34,10 @@ def test_show_pools_columns_and_counts(pgscale, pool_mode):
     cols, rows = pg.admin_columns("SHOW POOLS")
     assert cols == POOLS_COLUMNS
     row = next(r for r in rows if (r["database"], r["user"]) == ("app", "app"))
-    n = {k: _int(row[k]) for k in POOLS_COLUMNS if k not in ("database", "user", "pool_mode")}
+    n = {k: _int(row[k]) for k in POOLS_COLUMNS if k not in ("database", "user", "pool_mode",
+                                                             "node")}
     assert n["sv_pinned"] == 0, row
+    assert row["node"] == "primary", row
     assert row["pool_mode"] == pool_mode
     assert n["max_total"] == 7
     assert n["cl_active"] >= 1 and n["cl_waiting"] == 0, row

@@ -1196,7 +1196,10 @@ static const char *const all_vars[] = {
     "PGSCALE_MAX_PREPARED_STATEMENTS", "PGSCALE_MAX_CLIENT_PREPARED_STATEMENTS",
     "PGSCALE_MAX_CLIENT_PREPARED_BYTES", "PGSCALE_MAX_MESSAGE_SIZE",
     "PGSCALE_UNIX_SOCKET_PERMISSIONS", "PGSCALE_UNIX_SOCKET_GROUP", "PGSCALE_ALLOW_CORE_DUMPS",
-    "PGSCALE_SERVER_SCRAM_MAX_ITERATIONS", "PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD", "PGSCALE_AUTH_TYPE"};
+    "PGSCALE_SERVER_SCRAM_MAX_ITERATIONS", "PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD", "PGSCALE_AUTH_TYPE",
+    "PGSCALE_CONSISTENCY", "PGSCALE_FAILOVER", "PGSCALE_MAX_REPLICA_LAG",
+    "PGSCALE_READ_FROM_PRIMARY", "PGSCALE_LOAD_BALANCE", "PGSCALE_MONITOR_INTERVAL",
+    "PGSCALE_HEALTH_CHECK_TIMEOUT", "PGSCALE_FAILOVER_TIMEOUT"};
 
 static int clear_env(void **state)
 {
@@ -1372,6 +1375,104 @@ static const char *lookup_described(const described *d, const char *name, bool w
     return NULL;
 }
 
+/* The replica and failover settings: defaults, every enum value, the one
+ * lag setting that is a size or a duration, and the errors. */
+static void test_replica_settings(void **state)
+{
+    (void)state;
+    pgs_config c;
+    char err[512];
+    config_defaults(&c);
+    assert_int_equal(c.consistency, PGS_CONSISTENCY_SESSION);
+    assert_int_equal(c.failover, PGS_FAILOVER_AUTO);
+    assert_int_equal(c.load_balance, PGS_BALANCE_ROUND_ROBIN);
+    assert_int_equal(c.max_replica_lag_ms, 10000);
+    assert_int_equal(c.max_replica_lag_bytes, 0);
+    assert_false(c.read_from_primary);
+    assert_int_equal(c.monitor_interval_ms, 100);
+    assert_int_equal(c.health_check_timeout_ms, 2000);
+    assert_int_equal(c.failover_timeout_ms, 10000);
+
+    apply_ok(&c, "PGSCALE_CONSISTENCY", "strict");
+    assert_int_equal(c.consistency, PGS_CONSISTENCY_STRICT);
+    apply_ok(&c, "PGSCALE_CONSISTENCY", "Eventual");
+    assert_int_equal(c.consistency, PGS_CONSISTENCY_EVENTUAL);
+    apply_ok(&c, "PGSCALE_FAILOVER", "follow");
+    assert_int_equal(c.failover, PGS_FAILOVER_FOLLOW);
+    apply_ok(&c, "PGSCALE_FAILOVER", "off");
+    assert_int_equal(c.failover, PGS_FAILOVER_OFF);
+    apply_ok(&c, "PGSCALE_LOAD_BALANCE", "least_outstanding");
+    assert_int_equal(c.load_balance, PGS_BALANCE_LEAST_OUTSTANDING);
+    apply_ok(&c, "PGSCALE_LOAD_BALANCE", "least-outstanding");
+    assert_int_equal(c.load_balance, PGS_BALANCE_LEAST_OUTSTANDING);
+    apply_ok(&c, "PGSCALE_LOAD_BALANCE", "weighted");
+    assert_int_equal(c.load_balance, PGS_BALANCE_WEIGHTED);
+    apply_ok(&c, "PGSCALE_READ_FROM_PRIMARY", "on");
+    assert_true(c.read_from_primary);
+    apply_ok(&c, "PGSCALE_MONITOR_INTERVAL", "250ms");
+    assert_int_equal(c.monitor_interval_ms, 250);
+    apply_ok(&c, "PGSCALE_FAILOVER_TIMEOUT", "30s");
+    assert_int_equal(c.failover_timeout_ms, 30000);
+
+    apply_ok(&c, "PGSCALE_MAX_REPLICA_LAG", "16MB");
+    assert_true(c.max_replica_lag_bytes == 16u << 20);
+    assert_int_equal(c.max_replica_lag_ms, 0);
+    apply_ok(&c, "PGSCALE_MAX_REPLICA_LAG", "8GB");
+    assert_true(c.max_replica_lag_bytes == 8ull << 30);
+    apply_ok(&c, "PGSCALE_MAX_REPLICA_LAG", "500ms");
+    assert_true(c.max_replica_lag_bytes == 0);
+    assert_int_equal(c.max_replica_lag_ms, 500);
+    apply_ok(&c, "PGSCALE_MAX_REPLICA_LAG", "0");
+    assert_true(c.max_replica_lag_bytes == 0);
+    assert_int_equal(c.max_replica_lag_ms, 0);
+
+    apply_bad("PGSCALE_CONSISTENCY", "linear", err, sizeof(err));
+    assert_string_equal(err, "PGSCALE_CONSISTENCY: 'linear' is not a consistency mode "
+                             "(expected session, strict or eventual)");
+    apply_bad("PGSCALE_FAILOVER", "manual", err, sizeof(err));
+    assert_string_equal(err, "PGSCALE_FAILOVER: 'manual' is not a failover mode (expected "
+                             "auto, follow or off)");
+    apply_bad("PGSCALE_LOAD_BALANCE", "random", err, sizeof(err));
+    assert_non_null(strstr(err, "round_robin, least_outstanding or weighted"));
+    apply_bad("PGSCALE_MAX_REPLICA_LAG", "16", err, sizeof(err));
+    assert_non_null(strstr(err, "needs a unit"));
+    apply_bad("PGSCALE_MAX_REPLICA_LAG", "16 parsecs", err, sizeof(err));
+    assert_non_null(strstr(err, "neither a size"));
+    apply_bad("PGSCALE_MAX_REPLICA_LAG", "2048GB", err, sizeof(err));
+    assert_non_null(strstr(err, "out of range"));
+    apply_bad("PGSCALE_MONITOR_INTERVAL", "0", err, sizeof(err));
+    apply_bad("PGSCALE_SERVER_RESET_SETTINGS", "some", err, sizeof(err));
+    assert_string_equal(err, "PGSCALE_SERVER_RESET_SETTINGS: 'some' is not a reset mode "
+                             "(expected off or all)");
+    config_free(&c);
+}
+
+/* SHOW CONFIG's values read back as what was set. */
+static void test_replica_settings_described(void **state)
+{
+    (void)state;
+    pgs_config c;
+    char err[256];
+    const char *pairs[] = {"READ_REPLICA_URLS", "postgresql://r1/d,postgresql://r2/d",
+                           "PGSCALE_MAX_REPLICA_LAG", "16MB", "PGSCALE_LOAD_BALANCE",
+                           "least-outstanding", "PGSCALE_MONITOR_INTERVAL", "0.25s", NULL};
+    assert_int_equal(apply(&c, err, sizeof(err), pairs), 0);
+    assert_int_equal(c.n_replicas, 2);
+    assert_int_equal(c.replica_weights[0], 1);
+    assert_int_equal(c.replica_weights[1], 1);
+    described *d = calloc(1, sizeof(*d));
+    config_describe(&c, collect, d);
+    assert_string_equal(lookup_described(d, "PGSCALE_MAX_REPLICA_LAG", false), "16MB");
+    assert_string_equal(lookup_described(d, "PGSCALE_MAX_REPLICA_LAG", true), "10s");
+    assert_string_equal(lookup_described(d, "PGSCALE_LOAD_BALANCE", false), "least_outstanding");
+    assert_string_equal(lookup_described(d, "PGSCALE_MONITOR_INTERVAL", false), "250ms");
+    assert_string_equal(lookup_described(d, "PGSCALE_CONSISTENCY", false), "session");
+    assert_string_equal(lookup_described(d, "PGSCALE_FAILOVER", false), "auto");
+    assert_string_equal(lookup_described(d, "PGSCALE_READ_FROM_PRIMARY", false), "off");
+    free(d);
+    config_free(&c);
+}
+
 static void test_describe_lists_every_variable_and_masks_passwords(void **state)
 {
     (void)state;
@@ -1525,6 +1626,8 @@ int main(void)
                                         clear_env),
         cmocka_unit_test(test_envfile_load_reads_file),
         cmocka_unit_test(test_describe_lists_every_variable_and_masks_passwords),
+        cmocka_unit_test(test_replica_settings),
+        cmocka_unit_test(test_replica_settings_described),
         cmocka_unit_test(test_described_url_parses_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

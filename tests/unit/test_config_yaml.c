@@ -409,6 +409,64 @@ static void test_empty_documents_keep_every_default(void **state)
 /* Unknown keys                                                             */
 /* ------------------------------------------------------------------------ */
 
+/* nodes.replicas entries may carry a weight; route: per database and user;
+ * the replica settings from the file. */
+static void test_replica_weights_route_and_settings(void **state)
+{
+    (void)state;
+    pgs_config c;
+    yaml_ok(&c, "nodes:\n"
+                "  primary: postgresql://p/db\n"
+                "  replicas:\n"
+                "    - postgresql://r1/db\n"
+                "    - {url: 'postgresql://r2/db', weight: 5}\n"
+                "    - url: postgresql://r3/db\n"
+                "failover: follow\n"
+                "consistency: eventual\n"
+                "max_replica_lag: 64MB\n"
+                "read_from_primary: on\n"
+                "load_balance: weighted\n"
+                "health_check_timeout: 1s\n"
+                "databases:\n"
+                "  reports: {route: primary}\n"
+                "  app: {route: auto}\n"
+                "users:\n"
+                "  etl: {route: primary}\n");
+    assert_int_equal(c.n_replicas, 3);
+    assert_int_equal(c.replica_weights[0], 1);
+    assert_int_equal(c.replica_weights[1], 5);
+    assert_int_equal(c.replica_weights[2], 1);
+    assert_string_equal(c.replicas[1].host, "r2");
+    assert_int_equal(c.failover, PGS_FAILOVER_FOLLOW);
+    assert_int_equal(c.consistency, PGS_CONSISTENCY_EVENTUAL);
+    assert_true(c.max_replica_lag_bytes == 64u << 20);
+    assert_int_equal(c.max_replica_lag_ms, 0);
+    assert_true(c.read_from_primary);
+    assert_int_equal(c.load_balance, PGS_BALANCE_WEIGHTED);
+    assert_int_equal(c.health_check_timeout_ms, 1000);
+    pgs_pool_settings ps;
+    config_pool_settings(&c, "reports", "web", &ps);
+    assert_true(ps.force_primary);
+    config_pool_settings(&c, "app", "web", &ps);
+    assert_false(ps.force_primary);
+    config_pool_settings(&c, "app", "etl", &ps);
+    assert_true(ps.force_primary);
+    config_pool_settings(&c, "other", "web", &ps);
+    assert_false(ps.force_primary);
+    config_free(&c);
+
+    yaml_bad("nodes:\n  replicas:\n    - {url: 'postgresql://r/db', weight: 0}\n",
+             NAME ":3: nodes.replicas[0].weight: '0' is out of range (expected 1..1000)");
+    yaml_bad("nodes:\n  replicas:\n    - {weight: 2}\n",
+             NAME ":3: nodes.replicas[0]: has no url (write {url: postgresql://..., weight: N})");
+    yaml_bad("nodes:\n  replicas:\n    - {url: 'postgresql://r/db', wieght: 2}\n",
+             NAME ":3: nodes.replicas[0].wieght: unknown key (did you mean weight?)");
+    yaml_bad("databases:\n  app: {route: replica}\n",
+             NAME ":2: databases.app.route: 'replica' is not a route (expected auto or primary)");
+    yaml_bad("failover: manual\n",
+             NAME ":1: failover: 'manual' is not a failover mode (expected auto, follow or off)");
+}
+
 static void test_unknown_keys_are_rejected_with_a_hint(void **state)
 {
     (void)state;
@@ -429,10 +487,10 @@ static void test_unknown_keys_are_rejected_with_a_hint(void **state)
     yaml_bad("databases:\n  app:\n    size: 3\n",
              NAME ":3: databases.app.size: unknown key (expected one of: pool_size, "
                   "max_overflow, pool_mode, pool_timeout, max_db_connections, dbname, pinning, "
-                  "max_pinned)");
+                  "max_pinned, route)");
     yaml_bad("users:\n  web:\n    max_db_connections: 3\n",
              NAME ":3: users.web.max_db_connections: unknown key (expected one of: pool_size, "
-                  "max_overflow, pool_mode, max_user_connections, pinning, max_pinned)");
+                  "max_overflow, pool_mode, max_user_connections, pinning, max_pinned, route)");
     yaml_bad("auth:\n  hba:\n    - type: host\n      adress: all\n      method: trust\n",
              NAME ":4: auth.hba[0].adress: unknown key (did you mean address?)");
     yaml_bad("server_tls:\n  mode: require\n",
@@ -1725,6 +1783,7 @@ int main(void)
         cmocka_unit_test(test_yaml_types_are_checked),
         cmocka_unit_test(test_empty_documents_keep_every_default),
         cmocka_unit_test(test_unknown_keys_are_rejected_with_a_hint),
+        cmocka_unit_test(test_replica_weights_route_and_settings),
         cmocka_unit_test(test_listen_single_address_and_list),
         cmocka_unit_test(test_listen_errors),
         cmocka_unit_test(test_nodes_primary_and_replicas),

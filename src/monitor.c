@@ -1,0 +1,603 @@
+/* The node monitor (see monitor.h).  Owns the health checks and failover
+ * decisions; the node list and the atomics it fills are topology.c's, and
+ * what the workers do with a node's state is the routing code's.
+ *
+ * One thread per node, each with one libpq connection kept open: a node
+ * that hangs (a stopped process, a dropped network) costs its own thread a
+ * health_check_timeout, never the other nodes' checks.  The threads share
+ * `lock` for the settings, the wake-ups and the failover decision, which
+ * any of them may take after its own check (it reads every node's last
+ * state from the atomics). */
+#include "monitor.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "pqconn.h"
+#include "topology.h"
+
+#define BACKOFF_MAX_MS 3000u   /* retry delay of a failing node, at most */
+#define PROMOTE_WAIT_S 30      /* pg_promote(true, 30) */
+
+const char monitor_poll_sql[] =
+    /* the replay delay: 0 when the replica has replayed all it received
+     * (it is as current as its primary lets it be), else how old the last
+     * transaction it replayed is (an overestimate right after an idle
+     * spell: that transaction may be long committed) */
+    "SELECT pg_is_in_recovery(), "
+    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() "
+    "END, pg_last_wal_receive_lsn(), "
+    "CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() "
+    "THEN 0 ELSE GREATEST(0, COALESCE((EXTRACT(EPOCH FROM now() - "
+    "pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)) END";
+
+typedef struct mnode {
+    pgs_node *n;
+    pthread_t thread;
+    bool started;
+    PGconn *conn;
+    uint32_t conn_timeout_ms;  /* the statement_timeout conn was opened with */
+    bool hook_done;            /* the primary hook ran on conn */
+    uint32_t backoff_ms;       /* 0: the last check answered */
+    bool wake;                 /* under lock: check now */
+    /* what was last logged, so each change is logged once */
+    int logged_state;          /* -1: nothing yet */
+    int logged_role;
+    int64_t fail_since_ms;     /* under lock; 0: answering */
+} mnode;
+
+static mnode mnodes[PGS_MAX_NODES];
+static int n_mnodes;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond;
+static bool stopping;
+static const pgs_config *start_cfg;
+static _Atomic(monitor_primary_hook_fn) primary_hook;
+
+/* reloadable settings, under lock */
+static uint32_t interval_ms = 100, timeout_ms = 2000, failover_timeout_ms = 10000;
+static int failover_mode = PGS_FAILOVER_AUTO;
+
+/* failover state, under lock */
+static bool failover_running;
+static int64_t primary_bad_since_ms;   /* 0: the primary is fine */
+static int64_t promote_retry_ms;       /* after a failed promotion: not before */
+static char failover_said[600];        /* the last "not acting because" logged */
+
+void monitor_set_primary_hook(monitor_primary_hook_fn fn)
+{
+    atomic_store(&primary_hook, fn);
+}
+
+void monitor_configure(const pgs_config *cfg)
+{
+    pthread_mutex_lock(&lock);
+    interval_ms = cfg->monitor_interval_ms;
+    timeout_ms = cfg->health_check_timeout_ms;
+    failover_timeout_ms = cfg->failover_timeout_ms;
+    failover_mode = cfg->failover;
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&lock);
+}
+
+void monitor_wake(void)
+{
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < n_mnodes; i++) mnodes[i].wake = true;
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&lock);
+}
+
+/* The connection parameters of node n: its URL's user, password, database
+ * and sslmode (server_tls's when the URL has none), server_tls's files. */
+static void node_params(const pgs_node *n, pqconn_params *pp, const char *what,
+                        const char *options, uint32_t tmo)
+{
+    memset(pp, 0, sizeof(*pp));
+    pp->cfg = start_cfg;
+    pp->url = n->url;
+    pp->user = n->url->user;
+    pp->password = n->url->password;
+    pp->dbname = n->url->dbname;
+    pp->sslmode = config_url_param(n->url, "sslmode");
+    pp->application_name = "pgscale-monitor";
+    pp->options = options;
+    pp->timeout_ms = tmo;
+    pp->what = what;
+}
+
+static int64_t now_ms(void)
+{
+    return pqconn_now_ms();
+}
+
+/* --- one check --- */
+
+static void close_conn(mnode *m)
+{
+    if (m->conn) PQfinish(m->conn);
+    m->conn = NULL;
+    m->hook_done = false;
+}
+
+static void check_failed(mnode *m, const char *why)
+{
+    pgs_node *n = m->n;
+    close_conn(m);
+    char msg[256];
+    snprintf(msg, sizeof(msg), "%s", why);
+    topology_set_error(n, msg);
+    int st = atomic_load(&n->state);
+    if (st != PGS_NODE_FENCED) atomic_store(&n->state, PGS_NODE_DOWN);
+    pthread_mutex_lock(&lock);
+    if (!m->fail_since_ms) m->fail_since_ms = now_ms();
+    uint32_t iv = interval_ms;
+    pthread_mutex_unlock(&lock);
+    m->backoff_ms = m->backoff_ms ? PGS_MIN(m->backoff_ms * 2, BACKOFF_MAX_MS)
+                                  : PGS_MIN(PGS_MAX(iv, 100u), BACKOFF_MAX_MS);
+    if (m->logged_state != PGS_NODE_DOWN && st != PGS_NODE_FENCED) {
+        log_warn("monitor: %s (%s) is down: %s", n->name, n->ep.text, msg);
+        m->logged_state = PGS_NODE_DOWN;
+    }
+}
+
+static bool get_lsn(const PGresult *r, int col, uint64_t *out)
+{
+    *out = 0;
+    if (PQgetisnull(r, 0, col)) return true;
+    return topology_parse_lsn(PQgetvalue(r, 0, col), out) == 0;
+}
+
+static void check_one(mnode *m)
+{
+    pgs_node *n = m->n;
+    pthread_mutex_lock(&lock);
+    uint32_t tmo = timeout_ms;
+    pthread_mutex_unlock(&lock);
+    char *error = NULL;
+    if (m->conn && (PQstatus(m->conn) != CONNECTION_OK || m->conn_timeout_ms != tmo))
+        close_conn(m);
+    if (!m->conn) {
+        /* statement_timeout bounds the query on the server's side too, so
+         * a check we gave up on does not stay running there */
+        char options[64], what[64];
+        snprintf(options, sizeof(options), "-c statement_timeout=%u", (unsigned)tmo);
+        snprintf(what, sizeof(what), "%s", n->name);
+        pqconn_params pp;
+        node_params(n, &pp, what, options, tmo);
+        m->conn = pqconn_open(&pp, &error);
+        if (!m->conn) {
+            check_failed(m, error);
+            free(error);
+            return;
+        }
+        m->conn_timeout_ms = tmo;
+    }
+    PGresult *r = pqconn_exec(m->conn, monitor_poll_sql, now_ms() + tmo, &error);
+    if (!r) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "%s: %s", n->name, error);
+        free(error);
+        check_failed(m, msg);
+        return;
+    }
+    uint64_t lsn, rlsn;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 4 ||
+        !get_lsn(r, 1, &lsn) || !get_lsn(r, 2, &rlsn)) {
+        char *e = pqconn_error_text(n->name, PQresultStatus(r) == PGRES_TUPLES_OK
+                                                 ? "the health check returned an unexpected row"
+                                                 : PQresultErrorMessage(r));
+        PQclear(r);
+        check_failed(m, e);
+        free(e);
+        return;
+    }
+    bool in_recovery = PQgetvalue(r, 0, 0)[0] == 't';
+    long long delay = strtoll(PQgetvalue(r, 0, 3), NULL, 10);
+    PQclear(r);
+
+    int role = in_recovery ? PGS_ROLE_REPLICA : PGS_ROLE_PRIMARY;
+    atomic_store(&n->lsn, lsn);
+    atomic_store(&n->receive_lsn, rlsn);
+    uint64_t lag = 0;
+    if (in_recovery) {
+        /* against the primary's position as its own thread last read it
+         * (up to one interval old: clamped, never negative) */
+        pgs_node *p = topology_primary();
+        uint64_t plsn = p != n ? atomic_load(&p->lsn) : 0;
+        lag = plsn > lsn ? plsn - lsn : 0;
+    }
+    atomic_store(&n->lag_bytes, lag);
+    atomic_store(&n->lag_ms, in_recovery ? (uint32_t)PGS_MIN(PGS_MAX(delay, 0), UINT32_MAX) : 0);
+    atomic_store(&n->role, role);
+    atomic_store(&n->checked_us, pgs_now_us());
+    int st = atomic_load(&n->state);
+    if (st != PGS_NODE_FENCED) atomic_store(&n->state, PGS_NODE_UP);
+
+    pthread_mutex_lock(&lock);
+    int64_t down_for = m->fail_since_ms ? now_ms() - m->fail_since_ms : 0;
+    m->fail_since_ms = 0;
+    pthread_mutex_unlock(&lock);
+    char pos[32];
+    topology_format_lsn(lsn, pos, sizeof(pos));
+    if (m->logged_state == PGS_NODE_DOWN)
+        log_info("monitor: %s (%s) is up again after %.1f s: %s at %s", n->name, n->ep.text,
+                 (double)down_for / 1000.0, topology_role_name(role), pos);
+    else if (m->logged_state < 0)
+        log_info("monitor: %s (%s) is up: %s at %s", n->name, n->ep.text,
+                 topology_role_name(role), pos);
+    else if (m->logged_role != role)
+        log_warn("monitor: %s (%s) now says it is a %s (it was a %s)", n->name, n->ep.text,
+                 topology_role_name(role), topology_role_name(m->logged_role));
+    m->logged_state = PGS_NODE_UP;
+    m->logged_role = role;
+    m->backoff_ms = 0;
+
+    monitor_primary_hook_fn hook = atomic_load(&primary_hook);
+    if (hook && !m->hook_done && !in_recovery && topology_primary() == n &&
+        st != PGS_NODE_FENCED) {
+        m->hook_done = true;
+        hook(m->conn);
+    }
+}
+
+/* --- failover --- */
+
+/* Logs a reason for not acting once (until it changes). */
+static void say_once(const char *msg)
+{
+    if (strcmp(failover_said, msg) == 0) return;
+    snprintf(failover_said, sizeof(failover_said), "%s", msg);
+    log_warn("failover: %s", msg);
+}
+
+static void switch_primary(pgs_node *old, pgs_node *to, const char *why, int64_t since_ms)
+{
+    topology_set_primary(to->index);
+    atomic_store(&old->state, PGS_NODE_FENCED);
+    char pos[32];
+    topology_format_lsn(atomic_load(&to->lsn), pos, sizeof(pos));
+    log_error("FAILOVER: %s (%s) is the primary now, at %s, in place of %s (%s), which %s; "
+              "%.1f s after the primary was first seen failing; %s is fenced (never used "
+              "again until pgscale restarts)",
+              to->name, to->ep.text, pos, old->name, old->ep.text, why,
+              (double)(now_ms() - since_ms) / 1000.0, old->name);
+    failover_said[0] = '\0';
+    primary_bad_since_ms = 0;
+    for (int i = 0; i < n_mnodes; i++) mnodes[i].wake = true;
+    pthread_cond_broadcast(&cond);
+}
+
+/* Runs one statement on a fresh connection to n; the first row's first
+ * value (heap) or NULL with *error. */
+static char *run_on(const pgs_node *n, const char *sql, uint32_t tmo_ms, char **error)
+{
+    pqconn_params pp;
+    char what[64];
+    snprintf(what, sizeof(what), "%s", n->name);
+    node_params(n, &pp, what, NULL, timeout_ms);
+    PGconn *c = pqconn_open(&pp, error);
+    if (!c) return NULL;
+    char *err = NULL, *val = NULL;
+    PGresult *r = pqconn_exec(c, sql, now_ms() + tmo_ms, &err);
+    if (!r) {
+        *error = err;
+    } else if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK) {
+        *error = pqconn_error_text(n->name, PQresultErrorMessage(r));
+    } else {
+        val = pgs_xstrdup(PQntuples(r) > 0 && PQnfields(r) > 0 ? PQgetvalue(r, 0, 0) : "");
+    }
+    if (r) PQclear(r);
+    PQfinish(c);
+    return val;
+}
+
+/* Text built for ALTER SYSTEM: a few hundred bytes; too long is refused. */
+typedef struct tbuf {
+    char p[4096];
+    size_t len;
+    bool over;
+} tbuf;
+
+static void tb_putc(tbuf *b, char c)
+{
+    if (b->len + 1 >= sizeof(b->p)) {
+        b->over = true;
+        return;
+    }
+    b->p[b->len++] = c;
+    b->p[b->len] = '\0';
+}
+
+static void tb_puts(tbuf *b, const char *s)
+{
+    for (; *s; s++) tb_putc(b, *s);
+}
+
+/* primary_conninfo of replica n pointed at the new primary: its own
+ * conninfo (user, password, application_name, TLS ...) with the host and
+ * port replaced. */
+static bool repointed_conninfo(const char *old, const pgs_node *to, tbuf *b)
+{
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(old, &perr);
+    if (!opts) {
+        PQfreemem(perr);
+        return false;
+    }
+    char port[16];
+    snprintf(port, sizeof(port), "%d", to->url->port ? to->url->port : 5432);
+    const char *host = to->url->host && *to->url->host ? to->url->host : "/var/run/postgresql";
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        const char *v = o->val;
+        if (strcmp(o->keyword, "host") == 0) v = host;
+        else if (strcmp(o->keyword, "port") == 0) v = port;
+        else if (strcmp(o->keyword, "hostaddr") == 0) v = NULL;
+        if (!v) continue;
+        if (b->len) tb_putc(b, ' ');
+        tb_puts(b, o->keyword);
+        tb_puts(b, "='");
+        for (const char *p = v; *p; p++) {
+            if (*p == '\'' || *p == '\\') tb_putc(b, '\\');
+            tb_putc(b, *p);
+        }
+        tb_putc(b, '\'');
+    }
+    PQconninfoFree(opts);
+    return !b->over;
+}
+
+static void repoint_replica(const pgs_node *r, const pgs_node *to)
+{
+    char *err = NULL;
+    char *old = run_on(r, "SHOW primary_conninfo", timeout_ms, &err);
+    if (!old) {
+        log_error("failover: could not point %s at %s: %s", r->name, to->name, err);
+        free(err);
+        return;
+    }
+    static tbuf ci, sql; /* failover runs on one thread at a time */
+    memset(&ci, 0, sizeof(ci));
+    memset(&sql, 0, sizeof(sql));
+    bool ok = repointed_conninfo(old, to, &ci);
+    free(old);
+    if (!ok) {
+        log_error("failover: could not point %s at %s: its primary_conninfo does not parse",
+                  r->name, to->name);
+        return;
+    }
+    /* a standard-conforming literal: quotes doubled, backslashes as they are */
+    tb_puts(&sql, "ALTER SYSTEM SET primary_conninfo = '");
+    for (const char *p = ci.p; *p; p++) {
+        if (*p == '\'') tb_putc(&sql, '\'');
+        tb_putc(&sql, *p);
+    }
+    tb_puts(&sql, "'");
+    if (sql.over) {
+        log_error("failover: could not point %s at %s: its primary_conninfo is too long",
+                  r->name, to->name);
+        return;
+    }
+    char *v = run_on(r, sql.p, timeout_ms, &err);
+    if (v) {
+        free(v);
+        v = run_on(r, "SELECT pg_reload_conf()", timeout_ms, &err);
+    }
+    if (!v) {
+        log_error("failover: could not point %s at %s (ALTER SYSTEM and pg_reload_conf() need "
+                  "a superuser): %s",
+                  r->name, to->name, err);
+        free(err);
+        return;
+    }
+    free(v);
+    log_warn("failover: %s now replicates from %s (%s)", r->name, to->name, to->ep.text);
+}
+
+/* failover: auto, the primary down past failover_timeout and no node says
+ * it is the primary: promote the replica that has replayed the most.  Runs
+ * without the lock (it takes seconds); failover_running keeps the other
+ * threads out. */
+static void promote(pgs_node *old, pgs_node *best, int64_t since_ms)
+{
+    char pos[32];
+    topology_format_lsn(atomic_load(&best->lsn), pos, sizeof(pos));
+    log_error("failover: %s (%s) has been down for %.1f s; promoting %s (%s, replayed up to %s)",
+              old->name, old->ep.text, (double)(now_ms() - since_ms) / 1000.0, best->name,
+              best->ep.text, pos);
+    char *err = NULL, sql[64];
+    snprintf(sql, sizeof(sql), "SELECT pg_promote(true, %d)", PROMOTE_WAIT_S);
+    char *v = run_on(best, sql, (PROMOTE_WAIT_S + 5) * 1000u, &err);
+    bool ok = v && v[0] == 't';
+    free(v);
+    if (ok) {
+        /* pg_promote(wait => true) returned after the end of recovery;
+         * check it as every later reader will */
+        v = run_on(best, "SELECT pg_is_in_recovery()", timeout_ms, &err);
+        ok = v && v[0] == 'f';
+        free(v);
+    }
+    pthread_mutex_lock(&lock);
+    if (!ok) {
+        log_error("failover: promoting %s failed: %s (pg_promote() needs a superuser or "
+                  "GRANT EXECUTE ON FUNCTION pg_promote TO the monitoring user); trying again "
+                  "in %.0f s",
+                  best->name, err ? err : "it did not leave recovery in time",
+                  (double)failover_timeout_ms / 1000.0);
+        free(err);
+        promote_retry_ms = now_ms() + failover_timeout_ms;
+        failover_running = false;
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    atomic_store(&best->role, PGS_ROLE_PRIMARY);
+    switch_primary(old, best, "was down", since_ms);
+    pthread_mutex_unlock(&lock);
+    for (int i = 0; i < n_mnodes; i++) {
+        pgs_node *r = mnodes[i].n;
+        if (r == best || r == old || atomic_load(&r->state) == PGS_NODE_FENCED) continue;
+        repoint_replica(r, best);
+    }
+    pthread_mutex_lock(&lock);
+    failover_running = false;
+    pthread_mutex_unlock(&lock);
+}
+
+/* After any node's check: is the primary failing, and what then?  Called
+ * with lock held; may release and take it again (promote). */
+static void evaluate(void)
+{
+    if (failover_running) return;
+    pgs_node *p = topology_primary();
+    int pstate = atomic_load(&p->state), prole = atomic_load(&p->role);
+    bool down = pstate == PGS_NODE_DOWN;
+    bool demoted = pstate == PGS_NODE_UP && prole == PGS_ROLE_REPLICA &&
+                   atomic_load(&p->checked_us) != 0;
+    if (!down && !demoted) {
+        primary_bad_since_ms = 0;
+        failover_said[0] = '\0';
+        return;
+    }
+    int64_t now = now_ms();
+    if (!primary_bad_since_ms) {
+        primary_bad_since_ms = now;
+        if (down) {
+            /* down since its thread first saw it fail */
+            for (int i = 0; i < n_mnodes; i++)
+                if (mnodes[i].n == p && mnodes[i].fail_since_ms)
+                    primary_bad_since_ms = mnodes[i].fail_since_ms;
+        }
+    }
+    char msg[600];
+    if (failover_mode == PGS_FAILOVER_OFF) {
+        snprintf(msg, sizeof(msg), "the primary %s (%s) %s; failover is off: not acting",
+                 p->name, p->ep.text, down ? "is down" : "says it is in recovery");
+        say_once(msg);
+        return;
+    }
+    if (down && now - primary_bad_since_ms < (int64_t)failover_timeout_ms) return;
+    /* nodes that answered their last check saying they are not in recovery */
+    int n_primary = 0;
+    pgs_node *cand = NULL, *best = NULL;
+    for (int i = 0; i < n_mnodes; i++) {
+        pgs_node *o = mnodes[i].n;
+        if (o == p || atomic_load(&o->state) != PGS_NODE_UP || !atomic_load(&o->checked_us))
+            continue;
+        if (atomic_load(&o->role) == PGS_ROLE_PRIMARY) {
+            n_primary++;
+            cand = o;
+        } else if (!best || atomic_load(&o->lsn) > atomic_load(&best->lsn)) {
+            best = o;
+        }
+    }
+    if (n_primary == 1) {
+        switch_primary(p, cand, down ? "is down" : "says it is in recovery (a replica now)",
+                       primary_bad_since_ms);
+        return;
+    }
+    if (n_primary > 1) {
+        snprintf(msg, sizeof(msg), "the primary %s %s, and %d other nodes say they are the "
+                 "primary: not choosing between them", p->name,
+                 down ? "is down" : "is in recovery", n_primary);
+        say_once(msg);
+        return;
+    }
+    if (failover_mode == PGS_FAILOVER_AUTO && down) {
+        if (!best) {
+            snprintf(msg, sizeof(msg), "the primary %s is down and no replica is up to "
+                     "promote", p->name);
+            say_once(msg);
+            return;
+        }
+        if (now < promote_retry_ms) return;
+        failover_running = true;
+        int64_t since = primary_bad_since_ms;
+        pthread_mutex_unlock(&lock);
+        promote(p, best, since);
+        pthread_mutex_lock(&lock);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "the primary %s (%s) %s; waiting for another node to be "
+             "promoted (failover is %s)", p->name, p->ep.text,
+             down ? "is down" : "says it is in recovery",
+             failover_mode == PGS_FAILOVER_AUTO ? "auto" : "follow");
+    say_once(msg);
+}
+
+/* --- the threads --- */
+
+static void *node_main(void *arg)
+{
+    mnode *m = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "pgs-mon-%d", m->n->index);
+    pthread_setname_np(pthread_self(), name);
+    pthread_mutex_lock(&lock);
+    while (!stopping) {
+        m->wake = false;
+        pthread_mutex_unlock(&lock);
+        check_one(m);
+        pthread_mutex_lock(&lock);
+        if (stopping) break;
+        evaluate();
+        uint32_t delay = m->backoff_ms ? m->backoff_ms : interval_ms;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)delay * 1000000u;
+        ts.tv_sec += (time_t)(ns / 1000000000u);
+        ts.tv_nsec = (long)(ns % 1000000000u);
+        while (!stopping && !m->wake)
+            if (pthread_cond_timedwait(&cond, &lock, &ts) != 0) break;
+    }
+    pthread_mutex_unlock(&lock);
+    close_conn(m);
+    return NULL;
+}
+
+int monitor_start(const pgs_config *cfg, char *err, size_t errlen)
+{
+    start_cfg = cfg;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&cond, &ca);
+    pthread_condattr_destroy(&ca);
+    monitor_configure(cfg);
+    stopping = false;
+    n_mnodes = 0;
+    /* With the primary alone there is nothing to route to or fail over
+     * to: no thread, no extra connection on the primary. */
+    if (topology_count() < 2) return 0;
+    for (int i = 0; i < topology_count(); i++) {
+        pgs_node *n = topology_node(i);
+        if (!n->resolved) continue; /* kept down with its resolution error */
+        mnode *m = &mnodes[n_mnodes++];
+        memset(m, 0, sizeof(*m));
+        m->n = n;
+        m->logged_state = -1;
+        m->logged_role = atomic_load(&n->role);
+    }
+    for (int i = 0; i < n_mnodes; i++) {
+        if (pthread_create(&mnodes[i].thread, NULL, node_main, &mnodes[i]) != 0) {
+            snprintf(err, errlen, "could not start the monitor thread of %s", mnodes[i].n->name);
+            monitor_stop();
+            return -1;
+        }
+        mnodes[i].started = true;
+    }
+    return 0;
+}
+
+void monitor_stop(void)
+{
+    pthread_mutex_lock(&lock);
+    stopping = true;
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&lock);
+    for (int i = 0; i < n_mnodes; i++) {
+        if (mnodes[i].started) pthread_join(mnodes[i].thread, NULL);
+        mnodes[i].started = false;
+    }
+    n_mnodes = 0;
+}

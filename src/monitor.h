@@ -1,0 +1,36 @@
+/* The node monitor: one thread per PostgreSQL node (off the data path,
+ * with libpq) that reads the node's role, WAL positions and replay delay
+ * every monitor_interval into its pgs_node (topology.h), marks nodes that
+ * stop answering down and back up, and acts on a failed primary as
+ * `failover` says (off: report; follow: take the node that says it is the
+ * primary now; auto: promote the most advanced replica). */
+#ifndef PGS_MONITOR_H
+#define PGS_MONITOR_H
+
+#include <libpq-fe.h>
+
+#include "config.h"
+
+/* Starts one thread per resolved node when there are replicas (with the
+ * primary alone it starts nothing: SHOW NODES then shows the primary
+ * unchecked).  cfg is the start-up snapshot: its restart-only parts (node
+ * URLs, server_tls) are read until monitor_stop. */
+PGS_MUSTCHECK int monitor_start(const pgs_config *cfg, char *err, size_t errlen);
+/* Stops and joins the threads, closes their connections. */
+void monitor_stop(void);
+/* Takes the reloadable settings (interval, timeouts, failover mode) from a
+ * new snapshot; they apply from each node's next check. */
+void monitor_configure(const pgs_config *cfg);
+/* Asks every node's thread for a check now rather than at its next turn. */
+void monitor_wake(void);
+
+/* Called on the monitor thread of the primary with its connection (idle,
+ * in no transaction) after each (re)connect, and after a failover on the
+ * new primary's; it may run queries and must leave the connection idle. */
+typedef void (*monitor_primary_hook_fn)(PGconn *conn);
+void monitor_set_primary_hook(monitor_primary_hook_fn fn);
+
+/* The check, for the tests: the query each poll runs. */
+extern const char monitor_poll_sql[];
+
+#endif

@@ -1,0 +1,366 @@
+/* Routing (see route.h).
+ *
+ * What a unit is: PostgreSQL ends an implicit transaction at each Sync
+ * and after each simple Query, so in transaction pool mode the server goes
+ * back to the pool there, and the next unit is routed afresh.  A unit is
+ * judged by its first message: a Query's text, a Parse's text, or a Bind
+ * of a named statement whose text the client prepared earlier.  Anything
+ * else (a Bind of the unnamed statement alone, a function call, a text
+ * longer than what the relay holds) is not proved a read: the primary.
+ *
+ * Consistency (read-your-writes): after a unit that may have written
+ * commits on the primary, the relay reads pg_current_wal_insert_lsn() on the same
+ * server before releasing it (route_wants_lsn; the client has its answer
+ * already) and the client's later reads go only to replicas whose replay
+ * position, as the monitor last read it, is at least that.  "strict"
+ * extends this to every client through one process-wide position;
+ * "eventual" skips it. */
+#include "route.h"
+
+#include <stdatomic.h>
+#include <string.h>
+
+#include "classify.h"
+#include "params.h"
+#include "pool.h"
+#include "prepared.h"
+#include "proto.h"
+#include "topology.h"
+#include "worker.h"
+
+/* The highest position any client's write was acknowledged at (strict). */
+static _Atomic uint64_t acked_lsn;
+/* strict: writes that may be acknowledged to their client before their
+ * position is known; while any is, every read goes to the primary. */
+static _Atomic int writes_in_flight;
+
+static void strict_done(pgs_client *c)
+{
+    if (!c->strict_pending) return;
+    c->strict_pending = false;
+    atomic_fetch_sub_explicit(&writes_in_flight, 1, memory_order_release);
+}
+
+void route_client_gone(pgs_client *c)
+{
+    strict_done(c);
+}
+
+bool route_active(void)
+{
+    return topology_count() > 1;
+}
+
+bool route_parse_lsn(const char *s, size_t n, uint64_t *out)
+{
+    uint64_t hi = 0, lo = 0, *cur = &hi;
+    int digits = 0;
+    bool slash = false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        int v;
+        if (ch >= '0' && ch <= '9') v = ch - '0';
+        else if (ch >= 'A' && ch <= 'F') v = ch - 'A' + 10;
+        else if (ch >= 'a' && ch <= 'f') v = ch - 'a' + 10;
+        else if (ch == '/' && !slash && digits) {
+            slash = true;
+            cur = &lo;
+            digits = 0;
+            continue;
+        } else {
+            return false;
+        }
+        if (++digits > 8) return false;
+        *cur = *cur << 4 | (uint64_t)v;
+    }
+    if (!slash || !digits) return false;
+    *out = hi << 32 | lo;
+    return true;
+}
+
+/* The SQL text a unit starting at msg runs, or NULL (not known whole). */
+static const char *unit_text(pgs_client *c, const uint8_t *msg, uint32_t avail, size_t *len)
+{
+    if (avail < 5) return NULL;
+    size_t hp = 1;
+    int32_t mlen;
+    if (proto_get_int32(msg, avail, &hp, &mlen) < 0 || mlen < 4) return NULL;
+    uint32_t total = (uint32_t)mlen + 1;
+    if (total > avail || total < 6) return NULL;
+    const uint8_t *body = msg + 5;
+    uint32_t blen = total - 5;
+    size_t pos = 0;
+    const char *text = NULL;
+    switch (msg[0]) {
+    case 'Q':
+        text = proto_get_string(body, blen, &pos);
+        break;
+    case 'P':
+        if (!proto_get_string(body, blen, &pos)) return NULL; /* the statement's name */
+        text = proto_get_string(body, blen, &pos);
+        break;
+    case 'B': {
+        if (!proto_get_string(body, blen, &pos)) return NULL; /* the portal */
+        size_t npos = pos;
+        const char *name = proto_get_string(body, blen, &pos);
+        if (!name || !*name || !c->stmts) return NULL;
+        pgs_stmt *st = stmt_map_get(c->stmts, name, pos - npos - 1);
+        if (!st || !st->body) return NULL;
+        size_t tpos = 0;
+        text = proto_get_string(st->body, st->body_len, &tpos);
+        break;
+    }
+    default:
+        return NULL;
+    }
+    if (text) *len = strlen(text);
+    return text;
+}
+
+/* The per-worker parse cache's bounds: distinct statement texts an
+ * application sends are usually a few hundred. */
+#define ROUTE_CACHE_ENTRIES 4096
+#define ROUTE_CACHE_BYTES (8u << 20)
+
+enum {
+    U_READ = 1,        /* proved a read */
+    U_BEGIN_RO = 2,    /* starts a READ ONLY transaction (and reads only) */
+    U_TXN_END = 4,     /* ends a transaction */
+    U_PRIMARY = 8,     /* the hint, or anything that must run on the primary */
+};
+
+/* The worker's parse cache, made on first use (only routing needs it). */
+static pgs_classify_cache *cache_of(pgs_worker *w)
+{
+    if (!w->classify) w->classify = classify_cache_new(ROUTE_CACHE_ENTRIES, ROUTE_CACHE_BYTES);
+    return w->classify;
+}
+
+/* Whether c's session has default_transaction_read_only on: its plain
+ * BEGIN then starts a read-only transaction. */
+static bool session_read_only(const pgs_client *c)
+{
+    const char *v = params_get(c->params, "default_transaction_read_only");
+    return v && strcmp(v, "on") == 0;
+}
+
+static unsigned unit_kind(pgs_client *c, const uint8_t *msg, uint32_t avail)
+{
+    size_t len = 0;
+    const char *text = unit_text(c, msg, avail, &len);
+    if (!text) return U_PRIMARY;
+    uint32_t f = classify(cache_of(c->w), text, len)->flags;
+    if (f & PGS_FACT_HINT_PRIMARY) return U_PRIMARY;
+    unsigned k = 0;
+    if (f & PGS_FACT_TXN_END) k |= U_TXN_END;
+    if (f & PGS_FACT_TXN_BEGIN) {
+        /* A transaction may go to a replica only when it says it reads:
+         * BEGIN READ ONLY, a SET TRANSACTION READ ONLY in the same text,
+         * or default_transaction_read_only on (a serializable one a
+         * standby refuses: the classifier does not call that a read). */
+        bool ro = (f & (PGS_FACT_TXN_BEGIN_READ_ONLY | PGS_FACT_SET_TX_READ_ONLY)) ||
+                  session_read_only(c);
+        if (!ro || !(f & PGS_FACT_READ)) return U_PRIMARY | k;
+        return k | U_BEGIN_RO | U_READ;
+    }
+    if (f & PGS_FACT_READ) k |= U_READ;
+    /* COMMIT AND CHAIN goes on in a transaction of the same kind */
+    if (f & PGS_FACT_TXN_CHAIN) k &= ~(unsigned)U_TXN_END;
+    return k;
+}
+
+static bool lag_ok(const pgs_node *n, const pgs_config *cfg)
+{
+    if (cfg->max_replica_lag_bytes &&
+        atomic_load_explicit(&n->lag_bytes, memory_order_relaxed) > cfg->max_replica_lag_bytes)
+        return false;
+    if (cfg->max_replica_lag_ms &&
+        atomic_load_explicit(&n->lag_ms, memory_order_relaxed) > cfg->max_replica_lag_ms)
+        return false;
+    return true;
+}
+
+/* Whether node n may serve a read that must see position need. */
+static bool can_read(const pgs_node *n, const pgs_config *cfg, uint64_t need, uint64_t now)
+{
+    if (atomic_load_explicit(&n->state, memory_order_relaxed) != PGS_NODE_UP) return false;
+    if (atomic_load_explicit(&n->role, memory_order_relaxed) != PGS_ROLE_REPLICA) return false;
+    /* what the monitor knows must be recent: a replica it has not read
+     * lately may be anywhere */
+    uint64_t checked = atomic_load_explicit(&n->checked_us, memory_order_acquire);
+    uint64_t fresh = (uint64_t)cfg->monitor_interval_ms * 1000u * 10u + 1000000u;
+    if (!checked || pgs_elapsed_us(now, checked) > fresh) return false;
+    if (!lag_ok(n, cfg)) return false;
+    return need == 0 || atomic_load_explicit(&n->lsn, memory_order_relaxed) >= need;
+}
+
+static uint64_t settle_unknown(pgs_client *c);
+
+static _Thread_local unsigned rr_next;
+static _Thread_local int wrr_current[PGS_MAX_NODES];
+
+/* A replica for a read, or NULL: the primary. */
+static pgs_node *pick_reader(pgs_client *c, const pgs_config *cfg)
+{
+    uint64_t need = 0;
+    if (cfg->consistency != PGS_CONSISTENCY_EVENTUAL) need = settle_unknown(c);
+    if (cfg->consistency == PGS_CONSISTENCY_STRICT) {
+        if (atomic_load_explicit(&writes_in_flight, memory_order_acquire) > 0) return NULL;
+        uint64_t all = atomic_load_explicit(&acked_lsn, memory_order_relaxed);
+        if (all > need) need = all;
+    }
+    if (need == UINT64_MAX) return NULL;
+    uint64_t now = pgs_now_us();
+    int n = topology_count();
+    pgs_node *cand[PGS_MAX_NODES];
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        pgs_node *node = topology_node(i);
+        if (can_read(node, cfg, need, now)) cand[k++] = node;
+    }
+    if (cfg->read_from_primary && k) cand[k++] = topology_primary();
+    if (!k) return NULL;
+    pgs_node *best = cand[0];
+    switch (cfg->load_balance) {
+    case PGS_BALANCE_LEAST_OUTSTANDING: {
+        int low = -1;
+        unsigned start = rr_next++;
+        for (int j = 0; j < k; j++) {
+            pgs_node *x = cand[(start + (unsigned)j) % (unsigned)k];
+            int o = atomic_load_explicit(&x->outstanding, memory_order_relaxed);
+            if (low < 0 || o < low) {
+                low = o;
+                best = x;
+            }
+        }
+        break;
+    }
+    case PGS_BALANCE_WEIGHTED: {
+        /* smooth weighted round robin (as nginx's), per worker */
+        int sum = 0;
+        for (int j = 0; j < k; j++) {
+            int wgt = cand[j]->weight > 0 ? cand[j]->weight : 1;
+            wrr_current[cand[j]->index] += wgt;
+            sum += wgt;
+            if (wrr_current[cand[j]->index] > wrr_current[best->index]) best = cand[j];
+        }
+        wrr_current[best->index] -= sum;
+        break;
+    }
+    default:
+        best = cand[rr_next++ % (unsigned)k];
+        break;
+    }
+    return best == topology_primary() ? NULL : best;
+}
+
+static void count_unit(pgs_node *n, bool read)
+{
+    atomic_fetch_add_explicit(read ? &n->reads : &n->writes, 1, memory_order_relaxed);
+}
+
+pgs_pool *route_checkout(pgs_client *c)
+{
+    if (!route_active() || c->pool_mode != PGS_POOL_TRANSACTION) return c->pool;
+    pgs_buf *b = &c->s.rbuf;
+    unsigned kind = unit_kind(c, b->data + b->pos, b->len - b->pos);
+    pgs_node *primary = topology_primary();
+    pgs_pool *home = pool_for_node(c->pool, primary); /* c->pool unless the primary moved */
+    c->replica_tx = false;
+    /* (what the unit is is counted and noted by route_unit_allowed, which
+     * the relay asks before sending it) */
+    if (!(kind & (U_READ | U_BEGIN_RO)) || (kind & U_PRIMARY) || pool_force_primary(home))
+        return home;
+    pgs_node *r = pick_reader(c, g_pgs.cfg);
+    return r ? pool_for_node(c->pool, r) : home;
+}
+
+bool route_unit_allowed(pgs_client *c, pgs_server *sv, const uint8_t *msg, uint32_t avail)
+{
+    if (!route_active() || c->pool_mode != PGS_POOL_TRANSACTION) return true;
+    pgs_node *node = sv->pool->sh->node;
+    unsigned kind = unit_kind(c, msg, avail);
+    if (node == topology_primary()) {
+        if (!(kind & U_READ)) {
+            c->tx_wrote = true;
+            if (g_pgs.cfg->consistency == PGS_CONSISTENCY_STRICT && !c->strict_pending) {
+                c->strict_pending = true;
+                atomic_fetch_add_explicit(&writes_in_flight, 1, memory_order_acq_rel);
+            }
+        }
+        count_unit(node, kind & U_READ);
+        return true;
+    }
+    if (c->replica_tx) {
+        /* inside BEGIN READ ONLY on this replica: all of it runs here, as
+         * on a read-only transaction (a write gets PostgreSQL's 25006) */
+        if (kind & U_TXN_END) c->replica_tx = false;
+        count_unit(node, true);
+        return true;
+    }
+    if ((kind & U_READ) && !(kind & U_PRIMARY)) {
+        if (kind & U_BEGIN_RO) c->replica_tx = true;
+        count_unit(node, true);
+        return true;
+    }
+    return false;
+}
+
+bool route_wants_lsn(pgs_client *c, const pgs_server *sv)
+{
+    if (!c->tx_wrote || !route_active() || sv->lsn_pending) return false;
+    c->tx_wrote = false;
+    bool want = g_pgs.cfg->consistency != PGS_CONSISTENCY_EVENTUAL &&
+                sv->pool->sh->node == topology_primary();
+    if (!want) strict_done(c);
+    return want;
+}
+
+static void acked_max(uint64_t lsn)
+{
+    uint64_t cur = atomic_load_explicit(&acked_lsn, memory_order_relaxed);
+    while (lsn > cur &&
+           !atomic_compare_exchange_weak_explicit(&acked_lsn, &cur, lsn, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+    }
+}
+
+bool route_lsn_row(pgs_client *c, const uint8_t *body, uint32_t len)
+{
+    /* int16 1, int32 n, n bytes */
+    size_t pos = 0;
+    int16_t cols;
+    int32_t n;
+    if (proto_get_int16(body, len, &pos, &cols) < 0 || cols != 1 ||
+        proto_get_int32(body, len, &pos, &n) < 0 || n <= 0 || (uint32_t)n > len - pos)
+        return false;
+    uint64_t lsn;
+    if (!route_parse_lsn((const char *)body + pos, (size_t)n, &lsn)) return false;
+    if (c && c->need_lsn != UINT64_MAX && lsn > c->need_lsn) c->need_lsn = lsn;
+    acked_max(lsn);
+    if (c) strict_done(c);
+    return true;
+}
+
+void route_lsn_unknown(pgs_client *c)
+{
+    c->need_lsn = UINT64_MAX;
+    c->lsn_unknown_us = pgs_now_us();
+    /* (strict: the write stays in flight until the monitor's reading
+     * covers it; settle_unknown ends it) */
+}
+
+/* need_lsn UINT64_MAX: once the monitor has read the primary after the
+ * failed query, its position then covers the write. */
+static uint64_t settle_unknown(pgs_client *c)
+{
+    if (c->need_lsn != UINT64_MAX) return c->need_lsn;
+    pgs_node *p = topology_primary();
+    uint64_t checked = atomic_load_explicit(&p->checked_us, memory_order_acquire);
+    if (checked > c->lsn_unknown_us) {
+        c->need_lsn = atomic_load_explicit(&p->lsn, memory_order_relaxed);
+        acked_max(c->need_lsn);
+        strict_done(c);
+    }
+    return c->need_lsn;
+}

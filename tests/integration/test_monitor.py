@@ -1,0 +1,158 @@
+"""The node monitor and SHOW NODES against real streaming replicas: roles,
+WAL positions that follow the primary's writes, replay lag that grows on a
+delayed replica and goes away after, a stopped replica marked down (naming
+it) and up again."""
+import time
+
+import pytest
+
+from helpers import wait_for
+
+NODES_COLUMNS = ["node", "role", "state", "addr", "port", "lag_bytes", "lag_seconds", "lsn",
+                 "reads", "writes", "outstanding", "last_error"]
+
+
+def lsn(text):
+    """PostgreSQL's X/Y as a number."""
+    hi, lo = text.split("/")
+    return int(hi, 16) << 32 | int(lo, 16)
+
+
+def nodes(pg):
+    return {r["node"]: r for r in pg.admin("SHOW NODES")}
+
+
+def start_with_replicas(pgscale, replicas, **env):
+    env.setdefault("PGSCALE_MONITOR_INTERVAL", "100ms")
+    env.setdefault("PGSCALE_FAILOVER", "off")
+    return pgscale(READ_REPLICA_URLS=replicas.url_list(), **env)
+
+
+def wait_all_checked(pg, n=3, timeout=15):
+    return wait_for(lambda: (lambda ns: ns if len(ns) == n and all(
+        r["state"] == "up" and r["lsn"] for r in ns.values()) else None)(nodes(pg)),
+        timeout, interval=0.1, what="every node up and checked")
+
+
+def primary_write(primary, rows=1):
+    primary.app_execute("CREATE TABLE IF NOT EXISTS monitor_t (id serial, pad text)")
+    primary.app_execute("INSERT INTO monitor_t (pad) SELECT repeat('x', 200) "
+                        "FROM generate_series(1, %s)", (rows,))
+
+
+def test_show_nodes_without_replicas_shows_the_primary_unchecked(pgscale, primary):
+    pg = pgscale()
+    cols, rows = pg.admin_columns("SHOW NODES")
+    assert cols == NODES_COLUMNS
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["node"], r["role"], r["state"]) == ("primary", "primary", "up"), r
+    assert (r["addr"], int(r["port"])) == (primary.host, primary.port), r
+    # no replicas: no monitor thread and no extra connection on the primary
+    assert r["lsn"] is None and r["lag_bytes"] is None, r
+    assert not [b for b in primary.backends() if b["application_name"] == "pgscale-monitor"]
+
+
+def test_show_nodes_reports_roles_and_addresses(pgscale, primary, replicas):
+    pg = start_with_replicas(pgscale, replicas)
+    ns = wait_all_checked(pg)
+    assert list(ns) == ["primary", "replica1", "replica2"]
+    assert ns["primary"]["role"] == "primary"
+    assert (ns["primary"]["addr"], int(ns["primary"]["port"])) == (primary.host, primary.port)
+    for i, name in enumerate(["replica1", "replica2"]):
+        r = ns[name]
+        assert r["role"] == "replica", r
+        assert (r["addr"], int(r["port"])) == (replicas[i].host, replicas[i].port), r
+        assert r["last_error"] is None, r
+        assert int(r["lag_bytes"]) >= 0 and float(r["lag_seconds"]) >= 0, r
+    # one monitoring connection per node, named so that it can be told apart
+    mon = [b for b in primary.backends() if b["application_name"] == "pgscale-monitor"]
+    assert len(mon) == 1, mon
+
+
+def test_show_nodes_lsn_advances_with_writes_on_the_primary(pgscale, primary, replicas):
+    pg = start_with_replicas(pgscale, replicas)
+    before = {k: lsn(v["lsn"]) for k, v in wait_all_checked(pg).items()}
+    primary_write(primary, rows=1000)
+    target = lsn(primary.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0])
+    assert target > before["primary"]
+    # every node's position reaches the write: the primary's own, and the
+    # replicas' replay positions
+    after = wait_for(lambda: (lambda ns: ns if all(lsn(r["lsn"]) >= target
+                                                   for r in ns.values()) else None)(nodes(pg)),
+                     15, interval=0.1, what="every node's lsn past the write")
+    for name in ("replica1", "replica2"):
+        assert lsn(after[name]["lsn"]) > before[name], (before, after)
+    assert lsn(after["primary"]["lsn"]) > before["primary"]
+
+
+@pytest.mark.deadline(90)
+def test_delayed_replica_lag_grows_and_drops_after(pgscale, primary, replicas_ctl):
+    pg = start_with_replicas(pgscale, replicas_ctl)
+    wait_all_checked(pg)
+    replicas_ctl.set_apply_delay(0, 30000)
+    # commits on the primary: replica1 receives them but holds them back
+    samples = []
+    for _ in range(8):
+        primary_write(primary, rows=200)
+        time.sleep(0.3)
+        r = nodes(pg)["replica1"]
+        samples.append((int(r["lag_bytes"]), float(r["lag_seconds"])))
+    assert samples[-1][0] > 0, samples
+    assert samples[-1][1] > samples[0][1] or samples[-1][1] > 1.0, samples
+    # the undelayed replica keeps up meanwhile
+    r2 = wait_for(lambda: (lambda r: r if int(r["lag_bytes"]) == 0 and
+                           float(r["lag_seconds"]) == 0 else None)(nodes(pg)["replica2"]),
+                  10, interval=0.1, what="replica2 without lag")
+    assert r2["state"] == "up"
+    # without the delay replica1 replays everything, and its lag goes back to 0
+    replicas_ctl.set_apply_delay(0, 0)
+    replicas_ctl.wait_replayed(0)
+    wait_for(lambda: (lambda r: int(r["lag_bytes"]) == 0 and float(r["lag_seconds"]) == 0)(
+        nodes(pg)["replica1"]), 10, interval=0.1, what="replica1's lag back to 0")
+
+
+@pytest.mark.deadline(90)
+def test_stopped_replica_is_down_naming_it_then_up_again(pgscale, primary, replicas_ctl):
+    pg = start_with_replicas(pgscale, replicas_ctl)
+    wait_all_checked(pg)
+    replicas_ctl.stop(1)
+    down = wait_for(lambda: (lambda r: r if r["state"] == "down" else None)(
+        nodes(pg)["replica2"]), 10, interval=0.1, what="replica2 down")
+    assert "replica2" in (down["last_error"] or ""), down
+    # the others are not affected
+    ns = nodes(pg)
+    assert ns["primary"]["state"] == "up" and ns["replica1"]["state"] == "up", ns
+    replicas_ctl.start(1)
+    up = wait_for(lambda: (lambda r: r if r["state"] == "up" else None)(nodes(pg)["replica2"]),
+                  15, interval=0.1, what="replica2 up again")
+    assert up["role"] == "replica"
+    text = pg.stderr_text()
+    # each change logged once, not every check
+    assert text.count("replica2 (%s:%d) is down" % (replicas_ctl[1].host,
+                                                    replicas_ctl[1].port)) == 1, text[-3000:]
+    assert "replica2 (%s:%d) is up again" % (replicas_ctl[1].host, replicas_ctl[1].port) in text
+
+
+@pytest.mark.deadline(90)
+def test_killed_replica_is_down_then_up_again(pgscale, primary, replicas_ctl):
+    pg = start_with_replicas(pgscale, replicas_ctl)
+    wait_all_checked(pg)
+    replicas_ctl.kill(0)
+    wait_for(lambda: nodes(pg)["replica1"]["state"] == "down", 10, interval=0.1,
+             what="replica1 down after SIGKILL")
+    replicas_ctl.start(0)
+    wait_for(lambda: nodes(pg)["replica1"]["state"] == "up", 20, interval=0.1,
+             what="replica1 up again")
+
+
+def test_monitor_settings_shown_and_reloaded(pgscale, replicas):
+    pg = start_with_replicas(pgscale, replicas, PGSCALE_MONITOR_INTERVAL="250ms",
+                             PGSCALE_MAX_REPLICA_LAG="16MB")
+    cfg = {r["key"]: r for r in pg.admin("SHOW CONFIG")}
+    assert cfg["PGSCALE_MONITOR_INTERVAL"]["value"] == "250ms"
+    assert cfg["PGSCALE_MONITOR_INTERVAL"]["default"] == "100ms"
+    assert cfg["PGSCALE_MAX_REPLICA_LAG"]["value"] == "16MB"
+    assert cfg["PGSCALE_MAX_REPLICA_LAG"]["default"] == "10s"
+    assert cfg["PGSCALE_FAILOVER"]["value"] == "off"
+    assert cfg["nodes.replicas.weight"]["value"] == "1, 1"
