@@ -6,7 +6,7 @@
 # front of them. Then 200 pgbench clients share a pool of at most 15 server
 # connections, first read-only (-S), then a mixed read/write run (-N), while
 # the admin console's SHOW POOLS is printed every few seconds. Ends with
-# SHOW POOLS / STATS / SERVERS and a plain-English summary, and stops
+# SHOW NODES / POOLS / STATS / SERVERS and a plain-English summary, and stops
 # everything it started (also on Ctrl-C or an error).
 #
 # Needs build/pgscale (the Makefile builds it) and what scripts/install-deps.sh
@@ -256,7 +256,7 @@ run_workload read "5. Read-only: $DEMO_CLIENTS clients running SELECTs by primar
 run_workload mixed "6. Mixed: $DEMO_CLIENTS clients running BEGIN; UPDATE; SELECT; INSERT; END" -N
 
 step "7. What pgscale saw (admin console: PGPASSWORD=$APP_PASSWORD psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale)"
-for cmd in 'SHOW POOLS' 'SHOW STATS' 'SHOW SERVERS'; do
+for cmd in 'SHOW NODES' 'SHOW POOLS' 'SHOW STATS' 'SHOW SERVERS'; do
     say "${B}$cmd${R}"
     admin "$cmd" 2>&1 | indent || true
 done
@@ -268,5 +268,10 @@ say "Read-only run: ${TPS[read]} transactions per second (${TXN[read]} in ${DEMO
 say "Mixed run:     ${TPS[mixed]} transactions per second (${TXN[mixed]} in ${DEMO_SECONDS}s), average latency ${LAT[mixed]} ms."
 say "Without a pooler the same clients would have needed $DEMO_CLIENTS PostgreSQL backend processes,"
 say "each using several MB of memory; the clients queued briefly for a connection instead."
+say "Reads and writes per node (SHOW NODES): the read-only run's SELECTs went to the replicas,"
+say "  the mixed run's transactions (BEGIN ... END may write) to the primary:"
+PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -At -F '|' -h 127.0.0.1 -p "$SCALE_PORT" \
+    -U "$ADMIN_USER" -d pgscale -c 'SHOW NODES' </dev/null 2>/dev/null |
+    awk -F'|' '{ printf "  %s (%s): %s reads, %s writes\n", $1, $2, $9, $10 }' | indent || true
 say "PostgreSQL connections per node at the busiest moment (primary, then replicas):"
 say "  read-only run: ${NODES[read]// /, }; mixed run: ${NODES[mixed]// /, }."

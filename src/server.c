@@ -4,6 +4,7 @@
  * worker.  Once logged in, bytes are relay.c's. */
 #include "clientauth.h"
 #include "server.h"
+#include "route.h"
 #include "topology.h"
 
 #include <openssl/crypto.h>
@@ -131,6 +132,9 @@ void server_close(pgs_server *sv, const char *reason)
 {
     if (sv->s.closing) return;
     log_debug("S-%u: closing: %s", sv->id, reason);
+    /* a write's position was being read: the client's reads must not
+     * trust the replicas until the monitor has read the primary again */
+    if (sv->lsn_pending && sv->client) route_lsn_unknown(sv->client);
     if (sv->client) {
         sv->client->server = NULL;
         sv->client = NULL;
