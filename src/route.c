@@ -186,9 +186,11 @@ static bool can_read(const pgs_node *n, const pgs_config *cfg, uint64_t need, ui
     if (atomic_load_explicit(&n->state, memory_order_relaxed) != PGS_NODE_UP) return false;
     if (atomic_load_explicit(&n->role, memory_order_relaxed) != PGS_ROLE_REPLICA) return false;
     /* what the monitor knows must be recent: a replica it has not read
-     * lately may be anywhere */
+     * lately may have stopped or fallen behind.  (An old reading never
+     * breaks read-your-writes -- positions only grow -- so the bound is
+     * generous: a busy machine delays the monitor too.) */
     uint64_t checked = atomic_load_explicit(&n->checked_us, memory_order_acquire);
-    uint64_t fresh = (uint64_t)cfg->monitor_interval_ms * 1000u * 10u + 1000000u;
+    uint64_t fresh = PGS_MAX((uint64_t)cfg->monitor_interval_ms * 1000u * 20u, 5000000u);
     if (!checked || pgs_elapsed_us(now, checked) > fresh) return false;
     if (!lag_ok(n, cfg)) return false;
     return need == 0 || atomic_load_explicit(&n->lsn, memory_order_relaxed) >= need;
