@@ -484,6 +484,12 @@ static void send_welcome(pgs_client *c)
     relay_client_data(c); /* anything pipelined after the start-up packet */
 }
 
+void client_reroute(pgs_client *c)
+{
+    atomic_store_explicit(&c->state, CL_IDLE, memory_order_relaxed);
+    relay_client_data(c);
+}
+
 void client_server_ready(pgs_client *c, pgs_server *sv)
 {
     if (c->login_checkout) {

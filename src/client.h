@@ -11,6 +11,9 @@ void client_accept(pgs_worker *w, uv_stream_t *listener);
 void client_server_ready(pgs_client *c, pgs_server *sv);
 /* Sends a FATAL ErrorResponse and closes the client. */
 void client_fail(pgs_client *c, const char *sqlstate, const char *msg, const char *hint);
+/* c was waiting in a pool that cannot serve it (a replica that is down):
+ * its request, not started anywhere, is routed again. */
+void client_reroute(pgs_client *c);
 /* The client has authenticated: on to the admin console or its pool. */
 void client_after_auth(pgs_client *c);
 /* The linked server died: tell the client (08006) and close it. */

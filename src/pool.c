@@ -23,6 +23,7 @@
  * message to every worker for what only the owning worker may do (close
  * its connections, serve its waiting clients). */
 #include "pool.h"
+#include "monitor.h"
 #include "topology.h"
 #include "params.h"
 
@@ -731,11 +732,28 @@ void pool_server_gone(pgs_server *sv)
     if (p->n_waiting > p->n_connecting) open_for_waiters(p);
 }
 
+/* A replica's pool could not open a server: the node is down for routing
+ * until the monitor sees it answer again, and the reads waiting here,
+ * which have not started anywhere, go elsewhere (another replica, or the
+ * primary) instead of failing. */
+static void replica_failed(pgs_pool *p, const char *msg)
+{
+    pgs_node *n = p->sh->node;
+    if (atomic_exchange(&n->state, PGS_NODE_DOWN) == PGS_NODE_UP) {
+        topology_set_error(n, msg);
+        log_warn("%s: %s; its reads go elsewhere until it answers again", n->name, msg);
+        monitor_wake();
+    }
+    pgs_client *c;
+    while ((c = pop_waiter(p)) != NULL) client_reroute(c);
+}
+
 void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, const char *msg)
 {
     snprintf(p->last_error, sizeof(p->last_error), "%s", msg);
     snprintf(p->last_sqlstate, sizeof(p->last_sqlstate), "%s", sqlstate);
     p->last_connect_fail_us = pgs_now_us();
+    if (p->sh->node != topology_primary()) replica_failed(p, msg);
     if (server_error) {
         /* The server refused us (bad password, no such database): every
          * client waiting for this pool would get the same answer. */

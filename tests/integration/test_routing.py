@@ -267,3 +267,22 @@ def test_a_replica_beyond_max_replica_lag_gets_no_reads(pgscale, primary, replic
     time.sleep(1.5)
     ports = {where(c)[0] for _ in range(20)}
     assert ports == {ports_of(replicas)[1]}, ports
+
+
+def test_reads_for_a_replica_that_cannot_be_reached_go_elsewhere(pgscale, primary, replicas_ctl,
+                                                                  rtable):
+    # The monitor checks rarely here, so it still believes replica1 is up
+    # after it is killed: the reads routed there find no server, and are
+    # routed again (replica2 or the primary) instead of failing.
+    replicas = replicas_ctl
+    pg = start(pgscale, primary, replicas, PGSCALE_MONITOR_INTERVAL="30s")
+    replicas.kill(0)
+    c = pg.connect()
+    seen = set()
+    for _ in range(20):
+        seen.add(where(c)[0])
+    assert ports_of(replicas)[0] not in seen, seen
+    assert ports_of(replicas)[1] in seen, seen
+    nodes = {r["node"]: r for r in pg.admin("SHOW NODES")}
+    assert nodes["replica1"]["state"] == "down", nodes
+    assert "replica1" in pg.stderr_text() and "go elsewhere" in pg.stderr_text()
