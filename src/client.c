@@ -164,6 +164,10 @@ static void pending_end(pgs_client *c)
     pthread_mutex_unlock(&pending_lock);
 }
 
+/* A database name ending so asks for a replica (route.c). */
+#define REPLICA_SUFFIX "@replica"
+#define REPLICA_SUFFIX_LEN (sizeof(REPLICA_SUFFIX) - 1)
+
 /* --- cancel requests for session-mode clients ---
  *
  * A session-mode client's BackendKeyData carries its server's real pid, so
@@ -675,10 +679,19 @@ static void handle_startup(pgs_client *c)
             }
         }
         size_t ul = strlen(user), dl = strlen(db), al = app ? strlen(app) : 0;
+        /* "app@replica": database app, on a replica for the whole session
+         * (route.c); the rest of pgscale (hba rules, pools, the server)
+         * sees the name without the suffix */
+        if (dl > REPLICA_SUFFIX_LEN &&
+            strcmp(db + dl - REPLICA_SUFFIX_LEN, REPLICA_SUFFIX) == 0) {
+            dl -= REPLICA_SUFFIX_LEN;
+            c->want_replica = true;
+        }
         c->user = pgs_xmalloc(ul + dl + al + 3);
         memcpy(c->user, user, ul + 1);
         c->database = c->user + ul + 1;
-        memcpy(c->database, db, dl + 1);
+        memcpy(c->database, db, dl);
+        c->database[dl] = '\0';
         c->app_name = c->database + dl + 1;
         memcpy(c->app_name, app ? app : "", al + 1);
         for (int i = 0; i < su.n_params; i++) {
@@ -734,7 +747,7 @@ void client_after_auth(pgs_client *c)
         client_fail(c, "53300", msg, "raise PGSCALE_MAX_CLIENT_CONN");
         return;
     }
-    pgs_pool *p = pool_get(c->w, topology_primary(), c->user, c->database);
+    pgs_pool *p = pool_get(c->w, route_home_node(c), c->user, c->database);
     char msg[400], hint[300];
     if (pool_admit_client(p, msg, sizeof(msg), hint, sizeof(hint)) < 0) {
         client_fail(c, "53300", msg, hint);

@@ -205,8 +205,8 @@ static _Thread_local int wrr_current[PGS_MAX_NODES];
 static pgs_node *pick_reader(pgs_client *c, const pgs_config *cfg)
 {
     uint64_t need = 0;
-    if (cfg->consistency != PGS_CONSISTENCY_EVENTUAL) need = settle_unknown(c);
-    if (cfg->consistency == PGS_CONSISTENCY_STRICT) {
+    if (c && cfg->consistency != PGS_CONSISTENCY_EVENTUAL) need = settle_unknown(c);
+    if (c && cfg->consistency == PGS_CONSISTENCY_STRICT) {
         if (atomic_load_explicit(&writes_in_flight, memory_order_acquire) > 0) return NULL;
         uint64_t all = atomic_load_explicit(&acked_lsn, memory_order_relaxed);
         if (all > need) need = all;
@@ -261,9 +261,22 @@ static void count_unit(pgs_node *n, bool read)
     atomic_fetch_add_explicit(read ? &n->reads : &n->writes, 1, memory_order_relaxed);
 }
 
+pgs_node *route_home_node(const pgs_client *c)
+{
+    if (!c->want_replica || !route_active()) return topology_primary();
+    pgs_node *r = pick_reader(NULL, g_pgs.cfg);
+    return r ? r : topology_primary();
+}
+
 pgs_pool *route_checkout(pgs_client *c)
 {
     if (!route_active() || c->pool_mode != PGS_POOL_TRANSACTION) return c->pool;
+    if (c->want_replica) {
+        /* a read-only session: every unit on a replica (PostgreSQL
+         * refuses writes there), the primary only when none can serve */
+        pgs_node *r = pick_reader(NULL, g_pgs.cfg);
+        return pool_for_node(c->pool, r ? r : topology_primary());
+    }
     pgs_buf *b = &c->s.rbuf;
     unsigned kind = unit_kind(c, b->data + b->pos, b->len - b->pos);
     pgs_node *primary = topology_primary();
@@ -293,7 +306,7 @@ bool route_unit_allowed(pgs_client *c, pgs_server *sv, const uint8_t *msg, uint3
         count_unit(node, kind & U_READ);
         return true;
     }
-    if (c->replica_tx) {
+    if (c->replica_tx || c->want_replica) {
         /* inside BEGIN READ ONLY on this replica: all of it runs here, as
          * on a read-only transaction (a write gets PostgreSQL's 25006) */
         if (kind & U_TXN_END) c->replica_tx = false;

@@ -16,6 +16,11 @@ void route_client_gone(pgs_client *c);
 /* More than one node: routing is on. */
 bool route_active(void);
 
+/* The node of c's own pool at login: the primary, or for a client that
+ * asked for a replica ("db@replica") a replica that can serve reads now
+ * (the primary when none can). */
+struct pgs_node *route_home_node(const pgs_client *c);
+
 /* c has no server and a unit waiting in its buffer: the pool to check it
  * out from (c->pool, or the same user and database on a replica). */
 pgs_pool *route_checkout(pgs_client *c);

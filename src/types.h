@@ -243,6 +243,7 @@ struct pgs_client {
     bool tx_wrote;
     bool replica_tx;
     bool strict_pending;      /* counted in route.c's writes in flight (strict) */
+    bool want_replica;        /* logged in to "<db>@replica": reads only, on replicas */
     uint64_t need_lsn;
     uint64_t lsn_unknown_us;  /* need_lsn is UINT64_MAX since: see route_lsn_unknown */
     char addr[48];

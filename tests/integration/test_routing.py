@@ -286,3 +286,24 @@ def test_reads_for_a_replica_that_cannot_be_reached_go_elsewhere(pgscale, primar
     nodes = {r["node"]: r for r in pg.admin("SHOW NODES")}
     assert nodes["replica1"]["state"] == "down", nodes
     assert "replica1" in pg.stderr_text() and "go elsewhere" in pg.stderr_text()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_database_alias_at_replica_gives_a_read_only_session_on_a_replica(pgscale, primary,
+                                                                         replicas, rtable, mode):
+    pg = start(pgscale, primary, replicas, PGSCALE_POOL_MODE=mode)
+    plain = pg.connect()
+    if mode == "session":
+        # session mode without the alias: the primary, reads included
+        assert where(plain) == (primary.port, False)
+    ro = pg.connect(db="app@replica")
+    port, on_standby = where(ro)
+    assert on_standby is True and port in ports_of(replicas), port
+    if mode == "session":
+        assert {where(ro)[0] for _ in range(5)} == {port}  # the same server all session
+    with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+        with ro.cursor() as cur:
+            cur.execute("INSERT INTO rw_t VALUES (99, 'no')")
+    assert primary.app_execute("SELECT count(*) FROM rw_t WHERE id = 99") == [(0,)]
+    rows = {r["database"] for r in pg.admin("SHOW CLIENTS")}
+    assert "app" in rows and "app@replica" not in rows, rows
