@@ -99,6 +99,10 @@ CG_ROOT=
 CG_WHY=
 CG_QUOTA=$((BENCH_NODE_CPU * CG_PERIOD / 100))
 declare -A CG_DIR=()
+# Where each node's CPU time is counted: the same cgroup on v2 (cpu.stat
+# usage_usec), a second one in the cpuacct hierarchy on v1 (cpuacct.usage).
+CG_ACCT_ROOT=
+declare -A CG_ACCT=()
 
 cg_write() {  # cg_write FILE VALUE — false (quietly) when the kernel refuses
     { printf '%s\n' "$2" >"$1"; } 2>/dev/null
@@ -130,9 +134,17 @@ cg_setup() {
     for r in /sys/fs/cgroup /sys/fs/cgroup/unified; do
         grep -qsw cpu "$r/cgroup.controllers" || continue
         grep -qw cpu "$r/cgroup.subtree_control" 2>/dev/null || cg_write "$r/cgroup.subtree_control" +cpu || true
-        cg_try v2 "$r" && return
+        if cg_try v2 "$r"; then CG_ACCT_ROOT=$r; return; fi
     done
-    if [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ] && cg_try v1 /sys/fs/cgroup/cpu; then return; fi
+    if [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ] && cg_try v1 /sys/fs/cgroup/cpu; then
+        if [ -f /sys/fs/cgroup/cpu/cpuacct.usage ]; then
+            CG_ACCT_ROOT=/sys/fs/cgroup/cpu        # cpu and cpuacct mounted together
+        elif [ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ] && mkdir "/sys/fs/cgroup/cpuacct/pgscale-bench-$$-probe" 2>/dev/null; then
+            rmdir "/sys/fs/cgroup/cpuacct/pgscale-bench-$$-probe" 2>/dev/null || true
+            CG_ACCT_ROOT=/sys/fs/cgroup/cpuacct
+        fi
+        return
+    fi
     CG_WHY="no writable cgroup with a CPU limit (v2 cpu.max: the unified hierarchy has no cpu controller or it cannot be written; v1: /sys/fs/cgroup/cpu missing or not writable$([ "$(id -u)" -ne 0 ] && echo '; not running as root'))"
 }
 
@@ -145,11 +157,23 @@ cg_limit() {  # cg_limit NODE — put NODE's postmaster and all its processes in
         CG_DIR[$node]=$dir
         cg_set_quota "$dir" || die "could not set the CPU limit in $dir"
     fi
+    local acct=${CG_ACCT[$node]:-}
+    if [ -z "$acct" ] && [ -n "$CG_ACCT_ROOT" ]; then
+        acct=$dir
+        if [ "$CG_ACCT_ROOT" != "$CG_ROOT" ]; then
+            acct=$CG_ACCT_ROOT/pgscale-bench-$$-$node
+            mkdir "$acct" 2>/dev/null || acct=
+        fi
+        CG_ACCT[$node]=$acct
+    fi
     pm=$(head -n1 "$TMP/cluster/$node/postmaster.pid")
     # The postmaster first: whatever it forks from now on starts inside.
     cg_write "$dir/cgroup.procs" "$pm" || die "could not move $node's postmaster (pid $pm) into $dir"
+    [ -z "$acct" ] || [ "$acct" = "$dir" ] || cg_write "$acct/cgroup.procs" "$pm" || true
     for child in $(ps -o pid= --ppid "$pm"); do
-        cg_write "$dir/cgroup.procs" "$child" || true    # it may have exited meanwhile
+        # it may have exited meanwhile
+        cg_write "$dir/cgroup.procs" "$child" || true
+        [ -z "$acct" ] || [ "$acct" = "$dir" ] || cg_write "$acct/cgroup.procs" "$child" || true
     done
     n=$(wc -l <"$dir/cgroup.procs")
     log "   $node: postmaster $pm and its processes ($n now) limited to $BENCH_NODE_CPU% of a core ($CG_KIND, $dir)"
@@ -161,17 +185,32 @@ cg_throttle() {  # cg_throttle NODE — "periods throttled" so far, from cpu.sta
     awk '$1 == "nr_periods" { p = $2 } $1 == "nr_throttled" { t = $2 } END { print p + 0, t + 0 }' "$dir/cpu.stat"
 }
 
-cg_cleanup() {  # the servers are stopped by now; anything left goes back to the root
-    local node dir pid
+cg_usage() {  # cg_usage NODE — its CPU time so far in µs, or nothing when not counted
+    local dir=${CG_ACCT[$1]:-}
+    [ -n "$dir" ] || return 0
+    if [ "$CG_KIND" = v2 ]; then
+        awk '$1 == "usage_usec" { print $2 }' "$dir/cpu.stat"
+    else
+        awk '{ printf "%d\n", $1 / 1000 }' "$dir/cpuacct.usage"
+    fi
+}
+
+cg_remove() {  # cg_remove DIR — anything still inside goes back to the hierarchy's root
+    local dir=$1 pid
+    [ -d "$dir" ] || return 0
+    for _ in $(seq 50); do
+        rmdir "$dir" 2>/dev/null && return 0
+        while read -r pid; do cg_write "${dir%/*}/cgroup.procs" "$pid" || true; done <"$dir/cgroup.procs"
+        sleep 0.1
+    done
+    warn "could not remove cgroup $dir"
+}
+
+cg_cleanup() {  # the servers are stopped by now
+    local node
     for node in "${!CG_DIR[@]}"; do
-        dir=${CG_DIR[$node]}
-        [ -d "$dir" ] || continue
-        for _ in $(seq 50); do
-            rmdir "$dir" 2>/dev/null && break
-            while read -r pid; do cg_write "$CG_ROOT/cgroup.procs" "$pid" || true; done <"$dir/cgroup.procs"
-            sleep 0.1
-        done
-        [ ! -d "$dir" ] || warn "could not remove cgroup $dir"
+        [ "${CG_ACCT[$node]:-}" = "${CG_DIR[$node]}" ] || [ -z "${CG_ACCT[$node]:-}" ] || cg_remove "${CG_ACCT[$node]}"
+        cg_remove "${CG_DIR[$node]}"
     done
 }
 
@@ -313,19 +352,20 @@ stop_pgscale() {
 # pgbench's -T counts from before its clients connect; the allowance for
 # connecting grows with the time per client measured in the last run.
 declare -A CONN_MS=([direct]=25)
-declare -A TPS=() PGS_US=() PGS_SPLIT=() PGB_US=() THR=() BUSY=()
+declare -A TPS=() PGS_US=() PGS_SPLIT=() PGB_US=() THR=() NODE_CORES=() OTHER=()
 
 # bench_run KEY PORT LABEL PGBENCH-ARGS… — one bounded pgbench run; sets
-# TPS, PGS_US (pgscale's CPU µs per transaction), PGB_US (pgbench's), THR
-# (per node: % of the CPU periods it was throttled in) and BUSY (the whole
-# machine's busy %, everyone's work included) under KEY, and R_TXNS.
+# TPS, PGS_US (pgscale's CPU µs per transaction) and PGS_SPLIT (user+system),
+# PGB_US (pgbench's), THR and NODE_CORES (per node: % of the CPU periods it
+# was throttled in, cores it used) and OTHER (cores busy with work outside
+# the benchmark) under KEY, and R_TXNS.
 bench_run() {
     local key=$1 port=$2 label=$3; shift 3
     local out=$TMP/logs/pgbench-${key//\//-}.log rc=0 secs t0 t1 c0 c1 m0 m1 node
-    local -A th0=()
+    local -A th0=() u0=()
     secs=$(awk -v c="$BENCH_CLIENTS_NOW" -v ms="${CONN_MS[$label]:-5}" -v s="$BENCH_SECONDS" \
         'BEGIN { a = c * ms * 1.5 / 1000; printf "%d", s + (a >= 1 ? a + 0.999 : 0) }')
-    for node in $NODES; do th0[$node]=$(cg_throttle "$node"); done
+    for node in $NODES; do th0[$node]=$(cg_throttle "$node") u0[$node]=$(cg_usage "$node"); done
     [ -z "$PGSCALE_PID" ] || t0=$(cpu_ticks "$PGSCALE_PID")
     children_cpu c0; m0=$(machine_ticks)
     PGPASSWORD=$APP_PASSWORD PGCONNECT_TIMEOUT=30 run_child timeout -k 5 $((secs + 90)) \
@@ -339,7 +379,7 @@ bench_run() {
     fi
     pgbench_figures "$out"
     if [ "$rc" -ne 0 ] || [ -z "$PB_TPS" ] || grep -q aborted "$out"; then
-        TPS[$key]=ERR PGS_US[$key]=- PGB_US[$key]=- THR[$key]=- BUSY[$key]=-
+        TPS[$key]=ERR PGS_US[$key]=- PGB_US[$key]=- THR[$key]=- NODE_CORES[$key]=- OTHER[$key]=-
         log "   $(printf '%-28s' "$key")  FAILED (exit $rc): $(grep -m1 -iE 'error|fatal|abort' "$out" | cut -c1-110 || true)"
         return
     fi
@@ -354,15 +394,35 @@ bench_run() {
                      printf "%.1f %.1fu+%.1fs\n", u + s, u, s }')
     fi
     PGB_US[$key]=$(awk -v a="$c0" -v b="$c1" -v n="$PB_TXNS" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
-    BUSY[$key]=$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f", (y[1] - x[1]) * 100 / (y[2] - x[2]) }')
     local thr=
     for node in $NODES; do
         thr="$thr $(awk -v a="${th0[$node]}" -v b="$(cg_throttle "$node")" \
             'BEGIN { split(a, x, " "); split(b, y, " "); p = y[1] - x[1]; printf "%s", (p > 0 ? sprintf("%.0f", (y[2] - x[2]) * 100 / p) : "-") }')"
     done
     THR[$key]=${thr# }
-    log "   $(printf '%-24s %6s tps  pgscale %6s µs/txn %-13s pgbench %5s µs/txn  throttled %% p/r1/r2 %-9s machine busy %3s%%' \
-        "$key" "${TPS[$key]}" "${PGS_US[$key]}" "${PGS_SPLIT[$key]:+(${PGS_SPLIT[$key]})}" "${PGB_US[$key]}" "${THR[$key]// //}" "${BUSY[$key]}")"
+    # Cores used over the run (elapsed time from the machine's jiffies):
+    # each node, and what is left of the machine's busy time once the nodes,
+    # pgscale and pgbench are taken out, i.e. other work on the machine.
+    local cores='' ours u1
+    for node in $NODES; do
+        u1=$(cg_usage "$node")
+        if [ -n "$u1" ] && [ -n "${u0[$node]}" ]; then
+            cores="$cores $(awk -v a="${u0[$node]}" -v b="$u1" -v m0="$m0" -v m1="$m1" -v hz="$CLK_TCK" -v n="$(nproc)" \
+                'BEGIN { split(m0, x, " "); split(m1, y, " "); printf "%.2f", (b - a) / 1e6 / ((y[2] - x[2]) / hz / n) }')"
+        else
+            cores="$cores -"
+        fi
+    done
+    NODE_CORES[$key]=${cores# }
+    ours=$(awk -v c="${NODE_CORES[$key]}" -v pgs="${PGS_US[$key]}" -v pgb="${PGB_US[$key]}" -v tps="$PB_TPS" -v n="$PB_TXNS" \
+        -v m0="$m0" -v m1="$m1" -v hz="$CLK_TCK" -v np="$(nproc)" 'BEGIN {
+        split(m0, x, " "); split(m1, y, " "); secs = (y[2] - x[2]) / hz / np; busy = (y[1] - x[1]) / hz / secs
+        k = split(c, a, " "); nodes = 0; for (i = 1; i <= k; i++) { if (a[i] == "-") { print "-"; exit } nodes += a[i] }
+        mine = nodes + (pgs == "-" ? 0 : pgs * n / 1e6 / secs) + pgb * n / 1e6 / secs
+        printf "%.2f\n", busy - mine }')
+    OTHER[$key]=$ours
+    log "   $(printf '%-22s %6s tps  pgscale %5s µs/txn %-13s pgbench %5s µs/txn  node cores p/r1/r2 %-14s (throttled %% %-9s)  other work %5s cores' \
+        "$key" "${TPS[$key]}" "${PGS_US[$key]}" "${PGS_SPLIT[$key]:+(${PGS_SPLIT[$key]})}" "${PGB_US[$key]}" "${NODE_CORES[$key]// //}" "${THR[$key]// //}" "${OTHER[$key]}")"
 }
 
 # ---------------------------------------------------------------- 1. read scaling
@@ -398,18 +458,19 @@ done
 log ""
 log "== Results: pgbench -S, ${BENCH_SECONDS}s per run, $(nproc) cores shared by everything; nodes $([ -n "$CG_KIND" ] && echo "limited to ${BENCH_NODE_CPU}% of a core each" || echo "NOT limited")"
 log "   vs a: tps against the primary alone; pgscale / pgbench: their own CPU time (user+system) per transaction;"
-log "   throttled: % of each node's CPU periods in which it hit its limit (primary, replica1, replica2)"
-fmt='%-2s %-10s %-8s %7s %7s %6s %14s %-15s %14s %-12s %6s\n'
-hfmt='%-2s %-10s %-8s %7s %7s %6s %15s %-15s %15s %-12s %6s\n'   # "µ" is two bytes wide for printf
+log "   node cores: CPU each node used (primary/replica1/replica2); throttled: % of its CPU periods in which it hit its limit;"
+log "   other: cores busy with work outside this benchmark (the machine's busy time minus nodes, pgscale and pgbench)"
+fmt='%-2s %-10s %-8s %7s %7s %6s %14s %-13s %14s %-15s %-11s %6s\n'
+hfmt='%-2s %-10s %-8s %7s %7s %6s %15s %-13s %15s %-15s %-11s %6s\n'   # "µ" is two bytes wide for printf
 # shellcheck disable=SC2059
-printf "$hfmt" "" config mode clients tps "vs a" "pgscale µs/txn" "(user+sys)" "pgbench µs/txn" "throttled %" "busy %"
+printf "$hfmt" "" config mode clients tps "vs a" "pgscale µs/txn" "(user+sys)" "pgbench µs/txn" "node cores" "throttled %" "other"
 for cfg in $CONFIGS; do
     for mode in $BENCH_MODES; do
         for c in $BENCH_CLIENTS; do
             k=$cfg/$mode/$c
             vs=-; [ "$cfg" = direct ] || vs=$(ratio "${TPS[$k]}" "${TPS[direct/$mode/$c]}")
             # shellcheck disable=SC2059
-            printf "$fmt" "${CONFIG_TAG[$cfg]}" "$cfg" "$mode" "$c" "${TPS[$k]}" "$vs" "${PGS_US[$k]}" "${PGS_SPLIT[$k]:--}" "${PGB_US[$k]}" "${THR[$k]// //}" "${BUSY[$k]}"
+            printf "$fmt" "${CONFIG_TAG[$cfg]}" "$cfg" "$mode" "$c" "${TPS[$k]}" "$vs" "${PGS_US[$k]}" "${PGS_SPLIT[$k]:--}" "${PGB_US[$k]}" "${NODE_CORES[$k]// //}" "${THR[$k]// //}" "${OTHER[$k]}"
         done
     done
 done
@@ -444,7 +505,7 @@ else
         'BEGIN { printf "%.2f %.2f\n", a * t / 1e6, b * t / 1e6 }')
     nodes_cores=$([ "$bcfg" = all-nodes ] && echo 3 || echo 2)
     log "   CPU in that run: pgscale ${pgs_cores} cores (${PGS_US[$best_key]} µs/txn: ${PGS_SPLIT[$best_key]}), pgbench ${pgb_cores} cores (${PGB_US[$best_key]} µs/txn),"
-    log "   the $nodes_cores reading nodes at most $(awk -v n="$nodes_cores" -v p="$BENCH_NODE_CPU" 'BEGIN { printf "%.1f", n * p / 100 }') cores${CG_KIND:+ (throttled % p/r1/r2: ${THR[$best_key]// //})}; machine busy ${BUSY[$best_key]}% of $(nproc) cores (other work on the machine included)"
+    log "   the $nodes_cores reading nodes at most $(awk -v n="$nodes_cores" -v p="$BENCH_NODE_CPU" 'BEGIN { printf "%.1f", n * p / 100 }') cores${CG_KIND:+ (throttled % p/r1/r2: ${THR[$best_key]// //})}; node cores ${NODE_CORES[$best_key]// //}; other work on the machine ${OTHER[$best_key]} cores of $(nproc)"
     # What the target would take at this run's CPU cost per transaction.
     awk -v d="${TPS[direct/$bmode/$bc]}" -v t="$TARGET" -v a="${PGS_US[$best_key]}" -v b="${PGB_US[$best_key]}" \
         -v n=3 -v p="$BENCH_NODE_CPU" -v cores="$(nproc)" 'BEGIN {
