@@ -1,6 +1,7 @@
 # Thin wrapper over meson/ninja.  `make` builds build/pgscale; `make check`
 # runs every test; `make demo` and `make bench` run the demo and benchmarks;
-# `make bench-unix` compares server connections over TCP and a Unix socket.
+# `make bench-unix` compares server connections over TCP and a Unix socket;
+# `make bench-replicas` measures read scaling over streaming replicas.
 # check, demo and bench install their dependencies first (Debian 12, root).
 
 PYTHON     ?= /usr/bin/python3
@@ -8,7 +9,7 @@ FUZZ_SECS  ?= 20
 PYTEST_ARGS ?=
 
 .PHONY: all deps check unit asan tsan fuzz integration integration-asan integration-tsan demo bench \
-	bench-unix clean
+	bench-unix bench-replicas clean
 
 all: build/build.ninja
 	ninja -C build
@@ -100,6 +101,13 @@ bench: deps all
 bench-unix: deps all
 	BENCH_TARGETS="direct pgbouncer pgbouncer-unix pgscale pgscale-unix" BENCH_CLIENTS="16 64" \
 	    BENCH_IDLE_CLIENTS=0 bash bench/pgbench_compare.sh
+
+# Read scaling over 2 streaming replicas, each node limited to half a core
+# (a cgroup, where one can be written), and the cost of read-your-writes; see the header of
+# bench/read_scaling.sh. BENCH_SECONDS and the other BENCH_* pass through.
+BENCH_SECONDS ?= 10
+bench-replicas: deps all
+	BENCH_SECONDS=$(BENCH_SECONDS) bash bench/read_scaling.sh
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz

@@ -61,9 +61,8 @@ FD_LIMIT=20000
 # Every target, in the order runs and table rows go.
 ALL_TARGETS="direct pgbouncer pgbouncer-unix pgscale pgscale-unix"
 
-log()  { printf '%s\n' "$*"; }
-warn() { printf 'bench: %s\n' "$*" >&2; }
-die()  { warn "$*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # ---------------------------------------------------------------- checks
 for t in $BENCH_TARGETS; do
@@ -94,28 +93,12 @@ bouncer_of() {  # bouncer_of TARGET — the PgBouncer on the same server leg
 
 # pgbench with 1000 clients, and 10,000 idle clients, need many descriptors;
 # children (pgbench, PgBouncer, the idle-client script) inherit this limit.
-hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ] || [ "$hard" -ge "$FD_LIMIT" ]; then
-    ulimit -Sn "$FD_LIMIT"
-elif ! ulimit -n "$FD_LIMIT" 2>/dev/null; then
-    ulimit -Sn "$hard"
-    warn "could not raise the open-files limit to $FD_LIMIT (hard limit $hard); large client counts may fail"
-fi
+raise_fd_limit "$FD_LIMIT"
 
 # ---------------------------------------------------------------- cleanup
 TMP=
-CHILD=          # the pgbench / idle-client run in progress
 declare -A PID=() PORT=()   # per proxy target: its process and listening port
 CLEANED=0
-
-stop_pid() {  # stop_pid PID — TERM, up to 5 s, then KILL
-    local pid=$1
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 # The traps write to the original stdout/stderr (fds 3 and 4): a signal can
 # arrive inside run_child, whose output is redirected to a pgbench log.
@@ -142,52 +125,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'warn "interrupted" 2>&4; exit 130' INT
 trap 'warn "terminated" 2>&4; exit 143' TERM
-
-# Run a command in the background and wait for it, so a Ctrl-C reaches our
-# trap at once instead of after the run; cleanup() stops it.
-run_child() {
-    "$@" &
-    CHILD=$!
-    local rc=0
-    wait "$CHILD" || rc=$?
-    CHILD=
-    return "$rc"
-}
-
-# ---------------------------------------------------------------- helpers
-port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-
-# Ports below the ephemeral range, so 10,000 client sockets cannot take them.
-next_port=$((20000 + RANDOM % 10000))
-free_port() {  # free_port VAR — sets VAR to a free port (no subshell: next_port must advance)
-    local tries=0
-    while ! port_free "$next_port"; do
-        next_port=$((next_port + 1)); tries=$((tries + 1))
-        [ "$tries" -lt 1000 ] || die "no free TCP port found"
-    done
-    printf -v "$1" '%s' "$next_port"
-    next_port=$((next_port + 1))
-}
-
-wait_port() {  # wait_port PORT SECONDS [PID] — until PORT accepts TCP
-    local port=$1 deadline=$((SECONDS + $2)) pid=${3:-}
-    until timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; do
-        [ -z "$pid" ] || kill -0 "$pid" 2>/dev/null || return 1
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
-
-cpu_ticks() {  # "utime stime" of every thread of PID, in clock ticks
-    # Fields after "pid (comm) ": state is $1, so utime/stime are $12/$13.
-    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'
-}
-CLK_TCK=$(getconf CLK_TCK)
-
-psql_at() {  # psql_at PORT DB SQL
-    PGPASSWORD=$APP_PASSWORD PGCONNECT_TIMEOUT=10 timeout 30 \
-        psql -X -w -At -h 127.0.0.1 -p "$1" -U "$APP_USER" -d "$2" -c "$3" </dev/null
-}
 
 # ---------------------------------------------------------------- set-up
 TMP=$(mktemp -d /tmp/pgscale-bench.XXXXXX)
@@ -357,9 +294,8 @@ run_one() {  # run_one MODE CLIENTS TARGET
             t1=$t0
         fi
     fi
-    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p; s/^tps = \([0-9.]*\) (excluding connections establishing)$/\1/p' "$out" | head -n1)
-    txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -n1)
-    conn_ms=$(sed -n 's/^initial connection time = \([0-9.]*\) ms$/\1/p' "$out" | head -n1)
+    pgbench_figures "$out"
+    tps=$PB_TPS txns=$PB_TXNS conn_ms=$PB_CONN_MS
     if [ -n "$conn_ms" ]; then
         CONN_MS[$t]=$(awk -v m="$conn_ms" -v c="$c" 'BEGIN { printf "%.3f", m / c }')
         window=$(awk -v m="$conn_ms" -v s="$secs" 'BEGIN { printf "%.1f", s - m / 1000 }')
@@ -410,11 +346,6 @@ for mode in $BENCH_MODES; do
         done
     done
 done
-
-ratio() {  # ratio A B — A/B with 2 decimals, or - when either is not a number
-    [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]] && [ "$2" -gt 0 ] || { echo -; return; }
-    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'
-}
 
 log ""
 log "== Results: pgbench -S, ${BENCH_SECONDS}s per run, pool size $POOL_SIZE (pgscale +$MAX_OVERFLOW overflow), $(nproc) cores shared by everything"

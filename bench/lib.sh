@@ -1,0 +1,104 @@
+# shellcheck shell=bash disable=SC2034  # the variables set here are read by the scripts
+# lib.sh — shell helpers shared by the benchmarks in bench/ (sourced, not
+# run): messages, ports, bounded child processes, CPU time from /proc, psql
+# and pgbench output. It starts nothing and sets no traps: each script owns
+# its clean-up, and calls stop_pid "$CHILD" from it.
+#
+# A script sets APP_USER and APP_PASSWORD (for psql_at) and, for
+# raise_fd_limit, FD_LIMIT before using them; `set -euo pipefail` is assumed.
+
+log()  { printf '%s\n' "$*"; }
+warn() { printf 'bench: %s\n' "$*" >&2; }
+die()  { warn "$*"; exit 1; }
+
+raise_fd_limit() {  # raise_fd_limit N — the soft open-files limit to N, or as high as allowed
+    local want=$1 hard
+    hard=$(ulimit -Hn)
+    if [ "$hard" = unlimited ] || [ "$hard" -ge "$want" ]; then
+        ulimit -Sn "$want"
+    elif ! ulimit -n "$want" 2>/dev/null; then
+        ulimit -Sn "$hard"
+        warn "could not raise the open-files limit to $want (hard limit $hard); large client counts may fail"
+    fi
+}
+
+stop_pid() {  # stop_pid PID — TERM, up to 5 s, then KILL
+    local pid=$1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# Run a command in the background and wait for it, so a Ctrl-C reaches the
+# script's trap at once instead of after the run; the trap stops "$CHILD".
+CHILD=
+run_child() {
+    "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=
+    return "$rc"
+}
+
+port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+# Ports below the ephemeral range, so 10,000 client sockets cannot take them.
+next_port=$((20000 + RANDOM % 10000))
+free_port() {  # free_port VAR — sets VAR to a free port (no subshell: next_port must advance)
+    local tries=0
+    while ! port_free "$next_port"; do
+        next_port=$((next_port + 1)); tries=$((tries + 1))
+        [ "$tries" -lt 1000 ] || die "no free TCP port found"
+    done
+    printf -v "$1" '%s' "$next_port"
+    next_port=$((next_port + 1))
+}
+
+free_ports() {  # free_ports VAR N — sets VAR to the first of N consecutive free ports
+    local n=$2 i tries=0
+    while :; do
+        for ((i = 0; i < n; i++)); do port_free $((next_port + i)) || break; done
+        [ "$i" -lt "$n" ] || break
+        next_port=$((next_port + i + 1)); tries=$((tries + 1))
+        [ "$tries" -lt 1000 ] || die "no $n consecutive free TCP ports found"
+    done
+    printf -v "$1" '%s' "$next_port"
+    next_port=$((next_port + n))
+}
+
+wait_port() {  # wait_port PORT SECONDS [PID] — until PORT accepts TCP
+    local port=$1 deadline=$((SECONDS + $2)) pid=${3:-}
+    until timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; do
+        [ -z "$pid" ] || kill -0 "$pid" 2>/dev/null || return 1
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+cpu_ticks() {  # "utime stime" of every thread of PID, in clock ticks
+    # Fields after "pid (comm) ": state is $1, so utime/stime are $12/$13.
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+psql_at() {  # psql_at PORT DB SQL — as APP_USER, unaligned, no header
+    PGPASSWORD=$APP_PASSWORD PGCONNECT_TIMEOUT=10 timeout 30 \
+        psql -X -w -At -h 127.0.0.1 -p "$1" -U "$APP_USER" -d "$2" -c "$3" </dev/null
+}
+
+ratio() {  # ratio A B — A/B with 2 decimals, or - when either is not a number
+    if ! [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]] || [ "$2" -eq 0 ]; then echo -; return; fi
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'
+}
+
+# pgbench_figures FILE — from a pgbench log, sets PB_TPS (without the initial
+# connection time), PB_TXNS (transactions processed) and PB_CONN_MS (initial
+# connection time); each empty when the log lacks it.
+pgbench_figures() {
+    PB_TPS=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p; s/^tps = \([0-9.]*\) (excluding connections establishing)$/\1/p' "$1" | head -n1)
+    PB_TXNS=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$1" | head -n1)
+    PB_CONN_MS=$(sed -n 's/^initial connection time = \([0-9.]*\) ms$/\1/p' "$1" | head -n1)
+}
