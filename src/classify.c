@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <ctype.h>
 #include <string.h>
 #include <strings.h>
 
@@ -798,6 +799,8 @@ struct pgs_classify_cache {
     pgs_classify_stats stats;
     char *buf; /* NUL-terminated copy of the text for the parser */
     size_t buf_cap;
+    char *key; /* the text with its literals masked (literal_key) */
+    size_t key_cap;
 };
 
 pgs_classify_cache *classify_cache_new(size_t max_entries, size_t max_bytes)
@@ -840,6 +843,7 @@ void classify_cache_free(pgs_classify_cache *c)
     htab_free(&c->map);
     free(c->scratch);
     free(c->buf);
+    free(c->key);
     vol_unref(c->vt);
     free(c);
 }
@@ -925,7 +929,177 @@ static centry *cache_find(pgs_classify_cache *c, const char *sql, size_t len, ui
     return NULL;
 }
 
-static centry *compute(pgs_classify_cache *c, const char *sql, size_t len, bool keep_text)
+/* The cache key of a text: the text with every string and numeric literal
+ * masked, so that "WHERE id = 1" and "WHERE id = 2" share one entry.  An
+ * application that inlines its values (the simple protocol) would
+ * otherwise miss the cache on every statement and pay a whole parse (tens
+ * of microseconds) each time.  What a literal holds does not change the
+ * facts: they come from the statement's kind, its keywords, and the names
+ * of its tables and functions, which are never literals.  (The one
+ * exception, SET default_transaction_read_only = 'on' against 'off', is a
+ * SET, never a read either way.)  Comments, quoted identifiers and $n
+ * parameters are kept as they are.  Returns false -- use the exact text --
+ * when the text holds anything whose extent a short scan cannot be sure
+ * of: a backslash in a standard string (it ends a literal early when
+ * standard_conforming_strings is off), an unterminated quote or comment,
+ * a dollar quote. */
+static inline bool ident_char(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '_' || ch == '$' || ch >= 0x80;
+}
+
+static inline bool digit(unsigned char ch)
+{
+    return ch >= '0' && ch <= '9';
+}
+
+/* The bytes that may start something literal_key looks at: quotes,
+ * comments, $, digits, '.', and '_' (for "_only"). */
+static const bool key_special[256] = {
+    ['\''] = true, ['"'] = true, ['-'] = true, ['/'] = true, ['$'] = true, ['.'] = true,
+    ['_'] = true, ['0'] = true, ['1'] = true, ['2'] = true, ['3'] = true, ['4'] = true,
+    ['5'] = true, ['6'] = true, ['7'] = true, ['8'] = true, ['9'] = true,
+};
+
+static bool literal_key(const char *sql, size_t len, char *out, size_t *out_len)
+{
+    size_t o = 0;
+    size_t i = 0;
+    while (i < len) {
+        /* runs of bytes that start nothing (most of a statement) in one go */
+        size_t run = i;
+        while (run < len && !key_special[(unsigned char)sql[run]]) run++;
+        if (run > i) {
+            memcpy(out + o, sql + i, run - i);
+            o += run - i;
+            i = run;
+            if (i >= len) break;
+        }
+        unsigned char ch = (unsigned char)sql[i];
+        bool ident_before = o > 0 && ident_char((unsigned char)out[o - 1]);
+        /* the SET exception above (..._read_only): keep such texts whole */
+        if (ch == '_') {
+            if (i + 5 <= len && (sql[i + 1] | 0x20) == 'o' && (sql[i + 2] | 0x20) == 'n' &&
+                (sql[i + 3] | 0x20) == 'l' && (sql[i + 4] | 0x20) == 'y')
+                return false;
+            out[o++] = (char)ch;
+            i++;
+            continue;
+        }
+        if (digit(ch) && ident_before) {
+            /* the digits of a name (t1) */
+            while (i < len && digit((unsigned char)sql[i])) out[o++] = sql[i++];
+            continue;
+        }
+        if (ch == '\'') {
+            /* E'...' (backslash escapes) when an E or e alone precedes it */
+            bool e_string = i > 0 && (sql[i - 1] == 'E' || sql[i - 1] == 'e') &&
+                            (i < 2 || !ident_char((unsigned char)sql[i - 2]));
+            size_t j = i + 1;
+            for (;;) {
+                if (j >= len) return false;
+                if (sql[j] == '\\') {
+                    if (!e_string) return false;
+                    j += 2;
+                    continue;
+                }
+                if (sql[j] == '\'') {
+                    if (j + 1 < len && sql[j + 1] == '\'') {
+                        j += 2;
+                        continue;
+                    }
+                    break;
+                }
+                j++;
+            }
+            out[o++] = '\'';
+            out[o++] = '\'';
+            i = j + 1;
+            continue;
+        }
+        if (ch == '"') {
+            size_t j = i + 1;
+            while (j < len && !(sql[j] == '"' && !(j + 1 < len && sql[j + 1] == '"'))) {
+                if (sql[j] == '"') j++;
+                j++;
+            }
+            if (j >= len) return false;
+            memcpy(out + o, sql + i, j + 1 - i);
+            o += j + 1 - i;
+            i = j + 1;
+            continue;
+        }
+        if (ch == '-' && i + 1 < len && sql[i + 1] == '-') {
+            size_t j = i;
+            while (j < len && sql[j] != '\n') j++;
+            memcpy(out + o, sql + i, j - i);
+            o += j - i;
+            i = j;
+            continue;
+        }
+        if (ch == '/' && i + 1 < len && sql[i + 1] == '*') {
+            size_t j = i + 2;
+            int depth = 1;
+            while (depth > 0) {
+                if (j + 1 >= len) return false;
+                if (sql[j] == '/' && sql[j + 1] == '*') {
+                    depth++;
+                    j += 2;
+                } else if (sql[j] == '*' && sql[j + 1] == '/') {
+                    depth--;
+                    j += 2;
+                } else {
+                    j++;
+                }
+            }
+            memcpy(out + o, sql + i, j - i);
+            o += j - i;
+            i = j;
+            continue;
+        }
+        if (ch == '$') {
+            /* $n is a parameter (kept); anything else may open a dollar
+             * quote, whose end this scan does not look for */
+            size_t j = i + 1;
+            while (j < len && digit((unsigned char)sql[j])) j++;
+            if (j == i + 1 && !ident_before) return false;
+            memcpy(out + o, sql + i, j - i);
+            o += j - i;
+            i = j;
+            continue;
+        }
+        if ((digit(ch) || (ch == '.' && i + 1 < len && digit((unsigned char)sql[i + 1]))) &&
+            !ident_before) {
+            /* digits [. digits] [e [+-] digits]; what follows (an alias
+             * written without a space, "1from") is copied as it is */
+            size_t j = i;
+            while (j < len && (digit((unsigned char)sql[j]) || sql[j] == '_')) j++;
+            if (j < len && sql[j] == '.') {
+                j++;
+                while (j < len && digit((unsigned char)sql[j])) j++;
+            }
+            if (j + 1 < len && (sql[j] == 'e' || sql[j] == 'E')) {
+                size_t k = j + 1;
+                if (k < len && (sql[k] == '+' || sql[k] == '-')) k++;
+                if (k < len && digit((unsigned char)sql[k])) {
+                    while (k < len && digit((unsigned char)sql[k])) k++;
+                    j = k;
+                }
+            }
+            out[o++] = '0';
+            i = j;
+            continue;
+        }
+        out[o++] = (char)ch;
+        i++;
+    }
+    *out_len = o;
+    return true;
+}
+
+static centry *compute(pgs_classify_cache *c, const char *sql, size_t len, const char *key,
+                       size_t key_len)
 {
     if (c->buf_cap < len + 1) {
         free(c->buf);
@@ -938,7 +1112,7 @@ static centry *compute(pgs_classify_cache *c, const char *sql, size_t len, bool 
     builder b = {.vt = c->vt};
     PgQueryProtobufParseResult pr;
     PgQuery__ParseResult *tree = analyse(&b, c->buf, len, &pr);
-    centry *e = entry_make(&b, c->gen, keep_text ? sql : NULL, len);
+    centry *e = entry_make(&b, c->gen, key, key_len);
     if (tree) pg_query__parse_result__free_unpacked(tree, NULL);
     pg_query_free_protobuf_parse_result(pr);
     /* The copy may be large (a multi-megabyte INSERT); do not keep it. */
@@ -958,9 +1132,23 @@ const pgs_stmt_facts *classify(pgs_classify_cache *c, const char *sql, size_t le
 
     bool cacheable = len <= PGS_CLASSIFY_CACHE_TEXT_MAX && c->max_entries > 0;
     uint64_t h = 0;
+    const char *key = NULL;
+    size_t key_len = 0;
     if (cacheable) {
-        h = pgs_hash64(sql, len);
-        centry *e = cache_find(c, sql, len, h);
+        /* a masked text is never longer than the text: 1 or 2 bytes for
+         * each literal of at least 1 or 2 */
+        if (c->key_cap < len + 1) {
+            free(c->key);
+            c->key_cap = len + 1 > 256 ? len + 1 : 256;
+            c->key = pgs_xmalloc(c->key_cap);
+        }
+        key = c->key;
+        if (!literal_key(sql, len, c->key, &key_len)) {
+            key = sql;
+            key_len = len;
+        }
+        h = pgs_hash64(key, key_len);
+        centry *e = cache_find(c, key, key_len, h);
         if (PGS_LIKELY(e != NULL)) {
             if (PGS_LIKELY(e->facts.generation == c->gen)) {
                 c->stats.hits++;
@@ -976,7 +1164,7 @@ const pgs_stmt_facts *classify(pgs_classify_cache *c, const char *sql, size_t le
         }
     }
     c->stats.misses++;
-    centry *e = compute(c, sql, len, cacheable);
+    centry *e = compute(c, sql, len, key, key_len);
     if (cacheable && e->bytes <= c->max_bytes) {
         while (c->count > 0 && (c->count + 1 > c->max_entries || c->bytes + e->bytes > c->max_bytes)) {
             entry_drop(c, c->lru.prev);

@@ -805,23 +805,79 @@ static void test_cache_evicts_least_recently_used(void **state)
     (void)state;
     pgs_classify_cache *c = classify_cache_new(3, 1 << 20);
     cls("SELECT 1"); /* warm libpg_query on this thread; unrelated cache */
-    classify_n(c, "SELECT 1", 8);
-    classify_n(c, "SELECT 2", 8);
-    classify_n(c, "SELECT 3", 8);
-    classify_n(c, "SELECT 1", 8); /* now the most recent */
-    classify_n(c, "SELECT 4", 8); /* evicts SELECT 2 */
-    classify_n(c, "SELECT 5", 8); /* evicts SELECT 3 */
+    classify_n(c, "SELECT c1", 9);
+    classify_n(c, "SELECT c2", 9);
+    classify_n(c, "SELECT c3", 9);
+    classify_n(c, "SELECT c1", 9); /* now the most recent */
+    classify_n(c, "SELECT c4", 9); /* evicts SELECT 2 */
+    classify_n(c, "SELECT c5", 9); /* evicts SELECT 3 */
     pgs_classify_stats st;
     classify_cache_stats(c, &st);
     assert_int_equal(st.entries, 3);
     assert_int_equal(st.evictions, 2);
     uint64_t hits = st.hits;
-    classify_n(c, "SELECT 1", 8);
+    classify_n(c, "SELECT c1", 9);
     classify_cache_stats(c, &st);
     assert_int_equal(st.hits, hits + 1);
-    classify_n(c, "SELECT 2", 8);
+    classify_n(c, "SELECT c2", 9);
     classify_cache_stats(c, &st);
     assert_int_equal(st.hits, hits + 1); /* it had gone */
+    classify_cache_free(c);
+}
+
+/* Texts that differ only in their literals share one cache entry (an
+ * application inlining its values would otherwise parse every statement);
+ * what decides the facts is kept apart. */
+static void test_cache_key_masks_literals(void **state)
+{
+    (void)state;
+    pgs_classify_cache *c = classify_cache_new(64, 1 << 20);
+    static const char *const same[][2] = {
+        {"SELECT * FROM t WHERE id = 1", "SELECT * FROM t WHERE id = 42"},
+        {"SELECT * FROM t WHERE id = 1.5e3", "SELECT * FROM t WHERE id = .25"},
+        {"SELECT * FROM t WHERE name = 'a'", "SELECT * FROM t WHERE name = 'it''s'"},
+        {"SELECT * FROM t WHERE name = E'a\\'b'", "SELECT * FROM t WHERE name = E'x'"},
+        {"INSERT INTO t VALUES (1, 'x')", "INSERT INTO t VALUES (2, 'yy')"},
+        {"SELECT c1 FROM t2 LIMIT 10", "SELECT c1 FROM t2 LIMIT 20"},
+    };
+    for (size_t i = 0; i < PGS_ARRAY_LEN(same); i++) {
+        const pgs_stmt_facts *a = classify_n(c, same[i][0], strlen(same[i][0]));
+        uint32_t fa = a->flags;
+        pgs_classify_stats st0, st1;
+        classify_cache_stats(c, &st0);
+        const pgs_stmt_facts *b = classify_n(c, same[i][1], strlen(same[i][1]));
+        classify_cache_stats(c, &st1);
+        if (st1.hits != st0.hits + 1) fail_msg("'%s' did not share '%s''s entry", same[i][1], same[i][0]);
+        assert_int_equal(b->flags, fa);
+    }
+    /* kept apart: names, parameters, quoted identifiers, hints, the
+     * read-only settings, and texts the short scan cannot be sure of */
+    static const char *const apart[][2] = {
+        {"SELECT * FROM t1", "SELECT * FROM t2"},
+        {"SELECT * FROM t WHERE id = $1", "SELECT * FROM t WHERE id = $2"},
+        {"SELECT * FROM \"t 1\"", "SELECT * FROM \"t 2\""},
+        {"SELECT 1", "/* pgscale:primary */ SELECT 1"},
+        {"SET default_transaction_read_only = 'on'", "SET default_transaction_read_only = 'off'"},
+        {"SELECT 'a\\' FROM t", "SELECT 'b\\' FROM t"},
+        {"SELECT $$a$$", "SELECT $$b$$"},
+        {"SELECT 'unterminated", "SELECT 'unterminatee"},
+    };
+    for (size_t i = 0; i < PGS_ARRAY_LEN(apart); i++) {
+        classify_n(c, apart[i][0], strlen(apart[i][0]));
+        pgs_classify_stats st0, st1;
+        classify_cache_stats(c, &st0);
+        classify_n(c, apart[i][1], strlen(apart[i][1]));
+        classify_cache_stats(c, &st1);
+        if (st1.hits != st0.hits) fail_msg("'%s' took '%s''s entry", apart[i][1], apart[i][0]);
+    }
+    assert_int_equal(classify_n(c, "SET default_transaction_read_only = 'on'", 40)->flags &
+                         PGS_FACT_SET_TX_READ_ONLY,
+                     PGS_FACT_SET_TX_READ_ONLY);
+    assert_int_equal(classify_n(c, "SET default_transaction_read_only = 'off'", 41)->flags &
+                         PGS_FACT_SET_TX_READ_ONLY,
+                     0);
+    assert_true(classify_n(c, "/* pgscale:primary */ SELECT 2", 30)->flags &
+                PGS_FACT_HINT_PRIMARY);
     classify_cache_free(c);
 }
 
@@ -985,6 +1041,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cache_hit_returns_same_facts, setup_corpus,
                                         teardown_corpus),
         cmocka_unit_test_setup_teardown(test_cache_evicts_least_recently_used, setup_corpus,
+                                        teardown_corpus),
+        cmocka_unit_test_setup_teardown(test_cache_key_masks_literals, setup_corpus,
                                         teardown_corpus),
         cmocka_unit_test_setup_teardown(test_cache_bounded_by_bytes, setup_corpus,
                                         teardown_corpus),
