@@ -448,7 +448,7 @@ class Replicas:
 
     def wait_replayed(self, i=None, timeout=30):
         """Until replica i (or each) has replayed the primary's current WAL position."""
-        target = self.primary.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+        target = self.primary.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
         for r in ([self.nodes[i]] if i is not None else self.nodes):
             deadline = time.monotonic() + timeout
             while True:
