@@ -41,6 +41,13 @@ def start(pgscale, primary, replicas, **env):
     wait_for(lambda: all(r["state"] == "up" and r["role"] == "replica"
                          for r in pg.admin("SHOW NODES") if r["node"] != "primary"),
              10, what="both replicas up in SHOW NODES")
+    # and function volatility has been read from the primary (until then
+    # inet_server_port() is not known to be stable, and reads calling it
+    # stay on the primary)
+    if env.get("PGSCALE_POOL_MODE", "transaction") == "transaction":
+        probe = pg.connect()
+        wait_for(lambda: where(probe)[1] is True, 10, what="a read routed to a replica")
+        probe.close()
     return pg
 
 
