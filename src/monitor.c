@@ -63,6 +63,7 @@ static int failover_mode = PGS_FAILOVER_AUTO;
 static bool failover_running;
 static int64_t primary_bad_since_ms;   /* 0: the primary is fine */
 static int64_t promote_retry_ms;       /* after a failed promotion: not before */
+static uint32_t promote_backoff_ms;    /* doubles after each failed promotion */
 static char failover_said[600];        /* the last "not acting because" logged */
 
 void monitor_set_primary_hook(monitor_primary_hook_fn fn)
@@ -110,6 +111,14 @@ static void node_params(const pgs_node *n, pqconn_params *pp, const char *what,
 static int64_t now_ms(void)
 {
     return pqconn_now_ms();
+}
+
+static uint32_t cur_timeout_ms(void)
+{
+    pthread_mutex_lock(&lock);
+    uint32_t v = timeout_ms;
+    pthread_mutex_unlock(&lock);
+    return v;
 }
 
 /* --- one check --- */
@@ -276,7 +285,7 @@ static char *run_on(const pgs_node *n, const char *sql, uint32_t tmo_ms, char **
     pqconn_params pp;
     char what[64];
     snprintf(what, sizeof(what), "%s", n->name);
-    node_params(n, &pp, what, NULL, timeout_ms);
+    node_params(n, &pp, what, NULL, cur_timeout_ms());
     PGconn *c = pqconn_open(&pp, error);
     if (!c) return NULL;
     char *err = NULL, *val = NULL;
@@ -351,7 +360,7 @@ static bool repointed_conninfo(const char *old, const pgs_node *to, tbuf *b)
 static void repoint_replica(const pgs_node *r, const pgs_node *to)
 {
     char *err = NULL;
-    char *old = run_on(r, "SHOW primary_conninfo", timeout_ms, &err);
+    char *old = run_on(r, "SHOW primary_conninfo", cur_timeout_ms(), &err);
     if (!old) {
         log_error("failover: could not point %s at %s: %s", r->name, to->name, err);
         free(err);
@@ -379,10 +388,10 @@ static void repoint_replica(const pgs_node *r, const pgs_node *to)
                   r->name, to->name);
         return;
     }
-    char *v = run_on(r, sql.p, timeout_ms, &err);
+    char *v = run_on(r, sql.p, cur_timeout_ms(), &err);
     if (v) {
         free(v);
-        v = run_on(r, "SELECT pg_reload_conf()", timeout_ms, &err);
+        v = run_on(r, "SELECT pg_reload_conf()", cur_timeout_ms(), &err);
     }
     if (!v) {
         log_error("failover: could not point %s at %s (ALTER SYSTEM and pg_reload_conf() need "
@@ -414,7 +423,7 @@ static void promote(pgs_node *old, pgs_node *best, int64_t since_ms)
     if (ok) {
         /* pg_promote(wait => true) returned after the end of recovery;
          * check it as every later reader will */
-        v = run_on(best, "SELECT pg_is_in_recovery()", timeout_ms, &err);
+        v = run_on(best, "SELECT pg_is_in_recovery()", cur_timeout_ms(), &err);
         ok = v && v[0] == 'f';
         free(v);
     }
@@ -424,13 +433,17 @@ static void promote(pgs_node *old, pgs_node *best, int64_t since_ms)
                   "GRANT EXECUTE ON FUNCTION pg_promote TO the monitoring user); trying again "
                   "in %.0f s",
                   best->name, err ? err : "it did not leave recovery in time",
-                  (double)failover_timeout_ms / 1000.0);
+                  (double)(promote_backoff_ms ? PGS_MIN(promote_backoff_ms * 2, 60000u)
+                                              : failover_timeout_ms) / 1000.0);
         free(err);
-        promote_retry_ms = now_ms() + failover_timeout_ms;
+        promote_backoff_ms = promote_backoff_ms ? PGS_MIN(promote_backoff_ms * 2, 60000u)
+                                                : failover_timeout_ms;
+        promote_retry_ms = now_ms() + promote_backoff_ms;
         failover_running = false;
         pthread_mutex_unlock(&lock);
         return;
     }
+    promote_backoff_ms = 0;
     atomic_store(&best->role, PGS_ROLE_PRIMARY);
     switch_primary(old, best, "was down", since_ms);
     pthread_mutex_unlock(&lock);
