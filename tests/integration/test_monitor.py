@@ -76,8 +76,11 @@ def test_show_nodes_lsn_advances_with_writes_on_the_primary(pgscale, primary, re
     pg = start_with_replicas(pgscale, replicas)
     before = {k: lsn(v["lsn"]) for k, v in wait_all_checked(pg).items()}
     primary_write(primary, rows=1000)
-    target = lsn(primary.execute("SELECT pg_current_wal_lsn()::text")[0][0])
-    assert target > before["primary"]
+    # with synchronous_commit off the write position (what the monitor reads,
+    # and what replicas can get) follows the commit a moment later
+    target = wait_for(lambda: (lambda v: v if v > before["primary"] else None)(
+        lsn(primary.execute("SELECT pg_current_wal_lsn()::text")[0][0])), 10,
+        what="the primary's write position past the write")
     # every node's position reaches the write: the primary's own, and the
     # replicas' replay positions
     after = wait_for(lambda: (lambda ns: ns if all(lsn(r["lsn"]) >= target
