@@ -285,3 +285,26 @@ def test_failover_auto_promotes_the_most_advanced_replica_and_repoints_the_other
              what="the other replica replaying the new primary's WAL")
     assert other.execute("SELECT count(*) FROM pg_class WHERE relname = 'after_failover'",
                          db="app")[0][0] == 1
+
+
+def test_reload_applies_monitor_settings_and_keeps_the_node_list(pgscale, replicas, tmp_path):
+    conf = tmp_path / "pgscale.yaml"
+    body = ("nodes:\n  replicas:\n    - %s\n    - {url: '%s', weight: 3}\n"
+            % tuple(replicas.urls()))
+    conf.write_text(body + "failover: 'off'\nmonitor_interval: 100ms\n")
+    pg = pgscale(args=["--config", str(conf)])
+    wait_all_checked(pg)
+    cfg = {r["key"]: r["value"] for r in pg.admin("SHOW CONFIG")}
+    assert cfg["nodes.replicas.weight"] == "1, 3"
+    conf.write_text(body.replace("weight: 3", "weight: 5") +
+                    "failover: follow\nmonitor_interval: 250ms\nload_balance: weighted\n")
+    pg.admin("RELOAD")
+    cfg = {r["key"]: r["value"] for r in pg.admin("SHOW CONFIG")}
+    assert (cfg["PGSCALE_FAILOVER"], cfg["PGSCALE_MONITOR_INTERVAL"],
+            cfg["PGSCALE_LOAD_BALANCE"]) == ("follow", "250ms", "weighted")
+    # the node list (and so the weights) is restart-only, and RELOAD says so
+    assert cfg["nodes.replicas.weight"] == "1, 3"
+    text = pg.stderr_text()
+    assert "nodes.replicas.weight changed, but takes effect only when pgscale restarts" in text
+    assert "PGSCALE_FAILOVER changed" not in text and "PGSCALE_MONITOR_INTERVAL changed" not in text
+    assert all(r["state"] == "up" for r in nodes(pg).values())
