@@ -47,6 +47,11 @@ typedef struct mnode {
     int64_t fail_since_ms;     /* under lock; 0: answering */
 } mnode;
 
+static int64_t now_ms_raw(void)
+{
+    return pqconn_now_ms();
+}
+
 static mnode mnodes[PGS_MAX_NODES];
 static int n_mnodes;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -58,6 +63,42 @@ static _Atomic(monitor_primary_hook_fn) primary_hook;
 /* reloadable settings, under lock */
 static uint32_t interval_ms = 100, timeout_ms = 2000, failover_timeout_ms = 10000;
 static int failover_mode = PGS_FAILOVER_AUTO;
+
+/* The primary's WAL position history: each time its thread reads a new
+ * position, (when, position).  A replica's time lag is how long ago the
+ * primary first had WAL that the replica has not replayed yet: the oldest
+ * entry past its replay position (as pg_stat_replication's replay_lag, but
+ * read from here).  PostgreSQL's own replay delay (the check's fourth
+ * column) is 0 for a replica that has replayed all it received even when
+ * it receives nothing, and right after an idle spell it is as long as the
+ * spell; it is used only before the primary's first check.  Under lock. */
+#define HISTORY 512
+static struct {
+    int64_t t_ms;
+    uint64_t lsn;
+} history[HISTORY];
+static int hist_head, hist_n;   /* oldest at hist_head */
+
+static void history_add(uint64_t lsn)
+{
+    if (hist_n > 0 && history[(hist_head + hist_n - 1) % HISTORY].lsn >= lsn) return;
+    int at = (hist_head + hist_n) % HISTORY;
+    if (hist_n == HISTORY) hist_head = (hist_head + 1) % HISTORY;
+    else hist_n++;
+    history[at].t_ms = now_ms_raw();
+    history[at].lsn = lsn;
+}
+
+/* -1: no history yet. */
+static int64_t history_lag_ms(uint64_t replayed)
+{
+    if (hist_n == 0) return -1;
+    for (int i = 0; i < hist_n; i++) {
+        int k = (hist_head + i) % HISTORY;
+        if (history[k].lsn > replayed) return PGS_MAX(now_ms_raw() - history[k].t_ms, 0);
+    }
+    return 0;
+}
 
 /* failover state, under lock */
 static bool failover_running;
@@ -218,7 +259,15 @@ static void check_one(mnode *m)
         lag = plsn > lsn ? plsn - lsn : 0;
     }
     atomic_store(&n->lag_bytes, lag);
-    atomic_store(&n->lag_ms, in_recovery ? (uint32_t)PGS_MIN(PGS_MAX(delay, 0), UINT32_MAX) : 0);
+    int64_t lag_ms = 0;
+    pthread_mutex_lock(&lock);
+    if (!in_recovery && topology_primary() == n) history_add(lsn);
+    if (in_recovery) {
+        lag_ms = history_lag_ms(lsn);
+        if (lag_ms < 0) lag_ms = PGS_MAX(delay, 0);
+    }
+    pthread_mutex_unlock(&lock);
+    atomic_store(&n->lag_ms, (uint32_t)PGS_MIN(lag_ms, (int64_t)UINT32_MAX));
     atomic_store(&n->role, role);
     atomic_store(&n->checked_us, pgs_now_us());
     int st = atomic_load(&n->state);
@@ -274,6 +323,7 @@ static void switch_primary(pgs_node *old, pgs_node *to, const char *why, int64_t
               (double)(now_ms() - since_ms) / 1000.0, old->name);
     failover_said[0] = '\0';
     primary_bad_since_ms = 0;
+    hist_n = 0; /* the new primary's positions are another history */
     for (int i = 0; i < n_mnodes; i++) mnodes[i].wake = true;
     pthread_cond_broadcast(&cond);
 }
