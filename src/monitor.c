@@ -21,10 +21,9 @@
 #define PROMOTE_WAIT_S 30      /* pg_promote(true, 30) */
 
 const char monitor_poll_sql[] =
-    /* the replay delay: 0 when the replica has replayed all it received
-     * (it is as current as its primary lets it be), else how old the last
-     * transaction it replayed is (an overestimate right after an idle
-     * spell: that transaction may be long committed) */
+    /* the fourth column, PostgreSQL's replay delay (0 when the replica has
+     * replayed all it received), is only the fallback for lag_ms: see
+     * `history` below */
     "SELECT pg_is_in_recovery(), "
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() "
     "END, pg_last_wal_receive_lsn(), "

@@ -308,3 +308,31 @@ def test_reload_applies_monitor_settings_and_keeps_the_node_list(pgscale, replic
     assert "nodes.replicas.weight changed, but takes effect only when pgscale restarts" in text
     assert "PGSCALE_FAILOVER changed" not in text and "PGSCALE_MONITOR_INTERVAL changed" not in text
     assert all(r["state"] == "up" for r in nodes(pg).values())
+
+
+@pytest.mark.deadline(90)
+def test_replica_cut_off_from_the_primary_shows_growing_lag(pgscale, primary, replicas_ctl):
+    """A replica whose WAL receiver has stopped has replayed all it received,
+    so PostgreSQL's own replay delay says 0; the monitor's says how stale it is."""
+    pg = start_with_replicas(pgscale, replicas_ctl)
+    wait_all_checked(pg)
+    r = replicas_ctl[1]
+    conninfo = r.execute("SHOW primary_conninfo")[0][0]
+    try:
+        r.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        r.execute("SELECT pg_reload_conf()")
+        wait_for(lambda: not r.execute("SELECT count(*) FROM pg_stat_wal_receiver")[0][0], 10,
+                 what="replica2's WAL receiver stopped")
+        for _ in range(6):
+            primary_write(primary, rows=100)
+            time.sleep(0.3)
+        row = nodes(pg)["replica2"]
+        assert row["state"] == "up" and int(row["lag_bytes"]) > 0, row
+        assert float(row["lag_seconds"]) >= 1.0, row
+        assert float(nodes(pg)["replica1"]["lag_seconds"]) < 1.0
+    finally:
+        r.execute("ALTER SYSTEM SET primary_conninfo = %s", (conninfo,))
+        r.execute("SELECT pg_reload_conf()")
+    replicas_ctl.wait_replayed(1)
+    wait_for(lambda: float(nodes(pg)["replica2"]["lag_seconds"]) == 0, 10, interval=0.1,
+             what="replica2's lag back to 0")
