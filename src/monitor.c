@@ -453,6 +453,16 @@ static void repoint_replica(const pgs_node *r, const pgs_node *to)
     log_warn("failover: %s now replicates from %s (%s)", r->name, to->name, to->ep.text);
 }
 
+/* Every replica but the old and the new primary follows the new one. */
+static void repoint_all(const pgs_node *old, const pgs_node *to)
+{
+    for (int i = 0; i < n_mnodes; i++) {
+        pgs_node *r = mnodes[i].n;
+        if (r == to || r == old || atomic_load(&r->state) == PGS_NODE_FENCED) continue;
+        repoint_replica(r, to);
+    }
+}
+
 /* failover: auto, the primary down past failover_timeout and no node says
  * it is the primary: promote the replica that has replayed the most.  Runs
  * without the lock (it takes seconds); failover_running keeps the other
@@ -496,11 +506,7 @@ static void promote(pgs_node *old, pgs_node *best, int64_t since_ms)
     atomic_store(&best->role, PGS_ROLE_PRIMARY);
     switch_primary(old, best, "was down", since_ms);
     pthread_mutex_unlock(&lock);
-    for (int i = 0; i < n_mnodes; i++) {
-        pgs_node *r = mnodes[i].n;
-        if (r == best || r == old || atomic_load(&r->state) == PGS_NODE_FENCED) continue;
-        repoint_replica(r, best);
-    }
+    repoint_all(old, best);
     pthread_mutex_lock(&lock);
     failover_running = false;
     pthread_mutex_unlock(&lock);
@@ -556,6 +562,16 @@ static void evaluate(void)
     if (n_primary == 1) {
         switch_primary(p, cand, down ? "is down" : "says it is in recovery (a replica now)",
                        primary_bad_since_ms);
+        if (failover_mode == PGS_FAILOVER_AUTO) {
+            /* auto manages the replicas: whoever promoted cand (someone
+             * else, or a promotion of ours that answered too late), they
+             * follow it now; a replica already pointed there is unchanged */
+            failover_running = true;
+            pthread_mutex_unlock(&lock);
+            repoint_all(p, cand);
+            pthread_mutex_lock(&lock);
+            failover_running = false;
+        }
         return;
     }
     if (n_primary > 1) {

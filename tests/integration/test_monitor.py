@@ -336,3 +336,25 @@ def test_replica_cut_off_from_the_primary_shows_growing_lag(pgscale, primary, re
     replicas_ctl.wait_replayed(1)
     wait_for(lambda: float(nodes(pg)["replica2"]["lag_seconds"]) == 0, 10, interval=0.1,
              what="replica2's lag back to 0")
+
+
+@pytest.mark.deadline(150)
+def test_failover_auto_follows_a_replica_promoted_elsewhere_and_repoints_the_other(pgscale,
+                                                                                  cluster):
+    p, reps = cluster
+    pg = pgscale(DATABASE_URL=p.url(), READ_REPLICA_URLS=",".join(r.url() for r in reps),
+                 PGSCALE_FAILOVER="auto", PGSCALE_FAILOVER_TIMEOUT="3s",
+                 PGSCALE_MONITOR_INTERVAL="100ms")
+    wait_all_checked(pg)
+    p.stop()
+    reps[1].execute("SELECT pg_promote(true, 30)")   # before pgscale's own timeout
+    ns = wait_for(lambda: (lambda ns: ns if ns["primary"]["state"] == "fenced" else None)(
+        nodes(pg)), 20, interval=0.1, what="the old primary fenced")
+    assert ns["replica2"]["role"] == "primary" and ns["replica1"]["role"] == "replica", ns
+    assert "promoting" not in pg.stderr_text()
+    wait_for(lambda: "port=%d" % reps[1].port in reps[0].execute("SHOW primary_conninfo")[0][0]
+             .replace("'", ""), 15, what="replica1 pointed at replica2")
+    reps[1].app_execute("CREATE TABLE after_failover (id int)")
+    target = reps[1].execute("SELECT pg_current_wal_lsn()::text")[0][0]
+    wait_for(lambda: replayed(reps[0], target), 30, interval=0.2,
+             what="replica1 replaying replica2's WAL")
