@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "endpoint.h"
 #include "pqconn.h"
 #include "topology.h"
 
@@ -386,7 +387,7 @@ static bool repointed_conninfo(const char *old, const pgs_node *to, tbuf *b)
     }
     char port[16];
     snprintf(port, sizeof(port), "%d", to->url->port ? to->url->port : 5432);
-    const char *host = to->url->host && *to->url->host ? to->url->host : "/var/run/postgresql";
+    const char *host = to->url->host && *to->url->host ? to->url->host : PGS_DEFAULT_SOCKET_DIR;
     for (PQconninfoOption *o = opts; o->keyword; o++) {
         const char *v = o->val;
         if (strcmp(o->keyword, "host") == 0) v = host;
