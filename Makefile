@@ -66,7 +66,8 @@ integration-asan: asan
 
 # pgscale built with ThreadSanitizer, and the integration tests where
 # workers share pools, hand servers over, free unused pools, reload and
-# answer the admin console under load (about 2.5 min on 2 cores).  Any
+# answer the admin console under load, and where the monitor's threads
+# fill the nodes that SHOW NODES reads (about 3 min on 2 cores).  Any
 # report fails the test that ran that pgscale; tests/tsan.supp holds the
 # few third-party reports, each with its reason.
 TSAN_TESTS ?= tests/integration/test_pooling.py tests/integration/test_admin.py \
@@ -75,7 +76,7 @@ TSAN_TESTS ?= tests/integration/test_pooling.py tests/integration/test_admin.py 
 	tests/integration/test_dirty_server.py tests/integration/test_security_authquery.py \
 	tests/integration/test_pinning.py tests/integration/test_session_fidelity.py \
 	tests/integration/test_session_state_leaks.py tests/integration/test_sequence_state.py \
-	tests/integration/test_unix_server.py
+	tests/integration/test_unix_server.py tests/integration/test_monitor.py
 
 tsan:
 	[ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread -Db_lundef=false \

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "endpoint.h"
 #include "pqconn.h"
 #include "topology.h"
 
@@ -21,10 +22,9 @@
 #define PROMOTE_WAIT_S 30      /* pg_promote(true, 30) */
 
 const char monitor_poll_sql[] =
-    /* the replay delay: 0 when the replica has replayed all it received
-     * (it is as current as its primary lets it be), else how old the last
-     * transaction it replayed is (an overestimate right after an idle
-     * spell: that transaction may be long committed) */
+    /* the fourth column, PostgreSQL's replay delay (0 when the replica has
+     * replayed all it received), is only the fallback for lag_ms: see
+     * `history` below */
     "SELECT pg_is_in_recovery(), "
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() "
     "END, pg_last_wal_receive_lsn(), "
@@ -47,6 +47,11 @@ typedef struct mnode {
     int64_t fail_since_ms;     /* under lock; 0: answering */
 } mnode;
 
+static int64_t now_ms_raw(void)
+{
+    return pqconn_now_ms();
+}
+
 static mnode mnodes[PGS_MAX_NODES];
 static int n_mnodes;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -59,10 +64,47 @@ static _Atomic(monitor_primary_hook_fn) primary_hook;
 static uint32_t interval_ms = 100, timeout_ms = 2000, failover_timeout_ms = 10000;
 static int failover_mode = PGS_FAILOVER_AUTO;
 
+/* The primary's WAL position history: each time its thread reads a new
+ * position, (when, position).  A replica's time lag is how long ago the
+ * primary first had WAL that the replica has not replayed yet: the oldest
+ * entry past its replay position (as pg_stat_replication's replay_lag, but
+ * read from here).  PostgreSQL's own replay delay (the check's fourth
+ * column) is 0 for a replica that has replayed all it received even when
+ * it receives nothing, and right after an idle spell it is as long as the
+ * spell; it is used only before the primary's first check.  Under lock. */
+#define HISTORY 512
+static struct {
+    int64_t t_ms;
+    uint64_t lsn;
+} history[HISTORY];
+static int hist_head, hist_n;   /* oldest at hist_head */
+
+static void history_add(uint64_t lsn)
+{
+    if (hist_n > 0 && history[(hist_head + hist_n - 1) % HISTORY].lsn >= lsn) return;
+    int at = (hist_head + hist_n) % HISTORY;
+    if (hist_n == HISTORY) hist_head = (hist_head + 1) % HISTORY;
+    else hist_n++;
+    history[at].t_ms = now_ms_raw();
+    history[at].lsn = lsn;
+}
+
+/* -1: no history yet. */
+static int64_t history_lag_ms(uint64_t replayed)
+{
+    if (hist_n == 0) return -1;
+    for (int i = 0; i < hist_n; i++) {
+        int k = (hist_head + i) % HISTORY;
+        if (history[k].lsn > replayed) return PGS_MAX(now_ms_raw() - history[k].t_ms, 0);
+    }
+    return 0;
+}
+
 /* failover state, under lock */
 static bool failover_running;
 static int64_t primary_bad_since_ms;   /* 0: the primary is fine */
 static int64_t promote_retry_ms;       /* after a failed promotion: not before */
+static uint32_t promote_backoff_ms;    /* doubles after each failed promotion */
 static char failover_said[600];        /* the last "not acting because" logged */
 
 void monitor_set_primary_hook(monitor_primary_hook_fn fn)
@@ -110,6 +152,14 @@ static void node_params(const pgs_node *n, pqconn_params *pp, const char *what,
 static int64_t now_ms(void)
 {
     return pqconn_now_ms();
+}
+
+static uint32_t cur_timeout_ms(void)
+{
+    pthread_mutex_lock(&lock);
+    uint32_t v = timeout_ms;
+    pthread_mutex_unlock(&lock);
+    return v;
 }
 
 /* --- one check --- */
@@ -209,7 +259,15 @@ static void check_one(mnode *m)
         lag = plsn > lsn ? plsn - lsn : 0;
     }
     atomic_store(&n->lag_bytes, lag);
-    atomic_store(&n->lag_ms, in_recovery ? (uint32_t)PGS_MIN(PGS_MAX(delay, 0), UINT32_MAX) : 0);
+    int64_t lag_ms = 0;
+    pthread_mutex_lock(&lock);
+    if (!in_recovery && topology_primary() == n) history_add(lsn);
+    if (in_recovery) {
+        lag_ms = history_lag_ms(lsn);
+        if (lag_ms < 0) lag_ms = PGS_MAX(delay, 0);
+    }
+    pthread_mutex_unlock(&lock);
+    atomic_store(&n->lag_ms, (uint32_t)PGS_MIN(lag_ms, (int64_t)UINT32_MAX));
     atomic_store(&n->role, role);
     atomic_store(&n->checked_us, pgs_now_us());
     int st = atomic_load(&n->state);
@@ -265,6 +323,7 @@ static void switch_primary(pgs_node *old, pgs_node *to, const char *why, int64_t
               (double)(now_ms() - since_ms) / 1000.0, old->name);
     failover_said[0] = '\0';
     primary_bad_since_ms = 0;
+    hist_n = 0; /* the new primary's positions are another history */
     for (int i = 0; i < n_mnodes; i++) mnodes[i].wake = true;
     pthread_cond_broadcast(&cond);
 }
@@ -276,7 +335,7 @@ static char *run_on(const pgs_node *n, const char *sql, uint32_t tmo_ms, char **
     pqconn_params pp;
     char what[64];
     snprintf(what, sizeof(what), "%s", n->name);
-    node_params(n, &pp, what, NULL, timeout_ms);
+    node_params(n, &pp, what, NULL, cur_timeout_ms());
     PGconn *c = pqconn_open(&pp, error);
     if (!c) return NULL;
     char *err = NULL, *val = NULL;
@@ -328,7 +387,7 @@ static bool repointed_conninfo(const char *old, const pgs_node *to, tbuf *b)
     }
     char port[16];
     snprintf(port, sizeof(port), "%d", to->url->port ? to->url->port : 5432);
-    const char *host = to->url->host && *to->url->host ? to->url->host : "/var/run/postgresql";
+    const char *host = to->url->host && *to->url->host ? to->url->host : PGS_DEFAULT_SOCKET_DIR;
     for (PQconninfoOption *o = opts; o->keyword; o++) {
         const char *v = o->val;
         if (strcmp(o->keyword, "host") == 0) v = host;
@@ -351,7 +410,7 @@ static bool repointed_conninfo(const char *old, const pgs_node *to, tbuf *b)
 static void repoint_replica(const pgs_node *r, const pgs_node *to)
 {
     char *err = NULL;
-    char *old = run_on(r, "SHOW primary_conninfo", timeout_ms, &err);
+    char *old = run_on(r, "SHOW primary_conninfo", cur_timeout_ms(), &err);
     if (!old) {
         log_error("failover: could not point %s at %s: %s", r->name, to->name, err);
         free(err);
@@ -379,10 +438,10 @@ static void repoint_replica(const pgs_node *r, const pgs_node *to)
                   r->name, to->name);
         return;
     }
-    char *v = run_on(r, sql.p, timeout_ms, &err);
+    char *v = run_on(r, sql.p, cur_timeout_ms(), &err);
     if (v) {
         free(v);
-        v = run_on(r, "SELECT pg_reload_conf()", timeout_ms, &err);
+        v = run_on(r, "SELECT pg_reload_conf()", cur_timeout_ms(), &err);
     }
     if (!v) {
         log_error("failover: could not point %s at %s (ALTER SYSTEM and pg_reload_conf() need "
@@ -393,6 +452,16 @@ static void repoint_replica(const pgs_node *r, const pgs_node *to)
     }
     free(v);
     log_warn("failover: %s now replicates from %s (%s)", r->name, to->name, to->ep.text);
+}
+
+/* Every replica but the old and the new primary follows the new one. */
+static void repoint_all(const pgs_node *old, const pgs_node *to)
+{
+    for (int i = 0; i < n_mnodes; i++) {
+        pgs_node *r = mnodes[i].n;
+        if (r == to || r == old || atomic_load(&r->state) == PGS_NODE_FENCED) continue;
+        repoint_replica(r, to);
+    }
 }
 
 /* failover: auto, the primary down past failover_timeout and no node says
@@ -414,7 +483,7 @@ static void promote(pgs_node *old, pgs_node *best, int64_t since_ms)
     if (ok) {
         /* pg_promote(wait => true) returned after the end of recovery;
          * check it as every later reader will */
-        v = run_on(best, "SELECT pg_is_in_recovery()", timeout_ms, &err);
+        v = run_on(best, "SELECT pg_is_in_recovery()", cur_timeout_ms(), &err);
         ok = v && v[0] == 'f';
         free(v);
     }
@@ -424,21 +493,21 @@ static void promote(pgs_node *old, pgs_node *best, int64_t since_ms)
                   "GRANT EXECUTE ON FUNCTION pg_promote TO the monitoring user); trying again "
                   "in %.0f s",
                   best->name, err ? err : "it did not leave recovery in time",
-                  (double)failover_timeout_ms / 1000.0);
+                  (double)(promote_backoff_ms ? PGS_MIN(promote_backoff_ms * 2, 60000u)
+                                              : failover_timeout_ms) / 1000.0);
         free(err);
-        promote_retry_ms = now_ms() + failover_timeout_ms;
+        promote_backoff_ms = promote_backoff_ms ? PGS_MIN(promote_backoff_ms * 2, 60000u)
+                                                : failover_timeout_ms;
+        promote_retry_ms = now_ms() + promote_backoff_ms;
         failover_running = false;
         pthread_mutex_unlock(&lock);
         return;
     }
+    promote_backoff_ms = 0;
     atomic_store(&best->role, PGS_ROLE_PRIMARY);
     switch_primary(old, best, "was down", since_ms);
     pthread_mutex_unlock(&lock);
-    for (int i = 0; i < n_mnodes; i++) {
-        pgs_node *r = mnodes[i].n;
-        if (r == best || r == old || atomic_load(&r->state) == PGS_NODE_FENCED) continue;
-        repoint_replica(r, best);
-    }
+    repoint_all(old, best);
     pthread_mutex_lock(&lock);
     failover_running = false;
     pthread_mutex_unlock(&lock);
@@ -494,6 +563,16 @@ static void evaluate(void)
     if (n_primary == 1) {
         switch_primary(p, cand, down ? "is down" : "says it is in recovery (a replica now)",
                        primary_bad_since_ms);
+        if (failover_mode == PGS_FAILOVER_AUTO) {
+            /* auto manages the replicas: whoever promoted cand (someone
+             * else, or a promotion of ours that answered too late), they
+             * follow it now; a replica already pointed there is unchanged */
+            failover_running = true;
+            pthread_mutex_unlock(&lock);
+            repoint_all(p, cand);
+            pthread_mutex_lock(&lock);
+            failover_running = false;
+        }
         return;
     }
     if (n_primary > 1) {

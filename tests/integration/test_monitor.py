@@ -2,7 +2,9 @@
 WAL positions that follow the primary's writes, replay lag that grows on a
 delayed replica and goes away after, a stopped replica marked down (naming
 it) and up again."""
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,7 +82,7 @@ def test_show_nodes_lsn_advances_with_writes_on_the_primary(pgscale, primary, re
     # replicas' replay positions
     after = wait_for(lambda: (lambda ns: ns if all(lsn(r["lsn"]) >= target
                                                    for r in ns.values()) else None)(nodes(pg)),
-                     15, interval=0.1, what="every node's lsn past the write")
+                     30, interval=0.1, what="every node's lsn past the write")
     for name in ("replica1", "replica2"):
         assert lsn(after[name]["lsn"]) > before[name], (before, after)
     assert lsn(after["primary"]["lsn"]) > before["primary"]
@@ -156,3 +158,200 @@ def test_monitor_settings_shown_and_reloaded(pgscale, replicas):
     assert cfg["PGSCALE_MAX_REPLICA_LAG"]["default"] == "10s"
     assert cfg["PGSCALE_FAILOVER"]["value"] == "off"
     assert cfg["nodes.replicas.weight"]["value"] == "1, 1"
+
+
+# --------------------------------------------------------------------------
+# Failover, on a throw-away cluster of its own (a primary and two replicas)
+# so that the session's `primary` stays the primary for the other tests.
+# --------------------------------------------------------------------------
+@pytest.fixture
+def cluster(request):
+    from conftest import Primary, Replica   # the session fixtures' classes
+    base = Path(tempfile.mkdtemp(prefix="pgscale-it-cluster-"))  # postgres must reach it
+    p = Primary(base)
+    p.init()
+    p.start()
+    nodes_ = [p]
+    try:
+        p.bootstrap()
+        # what failover: auto needs of the monitoring user (app) instead of a
+        # superuser; docs/operations.md lists the same grants
+        # (function grants are per database: the URL's, app)
+        for sql in ("GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app",
+                    "GRANT EXECUTE ON FUNCTION pg_reload_conf() TO app",
+                    "GRANT pg_read_all_settings TO app",
+                    "GRANT ALTER SYSTEM ON PARAMETER primary_conninfo TO app"):
+            p.execute(sql, db="app")
+        reps = []
+        for i in range(2):
+            r = Replica(base / ("replica%d" % (i + 1)), p)
+            r.init()
+            r.start()
+            nodes_.append(r)
+            reps.append(r)
+        yield p, reps
+    finally:
+        for n in reversed(nodes_[1:]):
+            n.stop()
+        p.cleanup(keep=request.node.rep_failed if hasattr(request.node, "rep_failed") else False)
+
+
+def replayed(node, target):
+    try:
+        return node.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))[0][0]
+    except Exception:
+        return False
+
+
+def start_on_cluster(pgscale, cluster, failover):
+    p, reps = cluster
+    return pgscale(DATABASE_URL=p.url(), READ_REPLICA_URLS=",".join(r.url() for r in reps),
+                   PGSCALE_FAILOVER=failover, PGSCALE_FAILOVER_TIMEOUT="1s",
+                   PGSCALE_MONITOR_INTERVAL="100ms")
+
+
+@pytest.mark.deadline(120)
+def test_failover_off_reports_a_down_primary_and_does_nothing(pgscale, cluster):
+    p, reps = cluster
+    pg = start_on_cluster(pgscale, cluster, "off")
+    wait_all_checked(pg)
+    p.stop()
+    wait_for(lambda: nodes(pg)["primary"]["state"] == "down", 10, interval=0.1,
+             what="the primary down")
+    time.sleep(2)  # past failover_timeout
+    ns = nodes(pg)
+    assert ns["primary"]["state"] == "down", ns
+    assert [ns[r]["role"] for r in ("replica1", "replica2")] == ["replica", "replica"], ns
+    assert "failover is off: not acting" in pg.stderr_text()
+    assert all(r.execute("SELECT pg_is_in_recovery()")[0][0] for r in reps)
+
+
+@pytest.mark.deadline(120)
+def test_failover_follow_takes_the_promoted_replica_and_fences_the_old_primary(pgscale, cluster):
+    p, reps = cluster
+    pg = start_on_cluster(pgscale, cluster, "follow")
+    wait_all_checked(pg)
+    p.stop()
+    # an HA manager promotes replica2; pgscale follows, it does not promote
+    time.sleep(1.5)
+    assert nodes(pg)["replica1"]["role"] == "replica"
+    reps[1].execute("SELECT pg_promote(true, 30)")
+    ns = wait_for(lambda: (lambda ns: ns if ns["primary"]["state"] == "fenced" else None)(
+        nodes(pg)), 15, interval=0.1, what="the old primary fenced")
+    assert ns["replica2"]["role"] == "primary" and ns["replica2"]["state"] == "up", ns
+    assert ns["replica1"]["role"] == "replica", ns
+    text = pg.stderr_text()
+    assert "FAILOVER: replica2" in text and "in place of primary" in text, text[-3000:]
+    # replica1 was not touched (follow leaves the replicas to the HA manager)
+    assert reps[0].execute("SELECT pg_is_in_recovery()")[0][0]
+    # the fenced node stays fenced when it comes back
+    p.start()
+    time.sleep(1)
+    assert nodes(pg)["primary"]["state"] == "fenced"
+
+
+@pytest.mark.deadline(150)
+def test_failover_auto_promotes_the_most_advanced_replica_and_repoints_the_other(pgscale,
+                                                                                cluster):
+    p, reps = cluster
+    pg = start_on_cluster(pgscale, cluster, "auto")
+    wait_all_checked(pg)
+    p.app_execute("CREATE TABLE before_failover (id int)")
+    target = p.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+    wait_for(lambda: all(replayed(r, target) for r in reps), 20, what="replicas caught up")
+    p.stop()
+    t0 = time.monotonic()
+    ns = wait_for(lambda: (lambda ns: ns if ns["primary"]["state"] == "fenced" else None)(
+        nodes(pg)), 40, interval=0.1, what="the old primary fenced")
+    took = time.monotonic() - t0
+    promoted = [n for n in ("replica1", "replica2") if ns[n]["role"] == "primary"]
+    assert len(promoted) == 1, ns
+    new = reps[0] if promoted[0] == "replica1" else reps[1]
+    other = reps[1] if new is reps[0] else reps[0]
+    assert not new.execute("SELECT pg_is_in_recovery()")[0][0]
+    assert took >= 1.0, took   # not before failover_timeout
+    text = pg.stderr_text()
+    assert "promoting %s" % promoted[0] in text and "FAILOVER: %s" % promoted[0] in text, \
+        text[-3000:]
+    # the other replica now streams from the new primary
+    wait_for(lambda: "port=%d" % new.port in other.execute("SHOW primary_conninfo")[0][0]
+             .replace("'", ""), 15, what="the other replica's primary_conninfo repointed")
+    new.app_execute("CREATE TABLE after_failover (id int)")
+    target = new.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+    wait_for(lambda: replayed(other, target), 30, interval=0.2,
+             what="the other replica replaying the new primary's WAL")
+    assert other.execute("SELECT count(*) FROM pg_class WHERE relname = 'after_failover'",
+                         db="app")[0][0] == 1
+
+
+def test_reload_applies_monitor_settings_and_keeps_the_node_list(pgscale, replicas, tmp_path):
+    conf = tmp_path / "pgscale.yaml"
+    body = ("nodes:\n  replicas:\n    - %s\n    - {url: '%s', weight: 3}\n"
+            % tuple(replicas.urls()))
+    conf.write_text(body + "failover: 'off'\nmonitor_interval: 100ms\n")
+    pg = pgscale(args=["--config", str(conf)])
+    wait_all_checked(pg)
+    cfg = {r["key"]: r["value"] for r in pg.admin("SHOW CONFIG")}
+    assert cfg["nodes.replicas.weight"] == "1, 3"
+    conf.write_text(body.replace("weight: 3", "weight: 5") +
+                    "failover: follow\nmonitor_interval: 250ms\nload_balance: weighted\n")
+    pg.admin("RELOAD")
+    cfg = {r["key"]: r["value"] for r in pg.admin("SHOW CONFIG")}
+    assert (cfg["PGSCALE_FAILOVER"], cfg["PGSCALE_MONITOR_INTERVAL"],
+            cfg["PGSCALE_LOAD_BALANCE"]) == ("follow", "250ms", "weighted")
+    # the node list (and so the weights) is restart-only, and RELOAD says so
+    assert cfg["nodes.replicas.weight"] == "1, 3"
+    text = pg.stderr_text()
+    assert "nodes.replicas.weight changed, but takes effect only when pgscale restarts" in text
+    assert "PGSCALE_FAILOVER changed" not in text and "PGSCALE_MONITOR_INTERVAL changed" not in text
+    assert all(r["state"] == "up" for r in nodes(pg).values())
+
+
+@pytest.mark.deadline(90)
+def test_replica_cut_off_from_the_primary_shows_growing_lag(pgscale, primary, replicas_ctl):
+    """A replica whose WAL receiver has stopped has replayed all it received,
+    so PostgreSQL's own replay delay says 0; the monitor's says how stale it is."""
+    pg = start_with_replicas(pgscale, replicas_ctl)
+    wait_all_checked(pg)
+    r = replicas_ctl[1]
+    conninfo = r.execute("SHOW primary_conninfo")[0][0]
+    try:
+        r.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        r.execute("SELECT pg_reload_conf()")
+        wait_for(lambda: not r.execute("SELECT count(*) FROM pg_stat_wal_receiver")[0][0], 10,
+                 what="replica2's WAL receiver stopped")
+        for _ in range(6):
+            primary_write(primary, rows=100)
+            time.sleep(0.3)
+        row = nodes(pg)["replica2"]
+        assert row["state"] == "up" and int(row["lag_bytes"]) > 0, row
+        assert float(row["lag_seconds"]) >= 1.0, row
+        assert float(nodes(pg)["replica1"]["lag_seconds"]) < 1.0
+    finally:
+        r.execute("ALTER SYSTEM SET primary_conninfo = %s", (conninfo,))
+        r.execute("SELECT pg_reload_conf()")
+    replicas_ctl.wait_replayed(1)
+    wait_for(lambda: float(nodes(pg)["replica2"]["lag_seconds"]) == 0, 10, interval=0.1,
+             what="replica2's lag back to 0")
+
+
+@pytest.mark.deadline(150)
+def test_failover_auto_follows_a_replica_promoted_elsewhere_and_repoints_the_other(pgscale,
+                                                                                  cluster):
+    p, reps = cluster
+    pg = pgscale(DATABASE_URL=p.url(), READ_REPLICA_URLS=",".join(r.url() for r in reps),
+                 PGSCALE_FAILOVER="auto", PGSCALE_FAILOVER_TIMEOUT="3s",
+                 PGSCALE_MONITOR_INTERVAL="100ms")
+    wait_all_checked(pg)
+    p.stop()
+    reps[1].execute("SELECT pg_promote(true, 30)")   # before pgscale's own timeout
+    ns = wait_for(lambda: (lambda ns: ns if ns["primary"]["state"] == "fenced" else None)(
+        nodes(pg)), 20, interval=0.1, what="the old primary fenced")
+    assert ns["replica2"]["role"] == "primary" and ns["replica1"]["role"] == "replica", ns
+    assert "promoting" not in pg.stderr_text()
+    wait_for(lambda: "port=%d" % reps[1].port in reps[0].execute("SHOW primary_conninfo")[0][0]
+             .replace("'", ""), 15, what="replica1 pointed at replica2")
+    reps[1].app_execute("CREATE TABLE after_failover (id int)")
+    target = reps[1].execute("SELECT pg_current_wal_lsn()::text")[0][0]
+    wait_for(lambda: replayed(reps[0], target), 30, interval=0.2,
+             what="replica1 replaying replica2's WAL")

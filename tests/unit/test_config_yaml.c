@@ -1726,6 +1726,9 @@ static void test_example_file_loads_and_matches_the_docs(void **state)
     /* A few values from each section, so the example keeps exercising them. */
     assert_true(c.n_listen >= 2);
     assert_int_equal(c.n_replicas, 2);
+    assert_int_equal(c.replica_weights[1], 2);
+    assert_int_equal(c.failover, PGS_FAILOVER_AUTO);
+    assert_int_equal(c.max_replica_lag_ms, 10000);
     assert_true(c.n_databases >= 1);
     assert_true(c.n_users >= 1);
     assert_int_equal(c.auth.type, PGS_AUTH_SCRAM);
@@ -1765,7 +1768,10 @@ static void test_every_key_is_documented(void **state)
         "`auth.hba[].user`", "`auth.hba[].address`", "`auth.hba[].method`", "`tls.cert`",
         "`tls.key`", "`tls.ca`", "`tls.mode`", "`tls.min_protocol`", "`tls.ciphers`",
         "`server_tls.sslmode`", "`server_tls.ca`", "`server_tls.cert`", "`server_tls.key`",
-        "`admin_users`", "`stats_users`", "`PGSCALE_CONFIG`", "`--config"};
+        "`admin_users`", "`stats_users`", "`PGSCALE_CONFIG`", "`--config",
+        "`consistency`", "`failover`", "`max_replica_lag`", "`read_from_primary`",
+        "`load_balance`", "`monitor_interval`", "`health_check_timeout`", "`failover_timeout`",
+        "`databases.<name>.route`", "`users.<name>.route`", "`nodes.replicas.weight`"};
     char *docs = read_all(PGS_SOURCE_ROOT "/docs/configuration.md");
     for (size_t i = 0; i < PGS_ARRAY_LEN(keys); i++)
         if (!strstr(docs, keys[i])) fail_msg("docs/configuration.md does not mention %s", keys[i]);
