@@ -39,6 +39,7 @@ typedef struct mnode {
     PGconn *conn;
     uint32_t conn_timeout_ms;  /* the statement_timeout conn was opened with */
     bool hook_done;            /* the primary hook ran on conn */
+    unsigned hook_gen;         /* ... for this hook_wanted */
     uint32_t backoff_ms;       /* 0: the last check answered */
     bool wake;                 /* under lock: check now */
     /* what was last logged, so each change is logged once */
@@ -59,6 +60,8 @@ static pthread_cond_t cond;
 static bool stopping;
 static const pgs_config *start_cfg;
 static _Atomic(monitor_primary_hook_fn) primary_hook;
+/* monitor_rerun_primary_hook: the hook runs again when this moves */
+static _Atomic unsigned hook_wanted;
 
 /* reloadable settings, under lock */
 static uint32_t interval_ms = 100, timeout_ms = 2000, failover_timeout_ms = 10000;
@@ -121,6 +124,14 @@ void monitor_configure(const pgs_config *cfg)
     failover_mode = cfg->failover;
     pthread_cond_broadcast(&cond);
     pthread_mutex_unlock(&lock);
+    /* RELOAD: function volatility is read again too */
+    atomic_fetch_add(&hook_wanted, 1);
+}
+
+void monitor_rerun_primary_hook(void)
+{
+    atomic_fetch_add(&hook_wanted, 1);
+    monitor_wake();
 }
 
 void monitor_wake(void)
@@ -293,9 +304,11 @@ static void check_one(mnode *m)
     m->backoff_ms = 0;
 
     monitor_primary_hook_fn hook = atomic_load(&primary_hook);
-    if (hook && !m->hook_done && !in_recovery && topology_primary() == n &&
-        st != PGS_NODE_FENCED) {
+    unsigned wanted = atomic_load(&hook_wanted);
+    if (hook && (!m->hook_done || m->hook_gen != wanted) && !in_recovery &&
+        topology_primary() == n && st != PGS_NODE_FENCED) {
         m->hook_done = true;
+        m->hook_gen = wanted;
         hook(m->conn);
     }
 }

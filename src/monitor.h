@@ -29,6 +29,9 @@ void monitor_wake(void);
  * new primary's; it may run queries and must leave the connection idle. */
 typedef void (*monitor_primary_hook_fn)(PGconn *conn);
 void monitor_set_primary_hook(monitor_primary_hook_fn fn);
+/* Runs the hook again at the primary's next check, which comes now (DDL
+ * went through pgscale; RELOAD does it as well). */
+void monitor_rerun_primary_hook(void);
 
 /* The check, for the tests: the query each poll runs. */
 extern const char monitor_poll_sql[];

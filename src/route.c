@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "classify.h"
+#include "monitor.h"
 #include "params.h"
 #include "pool.h"
 #include "prepared.h"
@@ -127,6 +128,7 @@ enum {
     U_BEGIN_RO = 2,    /* starts a READ ONLY transaction (and reads only) */
     U_TXN_END = 4,     /* ends a transaction */
     U_PRIMARY = 8,     /* the hint, or anything that must run on the primary */
+    U_DDL = 16,        /* CREATE/ALTER/DROP...: functions may have changed */
 };
 
 /* The worker's parse cache, made on first use (only routing needs it). */
@@ -150,8 +152,8 @@ static unsigned unit_kind(pgs_client *c, const uint8_t *msg, uint32_t avail)
     const char *text = unit_text(c, msg, avail, &len);
     if (!text) return U_PRIMARY;
     uint32_t f = classify(cache_of(c->w), text, len)->flags;
-    if (f & PGS_FACT_HINT_PRIMARY) return U_PRIMARY;
-    unsigned k = 0;
+    unsigned k = (f & PGS_FACT_DDL) ? U_DDL : 0;
+    if (f & PGS_FACT_HINT_PRIMARY) return k | U_PRIMARY;
     if (f & PGS_FACT_TXN_END) k |= U_TXN_END;
     if (f & PGS_FACT_TXN_BEGIN) {
         /* A transaction may go to a replica only when it says it reads:
@@ -296,6 +298,7 @@ bool route_unit_allowed(pgs_client *c, pgs_server *sv, const uint8_t *msg, uint3
     pgs_node *node = sv->pool->sh->node;
     unsigned kind = unit_kind(c, msg, avail);
     if (node == topology_primary()) {
+        if (kind & U_DDL) c->ran_ddl = true;
         if (!(kind & U_READ)) {
             c->tx_wrote = true;
             if (g_pgs.cfg->consistency == PGS_CONSISTENCY_STRICT && !c->strict_pending) {
@@ -323,6 +326,13 @@ bool route_unit_allowed(pgs_client *c, pgs_server *sv, const uint8_t *msg, uint3
 
 bool route_wants_lsn(pgs_client *c, const pgs_server *sv)
 {
+    if (c->ran_ddl) {
+        /* the DDL is done (committed or not): the classifier reads
+         * function volatility again, a created or altered function
+         * included */
+        c->ran_ddl = false;
+        monitor_rerun_primary_hook();
+    }
     if (!c->tx_wrote || !route_active() || sv->lsn_pending) return false;
     c->tx_wrote = false;
     bool want = g_pgs.cfg->consistency != PGS_CONSISTENCY_EVENTUAL &&

@@ -244,6 +244,7 @@ struct pgs_client {
     bool replica_tx;
     bool strict_pending;      /* counted in route.c's writes in flight (strict) */
     bool want_replica;        /* logged in to "<db>@replica": reads only, on replicas */
+    bool ran_ddl;             /* DDL went to the primary: reread volatility at release */
     uint64_t need_lsn;
     uint64_t lsn_unknown_us;  /* need_lsn is UINT64_MAX since: see route_lsn_unknown */
     char addr[48];

@@ -314,3 +314,27 @@ def test_database_alias_at_replica_gives_a_read_only_session_on_a_replica(pgscal
     assert primary.app_execute("SELECT count(*) FROM rw_t WHERE id = 99") == [(0,)]
     rows = {r["database"] for r in pg.admin("SHOW CLIENTS")}
     assert "app" in rows and "app@replica" not in rows, rows
+
+
+def test_a_function_created_through_pgscale_is_known_at_once(pgscale, primary, replicas, rtable):
+    # An unknown function is not a read; once pgscale has seen the DDL go
+    # through, it reads pg_proc again, and a call of the new immutable
+    # function may go to a replica.
+    pg = start(pgscale, primary, replicas)
+    c = pg.connect()
+    with c.cursor() as cur:
+        cur.execute("DROP FUNCTION IF EXISTS rw_double(int)")
+        cur.execute("CREATE FUNCTION rw_double(int) RETURNS int IMMUTABLE LANGUAGE sql "
+                    "AS 'SELECT $1 * 2'")
+    replicas.wait_replayed()
+    wait_for(lambda: where(c, "SELECT inet_server_port(), rw_double(2) = 4 AND " + ON_STANDBY)[1]
+             is True, 5, what="a call of the new function routed to a replica")
+    # and a volatile one stays on the primary
+    with c.cursor() as cur:
+        cur.execute("CREATE OR REPLACE FUNCTION rw_double(int) RETURNS int VOLATILE "
+                    "LANGUAGE sql AS 'SELECT $1 * 2'")
+    time.sleep(0.5)
+    assert where(c, "SELECT inet_server_port(), rw_double(2) = 4 AND " + ON_STANDBY) == \
+        (primary.port, False)
+    with c.cursor() as cur:
+        cur.execute("DROP FUNCTION rw_double(int)")
