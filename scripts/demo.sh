@@ -115,8 +115,12 @@ wait_port() {  # wait_port PORT SECONDS PID
     done
 }
 
-su_psql() {  # su_psql PORT SQL — superuser, straight to a PostgreSQL node
-    timeout 20 psql -X -w -At -h 127.0.0.1 -p "$1" -U postgres -d postgres -c "$2" </dev/null
+su_psql() {  # su_psql PORT SQL [DB] — superuser, straight to a PostgreSQL node
+    timeout 20 psql -X -w -At -h 127.0.0.1 -p "$1" -U postgres -d "${3:-postgres}" -c "$2" </dev/null
+}
+node_reads() {  # node_reads — "name reads" per node, from SHOW NODES
+    PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -At -F ' ' -h 127.0.0.1 -p "$SCALE_PORT" \
+        -U "$ADMIN_USER" -d pgscale -c 'SHOW NODES' </dev/null 2>/dev/null | awk '{ print $1, $9 }'
 }
 ADMIN_USER=$APP_USER
 admin() {  # admin SQL — pgscale's admin console
@@ -184,6 +188,8 @@ ENV_VARS=(
     "DB_MAX_OVERFLOW=$MAX_OVERFLOW"
     PGSCALE_LISTEN="127.0.0.1:$SCALE_PORT"
     PGSCALE_POOL_MODE=transaction
+    PGSCALE_MAX_REPLICA_LAG=2s
+    PGSCALE_FAILOVER_TIMEOUT=3s
 )
 [ -n "$REDIS_URL" ] && ENV_VARS+=(REDIS_URL="$REDIS_URL")
 printf '%s\n' "${ENV_VARS[@]}" | indent
@@ -261,6 +267,64 @@ for cmd in 'SHOW NODES' 'SHOW POOLS' 'SHOW STATS' 'SHOW SERVERS'; do
     admin "$cmd" 2>&1 | indent || true
 done
 
+step "8. A lagging replica: replica2 applies WAL 30 s late; pgscale stops reading from it"
+su_psql "$((PG_PORT + 2))" "ALTER SYSTEM SET recovery_min_apply_delay = '30s'" >/dev/null &&
+    su_psql "$((PG_PORT + 2))" "SELECT pg_reload_conf()" >/dev/null
+# a few writes it cannot apply, then reads while it is behind
+PGPASSWORD=$APP_PASSWORD run_child timeout 60 pgbench -n -N -c 4 -j 2 -T 4 -h 127.0.0.1 \
+    -p "$SCALE_PORT" -U "$APP_USER" "$APP_DB" >"$TMP/logs/pgbench-lag-writes.log" 2>&1 || true
+declare -A BEFORE=() AFTER=()
+while read -r n r; do BEFORE[$n]=$r; done < <(node_reads)
+PGPASSWORD=$APP_PASSWORD run_child timeout 60 pgbench -n -S -c 8 -j 2 -T 4 -h 127.0.0.1 \
+    -p "$SCALE_PORT" -U "$APP_USER" "$APP_DB" >"$TMP/logs/pgbench-lag-reads.log" 2>&1 || true
+while read -r n r; do AFTER[$n]=$r; done < <(node_reads)
+admin 'SHOW NODES' 2>&1 | indent || true
+LAG_LINE="reads during 4 s while replica2 lagged:"
+for n in primary replica1 replica2; do
+    LAG_LINE+=" $n $(( ${AFTER[$n]:-0} - ${BEFORE[$n]:-0} ))"
+done
+say "$LAG_LINE (PGSCALE_MAX_REPLICA_LAG=2s: a replica further behind gets no reads until it catches up)"
+su_psql "$((PG_PORT + 2))" "ALTER SYSTEM RESET recovery_min_apply_delay" >/dev/null &&
+    su_psql "$((PG_PORT + 2))" "SELECT pg_reload_conf()" >/dev/null
+
+step "9. Failover: the primary is killed (pg_ctl stop -m immediate); pgscale promotes the most advanced replica"
+# what promoting and repointing need when pgscale's user is not a superuser
+su_psql "$PG_PORT" "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO $APP_USER;
+    GRANT EXECUTE ON FUNCTION pg_reload_conf() TO $APP_USER; GRANT pg_read_all_settings TO $APP_USER;
+    GRANT ALTER SYSTEM ON PARAMETER primary_conninfo TO $APP_USER" "$APP_DB" >/dev/null || true
+sleep 1   # the grants reach the replicas
+FAILOVER_MSG="no failover seen"
+t0=$SECONDS
+as_pg=()
+[ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --)   # pg_ctl refuses root
+if (cd / && "${as_pg[@]}" /usr/lib/postgresql/15/bin/pg_ctl -D "$TMP/cluster/primary" \
+        stop -m immediate >"$TMP/logs/kill-primary.log" 2>&1); then
+    say "primary stopped at once (no shutdown checkpoint, as a crash)"
+    new=''
+    for _ in $(seq 300); do
+        new=$(PGPASSWORD=$APP_PASSWORD timeout 10 psql -X -w -At -F ' ' -h 127.0.0.1 \
+            -p "$SCALE_PORT" -U "$ADMIN_USER" -d pgscale -c 'SHOW NODES' </dev/null 2>/dev/null |
+            awk '$1 != "primary" && $2 == "primary" { print $1; exit }')
+        [ -n "$new" ] && break
+        sleep 0.1
+    done
+    if [ -n "$new" ]; then
+        FAILOVER_MSG="$new became the primary $((SECONDS - t0)) s after the old one was killed (PGSCALE_FAILOVER_TIMEOUT=3s of it waiting)"
+        say "$FAILOVER_MSG"
+        grep -m1 'FAILOVER:' "$TMP/logs/pgscale.log" | sed 's/^[^ ]* [^ ]* //' | indent || true
+        out=$(PGPASSWORD=$APP_PASSWORD timeout 30 psql -X -w -At -h 127.0.0.1 -p "$SCALE_PORT" \
+            -U "$APP_USER" -d "$APP_DB" -c "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime)
+                VALUES (1, 1, 1, 0, now()) RETURNING inet_server_port()" </dev/null 2>&1 | head -n1)
+        say "a write through pgscale after the failover ran on port $out (the new primary)"
+        admin 'SHOW NODES' 2>&1 | indent || true
+    else
+        say "no failover within 30 s; pgscale's log:"
+        grep -E 'monitor|FAILOVER|promot' "$TMP/logs/pgscale.log" | tail -n 8 | indent || true
+    fi
+else
+    say "could not stop the primary: $(tail -n1 "$TMP/logs/kill-primary.log")"
+fi
+
 step "In plain English"
 say "$DEMO_CLIENTS client connections at a time (2 runs of ${DEMO_SECONDS}s) were served by at most $((PEAK[read] > PEAK[mixed] ? PEAK[read] : PEAK[mixed])) PostgreSQL connections"
 say "  (pgscale's limit: DB_POOL_SIZE=$POOL_SIZE kept open + DB_MAX_OVERFLOW=$MAX_OVERFLOW opened under load)."
@@ -273,5 +337,7 @@ say "  the mixed run's transactions (BEGIN ... END may write) to the primary:"
 PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -At -F '|' -h 127.0.0.1 -p "$SCALE_PORT" \
     -U "$ADMIN_USER" -d pgscale -c 'SHOW NODES' </dev/null 2>/dev/null |
     awk -F'|' '{ printf "  %s (%s): %s reads, %s writes\n", $1, $2, $9, $10 }' | indent || true
+say "$LAG_LINE."
+say "Failover: $FAILOVER_MSG."
 say "PostgreSQL connections per node at the busiest moment (primary, then replicas):"
 say "  read-only run: ${NODES[read]// /, }; mixed run: ${NODES[mixed]// /, }."

@@ -146,11 +146,9 @@ static bool session_read_only(const pgs_client *c)
     return v && strcmp(v, "on") == 0;
 }
 
-static unsigned unit_kind(pgs_client *c, const uint8_t *msg, uint32_t avail)
+/* What one statement text makes of a unit. */
+static unsigned text_kind(pgs_client *c, const char *text, size_t len)
 {
-    size_t len = 0;
-    const char *text = unit_text(c, msg, avail, &len);
-    if (!text) return U_PRIMARY;
     uint32_t f = classify(cache_of(c->w), text, len)->flags;
     unsigned k = (f & PGS_FACT_DDL) ? U_DDL : 0;
     if (f & PGS_FACT_HINT_PRIMARY) return k | U_PRIMARY;
@@ -169,6 +167,60 @@ static unsigned unit_kind(pgs_client *c, const uint8_t *msg, uint32_t avail)
     /* COMMIT AND CHAIN goes on in a transaction of the same kind */
     if (f & PGS_FACT_TXN_CHAIN) k &= ~(unsigned)U_TXN_END;
     return k;
+}
+
+/* A unit: a simple Query, or extended-protocol messages up to a Sync.
+ * Every statement an extended unit parses or binds counts (a JDBC batch
+ * may put a SELECT and an INSERT before one Sync): the unit is a read only
+ * when each is, and when all of it, Sync included, is in the buffer --
+ * what has not arrived cannot be judged, so it goes to the primary. */
+static unsigned unit_kind(pgs_client *c, const uint8_t *msg, uint32_t avail)
+{
+    size_t len = 0;
+    if (avail >= 1 && msg[0] == 'Q') {
+        const char *text = unit_text(c, msg, avail, &len);
+        return text ? text_kind(c, text, len) : U_PRIMARY;
+    }
+    unsigned k = U_READ;
+    bool any = false, unnamed = false;
+    uint32_t off = 0;
+    while (avail - off >= 5) {
+        const uint8_t *m = msg + off;
+        uint32_t total = proto_be32(m + 1) + 1;
+        if (total < 5 || total > avail - off) break;
+        switch (m[0]) {
+        case 'S':
+            return any ? k : (k | U_PRIMARY);
+        case 'P':
+        case 'B': {
+            /* a Bind of the unnamed statement this unit parsed was judged
+             * with its Parse */
+            if (m[0] == 'B' && total > 6) {
+                size_t pos = 0;
+                const char *portal = proto_get_string(m + 5, total - 5, &pos);
+                if (portal && pos < total - 5 && m[5 + pos] == '\0' && unnamed) break;
+            }
+            const char *text = unit_text(c, m, total, &len);
+            if (!text) return k | U_PRIMARY;
+            if (m[0] == 'P' && m[5] == '\0') unnamed = true;
+            unsigned x = text_kind(c, text, len);
+            if (!(x & U_READ)) k &= ~(unsigned)U_READ;
+            /* BEGIN READ ONLY counts where it starts the unit */
+            k |= x & (U_TXN_END | U_DDL | U_PRIMARY | (any ? 0 : U_BEGIN_RO));
+            any = true;
+            break;
+        }
+        case 'E':
+        case 'D':
+        case 'C':
+        case 'H':
+            break;
+        default:
+            return k | U_PRIMARY;
+        }
+        off += total;
+    }
+    return k | U_PRIMARY;
 }
 
 static bool lag_ok(const pgs_node *n, const pgs_config *cfg)

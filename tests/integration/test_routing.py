@@ -10,6 +10,7 @@ Read-your-writes is proved with replicas that lag for real
 see the write, thousands of rounds, through psycopg2, asyncpg (prepared
 statements) and SQLAlchemy."""
 import asyncio
+import struct
 import threading
 import time
 
@@ -338,3 +339,42 @@ def test_a_function_created_through_pgscale_is_known_at_once(pgscale, primary, r
         (primary.port, False)
     with c.cursor() as cur:
         cur.execute("DROP FUNCTION rw_double(int)")
+
+
+def _msg(t, payload=b""):
+    return pgwire.message(t, payload)
+
+
+def _parse(name, sql):
+    return _msg(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0))
+
+
+def _bind(stmt):
+    return _msg(b"B", b"\0" + stmt.encode() + b"\0" + struct.pack("!HHH", 0, 0, 0))
+
+
+def _execute():
+    return _msg(b"E", b"\0" + struct.pack("!I", 0))
+
+
+def test_a_batch_with_a_read_then_a_write_before_one_sync_runs_on_the_primary(
+        pgscale, primary, replicas, rtable):
+    # JDBC batches several statements before one Sync: the unit is judged
+    # by every statement in it, not by its first
+    pg = start(pgscale, primary, replicas)
+    with pgwire.RawConn(pg.host, pg.port, timeout=10) as c:
+        c.startup()
+        c.send(_parse("", WHERE) + _bind("") + _execute() +
+               _parse("", "INSERT INTO rw_t VALUES (8, 'batch') RETURNING inet_server_port()") +
+               _bind("") + _execute() + _msg(b"S"))
+        msgs = c.read_until_ready(timeout=10)
+        assert not pgwire.errors(msgs), pgwire.errors(msgs)
+        rows = pgwire.data_rows(msgs)
+        assert rows == [[str(primary.port), "f"], [str(primary.port)]], rows
+        # and the read alone, as a unit of its own, goes to a replica once
+        # the replicas have replayed this client's write
+        def read_alone():
+            c.send(_parse("", WHERE) + _bind("") + _execute() + _msg(b"S"))
+            return pgwire.data_rows(c.read_until_ready(timeout=10))[0][1] == "t"
+        wait_for(read_alone, 10, what="the read alone on a replica")
+    assert primary.app_execute("SELECT v FROM rw_t WHERE id = 8") == [("batch",)]
