@@ -18,12 +18,18 @@ import psycopg2
 import pytest
 
 import pgwire
-from helpers import APP_PASSWORD, arun, aconnect, wait_for
+from helpers import APP_PASSWORD, arun, aconnect, is_sanitized, wait_for
 
 # pg_is_in_recovery() is volatile (so never routed to a replica); a standby's
 # sessions are read-only
 ON_STANDBY = "current_setting('transaction_read_only') = 'on'"
 WHERE = "SELECT inet_server_port(), " + ON_STANDBY
+
+
+def rounds(pg, n):
+    """n rounds, a fifth of them against a sanitizer build (the same paths,
+    five times slower)."""
+    return n // 5 if is_sanitized(pg.pid) else n
 
 
 def ports_of(replicas):
@@ -143,7 +149,7 @@ def test_read_your_writes_with_lagging_replicas_psycopg2(pgscale, primary, repli
     c = pg.connect()
     stale = 0
     on_replica = 0
-    for i in range(1000):
+    for i in range(rounds(pg, 1000)):
         with c.cursor() as cur:
             cur.execute("INSERT INTO rw_t VALUES (%s, 'x')", (1000 + i,))
             cur.execute("SELECT count(*), " + ON_STANDBY + " FROM rw_t WHERE id = %s",
@@ -187,7 +193,7 @@ def test_read_your_writes_with_lagging_replicas_asyncpg_prepared(pgscale, primar
         ins = await conn.prepare("INSERT INTO rw_t VALUES ($1, 'a')")
         sel = await conn.prepare("SELECT count(*), " + ON_STANDBY + " FROM rw_t WHERE id = $1")
         stale = 0
-        for i in range(1000):
+        for i in range(rounds(pg, 1000)):
             await ins.fetch(20000 + i)
             n, _ = await sel.fetchrow(20000 + i)
             stale += n != 1
@@ -213,7 +219,7 @@ def test_read_your_writes_with_lagging_replicas_sqlalchemy(pgscale, primary, rep
                               % (APP_PASSWORD, pg.host, pg.port), pool_size=2)
     stale = 0
     try:
-        for i in range(300):
+        for i in range(rounds(pg, 300)):
             with Session(engine) as s:
                 s.execute(sa.text("INSERT INTO rw_t VALUES (:i, 's')"), {"i": 30000 + i})
                 s.commit()
@@ -237,7 +243,7 @@ def test_strict_consistency_across_two_connections(pgscale, primary, replicas_ct
     pg = start(pgscale, primary, replicas, PGSCALE_CONSISTENCY="strict")
     writer, reader = pg.connect(), pg.connect()
     stale = 0
-    for i in range(300):
+    for i in range(rounds(pg, 300)):
         with writer.cursor() as cur:
             cur.execute("INSERT INTO rw_t VALUES (%s, 'w')", (40000 + i,))
         with reader.cursor() as cur:
