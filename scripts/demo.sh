@@ -5,9 +5,12 @@
 # (scripts/pgcluster.sh), a Redis with no persistence, and build/pgscale in
 # front of them. Then 200 pgbench clients share a pool of at most 15 server
 # connections, first read-only (-S), then a mixed read/write run (-N), while
-# the admin console's SHOW POOLS is printed every few seconds. Ends with
-# SHOW NODES / POOLS / STATS / SERVERS and a plain-English summary, and stops
-# everything it started (also on Ctrl-C or an error).
+# the admin console's SHOW POOLS is printed every few seconds; the reads go
+# to the replicas, the transactions to the primary. Then a replica is made
+# to lag (recovery_min_apply_delay) and gets no reads, and the primary is
+# killed and pgscale promotes a replica (failover auto), with the time it
+# took. Ends with a plain-English summary, and stops everything it started
+# (also on Ctrl-C or an error).
 #
 # Needs build/pgscale (the Makefile builds it) and what scripts/install-deps.sh
 # installs. Builds and installs nothing. Loopback only; no stdin needed.
@@ -267,6 +270,11 @@ for cmd in 'SHOW NODES' 'SHOW POOLS' 'SHOW STATS' 'SHOW SERVERS'; do
     admin "$cmd" 2>&1 | indent || true
 done
 
+# statements per node after the two runs, before the steps below change them
+NODE_SUMMARY=$(PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -At -F '|' -h 127.0.0.1 \
+    -p "$SCALE_PORT" -U "$ADMIN_USER" -d pgscale -c 'SHOW NODES' </dev/null 2>/dev/null |
+    awk -F'|' 'NF >= 10 { printf "  %s: %s reads, %s writes\n", $1, $9, $10 }')
+
 step "8. A lagging replica: replica2 applies WAL 30 s late; pgscale stops reading from it"
 su_psql "$((PG_PORT + 2))" "ALTER SYSTEM SET recovery_min_apply_delay = '30s'" >/dev/null &&
     su_psql "$((PG_PORT + 2))" "SELECT pg_reload_conf()" >/dev/null
@@ -304,17 +312,18 @@ if (cd / && "${as_pg[@]}" /usr/lib/postgresql/15/bin/pg_ctl -D "$TMP/cluster/pri
     for _ in $(seq 300); do
         new=$(PGPASSWORD=$APP_PASSWORD timeout 10 psql -X -w -At -F ' ' -h 127.0.0.1 \
             -p "$SCALE_PORT" -U "$ADMIN_USER" -d pgscale -c 'SHOW NODES' </dev/null 2>/dev/null |
-            awk '$1 != "primary" && $2 == "primary" { print $1; exit }')
+            awk '$1 != "primary" && $2 == "primary" && !found { print $1; found = 1 }')
         [ -n "$new" ] && break
         sleep 0.1
     done
     if [ -n "$new" ]; then
         FAILOVER_MSG="$new became the primary $((SECONDS - t0)) s after the old one was killed (PGSCALE_FAILOVER_TIMEOUT=3s of it waiting)"
         say "$FAILOVER_MSG"
-        grep -m1 'FAILOVER:' "$TMP/logs/pgscale.log" | sed 's/^[^ ]* [^ ]* //' | indent || true
+        for _ in $(seq 20); do grep -q 'FAILOVER:' "$TMP/logs/pgscale.log" && break; sleep 0.1; done
+        grep -m1 'FAILOVER:' "$TMP/logs/pgscale.log" | sed 's/^[^ ]* [^ ]* [^ ]* //' | fold -s -w 100 | indent || true
         out=$(PGPASSWORD=$APP_PASSWORD timeout 30 psql -X -w -At -h 127.0.0.1 -p "$SCALE_PORT" \
             -U "$APP_USER" -d "$APP_DB" -c "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime)
-                VALUES (1, 1, 1, 0, now()) RETURNING inet_server_port()" </dev/null 2>&1 | head -n1)
+                VALUES (1, 1, 1, 0, now()) RETURNING inet_server_port()" </dev/null 2>&1 | sed -n 1p)
         say "a write through pgscale after the failover ran on port $out (the new primary)"
         admin 'SHOW NODES' 2>&1 | indent || true
     else
@@ -332,11 +341,9 @@ say "Read-only run: ${TPS[read]} transactions per second (${TXN[read]} in ${DEMO
 say "Mixed run:     ${TPS[mixed]} transactions per second (${TXN[mixed]} in ${DEMO_SECONDS}s), average latency ${LAT[mixed]} ms."
 say "Without a pooler the same clients would have needed $DEMO_CLIENTS PostgreSQL backend processes,"
 say "each using several MB of memory; the clients queued briefly for a connection instead."
-say "Reads and writes per node (SHOW NODES): the read-only run's SELECTs went to the replicas,"
-say "  the mixed run's transactions (BEGIN ... END may write) to the primary:"
-PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -At -F '|' -h 127.0.0.1 -p "$SCALE_PORT" \
-    -U "$ADMIN_USER" -d pgscale -c 'SHOW NODES' </dev/null 2>/dev/null |
-    awk -F'|' '{ printf "  %s (%s): %s reads, %s writes\n", $1, $2, $9, $10 }' | indent || true
+say "Reads and writes per node after the two runs (SHOW NODES): the read-only run's SELECTs went"
+say "  to the replicas, the mixed run's transactions (BEGIN ... END may write) to the primary:"
+printf '%s\n' "$NODE_SUMMARY" | indent
 say "$LAG_LINE."
 say "Failover: $FAILOVER_MSG."
 say "PostgreSQL connections per node at the busiest moment (primary, then replicas):"
