@@ -131,8 +131,10 @@ static void show_pools(reply *r)
             pthread_mutex_lock(&w->lock);
             for (pgs_list *it = w->clients.next; it != &w->clients; it = it->next) {
                 pgs_client *c = list_entry(it, pgs_client, node);
+                /* (a client waits in its own pool or, routed, in another
+                 * node's: wait_pool) */
                 if (atomic_load_explicit(&c->state, memory_order_acquire) == CL_WAITING &&
-                    c->pool == p) {
+                    __atomic_load_n(&c->wait_pool, __ATOMIC_RELAXED) == p) {
                     uint64_t ws = __atomic_load_n(&c->wait_start_us, __ATOMIC_RELAXED);
                     if (ws && pgs_elapsed_us(now, ws) > maxwait) maxwait = pgs_elapsed_us(now, ws);
                 }

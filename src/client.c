@@ -490,6 +490,32 @@ static void send_welcome(pgs_client *c)
 
 void client_reroute(pgs_client *c)
 {
+    if (c->login_checkout || atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WELCOME) {
+        /* Still logging in: it waited for a server of its own pool (its
+         * session's, or one to learn the welcome's parameters from), on a
+         * node that cannot serve it now.  It belongs to the pool of the
+         * node routing gives now, and waits there. */
+        pgs_pool *p = pool_get(c->w, route_home_node(c), c->user, c->database);
+        if (p != c->pool) {
+            char msg[400], hint[300];
+            pool_client_left(c->pool);
+            c->pool = NULL;
+            if (pool_admit_client(p, msg, sizeof(msg), hint, sizeof(hint)) < 0) {
+                client_fail(c, "53300", msg, hint);
+                return;
+            }
+            c->pool = p;
+        }
+        bool welcome = !c->login_checkout;
+        if (welcome && pool_has_welcome(c->pool->sh)) {
+            send_welcome(c);
+            return;
+        }
+        pool_checkout(c->pool, c);
+        if (welcome && atomic_load_explicit(&c->state, memory_order_relaxed) == CL_WAITING)
+            set_state(c, CL_WELCOME);
+        return;
+    }
     atomic_store_explicit(&c->state, CL_IDLE, memory_order_relaxed);
     relay_client_data(c);
 }

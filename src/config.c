@@ -206,6 +206,12 @@ void config_defaults(pgs_config *cfg)
     cfg->monitor_interval_ms = 100;
     cfg->health_check_timeout_ms = 2 * 1000;
     cfg->failover_timeout_ms = 10 * 1000;
+    /* the default failover_timeout, plus time to notice the primary failing
+     * (up to health_check_timeout, 2 s) and to promote (pg_promote() returns
+     * in well under a second on a replica that has replayed its WAL), with
+     * slack for a busy host: long enough that a client waiting from the
+     * first failed connect sees the new primary */
+    cfg->failover_wait_ms = 20 * 1000;
 
     cfg->server_connect_timeout_ms = 5 * 1000;
     cfg->server_login_timeout_ms = 10 * 1000;
@@ -1300,6 +1306,7 @@ static const struct setting settings[] = {
     DUR("PGSCALE_MONITOR_INTERVAL", "monitor_interval", monitor_interval_ms, false),
     DUR("PGSCALE_HEALTH_CHECK_TIMEOUT", "health_check_timeout", health_check_timeout_ms, false),
     DUR("PGSCALE_FAILOVER_TIMEOUT", "failover_timeout", failover_timeout_ms, false),
+    DUR("PGSCALE_FAILOVER_WAIT", "failover_wait", failover_wait_ms, true),
 };
 #undef ENUM
 #undef DUR

@@ -199,6 +199,11 @@ typedef struct pgs_config {
     uint32_t monitor_interval_ms;     /* PGSCALE_MONITOR_INTERVAL, 100 ms */
     uint32_t health_check_timeout_ms; /* PGSCALE_HEALTH_CHECK_TIMEOUT, 2 s */
     uint32_t failover_timeout_ms;     /* PGSCALE_FAILOVER_TIMEOUT, 10 s */
+    /* PGSCALE_FAILOVER_WAIT, 20 s: how long a client that needs the
+     * primary waits while it is unreachable and failover is not off (for
+     * the failover), instead of failing after server_connect_timeout;
+     * 0 = fail after server_connect_timeout, as with failover off. */
+    uint32_t failover_wait_ms;
 
     char listen_host[256];        /* PGSCALE_LISTEN, default 127.0.0.1:6432 */
     int listen_port;

@@ -1223,7 +1223,7 @@ static const char *const top_keys[] = {
     "unix_socket_group", "allow_core_dumps", "server_scram_max_iterations",
     "server_allow_cleartext_password", "consistency", "failover", "max_replica_lag",
     "read_from_primary", "load_balance", "monitor_interval", "health_check_timeout",
-    "failover_timeout", "nodes", "databases", "users", "auth",
+    "failover_timeout", "failover_wait", "nodes", "databases", "users", "auth",
     "tls", "server_tls", "admin_users", "stats_users",
 };
 

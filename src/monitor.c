@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "endpoint.h"
+#include "pool.h"
 #include "pqconn.h"
 #include "topology.h"
 
@@ -327,6 +328,8 @@ static void switch_primary(pgs_node *old, pgs_node *to, const char *why, int64_t
 {
     topology_set_primary(to->index);
     atomic_store(&old->state, PGS_NODE_FENCED);
+    /* the clients waiting for the old primary go to the new one now */
+    pool_node_fenced(old);
     char pos[32];
     topology_format_lsn(atomic_load(&to->lsn), pos, sizeof(pos));
     log_error("FAILOVER: %s (%s) is the primary now, at %s, in place of %s (%s), which %s; "

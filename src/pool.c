@@ -410,6 +410,24 @@ static bool is_paused(const pgs_pool *p)
     return atomic_load_explicit(&p->sh->paused, memory_order_relaxed) != 0;
 }
 
+/* A former primary after a failover: none of its servers is handed out
+ * again (it may come back, as a second primary that must not take writes). */
+static bool node_fenced(const pgs_pool *p)
+{
+    return atomic_load_explicit(&p->sh->node->state, memory_order_relaxed) == PGS_NODE_FENCED;
+}
+
+/* Whether clients waiting in p for a server wait through an outage of
+ * the primary for failover (failover_wait) rather than failing after
+ * server_connect_timeout: p is the primary's pool, there are other nodes
+ * to fail over to, and failover is on. */
+static bool waits_for_failover(const pgs_pool *p)
+{
+    const pgs_config *cfg = g_pgs.cfg;
+    return cfg->failover != PGS_FAILOVER_OFF && cfg->failover_wait_ms > 0 &&
+           topology_count() > 1 && p->sh->node == topology_primary();
+}
+
 static bool backing_off(pgs_pool_shared *sh, uint64_t now)
 {
     uint64_t at = atomic_load_explicit(&sh->retry_at_us, memory_order_relaxed);
@@ -533,11 +551,11 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
         return;
     }
     __atomic_store_n(&c->wait_start_us, now, __ATOMIC_RELAXED); /* read by SHOW POOLS/CLIENTS */
-    /* release: SHOW POOLS reads c->pool of a client it sees waiting
+    __atomic_store_n(&c->wait_pool, p, __ATOMIC_RELAXED);
+    /* release: SHOW POOLS reads c->wait_pool of a client it sees waiting
      * (acquire), from another thread */
     atomic_store_explicit(&c->state, CL_WAITING, memory_order_release);
     list_add_tail(&p->waiting, &c->wait_node);
-    c->wait_pool = p;
     pgs_count(&p->n_waiting, 1);
     if (p->n_waiting == 1) publish_head(p);
     atomic_fetch_add(&p->sh->waiting, 1);
@@ -614,6 +632,10 @@ static void place_idle_server(pgs_server *sv)
     }
     if (server_too_old(sv)) {
         server_close(sv, "closed by KILL or WAIT_CLOSE in the admin console");
+        return;
+    }
+    if (node_fenced(p)) {
+        server_close(sv, "its node was fenced by a failover");
         return;
     }
     if (atomic_load_explicit(&p->sh->open, memory_order_relaxed) > p->sh->max_total) {
@@ -732,20 +754,61 @@ void pool_server_gone(pgs_server *sv)
     if (p->n_waiting > p->n_connecting) open_for_waiters(p);
 }
 
+/* The clients waiting in p have not started anything there: each is
+ * routed afresh (client_reroute), to wherever routing sends it now.  Only
+ * those waiting on entry: one routed back here waits again. */
+static void reroute_waiters(pgs_pool *p)
+{
+    pgs_client *c;
+    for (int n = p->n_waiting; n > 0 && (c = pop_waiter(p)) != NULL; n--) client_reroute(c);
+}
+
 /* A replica's pool could not open a server: the node is down for routing
  * until the monitor sees it answer again, and the reads waiting here,
  * which have not started anywhere, go elsewhere (another replica, or the
- * primary) instead of failing. */
+ * primary) instead of failing.  (A fenced node stays fenced.) */
 static void replica_failed(pgs_pool *p, const char *msg)
 {
     pgs_node *n = p->sh->node;
-    if (atomic_exchange(&n->state, PGS_NODE_DOWN) == PGS_NODE_UP) {
+    int up = PGS_NODE_UP;
+    if (atomic_compare_exchange_strong(&n->state, &up, PGS_NODE_DOWN)) {
         topology_set_error(n, msg);
         log_warn("%s: %s; its reads go elsewhere until it answers again", n->name, msg);
         monitor_wake();
     }
-    pgs_client *c;
-    while ((c = pop_waiter(p)) != NULL) client_reroute(c);
+    reroute_waiters(p);
+}
+
+/* Worker thread: node was fenced by a failover (pool_node_fenced). */
+static void fenced_on_worker(pgs_worker *w, void *arg)
+{
+    pgs_node *node = arg;
+    for (pgs_pool *p = w->pools; p; p = p->next) {
+        if (p->sh->node != node) continue;
+        while (!list_empty(&p->idle)) {
+            pgs_server *sv = list_entry(p->idle.next, pgs_server, node);
+            list_del(&sv->node);
+            pgs_count(&p->n_idle, -1);
+            server_close(sv, "its node was fenced by a failover");
+        }
+        if (p->n_waiting)
+            log_info("worker %d: %d clients waiting for %s (db=%s user=%s) go to %s, the "
+                     "primary now",
+                     w->id, p->n_waiting, node->name, p->sh->database, p->sh->user,
+                     topology_primary()->name);
+        reroute_waiters(p);
+    }
+}
+
+void pool_node_fenced(pgs_node *node)
+{
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_worker_msg *m = pgs_xcalloc(1, sizeof(*m));
+        m->kind = WM_CALL;
+        m->fn = fenced_on_worker;
+        m->arg = node;
+        worker_post(&g_pgs.workers[i], m);
+    }
 }
 
 void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, const char *msg)
@@ -754,6 +817,12 @@ void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, co
     snprintf(p->last_sqlstate, sizeof(p->last_sqlstate), "%s", sqlstate);
     p->last_connect_fail_us = pgs_now_us();
     if (p->sh->node != topology_primary()) replica_failed(p, msg);
+    /* 57P03 cannot_connect_now ("the database system is shutting down",
+     * "... is starting up"): the primary is going away or coming back,
+     * not refusing us; while failover may replace it the waiters wait
+     * (failover_wait) as for a refused connection. */
+    if (server_error && strcmp(sqlstate, "57P03") == 0 && waits_for_failover(p))
+        server_error = false;
     if (server_error) {
         /* The server refused us (bad password, no such database): every
          * client waiting for this pool would get the same answer. */
@@ -774,14 +843,35 @@ static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
     const pgs_config *cfg = g_pgs.cfg;
     uint64_t pool_to = (uint64_t)atomic_load(&p->sh->pool_timeout_ms) * 1000u;
     uint64_t conn_to = (uint64_t)cfg->server_connect_timeout_ms * 1000u;
+    uint64_t failover_wait = waits_for_failover(p) ? (uint64_t)cfg->failover_wait_ms * 1000u : 0;
     char msg[1024];
     pgs_list *it = p->waiting.next;
     while (it != &p->waiting) {
         pgs_client *c = list_entry(it, pgs_client, wait_node);
         it = it->next;
         uint64_t waited = pgs_elapsed_us(now, c->wait_start_us);
-        if (p->last_connect_fail_us && waited >= conn_to && p->n_idle == 0 &&
-            p->n_used == 0) {
+        bool outage = p->last_connect_fail_us && p->n_idle == 0 && p->n_used == 0;
+        if (outage && failover_wait) {
+            /* The primary is unreachable and failover may replace it: the
+             * client waits for that (the monitor hands it to the new
+             * primary's pool at the switch: pool_node_fenced), not for a
+             * pool that is not full. */
+            if (waited < failover_wait) continue;
+            pool_cancel_wait(c);
+            snprintf(msg, sizeof(msg),
+                     "the primary %s (%s) is down and failover has not completed within %.1f s "
+                     "(PGSCALE_FAILOVER_WAIT; PGSCALE_FAILOVER is %s); could not connect for "
+                     "db=%s user=%s: %s",
+                     p->sh->node->name, p->sh->node->ep.text, (double)waited / 1e6,
+                     cfg->failover == PGS_FAILOVER_AUTO ? "auto" : "follow", p->sh->database,
+                     p->sh->user, p->last_error);
+            client_fail(c, "08006", msg,
+                        "retry the transaction on a new connection; SHOW NODES in the admin "
+                        "console shows the nodes' state and the log says why failover has not "
+                        "acted");
+            continue;
+        }
+        if (outage && waited >= conn_to) {
             /* No server reachable for the whole connect timeout. */
             pool_cancel_wait(c);
             snprintf(msg, sizeof(msg),

@@ -39,6 +39,10 @@ void pool_login_ended(pgs_pool *p);
  * true for the first of a run of identical ones (and once per 30 s of the
  * run, with how many were not logged). Call before pool_server_failed. */
 bool pool_failure_is_news(pgs_pool *p, const char *msg);
+/* Failover (the monitor's thread): node, the primary until now, is fenced.
+ * Every worker closes node's idle servers and routes the clients waiting
+ * in node's pools afresh -- to the new primary's -- at once. */
+void pool_node_fenced(struct pgs_node *node);
 /* Bookkeeping when a server connection is gone for good. */
 void pool_server_gone(pgs_server *sv);
 

@@ -109,6 +109,7 @@ static void take_reloadable(pgs_config *pub, const pgs_config *fresh)
     pub->monitor_interval_ms = fresh->monitor_interval_ms;
     pub->health_check_timeout_ms = fresh->health_check_timeout_ms;
     pub->failover_timeout_ms = fresh->failover_timeout_ms;
+    pub->failover_wait_ms = fresh->failover_wait_ms; /* read by pool.c's janitor */
     pub->databases = fresh->databases;
     pub->n_databases = fresh->n_databases;
     pub->users = fresh->users;
