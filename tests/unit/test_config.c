@@ -1199,7 +1199,7 @@ static const char *const all_vars[] = {
     "PGSCALE_SERVER_SCRAM_MAX_ITERATIONS", "PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD", "PGSCALE_AUTH_TYPE",
     "PGSCALE_CONSISTENCY", "PGSCALE_FAILOVER", "PGSCALE_MAX_REPLICA_LAG",
     "PGSCALE_READ_FROM_PRIMARY", "PGSCALE_LOAD_BALANCE", "PGSCALE_MONITOR_INTERVAL",
-    "PGSCALE_HEALTH_CHECK_TIMEOUT", "PGSCALE_FAILOVER_TIMEOUT"};
+    "PGSCALE_HEALTH_CHECK_TIMEOUT", "PGSCALE_FAILOVER_TIMEOUT", "PGSCALE_FAILOVER_WAIT"};
 
 static int clear_env(void **state)
 {
@@ -1392,6 +1392,7 @@ static void test_replica_settings(void **state)
     assert_int_equal(c.monitor_interval_ms, 100);
     assert_int_equal(c.health_check_timeout_ms, 2000);
     assert_int_equal(c.failover_timeout_ms, 10000);
+    assert_int_equal(c.failover_wait_ms, 20000); /* the default failover_timeout + 10 s */
 
     apply_ok(&c, "PGSCALE_CONSISTENCY", "strict");
     assert_int_equal(c.consistency, PGS_CONSISTENCY_STRICT);
@@ -1413,6 +1414,12 @@ static void test_replica_settings(void **state)
     assert_int_equal(c.monitor_interval_ms, 250);
     apply_ok(&c, "PGSCALE_FAILOVER_TIMEOUT", "30s");
     assert_int_equal(c.failover_timeout_ms, 30000);
+    apply_ok(&c, "PGSCALE_FAILOVER_WAIT", "500ms");
+    assert_int_equal(c.failover_wait_ms, 500);
+    apply_ok(&c, "PGSCALE_FAILOVER_WAIT", "0"); /* fail after server_connect_timeout */
+    assert_int_equal(c.failover_wait_ms, 0);
+    apply_ok(&c, "PGSCALE_FAILOVER_WAIT", "1min");
+    assert_int_equal(c.failover_wait_ms, 60000);
 
     apply_ok(&c, "PGSCALE_MAX_REPLICA_LAG", "16MB");
     assert_true(c.max_replica_lag_bytes == 16u << 20);
@@ -1441,6 +1448,8 @@ static void test_replica_settings(void **state)
     apply_bad("PGSCALE_MAX_REPLICA_LAG", "2048GB", err, sizeof(err));
     assert_non_null(strstr(err, "out of range"));
     apply_bad("PGSCALE_MONITOR_INTERVAL", "0", err, sizeof(err));
+    apply_bad("PGSCALE_FAILOVER_WAIT", "soon", err, sizeof(err));
+    assert_non_null(strstr(err, "PGSCALE_FAILOVER_WAIT"));
     apply_bad("PGSCALE_SERVER_RESET_SETTINGS", "some", err, sizeof(err));
     assert_string_equal(err, "PGSCALE_SERVER_RESET_SETTINGS: 'some' is not a reset mode "
                              "(expected off or all)");

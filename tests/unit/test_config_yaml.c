@@ -427,6 +427,7 @@ static void test_replica_weights_route_and_settings(void **state)
                 "read_from_primary: on\n"
                 "load_balance: weighted\n"
                 "health_check_timeout: 1s\n"
+                "failover_wait: 45s\n"
                 "databases:\n"
                 "  reports: {route: primary}\n"
                 "  app: {route: auto}\n"
@@ -444,6 +445,7 @@ static void test_replica_weights_route_and_settings(void **state)
     assert_true(c.read_from_primary);
     assert_int_equal(c.load_balance, PGS_BALANCE_WEIGHTED);
     assert_int_equal(c.health_check_timeout_ms, 1000);
+    assert_int_equal(c.failover_wait_ms, 45000);
     pgs_pool_settings ps;
     config_pool_settings(&c, "reports", "web", &ps);
     assert_true(ps.force_primary);
@@ -1771,6 +1773,7 @@ static void test_every_key_is_documented(void **state)
         "`admin_users`", "`stats_users`", "`PGSCALE_CONFIG`", "`--config",
         "`consistency`", "`failover`", "`max_replica_lag`", "`read_from_primary`",
         "`load_balance`", "`monitor_interval`", "`health_check_timeout`", "`failover_timeout`",
+        "`failover_wait`",
         "`databases.<name>.route`", "`users.<name>.route`", "`nodes.replicas.weight`"};
     char *docs = read_all(PGS_SOURCE_ROOT "/docs/configuration.md");
     for (size_t i = 0; i < PGS_ARRAY_LEN(keys); i++)
