@@ -53,8 +53,13 @@ void harness_start(const harness_opts *o)
     pgs_set_fake_now_us(now_us);
     g_pgs.pools = NULL;
     atomic_store(&g_pgs.total_clients, 0);
-    /* one node; the fake network does not look at its address */
+    /* the fake network does not look at the nodes' addresses */
     cfg.primary.host = pgs_xstrdup("127.0.0.1");
+    if (o->replicas > 0) {
+        cfg.replicas = pgs_xcalloc((size_t)o->replicas, sizeof(*cfg.replicas));
+        for (int i = 0; i < o->replicas; i++) cfg.replicas[i].host = pgs_xstrdup("127.0.0.1");
+        cfg.n_replicas = o->replicas;
+    }
     char err[256];
     if (topology_init(&cfg, err, sizeof(err)) < 0) abort();
     if (worker_init_all(&cfg, false) < 0) abort();

@@ -16,6 +16,7 @@ typedef struct harness_opts {
     uint32_t pool_timeout_ms;
     uint32_t overflow_idle_timeout_ms;
     int login_mode;          /* how fakepg answers the logins it sees (FAKEPG_LOGIN_*) */
+    int replicas;            /* nodes besides the primary (no monitor runs) */
 } harness_opts;
 
 void harness_start(const harness_opts *o);

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "pool.h"
 #include "topology.h"
 #include "worker.h"
 
@@ -306,6 +307,168 @@ static void test_set_pipelined_behind_a_query_is_refused(void **state)
     harness_stop();
 }
 
+/* --- failover: a primary that cannot be reached, with a replica to fail
+ * over to (the monitor does not run here: the tests play its part) --- */
+
+static void start_with_replica(int workers, int failover, uint32_t failover_wait_ms)
+{
+    harness_opts o = {.workers = workers, .pool_size = 2, .max_overflow = 0,
+                      .pool_timeout_ms = 60000, .overflow_idle_timeout_ms = 1000, .replicas = 1};
+    pgs_log_level = -1;
+    harness_start(&o);
+    harness_config()->failover = failover;
+    harness_config()->failover_wait_ms = failover_wait_ms;
+    harness_config()->server_connect_timeout_ms = 5000;
+}
+
+/* Every connect pgscale is waiting for is refused. */
+static void refuse_all(void)
+{
+    fn_conn *s;
+    while ((s = harness_pending_connect()) != NULL) {
+        fakenet_connect_done(s, UV_ECONNREFUSED);
+        harness_pump();
+        check();
+    }
+}
+
+/* A logged-in client (the pool knows the server's parameters) whose write
+ * then finds the primary unreachable; returns it waiting. */
+static fn_conn *writer_waiting(int wi)
+{
+    fn_conn *c = logged_in_client(wi);
+    /* the server the login used goes away with the primary */
+    fakenet_peer_close(harness_server_conn(0));
+    harness_pump();
+    harness_client_query(c, "INSERT INTO t VALUES (1)");
+    harness_pump();
+    refuse_all();
+    assert_null(server_of(c));
+    assert_int_equal(harness_client_of(c)->state, CL_WAITING);
+    return c;
+}
+
+/* Advances the clock in steps, refusing every connect retried meanwhile. */
+static void outage_ms(uint64_t ms)
+{
+    for (uint64_t t = 0; t < ms; t += 100) {
+        harness_advance_ms(100);
+        refuse_all();
+    }
+}
+
+/* The switch as monitor.c makes it: node 1 takes the writes, node 0 is
+ * fenced, the workers are told. */
+static void fail_over_to_replica(void)
+{
+    pgs_node *old = topology_node(0);
+    topology_set_primary(1);
+    atomic_store(&old->state, PGS_NODE_FENCED);
+    pool_node_fenced(old);
+    harness_pump();
+    check();
+}
+
+static void test_writer_waits_for_failover_past_the_connect_timeout_then_fails_with_08006(
+    void **state)
+{
+    (void)state;
+    start_with_replica(1, PGS_FAILOVER_AUTO, 20000);
+    fn_conn *c = writer_waiting(0);
+    outage_ms(19000); /* far past server_connect_timeout (5 s) */
+    assert_false(c->closed);
+    assert_false(harness_got_error(c, "08006"));
+    outage_ms(1200);
+    assert_true(harness_got_error(c, "08006"));
+    harness_stop();
+}
+
+static void test_without_failover_the_writer_fails_after_the_connect_timeout(void **state)
+{
+    (void)state;
+    /* failover off, and failover_wait 0: as before either way */
+    for (int k = 0; k < 2; k++) {
+        start_with_replica(1, k ? PGS_FAILOVER_AUTO : PGS_FAILOVER_OFF, k ? 0 : 20000);
+        fn_conn *c = writer_waiting(0);
+        outage_ms(4800);
+        assert_false(harness_got_error(c, "08006"));
+        outage_ms(600);
+        assert_true(harness_got_error(c, "08006"));
+        harness_stop();
+    }
+}
+
+static void test_waiters_go_to_the_new_primary_at_the_switch(void **state)
+{
+    (void)state;
+    start_with_replica(2, PGS_FAILOVER_AUTO, 20000);
+    fn_conn *a = writer_waiting(0);
+    fn_conn *b = harness_client(1, "app", "app"); /* no server needed: parameters known */
+    harness_pump();
+    assert_int_equal(harness_count_msgs(b, 'Z'), 1);
+    harness_client_query(b, "INSERT INTO t VALUES (2)");
+    harness_pump();
+    refuse_all();
+    outage_ms(2000);
+    assert_int_equal(harness_client_of(b)->state, CL_WAITING);
+    fail_over_to_replica();
+    /* at once, without the clock moving: servers open on the new primary */
+    assert_int_equal(connect_all(), 2);
+    fn_conn *w[2] = {a, b};
+    const char *q[2] = {"INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"};
+    for (int i = 0; i < 2; i++) {
+        pgs_client *cl = harness_client_of(w[i]);
+        assert_non_null(cl->server);
+        assert_ptr_equal(cl->server->pool->sh->node, topology_node(1));
+        assert_string_equal(((fakepg *)server_of(w[i])->user)->last_query, q[i]);
+        reply(server_of(w[i]), "INSERT 0 1", 'I');
+        assert_int_equal(harness_count_msgs(w[i], 'C'), 1);
+        assert_false(harness_got_error(w[i], "08006"));
+    }
+    harness_stop();
+}
+
+static void test_fenced_nodes_servers_are_never_handed_out_again(void **state)
+{
+    (void)state;
+    start_with_replica(1, PGS_FAILOVER_FOLLOW, 20000);
+    fn_conn *a = logged_in_client(0), *b = logged_in_client(0);
+    harness_client_query(a, "BEGIN");
+    harness_pump();
+    connect_all();
+    fn_conn *busy = server_of(a);
+    reply(busy, "BEGIN", 'T');
+    /* another server sits idle on the old primary */
+    harness_client_query(b, "SELECT 1");
+    harness_pump();
+    connect_all();
+    fn_conn *idle = server_of(b);
+    assert_non_null(idle);
+    assert_ptr_not_equal(idle, busy);
+    reply(idle, "SELECT 1", 'I');
+    assert_null(server_of(b));
+    assert_false(idle->closed);
+    fail_over_to_replica();
+    assert_true(idle->closed);
+    /* the transaction on the old primary ends: its server is not pooled */
+    harness_client_query(a, "COMMIT");
+    harness_pump();
+    reply(busy, "COMMIT", 'I');
+    assert_true(busy->closed);
+    /* and the next work of both clients runs on the new primary */
+    harness_client_query(b, "INSERT INTO t VALUES (3)");
+    harness_pump();
+    connect_all();
+    assert_ptr_equal(harness_client_of(b)->server->pool->sh->node, topology_node(1));
+    reply(server_of(b), "INSERT 0 1", 'I');
+    pgs_pool *old = NULL;
+    for (pgs_pool *p = harness_worker(0)->pools; p; p = p->next)
+        if (p->sh->node == topology_node(0)) old = p;
+    assert_non_null(old);
+    assert_int_equal(old->n_idle, 0);
+    harness_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -318,6 +481,10 @@ int main(void)
         cmocka_unit_test(test_unix_socket_server_is_handed_over_as_a_pipe),
         cmocka_unit_test(test_reply_when_nothing_is_owed_ends_the_server),
         cmocka_unit_test(test_set_pipelined_behind_a_query_is_refused),
+        cmocka_unit_test(test_writer_waits_for_failover_past_the_connect_timeout_then_fails_with_08006),
+        cmocka_unit_test(test_without_failover_the_writer_fails_after_the_connect_timeout),
+        cmocka_unit_test(test_waiters_go_to_the_new_primary_at_the_switch),
+        cmocka_unit_test(test_fenced_nodes_servers_are_never_handed_out_again),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
