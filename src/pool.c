@@ -792,9 +792,9 @@ static void fenced_on_worker(pgs_worker *w, void *arg)
             server_close(sv, "its node was fenced by a failover");
         }
         if (p->n_waiting)
-            log_info("worker %d: %d clients waiting for %s (db=%s user=%s) go to %s, the "
+            log_info("worker %d: waiting for %s (db=%s user=%s): %d clients, who go to %s, the "
                      "primary now",
-                     w->id, p->n_waiting, node->name, p->sh->database, p->sh->user,
+                     w->id, node->name, p->sh->database, p->sh->user, p->n_waiting,
                      topology_primary()->name);
         reroute_waiters(p);
     }
@@ -862,7 +862,7 @@ static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
                      "the primary %s (%s) is down and failover has not completed within %.1f s "
                      "(PGSCALE_FAILOVER_WAIT; PGSCALE_FAILOVER is %s); could not connect for "
                      "db=%s user=%s: %s",
-                     p->sh->node->name, p->sh->node->ep.text, (double)waited / 1e6,
+                     p->sh->node->name, p->sh->node->ep.text, cfg->failover_wait_ms / 1000.0,
                      cfg->failover == PGS_FAILOVER_AUTO ? "auto" : "follow", p->sh->database,
                      p->sh->user, p->last_error);
             client_fail(c, "08006", msg,
