@@ -345,7 +345,10 @@ class Replica(Primary):
         with open(self.datadir / "postgresql.conf", "a") as f:
             f.write("\n# --- replica ---\nport = %d\nunix_socket_directories = '%s'\n"
                     "hot_standby = on\nwal_receiver_status_interval = 1s\n"
-                    % (self.port, self.sockdir))
+                    # the name its WAL receiver gives the primary (for
+                    # synchronous_standby_names and pg_stat_replication)
+                    "cluster_name = '%s'\n"
+                    % (self.port, self.sockdir, self.basedir.name))
 
     def start(self, timeout=60):
         # after a SIGKILL the old postmaster's children may hold its shared
