@@ -394,10 +394,9 @@ def test_failover_auto_with_synchronous_replication_keeps_every_acknowledged_com
                                                                                    cluster):
     """replica2 is the synchronous standby and replays 5 s behind; replica1
     is asynchronous and stops receiving 1 s before the primary dies, so it
-    has replayed more than replica2 but received less (promoting it, as the
-    choice by replay position did, loses the last second of commits).  Writers insert
-    through pgscale all along; every INSERT that was acknowledged must be
-    on the new primary."""
+    has replayed more than replica2 but received less (the choice by replay
+    position picked it).  Writers insert through pgscale all along; every
+    INSERT that was acknowledged must be on the new primary."""
     p, reps = cluster
     p.execute("GRANT pg_monitor TO app")     # pg_stat_replication's sync_state
     set_sync_standbys(p, "FIRST 1 (replica2)")
