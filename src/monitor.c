@@ -519,7 +519,8 @@ static bool take_lock(pgs_node *best, failover_grant *g, uint32_t *ttl_ms)
         free(v);
     }
     pthread_mutex_lock(&lock);
-    *ttl_ms = PGS_MAX(LOCK_TTL_MIN_MS, 3 * failover_timeout_ms);
+    *ttl_ms = (uint32_t)PGS_MIN(PGS_MAX((uint64_t)LOCK_TTL_MIN_MS, 3 * (uint64_t)failover_timeout_ms),
+                                (uint64_t)INT32_MAX);
     pthread_mutex_unlock(&lock);
     if (failover_lock_take(start_cfg->redis_url, cluster_sysid, *ttl_ms, cur_timeout_ms(), g,
                            msg, sizeof(msg)) != FAILOVER_LOCK_TAKEN) {
