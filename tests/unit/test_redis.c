@@ -81,8 +81,8 @@ static void test_unix_urls(void **state)
     str_eq(u.path, "/run/redis/redis.sock");
     assert_null(u.password);
     redis_url_free(&u);
-    u = ok("unix://:s3cret@/tmp/r%20s.sock?db=2");
-    str_eq(u.path, "/tmp/r s.sock");
+    u = ok("unix://:s3cret@/var/run/r%20s.sock?db=2");
+    str_eq(u.path, "/var/run/r s.sock");
     str_eq(u.password, "s3cret");
     assert_int_equal(u.db, 2);
     redis_url_free(&u);
