@@ -15,11 +15,16 @@
 #include <string.h>
 
 #include "endpoint.h"
+#include "failover_lock.h"
 #include "pqconn.h"
 #include "topology.h"
 
 #define BACKOFF_MAX_MS 3000u   /* retry delay of a failing node, at most */
 #define PROMOTE_WAIT_S 30      /* pg_promote(true, 30) */
+/* The failover lock's TTL: at least this, and 3 x failover_timeout; far
+ * above a promotion (PROMOTE_WAIT_S at most) and the repointing after. */
+#define LOCK_TTL_MIN_MS 60000u
+#define LOCK_RETRY_MS 500      /* lock held elsewhere or Redis away: next try */
 
 const char monitor_poll_sql[] =
     /* the fourth column, PostgreSQL's replay delay (0 when the replica has
@@ -133,6 +138,8 @@ static char failover_said[600];        /* the last "not acting because" logged *
 /* synchronous_standby_names at the primary's last check ("" none): kept
  * while the primary is down, it decides which replicas may be promoted */
 static char sync_names[256];
+static char failover_note[400];        /* promote(): appended to the FAILOVER line */
+static char cluster_sysid[32];         /* the lock's key; read at the first failover */
 
 void monitor_set_primary_hook(monitor_primary_hook_fn fn)
 {
@@ -443,9 +450,9 @@ static void switch_primary(pgs_node *old, pgs_node *to, const char *why, int64_t
     topology_format_lsn(atomic_load(&to->lsn), pos, sizeof(pos));
     log_error("FAILOVER: %s (%s) is the primary now, at %s, in place of %s (%s), which %s; "
               "%.1f s after the primary was first seen failing; %s is fenced (never used "
-              "again until pgscale restarts)",
+              "again until pgscale restarts)%s",
               to->name, to->ep.text, pos, old->name, old->ep.text, why,
-              (double)(now_ms() - since_ms) / 1000.0, old->name);
+              (double)(now_ms() - since_ms) / 1000.0, old->name, failover_note);
     failover_said[0] = '\0';
     primary_bad_since_ms = 0;
     hist_n = 0; /* the new primary's positions are another history */
@@ -589,19 +596,82 @@ static void repoint_all(const pgs_node *old, const pgs_node *to)
     }
 }
 
+/* promote() did not get the failover lock (or lost it): says why once and
+ * tries again shortly.  Another instance that has it promotes; evaluate()
+ * follows the node that then says it is the primary. */
+static void lock_not_taken(const char *msg)
+{
+    pthread_mutex_lock(&lock);
+    say_once(msg);
+    promote_retry_ms = now_ms() + LOCK_RETRY_MS;
+    failover_note[0] = '\0';
+    failover_running = false;
+    pthread_mutex_unlock(&lock);
+}
+
+/* With REDIS_URL, only the holder of the cluster's failover lock promotes
+ * (failover_lock.h).  The key is the cluster's system identifier, which
+ * every node of a streaming cluster shares: read from the candidate, since
+ * the primary is down by now.  false: not taken, said why. */
+static bool take_lock(pgs_node *best, failover_grant *g, uint32_t *ttl_ms)
+{
+    char msg[600];
+    if (!cluster_sysid[0]) {
+        char *err = NULL;
+        char *v = run_on(best, "SELECT system_identifier FROM pg_control_system()",
+                         cur_timeout_ms(), &err);
+        if (!v) {
+            snprintf(msg, sizeof(msg), "could not read the cluster's system identifier from "
+                     "%s for the failover lock: %s; not promoting", best->name, err);
+            free(err);
+            lock_not_taken(msg);
+            return false;
+        }
+        snprintf(cluster_sysid, sizeof(cluster_sysid), "%s", v);
+        free(v);
+    }
+    pthread_mutex_lock(&lock);
+    *ttl_ms = (uint32_t)PGS_MIN(PGS_MAX((uint64_t)LOCK_TTL_MIN_MS, 3 * (uint64_t)failover_timeout_ms),
+                                (uint64_t)INT32_MAX);
+    pthread_mutex_unlock(&lock);
+    if (failover_lock_take(start_cfg->redis_url, cluster_sysid, *ttl_ms, cur_timeout_ms(), g,
+                           msg, sizeof(msg)) != FAILOVER_LOCK_TAKEN) {
+        lock_not_taken(msg);
+        return false;
+    }
+    pthread_mutex_lock(&lock);
+    snprintf(failover_note, sizeof(failover_note), "; failover lock epoch %llu, instance %s",
+             (unsigned long long)g->epoch, failover_lock_instance_id());
+    pthread_mutex_unlock(&lock);
+    return true;
+}
+
 /* failover: auto, the primary down past failover_timeout and no node says
  * it is the primary: promote the replica that has replayed the most.  Runs
  * without the lock (it takes seconds); failover_running keeps the other
  * threads out. */
 static void promote(pgs_node *old, pgs_node *best, int64_t since_ms)
 {
+    failover_grant g = {0};
+    uint32_t ttl_ms = 0;
+    if (start_cfg->redis_url && !take_lock(best, &g, &ttl_ms)) return;
+    if (g.conn) {
+        /* the last moment Redis can stop us; see failover_lock.c for the
+         * window that remains after it */
+        char msg[600];
+        if (failover_lock_check(&g, ttl_ms, msg, sizeof(msg)) != 0) {
+            failover_lock_done(&g);
+            lock_not_taken(msg);
+            return;
+        }
+    }
     char pos[32];
     topology_format_lsn(held_lsn(best), pos, sizeof(pos));
     const char *sync = topology_sync_name(atomic_load(&best->sync_state));
     log_error("failover: %s (%s) has been down for %.1f s; promoting %s (%s, holding WAL up to "
-              "%s%s%s)",
+              "%s%s%s)%s",
               old->name, old->ep.text, (double)(now_ms() - since_ms) / 1000.0, best->name,
-              best->ep.text, pos, sync ? ", sync_state " : "", sync ? sync : "");
+              best->ep.text, pos, sync ? ", sync_state " : "", sync ? sync : "", failover_note);
     char *err = NULL, sql[64];
     snprintf(sql, sizeof(sql), "SELECT pg_promote(true, %d)", PROMOTE_WAIT_S);
     char *v = run_on(best, sql, (PROMOTE_WAIT_S + 5) * 1000u, &err);
@@ -626,14 +696,21 @@ static void promote(pgs_node *old, pgs_node *best, int64_t since_ms)
         promote_backoff_ms = promote_backoff_ms ? PGS_MIN(promote_backoff_ms * 2, 60000u)
                                                 : failover_timeout_ms;
         promote_retry_ms = now_ms() + promote_backoff_ms;
+        failover_note[0] = '\0';
         failover_running = false;
         pthread_mutex_unlock(&lock);
+        failover_lock_done(&g);
         return;
     }
     promote_backoff_ms = 0;
     atomic_store(&best->role, PGS_ROLE_PRIMARY);
     switch_primary(old, best, "was down", since_ms);
+    failover_note[0] = '\0';
     pthread_mutex_unlock(&lock);
+    if (g.conn) {
+        failover_lock_announce(&g, best->ep.text);
+        failover_lock_done(&g);
+    }
     repoint_all(old, best);
     pthread_mutex_lock(&lock);
     failover_running = false;
