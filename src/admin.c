@@ -287,13 +287,15 @@ static void show_stats(reply *r)
 
 /* The nodes as the monitor last saw them (topology.h): lag_seconds is the
  * replica's replay delay, lsn its replay position (a primary's: its
- * current write position). */
+ * current write position), sync_state what the primary's
+ * pg_stat_replication said of it (NULL without synchronous replication). */
 static void show_nodes(reply *r)
 {
     static const char *const cols[] = {"node",        "role",  "state",   "addr",
                                        "port",        "lag_bytes", "lag_seconds", "lsn",
-                                       "reads",       "writes", "outstanding", "last_error"};
-    header(r, 12, cols);
+                                       "reads",       "writes", "outstanding", "sync_state",
+                                       "last_error"};
+    header(r, 13, cols);
     const pgs_node *primary = topology_primary();
     for (int i = 0; i < topology_count(); i++) {
         pgs_node *n = topology_node(i);
@@ -308,7 +310,7 @@ static void show_nodes(reply *r)
         topology_format_lsn(lsn, b[2], sizeof(b[2]));
         snprintf(b[3], sizeof(b[3]), "%.3f", (double)atomic_load(&n->lag_ms) / 1000.0);
         topology_get_error(n, err, sizeof(err));
-        const char *v[12] = {n->name,
+        const char *v[13] = {n->name,
                              topology_role_name(role),
                              topology_state_name(atomic_load(&n->state)),
                              u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR,
@@ -319,8 +321,9 @@ static void show_nodes(reply *r)
                              U64(b[4], atomic_load(&n->reads)),
                              U64(b[5], atomic_load(&n->writes)),
                              I32(b[6], atomic_load(&n->outstanding)),
+                             n == primary ? NULL : topology_sync_name(atomic_load(&n->sync_state)),
                              err[0] ? err : NULL};
-        row(r, 12, v);
+        row(r, 13, v);
     }
     complete(r, "SHOW");
 }

@@ -8,6 +8,7 @@
 #include "endpoint.h"
 #include "config_yaml.h"
 #include "auth.h"
+#include "redis.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -1419,12 +1420,13 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
         return parse_bytes(v, (uint64_t)s->min, (uint64_t)s->max, FIELD(cfg, s, uint32_t), why,
                            whylen);
     case K_REDIS: {
-        /* The value is never echoed: a Redis URL usually carries a password. */
-        if (strncasecmp(v, "redis://", 8) != 0 && strncasecmp(v, "rediss://", 9) != 0 &&
-            strncasecmp(v, "unix://", 7) != 0) {
-            seterr(why, whylen, "must start with redis://, rediss:// or unix://");
-            return -EINVAL;
-        }
+        /* The value is never echoed: a Redis URL usually carries a password.
+         * Parsed here so that a bad one stops pgscale at start, not at the
+         * first failover; its users parse the text kept again. */
+        pgs_redis_url u;
+        int rc = redis_url_parse(v, &u, why, whylen);
+        if (rc) return rc;
+        redis_url_free(&u);
         return set_text(FIELD(cfg, s, char *), v, why, whylen);
     }
     case K_LOG_LEVEL:

@@ -15,12 +15,17 @@
 #include <string.h>
 
 #include "endpoint.h"
+#include "failover_lock.h"
 #include "pool.h"
 #include "pqconn.h"
 #include "topology.h"
 
 #define BACKOFF_MAX_MS 3000u   /* retry delay of a failing node, at most */
 #define PROMOTE_WAIT_S 30      /* pg_promote(true, 30) */
+/* The failover lock's TTL: at least this, and 3 x failover_timeout; far
+ * above a promotion (PROMOTE_WAIT_S at most) and the repointing after. */
+#define LOCK_TTL_MIN_MS 60000u
+#define LOCK_RETRY_MS 500      /* lock held elsewhere or Redis away: next try */
 
 const char monitor_poll_sql[] =
     /* the fourth column, PostgreSQL's replay delay (0 when the replica has
@@ -31,7 +36,18 @@ const char monitor_poll_sql[] =
     "END, pg_last_wal_receive_lsn(), "
     "CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() "
     "THEN 0 ELSE GREATEST(0, COALESCE((EXTRACT(EPOCH FROM now() - "
-    "pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)) END";
+    "pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)) END, "
+    /* synchronous replication, for failover: on a replica the conninfo its
+     * WAL receiver uses (the application name the primary knows it by), on
+     * the primary synchronous_standby_names and each standby's
+     * "sync_state application_name" (application names are printable
+     * ASCII: a newline cannot be in one).  pg_stat_replication and
+     * pg_stat_wal_receiver show these to superusers and pg_read_all_stats
+     * only; NULL otherwise. */
+    "CASE WHEN pg_is_in_recovery() THEN (SELECT conninfo FROM pg_stat_wal_receiver) END, "
+    "CASE WHEN NOT pg_is_in_recovery() THEN current_setting('synchronous_standby_names') END, "
+    "CASE WHEN NOT pg_is_in_recovery() THEN (SELECT string_agg(COALESCE(sync_state, '?') || "
+    "' ' || application_name, E'\\n') FROM pg_stat_replication) END";
 
 typedef struct mnode {
     pgs_node *n;
@@ -47,6 +63,16 @@ typedef struct mnode {
     int logged_state;          /* -1: nothing yet */
     int logged_role;
     int64_t fail_since_ms;     /* under lock; 0: answering */
+    /* under lock: the application name this replica's WAL receiver gives
+     * the primary ("" unknown), and what the primary's last check said of
+     * it (pgs_sync_state) */
+    char appname[64];
+    int sync_state;
+    /* under lock: PGS_SYNC_SYNC or _QUORUM when it was among the standbys
+     * the primary waited for the last time it waited for any (a standby
+     * that disconnects keeps it until the primary names others: until
+     * then no commit was acknowledged without it); else 0 */
+    int was_sync;
 } mnode;
 
 static int64_t now_ms_raw(void)
@@ -110,6 +136,11 @@ static int64_t primary_bad_since_ms;   /* 0: the primary is fine */
 static int64_t promote_retry_ms;       /* after a failed promotion: not before */
 static uint32_t promote_backoff_ms;    /* doubles after each failed promotion */
 static char failover_said[600];        /* the last "not acting because" logged */
+/* synchronous_standby_names at the primary's last check ("" none): kept
+ * while the primary is down, it decides which replicas may be promoted */
+static char sync_names[256];
+static char failover_note[400];        /* promote(): appended to the FAILOVER line */
+static char cluster_sysid[32];         /* the lock's key; read at the first failover */
 
 void monitor_set_primary_hook(monitor_primary_hook_fn fn)
 {
@@ -211,6 +242,86 @@ static bool get_lsn(const PGresult *r, int col, uint64_t *out)
     return topology_parse_lsn(PQgetvalue(r, 0, col), out) == 0;
 }
 
+/* --- synchronous replication --- */
+
+/* The application name a WAL receiver's conninfo gives the primary:
+ * application_name, else fallback_application_name (cluster_name or
+ * "walreceiver"), as libpq picks it.  "" when unknown. */
+static void receiver_appname(const char *conninfo, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    if (!conninfo) return;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+    if (!opts) return;
+    const char *app = NULL, *fallback = NULL;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val || !*o->val) continue;
+        if (strcmp(o->keyword, "application_name") == 0) app = o->val;
+        else if (strcmp(o->keyword, "fallback_application_name") == 0) fallback = o->val;
+    }
+    snprintf(out, outlen, "%s", app ? app : fallback ? fallback : "");
+    PQconninfoFree(opts);
+}
+
+/* What the primary's pg_stat_replication says of a standby called name:
+ * its lines are "sync_state application_name"; '?' when hidden. */
+static int sync_state_of(const char *list, const char *name)
+{
+    int found = 0, state = PGS_SYNC_ASYNC; /* not connected: not waited for */
+    size_t nl = strlen(name);
+    for (const char *line = list; line && *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        const char *sp = memchr(line, ' ', len);
+        if (sp && (size_t)(line + len - sp - 1) == nl && memcmp(sp + 1, name, nl) == 0) {
+            found++;
+            size_t sl = (size_t)(sp - line);
+            state = sl == 4 && memcmp(line, "sync", 4) == 0         ? PGS_SYNC_SYNC
+                    : sl == 6 && memcmp(line, "quorum", 6) == 0     ? PGS_SYNC_QUORUM
+                    : sl == 9 && memcmp(line, "potential", 9) == 0  ? PGS_SYNC_POTENTIAL
+                    : sl == 5 && memcmp(line, "async", 5) == 0      ? PGS_SYNC_ASYNC
+                                                                    : PGS_SYNC_UNKNOWN;
+        }
+        line = end ? end + 1 : NULL;
+    }
+    /* two standbys under one name: which of them is waited for is unknown */
+    return found > 1 ? PGS_SYNC_UNKNOWN : state;
+}
+
+/* The check's synchronous-replication columns (4-6, see monitor_poll_sql):
+ * a replica's application name; on the primary, each node's sync state. */
+static void sync_from_check(mnode *m, const PGresult *r, bool in_recovery)
+{
+    pthread_mutex_lock(&lock);
+    if (in_recovery) {
+        receiver_appname(PQgetisnull(r, 0, 4) ? NULL : PQgetvalue(r, 0, 4), m->appname,
+                         sizeof(m->appname));
+    } else if (topology_primary() == m->n) {
+        const char *names = PQgetisnull(r, 0, 5) ? "" : PQgetvalue(r, 0, 5);
+        const char *list = PQgetisnull(r, 0, 6) ? NULL : PQgetvalue(r, 0, 6);
+        snprintf(sync_names, sizeof(sync_names), "%s", names);
+        bool waited = false; /* any standby waited for now */
+        for (int i = 0; i < n_mnodes; i++) {
+            mnode *o = &mnodes[i];
+            int st = PGS_SYNC_OFF;
+            if (o != m && names[0]) {
+                st = o->appname[0] ? sync_state_of(list, o->appname) : PGS_SYNC_UNKNOWN;
+                for (int j = 0; j < n_mnodes && st != PGS_SYNC_UNKNOWN; j++)
+                    if (j != i && mnodes[j].n != m->n && strcmp(mnodes[j].appname, o->appname) == 0)
+                        st = PGS_SYNC_UNKNOWN; /* two of our nodes under one name */
+            }
+            o->sync_state = st;
+            atomic_store(&o->n->sync_state, st);
+            waited |= st == PGS_SYNC_SYNC || st == PGS_SYNC_QUORUM;
+        }
+        for (int i = 0; i < n_mnodes && (waited || !names[0]); i++) {
+            int st = mnodes[i].sync_state;
+            mnodes[i].was_sync = st == PGS_SYNC_SYNC || st == PGS_SYNC_QUORUM ? st : 0;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+}
+
 static void check_one(mnode *m)
 {
     pgs_node *n = m->n;
@@ -245,7 +356,7 @@ static void check_one(mnode *m)
         return;
     }
     uint64_t lsn, rlsn;
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 4 ||
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 7 ||
         !get_lsn(r, 1, &lsn) || !get_lsn(r, 2, &rlsn)) {
         char *e = pqconn_error_text(n->name, PQresultStatus(r) == PGRES_TUPLES_OK
                                                  ? "the health check returned an unexpected row"
@@ -257,6 +368,7 @@ static void check_one(mnode *m)
     }
     bool in_recovery = PQgetvalue(r, 0, 0)[0] == 't';
     long long delay = strtoll(PQgetvalue(r, 0, 3), NULL, 10);
+    sync_from_check(m, r, in_recovery);
     PQclear(r);
 
     int role = in_recovery ? PGS_ROLE_REPLICA : PGS_ROLE_PRIMARY;
@@ -316,6 +428,13 @@ static void check_one(mnode *m)
 
 /* --- failover --- */
 
+/* The WAL a replica holds: what it received (flushed), at least what it
+ * replayed. */
+static uint64_t held_lsn(pgs_node *n)
+{
+    return PGS_MAX(atomic_load(&n->receive_lsn), atomic_load(&n->lsn));
+}
+
 /* Logs a reason for not acting once (until it changes). */
 static void say_once(const char *msg)
 {
@@ -334,9 +453,9 @@ static void switch_primary(pgs_node *old, pgs_node *to, const char *why, int64_t
     topology_format_lsn(atomic_load(&to->lsn), pos, sizeof(pos));
     log_error("FAILOVER: %s (%s) is the primary now, at %s, in place of %s (%s), which %s; "
               "%.1f s after the primary was first seen failing; %s is fenced (never used "
-              "again until pgscale restarts)",
+              "again until pgscale restarts)%s",
               to->name, to->ep.text, pos, old->name, old->ep.text, why,
-              (double)(now_ms() - since_ms) / 1000.0, old->name);
+              (double)(now_ms() - since_ms) / 1000.0, old->name, failover_note);
     failover_said[0] = '\0';
     primary_bad_since_ms = 0;
     hist_n = 0; /* the new primary's positions are another history */
@@ -480,17 +599,82 @@ static void repoint_all(const pgs_node *old, const pgs_node *to)
     }
 }
 
+/* promote() did not get the failover lock (or lost it): says why once and
+ * tries again shortly.  Another instance that has it promotes; evaluate()
+ * follows the node that then says it is the primary. */
+static void lock_not_taken(const char *msg)
+{
+    pthread_mutex_lock(&lock);
+    say_once(msg);
+    promote_retry_ms = now_ms() + LOCK_RETRY_MS;
+    failover_note[0] = '\0';
+    failover_running = false;
+    pthread_mutex_unlock(&lock);
+}
+
+/* With REDIS_URL, only the holder of the cluster's failover lock promotes
+ * (failover_lock.h).  The key is the cluster's system identifier, which
+ * every node of a streaming cluster shares: read from the candidate, since
+ * the primary is down by now.  false: not taken, said why. */
+static bool take_lock(pgs_node *best, failover_grant *g, uint32_t *ttl_ms)
+{
+    char msg[600];
+    if (!cluster_sysid[0]) {
+        char *err = NULL;
+        char *v = run_on(best, "SELECT system_identifier FROM pg_control_system()",
+                         cur_timeout_ms(), &err);
+        if (!v) {
+            snprintf(msg, sizeof(msg), "could not read the cluster's system identifier from "
+                     "%s for the failover lock: %s; not promoting", best->name, err);
+            free(err);
+            lock_not_taken(msg);
+            return false;
+        }
+        snprintf(cluster_sysid, sizeof(cluster_sysid), "%s", v);
+        free(v);
+    }
+    pthread_mutex_lock(&lock);
+    *ttl_ms = (uint32_t)PGS_MIN(PGS_MAX((uint64_t)LOCK_TTL_MIN_MS, 3 * (uint64_t)failover_timeout_ms),
+                                (uint64_t)INT32_MAX);
+    pthread_mutex_unlock(&lock);
+    if (failover_lock_take(start_cfg->redis_url, cluster_sysid, *ttl_ms, cur_timeout_ms(), g,
+                           msg, sizeof(msg)) != FAILOVER_LOCK_TAKEN) {
+        lock_not_taken(msg);
+        return false;
+    }
+    pthread_mutex_lock(&lock);
+    snprintf(failover_note, sizeof(failover_note), "; failover lock epoch %llu, instance %s",
+             (unsigned long long)g->epoch, failover_lock_instance_id());
+    pthread_mutex_unlock(&lock);
+    return true;
+}
+
 /* failover: auto, the primary down past failover_timeout and no node says
  * it is the primary: promote the replica that has replayed the most.  Runs
  * without the lock (it takes seconds); failover_running keeps the other
  * threads out. */
 static void promote(pgs_node *old, pgs_node *best, int64_t since_ms)
 {
+    failover_grant g = {0};
+    uint32_t ttl_ms = 0;
+    if (start_cfg->redis_url && !take_lock(best, &g, &ttl_ms)) return;
+    if (g.conn) {
+        /* the last moment Redis can stop us; see failover_lock.c for the
+         * window that remains after it */
+        char msg[600];
+        if (failover_lock_check(&g, ttl_ms, msg, sizeof(msg)) != 0) {
+            failover_lock_done(&g);
+            lock_not_taken(msg);
+            return;
+        }
+    }
     char pos[32];
-    topology_format_lsn(atomic_load(&best->lsn), pos, sizeof(pos));
-    log_error("failover: %s (%s) has been down for %.1f s; promoting %s (%s, replayed up to %s)",
+    topology_format_lsn(held_lsn(best), pos, sizeof(pos));
+    const char *sync = topology_sync_name(atomic_load(&best->sync_state));
+    log_error("failover: %s (%s) has been down for %.1f s; promoting %s (%s, holding WAL up to "
+              "%s%s%s)%s",
               old->name, old->ep.text, (double)(now_ms() - since_ms) / 1000.0, best->name,
-              best->ep.text, pos);
+              best->ep.text, pos, sync ? ", sync_state " : "", sync ? sync : "", failover_note);
     char *err = NULL, sql[64];
     snprintf(sql, sizeof(sql), "SELECT pg_promote(true, %d)", PROMOTE_WAIT_S);
     char *v = run_on(best, sql, (PROMOTE_WAIT_S + 5) * 1000u, &err);
@@ -515,14 +699,21 @@ static void promote(pgs_node *old, pgs_node *best, int64_t since_ms)
         promote_backoff_ms = promote_backoff_ms ? PGS_MIN(promote_backoff_ms * 2, 60000u)
                                                 : failover_timeout_ms;
         promote_retry_ms = now_ms() + promote_backoff_ms;
+        failover_note[0] = '\0';
         failover_running = false;
         pthread_mutex_unlock(&lock);
+        failover_lock_done(&g);
         return;
     }
     promote_backoff_ms = 0;
     atomic_store(&best->role, PGS_ROLE_PRIMARY);
     switch_primary(old, best, "was down", since_ms);
+    failover_note[0] = '\0';
     pthread_mutex_unlock(&lock);
+    if (g.conn) {
+        failover_lock_announce(&g, best->ep.text);
+        failover_lock_done(&g);
+    }
     repoint_all(old, best);
     pthread_mutex_lock(&lock);
     failover_running = false;
@@ -562,20 +753,36 @@ static void evaluate(void)
         return;
     }
     if (down && now - primary_bad_since_ms < (int64_t)failover_timeout_ms) return;
-    /* nodes that answered their last check saying they are not in recovery */
-    int n_primary = 0;
+    /* nodes that answered their last check saying they are not in recovery;
+     * and the replica to promote: the most advanced by the WAL it holds
+     * (received and flushed; promotion replays all of it).  With
+     * synchronous replication on, only when a standby the primary waited
+     * for is up: it holds every acknowledged commit, and so does any
+     * replica holding at least as much WAL (one history).  A quorum
+     * (ANY n) puts a commit on n of its standbys, not on a given one: all
+     * of them must be up. */
+    int n_primary = 0, n_sync_up = 0, n_quorum = 0, n_quorum_up = 0, n_unknown = 0;
     pgs_node *cand = NULL, *best = NULL;
+    bool sync_on = sync_names[0] != '\0';
     for (int i = 0; i < n_mnodes; i++) {
         pgs_node *o = mnodes[i].n;
-        if (o == p || atomic_load(&o->state) != PGS_NODE_UP || !atomic_load(&o->checked_us))
-            continue;
+        if (o == p) continue;
+        bool up = atomic_load(&o->state) == PGS_NODE_UP && atomic_load(&o->checked_us);
+        if (sync_on) {
+            n_sync_up += up && mnodes[i].was_sync == PGS_SYNC_SYNC;
+            n_quorum += mnodes[i].was_sync == PGS_SYNC_QUORUM;
+            n_quorum_up += up && mnodes[i].was_sync == PGS_SYNC_QUORUM;
+            n_unknown += mnodes[i].sync_state == PGS_SYNC_UNKNOWN;
+        }
+        if (!up) continue;
         if (atomic_load(&o->role) == PGS_ROLE_PRIMARY) {
             n_primary++;
             cand = o;
-        } else if (!best || atomic_load(&o->lsn) > atomic_load(&best->lsn)) {
+        } else if (!best || held_lsn(o) > held_lsn(best)) {
             best = o;
         }
     }
+    bool sync_ok = !sync_on || n_sync_up > 0 || (n_quorum > 0 && n_quorum_up == n_quorum);
     if (n_primary == 1) {
         switch_primary(p, cand, down ? "is down" : "says it is in recovery (a replica now)",
                        primary_bad_since_ms);
@@ -599,6 +806,21 @@ static void evaluate(void)
         return;
     }
     if (failover_mode == PGS_FAILOVER_AUTO && down) {
+        if (best && !sync_ok) {
+            snprintf(msg, sizeof(msg),
+                     "the primary %s is down and synchronous replication was on "
+                     "(synchronous_standby_names = '%.120s'), but %s: not promoting, since "
+                     "another replica may lack commits that clients saw acknowledged; bring a "
+                     "synchronous standby back, or promote a replica yourself (pgscale takes it)",
+                     p->name, sync_names,
+                     n_quorum ? "not every standby of its quorum is up"
+                     : n_unknown ? "the primary did not show which standbys are synchronous "
+                                   "(the monitoring user needs pg_monitor, and each standby a "
+                                   "distinct application_name)"
+                                 : "no synchronous standby is up");
+            say_once(msg);
+            return;
+        }
         if (!best) {
             snprintf(msg, sizeof(msg), "the primary %s is down and no replica is up to "
                      "promote", p->name);

@@ -145,3 +145,15 @@ const char *topology_state_name(int state)
     default: return "?";
     }
 }
+
+const char *topology_sync_name(int sync_state)
+{
+    switch (sync_state) {
+    case PGS_SYNC_ASYNC: return "async";
+    case PGS_SYNC_POTENTIAL: return "potential";
+    case PGS_SYNC_SYNC: return "sync";
+    case PGS_SYNC_QUORUM: return "quorum";
+    case PGS_SYNC_UNKNOWN: return "unknown";
+    default: return NULL;
+    }
+}

@@ -29,6 +29,16 @@ typedef enum pgs_node_state {
     PGS_NODE_FENCED = 2,  /* a former primary after failover: never used again */
 } pgs_node_state;
 
+typedef enum pgs_sync_state {
+    PGS_SYNC_OFF = 0,      /* no synchronous replication (or a primary) */
+    PGS_SYNC_ASYNC,        /* not a synchronous standby (or not connected) */
+    PGS_SYNC_POTENTIAL,    /* next in line, not waited for */
+    PGS_SYNC_SYNC,         /* waited for: holds every acknowledged commit */
+    PGS_SYNC_QUORUM,       /* one of an ANY n quorum */
+    PGS_SYNC_UNKNOWN,      /* the primary did not say (privileges), or its
+                            * application name is not unique */
+} pgs_sync_state;
+
 typedef struct pgs_node {
     int index;
     char name[16];            /* "primary", "replica1", ... (as configured) */
@@ -45,6 +55,10 @@ typedef struct pgs_node {
     _Atomic uint64_t lag_bytes;   /* primary's LSN - this replica's replay LSN */
     _Atomic uint32_t lag_ms;      /* replay delay as the replica reports it */
     _Atomic uint64_t checked_us;  /* when the monitor last read the above (0: never) */
+    /* A replica's part in synchronous replication as the primary's last
+     * check showed it (pgs_sync_state; PGS_SYNC_OFF when the primary has
+     * no synchronous_standby_names). */
+    _Atomic int sync_state;
     /* Counters for SHOW NODES, by any worker. */
     _Atomic uint64_t reads, writes;
     _Atomic int outstanding;      /* transactions running there now */
@@ -76,5 +90,7 @@ void topology_get_error(pgs_node *n, char *buf, size_t len);
 
 const char *topology_role_name(int role);
 const char *topology_state_name(int state);
+/* NULL for PGS_SYNC_OFF. */
+const char *topology_sync_name(int sync_state);
 
 #endif

@@ -35,6 +35,9 @@ What the fixtures do:
   every replica is running again, without apply delay and caught up --
   tests that stop, kill or delay a replica use it: `stop(i)`, `start(i)`,
   `kill(i)`, `set_apply_delay(i, ms)`, `wait_replayed(i=None)`.
+- `redis` (function): a redis-server of the test's own on a free port, no
+  persistence; `redis.url()` for REDIS_URL, `redis.cli("GET", key)`,
+  `redis.stop()` and `redis.start()` (same port, empty again).
 - Every test has a deadline (default 120 s, `@pytest.mark.deadline(N)`): when
   it passes, pgscale is SIGKILLed so that any client blocked on it returns,
   and the test fails saying so.  Clients use their own timeouts as well.
@@ -345,7 +348,10 @@ class Replica(Primary):
         with open(self.datadir / "postgresql.conf", "a") as f:
             f.write("\n# --- replica ---\nport = %d\nunix_socket_directories = '%s'\n"
                     "hot_standby = on\nwal_receiver_status_interval = 1s\n"
-                    % (self.port, self.sockdir))
+                    # the name its WAL receiver gives the primary (for
+                    # synchronous_standby_names and pg_stat_replication)
+                    "cluster_name = '%s'\n"
+                    % (self.port, self.sockdir, self.basedir.name))
 
     def start(self, timeout=60):
         # after a SIGKILL the old postmaster's children may hold its shared
@@ -502,6 +508,80 @@ def primary_ctl(primary):
     yield primary
     if not primary.is_running():
         primary.start()
+
+
+# --------------------------------------------------------------------------
+# Redis
+# --------------------------------------------------------------------------
+class RedisServer:
+    """A redis-server on a free port of 127.0.0.1 in a temp dir, without
+    persistence (--save '' --appendonly no); stop() and start() again keep
+    the port (and, like a real restart without persistence, lose the data)."""
+
+    def __init__(self, basedir):
+        self.basedir = Path(basedir)
+        self.port = free_port()
+        self.proc = None
+        self._logfh = None
+
+    def url(self, db=0):
+        return "redis://%s:%d/%d" % (LOCALHOST, self.port, db)
+
+    def start(self, timeout=15):
+        assert self.proc is None or self.proc.poll() is not None, "redis already running"
+        self._logfh = open(self.basedir / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "INT", "--", "redis-server", "--bind", LOCALHOST,
+             "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--dir", str(self.basedir), "--daemonize", "no"],
+            stdout=self._logfh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis-server exited with rc=%s at start; see %s"
+                                   % (self.proc.returncode, self.basedir / "redis.log"))
+            try:
+                if self.cli("PING") == "PONG":
+                    return
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server not answering PING after %d s" % timeout)
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._logfh is not None:
+            self._logfh.close()
+            self._logfh = None
+
+    def cli(self, *args):
+        """One redis-cli command; its reply as text (nil: None)."""
+        r = subprocess.run(["redis-cli", "-h", LOCALHOST, "-p", str(self.port)] +
+                           [str(a) for a in args], capture_output=True, text=True, timeout=10,
+                           stdin=subprocess.DEVNULL)
+        out = r.stdout.strip()
+        if r.returncode != 0 or out.startswith(("Could not connect", "ERR ")):
+            raise RuntimeError("redis-cli %s: %s %s" % (" ".join(map(str, args)), out, r.stderr))
+        return out or None
+
+
+@pytest.fixture
+def redis(tmp_path_factory):
+    """A Redis of the test's own (see RedisServer), stopped at teardown."""
+    srv = RedisServer(tmp_path_factory.mktemp("redis"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 # --------------------------------------------------------------------------

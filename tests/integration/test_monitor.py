@@ -2,16 +2,20 @@
 WAL positions that follow the primary's writes, replay lag that grows on a
 delayed replica and goes away after, a stopped replica marked down (naming
 it) and up again."""
+import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from helpers import wait_for
 
 NODES_COLUMNS = ["node", "role", "state", "addr", "port", "lag_bytes", "lag_seconds", "lsn",
-                 "reads", "writes", "outstanding", "last_error"]
+                 "reads", "writes", "outstanding", "sync_state", "last_error"]
 
 
 def lsn(text):
@@ -355,3 +359,163 @@ def test_failover_auto_follows_a_replica_promoted_elsewhere_and_repoints_the_oth
     target = reps[1].execute("SELECT pg_current_wal_lsn()::text")[0][0]
     wait_for(lambda: replayed(reps[0], target), 30, interval=0.2,
              what="replica1 replaying replica2's WAL")
+
+
+# --------------------------------------------------------------------------
+# Failover with synchronous replication: only a promotion that keeps every
+# commit a client saw acknowledged.
+# --------------------------------------------------------------------------
+def set_sync_standbys(p, names):
+    # the test clusters run with synchronous_commit off (speed): a commit
+    # then waits for no standby
+    p.execute("ALTER SYSTEM SET synchronous_commit = on")
+    p.execute("ALTER SYSTEM SET synchronous_standby_names = '%s'" % names)
+    p.execute("SELECT pg_reload_conf()")
+
+
+def kill_immediate(node):
+    """pg_ctl stop -m immediate: SIGQUIT to the postmaster, no checkpoint,
+    no waiting for clients or standbys."""
+    node.proc.send_signal(signal.SIGQUIT)
+    node.proc.wait(15)
+    node.stop()
+
+
+def walreceiver_pid(replica):
+    return replica.execute("SELECT pid FROM pg_stat_wal_receiver")[0][0]
+
+
+def sync_states(pg):
+    return {n: r["sync_state"] for n, r in nodes(pg).items()}
+
+
+@pytest.mark.deadline(180)
+def test_failover_auto_with_synchronous_replication_keeps_every_acknowledged_commit(pgscale,
+                                                                                   cluster):
+    """replica2 is the synchronous standby and replays 5 s behind; replica1
+    is asynchronous and stops receiving 1 s before the primary dies, so it
+    has replayed more than replica2 but received less (the choice by replay
+    position picked it).  Writers insert through pgscale all along; every
+    INSERT that was acknowledged must be on the new primary."""
+    p, reps = cluster
+    p.execute("GRANT pg_monitor TO app")     # pg_stat_replication's sync_state
+    set_sync_standbys(p, "FIRST 1 (replica2)")
+    reps[1].execute("ALTER SYSTEM SET recovery_min_apply_delay = '5s'")
+    reps[1].execute("SELECT pg_reload_conf()")
+    p.app_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
+    pg = start_on_cluster(pgscale, cluster, "auto")
+    wait_all_checked(pg)
+    wait_for(lambda: sync_states(pg) == {"primary": None, "replica1": "async",
+                                         "replica2": "sync"}, 15, interval=0.1,
+             what="SHOW NODES: replica2 sync, replica1 async")
+
+    acked, errors, stop = [], [], threading.Event()
+
+    def writer(k):
+        n = 0
+        while not stop.is_set():
+            try:
+                c = pg.connect()
+            except psycopg2.Error:
+                time.sleep(0.05)
+                continue
+            try:
+                while not stop.is_set():
+                    v = k * 1000000 + n
+                    n += 1
+                    c.cursor().execute("INSERT INTO acked VALUES (%s)", (v,))
+                    acked.append(v)    # the commit was acknowledged
+            except psycopg2.Error as e:
+                errors.append((e.pgcode, str(e).strip()))
+            finally:
+                c.close()
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        # replica1 stops receiving WAL (its replay keeps going for what it has)
+        wr = walreceiver_pid(reps[0])
+        os.kill(wr, signal.SIGSTOP)
+        try:
+            time.sleep(1.0)
+            before = len(acked)
+            kill_immediate(p)
+            # replica1's receiver stays stopped (what the primary sent it
+            # waits unread in its socket) until the failover is over
+            ns = wait_for(lambda: (lambda ns: ns if ns["primary"]["state"] == "fenced"
+                                   else None)(nodes(pg)), 60, interval=0.1,
+                          what="the old primary fenced")
+        finally:
+            os.kill(wr, signal.SIGCONT)
+        time.sleep(1.0)    # writes go on, to the new primary
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert before > 50, before                   # the load was running at the kill
+    assert ns["replica2"]["role"] == "primary", ns   # the synchronous standby, not replica1
+    text = pg.stderr_text()
+    assert "promoting replica2" in text and "sync_state sync" in text, text[-3000:]
+    assert "promoting replica1" not in text, text[-3000:]
+    assert not reps[1].execute("SELECT pg_is_in_recovery()")[0][0]
+    on_new = {r[0] for r in reps[1].execute("SELECT id FROM acked", db="app")}
+    lost = sorted(set(acked) - on_new)
+    assert not lost, "%d acknowledged rows missing on the new primary, e.g. %s" % (
+        len(lost), lost[:5])
+    assert len(acked) > before, "no write was acknowledged after the failover"
+    # the writers saw at most the in-flight failures, each a connection error
+    assert all(code in (None, "08006", "08003") for code, _ in errors), errors
+
+
+@pytest.mark.deadline(150)
+def test_failover_auto_does_not_promote_past_a_synchronous_standby_that_is_down(pgscale,
+                                                                                cluster):
+    p, reps = cluster
+    p.execute("GRANT pg_monitor TO app")
+    set_sync_standbys(p, "FIRST 1 (replica2)")
+    pg = start_on_cluster(pgscale, cluster, "auto")
+    wait_all_checked(pg)
+    wait_for(lambda: sync_states(pg)["replica2"] == "sync", 15, interval=0.1,
+             what="replica2 sync")
+    # the synchronous standby stops; with it gone no commit can be
+    # acknowledged, and it keeps its place as the one waited for
+    reps[1].stop()
+    wait_for(lambda: nodes(pg)["replica2"]["state"] == "down", 10, interval=0.1,
+             what="replica2 down")
+    kill_immediate(p)
+    wait_for(lambda: nodes(pg)["primary"]["state"] == "down", 10, interval=0.1,
+             what="the primary down")
+    time.sleep(3)      # well past failover_timeout (1 s)
+    assert nodes(pg)["replica1"]["role"] == "replica"
+    assert reps[0].execute("SELECT pg_is_in_recovery()")[0][0]
+    text = pg.stderr_text()
+    assert "synchronous replication was on" in text and "no synchronous standby is up" in text, \
+        text[-3000:]
+    # the synchronous standby comes back: it (or a replica holding as much)
+    # is promoted
+    reps[1].start()
+    ns = wait_for(lambda: (lambda ns: ns if ns["primary"]["state"] == "fenced" else None)(
+        nodes(pg)), 60, interval=0.1, what="the old primary fenced")
+    assert [n for n in ("replica1", "replica2") if ns[n]["role"] == "primary"], ns
+
+
+@pytest.mark.deadline(120)
+def test_sync_state_unknown_without_pg_monitor_and_no_promotion(pgscale, cluster):
+    """The monitoring user cannot see pg_stat_replication's sync_state:
+    pgscale cannot tell which standby holds the acknowledged commits, so it
+    says so and does not promote."""
+    p, reps = cluster
+    set_sync_standbys(p, "FIRST 1 (replica2)")
+    pg = start_on_cluster(pgscale, cluster, "auto")
+    wait_all_checked(pg)
+    wait_for(lambda: sync_states(pg) == {"primary": None, "replica1": "unknown",
+                                         "replica2": "unknown"}, 15, interval=0.1,
+             what="sync_state unknown")
+    kill_immediate(p)
+    wait_for(lambda: nodes(pg)["primary"]["state"] == "down", 10, interval=0.1,
+             what="the primary down")
+    time.sleep(3)
+    assert all(r.execute("SELECT pg_is_in_recovery()")[0][0] for r in reps)
+    assert "the monitoring user needs pg_monitor" in pg.stderr_text()
