@@ -288,14 +288,15 @@ static void show_stats(reply *r)
  * current write position). */
 static void show_nodes(reply *r)
 {
-    static const char *const cols[] = {"node",        "role",  "state",   "addr",
-                                       "port",        "lag_bytes", "lag_seconds", "lsn",
-                                       "reads",       "writes", "outstanding", "last_error"};
-    header(r, 12, cols);
+    static const char *const cols[] = {"node",   "role",        "state",   "addr",
+                                       "port",   "lag_bytes",   "lag_seconds", "lsn",
+                                       "reads",  "writes",      "retried", "outstanding",
+                                       "last_error"};
+    header(r, 13, cols);
     const pgs_node *primary = topology_primary();
     for (int i = 0; i < topology_count(); i++) {
         pgs_node *n = topology_node(i);
-        char b[8][40], err[256];
+        char b[9][40], err[256];
         const pgs_url *u = n->url;
         int role = atomic_load(&n->role);
         /* the configured role until the first check says otherwise; the
@@ -306,7 +307,7 @@ static void show_nodes(reply *r)
         topology_format_lsn(lsn, b[2], sizeof(b[2]));
         snprintf(b[3], sizeof(b[3]), "%.3f", (double)atomic_load(&n->lag_ms) / 1000.0);
         topology_get_error(n, err, sizeof(err));
-        const char *v[12] = {n->name,
+        const char *v[13] = {n->name,
                              topology_role_name(role),
                              topology_state_name(atomic_load(&n->state)),
                              u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR,
@@ -316,9 +317,10 @@ static void show_nodes(reply *r)
                              checked ? b[2] : NULL,
                              U64(b[4], atomic_load(&n->reads)),
                              U64(b[5], atomic_load(&n->writes)),
+                             U64(b[7], atomic_load(&n->retried)),
                              I32(b[6], atomic_load(&n->outstanding)),
                              err[0] ? err : NULL};
-        row(r, 12, v);
+        row(r, 13, v);
     }
     complete(r, "SHOW");
 }

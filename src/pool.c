@@ -748,6 +748,11 @@ static void replica_failed(pgs_pool *p, const char *msg)
     while ((c = pop_waiter(p)) != NULL) client_reroute(c);
 }
 
+void pool_node_lost(pgs_pool *p, const char *msg)
+{
+    if (p->sh->node != topology_primary()) replica_failed(p, msg);
+}
+
 void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, const char *msg)
 {
     snprintf(p->last_error, sizeof(p->last_error), "%s", msg);

@@ -39,6 +39,11 @@ void pool_login_ended(pgs_pool *p);
  * true for the first of a run of identical ones (and once per 30 s of the
  * run, with how many were not logged). Call before pool_server_failed. */
 bool pool_failure_is_news(pgs_pool *p, const char *msg);
+/* A replica's server connection was lost in use (not ended by the server
+ * with a reason): the node is down for routing until the monitor sees it
+ * answer again, and its pool's waiters are routed elsewhere, as after a
+ * failed connect.  Nothing for the primary (failover is the monitor's). */
+void pool_node_lost(pgs_pool *p, const char *msg);
 /* Bookkeeping when a server connection is gone for good. */
 void pool_server_gone(pgs_server *sv);
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import wait_for
 
 NODES_COLUMNS = ["node", "role", "state", "addr", "port", "lag_bytes", "lag_seconds", "lsn",
-                 "reads", "writes", "outstanding", "last_error"]
+                 "reads", "writes", "retried", "outstanding", "last_error"]
 
 
 def lsn(text):
