@@ -585,6 +585,8 @@ static void release_idle(pgs_server *sv)
  * outcome is unknown and is the client's to decide. */
 #define RETRY_MAX INSPECT_MAX
 
+static bool owes_client(const pgs_server *sv);
+
 static void retry_drop(pgs_client *c)
 {
     if (!c->retry_buf) return;
@@ -622,6 +624,7 @@ static void retry_unit_start(pgs_client *c, pgs_server *sv, const uint8_t *p, ui
 {
     /* one still unanswered before it: two in flight, neither retried */
     retry_drop(c);
+    bool alone = !owes_client(sv) && sv->fwd_remaining == 0;
     if (c->retry_from) {
         /* this is the retry itself: said once, and not retried again */
         log_info("C-%u: read retried on %s (S-%u) after %s failed before any reply reached "
@@ -632,7 +635,7 @@ static void retry_unit_start(pgs_client *c, pgs_server *sv, const uint8_t *p, ui
         c->retry_from = NULL;
         return;
     }
-    if (!c->unit_retryable || c->tx_status != 'I' || pin_of(c) || !tx_mode(c)) return;
+    if (!alone || !c->unit_retryable || c->tx_status != 'I' || pin_of(c) || !tx_mode(c)) return;
     uint32_t n = unit_bytes(p, avail);
     if (!n || n > RETRY_MAX) return;
     c->retry_buf = n <= PGS_BUF_SIZE ? worker_buf_get(c->w) : pgs_xmalloc(n);
@@ -669,13 +672,18 @@ static void retry_restore(pgs_client *c)
     b->pos = 0;
 }
 
+/* Whether c's unit on sv may run again now (see above). */
+static bool retry_ok(const pgs_client *c, const pgs_server *sv)
+{
+    return c->retry_buf && c->server == sv && c->s.bytes_out == c->retry_mark &&
+           !c->fwd_remaining && !c->skip_remaining && c->tx_status == 'I' && !c->s.closing &&
+           !c->want_close && !sv->fatal_relayed && tx_mode(c);
+}
+
 bool relay_retry_read(pgs_client *c, pgs_server *sv, bool lost, const char *why,
                       const char *sqlstate)
 {
-    if (!c->retry_buf) return false;
-    if (c->server != sv || c->s.bytes_out != c->retry_mark || c->fwd_remaining ||
-        c->skip_remaining || c->tx_status != 'I' || c->s.closing || c->want_close ||
-        sv->fatal_relayed || !tx_mode(c)) {
+    if (!retry_ok(c, sv)) {
         retry_drop(c);
         return false;
     }
@@ -1068,10 +1076,15 @@ void relay_server_data(pgs_server *sv)
                  * shutdown, a crash of another backend). */
                 sv->broken = true;
                 if (tx_mode(c)) {
-                    if (c->retry_buf && cb.n == 0) {
-                        /* nothing of the answer is on its way to the client */
+                    if (retry_ok(c, sv)) {
+                        /* PostgreSQL sends a RowDescription (even rows) when
+                         * it starts, but they stay in its output buffer
+                         * until it fills or the command ends, so they come
+                         * with the FATAL: batched here, not sent.  None of
+                         * it has reached the client, and none of it will. */
                         proto_error_fields f;
                         if (proto_read_error(body, len - 4, &f) != 0) f.sqlstate = NULL;
+                        io_batch_discard(&cb);
                         if (relay_retry_read(c, sv, false, "the server sent a FATAL error",
                                              f.sqlstate && strlen(f.sqlstate) == 5 ? f.sqlstate
                                                                                    : "XX000"))
