@@ -624,7 +624,6 @@ static void retry_unit_start(pgs_client *c, pgs_server *sv, const uint8_t *p, ui
 {
     /* one still unanswered before it: two in flight, neither retried */
     retry_drop(c);
-    bool alone = !owes_client(sv) && sv->fwd_remaining == 0;
     if (c->retry_from) {
         /* this is the retry itself: said once, and not retried again */
         log_info("C-%u: read retried on %s (S-%u) after %s failed before any reply reached "
@@ -635,7 +634,8 @@ static void retry_unit_start(pgs_client *c, pgs_server *sv, const uint8_t *p, ui
         c->retry_from = NULL;
         return;
     }
-    if (!alone || !c->unit_retryable || c->tx_status != 'I' || pin_of(c) || !tx_mode(c)) return;
+    if (!c->unit_retryable || c->tx_status != 'I' || pin_of(c) || !tx_mode(c)) return;
+    if (owes_client(sv) || sv->fwd_remaining) return;
     uint32_t n = unit_bytes(p, avail);
     if (!n || n > RETRY_MAX) return;
     c->retry_buf = n <= PGS_BUF_SIZE ? worker_buf_get(c->w) : pgs_xmalloc(n);
