@@ -291,15 +291,15 @@ static void show_stats(reply *r)
  * pg_stat_replication said of it (NULL without synchronous replication). */
 static void show_nodes(reply *r)
 {
-    static const char *const cols[] = {"node",        "role",  "state",   "addr",
-                                       "port",        "lag_bytes", "lag_seconds", "lsn",
-                                       "reads",       "writes", "outstanding", "sync_state",
-                                       "last_error"};
-    header(r, 13, cols);
+    static const char *const cols[] = {"node",   "role",        "state",   "addr",
+                                       "port",   "lag_bytes",   "lag_seconds", "lsn",
+                                       "reads",  "writes",      "retried", "outstanding",
+                                       "sync_state", "last_error"};
+    header(r, 14, cols);
     const pgs_node *primary = topology_primary();
     for (int i = 0; i < topology_count(); i++) {
         pgs_node *n = topology_node(i);
-        char b[8][40], err[256];
+        char b[9][40], err[256];
         const pgs_url *u = n->url;
         int role = atomic_load(&n->role);
         /* the configured role until the first check says otherwise; the
@@ -310,7 +310,7 @@ static void show_nodes(reply *r)
         topology_format_lsn(lsn, b[2], sizeof(b[2]));
         snprintf(b[3], sizeof(b[3]), "%.3f", (double)atomic_load(&n->lag_ms) / 1000.0);
         topology_get_error(n, err, sizeof(err));
-        const char *v[13] = {n->name,
+        const char *v[14] = {n->name,
                              topology_role_name(role),
                              topology_state_name(atomic_load(&n->state)),
                              u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR,
@@ -320,10 +320,11 @@ static void show_nodes(reply *r)
                              checked ? b[2] : NULL,
                              U64(b[4], atomic_load(&n->reads)),
                              U64(b[5], atomic_load(&n->writes)),
+                             U64(b[7], atomic_load(&n->retried)),
                              I32(b[6], atomic_load(&n->outstanding)),
                              n == primary ? NULL : topology_sync_name(atomic_load(&n->sync_state)),
                              err[0] ? err : NULL};
-        row(r, 13, v);
+        row(r, 14, v);
     }
     complete(r, "SHOW");
 }

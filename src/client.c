@@ -262,6 +262,7 @@ void client_close(pgs_client *c, const char *reason)
     c->counted = false;
     if (c->is_admin) admin_client_gone(c);
     if (c->server) relay_client_gone(c);
+    relay_retry_drop(c);
     relay_unpin_all(c);
     route_client_gone(c);
     if (c->pool) pool_client_left(c->pool);

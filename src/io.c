@@ -415,6 +415,12 @@ int io_batch_flush(io_batch *b)
     return rc;
 }
 
+void io_batch_discard(io_batch *b)
+{
+    b->n = 0;
+    b->w->scratch_len = b->scratch_mark;
+}
+
 void io_batch_add(io_batch *b, const void *p, size_t len)
 {
     if (len == 0 || b->err) return;

@@ -49,6 +49,8 @@ uint8_t *io_batch_scratch(io_batch *b, size_t len);
 struct proto_out;
 void io_batch_out(io_batch *b, struct proto_out *o);
 void io_batch_commit_out(io_batch *b, struct proto_out *o);
+/* Forgets what the batch holds, unsent (its scratch is given back). */
+void io_batch_discard(io_batch *b);
 /* Errors are also kept in b->err, so a best-effort flush may ignore the result. */
 int io_batch_flush(io_batch *b);
 

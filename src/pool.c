@@ -811,6 +811,11 @@ void pool_node_fenced(pgs_node *node)
     }
 }
 
+void pool_node_lost(pgs_pool *p, const char *msg)
+{
+    if (p->sh->node != topology_primary()) replica_failed(p, msg);
+}
+
 void pool_server_failed(pgs_pool *p, bool server_error, const char *sqlstate, const char *msg)
 {
     snprintf(p->last_error, sizeof(p->last_error), "%s", msg);

@@ -43,6 +43,11 @@ bool pool_failure_is_news(pgs_pool *p, const char *msg);
  * Every worker closes node's idle servers and routes the clients waiting
  * in node's pools afresh -- to the new primary's -- at once. */
 void pool_node_fenced(struct pgs_node *node);
+/* A replica's server connection was lost in use (not ended by the server
+ * with a reason): the node is down for routing until the monitor sees it
+ * answer again, and its pool's waiters are routed elsewhere, as after a
+ * failed connect.  Nothing for the primary (failover is the monitor's). */
+void pool_node_lost(pgs_pool *p, const char *msg);
 /* Bookkeeping when a server connection is gone for good. */
 void pool_server_gone(pgs_server *sv);
 

@@ -20,6 +20,7 @@
 #include "proto.h"
 #include "server.h"
 #include "sqlscan.h"
+#include "topology.h"
 #include "worker.h"
 
 /* Messages whose start we look at are held until this much of them is in
@@ -547,8 +548,168 @@ static void release_idle(pgs_server *sv)
     pool_release(sv);
 }
 
+/* ---------- retrying a read ----------
+ *
+ * A replica that dies (stopped, killed, its backend terminated, the
+ * network cut) while it runs a client's read would cost the client an
+ * 08006.  When nothing can have been seen of that read, it runs again on
+ * another node instead.  All of these must hold:
+ *
+ * - transaction pooling, and route.c sent the unit to a replica as a
+ *   proven read: outside any transaction (the client's last ReadyForQuery
+ *   said 'I'), neither beginning nor ending one, not pinned;
+ * - the unit is the only one in flight on that server (a client that
+ *   pipelines a second unit behind it gives up the retry of the first),
+ *   and it is at most RETRY_MAX bytes;
+ * - not one byte has gone to the client since it was sent: no
+ *   ParseComplete, RowDescription, notice, nothing (the client socket's
+ *   byte count is unchanged, and nothing is batched for it).  The relay
+ *   forwards as it reads and holds nothing back, so a retry is possible
+ *   exactly until the server's first byte is relayed;
+ * - the server connection was lost (end of stream, a read or write error)
+ *   or the server sent a FATAL (pg_terminate_backend, a shutdown, a
+ *   recovery conflict) before answering anything else.  A lost connection
+ *   also marks the node down until the monitor sees it answer again; a
+ *   FATAL only keeps the retry off that node.
+ *
+ * A unit is retried once; if the second node fails too, the client gets
+ * the 08006 (or the FATAL's error) as without retries.  The request's
+ * bytes are gone from the client's read buffer once forwarded, so a copy
+ * of an eligible unit is kept (in one of the worker's read buffers) until
+ * its answer starts.  The retry puts the copy back in front of whatever
+ * the client sent since, and the unit goes through routing and
+ * client_forward again as if it had just arrived: a Bind of a named
+ * statement is prepared on the new server by the same path as any other
+ * (the dead server's prepared statements die with it).  Writes, and
+ * anything inside a transaction, are never retried: the primary's
+ * outcome is unknown and is the client's to decide. */
+#define RETRY_MAX INSPECT_MAX
+
+static bool owes_client(const pgs_server *sv);
+
+static void retry_drop(pgs_client *c)
+{
+    if (!c->retry_buf) return;
+    if (c->retry_len <= PGS_BUF_SIZE)
+        worker_buf_put(c->w, c->retry_buf);
+    else
+        free(c->retry_buf);
+    c->retry_buf = NULL;
+    c->retry_len = 0;
+}
+
+void relay_retry_drop(pgs_client *c)
+{
+    retry_drop(c);
+}
+
+/* The bytes of the unit that starts at p (a Query, or messages up to and
+ * including a Sync), or 0 when it is not all in the avail bytes held. */
+static uint32_t unit_bytes(const uint8_t *p, uint32_t avail)
+{
+    uint32_t off = 0;
+    while (avail - off >= 5) {
+        uint32_t total = proto_be32(p + off + 1) + 1;
+        if (total < 5 || total > avail - off) return 0;
+        uint8_t type = p[off];
+        off += total;
+        if (type == 'Q' || type == 'S') return off;
+    }
+    return 0;
+}
+
+/* A unit starts on sv (route_unit_allowed let it through): keep a copy
+ * when it may be retried. */
+static void retry_unit_start(pgs_client *c, pgs_server *sv, const uint8_t *p, uint32_t avail)
+{
+    /* one still unanswered before it: two in flight, neither retried */
+    retry_drop(c);
+    if (c->retry_from) {
+        /* this is the retry itself: said once, and not retried again */
+        log_info("C-%u: read retried on %s (S-%u) after %s failed before any reply reached "
+                 "the client (%s%s)",
+                 c->id, sv->pool->sh->node->name, sv->id, c->retry_from->name,
+                 c->retry_state[0] ? "FATAL " : "connection lost",
+                 c->retry_state);
+        c->retry_from = NULL;
+        return;
+    }
+    if (!c->unit_retryable || c->tx_status != 'I' || pin_of(c) || !tx_mode(c)) return;
+    if (owes_client(sv) || sv->fwd_remaining) return;
+    uint32_t n = unit_bytes(p, avail);
+    if (!n || n > RETRY_MAX) return;
+    c->retry_buf = n <= PGS_BUF_SIZE ? worker_buf_get(c->w) : pgs_xmalloc(n);
+    memcpy(c->retry_buf, p, n);
+    c->retry_len = n;
+    c->retry_mark = c->s.bytes_out;
+}
+
+/* Puts the kept unit back in front of what the client sent since. */
+static void retry_restore(pgs_client *c)
+{
+    pgs_buf *b = &c->s.rbuf;
+    uint32_t rest = b->data ? b->len - b->pos : 0;
+    uint32_t need = c->retry_len + rest;
+    uint8_t *nb;
+    uint32_t cap;
+    if (need <= PGS_BUF_SIZE) {
+        nb = c->retry_buf; /* a pooled buffer: it becomes the read buffer */
+        cap = PGS_BUF_SIZE;
+    } else {
+        /* larger than a pooled buffer: io_buf_free frees it by its size */
+        nb = pgs_xmalloc(need);
+        cap = need;
+        memcpy(nb, c->retry_buf, c->retry_len);
+    }
+    if (rest) memcpy(nb + c->retry_len, b->data + b->pos, rest);
+    if (nb != c->retry_buf) retry_drop(c);
+    c->retry_buf = NULL;
+    c->retry_len = 0;
+    io_buf_free(c->w, &c->s);
+    b->data = nb;
+    b->cap = cap;
+    b->len = need;
+    b->pos = 0;
+}
+
+/* Whether c's unit on sv may run again now (see above). */
+static bool retry_ok(const pgs_client *c, const pgs_server *sv)
+{
+    return c->retry_buf && c->server == sv && c->s.bytes_out == c->retry_mark &&
+           !c->fwd_remaining && !c->skip_remaining && c->tx_status == 'I' && !c->s.closing &&
+           !c->want_close && !sv->fatal_relayed && tx_mode(c);
+}
+
+bool relay_retry_read(pgs_client *c, pgs_server *sv, bool lost, const char *why,
+                      const char *sqlstate)
+{
+    if (!retry_ok(c, sv)) {
+        retry_drop(c);
+        return false;
+    }
+    route_read_failed(c, sv, lost, why);
+    snprintf(c->retry_state, sizeof(c->retry_state), "%s", sqlstate ? sqlstate : "");
+    log_debug("C-%u: its read on S-%u (%s) failed before any reply: %s; routing it again",
+              c->id, sv->id, sv->pool->sh->node->name, why);
+    if (sv->pending_set_kind) apply_pending_set(sv, false);
+    c->server = NULL;
+    sv->client = NULL;
+    atomic_store_explicit(&c->server_id, 0, memory_order_relaxed);
+    atomic_store_explicit(&sv->client_id, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->state, CL_IDLE, memory_order_relaxed);
+    server_close(sv, why);
+    retry_restore(c);
+    /* what the first attempt set up for the rest of its unit */
+    c->ext_skip = false;
+    c->pipeline_full = false;
+    c->cancel_sent = false;
+    relay_client_data(c);
+    return true;
+}
+
 static void unlink_and_release(pgs_client *c, pgs_server *sv)
 {
+    retry_drop(c);
     c->server = NULL;
     sv->client = NULL;
     atomic_store_explicit(&c->server_id, 0, memory_order_relaxed);
@@ -915,6 +1076,21 @@ void relay_server_data(pgs_server *sv)
                  * shutdown, a crash of another backend). */
                 sv->broken = true;
                 if (tx_mode(c)) {
+                    if (retry_ok(c, sv)) {
+                        /* PostgreSQL sends a RowDescription (even rows) when
+                         * it starts, but they stay in its output buffer
+                         * until it fills or the command ends, so they come
+                         * with the FATAL: batched here, not sent.  None of
+                         * it has reached the client, and none of it will. */
+                        proto_error_fields f;
+                        if (proto_read_error(body, len - 4, &f) != 0) f.sqlstate = NULL;
+                        io_batch_discard(&cb);
+                        if (relay_retry_read(c, sv, false, "the server sent a FATAL error",
+                                             f.sqlstate && strlen(f.sqlstate) == 5 ? f.sqlstate
+                                                                                   : "XX000"))
+                            return;
+                    }
+                    retry_drop(c);
                     tx_server_fatal(sv, c, &cb, body, len - 4);
                     return;
                 }
@@ -999,6 +1175,8 @@ void relay_server_data(pgs_server *sv)
         client_close(c, "writing to the client failed");
         return;
     }
+    /* the answer has started: the read cannot run again */
+    if (c && c->retry_buf && c->s.bytes_out != c->retry_mark) retry_drop(c);
     if (b->data && b->pos == b->len) io_buf_release_if_empty(w, &sv->s);
     if (sv->s.closing) return;
 
@@ -1758,10 +1936,12 @@ static void client_forward(pgs_client *c)
         /* A new unit (after a Sync or Query): may it run on this server's
          * node?  A write behind a read on a replica waits here for the
          * server to be released, and is then routed on its own. */
-        if (route_on && !sv->unsynced && type != 'S' && type != 'H' && type != 'X' &&
-            !route_unit_allowed(c, sv, p, avail)) {
-            held = true;
-            break;
+        if (route_on && !sv->unsynced && type != 'S' && type != 'H' && type != 'X') {
+            if (!route_unit_allowed(c, sv, p, avail)) {
+                held = true;
+                break;
+            }
+            retry_unit_start(c, sv, p, avail);
         }
         if (c->tx_status == 'I' && !c->xact_start_us) c->xact_start_us = pgs_now_us();
 
@@ -1994,6 +2174,8 @@ static void client_forward(pgs_client *c)
         c->bytes_counted = c->s.bytes_in;
     }
     if (io_batch_flush(&sb) < 0) {
+        if (relay_retry_read(c, sv, true, "writing to the PostgreSQL server failed", NULL))
+            return;
         client_server_lost(c, "writing to the PostgreSQL server failed");
         server_close(sv, "write failed");
         return;

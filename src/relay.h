@@ -18,6 +18,16 @@ void relay_link(pgs_client *c, pgs_server *sv);
  * close it when that cannot be done safely. */
 void relay_client_gone(pgs_client *c);
 
+/* c's server sv failed (lost: the connection broke; else it sent a FATAL
+ * with sqlstate) while c's unit ran there: when that unit is a read that
+ * may run again (see relay.c, "retrying a read"), sv is closed and the
+ * unit routed again, and true is returned; false: the caller fails the
+ * client as before. */
+bool relay_retry_read(pgs_client *c, pgs_server *sv, bool lost, const char *why,
+                      const char *sqlstate);
+/* Forgets a kept copy of c's unit (c is closing). */
+void relay_retry_drop(pgs_client *c);
+
 /* Pinning (transaction mode, see relay.c): the reasons in `mask`
  * (SQLSCAN_STATE_*) as "temp,listen"; and the client's pin given up (its
  * slot of max_pinned back), when it is gone. */

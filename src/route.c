@@ -255,8 +255,9 @@ static uint64_t settle_unknown(pgs_client *c);
 static _Thread_local unsigned rr_next;
 static _Thread_local int wrr_current[PGS_MAX_NODES];
 
-/* A replica for a read, or NULL: the primary. */
-static pgs_node *pick_reader(pgs_client *c, const pgs_config *cfg)
+/* A replica for a read, or NULL: the primary.  avoid: a node the read
+ * just failed on (NULL: none). */
+static pgs_node *pick_reader(pgs_client *c, const pgs_config *cfg, const pgs_node *avoid)
 {
     uint64_t need = 0;
     if (c && cfg->consistency != PGS_CONSISTENCY_EVENTUAL) need = settle_unknown(c);
@@ -272,7 +273,7 @@ static pgs_node *pick_reader(pgs_client *c, const pgs_config *cfg)
     int k = 0;
     for (int i = 0; i < n; i++) {
         pgs_node *node = topology_node(i);
-        if (can_read(node, cfg, need, now)) cand[k++] = node;
+        if (node != avoid && can_read(node, cfg, need, now)) cand[k++] = node;
     }
     if (cfg->read_from_primary && k) cand[k++] = topology_primary();
     if (!k) return NULL;
@@ -318,7 +319,7 @@ static void count_unit(pgs_node *n, bool read)
 pgs_node *route_home_node(const pgs_client *c)
 {
     if (!c->want_replica || !route_active()) return topology_primary();
-    pgs_node *r = pick_reader(NULL, g_pgs.cfg);
+    pgs_node *r = pick_reader(NULL, g_pgs.cfg, NULL);
     return r ? r : topology_primary();
 }
 
@@ -328,7 +329,7 @@ pgs_pool *route_checkout(pgs_client *c)
     if (c->want_replica) {
         /* a read-only session: every unit on a replica (PostgreSQL
          * refuses writes there), the primary only when none can serve */
-        pgs_node *r = pick_reader(NULL, g_pgs.cfg);
+        pgs_node *r = pick_reader(NULL, g_pgs.cfg, c->retry_from);
         return pool_for_node(c->pool, r ? r : topology_primary());
     }
     pgs_buf *b = &c->s.rbuf;
@@ -340,15 +341,21 @@ pgs_pool *route_checkout(pgs_client *c)
      * the relay asks before sending it) */
     if (!(kind & (U_READ | U_BEGIN_RO)) || (kind & U_PRIMARY) || pool_force_primary(home))
         return home;
-    pgs_node *r = pick_reader(c, g_pgs.cfg);
+    pgs_node *r = pick_reader(c, g_pgs.cfg, c->retry_from);
     return r ? pool_for_node(c->pool, r) : home;
 }
 
 bool route_unit_allowed(pgs_client *c, pgs_server *sv, const uint8_t *msg, uint32_t avail)
 {
+    c->unit_retryable = false;
     if (!route_active() || c->pool_mode != PGS_POOL_TRANSACTION) return true;
     pgs_node *node = sv->pool->sh->node;
     unsigned kind = unit_kind(c, msg, avail);
+    /* A read that may run again elsewhere if this replica fails before
+     * answering: proven a read, whole, and neither in nor starting or
+     * ending a transaction (relay.c decides the rest). */
+    bool retryable = node != topology_primary() && !c->replica_tx && (kind & U_READ) &&
+                     !(kind & (U_PRIMARY | U_BEGIN_RO | U_TXN_END));
     if (node == topology_primary()) {
         if (kind & U_DDL) c->ran_ddl = true;
         if (!(kind & U_READ)) {
@@ -366,14 +373,28 @@ bool route_unit_allowed(pgs_client *c, pgs_server *sv, const uint8_t *msg, uint3
          * on a read-only transaction (a write gets PostgreSQL's 25006) */
         if (kind & U_TXN_END) c->replica_tx = false;
         count_unit(node, true);
+        c->unit_retryable = retryable;
         return true;
     }
     if ((kind & U_READ) && !(kind & U_PRIMARY)) {
         if (kind & U_BEGIN_RO) c->replica_tx = true;
         count_unit(node, true);
+        c->unit_retryable = retryable;
         return true;
     }
     return false;
+}
+
+void route_read_failed(pgs_client *c, pgs_server *sv, bool lost, const char *why)
+{
+    pgs_node *n = sv->pool->sh->node;
+    atomic_fetch_add_explicit(&n->retried, 1, memory_order_relaxed);
+    c->retry_from = n;
+    /* A FATAL names one backend's end (pg_terminate_backend, a recovery
+     * conflict): the node may be well, and the monitor would say so.  A
+     * connection that just breaks most often means the node went away;
+     * if not, the monitor's next check brings it back. */
+    if (lost) pool_node_lost(sv->pool, why);
 }
 
 bool route_wants_lsn(pgs_client *c, const pgs_server *sv)

@@ -30,6 +30,13 @@ pgs_pool *route_checkout(pgs_client *c);
  * on a replica).  Notes what the primary may have written. */
 bool route_unit_allowed(pgs_client *c, pgs_server *sv, const uint8_t *msg, uint32_t avail);
 
+/* c's read on sv failed before any byte of its answer reached the client,
+ * and is about to be routed again (relay.c, "retrying a read"): sv's node
+ * is not picked for it, and when the connection was lost (`lost`; not a
+ * FATAL the server sent) the node is down for every read until the
+ * monitor sees it answer.  Counted in SHOW NODES' retried. */
+void route_read_failed(pgs_client *c, pgs_server *sv, bool lost, const char *why);
+
 /* sv is done with c's work and about to be released: true when the
  * primary's WAL position must be read first (read-your-writes); the
  * caller sends ROUTE_LSN_QUERY as an internal query and releases the

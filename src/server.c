@@ -739,7 +739,9 @@ void server_on_read(pgs_server *sv, ssize_t nread)
             login_failed(sv, false, "08006", msg);
             return;
         }
-        if (sv->client) {
+        if (sv->client &&
+            !relay_retry_read(sv->client, sv, true, "the PostgreSQL server closed the connection",
+                              NULL)) {
             client_server_lost(sv->client, "the PostgreSQL server closed the connection");
         }
         server_close(sv, "server closed the connection");
@@ -772,7 +774,9 @@ void server_on_drain(pgs_server *sv)
 
 void server_on_write_error(pgs_server *sv, int err)
 {
-    if (sv->client) client_server_lost(sv->client, "writing to the PostgreSQL server failed");
+    if (sv->client &&
+        !relay_retry_read(sv->client, sv, true, "writing to the PostgreSQL server failed", NULL))
+        client_server_lost(sv->client, "writing to the PostgreSQL server failed");
     server_close(sv, uv_strerror(err));
 }
 

@@ -61,6 +61,8 @@ typedef struct pgs_node {
     _Atomic int sync_state;
     /* Counters for SHOW NODES, by any worker. */
     _Atomic uint64_t reads, writes;
+    /* reads that failed here before any answer and ran again elsewhere */
+    _Atomic uint64_t retried;
     _Atomic int outstanding;      /* transactions running there now */
     pthread_mutex_t err_lock;     /* guards last_error */
     char last_error[256];

@@ -247,6 +247,20 @@ struct pgs_client {
     bool ran_ddl;             /* DDL went to the primary: reread volatility at release */
     uint64_t need_lsn;
     uint64_t lsn_unknown_us;  /* need_lsn is UINT64_MAX since: see route_lsn_unknown */
+    /* Retrying a read (relay.c, "retrying a read").  unit_retryable: what
+     * route_unit_allowed said of the unit it just let through (a proven
+     * read on a replica, outside any transaction).  retry_buf: a copy of
+     * that unit's request bytes (retry_len of them) while no byte of its
+     * answer has gone to the client (s.bytes_out still retry_mark); NULL
+     * when it cannot be retried.  retry_from: the node a retried unit
+     * failed on (route.c does not pick it again), retry_state its FATAL's
+     * SQLSTATE ("" for a lost connection), both for the one log line. */
+    bool unit_retryable;
+    uint32_t retry_len;
+    uint8_t *retry_buf;
+    uint64_t retry_mark;
+    const struct pgs_node *retry_from;
+    char retry_state[6];
     char addr[48];
     uint16_t port;
 };

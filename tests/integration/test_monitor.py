@@ -15,7 +15,7 @@ import pytest
 from helpers import wait_for
 
 NODES_COLUMNS = ["node", "role", "state", "addr", "port", "lag_bytes", "lag_seconds", "lsn",
-                 "reads", "writes", "outstanding", "sync_state", "last_error"]
+                 "reads", "writes", "retried", "outstanding", "sync_state", "last_error"]
 
 
 def lsn(text):
