@@ -10,7 +10,7 @@ import pytest
 
 import pgwire
 from helpers import BOTH_MODES, wait_for
-from test_monitor import cluster, nodes, wait_all_checked  # noqa: F401 (cluster: a fixture)
+from test_monitor import cluster, nodes, replayed, wait_all_checked  # noqa: F401 (cluster: a fixture)
 
 
 def start(pgscale, cluster, **env):
@@ -85,6 +85,10 @@ class Writer(threading.Thread):
 def test_writes_during_failover_wait_for_the_new_primary(pgscale, cluster):
     p, reps = cluster
     p.app_execute("CREATE TABLE fw_t (writer int, seq int)")
+    # the table is on both replicas before the primary goes (replication is
+    # asynchronous: what they have not received is lost with it)
+    target = p.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    wait_for(lambda: all(replayed(r, target) for r in reps), 20, what="replicas caught up")
     # server_connect_timeout well inside the failover: today's bound would fail them
     pg = start(pgscale, cluster, PGSCALE_SERVER_CONNECT_TIMEOUT="1s")
     stop = threading.Event()
