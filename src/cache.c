@@ -303,7 +303,7 @@ static cnode *find(pgs_cache *c, const pgs_cache_key *key)
         /* The hash only found a candidate: the material decides. */
         size_t len;
         const uint8_t *m = node_key(n, &len);
-        if (len == key->len && memcmp(m, key->material, len) == 0) return n;
+        if (len == key->len && (len == 0 || memcmp(m, key->material, len) == 0)) return n;
     }
     return NULL;
 }
@@ -360,6 +360,9 @@ enum pgs_cache_result cache_lookup(pgs_cache *c, const pgs_cache_key *key, uint6
 static void wake_waiters(pgs_cache *c, pgs_cache_fill *f, pgs_cache_entry *e)
 {
     pgs_cache_waiter *head = &f->waiters;
+    /* Pinned across the loop: a callback that fills or clears could evict
+     * e before the later waiters took their pins. */
+    if (e) e->refs++;
     while (head->next != head) {
         pgs_cache_waiter *w = head->next;
         w->prev->next = w->next;
@@ -368,7 +371,7 @@ static void wake_waiters(pgs_cache *c, pgs_cache_fill *f, pgs_cache_entry *e)
         if (e) e->refs++;
         w->cb(w, e);
     }
-    (void)c;
+    if (e) cache_entry_release(c, e);
 }
 
 static void unlink_fill(pgs_cache_fill *f)
@@ -408,7 +411,7 @@ int cache_fill_begin(pgs_cache *c, const pgs_cache_key *key, const pgs_table_id 
         memcpy(e->deps, ids, n_deps * sizeof(uint64_t));
         memcpy(e->deps + n_deps, versions, n_deps * sizeof(uint64_t));
     }
-    memcpy(entry_key(e), key->material, key->len);
+    if (key->len) memcpy(entry_key(e), key->material, key->len);
 
     f->c = c;
     f->cn.kind = NODE_FILL;

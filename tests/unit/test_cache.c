@@ -234,7 +234,7 @@ static size_t one_cost(void)
 
 static void put_q(pgs_cache *c, int i)
 {
-    char text[8];
+    char text[16];
     snprintf(text, sizeof(text), "q%d", i);
     pgs_cache_key k = key_of(text);
     assert_int_equal(put(c, &k, "0123456789", NULL, 0, T0), 0);
@@ -242,7 +242,7 @@ static void put_q(pgs_cache *c, int i)
 
 static bool has_q(pgs_cache *c, int i)
 {
-    char text[8];
+    char text[16];
     snprintf(text, sizeof(text), "q%d", i);
     pgs_cache_key k = key_of(text);
     return get(c, &k, T0, NULL) == PGS_CACHE_HIT;
@@ -571,6 +571,37 @@ static void test_waiters_are_released_on_abort(void **state)
     cache_free(c);
 }
 
+static void clear_after(pgs_cache_waiter *w, pgs_cache_entry *e)
+{
+    on_fill(w, e);
+    cache_clear(((waiter_box *)w)->c);
+}
+
+static void test_waiter_callback_may_clear_the_store(void **state)
+{
+    (void)state;
+    pgs_cache *c = cache_new(1 << 20, 1 << 16);
+    pgs_cache_key k = key_of("select shared");
+    pgs_cache_fill *f;
+    assert_int_equal(cache_fill_begin(c, &k, NULL, NULL, 0, 0, TTL, T0, &f), 0);
+    waiter_box w[2];
+    box_init(&w[0], c);
+    box_init(&w[1], c);
+    w[0].w.cb = clear_after;
+    cache_wait(f, &w[0].w);
+    cache_wait(f, &w[1].w);
+    assert_int_equal(cache_fill_append(f, "rows", 4), 0);
+    assert_int_equal(cache_fill_commit(f, T0), 0);
+    /* The first callback dropped the entry; the second still read it. */
+    assert_string_equal(w[0].answer, "rows");
+    assert_string_equal(w[1].answer, "rows");
+    pgs_cache_stats st;
+    cache_stats(c, &st);
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(st.bytes, 0);
+    cache_free(c);
+}
+
 static void test_pinned_entry_outlives_eviction_and_keeps_its_bytes(void **state)
 {
     (void)state;
@@ -628,6 +659,7 @@ int main(void)
         T(test_epoch_bump_kills_every_entry),
         T(test_waiters_are_served_on_commit),
         T(test_waiters_are_released_on_abort),
+        T(test_waiter_callback_may_clear_the_store),
         T(test_pinned_entry_outlives_eviction_and_keeps_its_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
