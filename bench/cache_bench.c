@@ -1,10 +1,12 @@
-/* Micro-benchmark of the result cache's hit path: nanoseconds per hit for
- * an answer of 1 row and of 100 rows, split into building the key
- * (database, user, session settings, statement text, two parameters) and
- * the lookup itself (hash, material compare, TTL, table-version check
- * against 2 tables, LRU touch, pin and release).  The store holds 10,000
- * other entries so that the lookup is not alone in its table.  Built with
- * the tests, run by hand: build/cache_bench [iterations]. */
+/* Micro-benchmark of the result cache's hit path, for answers of 1 row and
+ * of 100 rows in a store of 10,000 entries.  Columns: "key ns" builds the
+ * key (database, user, session settings, statement text, two parameters;
+ * XXH3-128 over ~360 bytes); "lookup ns" is the lookup alone (bucket,
+ * material compare, TTL, table versions of 2 tables, LRU touch, pin and
+ * release) cycling over 64 keys, so warm in the CPU caches; "hit ns" is
+ * key + lookup cycling over all 10,000 entries, so mostly cold lines: the
+ * figure a busy worker sees.  Built with the tests, run by hand:
+ * build/cache_bench [iterations]. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -377,6 +377,13 @@ static void test_answer_above_max_entry_is_refused_while_copying(void **state)
     assert_int_equal(st.bytes, 0);
     assert_int_equal(st.fills_pending, 0);
 
+    /* A key that alone passes max_entry is refused at the start. */
+    pgs_cache *tiny = cache_new(1 << 20, cache_entry_cost(k.len, 0, 0) - 1);
+    assert_int_equal(cache_fill_begin(tiny, &k, NULL, NULL, 0, 0, TTL, T0, &f),
+                     PGS_CACHE_E_TOO_BIG);
+    assert_null(f);
+    cache_free(tiny);
+
     /* Exactly max_entry fits. */
     char *exact = malloc(room + 1);
     memset(exact, 'e', room);
