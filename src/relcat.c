@@ -345,6 +345,7 @@ static void visit(walker *w, uint32_t idx, unsigned mode)
             if (r->r.relkind == 'f') w->out->flags |= RELCAT_FOREIGN;
             if (r->r.flags & RELCAT_REL_USES_STABLE) w->out->flags |= RELCAT_USES_STABLE;
             if (r->r.flags & RELCAT_REL_USES_VOLATILE) w->out->flags |= RELCAT_USES_VOLATILE;
+            if (r->r.flags & RELCAT_REL_READS_SYSTEM) w->out->flags |= RELCAT_UNKNOWN;
         }
     }
     if (need & DOWN)
@@ -480,9 +481,21 @@ static uint32_t oid_of(const char *s)
 static unsigned view_flags(pgs_classify_cache *cc, const char *def)
 {
     const pgs_stmt_facts *f = classify(cc, def, strlen(def));
+    unsigned fl = 0;
     if (!(f->flags & PGS_FACT_READ) || (f->flags & PGS_FACT_USES_VOLATILE))
-        return RELCAT_REL_USES_VOLATILE;
-    return (f->flags & PGS_FACT_USES_STABLE) ? RELCAT_REL_USES_STABLE : 0;
+        fl |= RELCAT_REL_USES_VOLATILE;
+    if (f->flags & PGS_FACT_USES_STABLE) fl |= RELCAT_REL_USES_STABLE;
+    /* System catalogs are pinned: pg_depend records no link to them, so
+     * the text says it (the rule classify's CACHEABLE uses). */
+    if (f->flags & PGS_FACT_READS_OVERFLOW) fl |= RELCAT_REL_READS_SYSTEM;
+    for (unsigned i = 0; i < f->n_reads; i++) {
+        const pgs_name *n = &f->reads[i];
+        if (strncmp(n->name, "pg_", 3) == 0 ||
+            (n->schema && (strcmp(n->schema, "pg_catalog") == 0 ||
+                           strcmp(n->schema, "information_schema") == 0)))
+            fl |= RELCAT_REL_READS_SYSTEM;
+    }
+    return fl;
 }
 
 int relcat_load(PGconn *conn, char *err, size_t errlen)

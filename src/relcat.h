@@ -136,6 +136,7 @@ enum {
     RELCAT_REL_SIDE_EFFECTS = 1u << 0, /* has a user trigger or a non-SELECT rule */
     RELCAT_REL_USES_STABLE = 1u << 1,  /* view: its definition calls a stable function */
     RELCAT_REL_USES_VOLATILE = 1u << 2,
+    RELCAT_REL_READS_SYSTEM = 1u << 3, /* view: reads a system catalog or view (pg_*) */
 };
 
 typedef struct relcat_rel {

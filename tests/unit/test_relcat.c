@@ -42,6 +42,7 @@ static const relcat_rel rels[] = {
     {80, "public", "sysv", 'v', 0},
     {90, "public", "uv", 'v', 0},
     {91, "public", "Mixed", 'r', 0},
+    {92, "public", "activity", 'v', RELCAT_REL_READS_SYSTEM},
 };
 
 static const relcat_link links[] = {
@@ -230,11 +231,15 @@ static void test_unknown_name_keeps_its_id_and_says_unknown(void **state)
     assert_int_equal(o.flags, RELCAT_UNKNOWN);
 }
 
-static void test_view_over_unloaded_relation_is_unknown(void **state)
+static void test_view_over_unloaded_or_system_relation_is_unknown(void **state)
 {
     (void)state;
     relcat_ids o = rd(NULL, "sysv");
     assert_true(o.flags & RELCAT_UNKNOWN);
+    /* pinned catalogs have no link: the definition's text says it */
+    o = rd(NULL, "activity");
+    expect_ids(&o, "activity");
+    assert_int_equal(o.flags, RELCAT_UNKNOWN);
 }
 
 static void test_materialized_view_reads_only_itself(void **state)
@@ -423,7 +428,7 @@ int main(void)
         cmocka_unit_test(test_multi_level_inheritance),
         cmocka_unit_test(test_ambiguous_name_takes_every_schemas_relation),
         cmocka_unit_test(test_unknown_name_keeps_its_id_and_says_unknown),
-        cmocka_unit_test(test_view_over_unloaded_relation_is_unknown),
+        cmocka_unit_test(test_view_over_unloaded_or_system_relation_is_unknown),
         cmocka_unit_test(test_materialized_view_reads_only_itself),
         cmocka_unit_test(test_view_calling_stable_or_volatile_functions_is_flagged),
         cmocka_unit_test(test_trigger_or_rule_makes_a_write_bump_everything),
