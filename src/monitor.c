@@ -87,6 +87,7 @@ static pthread_cond_t cond;
 static bool stopping;
 static const pgs_config *start_cfg;
 static _Atomic(monitor_primary_hook_fn) primary_hook;
+static bool want_primary_thread; /* monitor_want_primary_thread */
 /* monitor_rerun_primary_hook: the hook runs again when this moves */
 static _Atomic unsigned hook_wanted;
 
@@ -145,6 +146,11 @@ static char cluster_sysid[32];         /* the lock's key; read at the first fail
 void monitor_set_primary_hook(monitor_primary_hook_fn fn)
 {
     atomic_store(&primary_hook, fn);
+}
+
+void monitor_want_primary_thread(void)
+{
+    want_primary_thread = true;
 }
 
 void monitor_configure(const pgs_config *cfg)
@@ -884,8 +890,9 @@ int monitor_start(const pgs_config *cfg, char *err, size_t errlen)
     stopping = false;
     n_mnodes = 0;
     /* With the primary alone there is nothing to route to or fail over
-     * to: no thread, no extra connection on the primary. */
-    if (topology_count() < 2) return 0;
+     * to: no thread, no extra connection on the primary, unless a feature
+     * needs the primary hook. */
+    if (topology_count() < 2 && !want_primary_thread) return 0;
     for (int i = 0; i < topology_count(); i++) {
         pgs_node *n = topology_node(i);
         if (!n->resolved) continue; /* kept down with its resolution error */

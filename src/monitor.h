@@ -12,10 +12,14 @@
 #include "config.h"
 
 /* Starts one thread per resolved node when there are replicas (with the
- * primary alone it starts nothing: SHOW NODES then shows the primary
- * unchecked).  cfg is the start-up snapshot: its restart-only parts (node
+ * primary alone it starts nothing, unless monitor_want_primary_thread was
+ * called: SHOW NODES then shows the primary unchecked).  cfg is the start-up snapshot: its restart-only parts (node
  * URLs, server_tls) are read until monitor_stop. */
 PGS_MUSTCHECK int monitor_start(const pgs_config *cfg, char *err, size_t errlen);
+/* Before monitor_start: start the primary's thread even with no replica,
+ * for the primary hook (it then also checks the primary: SHOW NODES shows
+ * it checked, and a failed check marks it down). */
+void monitor_want_primary_thread(void);
 /* Stops and joins the threads, closes their connections. */
 void monitor_stop(void);
 /* Takes the reloadable settings (interval, timeouts, failover mode) from a
