@@ -14,22 +14,14 @@
 #define PGS_RELCAT_H
 
 #include "common.h"
+#include "tablever.h"
 
-/* The id of a table in the version table: a 64-bit hash of its bare name,
- * lower-cased; the schema is ignored on purpose (an unqualified name may be
- * any schema's, so one id covers them all).  This must be exactly the
- * version table's id function. */
+/* The id of a table in the version table: tablever_id (a hash of its
+ * bare name, lower-cased; the schema is ignored on purpose, see
+ * tablever.h). */
 static inline uint64_t relcat_table_id(const char *name)
 {
-    /* FNV-1a 64 over the ASCII-lower-cased bytes */
-    uint64_t h = 1469598103934665603ull;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
-        unsigned char c = *p;
-        if (c >= 'A' && c <= 'Z') c = (unsigned char)(c + ('a' - 'A'));
-        h ^= c;
-        h *= 1099511628211ull;
-    }
-    return h;
+    return tablever_id(NULL, name);
 }
 
 /* ---- expansion ------------------------------------------------------- */
