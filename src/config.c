@@ -2452,7 +2452,8 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
                      (unsigned long long)r->fingerprint);
             sb_puts(&b, tmp);
         }
-        if (r->ttl_ms) { /* 0: cache.ttl, shown as PGSCALE_CACHE_TTL */
+        /* no ttl: the rule takes cache.ttl, which PGSCALE_CACHE_TTL shows */
+        if (r->ttl_ms) {
             sb_kv_str(&b, "ttl", "");
             sb_duration(&b, r->ttl_ms);
         }
