@@ -15,6 +15,7 @@
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 
+#include "config.h"
 #include "htab.h"
 #include "sqlscan.h"
 
@@ -363,6 +364,8 @@ typedef struct stmt_state {
 typedef struct builder {
     const vol_table *vt;
     uint32_t flags;
+    uint32_t hint_ttl_ms;
+    uint64_t fingerprint;
     name_list reads, writes, funcs;
     stmt_state st;
 } builder;
@@ -732,6 +735,61 @@ static uint32_t classify_stmt(builder *b, const PgQuery__Node *node, bool top)
     return fl | (read ? PGS_FACT_READ : PGS_FACT_WRITE);
 }
 
+/* A hint word at sql[at..] ends there: "pgscale:cache" is not
+ * "pgscale:cached" or "pgscale:cache_x". */
+static bool hint_word_ends(const char *sql, size_t end, size_t len)
+{
+    if (end >= len) return true;
+    unsigned char ch = (unsigned char)sql[end];
+    return !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+             ch == '_' || ch == ':' || ch == '-');
+}
+
+/* The cache hints (docs/cache.md, "Hints"): "pgscale:nocache" anywhere in
+ * a comment; else the first "pgscale:cache", optionally followed in the
+ * same comment by blanks and "ttl=<duration>" (60, 60s, 500ms, 5min). */
+static void cache_hints(builder *b, const char *sql, size_t len)
+{
+    static const char nocache[] = "pgscale:nocache", cache[] = "pgscale:cache";
+    size_t at, end, from = 0;
+    while (sqlscan_comment_find(sql, len, nocache, from, &at, &end)) {
+        if (hint_word_ends(sql, at + sizeof(nocache) - 1, len)) {
+            b->flags |= PGS_FACT_HINT_NOCACHE;
+            return;
+        }
+        from = at + 1;
+    }
+    from = 0;
+    while (sqlscan_comment_find(sql, len, cache, from, &at, &end)) {
+        size_t p = at + sizeof(cache) - 1;
+        from = at + 1;
+        if (!hint_word_ends(sql, p, len)) continue;
+        while (p < end && (sql[p] == ' ' || sql[p] == '\t')) p++;
+        if (p + 4 > end || strncasecmp(sql + p, "ttl=", 4) != 0) {
+            b->flags |= PGS_FACT_HINT_CACHE;
+            return;
+        }
+        p += 4;
+        char v[32];
+        size_t n = 0;
+        while (p < end && n + 1 < sizeof(v) &&
+               ((sql[p] >= '0' && sql[p] <= '9') || sql[p] == '.' ||
+                (sql[p] >= 'a' && sql[p] <= 'z') || (sql[p] >= 'A' && sql[p] <= 'Z')))
+            v[n++] = sql[p++];
+        v[n] = '\0';
+        uint32_t ms;
+        char why[256];
+        if (n == 0 || config_parse_duration(v, true, &ms, why, sizeof(why)) < 0)
+            return; /* what did they mean?  Not caching is the safe reading. */
+        if (ms == 0) b->flags |= PGS_FACT_HINT_NOCACHE;
+        else {
+            b->flags |= PGS_FACT_HINT_CACHE;
+            b->hint_ttl_ms = ms;
+        }
+        return;
+    }
+}
+
 /* Classifies sql (NUL-terminated copy, len bytes) into b.  Returns the
  * parse result and tree for the caller to free once it has copied the
  * names out of them (they point into the tree). */
@@ -741,6 +799,7 @@ static PgQuery__ParseResult *analyse(builder *b, const char *sql, size_t len,
     PgQuery__ParseResult *tree = NULL;
     memset(pr, 0, sizeof(*pr));
     if (sqlscan_comment_has(sql, len, "pgscale:primary")) b->flags |= PGS_FACT_HINT_PRIMARY;
+    cache_hints(b, sql, len);
 
     /* A NUL inside the text: PostgreSQL would read a different (shorter)
      * statement than the one we see; let the primary judge it. */
@@ -763,6 +822,13 @@ static PgQuery__ParseResult *analyse(builder *b, const char *sql, size_t len,
     if (any_write) all = (all & ~(PGS_FACT_READ | PGS_FACT_CACHEABLE)) | PGS_FACT_WRITE;
     else all |= PGS_FACT_READ;
     b->flags |= all;
+    /* A second (raw) parse: libpg_query fingerprints only from the text.
+     * It adds about 4-6 us to a miss of 23-100 us (bench/classify_bench:
+     * the protobuf round trip above dominates a miss) and nothing to a
+     * hit, which is where the data path lives. */
+    PgQueryFingerprintResult fp = pg_query_fingerprint(sql);
+    if (!fp.error) b->fingerprint = fp.fingerprint;
+    pg_query_free_fingerprint_result(fp);
     return tree;
 
 parse_error:
@@ -895,6 +961,8 @@ static centry *entry_make(const builder *b, uint64_t gen, const char *text, size
                      (b->writes.overflow ? PGS_FACT_WRITES_OVERFLOW : 0) |
                      (b->funcs.overflow ? PGS_FACT_FUNCS_OVERFLOW : 0);
     e->facts.generation = gen;
+    e->facts.hint_ttl_ms = b->hint_ttl_ms;
+    e->facts.fingerprint = b->fingerprint;
     e->facts.n_reads = b->reads.n;
     e->facts.n_writes = b->writes.n;
     e->facts.n_funcs = b->funcs.n;

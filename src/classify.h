@@ -62,6 +62,14 @@ enum {
      * (temporary table, SELECT INTO TEMP, LISTEN, DECLARE CURSOR,
      * PREPARE). */
     PGS_FACT_SESSION_STATE = 1u << 18,
+    /* A comment holds "pgscale:cache" (optionally "pgscale:cache ttl=60s",
+     * the TTL in hint_ttl_ms): the application asks for its answer to be
+     * cached.  It never makes a statement cacheable that is not CACHEABLE
+     * (cacherule.h).  A ttl= that is not a duration voids the hint. */
+    PGS_FACT_HINT_CACHE = 1u << 19,
+    /* A comment holds "pgscale:nocache" (or "pgscale:cache ttl=0"): never
+     * cache this statement's answer; wins over everything else. */
+    PGS_FACT_HINT_NOCACHE = 1u << 20,
 };
 
 /* How many table names read, written, and function names each list keeps. */
@@ -78,8 +86,14 @@ typedef struct pgs_name {
 typedef struct pgs_stmt_facts {
     uint32_t flags;
     uint8_t n_reads, n_writes, n_funcs;
+    /* HINT_CACHE's ttl= in milliseconds; 0 when the hint gave none. */
+    uint32_t hint_ttl_ms;
     /* The volatility table generation the facts were computed with. */
     uint64_t generation;
+    /* pg_query_fingerprint of the text (constants, comments and layout do
+     * not change it), computed once when the text is parsed, so a parse
+     * cache hit costs nothing more; 0 when the text does not parse. */
+    uint64_t fingerprint;
     const pgs_name *reads;  /* tables (and views, CTE names) read */
     const pgs_name *writes; /* tables written: INSERT/UPDATE/DELETE/MERGE/COPY FROM targets,
                                SELECT INTO and TRUNCATE */

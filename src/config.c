@@ -203,6 +203,11 @@ void config_defaults(pgs_config *cfg)
     cfg->max_replica_lag_bytes = 0;
     cfg->max_replica_lag_ms = 10 * 1000;
     cfg->read_from_primary = false;
+    cfg->cache.enabled = false;
+    cfg->cache.ttl_ms = 300000;                 /* the seed's hand-written 5 minutes */
+    cfg->cache.max_memory = 256ull << 20;
+    cfg->cache.max_entry_size = 1u << 20;
+    cfg->cache.fill_wait_ms = 1000;
     cfg->load_balance = PGS_BALANCE_ROUND_ROBIN;
     cfg->monitor_interval_ms = 100;
     cfg->health_check_timeout_ms = 2 * 1000;
@@ -1202,6 +1207,7 @@ enum kind {
     K_OVERFLOW,  /* int in [0, max], -1 = unlimited */
     K_DURATION,  /* uint32_t milliseconds */
     K_BYTES,     /* uint32_t bytes in [min, max] */
+    K_BYTES64,   /* uint64_t bytes in [min, max] */
     K_REDIS,     /* char * */
     K_LOG_LEVEL, /* int, PGS_LOG_* */
     K_FILE_MODE, /* int, permission bits 0..0777, written in octal */
@@ -1216,7 +1222,7 @@ struct setting {
     const char *key;  /* the config file key */
     enum kind kind;
     size_t off;
-    long min, max;    /* K_INT, K_OVERFLOW, K_BYTES */
+    long min, max;    /* K_INT, K_OVERFLOW, K_BYTES, K_BYTES64 */
     bool zero_is_off; /* K_DURATION */
     const char *const *names; /* K_ENUM: the values, NULL-terminated */
     const char *what;         /* K_ENUM: "a reset mode", for messages */
@@ -1308,6 +1314,14 @@ static const struct setting settings[] = {
     DUR("PGSCALE_HEALTH_CHECK_TIMEOUT", "health_check_timeout", health_check_timeout_ms, false),
     DUR("PGSCALE_FAILOVER_TIMEOUT", "failover_timeout", failover_timeout_ms, false),
     DUR("PGSCALE_FAILOVER_WAIT", "failover_wait", failover_wait_ms, true),
+    /* The result cache (docs/cache.md); the rules are in the file only. */
+    {.name = "PGSCALE_CACHE", .key = "cache.enabled", .kind = K_BOOL, .off = F(cache.enabled)},
+    DUR("PGSCALE_CACHE_TTL", "cache.ttl", cache.ttl_ms, false),
+    {.name = "PGSCALE_CACHE_MAX_MEMORY", .key = "cache.max_memory", .kind = K_BYTES64,
+     .off = F(cache.max_memory), .min = 1L << 20, .max = 1L << 40},
+    {.name = "PGSCALE_CACHE_MAX_ENTRY_SIZE", .key = "cache.max_entry_size", .kind = K_BYTES,
+     .off = F(cache.max_entry_size), .min = 1024, .max = 1073741824L},
+    DUR("PGSCALE_CACHE_FILL_WAIT", "cache.fill_wait", cache.fill_wait_ms, true),
 };
 #undef ENUM
 #undef DUR
@@ -1419,6 +1433,9 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
     case K_BYTES:
         return parse_bytes(v, (uint64_t)s->min, (uint64_t)s->max, FIELD(cfg, s, uint32_t), why,
                            whylen);
+    case K_BYTES64:
+        return parse_bytes64(v, (uint64_t)s->min, (uint64_t)s->max, FIELD(cfg, s, uint64_t), why,
+                             whylen);
     case K_REDIS: {
         /* The value is never echoed: a Redis URL usually carries a password.
          * Parsed here so that a bad one stops pgscale at start, not at the
@@ -1545,7 +1562,8 @@ const char *config_setting_for_key(const char *key, pgs_value_kind *kind)
         case K_INT:
         case K_OVERFLOW: *kind = PGS_VALUE_INT; break;
         case K_DURATION: *kind = PGS_VALUE_DURATION; break;
-        case K_BYTES: *kind = PGS_VALUE_SIZE; break;
+        case K_BYTES:
+        case K_BYTES64: *kind = PGS_VALUE_SIZE; break;
         case K_BOOL: *kind = PGS_VALUE_BOOL; break;
         case K_REDIS: *kind = PGS_VALUE_SECRET; break;
         case K_POOL_MODE:
@@ -1943,6 +1961,18 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char
             return -EINVAL;
         }
     }
+    /* An answer bigger than a worker's share of the store could never be
+     * kept; more likely one of the two sizes is a typo. */
+    if (cfg->cache.max_entry_size > cfg->cache.max_memory) {
+        char a[32], b[32];
+        format_size(cfg->cache.max_entry_size, a, sizeof(a));
+        format_size(cfg->cache.max_memory, b, sizeof(b));
+        seterr(err, errlen,
+               "cache.max_entry_size (%s) is larger than cache.max_memory (%s); lower "
+               "PGSCALE_CACHE_MAX_ENTRY_SIZE or raise PGSCALE_CACHE_MAX_MEMORY",
+               a, b);
+        return -EINVAL;
+    }
     /* md5 and SCRAM check a password: the users file's, auth.query's, or
      * the one DATABASE_URL carries for its own user.  With none of them no
      * client could ever log in, so say so now.  (Without an explicit
@@ -2052,6 +2082,21 @@ void config_free_reloadable(pgs_config *cfg)
     cfg->n_users = 0;
     free_strv(&cfg->admin_users, &cfg->n_admin_users);
     free_strv(&cfg->stats_users, &cfg->n_stats_users);
+    config_cache_rules_free(&cfg->cache);
+}
+
+void config_cache_rules_free(pgs_cache_config *c)
+{
+    for (int i = 0; i < c->n_rules; i++) {
+        pgs_cache_rule *r = &c->rules[i];
+        free_strv(&r->tables, &r->n_tables);
+        free(r->query);
+        free(r->database);
+        free(r->user);
+    }
+    free(c->rules);
+    c->rules = NULL;
+    c->n_rules = 0;
 }
 
 void config_free(pgs_config *cfg)
@@ -2126,6 +2171,7 @@ void config_pool_settings(const pgs_config *cfg, const char *database, const cha
     out->pinning = cfg->pinning;
     out->max_pinned = cfg->max_pinned;
     out->force_primary = false;
+    out->cache = cfg->cache.enabled;
     out->server_dbname = database;
 
     const pgs_db_config *d = config_find_database(cfg, database);
@@ -2150,6 +2196,11 @@ void config_pool_settings(const pgs_config *cfg, const char *database, const cha
         if (u->max_pinned >= 0) out->max_pinned = u->max_pinned;
         if (u->route >= 0) out->force_primary = u->route == PGS_ROUTE_PRIMARY;
     }
+    /* cache: off in either section wins over on in the other: switching
+     * the cache off for a database is a promise about its data that a
+     * user's section must not break (and the other way round).  Neither
+     * switches it on when cache.enabled is off. */
+    if ((d && d->cache == 0) || (u && u->cache == 0)) out->cache = false;
     /* 0: half the pool, so that pinned clients never hold every server */
     if (out->max_pinned <= 0) out->max_pinned = out->pool_size / 2 > 0 ? out->pool_size / 2 : 1;
 }
@@ -2198,6 +2249,9 @@ static void format_setting(sbuf *b, const pgs_config *cfg, const struct setting 
         break;
     case K_BYTES:
         format_size(*CFIELD(cfg, s, uint32_t), tmp, sizeof(tmp));
+        break;
+    case K_BYTES64:
+        format_size(*CFIELD(cfg, s, uint64_t), tmp, sizeof(tmp));
         break;
     case K_REDIS: {
         const char *r = *CFIELD(cfg, s, char *);
@@ -2363,6 +2417,7 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
         if (d->pinning >= 0) sb_kv_str(&b, "pinning", d->pinning ? "on" : "off");
         if (d->max_pinned >= 0) sb_kv_int(&b, "max_pinned", d->max_pinned);
         if (d->route >= 0) sb_kv_str(&b, "route", route_names[d->route]);
+        if (d->cache >= 0) sb_kv_str(&b, "cache", d->cache ? "on" : "off");
         snprintf(name, sizeof(name), "databases.%s", d->name);
         emit(ctx, name, sb_str(&b), "");
     }
@@ -2378,9 +2433,36 @@ void config_describe_file(const pgs_config *cfg, pgs_config_emit emit, void *ctx
         if (u->pinning >= 0) sb_kv_str(&b, "pinning", u->pinning ? "on" : "off");
         if (u->max_pinned >= 0) sb_kv_int(&b, "max_pinned", u->max_pinned);
         if (u->route >= 0) sb_kv_str(&b, "route", route_names[u->route]);
+        if (u->cache >= 0) sb_kv_str(&b, "cache", u->cache ? "on" : "off");
         snprintf(name, sizeof(name), "users.%s", u->name);
         emit(ctx, name, sb_str(&b), "");
     }
+
+    for (int i = 0; i < cfg->cache.n_rules; i++) {
+        const pgs_cache_rule *r = &cfg->cache.rules[i];
+        sb_reset(&b);
+        if (r->kind == PGS_CACHE_RULE_TABLES) {
+            sb_puts(&b, "tables=");
+            for (int t = 0; t < r->n_tables; t++) {
+                if (t) sb_putc(&b, ',');
+                sb_puts(&b, r->tables[t]);
+            }
+        } else {
+            snprintf(tmp, sizeof(tmp), "fingerprint=%016llx",
+                     (unsigned long long)r->fingerprint);
+            sb_puts(&b, tmp);
+        }
+        /* no ttl: the rule takes cache.ttl, which PGSCALE_CACHE_TTL shows */
+        if (r->ttl_ms) {
+            sb_kv_str(&b, "ttl", "");
+            sb_duration(&b, r->ttl_ms);
+        }
+        if (r->database) sb_kv_str(&b, "database", r->database);
+        if (r->user) sb_kv_str(&b, "user", r->user);
+        snprintf(name, sizeof(name), "cache.rules[%d]", i);
+        emit(ctx, name, sb_str(&b), "");
+    }
+    if (cfg->cache.n_rules == 0) emit(ctx, "cache.rules", "", "");
 
     const pgs_auth_config *a = &cfg->auth;
     emit(ctx, "auth.type", auth_method_names[a->type], auth_method_names[def.auth.type]);

@@ -144,6 +144,7 @@ typedef struct pgs_db_config {
     int pinning;              /* -1 not set, 0 off, 1 on */
     int max_pinned;           /* -1 not set, 0 half of pool_size */
     int route;                /* -1 not set, else PGS_ROUTE_* */
+    int cache;                /* -1 not set, 0 off, 1 on */
     int line;
 } pgs_db_config;
 
@@ -156,6 +157,7 @@ typedef struct pgs_user_config {
     int pinning;              /* -1 not set, 0 off, 1 on */
     int max_pinned;           /* -1 not set, 0 half of pool_size */
     int route;                /* -1 not set, else PGS_ROUTE_* */
+    int cache;                /* -1 not set, 0 off, 1 on */
     int line;
 } pgs_user_config;
 
@@ -179,6 +181,43 @@ enum {
 /* route (databases: / users: entries): auto = reads may go to replicas. */
 enum { PGS_ROUTE_AUTO = 0, PGS_ROUTE_PRIMARY = 1 };
 #define PGS_MAX_REPLICA_WEIGHT 1000
+
+/* One cache.rules entry (docs/cache.md, "Rules").  A rule matches a
+ * statement by the tables it reads or by its fingerprint, optionally only
+ * for one database and/or user; the first rule that matches gives the TTL. */
+typedef enum pgs_cache_rule_kind {
+    PGS_CACHE_RULE_TABLES = 0,      /* every table the statement reads is in tables[] */
+    PGS_CACHE_RULE_FINGERPRINT = 1, /* pg_query_fingerprint of the statement */
+} pgs_cache_rule_kind;
+
+#define PGS_CACHE_RULE_TABLES_MAX 64
+
+typedef struct pgs_cache_rule {
+    pgs_cache_rule_kind kind;
+    /* TABLES: "name" (any schema) or "schema.name", as written in the
+     * file; compared case-insensitively with the classifier's names. */
+    char **tables;
+    int n_tables;
+    uint64_t fingerprint; /* FINGERPRINT: given, or computed from query */
+    char *query;          /* the query: the rule was written with, NULL otherwise */
+    char *database;       /* NULL = any */
+    char *user;           /* NULL = any */
+    uint32_t ttl_ms;      /* > 0 */
+    int line;
+} pgs_cache_rule;
+
+/* The result cache's settings (cache: in the file, PGSCALE_CACHE_* in the
+ * environment).  cache_decide (cacherule.h) reads enabled, ttl_ms and the
+ * rules; the store reads the sizes and fill_wait_ms. */
+typedef struct pgs_cache_config {
+    bool enabled;              /* PGSCALE_CACHE, default off */
+    uint32_t ttl_ms;           /* PGSCALE_CACHE_TTL, default 300 s */
+    uint64_t max_memory;       /* PGSCALE_CACHE_MAX_MEMORY, bytes, default 256 MB */
+    uint32_t max_entry_size;   /* PGSCALE_CACHE_MAX_ENTRY_SIZE, bytes, default 1 MB */
+    uint32_t fill_wait_ms;     /* PGSCALE_CACHE_FILL_WAIT, default 1 s, 0 = never wait */
+    pgs_cache_rule *rules;     /* cache.rules, in file order */
+    int n_rules;
+} pgs_cache_config;
 
 typedef struct pgs_config {
     pgs_url primary;              /* DATABASE_URL (required) */
@@ -241,6 +280,7 @@ typedef struct pgs_config {
     uint32_t max_message_size;    /* PGSCALE_MAX_MESSAGE_SIZE, bytes, default 1 GiB */
 
     char *redis_url;              /* REDIS_URL (kept for later features) */
+    pgs_cache_config cache;       /* cache: / PGSCALE_CACHE_* */
     int log_level;                /* PGSCALE_LOG_LEVEL: error|warn|info|debug */
     int unix_socket_permissions;  /* PGSCALE_UNIX_SOCKET_PERMISSIONS, 0700 */
     char *unix_socket_group;      /* PGSCALE_UNIX_SOCKET_GROUP, NULL = pgscale's own */
@@ -279,6 +319,7 @@ typedef struct pgs_pool_settings {
     bool pinning;
     int max_pinned;            /* resolved: >= 1 */
     bool force_primary;        /* route: primary for this database or user */
+    bool cache;                /* cache.enabled, unless cache: off for this database or user */
     const char *server_dbname; /* the database to ask the server for */
 } pgs_pool_settings;
 
@@ -331,7 +372,7 @@ PGS_MUSTCHECK int config_reload(pgs_config *fresh, const char *config_path,
                                 const char *envfile_path, char *err, size_t errlen);
 void config_free(pgs_config *cfg);
 /* Frees only what a reload replaces in a running snapshot: databases,
- * users, admin_users and stats_users (see reload.c). */
+ * users, admin_users, stats_users and cache.rules (see reload.c). */
 void config_free_reloadable(pgs_config *cfg);
 
 /* Resolves the overrides for one (database, user); see pgs_pool_settings. */
@@ -383,6 +424,8 @@ PGS_MUSTCHECK int config_parse_duration(const char *v, bool zero_is_off, uint32_
                                         char *why, size_t whylen);
 PGS_MUSTCHECK int config_parse_size(const char *v, uint32_t min, uint32_t max, uint32_t *out,
                                     char *why, size_t whylen);
+/* Frees the rules of c (cache.rules) and clears them. */
+void config_cache_rules_free(pgs_cache_config *c);
 PGS_MUSTCHECK int config_parse_pool_mode(const char *v, pgs_pool_mode *out, char *why,
                                          size_t whylen);
 /* One listen address: the PGSCALE_LISTEN forms (partial forms keep the host

@@ -8,6 +8,8 @@
  * config_load_files' job, not this module's. */
 #include "config_yaml.h"
 
+#include "cacherule.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -821,7 +823,8 @@ static int do_databases(yctx *c, const node *v, const char *path)
 {
     static const char *const keys[] = {"pool_size",          "max_overflow", "pool_mode",
                                        "pool_timeout",       "max_db_connections", "dbname",
-                                       "pinning",            "max_pinned",   "route"};
+                                       "pinning",            "max_pinned",   "route",
+                                       "cache"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_config *cfg = c->cfg;
     size_t n = v->n / 2;
@@ -834,7 +837,7 @@ static int do_databases(yctx *c, const node *v, const char *path)
         pgs_db_config *d = &cfg->databases[cfg->n_databases++];
         d->name = pgs_xstrdup(name->str);
         d->pool_size = d->max_overflow = d->pool_mode = d->pinning = d->max_pinned = -1;
-        d->route = -1;
+        d->route = d->cache = -1;
         d->line = name->line;
         if (want_map(c, body, ep) < 0) return -EINVAL;
         for (size_t j = 0; j < body->n; j += 2) {
@@ -860,6 +863,7 @@ static int do_databases(yctx *c, const node *v, const char *path)
             case 6: rc = bool_value(c, val, kp, &d->pinning); break;
             case 7: rc = int_value(c, val, kp, 0, 10000, &d->max_pinned); break;
             case 8: rc = route_value(c, val, kp, &d->route); break;
+            case 9: rc = bool_value(c, val, kp, &d->cache); break;
             default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
             }
             if (rc < 0) return rc;
@@ -872,7 +876,7 @@ static int do_users(yctx *c, const node *v, const char *path)
 {
     static const char *const keys[] = {"pool_size", "max_overflow", "pool_mode",
                                        "max_user_connections", "pinning", "max_pinned",
-                                       "route"};
+                                       "route", "cache"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_config *cfg = c->cfg;
     size_t n = v->n / 2;
@@ -885,7 +889,7 @@ static int do_users(yctx *c, const node *v, const char *path)
         pgs_user_config *u = &cfg->users[cfg->n_users++];
         u->name = pgs_xstrdup(name->str);
         u->pool_size = u->max_overflow = u->pool_mode = u->pinning = u->max_pinned = -1;
-        u->route = -1;
+        u->route = u->cache = -1;
         u->line = name->line;
         if (want_map(c, body, ep) < 0) return -EINVAL;
         for (size_t j = 0; j < body->n; j += 2) {
@@ -900,6 +904,7 @@ static int do_users(yctx *c, const node *v, const char *path)
             case 4: rc = bool_value(c, val, kp, &u->pinning); break;
             case 5: rc = int_value(c, val, kp, 0, 10000, &u->max_pinned); break;
             case 6: rc = route_value(c, val, kp, &u->route); break;
+            case 7: rc = bool_value(c, val, kp, &u->cache); break;
             default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
             }
             if (rc < 0) return rc;
@@ -1196,6 +1201,170 @@ static int do_names(yctx *c, const node *v, const char *path, char ***out, int *
     return 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* cache:                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* A table name in a rule: "name" or "schema.name", as the classifier
+ * reports names (docs/cache.md, "Rules"). */
+static int rule_table(yctx *c, const node *n, const char *path, const char **out)
+{
+    if (text(c, n, path, false, out) < 0) return -EINVAL;
+    const char *v = *out, *dot = strchr(v, '.');
+    char sb[80];
+    if (dot && strchr(dot + 1, '.'))
+        return fail(c, n->line, path, "'%s' has more than one '.' (expected name or schema.name)",
+                    show(v, sb, sizeof(sb)));
+    size_t a = dot ? (size_t)(dot - v) : strlen(v), b = dot ? strlen(dot + 1) : 1;
+    if (a == 0 || b == 0)
+        return fail(c, n->line, path, "'%s' is not a table name (expected name or schema.name)",
+                    show(v, sb, sizeof(sb)));
+    if (a > PGS_NAME_MAX || (dot && b > PGS_NAME_MAX))
+        return fail(c, n->line, path, "'%s' is longer than %d bytes (PostgreSQL's limit for names)",
+                    show(v, sb, sizeof(sb)), PGS_NAME_MAX);
+    return 0;
+}
+
+/* "0123456789abcdef": the 16 hex digits pg_query_fingerprint prints. */
+static int rule_fingerprint(yctx *c, const node *n, const char *path, uint64_t *out)
+{
+    const char *v;
+    char sb[80];
+    if (text(c, n, path, false, &v) < 0) return -EINVAL;
+    uint64_t x = 0;
+    size_t i = 0;
+    for (; v[i] && i < 17; i++) {
+        char ch = v[i];
+        int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                         : -1;
+        if (d < 0) break;
+        x = x << 4 | (uint64_t)d;
+    }
+    if (i != 16 || v[i])
+        return fail(c, n->line, path,
+                    "'%s' is not a fingerprint (expected the 16 hex digits of "
+                    "pg_query_fingerprint, e.g. \"5e0b9c1d2f3a4b6c\"; or write query: with the "
+                    "statement)",
+                    show(v, sb, sizeof(sb)));
+    if (x == 0) return fail(c, n->line, path, "the fingerprint 0 matches no statement");
+    *out = x;
+    return 0;
+}
+
+static int cache_rule(yctx *c, const node *v, const char *path, pgs_cache_rule *r)
+{
+    static const char *const keys[] = {"tables", "fingerprint", "query", "ttl", "database",
+                                       "user"};
+    if (want_map(c, v, path) < 0) return -EINVAL;
+    r->line = v->line;
+    char kp[PATH_BUF], ip[PATH_BUF], why[512];
+    int chosen = -1; /* which of tables, fingerprint, query */
+    int chosen_line = 0;
+    for (size_t j = 0; j < v->n; j += 2) {
+        const node *k = v->kids[j], *val = v->kids[j + 1];
+        path_key(kp, sizeof(kp), path, k->str);
+        int w = find_word(keys, PGS_ARRAY_LEN(keys), k->str);
+        if (w >= 0 && w <= 2) {
+            if (chosen >= 0)
+                return fail(c, k->line, kp,
+                            "a rule matches by one of tables, fingerprint or query; this one "
+                            "already has %s (line %d): split it into two rules",
+                            keys[chosen], chosen_line);
+            chosen = w;
+            chosen_line = k->line;
+        }
+        const char *s;
+        int rc = 0;
+        switch (w) {
+        case 0:
+            r->kind = PGS_CACHE_RULE_TABLES;
+            if (want_seq(c, val, kp) < 0) return -EINVAL;
+            if (val->n == 0)
+                return fail(c, val->line, kp, "is empty (list the tables the statements read)");
+            if (val->n > PGS_CACHE_RULE_TABLES_MAX)
+                return fail(c, val->line, kp, "has %zu tables (at most %d in one rule)", val->n,
+                            PGS_CACHE_RULE_TABLES_MAX);
+            r->tables = pgs_xcalloc(val->n, sizeof(*r->tables));
+            for (size_t t = 0; t < val->n; t++) {
+                path_index(ip, sizeof(ip), kp, t);
+                if (rule_table(c, val->kids[t], ip, &s) < 0) return -EINVAL;
+                r->tables[r->n_tables++] = pgs_xstrdup(s);
+            }
+            break;
+        case 1:
+            r->kind = PGS_CACHE_RULE_FINGERPRINT;
+            rc = rule_fingerprint(c, val, kp, &r->fingerprint);
+            break;
+        case 2:
+            r->kind = PGS_CACHE_RULE_FINGERPRINT;
+            rc = text(c, val, kp, true, &s);
+            if (rc == 0 && cacherule_fingerprint(s, &r->fingerprint, why, sizeof(why)) < 0)
+                rc = fail(c, val->line, kp, "%s", why);
+            if (rc == 0) set_text(&r->query, s);
+            break;
+        case 3:
+            rc = scalar(c, val, kp, PGS_VALUE_DURATION, &s);
+            if (rc == 0 && config_parse_duration(s, false, &r->ttl_ms, why, sizeof(why)) < 0)
+                rc = fail(c, val->line, kp, "%s", why);
+            break;
+        case 4:
+            rc = name_text(c, val, kp, &s);
+            if (rc == 0) set_text(&r->database, s);
+            break;
+        case 5:
+            rc = name_text(c, val, kp, &s);
+            if (rc == 0) set_text(&r->user, s);
+            break;
+        default: rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true); break;
+        }
+        if (rc < 0) return rc;
+    }
+    if (chosen < 0)
+        return fail(c, v->line, path,
+                    "a rule needs tables: [...], fingerprint: \"<hex>\" or query: \"SELECT "
+                    "...\"");
+    return 0;
+}
+
+static int do_cache(yctx *c, const node *v, const char *path)
+{
+    static const char *const keys[] = {"enabled", "ttl", "max_memory", "max_entry_size",
+                                       "fill_wait", "rules"};
+    if (want_map(c, v, path) < 0) return -EINVAL;
+    pgs_cache_config *cc = &c->cfg->cache;
+    char kp[PATH_BUF], ip[PATH_BUF], full[64];
+    for (size_t j = 0; j < v->n; j += 2) {
+        const node *k = v->kids[j], *val = v->kids[j + 1];
+        path_key(kp, sizeof(kp), path, k->str);
+        int w = find_word(keys, PGS_ARRAY_LEN(keys), k->str);
+        int rc;
+        if (w < 0) {
+            rc = unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true);
+        } else if (strcmp(k->str, "rules") == 0) {
+            if (want_seq(c, val, kp) < 0) return -EINVAL;
+            config_cache_rules_free(cc);
+            cc->rules = val->n ? pgs_xcalloc(val->n, sizeof(*cc->rules)) : NULL;
+            rc = 0;
+            for (size_t i = 0; i < val->n && rc == 0; i++) {
+                path_index(ip, sizeof(ip), kp, i);
+                /* counted before it is filled, so that a failure frees it */
+                rc = cache_rule(c, val->kids[i], ip, &cc->rules[cc->n_rules++]);
+            }
+        } else {
+            /* the scalar settings mirror PGSCALE_CACHE_* (config.c) */
+            pgs_value_kind kind;
+            snprintf(full, sizeof(full), "cache.%s", k->str);
+            const char *env = config_setting_for_key(full, &kind);
+            rc = env ? do_setting(c, val, kp, env, kind)
+                     : unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true);
+        }
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
 static int do_size(yctx *c, const node *v, const char *path, uint32_t min, uint32_t max,
                    uint32_t *out)
 {
@@ -1224,7 +1393,7 @@ static const char *const top_keys[] = {
     "server_allow_cleartext_password", "consistency", "failover", "max_replica_lag",
     "read_from_primary", "load_balance", "monitor_interval", "health_check_timeout",
     "failover_timeout", "failover_wait", "nodes", "databases", "users", "auth",
-    "tls", "server_tls", "admin_users", "stats_users",
+    "tls", "server_tls", "admin_users", "stats_users", "cache",
 };
 
 static int do_top(yctx *c, const node *root)
@@ -1250,6 +1419,7 @@ static int do_top(yctx *c, const node *root)
         else if (strcmp(key, "databases") == 0) rc = do_databases(c, v, path);
         else if (strcmp(key, "users") == 0) rc = do_users(c, v, path);
         else if (strcmp(key, "auth") == 0) rc = do_auth(c, v, path);
+        else if (strcmp(key, "cache") == 0) rc = do_cache(c, v, path);
         else if (strcmp(key, "tls") == 0) rc = do_tls(c, v, path);
         else if (strcmp(key, "server_tls") == 0) rc = do_server_tls(c, v, path);
         else if (strcmp(key, "admin_users") == 0)

@@ -28,8 +28,8 @@
  *    snapshot only under reload_lock.
  *  - Only settings that can change safely while running are taken from
  *    the new sources: pool sizes, modes, timeouts, limits, the
- *    per-database and per-user overrides, the console's users and the log
- *    level; the users file is read again (clientauth_reload), and the
+ *    per-database and per-user overrides, the console's users, the log
+ *    level and the result cache's settings but cache.max_memory; the users file is read again (clientauth_reload), and the
  *    names auth.query found unknown are forgotten (authquery_forget).
  *    The rest (listen addresses, workers, the servers, auth, TLS,
  *    max_prepared_statements) keeps its running value, shared with the
@@ -118,6 +118,14 @@ static void take_reloadable(pgs_config *pub, const pgs_config *fresh)
     pub->n_admin_users = fresh->n_admin_users;
     pub->stats_users = fresh->stats_users;
     pub->n_stats_users = fresh->n_stats_users;
+    /* The result cache's admission settings are read per statement;
+     * max_memory sizes the stores at start and stays. */
+    pub->cache.enabled = fresh->cache.enabled;
+    pub->cache.ttl_ms = fresh->cache.ttl_ms;
+    pub->cache.max_entry_size = fresh->cache.max_entry_size;
+    pub->cache.fill_wait_ms = fresh->cache.fill_wait_ms;
+    pub->cache.rules = fresh->cache.rules;
+    pub->cache.n_rules = fresh->cache.n_rules;
 }
 
 /* --- what a reload could not apply: the described settings that differ
@@ -246,6 +254,8 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
     fresh.n_admin_users = 0;
     fresh.stats_users = NULL;
     fresh.n_stats_users = 0;
+    fresh.cache.rules = NULL;
+    fresh.cache.n_rules = 0;
     config_free(&fresh);
 
     atomic_store(&g_pgs.cfg, pub);

@@ -1053,14 +1053,20 @@ size_t sqlscan_next_statement(const char *sql, size_t len)
 /* The bytes between two tokens are blanks and comments only (lex skips
  * nothing else), so a word found there is inside a comment: never in a
  * string, a dollar-quoted body or a quoted identifier. */
-static bool gap_has(const unsigned char *s, size_t from, size_t to, const char *word, size_t wlen)
+static bool gap_has(const unsigned char *s, size_t from, size_t to, const char *word, size_t wlen,
+                    size_t *at)
 {
-    for (size_t i = from; i + wlen <= to; i++)
-        if (eq_fold(s + i, word, wlen)) return true;
+    for (size_t i = from; i + wlen <= to; i++) {
+        if (eq_fold(s + i, word, wlen)) {
+            *at = i;
+            return true;
+        }
+    }
     return false;
 }
 
-bool sqlscan_comment_has(const char *sql, size_t len, const char *word)
+bool sqlscan_comment_find(const char *sql, size_t len, const char *word, size_t from,
+                          size_t *at, size_t *gap_end)
 {
     size_t wlen = strlen(word);
     lexer lx = {.s = (const unsigned char *)sql, .len = sql ? len : 0};
@@ -1070,9 +1076,19 @@ bool sqlscan_comment_has(const char *sql, size_t len, const char *word)
         token t = lex(&lx);
         /* A quoted identifier's off is past its opening quote. */
         size_t tok_start = t.kind == TK_QIDENT ? t.off - 1 : t.off;
-        if (gap_has(lx.s, gap_start, tok_start, word, wlen)) return true;
+        if (tok_start > from &&
+            gap_has(lx.s, gap_start > from ? gap_start : from, tok_start, word, wlen, at)) {
+            *gap_end = tok_start;
+            return true;
+        }
         if (t.kind == TK_END) return false;
     }
+}
+
+bool sqlscan_comment_has(const char *sql, size_t len, const char *word)
+{
+    size_t at, end;
+    return sqlscan_comment_find(sql, len, word, 0, &at, &end);
 }
 
 /* ---------------------------------------------------------------------------

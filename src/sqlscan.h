@@ -103,6 +103,12 @@ size_t sqlscan_next_statement(const char *sql, size_t len);
  * the classifier finds the "pgscale:primary" routing hint, which the
  * parser drops with the other comments. */
 bool sqlscan_comment_has(const char *sql, size_t len, const char *word);
+/* The same, from offset from on: the offset of the first such word in
+ * *at, and in *gap_end where the blanks and comments around it end (what
+ * follows the word up to there is comment text too; the cache hints read
+ * their "ttl=" from it). */
+bool sqlscan_comment_find(const char *sql, size_t len, const char *word, size_t from,
+                          size_t *at, size_t *gap_end);
 
 /* Session state a text creates that cannot follow a client to another
  * server connection: a mask of the reasons to pin it to its server. */

@@ -71,7 +71,8 @@ static void flags_str(uint32_t f, char *buf, size_t cap)
         {SER, "SERIALIZABLE"}, {STRO, "SET_TX_READ_ONLY"}, {DDL, "DDL"}, {H, "HINT"},
         {PE, "PARSE_ERROR"}, {M, "MULTI"}, {SS, "SESSION_STATE"},
         {PGS_FACT_READS_OVERFLOW, "READS_OVERFLOW"}, {PGS_FACT_WRITES_OVERFLOW, "WRITES_OVERFLOW"},
-        {PGS_FACT_FUNCS_OVERFLOW, "FUNCS_OVERFLOW"},
+        {PGS_FACT_FUNCS_OVERFLOW, "FUNCS_OVERFLOW"}, {PGS_FACT_HINT_CACHE, "HINT_CACHE"},
+        {PGS_FACT_HINT_NOCACHE, "HINT_NOCACHE"},
     };
     size_t n = 0;
     buf[0] = '\0';
@@ -545,6 +546,96 @@ static void test_hints(void **state)
         {"SELECT 1; /* pgscale:primary */ SELECT 2", R | M | H},
     };
     run_corpus(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+#define HC PGS_FACT_HINT_CACHE
+#define HN PGS_FACT_HINT_NOCACHE
+
+static void test_cache_hints(void **state)
+{
+    (void)state;
+    static const corpus_case cases[] = {
+        {"/* pgscale:cache */ SELECT * FROM t", R | C | HC},
+        {"SELECT * FROM t -- PGSCALE:CACHE ttl=5", R | C | HC},
+        {"/* pgscale:nocache */ SELECT * FROM t", R | C | HN},
+        {"/* pgscale:cache */ /* pgscale:nocache */ SELECT 1", R | C | HN},
+        {"/* pgscale:cache ttl=0 */ SELECT 1", R | C | HN},
+        /* a ttl that is not a duration: unsure, so no hint at all */
+        {"/* pgscale:cache ttl=soon */ SELECT 1", R | C},
+        {"/* pgscale:cache ttl= */ SELECT 1", R | C},
+        /* the word must end where the hint does */
+        {"/* pgscale:cached */ SELECT 1", R | C},
+        {"/* pgscale:cache_me */ SELECT 1", R | C},
+        {"/* pgscale:cached pgscale:cache */ SELECT 1", R | C | HC},
+        /* only comments count */
+        {"SELECT 'pgscale:cache'", R | C},
+        {"SELECT 'pgscale:nocache' /* pgscale:cache */", R | C | HC},
+        {"SELECT $$ pgscale:nocache $$ -- pgscale:cache", R | C | HC},
+        {"SELECT 1 AS \"/* pgscale:nocache */\"", R | C},
+        /* a hint does not make a statement cacheable: the facts say so */
+        {"/* pgscale:cache ttl=60 */ SELECT now()", R | S | HC},
+        {"/* pgscale:cache */ UPDATE t SET a = 1", W | HC},
+        {"/* pgscale:cache */ /* pgscale:primary */ SELECT 1", R | C | HC | H},
+    };
+    run_corpus(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+static void test_cache_hint_ttl(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *sql;
+        uint32_t ttl_ms;
+    } cases[] = {
+        {"/* pgscale:cache */ SELECT 1", 0},
+        {"/* pgscale:cache ttl=60 */ SELECT 1", 60000},
+        {"/* pgscale:cache  ttl=2.5s */ SELECT 1", 2500},
+        {"/* pgscale:cache ttl=500ms*/SELECT 1", 500},
+        {"-- pgscale:cache ttl=5min\nSELECT 1", 300000},
+        {"/*pgscale:cache TTL=1h*/ SELECT 1", 3600000},
+        /* ttl= of another comment is not this hint's */
+        {"/* pgscale:cache */ /* ttl=60 */ SELECT 1", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const pgs_stmt_facts *f = cls(cases[i].sql);
+        if (!(f->flags & PGS_FACT_HINT_CACHE) || f->hint_ttl_ms != cases[i].ttl_ms)
+            fail_msg("%s: flags 0x%x ttl %u, expected the cache hint with ttl %u", cases[i].sql,
+                     f->flags, f->hint_ttl_ms, cases[i].ttl_ms);
+    }
+    /* The literal-masked parse cache keeps the hint per text: texts that
+     * differ only in a literal share facts, comments are not literals. */
+    assert_int_equal(cls("/* pgscale:cache ttl=7 */ SELECT * FROM t WHERE id = 1")->hint_ttl_ms,
+                     7000);
+    assert_int_equal(cls("/* pgscale:cache ttl=8 */ SELECT * FROM t WHERE id = 1")->hint_ttl_ms,
+                     8000);
+    assert_int_equal(cls("/* pgscale:cache ttl=7 */ SELECT * FROM t WHERE id = 2")->hint_ttl_ms,
+                     7000);
+}
+
+static void test_fingerprint(void **state)
+{
+    (void)state;
+    uint64_t a = cls("SELECT a FROM t WHERE id = 1")->fingerprint;
+    assert_true(a != 0);
+    /* constants, comments, case and layout do not change it */
+    assert_true(cls("select a\n from t where id = 42 -- x")->fingerprint == a);
+    assert_true(cls("SELECT a FROM t WHERE id = $1")->fingerprint != 0);
+    assert_true(cls("SELECT b FROM t WHERE id = 1")->fingerprint != a);
+    /* 0 when the text does not parse */
+    assert_true(cls("SELEC a FROM t")->fingerprint == 0);
+    assert_true(classify_n(cache, "SELECT a FROM t\0 x", 19)->fingerprint == 0);
+    /* a cache hit hands back the fingerprint computed on the miss */
+    pgs_classify_cache *c = classify_cache_new(16, 1 << 16);
+    const char *q = "SELECT a FROM t WHERE id = 7";
+    uint64_t miss = classify_n(c, q, strlen(q))->fingerprint;
+    pgs_classify_stats st;
+    classify_cache_stats(c, &st);
+    uint64_t hits = st.hits;
+    assert_true(classify_n(c, q, strlen(q))->fingerprint == miss);
+    classify_cache_stats(c, &st);
+    assert_int_equal(st.hits, hits + 1);
+    assert_true(miss == a);
+    classify_cache_free(c);
 }
 
 static void test_multi_statement(void **state)
@@ -1028,6 +1119,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_session_and_utility, setup_corpus, teardown_corpus),
         cmocka_unit_test_setup_teardown(test_ddl, setup_corpus, teardown_corpus),
         cmocka_unit_test_setup_teardown(test_hints, setup_corpus, teardown_corpus),
+        cmocka_unit_test_setup_teardown(test_cache_hints, setup_corpus, teardown_corpus),
+        cmocka_unit_test_setup_teardown(test_cache_hint_ttl, setup_corpus, teardown_corpus),
+        cmocka_unit_test_setup_teardown(test_fingerprint, setup_corpus, teardown_corpus),
         cmocka_unit_test_setup_teardown(test_multi_statement, setup_corpus, teardown_corpus),
         cmocka_unit_test_setup_teardown(test_parse_errors, setup_corpus, teardown_corpus),
         cmocka_unit_test_setup_teardown(test_table_names, setup_corpus, teardown_corpus),

@@ -1204,7 +1204,9 @@ static const char *const all_vars[] = {
     "PGSCALE_SERVER_SCRAM_MAX_ITERATIONS", "PGSCALE_SERVER_ALLOW_CLEARTEXT_PASSWORD", "PGSCALE_AUTH_TYPE",
     "PGSCALE_CONSISTENCY", "PGSCALE_FAILOVER", "PGSCALE_MAX_REPLICA_LAG",
     "PGSCALE_READ_FROM_PRIMARY", "PGSCALE_LOAD_BALANCE", "PGSCALE_MONITOR_INTERVAL",
-    "PGSCALE_HEALTH_CHECK_TIMEOUT", "PGSCALE_FAILOVER_TIMEOUT", "PGSCALE_FAILOVER_WAIT"};
+    "PGSCALE_HEALTH_CHECK_TIMEOUT", "PGSCALE_FAILOVER_TIMEOUT", "PGSCALE_FAILOVER_WAIT",
+    "PGSCALE_CACHE", "PGSCALE_CACHE_TTL", "PGSCALE_CACHE_MAX_MEMORY",
+    "PGSCALE_CACHE_MAX_ENTRY_SIZE", "PGSCALE_CACHE_FILL_WAIT"};
 
 static int clear_env(void **state)
 {
@@ -1462,6 +1464,74 @@ static void test_replica_settings(void **state)
 }
 
 /* SHOW CONFIG's values read back as what was set. */
+static void test_cache_settings_defaults_and_environment(void **state)
+{
+    (void)state;
+    pgs_config c;
+    char err[512];
+    config_defaults(&c);
+    assert_false(c.cache.enabled);
+    assert_int_equal(c.cache.ttl_ms, 300000);
+    assert_true(c.cache.max_memory == 256ull << 20);
+    assert_int_equal(c.cache.max_entry_size, 1u << 20);
+    assert_int_equal(c.cache.fill_wait_ms, 1000);
+    assert_int_equal(c.cache.n_rules, 0);
+    const char *pairs[] = {"PGSCALE_CACHE", "on", "PGSCALE_CACHE_TTL", "60",
+                           "PGSCALE_CACHE_MAX_MEMORY", "8GB", "PGSCALE_CACHE_MAX_ENTRY_SIZE",
+                           "256kB", "PGSCALE_CACHE_FILL_WAIT", "0", NULL};
+    assert_int_equal(apply(&c, err, sizeof(err), pairs), 0);
+    assert_true(c.cache.enabled);
+    assert_int_equal(c.cache.ttl_ms, 60000);
+    assert_true(c.cache.max_memory == 8ull << 30); /* above 4 GB: a 64-bit size */
+    assert_int_equal(c.cache.max_entry_size, 256 * 1024);
+    assert_int_equal(c.cache.fill_wait_ms, 0);
+    described *d = calloc(1, sizeof(*d));
+    config_describe(&c, collect, d);
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE", false), "on");
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE", true), "off");
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE_TTL", false), "60s");
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE_TTL", true), "300s");
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE_MAX_MEMORY", false), "8GB");
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE_MAX_MEMORY", true), "256MB");
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE_MAX_ENTRY_SIZE", false), "256kB");
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE_FILL_WAIT", false), "0");
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE_FILL_WAIT", true), "1s");
+    free(d);
+    config_free(&c);
+}
+
+static void test_cache_settings_bad_values(void **state)
+{
+    (void)state;
+    char err[512];
+    apply_bad("PGSCALE_CACHE", "maybe", err, sizeof(err));
+    apply_bad("PGSCALE_CACHE_TTL", "0", err, sizeof(err)); /* a TTL cannot be off */
+    apply_bad("PGSCALE_CACHE_TTL", "5 parsecs", err, sizeof(err));
+    apply_bad("PGSCALE_CACHE_MAX_MEMORY", "100kB", err, sizeof(err)); /* below 1MB */
+    apply_bad("PGSCALE_CACHE_MAX_MEMORY", "2000GB", err, sizeof(err)); /* above 1 TB */
+    assert_non_null(strstr(err, "out of range"));
+    apply_bad("PGSCALE_CACHE_MAX_ENTRY_SIZE", "10", err, sizeof(err));
+    apply_bad("PGSCALE_CACHE_FILL_WAIT", "-1s", err, sizeof(err));
+}
+
+static void test_cache_entry_larger_than_memory_is_refused_at_load(void **state)
+{
+    (void)state;
+    pgs_config c;
+    char err[512];
+    setenv("DATABASE_URL", "postgresql://u:p@h/db", 1);
+    setenv("PGSCALE_CACHE_MAX_MEMORY", "2MB", 1);
+    setenv("PGSCALE_CACHE_MAX_ENTRY_SIZE", "4MB", 1);
+    assert_true(config_load(&c, NULL, err, sizeof(err)) < 0);
+    assert_non_null(strstr(err, "cache.max_entry_size (4MB) is larger than cache.max_memory (2MB)"));
+    setenv("PGSCALE_CACHE_MAX_ENTRY_SIZE", "2MB", 1);
+    if (config_load(&c, NULL, err, sizeof(err)) != 0) fail_msg("%s", err);
+    config_free(&c);
+    unsetenv("PGSCALE_CACHE_MAX_MEMORY");
+    unsetenv("PGSCALE_CACHE_MAX_ENTRY_SIZE");
+    unsetenv("DATABASE_URL");
+}
+
 static void test_replica_settings_described(void **state)
 {
     (void)state;
@@ -1641,6 +1711,10 @@ int main(void)
         cmocka_unit_test(test_envfile_load_reads_file),
         cmocka_unit_test(test_describe_lists_every_variable_and_masks_passwords),
         cmocka_unit_test(test_replica_settings),
+        cmocka_unit_test(test_cache_settings_defaults_and_environment),
+        cmocka_unit_test(test_cache_settings_bad_values),
+        cmocka_unit_test_setup_teardown(test_cache_entry_larger_than_memory_is_refused_at_load,
+                                        clear_env, clear_env),
         cmocka_unit_test(test_replica_settings_described),
         cmocka_unit_test(test_described_url_parses_back),
     };

@@ -489,10 +489,11 @@ static void test_unknown_keys_are_rejected_with_a_hint(void **state)
     yaml_bad("databases:\n  app:\n    size: 3\n",
              NAME ":3: databases.app.size: unknown key (expected one of: pool_size, "
                   "max_overflow, pool_mode, pool_timeout, max_db_connections, dbname, pinning, "
-                  "max_pinned, route)");
+                  "max_pinned, route, cache)");
     yaml_bad("users:\n  web:\n    max_db_connections: 3\n",
              NAME ":3: users.web.max_db_connections: unknown key (expected one of: pool_size, "
-                  "max_overflow, pool_mode, max_user_connections, pinning, max_pinned, route)");
+                  "max_overflow, pool_mode, max_user_connections, pinning, max_pinned, route, "
+                  "cache)");
     yaml_bad("auth:\n  hba:\n    - type: host\n      adress: all\n      method: trust\n",
              NAME ":4: auth.hba[0].adress: unknown key (did you mean address?)");
     yaml_bad("server_tls:\n  mode: require\n",
@@ -1704,6 +1705,166 @@ static void test_errors_never_show_passwords_from_the_file(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* cache:                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void test_cache_section_sets_every_key(void **state)
+{
+    (void)state;
+    pgs_config c;
+    yaml_ok(&c, "cache:\n"
+                "  enabled: on\n"
+                "  ttl: 90s\n"
+                "  max_memory: 2GB\n"
+                "  max_entry_size: 512kB\n"
+                "  fill_wait: 250ms\n");
+    assert_true(c.cache.enabled);
+    assert_int_equal(c.cache.ttl_ms, 90000);
+    assert_true(c.cache.max_memory == 2ull << 30);
+    assert_int_equal(c.cache.max_entry_size, 512 * 1024);
+    assert_int_equal(c.cache.fill_wait_ms, 250);
+    assert_int_equal(c.cache.n_rules, 0);
+    described *d = describe_all(&c);
+    assert_string_equal(described_value(d, "PGSCALE_CACHE"), "on");
+    assert_string_equal(described_value(d, "PGSCALE_CACHE_MAX_MEMORY"), "2GB");
+    assert_string_equal(described_value(d, "cache.rules"), "");
+    free(d);
+    config_free(&c);
+}
+
+static void test_cache_rules_of_each_kind(void **state)
+{
+    (void)state;
+    pgs_config c;
+    yaml_ok(&c, "cache:\n"
+                "  enabled: on\n"
+                "  rules:\n"
+                "    - tables: [products, Shop.Categories]\n"
+                "      ttl: 60s\n"
+                "    - fingerprint: \"0123456789ABCDEF\"\n"
+                "      ttl: 10s\n"
+                "      database: app\n"
+                "    - query: |\n"
+                "        SELECT count(*) FROM orders\n"
+                "        WHERE day = 1\n"
+                "      user: web\n");
+    assert_int_equal(c.cache.n_rules, 3);
+    const pgs_cache_rule *r = c.cache.rules;
+    assert_int_equal(r[0].kind, PGS_CACHE_RULE_TABLES);
+    assert_int_equal(r[0].n_tables, 2);
+    assert_string_equal(r[0].tables[0], "products");
+    assert_string_equal(r[0].tables[1], "Shop.Categories");
+    assert_int_equal(r[0].ttl_ms, 60000);
+    assert_int_equal(r[0].line, 4);
+    assert_null(r[0].database);
+    assert_int_equal(r[1].kind, PGS_CACHE_RULE_FINGERPRINT);
+    assert_true(r[1].fingerprint == 0x0123456789abcdefull);
+    assert_string_equal(r[1].database, "app");
+    assert_int_equal(r[2].kind, PGS_CACHE_RULE_FINGERPRINT);
+    assert_true(r[2].fingerprint != 0);
+    assert_non_null(r[2].query);
+    assert_string_equal(r[2].user, "web");
+    assert_int_equal(r[2].ttl_ms, 0); /* none given: cache.ttl */
+
+    /* the same statement written otherwise has the same fingerprint */
+    pgs_config c2;
+    yaml_ok(&c2, "cache:\n  rules:\n    - query: select count(*) from orders where day=7\n");
+    assert_true(c2.cache.rules[0].fingerprint == r[2].fingerprint);
+    config_free(&c2);
+
+    described *d = describe_all(&c);
+    assert_string_equal(described_value(d, "cache.rules[0]"),
+                        "tables=products,Shop.Categories ttl=60s");
+    assert_string_equal(described_value(d, "cache.rules[1]"),
+                        "fingerprint=0123456789abcdef ttl=10s database=app");
+    free(d);
+    config_free(&c);
+}
+
+static void test_cache_rule_errors_carry_file_and_line(void **state)
+{
+    (void)state;
+    yaml_bad("cache:\n  rules:\n    - ttl: 5s\n",
+             NAME ":3: cache.rules[0]: a rule needs tables: [...], fingerprint: \"<hex>\" or "
+                  "query: \"SELECT ...\"");
+    yaml_bad("cache:\n  rules:\n    - tables: [a]\n      query: SELECT 1\n",
+             NAME ":4: cache.rules[0].query: a rule matches by one of tables, fingerprint or "
+                  "query; this one already has tables (line 3): split it into two rules");
+    yaml_bad("cache:\n  rules:\n    - tables: []\n",
+             NAME ":3: cache.rules[0].tables: is empty (list the tables the statements read)");
+    yaml_bad_has("cache:\n  rules:\n    - tables: [a.b.c]\n", NAME ":3:",
+                 "cache.rules[0].tables[0]", "more than one '.'", NULL);
+    yaml_bad_has("cache:\n  rules:\n    - fingerprint: abc\n", NAME ":3:",
+                 "cache.rules[0].fingerprint", "16 hex digits", NULL);
+    yaml_bad_has("cache:\n  rules:\n    - fingerprint: \"0000000000000000\"\n", NAME ":3:",
+                 "matches no statement", NULL);
+    yaml_bad_has("cache:\n  rules:\n    - tables: [a]\n    - query: SELEC 1\n", NAME ":4:",
+                 "cache.rules[1].query", "does not parse", NULL);
+    yaml_bad_has("cache:\n  rules:\n    - tables: [a]\n      ttl: 0\n", NAME ":4:",
+                 "cache.rules[0].ttl", NULL);
+    yaml_bad("cache:\n  rules:\n    - tables: [a]\n      tll: 5s\n",
+             NAME ":4: cache.rules[0].tll: unknown key (did you mean ttl?)");
+    yaml_bad("cache:\n  rules:\n    - tables: [a]\n      table: x\n",
+             NAME ":4: cache.rules[0].table: unknown key (did you mean tables?)");
+    yaml_bad("cache:\n  rules: {}\n", NAME ":2: cache.rules: expected a list, got a mapping");
+    yaml_bad("cache:\n  enable: on\n", NAME ":2: cache.enable: unknown key (did you mean "
+                                        "enabled?)");
+    yaml_bad_has("cache:\n  ttl: forever\n", NAME ":2:", "cache.ttl", "not a duration", NULL);
+    yaml_bad_has("cache:\n  max_memory: 10\n", NAME ":2:", "cache.max_memory", "out of range",
+                 NULL);
+    yaml_bad("cache.enabled: on\n", NAME ":1: cache.enabled: unknown key (docs/configuration.md "
+                                     "lists the keys of the config file)");
+}
+
+static void test_cache_switch_per_database_and_user(void **state)
+{
+    (void)state;
+    pgs_config c;
+    yaml_ok(&c, "cache:\n  enabled: on\n"
+                "databases:\n  ledger:\n    cache: off\n  app:\n    cache: on\n"
+                "users:\n  auditor:\n    cache: off\n");
+    pgs_pool_settings ps;
+    config_pool_settings(&c, "app", "web", &ps);
+    assert_true(ps.cache);
+    config_pool_settings(&c, "other", "web", &ps);
+    assert_true(ps.cache);
+    config_pool_settings(&c, "ledger", "web", &ps);
+    assert_false(ps.cache);
+    /* off in either section wins */
+    config_pool_settings(&c, "app", "auditor", &ps);
+    assert_false(ps.cache);
+    described *d = describe_all(&c);
+    assert_string_equal(described_value(d, "databases.ledger"), "cache=off");
+    assert_string_equal(described_value(d, "users.auditor"), "cache=off");
+    free(d);
+    /* on in a section does not switch on a cache that is off */
+    c.cache.enabled = false;
+    config_pool_settings(&c, "app", "web", &ps);
+    assert_false(ps.cache);
+    config_free(&c);
+    yaml_bad_has("databases:\n  app:\n    cache: sometimes\n", NAME ":3:",
+                 "databases.app.cache", NULL);
+}
+
+static void test_cache_environment_wins_over_file(void **state)
+{
+    (void)state;
+    const char *path = tmp_write("cache.yaml", "nodes:\n  primary: postgresql://u:p@h/db\n"
+                                               "cache:\n  enabled: on\n  ttl: 10s\n"
+                                               "  rules:\n    - tables: [t]\n");
+    setenv("PGSCALE_CACHE_TTL", "20s", 1);
+    pgs_config c;
+    char err[1024];
+    int rc = config_load_files(&c, path, NULL, err, sizeof(err));
+    unsetenv("PGSCALE_CACHE_TTL");
+    if (rc != 0) fail_msg("%s", err);
+    assert_true(c.cache.enabled);
+    assert_int_equal(c.cache.ttl_ms, 20000);
+    assert_int_equal(c.cache.n_rules, 1);
+    config_free(&c);
+}
+
+/* ------------------------------------------------------------------------ */
 /* The example file and the documentation                                   */
 /* ------------------------------------------------------------------------ */
 
@@ -1739,6 +1900,8 @@ static void test_example_file_loads_and_matches_the_docs(void **state)
     assert_int_equal(c.server_tls.sslmode, PGS_SSLMODE_VERIFY_FULL);
     assert_true(c.n_admin_users >= 1);
     assert_true(c.n_stats_users >= 1);
+    assert_true(c.cache.enabled);
+    assert_true(c.cache.n_rules >= 2);
     described *d = describe_all(&c);
     for (int i = 0; i < d->n; i++)
         if (strstr(d->values[i], "change-me")) fail_msg("password shown: %s", d->values[i]);
@@ -1774,7 +1937,14 @@ static void test_every_key_is_documented(void **state)
         "`consistency`", "`failover`", "`max_replica_lag`", "`read_from_primary`",
         "`load_balance`", "`monitor_interval`", "`health_check_timeout`", "`failover_timeout`",
         "`failover_wait`",
-        "`databases.<name>.route`", "`users.<name>.route`", "`nodes.replicas.weight`"};
+        "`databases.<name>.route`", "`users.<name>.route`", "`nodes.replicas.weight`",
+        "`cache.enabled`", "`cache.ttl`", "`cache.max_memory`", "`cache.max_entry_size`",
+        "`cache.fill_wait`", "`cache.rules`", "`cache.rules[].tables`",
+        "`cache.rules[].fingerprint`", "`cache.rules[].query`", "`cache.rules[].ttl`",
+        "`cache.rules[].database`", "`cache.rules[].user`", "`databases.<name>.cache`",
+        "`users.<name>.cache`", "`PGSCALE_CACHE`", "`PGSCALE_CACHE_TTL`",
+        "`PGSCALE_CACHE_MAX_MEMORY`", "`PGSCALE_CACHE_MAX_ENTRY_SIZE`",
+        "`PGSCALE_CACHE_FILL_WAIT`"};
     char *docs = read_all(PGS_SOURCE_ROOT "/docs/configuration.md");
     for (size_t i = 0; i < PGS_ARRAY_LEN(keys); i++)
         if (!strstr(docs, keys[i])) fail_msg("docs/configuration.md does not mention %s", keys[i]);
@@ -1835,6 +2005,11 @@ int main(void)
         cmocka_unit_test(test_errors_never_show_passwords_from_the_file),
         cmocka_unit_test_teardown(test_example_file_loads_and_matches_the_docs, tmp_cleanup),
         cmocka_unit_test(test_every_key_is_documented),
+        cmocka_unit_test(test_cache_section_sets_every_key),
+        cmocka_unit_test(test_cache_rules_of_each_kind),
+        cmocka_unit_test(test_cache_rule_errors_carry_file_and_line),
+        cmocka_unit_test(test_cache_switch_per_database_and_user),
+        cmocka_unit_test_teardown(test_cache_environment_wins_over_file, tmp_cleanup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
