@@ -21,17 +21,6 @@ struct authfile {
     size_t n;
 };
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* A user name as it may appear in a message: printable ASCII, other bytes
  * as '?', cut at 64 bytes. */
@@ -206,11 +195,11 @@ int authfile_parse(const char *name, const char *data, size_t len, authfile **ou
     *out = NULL;
     if (!name) name = "(users)";
     if (len > 0 && !data) {
-        seterr(err, errlen, "%s: no data", name);
+        pgs_seterr(err, errlen, "%s: no data", name);
         return -EINVAL;
     }
     if (len > AUTHFILE_MAX_BYTES) {
-        seterr(err, errlen, "%s: file is larger than 10 MiB (%zu bytes)", name, len);
+        pgs_seterr(err, errlen, "%s: file is larger than 10 MiB (%zu bytes)", name, len);
         return -EFBIG;
     }
 
@@ -224,14 +213,14 @@ int authfile_parse(const char *name, const char *data, size_t len, authfile **ou
         const char *nl = memchr(data + i, '\n', len - i);
         size_t ll = nl ? (size_t)(nl - (data + i)) : len - i;
         if (ll > AUTHFILE_MAX_LINE) {
-            seterr(err, errlen, "%s:%d: line is longer than 8 KiB", name, line);
+            pgs_seterr(err, errlen, "%s:%d: line is longer than 8 KiB", name, line);
             goto fail;
         }
         authfile_entry e;
         bool has = false;
         const char *r = parse_line(data + i, ll, &e, &has, why, sizeof(why));
         if (r) {
-            seterr(err, errlen, "%s:%d: %s", name, line, r);
+            pgs_seterr(err, errlen, "%s:%d: %s", name, line, r);
             goto fail;
         }
         i += ll + 1;
@@ -255,7 +244,7 @@ int authfile_parse(const char *name, const char *data, size_t len, authfile **ou
                 dup = k;
         if (dup < f->n) {
             char ub[80];
-            seterr(err, errlen, "%s:%d: user \"%s\" is already defined on line %d", name,
+            pgs_seterr(err, errlen, "%s:%d: user \"%s\" is already defined on line %d", name,
                    f->v[dup].line, shown(f->v[dup].user, ub, sizeof(ub)), f->v[dup - 1].line);
             goto fail;
         }
@@ -316,7 +305,7 @@ int authfile_check_method(const authfile_entry *e, auth_method method, char *err
 {
     char ub[80];
     if (method == AUTH_METHOD_MD5 && e->kind == AUTH_SECRET_SCRAM) {
-        seterr(err, errlen,
+        pgs_seterr(err, errlen,
                "%s:%d: user \"%s\" has a SCRAM secret, and md5 cannot be verified from a "
                "SCRAM secret; ask this user for SCRAM (auth type scram-sha-256), or store "
                "the plaintext password or its md5 hash",
@@ -324,7 +313,7 @@ int authfile_check_method(const authfile_entry *e, auth_method method, char *err
         return -EOPNOTSUPP;
     }
     if (method == AUTH_METHOD_SCRAM && e->kind == AUTH_SECRET_MD5) {
-        seterr(err, errlen,
+        pgs_seterr(err, errlen,
                "%s:%d: user \"%s\" has an md5 secret, and SCRAM cannot be verified from an "
                "md5 hash; ask this user for md5, or store the plaintext password or a SCRAM "
                "secret",
@@ -342,10 +331,10 @@ int authfile_md5_verify(const authfile_entry *e, const uint8_t salt[4], const ch
     if (r < 0) return r;
     r = auth_md5_verify(e->user, e->secret, salt, response, len);
     if (r == -EACCES)
-        seterr(err, errlen, "password authentication failed for user \"%s\" (md5)",
+        pgs_seterr(err, errlen, "password authentication failed for user \"%s\" (md5)",
                shown(e->user, ub, sizeof(ub)));
     else if (r < 0)
-        seterr(err, errlen, "md5 is unavailable in this OpenSSL");
+        pgs_seterr(err, errlen, "md5 is unavailable in this OpenSSL");
     return r;
 }
 
@@ -360,11 +349,11 @@ int authfile_scram_secret(const authfile_entry *e, const unsigned char *key, siz
     }
     unsigned char salt[SCRAM_DEFAULT_SALT_LEN];
     if ((r = scram_mock_salt(e->user, key, keylen, salt)) < 0) {
-        seterr(err, errlen, "the server-wide SCRAM salt key is missing or shorter than 16 bytes");
+        pgs_seterr(err, errlen, "the server-wide SCRAM salt key is missing or shorter than 16 bytes");
         return r;
     }
     r = scram_secret_derive(e->secret, salt, sizeof(salt), SCRAM_DEFAULT_ITERATIONS, out);
-    if (r < 0) seterr(err, errlen, "deriving a SCRAM secret failed (OpenSSL error)");
+    if (r < 0) pgs_seterr(err, errlen, "deriving a SCRAM secret failed (OpenSSL error)");
     return r;
 }
 

@@ -195,3 +195,12 @@ int pgs_read_file(const char *path, size_t max, const char *what, char **out, si
     *len = n;
     return 0;
 }
+
+void pgs_seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}

@@ -27,6 +27,9 @@ extern int pgs_log_level;
  * value can end the line or forge another: log values from the network
  * as they are, without escaping them first. */
 void pgs_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Formats an error message into err[0..errlen) (nothing when err is NULL
+ * or errlen 0): the err/errlen out-parameters of the parsers. */
+void pgs_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Copies len bytes of src to dst (cap bytes, NUL-terminated) with control
  * characters written as \n, \r, \t or \xNN; stops before an escape that
  * would not fit.  Returns the length written. */

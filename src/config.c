@@ -38,17 +38,6 @@ static const char database_url_hint[] =
 /* Small helpers                                                            */
 /* ------------------------------------------------------------------------ */
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ASCII-only classifiers: the C library's depend on the locale, and a
  * config value must mean the same thing whatever LANG says. */
@@ -130,7 +119,7 @@ int config_parse_sslmode(const char *v, pgs_sslmode *out, char *why, size_t whyl
         }
     }
     char sb[80];
-    seterr(why, whylen,
+    pgs_seterr(why, whylen,
            "'%s' is not an SSL mode (expected disable, allow, prefer, require, verify-ca or "
            "verify-full)",
            shown(v, sb, sizeof(sb)));
@@ -149,7 +138,7 @@ int config_parse_channel_binding(const char *v, pgs_channel_binding *out, char *
         }
     }
     char sb[80];
-    seterr(why, whylen,
+    pgs_seterr(why, whylen,
            "'%s' is not a channel binding mode (expected disable, prefer or require)",
            shown(v, sb, sizeof(sb)));
     return -EINVAL;
@@ -170,7 +159,7 @@ int config_parse_bool(const char *v, bool *out, char *why, size_t whylen)
         }
     }
     char sb[80];
-    seterr(why, whylen, "'%s' is not on or off (expected on/off, true/false, yes/no, 1/0)",
+    pgs_seterr(why, whylen, "'%s' is not on or off (expected on/off, true/false, yes/no, 1/0)",
            shown(v, sb, sizeof(sb)));
     return -EINVAL;
 }
@@ -330,14 +319,14 @@ static int decode_part(const char *s, size_t n, const char *what, char **out, ch
     if (n == 0) return 0;
     int rc = pct_decode(s, n, out);
     if (rc == -1) {
-        seterr(err, errlen,
+        pgs_seterr(err, errlen,
                "bad percent-escape in %s (use %%XX with two hex digits; write a literal "
                "'%%' as %%25)",
                what);
         return -EINVAL;
     }
     if (rc == -2) {
-        seterr(err, errlen, "%s contains an encoded NUL byte (%%00)", what);
+        pgs_seterr(err, errlen, "%s contains an encoded NUL byte (%%00)", what);
         return -EINVAL;
     }
     return 0;
@@ -395,7 +384,7 @@ static int apply_param(pgs_url *u, char *key, char *value, char *err, size_t err
         }
         if (field == &u->host && value && strchr(value, ',')) {
             free(value);
-            seterr(err, errlen,
+            pgs_seterr(err, errlen,
                    "multiple hosts (host1,host2) in the 'host' query parameter are not "
                    "supported yet; give one host");
             return -EINVAL;
@@ -409,7 +398,7 @@ static int apply_param(pgs_url *u, char *key, char *value, char *err, size_t err
             port = parse_port(value, strlen(value));
             if (port < 0) {
                 char sb[80];
-                seterr(err, errlen,
+                pgs_seterr(err, errlen,
                        "query parameter 'port': '%s' is not a port (expected digits, "
                        "1..65535)",
                        shown(value, sb, sizeof(sb)));
@@ -427,7 +416,7 @@ static int apply_param(pgs_url *u, char *key, char *value, char *err, size_t err
         pgs_sslmode m;
         char why[200];
         if (config_parse_sslmode(value, &m, why, sizeof(why)) < 0) {
-            seterr(err, errlen, "query parameter 'sslmode': %s", why);
+            pgs_seterr(err, errlen, "query parameter 'sslmode': %s", why);
             free(key);
             free(value);
             return -EINVAL;
@@ -437,7 +426,7 @@ static int apply_param(pgs_url *u, char *key, char *value, char *err, size_t err
         pgs_channel_binding m;
         char why[200];
         if (config_parse_channel_binding(value, &m, why, sizeof(why)) < 0) {
-            seterr(err, errlen, "query parameter 'channel_binding': %s", why);
+            pgs_seterr(err, errlen, "query parameter 'channel_binding': %s", why);
             free(key);
             free(value);
             return -EINVAL;
@@ -446,7 +435,7 @@ static int apply_param(pgs_url *u, char *key, char *value, char *err, size_t err
     if (u->n_params >= PGS_URL_MAX_PARAMS) {
         free(key);
         free(value);
-        seterr(err, errlen, "too many query parameters (at most %d)", PGS_URL_MAX_PARAMS);
+        pgs_seterr(err, errlen, "too many query parameters (at most %d)", PGS_URL_MAX_PARAMS);
         return -EINVAL;
     }
     u->params[u->n_params].key = key;
@@ -465,7 +454,7 @@ static int parse_query(pgs_url *u, const char *q, char *err, size_t errlen)
             if (!eq) {
                 char *key = NULL;
                 if (decode_part(q, seg, "a query parameter name", &key, err, errlen) == 0) {
-                    seterr(err, errlen, "query parameter '%s' has no '=value'",
+                    pgs_seterr(err, errlen, "query parameter '%s' has no '=value'",
                            shown(key, kb, sizeof(kb)));
                     free(key);
                 }
@@ -473,7 +462,7 @@ static int parse_query(pgs_url *u, const char *q, char *err, size_t errlen)
             }
             size_t kn = (size_t)(eq - q);
             if (kn == 0) {
-                seterr(err, errlen, "query parameter with an empty name");
+                pgs_seterr(err, errlen, "query parameter with an empty name");
                 return -EINVAL;
             }
             char *key = NULL, *value = NULL;
@@ -506,7 +495,7 @@ static int check_scheme(const char *s, size_t n, char *err, size_t errlen)
     if (ok && plus) {
         size_t dn = n - base - 1;
         if (dn == 0) {
-            seterr(err, errlen, "URL scheme '%.*s://' has an empty driver name after '+'",
+            pgs_seterr(err, errlen, "URL scheme '%.*s://' has an empty driver name after '+'",
                    (int)n, s);
             return -EINVAL;
         }
@@ -521,7 +510,7 @@ static int check_scheme(const char *s, size_t n, char *err, size_t errlen)
     if (!ok) {
         char sb[80], tmp[64];
         snprintf(tmp, sizeof(tmp), "%.*s", (int)PGS_MIN(n, sizeof(tmp) - 1), s);
-        seterr(err, errlen,
+        pgs_seterr(err, errlen,
                "URL scheme '%s://' is not supported; use postgresql:// or postgres:// "
                "(a driver suffix such as postgresql+asyncpg:// is fine)",
                shown(tmp, sb, sizeof(sb)));
@@ -533,13 +522,13 @@ static int check_scheme(const char *s, size_t n, char *err, size_t errlen)
 static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
 {
     if (!s || !*s) {
-        seterr(err, errlen, "URL is empty");
+        pgs_seterr(err, errlen, "URL is empty");
         return -EINVAL;
     }
     for (const char *p = s; *p; p++) {
         unsigned char c = (unsigned char)*p;
         if (c < 0x20 || c == 0x7f) {
-            seterr(err, errlen,
+            pgs_seterr(err, errlen,
                    "URL contains a control character at offset %zu (a stray newline or "
                    "tab?)",
                    (size_t)(p - s));
@@ -552,7 +541,7 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
     if (is_alpha((unsigned char)*p))
         while (is_alnum((unsigned char)*p) || *p == '+' || *p == '-' || *p == '.') p++;
     if (p == s || strncmp(p, "://", 3) != 0) {
-        seterr(err, errlen,
+        pgs_seterr(err, errlen,
                "URL must start with postgresql:// or postgres:// (a driver suffix such as "
                "postgresql+asyncpg:// is fine)");
         return -EINVAL;
@@ -581,7 +570,7 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
 
     size_t hpn = (size_t)(auth_end - hostport);
     if (memchr(hostport, ',', hpn)) {
-        seterr(err, errlen,
+        pgs_seterr(err, errlen,
                "multiple hosts (host1,host2) in the URL are not supported yet; give one "
                "host");
         return -EINVAL;
@@ -590,19 +579,19 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
     if (hpn > 0 && hostport[0] == '[') {
         const char *close = memchr(hostport, ']', hpn);
         if (!close) {
-            seterr(err, errlen, "IPv6 host is missing its closing ']'");
+            pgs_seterr(err, errlen, "IPv6 host is missing its closing ']'");
             return -EINVAL;
         }
         if (decode_part(hostport + 1, (size_t)(close - hostport - 1), "the host", &u->host,
                         err, errlen) < 0)
             return -EINVAL;
         if (!u->host || !valid_ipv6(u->host)) {
-            seterr(err, errlen, "the host in [brackets] is not an IPv6 address");
+            pgs_seterr(err, errlen, "the host in [brackets] is not an IPv6 address");
             return -EINVAL;
         }
         if (close + 1 < auth_end) {
             if (close[1] != ':') {
-                seterr(err, errlen, "unexpected text after the IPv6 host's ']' (expected ':port')");
+                pgs_seterr(err, errlen, "unexpected text after the IPv6 host's ']' (expected ':port')");
                 return -EINVAL;
             }
             port_str = close + 2;
@@ -611,7 +600,7 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
         const char *colon = memchr(hostport, ':', hpn);
         size_t hn = colon ? (size_t)(colon - hostport) : hpn;
         if (colon && memchr(colon + 1, ':', (size_t)(auth_end - colon - 1))) {
-            seterr(err, errlen,
+            pgs_seterr(err, errlen,
                    "host has more than one ':'; write an IPv6 host in brackets, e.g. "
                    "postgresql://[::1]:5432/db");
             return -EINVAL;
@@ -620,7 +609,7 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
         if (colon) port_str = colon + 1;
     }
     if (u->host && strchr(u->host, ',')) {
-        seterr(err, errlen,
+        pgs_seterr(err, errlen,
                "multiple hosts (host1,host2) in the URL are not supported yet; give one "
                "host");
         return -EINVAL;
@@ -631,7 +620,7 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
         u->port = parse_port(port_str, (size_t)(auth_end - port_str));
         if (u->port < 0) {
             u->port = 0;
-            seterr(err, errlen, "invalid port in URL (expected digits, 1..65535)");
+            pgs_seterr(err, errlen, "invalid port in URL (expected digits, 1..65535)");
             return -EINVAL;
         }
     }
@@ -797,12 +786,12 @@ static int parse_int_range(const char *v, long min, long max, const char *expect
     long x;
     int rc = parse_long(v, &x);
     if (rc == -1) {
-        seterr(why, whylen, "'%s' is not an integer (expected %s)", shown(v, sb, sizeof(sb)),
+        pgs_seterr(why, whylen, "'%s' is not an integer (expected %s)", shown(v, sb, sizeof(sb)),
                expect);
         return -EINVAL;
     }
     if (rc == -2 || x < min || x > max) {
-        seterr(why, whylen, "'%s' is out of range (expected %s)", shown(v, sb, sizeof(sb)),
+        pgs_seterr(why, whylen, "'%s' is out of range (expected %s)", shown(v, sb, sizeof(sb)),
                expect);
         return -EINVAL;
     }
@@ -860,25 +849,25 @@ static int parse_duration_setting(const char *v, bool zero_is_off, uint32_t *out
     case 0:
         break;
     case -2:
-        seterr(why, whylen, "'%s' is too long (at most 4294967295ms, about 49 days)",
+        pgs_seterr(why, whylen, "'%s' is too long (at most 4294967295ms, about 49 days)",
                shown(v, sb, sizeof(sb)));
         return -EINVAL;
     case -3:
-        seterr(why, whylen, "'%s' is shorter than 1ms", shown(v, sb, sizeof(sb)));
+        pgs_seterr(why, whylen, "'%s' is shorter than 1ms", shown(v, sb, sizeof(sb)));
         return -EINVAL;
     case -4:
-        seterr(why, whylen, "'%s' is negative (expected a duration%s)", shown(v, sb, sizeof(sb)),
+        pgs_seterr(why, whylen, "'%s' is negative (expected a duration%s)", shown(v, sb, sizeof(sb)),
                zero_is_off ? ", or 0 for off" : " greater than 0");
         return -EINVAL;
     default:
-        seterr(why, whylen,
+        pgs_seterr(why, whylen,
                "'%s' is not a duration (expected seconds, or a number with a unit ms, s, "
                "min or h, e.g. 500ms, 2.5s, 1min%s)",
                shown(v, sb, sizeof(sb)), zero_is_off ? "; 0 turns it off" : "");
         return -EINVAL;
     }
     if (ms == 0 && !zero_is_off) {
-        seterr(why, whylen, "'%s' is not allowed: this timeout cannot be turned off (expected "
+        pgs_seterr(why, whylen, "'%s' is not allowed: this timeout cannot be turned off (expected "
                             "a duration greater than 0)",
                shown(v, sb, sizeof(sb)));
         return -EINVAL;
@@ -919,14 +908,14 @@ static int parse_bytes64(const char *v, uint64_t min, uint64_t max, uint64_t *ou
     else if (strcasecmp(p, "MB") == 0) mul = 1024 * 1024;
     else if (strcasecmp(p, "GB") == 0) mul = 1024 * 1024 * 1024;
     if (nd == 0 || mul == 0) {
-        seterr(why, whylen,
+        pgs_seterr(why, whylen,
                "'%s' is not a size (expected bytes, optionally with kB, MB or GB, e.g. "
                "64MB; range %s..%s)",
                shown(v, sb, sizeof(sb)), lo, hi);
         return -EINVAL;
     }
     if (huge || n > max / mul || n * mul < min) {
-        seterr(why, whylen, "'%s' is out of range (expected %s..%s, i.e. %llu..%llu bytes)",
+        pgs_seterr(why, whylen, "'%s' is out of range (expected %s..%s, i.e. %llu..%llu bytes)",
                shown(v, sb, sizeof(sb)), lo, hi, (unsigned long long)min,
                (unsigned long long)max);
         return -EINVAL;
@@ -959,7 +948,7 @@ int config_parse_replica_lag(const char *v, uint64_t *bytes, uint32_t *ms, char 
             *ms = 0;
             return 0;
         }
-        seterr(why, whylen, "'%s' needs a unit: a size (e.g. 16MB) or a duration (e.g. 10s), "
+        pgs_seterr(why, whylen, "'%s' needs a unit: a size (e.g. 16MB) or a duration (e.g. 10s), "
                             "or 0 for no limit", shown(v, sb, sizeof(sb)));
         return -EINVAL;
     }
@@ -974,7 +963,7 @@ int config_parse_replica_lag(const char *v, uint64_t *bytes, uint32_t *ms, char 
     }
     uint32_t d = 0;
     if (parse_duration_ms(v, &d) < 0) {
-        seterr(why, whylen, "'%s' is neither a size (e.g. 16MB) nor a duration (e.g. 10s, "
+        pgs_seterr(why, whylen, "'%s' is neither a size (e.g. 16MB) nor a duration (e.g. 10s, "
                             "500ms); 0 means no limit", shown(v, sb, sizeof(sb)));
         return -EINVAL;
     }
@@ -1013,20 +1002,20 @@ static int parse_listen_hp(const char *v, char *host_io, int *port_io, char *why
         const char *close = strchr(v, ']');
         size_t hn = close ? (size_t)(close - v - 1) : 0;
         if (!close || hn == 0 || hn >= sizeof(host)) {
-            seterr(why, whylen, "'%s' has an unterminated or empty [IPv6] address",
+            pgs_seterr(why, whylen, "'%s' has an unterminated or empty [IPv6] address",
                    shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
         memcpy(host, v + 1, hn);
         host[hn] = '\0';
         if (!valid_ipv6(host)) {
-            seterr(why, whylen, "'%s' does not hold an IPv6 address in [brackets]",
+            pgs_seterr(why, whylen, "'%s' does not hold an IPv6 address in [brackets]",
                    shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
         if (close[1] == ':') port_str = close + 2;
         else if (close[1] != '\0') {
-            seterr(why, whylen, "'%s' has unexpected text after ']' (expected [addr]:port)",
+            pgs_seterr(why, whylen, "'%s' has unexpected text after ']' (expected [addr]:port)",
                    shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
@@ -1038,21 +1027,21 @@ static int parse_listen_hp(const char *v, char *host_io, int *port_io, char *why
         if (all_digits) {
             port_str = v;
         } else if (colon && strchr(colon + 1, ':')) {
-            seterr(why, whylen,
+            pgs_seterr(why, whylen,
                    "'%s' looks like an IPv6 address; write it in brackets, e.g. [::1]:6432",
                    shown(v, sb, sizeof(sb)));
             return -EINVAL;
         } else {
             size_t hn = colon ? (size_t)(colon - v) : vn;
             if (hn >= sizeof(host)) {
-                seterr(why, whylen, "host in '%s' is too long", shown(v, sb, sizeof(sb)));
+                pgs_seterr(why, whylen, "host in '%s' is too long", shown(v, sb, sizeof(sb)));
                 return -EINVAL;
             }
             if (hn > 0) {
                 memcpy(host, v, hn);
                 host[hn] = '\0';
                 if (!valid_listen_host(host)) {
-                    seterr(why, whylen, "'%s' does not start with a valid host name or address",
+                    pgs_seterr(why, whylen, "'%s' does not start with a valid host name or address",
                            shown(v, sb, sizeof(sb)));
                     return -EINVAL;
                 }
@@ -1063,7 +1052,7 @@ static int parse_listen_hp(const char *v, char *host_io, int *port_io, char *why
     if (port_str) {
         port = parse_port(port_str, strlen(port_str));
         if (port < 0) {
-            seterr(why, whylen,
+            pgs_seterr(why, whylen,
                    "'%s' has an invalid port (expected host:port with port 1..65535)",
                    shown(v, sb, sizeof(sb)));
             return -EINVAL;
@@ -1100,7 +1089,7 @@ int config_parse_listen_addr(const char *v, pgs_listen_addr *out, char *why, siz
     size_t n = strlen(dir);
     while (n > 1 && dir[n - 1] == '/') n--; /* "unix:/run/pgscale/" is the same directory */
     if (dir[0] != '/') {
-        seterr(why, whylen,
+        pgs_seterr(why, whylen,
                "'%s' is not an absolute directory (expected unix:/path/to/dir, e.g. "
                "unix:/run/pgscale)",
                shown(v, sb, sizeof(sb)));
@@ -1108,12 +1097,12 @@ int config_parse_listen_addr(const char *v, pgs_listen_addr *out, char *why, siz
     }
     for (size_t i = 0; i < n; i++) {
         if ((unsigned char)dir[i] < 0x20 || dir[i] == 0x7f) {
-            seterr(why, whylen, "'%s' contains a control character", shown(v, sb, sizeof(sb)));
+            pgs_seterr(why, whylen, "'%s' contains a control character", shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
     }
     if (n > UNIX_DIR_MAX) {
-        seterr(why, whylen,
+        pgs_seterr(why, whylen,
                "'%s': the directory is longer than %zu bytes (the socket path "
                "<dir>/.s.PGSQL.<port> must fit in 107 bytes)",
                shown(v, sb, sizeof(sb)), (size_t)UNIX_DIR_MAX);
@@ -1181,7 +1170,7 @@ static int parse_url_list(const char *v, pgs_url **out, int *n_out, char *why, s
         int rc = config_parse_url(item, &list[n], reason, sizeof(reason));
         free(item);
         if (rc < 0) {
-            seterr(why, whylen, "URL %d: %s", n + 1, reason);
+            pgs_seterr(why, whylen, "URL %d: %s", n + 1, reason);
             for (int i = 0; i < n; i++) config_url_free(&list[i]);
             free(list);
             return -EINVAL;
@@ -1356,7 +1345,7 @@ static int parse_enum(const char *v, const char *const *names, const char *what,
     for (int i = 0; i < n; i++)
         snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
                  i == 0 ? "" : i + 1 == n ? " or " : ", ", names[i]);
-    seterr(why, whylen, "'%s' is not %s (expected %s)", shown(v, sb, sizeof(sb)), what, list);
+    pgs_seterr(why, whylen, "'%s' is not %s (expected %s)", shown(v, sb, sizeof(sb)), what, list);
     return -EINVAL;
 }
 
@@ -1383,7 +1372,7 @@ static int set_text(char **field, const char *v, char *why, size_t whylen)
 {
     for (const char *p = v; *p; p++) {
         if ((unsigned char)*p < 0x20 || *p == 0x7f) {
-            seterr(why, whylen, "contains a control character (a stray newline?)");
+            pgs_seterr(why, whylen, "contains a control character (a stray newline?)");
             return -EINVAL;
         }
     }
@@ -1457,7 +1446,7 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
             *FIELD(cfg, s, int) = PGS_LOG_WARN;
             return 0;
         }
-        seterr(why, whylen, "'%s' is not a log level (expected error, warn, info or debug)",
+        pgs_seterr(why, whylen, "'%s' is not a log level (expected error, warn, info or debug)",
                shown(v, sb, sizeof(sb)));
         return -EINVAL;
     case K_FILE_MODE: {
@@ -1466,7 +1455,7 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
         errno = 0;
         long m = strtol(v, &end, 8);
         if (!*v || *end || errno || m < 0 || m > 0777) {
-            seterr(why, whylen, "'%s' is not a permission mode (expected octal 0000..0777, such "
+            pgs_seterr(why, whylen, "'%s' is not a permission mode (expected octal 0000..0777, such "
                    "as 0700 or 0770)", shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
@@ -1498,14 +1487,14 @@ int config_apply_env(pgs_config *cfg, pgs_env_lookup lookup, void *ctx, char *er
         if (!v) continue;
         if (!*v) {
             if (s->kind == K_URL) {
-                seterr(err, errlen, "%s is empty; %s", s->name, database_url_hint);
+                pgs_seterr(err, errlen, "%s is empty; %s", s->name, database_url_hint);
                 return -EINVAL;
             }
             continue; /* empty means unset, as it does for most tools */
         }
         char why[768];
         if (apply_one(cfg, s, v, why, sizeof(why)) < 0) {
-            seterr(err, errlen, "%s: %s", s->name, why);
+            pgs_seterr(err, errlen, "%s: %s", s->name, why);
             return -EINVAL;
         }
     }
@@ -1515,7 +1504,7 @@ int config_apply_env(pgs_config *cfg, pgs_env_lookup lookup, void *ctx, char *er
     if (v && *v) {
         char why[200];
         if (config_parse_auth_type(v, &cfg->auth.type, why, sizeof(why)) < 0) {
-            seterr(err, errlen, "%s: %s", AUTH_TYPE_VAR, why);
+            pgs_seterr(err, errlen, "%s: %s", AUTH_TYPE_VAR, why);
             return -EINVAL;
         }
         cfg->auth.type_set = true;
@@ -1533,7 +1522,7 @@ int config_parse_auth_type(const char *v, pgs_auth_method *out, char *why, size_
             return 0;
         }
     }
-    seterr(why, whylen, "'%s' is not an auth type (expected trust, md5 or scram-sha-256)",
+    pgs_seterr(why, whylen, "'%s' is not an auth type (expected trust, md5 or scram-sha-256)",
            shown(v, sb, sizeof(sb)));
     return -EINVAL;
 }
@@ -1589,7 +1578,7 @@ int config_apply_setting(pgs_config *cfg, const char *env_name, const char *v, c
 {
     const struct setting *s = setting_by_name(env_name);
     if (!s) {
-        seterr(why, whylen, "unknown setting");
+        pgs_seterr(why, whylen, "unknown setting");
         return -EINVAL;
     }
     return apply_one(cfg, s, v, why, whylen);
@@ -1632,7 +1621,7 @@ int config_parse_pool_mode(const char *v, pgs_pool_mode *out, char *why, size_t 
     if (strcasecmp(v, "transaction") == 0) *out = PGS_POOL_TRANSACTION;
     else if (strcasecmp(v, "session") == 0) *out = PGS_POOL_SESSION;
     else {
-        seterr(why, whylen, "'%s' is not a pool mode (expected transaction or session)",
+        pgs_seterr(why, whylen, "'%s' is not a pool mode (expected transaction or session)",
                shown(v, sb, sizeof(sb)));
         return -EINVAL;
     }
@@ -1715,11 +1704,11 @@ int config_envfile_parse(const char *name, const char *data, size_t len, pgs_env
     *out = NULL;
     if (!name) name = "(env)";
     if (len > 0 && !data) {
-        seterr(err, errlen, "%s: no data", name);
+        pgs_seterr(err, errlen, "%s: no data", name);
         return -EINVAL;
     }
     if (len > ENVFILE_MAX_BYTES) {
-        seterr(err, errlen, "%s: file is larger than 1 MiB (%zu bytes)", name, len);
+        pgs_seterr(err, errlen, "%s: file is larger than 1 MiB (%zu bytes)", name, len);
         return -EFBIG;
     }
     /* Physical line lengths first, so the limit holds inside quoted values
@@ -1731,7 +1720,7 @@ int config_envfile_parse(const char *name, const char *data, size_t len, pgs_env
             const char *nl = memchr(data + i, '\n', len - i);
             size_t ll = nl ? (size_t)(nl - (data + i)) : len - i;
             if (ll > ENVFILE_MAX_LINE) {
-                seterr(err, errlen, "%s:%d: line is longer than 64 KiB", name, line);
+                pgs_seterr(err, errlen, "%s:%d: line is longer than 64 KiB", name, line);
                 return -EINVAL;
             }
             i += ll + 1;
@@ -1771,14 +1760,14 @@ int config_envfile_parse(const char *name, const char *data, size_t len, pgs_env
         while (i < len && is_keychar((unsigned char)d[i])) i++;
         size_t kn = i - ks;
         if (kn == 0) {
-            seterr(err, errlen, "%s:%d: expected KEY=VALUE", name, entry_line);
+            pgs_seterr(err, errlen, "%s:%d: expected KEY=VALUE", name, entry_line);
             goto fail;
         }
         char key[128];
         snprintf(key, sizeof(key), "%.*s", (int)PGS_MIN(kn, sizeof(key) - 1), d + ks);
         while (i < len && is_blank((unsigned char)d[i])) i++;
         if (i >= len || d[i] != '=') {
-            seterr(err, errlen, "%s:%d: expected '=' after '%s' (lines are KEY=VALUE)", name,
+            pgs_seterr(err, errlen, "%s:%d: expected '=' after '%s' (lines are KEY=VALUE)", name,
                    entry_line, shown(key, kb, sizeof(kb)));
             goto fail;
         }
@@ -1816,13 +1805,13 @@ int config_envfile_parse(const char *name, const char *data, size_t len, pgs_env
                 sb_putc(&val, c);
             }
             if (!closed) {
-                seterr(err, errlen, "%s:%d: unterminated %s quote in the value of '%s'", name,
+                pgs_seterr(err, errlen, "%s:%d: unterminated %s quote in the value of '%s'", name,
                        entry_line, q == '"' ? "double" : "single", shown(key, kb, sizeof(kb)));
                 goto fail;
             }
             while (i < len && is_blank((unsigned char)d[i])) i++;
             if (i < len && d[i] != '\n' && d[i] != '#') {
-                seterr(err, errlen, "%s:%d: unexpected text after the closing quote of '%s'",
+                pgs_seterr(err, errlen, "%s:%d: unexpected text after the closing quote of '%s'",
                        name, line, shown(key, kb, sizeof(kb)));
                 goto fail;
             }
@@ -1843,7 +1832,7 @@ int config_envfile_parse(const char *name, const char *data, size_t len, pgs_env
             sb_putn(&val, d + vs, ve - vs);
         }
         if (memchr(val.p, '\0', val.len)) {
-            seterr(err, errlen, "%s:%d: the value of '%s' contains a NUL byte", name,
+            pgs_seterr(err, errlen, "%s:%d: the value of '%s' contains a NUL byte", name,
                    entry_line, shown(key, kb, sizeof(kb)));
             goto fail;
         }
@@ -1917,7 +1906,7 @@ static int check_unknown_keys(const pgs_envfile *f, char *err, size_t errlen)
         if (strcmp(k, "PGSCALE_CONFIG") == 0) {
             /* The .env file is read after the config file, so it cannot
              * choose it; say so rather than "unknown variable". */
-            seterr(err, errlen,
+            pgs_seterr(err, errlen,
                    "%s:%d: PGSCALE_CONFIG is read from the environment only (a .env file "
                    "cannot choose the config file); use --config FILE",
                    f->name, f->v[i].line);
@@ -1925,7 +1914,7 @@ static int check_unknown_keys(const pgs_envfile *f, char *err, size_t errlen)
         }
         if (strncmp(k, "PGSCALE_", 8) == 0 && !known_setting(k)) {
             char kb[80];
-            seterr(err, errlen,
+            pgs_seterr(err, errlen,
                    "%s:%d: unknown variable '%s' (see docs/configuration.md for the "
                    "PGSCALE_* variables)",
                    f->name, f->v[i].line, shown(k, kb, sizeof(kb)));
@@ -1947,7 +1936,7 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char
     if (!seen->sslmode && m && *m) {
         char why[200];
         if (config_parse_sslmode(m, &cfg->server_tls.sslmode, why, sizeof(why)) < 0) {
-            seterr(err, errlen, "DATABASE_URL: query parameter 'sslmode': %s", why);
+            pgs_seterr(err, errlen, "DATABASE_URL: query parameter 'sslmode': %s", why);
             return -EINVAL;
         }
     }
@@ -1957,7 +1946,7 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char
         char why[200];
         if (config_parse_channel_binding(cb, &cfg->server_tls.channel_binding, why,
                                          sizeof(why)) < 0) {
-            seterr(err, errlen, "DATABASE_URL: query parameter 'channel_binding': %s", why);
+            pgs_seterr(err, errlen, "DATABASE_URL: query parameter 'channel_binding': %s", why);
             return -EINVAL;
         }
     }
@@ -1967,7 +1956,7 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char
         char a[32], b[32];
         format_size(cfg->cache.max_entry_size, a, sizeof(a));
         format_size(cfg->cache.max_memory, b, sizeof(b));
-        seterr(err, errlen,
+        pgs_seterr(err, errlen,
                "cache.max_entry_size (%s) is larger than cache.max_memory (%s); lower "
                "PGSCALE_CACHE_MAX_ENTRY_SIZE or raise PGSCALE_CACHE_MAX_MEMORY",
                a, b);
@@ -1986,15 +1975,15 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char
     if (a->type_set && (a->type == PGS_AUTH_MD5 || a->type == PGS_AUTH_SCRAM)) {
         const char *t = a->type == PGS_AUTH_MD5 ? "md5" : "scram-sha-256";
         if (seen->auth_type_line && !env_auth_type)
-            seterr(err, errlen, "%s:%d: auth.type: '%s' %s", config_path, seen->auth_type_line, t,
+            pgs_seterr(err, errlen, "%s:%d: auth.type: '%s' %s", config_path, seen->auth_type_line, t,
                    fix);
         else
-            seterr(err, errlen, "%s: '%s' %s", AUTH_TYPE_VAR, t, fix);
+            pgs_seterr(err, errlen, "%s: '%s' %s", AUTH_TYPE_VAR, t, fix);
         return -EINVAL;
     }
     if (seen->hba_password_line) {
         const pgs_hba_rule *r = &a->hba[seen->hba_password_index];
-        seterr(err, errlen, "%s:%d: auth.hba[%d].method: '%s' %s", config_path,
+        pgs_seterr(err, errlen, "%s:%d: auth.hba[%d].method: '%s' %s", config_path,
                seen->hba_password_line, seen->hba_password_index,
                r->method == PGS_AUTH_MD5 ? "md5" : "scram-sha-256", fix);
         return -EINVAL;
@@ -2024,18 +2013,18 @@ int config_load_files(pgs_config *cfg, const char *config_path, const char *envf
     struct layered l = {.file = f};
     if (!seen.primary && !layered_lookup(&l, "DATABASE_URL")) {
         if (config_path)
-            seterr(err, errlen, "DATABASE_URL is not set and %s has no nodes.primary; %s",
+            pgs_seterr(err, errlen, "DATABASE_URL is not set and %s has no nodes.primary; %s",
                    config_path, database_url_hint);
         else
-            seterr(err, errlen, "DATABASE_URL is not set; %s", database_url_hint);
+            pgs_seterr(err, errlen, "DATABASE_URL is not set; %s", database_url_hint);
         rc = -EINVAL;
         goto out;
     }
     char why[1024];
     rc = config_apply_env(cfg, layered_lookup, &l, why, sizeof(why));
     if (rc < 0) {
-        if (l.last_line > 0) seterr(err, errlen, "%s:%d: %s", f->name, l.last_line, why);
-        else seterr(err, errlen, "%s", why);
+        if (l.last_line > 0) pgs_seterr(err, errlen, "%s:%d: %s", f->name, l.last_line, why);
+        else pgs_seterr(err, errlen, "%s", why);
         goto out;
     }
     const char *at = layered_lookup(&l, AUTH_TYPE_VAR);

@@ -11,17 +11,6 @@
 #include <string.h>
 #include <strings.h>
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int hexval(int c)
 {
@@ -47,7 +36,7 @@ static int decode(const char *s, size_t n, const char *what, char **out, char *e
             int lo = n - i >= 3 ? hexval((unsigned char)s[i + 2]) : -1;
             if (hi < 0 || lo < 0 || hi * 16 + lo == 0) {
                 free(d);
-                seterr(err, errlen, "bad percent-escape in the %s (use %%XX with two hex "
+                pgs_seterr(err, errlen, "bad percent-escape in the %s (use %%XX with two hex "
                        "digits, not %%00)", what);
                 return -EINVAL;
             }
@@ -96,14 +85,14 @@ static int parse_hostport(const char *s, size_t n, pgs_redis_url *u, char *err, 
     if (n > 0 && s[0] == '[') {
         const char *rb = memchr(s, ']', n);
         if (!rb) {
-            seterr(err, errlen, "an IPv6 host must be written [addr] (no ']' found)");
+            pgs_seterr(err, errlen, "an IPv6 host must be written [addr] (no ']' found)");
             return -EINVAL;
         }
         h = s + 1;
         he = rb;
         if (rb + 1 < end) {
             if (rb[1] != ':') {
-                seterr(err, errlen, "only ':port' may follow an IPv6 host's ']'");
+                pgs_seterr(err, errlen, "only ':port' may follow an IPv6 host's ']'");
                 return -EINVAL;
             }
             port = rb + 2;
@@ -114,12 +103,12 @@ static int parse_hostport(const char *s, size_t n, pgs_redis_url *u, char *err, 
         if (colon) port = colon + 1;
     }
     if (he == h) {
-        seterr(err, errlen, "has no host (redis://host:6379/0)");
+        pgs_seterr(err, errlen, "has no host (redis://host:6379/0)");
         return -EINVAL;
     }
     u->port = 6379;
     if (port && !number(port, (size_t)(end - port), 1, 65535, &u->port)) {
-        seterr(err, errlen, "the port must be a number 1..65535");
+        pgs_seterr(err, errlen, "the port must be a number 1..65535");
         return -EINVAL;
     }
     return decode(h, (size_t)(he - h), "host", &u->host, err, errlen);
@@ -135,7 +124,7 @@ static int parse_query(const char *q, pgs_redis_url *u, char *err, size_t errlen
         size_t vlen = (size_t)(p + len - v);
         if (klen == 2 && strncmp(p, "db", 2) == 0) {
             if (!number(v, vlen, 0, 1000000, &u->db)) {
-                seterr(err, errlen, "db must be a number (0, 1, ...)");
+                pgs_seterr(err, errlen, "db must be a number (0, 1, ...)");
                 return -EINVAL;
             }
         } else if (klen == 8 && strncmp(p, "password", 8) == 0) {
@@ -144,7 +133,7 @@ static int parse_query(const char *q, pgs_redis_url *u, char *err, size_t errlen
             if (rc) return rc;
         } else if (klen > 0) {
             /* the parameter's name only, cut short: never its value */
-            seterr(err, errlen, "unknown parameter '%.*s' (pgscale reads db and password)",
+            pgs_seterr(err, errlen, "unknown parameter '%.*s' (pgscale reads db and password)",
                    (int)PGS_MIN(klen, 40u), p);
             return -EINVAL;
         }
@@ -163,16 +152,16 @@ static int parse(const char *text, pgs_redis_url *u, char *err, size_t errlen)
         rest = text + 7;
         u->unix_socket = true;
     } else if (strncasecmp(text, "rediss://", 9) == 0) {
-        seterr(err, errlen, "rediss:// (Redis over TLS) is not supported: the Redis client "
+        pgs_seterr(err, errlen, "rediss:// (Redis over TLS) is not supported: the Redis client "
                "pgscale is built with (hiredis) has no TLS; use redis:// on a trusted network, "
                "a unix:// socket, or a local TLS tunnel to Redis");
         return -EINVAL;
     } else {
-        seterr(err, errlen, "must start with redis:// or unix://");
+        pgs_seterr(err, errlen, "must start with redis:// or unix://");
         return -EINVAL;
     }
     if (strchr(rest, '#')) {
-        seterr(err, errlen, "a '#' must be written %%23 (fragments are not allowed)");
+        pgs_seterr(err, errlen, "a '#' must be written %%23 (fragments are not allowed)");
         return -EINVAL;
     }
     const char *q = strchr(rest, '?');
@@ -191,7 +180,7 @@ static int parse(const char *text, pgs_redis_url *u, char *err, size_t errlen)
     }
     if (u->unix_socket) {
         if (rest >= end || *rest != '/') {
-            seterr(err, errlen, "a unix:// URL needs an absolute socket path "
+            pgs_seterr(err, errlen, "a unix:// URL needs an absolute socket path "
                    "(unix:///run/redis/redis.sock)");
             return -EINVAL;
         }
@@ -203,7 +192,7 @@ static int parse(const char *text, pgs_redis_url *u, char *err, size_t errlen)
             /* "/" or "/N" */
             size_t dn = (size_t)(end - slash - 1);
             if (dn > 0 && !number(slash + 1, dn, 0, 1000000, &u->db)) {
-                seterr(err, errlen, "the database after the host must be a number "
+                pgs_seterr(err, errlen, "the database after the host must be a number "
                        "(redis://host:6379/0)");
                 return -EINVAL;
             }
@@ -244,13 +233,13 @@ static int expect_ok(redisContext *c, redisReply *r, const char *step, const cha
                      char *err, size_t errlen)
 {
     if (!r) {
-        seterr(err, errlen, "Redis at %s: %s failed: %s", where, step,
+        pgs_seterr(err, errlen, "Redis at %s: %s failed: %s", where, step,
                c->errstr[0] ? c->errstr : "no reply");
         return -EIO;
     }
     int rc = 0;
     if (r->type == REDIS_REPLY_ERROR) {
-        seterr(err, errlen, "Redis at %s refused %s: %.200s", where, step, r->str);
+        pgs_seterr(err, errlen, "Redis at %s refused %s: %.200s", where, step, r->str);
         rc = -EACCES;
     }
     freeReplyObject(r);
@@ -268,16 +257,16 @@ int redis_connect(const pgs_redis_url *u, uint32_t timeout_ms, struct redisConte
     redisContext *c = u->unix_socket ? redisConnectUnixWithTimeout(u->path, tv)
                                      : redisConnectWithTimeout(u->host, u->port, tv);
     if (!c) {
-        seterr(err, errlen, "Redis at %s: out of memory", where);
+        pgs_seterr(err, errlen, "Redis at %s: out of memory", where);
         return -ENOMEM;
     }
     if (c->err) {
-        seterr(err, errlen, "could not connect to Redis at %s: %s", where, c->errstr);
+        pgs_seterr(err, errlen, "could not connect to Redis at %s: %s", where, c->errstr);
         redisFree(c);
         return -ECONNREFUSED;
     }
     if (redisSetTimeout(c, tv) != REDIS_OK) {
-        seterr(err, errlen, "Redis at %s: could not set its timeout", where);
+        pgs_seterr(err, errlen, "Redis at %s: could not set its timeout", where);
         redisFree(c);
         return -EIO;
     }
