@@ -349,7 +349,8 @@ int authfile_scram_secret(const authfile_entry *e, const unsigned char *key, siz
     }
     unsigned char salt[SCRAM_DEFAULT_SALT_LEN];
     if ((r = scram_mock_salt(e->user, key, keylen, salt)) < 0) {
-        pgs_seterr(err, errlen, "the server-wide SCRAM salt key is missing or shorter than 16 bytes");
+        pgs_seterr(err, errlen,
+                   "the server-wide SCRAM salt key is missing or shorter than 16 bytes");
         return r;
     }
     r = scram_secret_derive(e->secret, salt, sizeof(salt), SCRAM_DEFAULT_ITERATIONS, out);

@@ -591,7 +591,8 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
         }
         if (close + 1 < auth_end) {
             if (close[1] != ':') {
-                pgs_seterr(err, errlen, "unexpected text after the IPv6 host's ']' (expected ':port')");
+                pgs_seterr(err, errlen,
+                           "unexpected text after the IPv6 host's ']' (expected ':port')");
                 return -EINVAL;
             }
             port_str = close + 2;
@@ -856,7 +857,8 @@ static int parse_duration_setting(const char *v, bool zero_is_off, uint32_t *out
         pgs_seterr(why, whylen, "'%s' is shorter than 1ms", shown(v, sb, sizeof(sb)));
         return -EINVAL;
     case -4:
-        pgs_seterr(why, whylen, "'%s' is negative (expected a duration%s)", shown(v, sb, sizeof(sb)),
+        pgs_seterr(why, whylen,
+                   "'%s' is negative (expected a duration%s)", shown(v, sb, sizeof(sb)),
                zero_is_off ? ", or 0 for off" : " greater than 0");
         return -EINVAL;
     default:
@@ -1455,7 +1457,8 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
         errno = 0;
         long m = strtol(v, &end, 8);
         if (!*v || *end || errno || m < 0 || m > 0777) {
-            pgs_seterr(why, whylen, "'%s' is not a permission mode (expected octal 0000..0777, such "
+            pgs_seterr(why, whylen,
+                       "'%s' is not a permission mode (expected octal 0000..0777, such "
                    "as 0700 or 0770)", shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
@@ -1975,7 +1978,8 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char
     if (a->type_set && (a->type == PGS_AUTH_MD5 || a->type == PGS_AUTH_SCRAM)) {
         const char *t = a->type == PGS_AUTH_MD5 ? "md5" : "scram-sha-256";
         if (seen->auth_type_line && !env_auth_type)
-            pgs_seterr(err, errlen, "%s:%d: auth.type: '%s' %s", config_path, seen->auth_type_line, t,
+            pgs_seterr(err, errlen,
+                       "%s:%d: auth.type: '%s' %s", config_path, seen->auth_type_line, t,
                    fix);
         else
             pgs_seterr(err, errlen, "%s: '%s' %s", AUTH_TYPE_VAR, t, fix);
