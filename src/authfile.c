@@ -245,7 +245,7 @@ int authfile_parse(const char *name, const char *data, size_t len, authfile **ou
         if (dup < f->n) {
             char ub[80];
             pgs_seterr(err, errlen, "%s:%d: user \"%s\" is already defined on line %d", name,
-                   f->v[dup].line, shown(f->v[dup].user, ub, sizeof(ub)), f->v[dup - 1].line);
+                       f->v[dup].line, shown(f->v[dup].user, ub, sizeof(ub)), f->v[dup - 1].line);
             goto fail;
         }
     }
@@ -306,18 +306,18 @@ int authfile_check_method(const authfile_entry *e, auth_method method, char *err
     char ub[80];
     if (method == AUTH_METHOD_MD5 && e->kind == AUTH_SECRET_SCRAM) {
         pgs_seterr(err, errlen,
-               "%s:%d: user \"%s\" has a SCRAM secret, and md5 cannot be verified from a "
-               "SCRAM secret; ask this user for SCRAM (auth type scram-sha-256), or store "
-               "the plaintext password or its md5 hash",
-               e->file, e->line, shown(e->user, ub, sizeof(ub)));
+                   "%s:%d: user \"%s\" has a SCRAM secret, and md5 cannot be verified from a "
+                   "SCRAM secret; ask this user for SCRAM (auth type scram-sha-256), or store "
+                   "the plaintext password or its md5 hash",
+                   e->file, e->line, shown(e->user, ub, sizeof(ub)));
         return -EOPNOTSUPP;
     }
     if (method == AUTH_METHOD_SCRAM && e->kind == AUTH_SECRET_MD5) {
         pgs_seterr(err, errlen,
-               "%s:%d: user \"%s\" has an md5 secret, and SCRAM cannot be verified from an "
-               "md5 hash; ask this user for md5, or store the plaintext password or a SCRAM "
-               "secret",
-               e->file, e->line, shown(e->user, ub, sizeof(ub)));
+                   "%s:%d: user \"%s\" has an md5 secret, and SCRAM cannot be verified from an "
+                   "md5 hash; ask this user for md5, or store the plaintext password or a SCRAM "
+                   "secret",
+                   e->file, e->line, shown(e->user, ub, sizeof(ub)));
         return -EOPNOTSUPP;
     }
     return 0;
@@ -332,7 +332,7 @@ int authfile_md5_verify(const authfile_entry *e, const uint8_t salt[4], const ch
     r = auth_md5_verify(e->user, e->secret, salt, response, len);
     if (r == -EACCES)
         pgs_seterr(err, errlen, "password authentication failed for user \"%s\" (md5)",
-               shown(e->user, ub, sizeof(ub)));
+                   shown(e->user, ub, sizeof(ub)));
     else if (r < 0)
         pgs_seterr(err, errlen, "md5 is unavailable in this OpenSSL");
     return r;

@@ -120,9 +120,9 @@ int config_parse_sslmode(const char *v, pgs_sslmode *out, char *why, size_t whyl
     }
     char sb[80];
     pgs_seterr(why, whylen,
-           "'%s' is not an SSL mode (expected disable, allow, prefer, require, verify-ca or "
-           "verify-full)",
-           shown(v, sb, sizeof(sb)));
+               "'%s' is not an SSL mode (expected disable, allow, prefer, require, verify-ca or "
+               "verify-full)",
+               shown(v, sb, sizeof(sb)));
     return -EINVAL;
 }
 
@@ -139,8 +139,8 @@ int config_parse_channel_binding(const char *v, pgs_channel_binding *out, char *
     }
     char sb[80];
     pgs_seterr(why, whylen,
-           "'%s' is not a channel binding mode (expected disable, prefer or require)",
-           shown(v, sb, sizeof(sb)));
+               "'%s' is not a channel binding mode (expected disable, prefer or require)",
+               shown(v, sb, sizeof(sb)));
     return -EINVAL;
 }
 
@@ -160,7 +160,7 @@ int config_parse_bool(const char *v, bool *out, char *why, size_t whylen)
     }
     char sb[80];
     pgs_seterr(why, whylen, "'%s' is not on or off (expected on/off, true/false, yes/no, 1/0)",
-           shown(v, sb, sizeof(sb)));
+               shown(v, sb, sizeof(sb)));
     return -EINVAL;
 }
 
@@ -320,9 +320,9 @@ static int decode_part(const char *s, size_t n, const char *what, char **out, ch
     int rc = pct_decode(s, n, out);
     if (rc == -1) {
         pgs_seterr(err, errlen,
-               "bad percent-escape in %s (use %%XX with two hex digits; write a literal "
-               "'%%' as %%25)",
-               what);
+                   "bad percent-escape in %s (use %%XX with two hex digits; write a literal "
+                   "'%%' as %%25)",
+                   what);
         return -EINVAL;
     }
     if (rc == -2) {
@@ -385,8 +385,8 @@ static int apply_param(pgs_url *u, char *key, char *value, char *err, size_t err
         if (field == &u->host && value && strchr(value, ',')) {
             free(value);
             pgs_seterr(err, errlen,
-                   "multiple hosts (host1,host2) in the 'host' query parameter are not "
-                   "supported yet; give one host");
+                       "multiple hosts (host1,host2) in the 'host' query parameter are not "
+                       "supported yet; give one host");
             return -EINVAL;
         }
         return set_part(field, value);
@@ -399,9 +399,9 @@ static int apply_param(pgs_url *u, char *key, char *value, char *err, size_t err
             if (port < 0) {
                 char sb[80];
                 pgs_seterr(err, errlen,
-                       "query parameter 'port': '%s' is not a port (expected digits, "
-                       "1..65535)",
-                       shown(value, sb, sizeof(sb)));
+                           "query parameter 'port': '%s' is not a port (expected digits, "
+                           "1..65535)",
+                           shown(value, sb, sizeof(sb)));
                 free(value);
                 return -EINVAL;
             }
@@ -455,7 +455,7 @@ static int parse_query(pgs_url *u, const char *q, char *err, size_t errlen)
                 char *key = NULL;
                 if (decode_part(q, seg, "a query parameter name", &key, err, errlen) == 0) {
                     pgs_seterr(err, errlen, "query parameter '%s' has no '=value'",
-                           shown(key, kb, sizeof(kb)));
+                               shown(key, kb, sizeof(kb)));
                     free(key);
                 }
                 return -EINVAL;
@@ -496,7 +496,7 @@ static int check_scheme(const char *s, size_t n, char *err, size_t errlen)
         size_t dn = n - base - 1;
         if (dn == 0) {
             pgs_seterr(err, errlen, "URL scheme '%.*s://' has an empty driver name after '+'",
-                   (int)n, s);
+                       (int)n, s);
             return -EINVAL;
         }
         for (size_t i = 0; i < dn; i++) {
@@ -511,9 +511,9 @@ static int check_scheme(const char *s, size_t n, char *err, size_t errlen)
         char sb[80], tmp[64];
         snprintf(tmp, sizeof(tmp), "%.*s", (int)PGS_MIN(n, sizeof(tmp) - 1), s);
         pgs_seterr(err, errlen,
-               "URL scheme '%s://' is not supported; use postgresql:// or postgres:// "
-               "(a driver suffix such as postgresql+asyncpg:// is fine)",
-               shown(tmp, sb, sizeof(sb)));
+                   "URL scheme '%s://' is not supported; use postgresql:// or postgres:// "
+                   "(a driver suffix such as postgresql+asyncpg:// is fine)",
+                   shown(tmp, sb, sizeof(sb)));
         return -EINVAL;
     }
     return 0;
@@ -529,9 +529,9 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
         unsigned char c = (unsigned char)*p;
         if (c < 0x20 || c == 0x7f) {
             pgs_seterr(err, errlen,
-                   "URL contains a control character at offset %zu (a stray newline or "
-                   "tab?)",
-                   (size_t)(p - s));
+                       "URL contains a control character at offset %zu (a stray newline or "
+                       "tab?)",
+                       (size_t)(p - s));
             return -EINVAL;
         }
     }
@@ -542,8 +542,8 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
         while (is_alnum((unsigned char)*p) || *p == '+' || *p == '-' || *p == '.') p++;
     if (p == s || strncmp(p, "://", 3) != 0) {
         pgs_seterr(err, errlen,
-               "URL must start with postgresql:// or postgres:// (a driver suffix such as "
-               "postgresql+asyncpg:// is fine)");
+                   "URL must start with postgresql:// or postgres:// (a driver suffix such as "
+                   "postgresql+asyncpg:// is fine)");
         return -EINVAL;
     }
     if (check_scheme(s, (size_t)(p - s), err, errlen) < 0) return -EINVAL;
@@ -571,8 +571,8 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
     size_t hpn = (size_t)(auth_end - hostport);
     if (memchr(hostport, ',', hpn)) {
         pgs_seterr(err, errlen,
-               "multiple hosts (host1,host2) in the URL are not supported yet; give one "
-               "host");
+                   "multiple hosts (host1,host2) in the URL are not supported yet; give one "
+                   "host");
         return -EINVAL;
     }
     const char *port_str = NULL;
@@ -602,8 +602,8 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
         size_t hn = colon ? (size_t)(colon - hostport) : hpn;
         if (colon && memchr(colon + 1, ':', (size_t)(auth_end - colon - 1))) {
             pgs_seterr(err, errlen,
-                   "host has more than one ':'; write an IPv6 host in brackets, e.g. "
-                   "postgresql://[::1]:5432/db");
+                       "host has more than one ':'; write an IPv6 host in brackets, e.g. "
+                       "postgresql://[::1]:5432/db");
             return -EINVAL;
         }
         if (decode_part(hostport, hn, "the host", &u->host, err, errlen) < 0) return -EINVAL;
@@ -611,8 +611,8 @@ static int parse_url(const char *s, pgs_url *u, char *err, size_t errlen)
     }
     if (u->host && strchr(u->host, ',')) {
         pgs_seterr(err, errlen,
-               "multiple hosts (host1,host2) in the URL are not supported yet; give one "
-               "host");
+                   "multiple hosts (host1,host2) in the URL are not supported yet; give one "
+                   "host");
         return -EINVAL;
     }
     if (port_str) {
@@ -788,12 +788,12 @@ static int parse_int_range(const char *v, long min, long max, const char *expect
     int rc = parse_long(v, &x);
     if (rc == -1) {
         pgs_seterr(why, whylen, "'%s' is not an integer (expected %s)", shown(v, sb, sizeof(sb)),
-               expect);
+                   expect);
         return -EINVAL;
     }
     if (rc == -2 || x < min || x > max) {
         pgs_seterr(why, whylen, "'%s' is out of range (expected %s)", shown(v, sb, sizeof(sb)),
-               expect);
+                   expect);
         return -EINVAL;
     }
     *out = (int)x;
@@ -851,7 +851,7 @@ static int parse_duration_setting(const char *v, bool zero_is_off, uint32_t *out
         break;
     case -2:
         pgs_seterr(why, whylen, "'%s' is too long (at most 4294967295ms, about 49 days)",
-               shown(v, sb, sizeof(sb)));
+                   shown(v, sb, sizeof(sb)));
         return -EINVAL;
     case -3:
         pgs_seterr(why, whylen, "'%s' is shorter than 1ms", shown(v, sb, sizeof(sb)));
@@ -859,19 +859,19 @@ static int parse_duration_setting(const char *v, bool zero_is_off, uint32_t *out
     case -4:
         pgs_seterr(why, whylen,
                    "'%s' is negative (expected a duration%s)", shown(v, sb, sizeof(sb)),
-               zero_is_off ? ", or 0 for off" : " greater than 0");
+                   zero_is_off ? ", or 0 for off" : " greater than 0");
         return -EINVAL;
     default:
         pgs_seterr(why, whylen,
-               "'%s' is not a duration (expected seconds, or a number with a unit ms, s, "
-               "min or h, e.g. 500ms, 2.5s, 1min%s)",
-               shown(v, sb, sizeof(sb)), zero_is_off ? "; 0 turns it off" : "");
+                   "'%s' is not a duration (expected seconds, or a number with a unit ms, s, "
+                   "min or h, e.g. 500ms, 2.5s, 1min%s)",
+                   shown(v, sb, sizeof(sb)), zero_is_off ? "; 0 turns it off" : "");
         return -EINVAL;
     }
     if (ms == 0 && !zero_is_off) {
         pgs_seterr(why, whylen, "'%s' is not allowed: this timeout cannot be turned off (expected "
                             "a duration greater than 0)",
-               shown(v, sb, sizeof(sb)));
+                   shown(v, sb, sizeof(sb)));
         return -EINVAL;
     }
     *out = ms;
@@ -911,15 +911,15 @@ static int parse_bytes64(const char *v, uint64_t min, uint64_t max, uint64_t *ou
     else if (strcasecmp(p, "GB") == 0) mul = 1024 * 1024 * 1024;
     if (nd == 0 || mul == 0) {
         pgs_seterr(why, whylen,
-               "'%s' is not a size (expected bytes, optionally with kB, MB or GB, e.g. "
-               "64MB; range %s..%s)",
-               shown(v, sb, sizeof(sb)), lo, hi);
+                   "'%s' is not a size (expected bytes, optionally with kB, MB or GB, e.g. "
+                   "64MB; range %s..%s)",
+                   shown(v, sb, sizeof(sb)), lo, hi);
         return -EINVAL;
     }
     if (huge || n > max / mul || n * mul < min) {
         pgs_seterr(why, whylen, "'%s' is out of range (expected %s..%s, i.e. %llu..%llu bytes)",
-               shown(v, sb, sizeof(sb)), lo, hi, (unsigned long long)min,
-               (unsigned long long)max);
+                   shown(v, sb, sizeof(sb)), lo, hi, (unsigned long long)min,
+                   (unsigned long long)max);
         return -EINVAL;
     }
     *out = n * mul;
@@ -1005,20 +1005,20 @@ static int parse_listen_hp(const char *v, char *host_io, int *port_io, char *why
         size_t hn = close ? (size_t)(close - v - 1) : 0;
         if (!close || hn == 0 || hn >= sizeof(host)) {
             pgs_seterr(why, whylen, "'%s' has an unterminated or empty [IPv6] address",
-                   shown(v, sb, sizeof(sb)));
+                       shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
         memcpy(host, v + 1, hn);
         host[hn] = '\0';
         if (!valid_ipv6(host)) {
             pgs_seterr(why, whylen, "'%s' does not hold an IPv6 address in [brackets]",
-                   shown(v, sb, sizeof(sb)));
+                       shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
         if (close[1] == ':') port_str = close + 2;
         else if (close[1] != '\0') {
             pgs_seterr(why, whylen, "'%s' has unexpected text after ']' (expected [addr]:port)",
-                   shown(v, sb, sizeof(sb)));
+                       shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
     } else {
@@ -1030,8 +1030,8 @@ static int parse_listen_hp(const char *v, char *host_io, int *port_io, char *why
             port_str = v;
         } else if (colon && strchr(colon + 1, ':')) {
             pgs_seterr(why, whylen,
-                   "'%s' looks like an IPv6 address; write it in brackets, e.g. [::1]:6432",
-                   shown(v, sb, sizeof(sb)));
+                       "'%s' looks like an IPv6 address; write it in brackets, e.g. [::1]:6432",
+                       shown(v, sb, sizeof(sb)));
             return -EINVAL;
         } else {
             size_t hn = colon ? (size_t)(colon - v) : vn;
@@ -1044,7 +1044,7 @@ static int parse_listen_hp(const char *v, char *host_io, int *port_io, char *why
                 host[hn] = '\0';
                 if (!valid_listen_host(host)) {
                     pgs_seterr(why, whylen, "'%s' does not start with a valid host name or address",
-                           shown(v, sb, sizeof(sb)));
+                               shown(v, sb, sizeof(sb)));
                     return -EINVAL;
                 }
             }
@@ -1055,8 +1055,8 @@ static int parse_listen_hp(const char *v, char *host_io, int *port_io, char *why
         port = parse_port(port_str, strlen(port_str));
         if (port < 0) {
             pgs_seterr(why, whylen,
-                   "'%s' has an invalid port (expected host:port with port 1..65535)",
-                   shown(v, sb, sizeof(sb)));
+                       "'%s' has an invalid port (expected host:port with port 1..65535)",
+                       shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
     }
@@ -1092,9 +1092,9 @@ int config_parse_listen_addr(const char *v, pgs_listen_addr *out, char *why, siz
     while (n > 1 && dir[n - 1] == '/') n--; /* "unix:/run/pgscale/" is the same directory */
     if (dir[0] != '/') {
         pgs_seterr(why, whylen,
-               "'%s' is not an absolute directory (expected unix:/path/to/dir, e.g. "
-               "unix:/run/pgscale)",
-               shown(v, sb, sizeof(sb)));
+                   "'%s' is not an absolute directory (expected unix:/path/to/dir, e.g. "
+                   "unix:/run/pgscale)",
+                   shown(v, sb, sizeof(sb)));
         return -EINVAL;
     }
     for (size_t i = 0; i < n; i++) {
@@ -1105,9 +1105,9 @@ int config_parse_listen_addr(const char *v, pgs_listen_addr *out, char *why, siz
     }
     if (n > UNIX_DIR_MAX) {
         pgs_seterr(why, whylen,
-               "'%s': the directory is longer than %zu bytes (the socket path "
-               "<dir>/.s.PGSQL.<port> must fit in 107 bytes)",
-               shown(v, sb, sizeof(sb)), (size_t)UNIX_DIR_MAX);
+                   "'%s': the directory is longer than %zu bytes (the socket path "
+                   "<dir>/.s.PGSQL.<port> must fit in 107 bytes)",
+                   shown(v, sb, sizeof(sb)), (size_t)UNIX_DIR_MAX);
         return -EINVAL;
     }
     out->is_unix = true;
@@ -1449,7 +1449,7 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
             return 0;
         }
         pgs_seterr(why, whylen, "'%s' is not a log level (expected error, warn, info or debug)",
-               shown(v, sb, sizeof(sb)));
+                   shown(v, sb, sizeof(sb)));
         return -EINVAL;
     case K_FILE_MODE: {
         /* octal, as chmod and PostgreSQL's unix_socket_permissions write it */
@@ -1459,7 +1459,8 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
         if (!*v || *end || errno || m < 0 || m > 0777) {
             pgs_seterr(why, whylen,
                        "'%s' is not a permission mode (expected octal 0000..0777, such "
-                   "as 0700 or 0770)", shown(v, sb, sizeof(sb)));
+                       "as 0700 or 0770)",
+                       shown(v, sb, sizeof(sb)));
             return -EINVAL;
         }
         *FIELD(cfg, s, int) = (int)m;
@@ -1526,7 +1527,7 @@ int config_parse_auth_type(const char *v, pgs_auth_method *out, char *why, size_
         }
     }
     pgs_seterr(why, whylen, "'%s' is not an auth type (expected trust, md5 or scram-sha-256)",
-           shown(v, sb, sizeof(sb)));
+               shown(v, sb, sizeof(sb)));
     return -EINVAL;
 }
 
@@ -1625,7 +1626,7 @@ int config_parse_pool_mode(const char *v, pgs_pool_mode *out, char *why, size_t 
     else if (strcasecmp(v, "session") == 0) *out = PGS_POOL_SESSION;
     else {
         pgs_seterr(why, whylen, "'%s' is not a pool mode (expected transaction or session)",
-               shown(v, sb, sizeof(sb)));
+                   shown(v, sb, sizeof(sb)));
         return -EINVAL;
     }
     return 0;
@@ -1771,7 +1772,7 @@ int config_envfile_parse(const char *name, const char *data, size_t len, pgs_env
         while (i < len && is_blank((unsigned char)d[i])) i++;
         if (i >= len || d[i] != '=') {
             pgs_seterr(err, errlen, "%s:%d: expected '=' after '%s' (lines are KEY=VALUE)", name,
-                   entry_line, shown(key, kb, sizeof(kb)));
+                       entry_line, shown(key, kb, sizeof(kb)));
             goto fail;
         }
         i++; /* '=' */
@@ -1809,13 +1810,13 @@ int config_envfile_parse(const char *name, const char *data, size_t len, pgs_env
             }
             if (!closed) {
                 pgs_seterr(err, errlen, "%s:%d: unterminated %s quote in the value of '%s'", name,
-                       entry_line, q == '"' ? "double" : "single", shown(key, kb, sizeof(kb)));
+                           entry_line, q == '"' ? "double" : "single", shown(key, kb, sizeof(kb)));
                 goto fail;
             }
             while (i < len && is_blank((unsigned char)d[i])) i++;
             if (i < len && d[i] != '\n' && d[i] != '#') {
                 pgs_seterr(err, errlen, "%s:%d: unexpected text after the closing quote of '%s'",
-                       name, line, shown(key, kb, sizeof(kb)));
+                           name, line, shown(key, kb, sizeof(kb)));
                 goto fail;
             }
             while (i < len && d[i] != '\n') i++;
@@ -1836,7 +1837,7 @@ int config_envfile_parse(const char *name, const char *data, size_t len, pgs_env
         }
         if (memchr(val.p, '\0', val.len)) {
             pgs_seterr(err, errlen, "%s:%d: the value of '%s' contains a NUL byte", name,
-                   entry_line, shown(key, kb, sizeof(kb)));
+                       entry_line, shown(key, kb, sizeof(kb)));
             goto fail;
         }
         envfile_set(f, d + ks, kn, pgs_xstrndup(val.p, val.len), entry_line);
@@ -1910,17 +1911,17 @@ static int check_unknown_keys(const pgs_envfile *f, char *err, size_t errlen)
             /* The .env file is read after the config file, so it cannot
              * choose it; say so rather than "unknown variable". */
             pgs_seterr(err, errlen,
-                   "%s:%d: PGSCALE_CONFIG is read from the environment only (a .env file "
-                   "cannot choose the config file); use --config FILE",
-                   f->name, f->v[i].line);
+                       "%s:%d: PGSCALE_CONFIG is read from the environment only (a .env file "
+                       "cannot choose the config file); use --config FILE",
+                       f->name, f->v[i].line);
             return -EINVAL;
         }
         if (strncmp(k, "PGSCALE_", 8) == 0 && !known_setting(k)) {
             char kb[80];
             pgs_seterr(err, errlen,
-                   "%s:%d: unknown variable '%s' (see docs/configuration.md for the "
-                   "PGSCALE_* variables)",
-                   f->name, f->v[i].line, shown(k, kb, sizeof(kb)));
+                       "%s:%d: unknown variable '%s' (see docs/configuration.md for the "
+                       "PGSCALE_* variables)",
+                       f->name, f->v[i].line, shown(k, kb, sizeof(kb)));
             return -EINVAL;
         }
     }
@@ -1960,9 +1961,9 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char
         format_size(cfg->cache.max_entry_size, a, sizeof(a));
         format_size(cfg->cache.max_memory, b, sizeof(b));
         pgs_seterr(err, errlen,
-               "cache.max_entry_size (%s) is larger than cache.max_memory (%s); lower "
-               "PGSCALE_CACHE_MAX_ENTRY_SIZE or raise PGSCALE_CACHE_MAX_MEMORY",
-               a, b);
+                   "cache.max_entry_size (%s) is larger than cache.max_memory (%s); lower "
+                   "PGSCALE_CACHE_MAX_ENTRY_SIZE or raise PGSCALE_CACHE_MAX_MEMORY",
+                   a, b);
         return -EINVAL;
     }
     /* md5 and SCRAM check a password: the users file's, auth.query's, or
@@ -1980,7 +1981,7 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char
         if (seen->auth_type_line && !env_auth_type)
             pgs_seterr(err, errlen,
                        "%s:%d: auth.type: '%s' %s", config_path, seen->auth_type_line, t,
-                   fix);
+                       fix);
         else
             pgs_seterr(err, errlen, "%s: '%s' %s", AUTH_TYPE_VAR, t, fix);
         return -EINVAL;
@@ -1988,8 +1989,8 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char
     if (seen->hba_password_line) {
         const pgs_hba_rule *r = &a->hba[seen->hba_password_index];
         pgs_seterr(err, errlen, "%s:%d: auth.hba[%d].method: '%s' %s", config_path,
-               seen->hba_password_line, seen->hba_password_index,
-               r->method == PGS_AUTH_MD5 ? "md5" : "scram-sha-256", fix);
+                   seen->hba_password_line, seen->hba_password_index,
+                   r->method == PGS_AUTH_MD5 ? "md5" : "scram-sha-256", fix);
         return -EINVAL;
     }
     return 0;
@@ -2018,7 +2019,7 @@ int config_load_files(pgs_config *cfg, const char *config_path, const char *envf
     if (!seen.primary && !layered_lookup(&l, "DATABASE_URL")) {
         if (config_path)
             pgs_seterr(err, errlen, "DATABASE_URL is not set and %s has no nodes.primary; %s",
-                   config_path, database_url_hint);
+                       config_path, database_url_hint);
         else
             pgs_seterr(err, errlen, "DATABASE_URL is not set; %s", database_url_hint);
         rc = -EINVAL;

@@ -37,7 +37,7 @@ static int decode(const char *s, size_t n, const char *what, char **out, char *e
             if (hi < 0 || lo < 0 || hi * 16 + lo == 0) {
                 free(d);
                 pgs_seterr(err, errlen, "bad percent-escape in the %s (use %%XX with two hex "
-                       "digits, not %%00)", what);
+                           "digits, not %%00)", what);
                 return -EINVAL;
             }
             c = hi * 16 + lo;
@@ -134,7 +134,7 @@ static int parse_query(const char *q, pgs_redis_url *u, char *err, size_t errlen
         } else if (klen > 0) {
             /* the parameter's name only, cut short: never its value */
             pgs_seterr(err, errlen, "unknown parameter '%.*s' (pgscale reads db and password)",
-                   (int)PGS_MIN(klen, 40u), p);
+                       (int)PGS_MIN(klen, 40u), p);
             return -EINVAL;
         }
         p += len;
@@ -153,8 +153,8 @@ static int parse(const char *text, pgs_redis_url *u, char *err, size_t errlen)
         u->unix_socket = true;
     } else if (strncasecmp(text, "rediss://", 9) == 0) {
         pgs_seterr(err, errlen, "rediss:// (Redis over TLS) is not supported: the Redis client "
-               "pgscale is built with (hiredis) has no TLS; use redis:// on a trusted network, "
-               "a unix:// socket, or a local TLS tunnel to Redis");
+                   "pgscale is built with (hiredis) has no TLS; use redis:// on a trusted network, "
+                   "a unix:// socket, or a local TLS tunnel to Redis");
         return -EINVAL;
     } else {
         pgs_seterr(err, errlen, "must start with redis:// or unix://");
@@ -181,7 +181,7 @@ static int parse(const char *text, pgs_redis_url *u, char *err, size_t errlen)
     if (u->unix_socket) {
         if (rest >= end || *rest != '/') {
             pgs_seterr(err, errlen, "a unix:// URL needs an absolute socket path "
-                   "(unix:///run/redis/redis.sock)");
+                       "(unix:///run/redis/redis.sock)");
             return -EINVAL;
         }
         rc = decode(rest, (size_t)(end - rest), "socket path", &u->path, err, errlen);
@@ -193,7 +193,7 @@ static int parse(const char *text, pgs_redis_url *u, char *err, size_t errlen)
             size_t dn = (size_t)(end - slash - 1);
             if (dn > 0 && !number(slash + 1, dn, 0, 1000000, &u->db)) {
                 pgs_seterr(err, errlen, "the database after the host must be a number "
-                       "(redis://host:6379/0)");
+                           "(redis://host:6379/0)");
                 return -EINVAL;
             }
         }
@@ -234,7 +234,7 @@ static int expect_ok(redisContext *c, redisReply *r, const char *step, const cha
 {
     if (!r) {
         pgs_seterr(err, errlen, "Redis at %s: %s failed: %s", where, step,
-               c->errstr[0] ? c->errstr : "no reply");
+                   c->errstr[0] ? c->errstr : "no reply");
         return -EIO;
     }
     int rc = 0;
