@@ -80,7 +80,8 @@ def test_repeated_read_is_served_without_the_server(pgscale, primary):
     fresh_table(primary, "c_hit")
     primary.app_execute("INSERT INTO c_hit SELECT g, g FROM generate_series(1, 10) g")
     with statements_logged(primary):
-        pg = start_cached(pgscale)
+        # one worker: each worker has its own store
+        pg = start_cached(pgscale, PGSCALE_WORKERS="1")
         conn = pg.connect()
         marker = "SELECT sum(v) /* hit-%s */ FROM c_hit" % uuid.uuid4().hex
         wait_cached(pg, conn, marker)
@@ -337,3 +338,46 @@ def test_reads_own_writes_with_lagging_replicas_and_the_cache(pgscale, primary, 
         one(conn, "INSERT INTO c_lag VALUES (%s, %s)", (i, i))
         assert one(conn, read) == [(i + 1,)], "round %d: stale read" % i
         assert one(conn, read) == [(i + 1,)], "round %d: stale hit" % i
+
+
+def test_role_and_row_level_security_get_their_own_entries(pgscale, primary):
+    fresh_table(primary, "c_rls", "(owner name, v int)")
+    primary.execute("DO $$BEGIN CREATE ROLE c_reader; EXCEPTION WHEN duplicate_object THEN "
+                    "NULL; END$$")
+    primary.execute("GRANT c_reader TO app")
+    primary.app_execute("INSERT INTO c_rls VALUES ('app', 1), ('c_reader', 2), ('c_reader', 3)")
+    primary.app_execute("GRANT SELECT ON c_rls TO c_reader")
+    primary.app_execute("ALTER TABLE c_rls ENABLE ROW LEVEL SECURITY")
+    primary.app_execute("ALTER TABLE c_rls FORCE ROW LEVEL SECURITY")
+    primary.app_execute("CREATE POLICY mine ON c_rls USING (owner = current_user)")
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+    a = pg.connect()
+    b = pg.connect()
+    one(b, "SET ROLE c_reader")
+    read = "SELECT count(*), coalesce(sum(v), 0) FROM c_rls"
+    wait_cached(pg, a, read)
+    for _ in range(3):
+        assert one(a, read) == [(1, 1)]
+        assert one(b, read) == [(2, 5)]
+    one(b, "RESET ROLE")
+    assert one(b, read) == [(1, 1)]
+
+
+def test_pipelined_requests_after_a_hit_run_as_usual(pgscale, primary):
+    fresh_table(primary, "c_pipe")
+    primary.app_execute("INSERT INTO c_pipe VALUES (1, 10)")
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+    conn = pg.connect()
+    read = "SELECT v FROM c_pipe"
+    wait_cached(pg, conn, read)
+    raw = pgwire.RawConn(LOCALHOST, pg.port)
+    raw.login(password=APP_PASSWORD)
+    # a hit, a write, the same read again, all in one packet
+    raw.send(pgwire.query(read) + pgwire.query("UPDATE c_pipe SET v = 11") +
+             pgwire.query(read))
+    answers = [raw.read_until_ready() for _ in range(3)]
+    raw.close()
+    rows = [[m for m in msgs if m[0] == b"D"] for msgs in answers]
+    assert len(rows[0]) == 1 and rows[0][0][1].endswith(b"10")
+    assert len(rows[2]) == 1 and rows[2][0][1].endswith(b"11")
+    assert one(conn, read) == [(11,)]
