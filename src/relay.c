@@ -1978,14 +1978,16 @@ static void client_forward(pgs_client *c)
         default:
             break;
         }
-        /* the result cache reads what a statement may write */
+        /* The result cache reads what a statement may write: held whole
+         * too (only held; `need` also says what the cases below parse). */
+        uint32_t hold = need;
         if (rc_on && (type == 'P' || type == 'Q' || type == 'B') &&
-            need < PGS_MIN(total, INSPECT_MAX))
-            need = PGS_MIN(total, INSPECT_MAX);
-        if (need && avail < need) {
+            hold < PGS_MIN(total, INSPECT_MAX))
+            hold = PGS_MIN(total, INSPECT_MAX);
+        if (hold && avail < hold) {
             /* the batch points into the buffer: send it before moving bytes */
             if (io_batch_flush(&sb) < 0) break;
-            if (io_buf_make_room(w, &c->s, need) < 0) return;
+            if (io_buf_make_room(w, &c->s, hold) < 0) return;
             break;
         }
         /* A new unit (after a Sync or Query): may it run on this server's
