@@ -338,6 +338,9 @@ def test_reads_own_writes_with_lagging_replicas_and_the_cache(pgscale, primary, 
         one(conn, "INSERT INTO c_lag VALUES (%s, %s)", (i, i))
         assert one(conn, read) == [(i + 1,)], "round %d: stale read" % i
         assert one(conn, read) == [(i + 1,)], "round %d: stale hit" % i
+    st = show_cache(pg)
+    # the cache was in play: answers were stored and served
+    assert int(st["hits"]) > 0, st
 
 
 def test_role_and_row_level_security_get_their_own_entries(pgscale, primary):
@@ -381,3 +384,26 @@ def test_pipelined_requests_after_a_hit_run_as_usual(pgscale, primary):
     assert len(rows[0]) == 1 and rows[0][0][1].endswith(b"10")
     assert len(rows[2]) == 1 and rows[2][0][1].endswith(b"11")
     assert one(conn, read) == [(11,)]
+
+
+def test_session_mode_extended_protocol_runs_as_without_the_cache(pgscale, primary):
+    fresh_table(primary, "c_sess")
+    pg = start_cached(pgscale, PGSCALE_POOL_MODE="session")
+
+    async def main():
+        conn = await aconnect(pg)
+        try:
+            stmt = await conn.prepare("INSERT INTO c_sess VALUES ($1, $2)")
+            for i in range(50):
+                await stmt.fetch(i, i)
+            await conn.executemany("INSERT INTO c_sess VALUES ($1, $2)",
+                                   [(i, i) for i in range(50, 100)])
+            assert await conn.fetchval("SELECT count(*) FROM c_sess") == 100
+        finally:
+            await conn.close()
+    arun(main())
+    # session mode is not cached: the same read twice runs twice
+    conn = pg.connect()
+    assert one(conn, "SELECT count(*) FROM c_sess") == [(100,)]
+    assert one(conn, "SELECT count(*) FROM c_sess") == [(100,)]
+    assert int(show_cache(pg)["hits"]) == 0
