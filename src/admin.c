@@ -20,7 +20,9 @@
 #include "io.h"
 #include "pool.h"
 #include "proto.h"
+#include "rcache.h"
 #include "relay.h"
+#include "relcat.h"
 #include "reload.h"
 #include "server.h"
 #include "topology.h"
@@ -326,6 +328,49 @@ static void show_nodes(reply *r)
                              err[0] ? err : NULL};
         row(r, 14, v);
     }
+    complete(r, "SHOW");
+}
+
+/* The result cache, every worker's store summed (rcache.h): a client's
+ * lookup is a hit or a miss (one that found another client's fill pending
+ * counts as a miss and as a wait); refused_* are fills not stored. */
+static void show_cache(reply *r)
+{
+    static const char *const cols[] = {
+        "enabled",         "hits",           "misses",          "hit_ratio",
+        "entries",         "bytes",          "max_bytes",       "evictions",
+        "invalidations",   "expired",        "fills",           "stored",
+        "refused_too_big", "refused_lag",    "refused_no_room", "waits",
+        "wait_timeouts",   "bumps",          "bumps_all",       "catalog_generation"};
+    enum { N = 20 };
+    header(r, N, cols);
+    rcache_totals t;
+    rcache_totals_get(&t);
+    char b[N][32];
+    uint64_t looked = t.hits + t.misses;
+    snprintf(b[3], sizeof(b[3]), "%.4f", looked ? (double)t.hits / (double)looked : 0.0);
+    const pgs_config *k = atomic_load(&g_pgs.cfg);
+    const char *v[N] = {k->cache.enabled ? "on" : "off",
+                        U64(b[1], t.hits),
+                        U64(b[2], t.misses),
+                        b[3],
+                        U64(b[4], t.entries),
+                        U64(b[5], t.bytes),
+                        U64(b[6], t.max_bytes),
+                        U64(b[7], t.evictions),
+                        U64(b[8], t.invalidations),
+                        U64(b[9], t.expired),
+                        U64(b[10], t.fills),
+                        U64(b[11], t.stored),
+                        U64(b[12], t.refused_too_big),
+                        U64(b[13], t.refused_lag),
+                        U64(b[14], t.refused_no_room),
+                        U64(b[15], t.waits),
+                        U64(b[16], t.wait_timeouts),
+                        U64(b[17], t.bumps),
+                        U64(b[18], t.bumps_all),
+                        U64(b[19], relcat_generation())};
+    row(r, N, v);
     complete(r, "SHOW");
 }
 
@@ -707,7 +752,7 @@ typedef enum { CMD_DONE, CMD_ERROR, CMD_WAIT } cmd_result;
 
 static const char commands_hint[] =
     "available commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW NODES, "
-    "SHOW CONFIG, SHOW DATABASES, SHOW USERS, SHOW LISTS, RELOAD, PAUSE [db], RESUME [db], KILL [db], "
+    "SHOW CONFIG, SHOW CACHE, SHOW DATABASES, SHOW USERS, SHOW LISTS, RELOAD, PAUSE [db], RESUME [db], KILL [db], "
     "WAIT_CLOSE [db], SHUTDOWN";
 
 /* A database name given to a command may not be the console's own. */
@@ -861,6 +906,7 @@ static cmd_result run_command(pgs_client *c, reply *r, const char *sql)
         else if (strcasecmp(what, "USERS") == 0) fn = show_users;
         else if (strcasecmp(what, "LISTS") == 0) fn = show_lists;
         else if (strcasecmp(what, "NODES") == 0) fn = show_nodes;
+        else if (strcasecmp(what, "CACHE") == 0) fn = show_cache;
         if (fn) {
             if (!allowed(c, r, false, "SHOW")) return CMD_ERROR;
             fn(r);

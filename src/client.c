@@ -19,6 +19,7 @@
 #include "io.h"
 #include "net.h"
 #include "params.h"
+#include "rcache.h"
 #include "pool.h"
 #include "route.h"
 #include "topology.h"
@@ -263,6 +264,7 @@ void client_close(pgs_client *c, const char *reason)
     if (c->is_admin) admin_client_gone(c);
     if (c->server) relay_client_gone(c);
     relay_retry_drop(c);
+    rcache_client_gone(c);
     relay_unpin_all(c);
     route_client_gone(c);
     if (c->pool) pool_client_left(c->pool);
@@ -315,6 +317,7 @@ void client_server_lost(pgs_client *c, const char *why)
          * nothing follows it but the close. */
         sv->client = NULL;
         c->server = NULL;
+        rcache_unlinked(c);
         log_info("C-%u: closing after the server's FATAL: %s", c->id, why);
         if (c->s.wb.pending) {
             c->want_close = true;
@@ -324,6 +327,7 @@ void client_server_lost(pgs_client *c, const char *why)
         client_close(c, why);
         return;
     }
+    rcache_unlinked(c);
     if (sv) {
         /* The server is being closed by the caller; do not reset it. */
         sv->client = NULL;

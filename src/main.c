@@ -17,6 +17,7 @@
 #include "config.h"
 #include "classify.h"
 #include "monitor.h"
+#include "relcat.h"
 #include "reload.h"
 #include "tls.h"
 #include "topology.h"
@@ -106,6 +107,16 @@ static void load_volatility(PGconn *conn)
     else
         log_debug("function volatility loaded from the primary (generation %llu)",
                   (unsigned long long)classify_volatility_generation());
+}
+
+/* The primary hook: function volatility first (the relation catalog
+ * classifies views' definitions with it), then, with the result cache on,
+ * the relation catalog. */
+static void load_primary_catalogs(PGconn *conn)
+{
+    load_volatility(conn);
+    const pgs_config *k = atomic_load(&g_pgs.cfg);
+    if (k && k->cache.enabled) relcat_primary_hook(conn);
 }
 
 static void raise_nofile(void)
@@ -232,7 +243,9 @@ int main(int argc, char **argv)
     /* after the workers: a check that finds the primary failed may act
      * on pools at once.  Routing judges function calls by the primary's
      * pg_proc, loaded on each (re)connect to it. */
-    monitor_set_primary_hook(load_volatility);
+    monitor_set_primary_hook(load_primary_catalogs);
+    /* the result cache needs the relation catalog even without replicas */
+    if (g_cfg.cache.enabled) monitor_want_primary_thread();
     if (monitor_start(&g_cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "pgscale: %s\n", err);
         return 1;
@@ -248,6 +261,7 @@ int main(int argc, char **argv)
     worker_join_all();
     monitor_stop();
     classify_shutdown();
+    relcat_shutdown();
     authquery_stop();
     log_info("pgscale stopped");
     return 0;

@@ -314,6 +314,32 @@ pgs_params *params_copy(const pgs_params *p)
     return n;
 }
 
+void params_visit_output(const pgs_params *p, params_visit_fn fn, void *ctx)
+{
+    if (!p) return;
+    for (int i = 0; i < PARAMS_REPORTED; i++) {
+        const char *v = rep_get(p, i);
+        if (!v || strcmp(reported[i], "application_name") == 0 ||
+            strcmp(reported[i], "default_transaction_read_only") == 0)
+            continue;
+        fn(ctx, reported[i], v);
+    }
+    /* by name without sorting in place (the block may be shared) or
+     * allocating: a client records a handful of settings */
+    const char *last = NULL;
+    for (int k = 0; k < p->n_extra; k++) {
+        const extra *next = NULL;
+        for (int i = 0; i < p->n_extra; i++) {
+            const extra *e = &p->extra[i];
+            if (last && strcmp(e->name, last) <= 0) continue;
+            if (!next || strcmp(e->name, next->name) < 0) next = e;
+        }
+        if (!next) break;
+        fn(ctx, next->name, next->stmt);
+        last = next->name;
+    }
+}
+
 void params_free(pgs_params *p)
 {
     if (!p) return;

@@ -37,6 +37,13 @@ pgs_params *params_ref(pgs_params *p);
 pgs_params *params_from_lists(int n, char **names, char **values);
 /* Sets the reported parameters *pp lacks to base's values. */
 void params_fill_from(pgs_params **pp, const pgs_params *base);
+/* Calls fn for each setting of p that can change the bytes of a query's
+ * answer, in an order that depends only on the settings (the result
+ * cache's key): the reported parameters but application_name and
+ * default_transaction_read_only, by index, then every recorded setting
+ * (value: the statement that made it), by name. */
+typedef void (*params_visit_fn)(void *ctx, const char *name, const char *value);
+void params_visit_output(const pgs_params *p, params_visit_fn fn, void *ctx);
 /* Drops one reference. */
 void params_free(pgs_params *p);
 

@@ -131,6 +131,7 @@ static void apply_settings(pgs_pool_shared *sh, const pgs_config *cfg)
     atomic_store(&sh->pinning, ps.pinning ? 1 : 0);
     atomic_store(&sh->max_pinned, ps.max_pinned);
     atomic_store(&sh->force_primary, ps.force_primary ? 1 : 0);
+    atomic_store(&sh->cache, ps.cache ? 1 : 0);
 }
 
 bool pool_force_primary(const pgs_pool *p)

@@ -18,6 +18,7 @@
 #include "pool.h"
 #include "prepared.h"
 #include "proto.h"
+#include "rcache.h"
 #include "server.h"
 #include "sqlscan.h"
 #include "topology.h"
@@ -692,6 +693,7 @@ bool relay_retry_read(pgs_client *c, pgs_server *sv, bool lost, const char *why,
     log_debug("C-%u: its read on S-%u (%s) failed before any reply: %s; routing it again",
               c->id, sv->id, sv->pool->sh->node->name, why);
     if (sv->pending_set_kind) apply_pending_set(sv, false);
+    if (c->ccache) rcache_unlinked(c);
     c->server = NULL;
     sv->client = NULL;
     atomic_store_explicit(&c->server_id, 0, memory_order_relaxed);
@@ -821,6 +823,7 @@ static void tx_server_fatal(pgs_server *sv, pgs_client *c, io_batch *cb, const u
         }
     }
     if (in_seq) c->ext_skip = true;
+    if (c->ccache) rcache_unlinked(c);
     if (!any) {
         size_t n = strlen(msg);
         free(c->tx_lost);
@@ -927,7 +930,10 @@ void relay_server_data(pgs_server *sv)
         uint32_t avail = b->len - b->pos;
         if (sv->fwd_remaining) {
             uint32_t n = PGS_MIN(avail, sv->fwd_remaining);
-            if (!sv->fwd_drop && c) io_batch_add(&cb, p, n);
+            if (!sv->fwd_drop && c) {
+                io_batch_add(&cb, p, n);
+                if (c->cfill) rcache_tap(c, 0, p, n, false);
+            }
             b->pos += n;
             sv->fwd_remaining -= n;
             continue;
@@ -987,6 +993,7 @@ void relay_server_data(pgs_server *sv)
                 return;
             }
             bool was_query = h && (h->kind == EX_QUERY || h->kind == EX_SYNC);
+            bool was_simple = h && h->kind == EX_QUERY;
             if (internal && sv->restoring) {
                 /* an error would have ended the link at its 'E' */
                 sv->restoring = false;
@@ -1011,6 +1018,10 @@ void relay_server_data(pgs_server *sv)
                 sv->pending_seq_reset = false;
             }
             sv->query_failed = false;
+            /* the result cache: a fill ends, a transaction's writes are
+             * bumped before this ReadyForQuery reaches the client */
+            if (c && !internal && was_query && (c->ccache || cfg()->cache.enabled))
+                rcache_ready(c, status, was_simple);
             if (c && !internal) {
                 uint64_t now = pgs_now_us();
                 c->tx_status = status;
@@ -1159,7 +1170,10 @@ void relay_server_data(pgs_server *sv)
         }
 
         uint32_t n = PGS_MIN(avail, total);
-        if (!drop) io_batch_add(&cb, p, n);
+        if (!drop) {
+            io_batch_add(&cb, p, n);
+            if (c && c->cfill && type != 'Z') rcache_tap(c, type, p, n, true);
+        }
         b->pos += n;
         if (n < total) {
             sv->fwd_remaining = total - n;
@@ -1517,6 +1531,40 @@ static bool note_set_configs(pgs_server *sv, const uint8_t *text, uint32_t tlen)
     return true;
 }
 
+/* A SET this query makes that pgscale does not record (inside a transaction
+ * block, among several statements, or one it cannot read): the client's
+ * settings are no longer what pgscale knows, and the result cache, whose
+ * key holds them, gives up on it.  Reported parameters are followed from
+ * the server's own ParameterStatus and do not count. */
+static bool unfollowed_set(const sql_info *info, bool recorded)
+{
+    if (info->kind != SQL_SET && info->kind != SQL_RESET) return false;
+    if (info->name[0] && params_reported_index(info->name) >= 0) return false;
+    return !recorded;
+}
+
+static bool cache_unfollowed(const sql_info *info, bool idle, unsigned config,
+                             const uint8_t *text, uint32_t tlen)
+{
+    if (config) return true; /* a set_config it cannot replay */
+    if (!info->multi) {
+        if ((info->kind == SQL_RESET_ALL || info->kind == SQL_DISCARD_ALL) && !idle) return true;
+        return unfollowed_set(info, idle && info->name[0]);
+    }
+    size_t off = 0;
+    while (off < tlen) {
+        sql_info one;
+        sqlscan_classify((const char *)text + off, tlen - off, &one);
+        if (unfollowed_set(&one, false) || one.kind == SQL_RESET_ALL ||
+            one.kind == SQL_DISCARD_ALL || one.config_session)
+            return true;
+        size_t n = sqlscan_next_statement((const char *)text + off, tlen - off);
+        if (n == 0) break;
+        off += n;
+    }
+    return false;
+}
+
 static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text,
                               uint32_t tlen, char **raise)
 {
@@ -1648,6 +1696,8 @@ static int client_query_check(pgs_client *c, pgs_server *sv, const uint8_t *text
     default:
         break;
     }
+    if (cfg()->cache.enabled && cache_unfollowed(&info, idle, config, text, tlen))
+        rcache_untracked(c);
     if (!refuse && info.multi && track_prepared(c) && has_deallocate(text, tlen))
         refuse = "DEALLOCATE inside a multi-statement query is not supported in transaction "
                  "pooling mode (it would drop statements other clients share); send it as a "
@@ -1833,6 +1883,7 @@ static void client_forward(pgs_client *c)
     io_batch_init(&sb, w, &sv->s);
     bool any_fake = false;
     bool route_on = route_active();
+    bool rc_on = cfg()->cache.enabled;
     bool held = false;      /* a unit waits for another node */
     /* the batches of earlier calls are all flushed */
     unpin_batch_stmts(w);
@@ -1927,10 +1978,16 @@ static void client_forward(pgs_client *c)
         default:
             break;
         }
-        if (need && avail < need) {
+        /* The result cache reads what a statement may write: held whole
+         * too (only held; `need` also says what the cases below parse). */
+        uint32_t hold = need;
+        if (rc_on && (type == 'P' || type == 'Q' || type == 'B') &&
+            hold < PGS_MIN(total, INSPECT_MAX))
+            hold = PGS_MIN(total, INSPECT_MAX);
+        if (hold && avail < hold) {
             /* the batch points into the buffer: send it before moving bytes */
             if (io_batch_flush(&sb) < 0) break;
-            if (io_buf_make_room(w, &c->s, need) < 0) return;
+            if (io_buf_make_room(w, &c->s, hold) < 0) return;
             break;
         }
         /* A new unit (after a Sync or Query): may it run on this server's
@@ -1947,6 +2004,9 @@ static void client_forward(pgs_client *c)
 
         int32_t consumed = 0;   /* bytes of this message handled above the loop tail */
         bool forward = true;
+        /* nothing else is owed to the client: this request's answer is the
+         * next the server sends it (the result cache's fill) */
+        bool alone = rc_on && !owes_client(sv);
         int r = 0;
         uint8_t ex = EX_RUN;
         pgs_stmt *used = NULL;  /* the renamed statement of a Bind / Describe */
@@ -2146,6 +2206,8 @@ static void client_forward(pgs_client *c)
                         NULL);
             return;
         }
+        if (rc_on)
+            rcache_forward(c, sv, type, p, PGS_MIN(avail, total), total, forward, alone);
         if (forward && ex != 0xff && exq_push(&sv->exq, ex, used, NULL) < 0) {
             (void)io_batch_flush(&sb);
             client_fail(c, "54000", "too many requests pipelined without waiting for replies",
@@ -2236,6 +2298,19 @@ void relay_client_data(pgs_client *c)
         if (b->len - b->pos >= 5 && b->data[b->pos] == 'X') {
             client_close(c, "client sent Terminate");
             return;
+        }
+        /* Result cache hits need no server either. */
+        if (cfg()->cache.enabled || c->ccache) {
+            if (rcache_serve(c) != RCACHE_GO) return;
+            if (!b->data || b->pos >= b->len) {
+                io_buf_release_if_empty(c->w, &c->s);
+                if (io_read_start(&c->s) < 0) client_close(c, "read failed");
+                return;
+            }
+            if (b->len - b->pos >= 5 && b->data[b->pos] == 'X') {
+                client_close(c, "client sent Terminate");
+                return;
+            }
         }
         /* Queued or not, the client stays readable: requests pile up in
          * its buffer until a server is ours (client_on_read stops reading

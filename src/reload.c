@@ -13,6 +13,7 @@
 #include "clientauth.h"
 #include "monitor.h"
 #include "pool.h"
+#include "rcache.h"
 #include "worker.h"
 
 /* The rule for readers and for freeing:
@@ -286,4 +287,5 @@ void reload_worker_apply(pgs_worker *w)
 {
     w->cfg = atomic_load(&g_pgs.cfg);
     pool_apply_config(w);
+    rcache_worker_config(w);
 }

@@ -26,6 +26,7 @@
 #include "pool.h"
 #include "prepared.h"
 #include "proto.h"
+#include "relcat.h"
 #include "topology.h"
 #include "worker.h"
 
@@ -131,11 +132,17 @@ enum {
     U_DDL = 16,        /* CREATE/ALTER/DROP...: functions may have changed */
 };
 
-/* The worker's parse cache, made on first use (only routing needs it). */
+/* The worker's parse cache, made on first use (routing and the result
+ * cache need it). */
 static pgs_classify_cache *cache_of(pgs_worker *w)
 {
     if (!w->classify) w->classify = classify_cache_new(ROUTE_CACHE_ENTRIES, ROUTE_CACHE_BYTES);
     return w->classify;
+}
+
+const pgs_stmt_facts *route_classify(pgs_worker *w, const char *text, size_t len)
+{
+    return classify(cache_of(w), text, len);
 }
 
 /* Whether c's session has default_transaction_read_only on: its plain
@@ -360,7 +367,9 @@ bool route_unit_allowed(pgs_client *c, pgs_server *sv, const uint8_t *msg, uint3
         if (kind & U_DDL) c->ran_ddl = true;
         if (!(kind & U_READ)) {
             c->tx_wrote = true;
-            if (g_pgs.cfg->consistency == PGS_CONSISTENCY_STRICT && !c->strict_pending) {
+            /* (the result cache needs the same count: route_cache_fill_ok) */
+            if ((g_pgs.cfg->consistency == PGS_CONSISTENCY_STRICT || g_pgs.cfg->cache.enabled) &&
+                !c->strict_pending) {
                 c->strict_pending = true;
                 atomic_fetch_add_explicit(&writes_in_flight, 1, memory_order_acq_rel);
             }
@@ -404,11 +413,14 @@ bool route_wants_lsn(pgs_client *c, const pgs_server *sv)
          * function volatility again, a created or altered function
          * included */
         c->ran_ddl = false;
+        relcat_mark_stale();
         monitor_rerun_primary_hook();
     }
     if (!c->tx_wrote || !route_active() || sv->lsn_pending) return false;
     c->tx_wrote = false;
-    bool want = g_pgs.cfg->consistency != PGS_CONSISTENCY_EVENTUAL &&
+    /* the result cache needs the position in every mode: a fill read on a
+     * replica is kept only when that replica is past it */
+    bool want = (g_pgs.cfg->consistency != PGS_CONSISTENCY_EVENTUAL || g_pgs.cfg->cache.enabled) &&
                 sv->pool->sh->node == topology_primary();
     if (!want) strict_done(c);
     return want;
@@ -461,4 +473,51 @@ static uint64_t settle_unknown(pgs_client *c)
         strict_done(c);
     }
     return c->need_lsn;
+}
+
+/* ---------- the result cache and replicas ----------
+ *
+ * A fill read on a replica may be stored only if that replica had
+ * replayed every write whose version bump the fill's snapshot saw
+ * (docs/cache.md, "Replicas").  A transaction-mode write on the primary is
+ * counted in writes_in_flight from the moment its unit is sent until its
+ * position is folded into acked_lsn (the same count strict mode uses), so
+ * a fill that starts while any is in flight is not stored; one that starts
+ * after needs a replica at acked_lsn or past it.  Writes whose position is
+ * never read (session mode, a unit the router took for a read) set
+ * cache_unknown_us before their bump: fills on replicas are refused until
+ * the monitor has read the primary's position after that moment, and that
+ * position is then what a replica must have replayed.  Ordering: the bump
+ * follows the count or the mark, and a fill reads the count, the mark and
+ * acked_lsn after its snapshot (all sequentially consistent), so a fill
+ * whose snapshot saw a bump also sees what covers its write. */
+static _Atomic uint64_t cache_unknown_us;
+
+void route_cache_write_unknown(void)
+{
+    atomic_store(&cache_unknown_us, pgs_now_us());
+}
+
+bool route_cache_write_counted(const pgs_client *c)
+{
+    return c->strict_pending;
+}
+
+bool route_cache_fill_ok(const pgs_server *sv)
+{
+    const pgs_node *n = sv->pool->sh->node;
+    pgs_node *p = topology_primary();
+    if (n == p) return true;
+    if (atomic_load(&writes_in_flight) > 0) return false;
+    uint64_t need = atomic_load(&acked_lsn);
+    uint64_t u = atomic_load(&cache_unknown_us);
+    if (u) {
+        uint64_t checked = atomic_load_explicit(&p->checked_us, memory_order_acquire);
+        if (checked <= u) return false;
+        uint64_t plsn = atomic_load(&p->lsn);
+        acked_max(plsn);
+        (void)atomic_compare_exchange_strong(&cache_unknown_us, &u, 0);
+        if (plsn > need) need = plsn;
+    }
+    return atomic_load(&n->lsn) >= need;
 }

@@ -57,4 +57,20 @@ void route_lsn_unknown(pgs_client *c);
  * not one. */
 bool route_parse_lsn(const char *s, size_t n, uint64_t *out);
 
+/* The statement classifier's facts of text, from the worker's parse cache
+ * (valid until the next call on the same worker). */
+struct pgs_stmt_facts;
+const struct pgs_stmt_facts *route_classify(pgs_worker *w, const char *text, size_t len);
+
+/* The result cache (rcache.c, docs/cache.md "Replicas"): may a fill read on
+ * sv now be stored?  Always on the primary; on a replica only when it has
+ * replayed every write acknowledged so far.  Call it after the fill's
+ * version snapshot, before its query is sent. */
+bool route_cache_fill_ok(const pgs_server *sv);
+/* c's write will have its WAL position read at release (counted until
+ * then): false means call route_cache_write_unknown before bumping. */
+bool route_cache_write_counted(const pgs_client *c);
+/* A write whose position will not be read is about to bump versions. */
+void route_cache_write_unknown(void);
+
 #endif

@@ -261,6 +261,11 @@ struct pgs_client {
     uint64_t retry_mark;
     const struct pgs_node *retry_from;
     char retry_state[6];
+    /* The result cache (rcache.c): the fill this client's Query feeds
+     * (NULL: none; the relay copies the server's answer into it), and the
+     * client's other cache state (NULL until the cache first sees it). */
+    struct pgs_cache_fill *cfill;
+    struct pgs_client_cache *ccache;
     char addr[48];
     uint16_t port;
 };
@@ -372,6 +377,7 @@ struct pgs_pool_shared {
     _Atomic int pinning;
     _Atomic int max_pinned;
     _Atomic int force_primary;    /* route: primary for this database/user */
+    _Atomic int cache;            /* result cache on for this database/user */
     _Atomic int pinned;
     pthread_mutex_t lock;         /* protects the hand-over queue */
     pgs_list handoff;             /* servers on their way to another worker */

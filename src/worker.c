@@ -21,6 +21,7 @@
 #include "admin.h"
 #include "client.h"
 #include "pool.h"
+#include "rcache.h"
 #include "prepared.h"
 #include "proto.h"
 #include "reload.h"
@@ -504,6 +505,7 @@ void worker_free_all(void)
         }
         if (w->stmt_tab) stmt_tab_free(w->stmt_tab);
         if (w->classify) classify_cache_free(w->classify);
+        rcache_worker_free(w);
         w->classify = NULL;
         if (w->spare_fd >= 0) close(w->spare_fd);
         pthread_mutex_destroy(&w->lock);

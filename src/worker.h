@@ -58,6 +58,9 @@ struct pgs_worker {
     /* The parse cache of routing (route.c), made on first use; this
      * worker's alone (classify.h). */
     struct pgs_classify_cache *classify;
+    /* The result cache's store and counters (rcache.c), made on first use;
+     * published once (other threads read its counters for SHOW CACHE). */
+    struct rcache_worker *rcache;
 
     /* Membership of these lists changes only when a connection opens or
      * closes; lock guards it so the admin console (another thread) can walk

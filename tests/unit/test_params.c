@@ -560,6 +560,48 @@ static void test_sync_reset_all_compares_with_login_values(void **state)
     params_free(login);
 }
 
+/* params_visit_output: the output-changing reported parameters by index
+ * (application_name and default_transaction_read_only left out), then the
+ * recorded settings by name whatever order they were made in: two clients
+ * with the same settings give the result cache the same key. */
+static void collect(void *ctx, const char *name, const char *value)
+{
+    char *out = ctx;
+    strcat(out, name);
+    strcat(out, "=");
+    strcat(out, value);
+    strcat(out, ";");
+}
+
+static void test_visit_output_is_canonical(void **state)
+{
+    (void)state;
+    pgs_params *a = NULL, *b = NULL;
+    params_set(&a, "application_name", "one");
+    params_set(&a, "TimeZone", "UTC");
+    params_set(&a, "default_transaction_read_only", "on");
+    params_set_extra(&a, "search_path", "SET search_path TO s");
+    params_set_extra(&a, "role", "SET ROLE r");
+    params_set(&b, "TimeZone", "UTC");
+    params_set(&b, "application_name", "two");
+    params_set_extra(&b, "role", "SET ROLE r");
+    params_set_extra(&b, "search_path", "SET search_path TO s");
+    char ka[512] = "", kb[512] = "";
+    params_visit_output(a, collect, ka);
+    params_visit_output(b, collect, kb);
+    assert_string_equal(ka, "TimeZone=UTC;role=SET ROLE r;search_path=SET search_path TO s;");
+    assert_string_equal(ka, kb);
+    params_set_extra(&b, "search_path", "SET search_path TO t");
+    kb[0] = '\0';
+    params_visit_output(b, collect, kb);
+    assert_string_not_equal(ka, kb);
+    char kn[8] = "";
+    params_visit_output(NULL, collect, kn);
+    assert_string_equal(kn, "");
+    params_free(a);
+    params_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -587,6 +629,7 @@ int main(void)
         cmocka_unit_test(test_shared_block_is_copied_on_write),
         cmocka_unit_test(test_clear_extras_keeps_reported),
         cmocka_unit_test(test_set_extra_replaces_and_null_removes),
+        cmocka_unit_test(test_visit_output_is_canonical),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,697 @@
+/* The relay's side of the result cache (rcache.h): hits served without a
+ * server, fills fed from the relayed answer, clients parked on another's
+ * fill, and the version bumps of writing transactions.  It owns each
+ * worker's store and counters and each client's cache state; it does not
+ * own the store's policy (cache.c), the versions (tablever.c) or what a
+ * statement is (classify.c, relcat.c, cacherule.c).
+ *
+ * What is cached: a simple Query, in transaction pooling mode, sent
+ * outside a transaction block by a client that is not pinned and whose
+ * settings pgscale follows, whose text the classifier proves cacheable,
+ * cache_decide admits and the relation catalog expands into known tables.
+ * Session pooling and the extended protocol are not cached (their writes
+ * are tracked all the same); docs/cache.md says why.
+ *
+ * Writes: every request a client sends is classified as it is forwarded;
+ * the ids of what it may write (or "everything") gather on the client
+ * until the ReadyForQuery that shows its transaction over ('I'), and are
+ * bumped there, before that ReadyForQuery is relayed.  A client whose unit
+ * ends without one (server lost, FATAL, the client gone mid-request) has
+ * its gathered writes bumped too: they may have committed. */
+#include "rcache.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "cache.h"
+#include "cacherule.h"
+#include "classify.h"
+#include "client.h"
+#include "io.h"
+#include "monitor.h"
+#include "params.h"
+#include "prepared.h"
+#include "proto.h"
+#include "relay.h"
+#include "relcat.h"
+#include "route.h"
+#include "sqlscan.h"
+#include "worker.h"
+
+/* Longest key material (the statement text is most of it); a longer
+ * statement is not cached. */
+#define KEY_MAX (256u * 1024u)
+
+/* Counters another thread reads (SHOW CACHE): the store's own, copied
+ * after each operation, and this module's. */
+typedef struct rc_pub {
+    _Atomic uint64_t hits, misses, entries, bytes, max_bytes, evictions, invalidations, expired;
+    _Atomic uint64_t fills, stored, refused_too_big, refused_lag, refused_no_room;
+    _Atomic uint64_t waits, wait_timeouts, bumps, bumps_all;
+} rc_pub;
+
+typedef struct rcache_worker {
+    pgs_cache *store;
+    pgs_cache_key_builder kb;
+    relcat_ref cat;
+    relcat_ids reads;    /* scratch: the read set of the statement being looked up */
+    bool was_enabled;    /* the cache was on at the last configuration seen */
+    uint64_t refused_lag, waits, wait_timeouts, bumps, bumps_all;
+    rc_pub pub;
+} rcache_worker;
+
+struct pgs_client_cache {
+    pgs_client *c;       /* NULL once the client is gone (its timer is closing) */
+    /* the fill in c->cfill: its query went to a server as the only request
+     * owed (live), and its answer holds something not to replay (bad) */
+    bool fill_live, fill_bad;
+    bool untracked;      /* settings pgscale does not follow: never cached */
+    bool bypass;         /* the Query at the head goes to the database as it is */
+    bool parked, woken;  /* waiting on another client's fill; its end came */
+    bool timer_init;
+    /* writes gathered for the transaction in progress */
+    bool dirty, write_all, ddl;
+    bool unnamed_read;   /* the unnamed statement reads only */
+    bool unnamed_noted;  /* ... and its writes were noted in this transaction */
+    bool named_writer;   /* some named statement of c's may write */
+    relcat_ids writes;
+    pgs_cache_entry *ready; /* what a fill handed to a parked client (pinned) */
+    pgs_cache_waiter waiter;
+    uv_timer_t timer;
+};
+
+static const pgs_config *cfg(void)
+{
+    return g_pgs.cfg;
+}
+
+bool rcache_enabled(void)
+{
+    return cfg()->cache.enabled;
+}
+
+static size_t per_worker_bytes(const pgs_config *k)
+{
+    int n = g_pgs.n_workers > 0 ? g_pgs.n_workers : 1;
+    uint64_t b = k->cache.max_memory / (uint64_t)n;
+    return (size_t)(b ? b : 1);
+}
+
+static void publish(rcache_worker *rw)
+{
+    pgs_cache_stats st;
+    cache_stats(rw->store, &st);
+    rc_pub *p = &rw->pub;
+#define PUB(f, v) atomic_store_explicit(&p->f, (v), memory_order_relaxed)
+    PUB(hits, st.hits);
+    PUB(misses, st.misses);
+    PUB(entries, st.entries);
+    PUB(bytes, st.bytes);
+    PUB(max_bytes, st.max_bytes);
+    PUB(evictions, st.evictions);
+    PUB(invalidations, st.invalidations);
+    PUB(expired, st.expired);
+    PUB(fills, st.fills);
+    PUB(stored, st.stored);
+    PUB(refused_too_big, st.refused);
+    PUB(refused_no_room, st.no_room);
+    PUB(refused_lag, rw->refused_lag);
+    PUB(waits, rw->waits);
+    PUB(wait_timeouts, rw->wait_timeouts);
+    PUB(bumps, rw->bumps);
+    PUB(bumps_all, rw->bumps_all);
+#undef PUB
+}
+
+static rcache_worker *worker_rc(pgs_worker *w)
+{
+    rcache_worker *rw = w->rcache;
+    if (PGS_LIKELY(rw != NULL)) return rw;
+    const pgs_config *k = cfg();
+    rw = pgs_xcalloc(1, sizeof(*rw));
+    rw->store = cache_new(per_worker_bytes(k), k->cache.max_entry_size);
+    cache_key_init(&rw->kb, KEY_MAX);
+    rw->was_enabled = k->cache.enabled;
+    publish(rw);
+    __atomic_store_n(&w->rcache, rw, __ATOMIC_RELEASE);
+    return rw;
+}
+
+static bool tx_mode(const pgs_client *c)
+{
+    return c->pool_mode == PGS_POOL_TRANSACTION;
+}
+
+/* c's cache state, made when the cache first sees c.  A client met in the
+ * middle of something (a transaction, requests in flight: the cache was
+ * switched on since they began) has writes the cache never saw: its
+ * transaction ends with an epoch bump. */
+static struct pgs_client_cache *state(pgs_client *c, bool in_flight)
+{
+    struct pgs_client_cache *cc = c->ccache;
+    if (PGS_LIKELY(cc != NULL)) return cc;
+    cc = pgs_xcalloc(1, sizeof(*cc));
+    cc->c = c;
+    if (c->tx_status != 'I' || in_flight) cc->dirty = cc->write_all = true;
+    c->ccache = cc;
+    return cc;
+}
+
+/* ---------- keys and decisions ---------- */
+
+static void key_setting(void *ctx, const char *name, const char *value)
+{
+    pgs_cache_key_builder *kb = ctx;
+    cache_key_part(kb, PGS_CKEY_SETTINGS, name, strlen(name));
+    cache_key_part(kb, PGS_CKEY_SETTINGS, value, strlen(value));
+}
+
+static int build_key(rcache_worker *rw, const pgs_client *c, const uint8_t *text, uint32_t tlen,
+                     pgs_cache_key *key)
+{
+    pgs_cache_key_builder *kb = &rw->kb;
+    const pgs_pool_shared *sh = c->pool->sh;
+    cache_key_reset(kb);
+    cache_key_part(kb, PGS_CKEY_PROTOCOL, "Q", 1);
+    cache_key_part(kb, PGS_CKEY_DATABASE, sh->database, strlen(sh->database));
+    cache_key_part(kb, PGS_CKEY_USER, sh->user, strlen(sh->user));
+    params_visit_output(c->params, key_setting, kb);
+    cache_key_part(kb, PGS_CKEY_TEXT, text, tlen);
+    return cache_key_finish(kb, key);
+}
+
+/* The TTL in ms to cache c's Query text with (0: not cached); its read set
+ * in rw->reads. */
+static uint32_t decide(rcache_worker *rw, pgs_client *c, const uint8_t *text, uint32_t tlen)
+{
+    const pgs_config *k = cfg();
+    const pgs_pool_shared *sh = c->pool->sh;
+    bool here = atomic_load_explicit(&sh->cache, memory_order_relaxed) != 0;
+    if (!here) return 0;
+    const pgs_stmt_facts *f = route_classify(c->w, (const char *)text, tlen);
+    uint32_t ttl = cache_decide(&k->cache, sh->database, sh->user, here, f, NULL);
+    if (!ttl || (f->flags & (PGS_FACT_READS_OVERFLOW | PGS_FACT_USES_STABLE))) return 0;
+    relcat_ids *ids = &rw->reads;
+    ids->n = 0;
+    ids->flags = 0;
+    const pgs_relcat *cat = relcat_get(&rw->cat);
+    for (unsigned i = 0; i < f->n_reads; i++)
+        relcat_expand_read(cat, f->reads[i].schema, f->reads[i].name, ids);
+    if (ids->flags & (RELCAT_READ_NOCACHE | RELCAT_USES_STABLE)) return 0;
+    return ttl;
+}
+
+/* ---------- hits ---------- */
+
+static const uint8_t ready_idle[6] = {'Z', 0, 0, 0, 5, 'I'};
+
+static int send_entry(pgs_client *c, const pgs_cache_entry *e)
+{
+    size_t len;
+    const uint8_t *a = cache_entry_answer(e, &len);
+    uv_buf_t iov[2] = {uv_buf_init((char *)a, (unsigned)len),
+                       uv_buf_init((char *)ready_idle, sizeof(ready_idle))};
+    return io_send(c->w, &c->s, iov, 2);
+}
+
+/* The Query at the head of c's buffer, whole: its length, else 0. */
+static uint32_t head_query(const pgs_client *c)
+{
+    const pgs_buf *b = &c->s.rbuf;
+    if (!b->data || b->pos >= b->len) return 0;
+    const uint8_t *p = b->data + b->pos;
+    uint32_t avail = b->len - b->pos;
+    if (avail < 6 || p[0] != 'Q') return 0;
+    uint32_t total = proto_be32(p + 1) + 1;
+    if (total < 6 || total > avail || total > KEY_MAX || p[total - 1] != '\0') return 0;
+    return total;
+}
+
+/* Answers the head Query (total bytes) with entry e; releases e.  -1 when
+ * c was closed. */
+static int answer_head(rcache_worker *rw, pgs_client *c, uint32_t total, pgs_cache_entry *e)
+{
+    c->s.rbuf.pos += total;
+    int rc = send_entry(c, e);
+    cache_entry_release(rw->store, e);
+    if (rc < 0) {
+        client_close(c, "writing to the client failed");
+        return -1;
+    }
+    c->last_activity_us = pgs_now_us();
+    return 0;
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void on_fill_end(pgs_cache_waiter *wt, pgs_cache_entry *e)
+{
+    struct pgs_client_cache *cc = wt->data;
+    cc->ready = e;
+    cc->woken = true;
+    /* served from the loop, not from inside the filler's callback */
+    uv_timer_start(&cc->timer, on_timer, 0, 0);
+}
+
+static void park(rcache_worker *rw, pgs_client *c, struct pgs_client_cache *cc,
+                 pgs_cache_fill *f)
+{
+    if (!cc->timer_init) {
+        uv_timer_init(&c->w->loop, &cc->timer);
+        cc->timer.data = cc;
+        cc->timer_init = true;
+    }
+    cc->waiter.prev = cc->waiter.next = NULL;
+    cc->waiter.cb = on_fill_end;
+    cc->waiter.data = cc;
+    cache_wait(f, &cc->waiter);
+    cc->parked = true;
+    cc->woken = false;
+    cc->ready = NULL;
+    rw->waits++;
+    uv_timer_start(&cc->timer, on_timer, cfg()->cache.fill_wait_ms, 0);
+}
+
+/* The parked client's fill ended (woken) or its wait did. */
+static void on_timer(uv_timer_t *t)
+{
+    struct pgs_client_cache *cc = t->data;
+    pgs_client *c = cc->c;
+    if (!c || !cc->parked) return;
+    rcache_worker *rw = worker_rc(c->w);
+    cc->parked = false;
+    pgs_cache_entry *e = cc->ready;
+    cc->ready = NULL;
+    if (!cc->woken) {
+        cache_unwait(&cc->waiter);
+        rw->wait_timeouts++;
+    }
+    cc->woken = false;
+    if (e) {
+        uint32_t total = head_query(c);
+        if (total && c->tx_status == 'I' && !c->server) {
+            if (answer_head(rw, c, total, e) < 0) return;
+        } else {
+            cache_entry_release(rw->store, e);
+            cc->bypass = true;
+        }
+    } else {
+        cc->bypass = true; /* the fill failed or took too long: the database */
+    }
+    publish(rw);
+    relay_client_data(c);
+}
+
+static void begin_fill(rcache_worker *rw, pgs_client *c, const pgs_cache_key *key,
+                       uint32_t ttl_ms, uint64_t now)
+{
+    const relcat_ids *ids = &rw->reads;
+    uint64_t vers[RELCAT_IDS_MAX], epoch;
+    tablever_snapshot(ids->ids, ids->n, vers, &epoch);
+    pgs_cache_fill *f = NULL;
+    if (cache_fill_begin(rw->store, key, ids->ids, vers, ids->n, epoch, (uint64_t)ttl_ms * 1000u,
+                         now, &f) == 0)
+        c->cfill = f;
+}
+
+int rcache_serve(pgs_client *c)
+{
+    if (!tx_mode(c) || c->is_admin) return RCACHE_GO;
+    struct pgs_client_cache *cc = state(c, false);
+    if (cc->parked) return RCACHE_WAIT;
+    if (c->cfill || cc->untracked || cc->bypass ||
+        atomic_load_explicit(&c->pin, memory_order_relaxed))
+        return RCACHE_GO;
+    rcache_worker *rw = worker_rc(c->w);
+    uint32_t total;
+    while (c->tx_status == 'I' && !c->skip_remaining && !c->fwd_remaining && !c->tx_lost &&
+           !c->ext_skip && (total = head_query(c)) != 0) {
+        const uint8_t *text = c->s.rbuf.data + c->s.rbuf.pos + 5;
+        uint32_t tlen = total - 6;
+        uint32_t ttl = decide(rw, c, text, tlen);
+        if (!ttl) break;
+        pgs_cache_key key;
+        if (build_key(rw, c, text, tlen, &key) < 0) break;
+        uint64_t now = pgs_now_us();
+        pgs_cache_lookup_result res;
+        switch (cache_lookup(rw->store, &key, now, &res)) {
+        case PGS_CACHE_HIT:
+            if (answer_head(rw, c, total, res.entry) < 0) return RCACHE_CLOSED;
+            publish(rw);
+            /* a slow reader: the rest waits until it drains */
+            if (c->s.wb.pending) return RCACHE_WAIT;
+            continue;
+        case PGS_CACHE_PENDING:
+            if (cfg()->cache.fill_wait_ms == 0) {
+                cc->bypass = true;
+                publish(rw);
+                return RCACHE_GO;
+            }
+            park(rw, c, cc, res.fill);
+            publish(rw);
+            return RCACHE_WAIT;
+        default:
+            /* Begun now, before a server is found: clients missing the same
+             * key meanwhile wait for this one. */
+            begin_fill(rw, c, &key, ttl, now);
+            publish(rw);
+            return RCACHE_GO;
+        }
+    }
+    return RCACHE_GO;
+}
+
+/* ---------- fills ---------- */
+
+static void end_fill(pgs_client *c, bool commit)
+{
+    struct pgs_client_cache *cc = c->ccache;
+    pgs_cache_fill *f = c->cfill;
+    c->cfill = NULL;
+    commit = commit && cc->fill_live && !cc->fill_bad && rcache_enabled();
+    cc->fill_live = cc->fill_bad = false;
+    if (commit)
+        (void)cache_fill_commit(f, pgs_now_us()); /* refusals are counted by the store */
+    else
+        cache_fill_abort(f);
+    publish(worker_rc(c->w));
+}
+
+void rcache_tap(pgs_client *c, uint8_t type, const uint8_t *p, uint32_t n, bool start)
+{
+    struct pgs_client_cache *cc = c->ccache;
+    if (!cc->fill_live || cc->fill_bad) return;
+    if (start) {
+        switch (type) {
+        case 'T': /* RowDescription */
+        case 'D': /* DataRow */
+        case 'C': /* CommandComplete */
+        case 'I': /* EmptyQueryResponse */
+            break;
+        default:
+            /* an error, a notice, a notification, a parameter change, COPY:
+             * not an answer to replay */
+            cc->fill_bad = true;
+            return;
+        }
+    }
+    if (cache_fill_append(c->cfill, p, n) < 0) cc->fill_bad = true; /* too big: stop copying */
+}
+
+/* ---------- writes ---------- */
+
+static void note_write_all(struct pgs_client_cache *cc)
+{
+    cc->dirty = cc->write_all = true;
+}
+
+/* A statement text c sends (whole: all of it is at text) may run: note
+ * what it may write.  Returns whether it only reads. */
+static bool note_text(pgs_client *c, struct pgs_client_cache *cc, const uint8_t *text,
+                      uint32_t len, bool whole)
+{
+    if (!whole) {
+        note_write_all(cc);
+        return false;
+    }
+    if (len && text[len - 1] == '\0') len--;
+    const pgs_stmt_facts *f = route_classify(c->w, (const char *)text, len);
+    if (f->flags & PGS_FACT_READ) return true;
+    cc->dirty = true;
+    if (f->flags & PGS_FACT_DDL) cc->ddl = true;
+    if (f->flags & (PGS_FACT_WRITES_OVERFLOW | PGS_FACT_USES_VOLATILE | PGS_FACT_DDL |
+                    PGS_FACT_PARSE_ERROR)) {
+        cc->write_all = true;
+        return false;
+    }
+    if (cc->write_all) return false;
+    rcache_worker *rw = worker_rc(c->w);
+    const pgs_relcat *cat = relcat_get(&rw->cat);
+    for (unsigned i = 0; i < f->n_writes; i++)
+        relcat_expand_write(cat, f->writes[i].schema, f->writes[i].name, &cc->writes);
+    if (cc->writes.flags & RELCAT_WRITE_ALL) cc->write_all = true;
+    return false;
+}
+
+/* A Parse or extended-protocol text that sets something pgscale does not
+ * record (it follows SET only in simple Queries). */
+static void check_ext_set(pgs_client *c, const uint8_t *text, uint32_t len)
+{
+    sql_info info;
+    sqlscan_classify((const char *)text, len, &info);
+    bool set = info.kind == SQL_SET || info.kind == SQL_RESET || info.kind == SQL_RESET_ALL ||
+               info.kind == SQL_DISCARD_ALL || info.config_session;
+    if (set && !(info.name[0] && params_reported_index(info.name) >= 0 && !info.config_session))
+        rcache_untracked(c);
+}
+
+/* The query text of a Parse body (name, text): its offset, or -1. */
+static int parse_text(const uint8_t *body, uint32_t blen, uint32_t *tlen, bool *unnamed,
+                      bool *whole)
+{
+    const uint8_t *nul = memchr(body, '\0', blen);
+    if (!nul) return -1;
+    uint32_t at = (uint32_t)(nul - body) + 1;
+    *unnamed = at == 1;
+    const uint8_t *end = memchr(body + at, '\0', blen - at);
+    *whole = end != NULL;
+    *tlen = end ? (uint32_t)(end - (body + at)) : blen - at;
+    return (int)at;
+}
+
+static void forward_bind(pgs_client *c, struct pgs_client_cache *cc, const uint8_t *body,
+                         uint32_t blen)
+{
+    size_t pos = 0;
+    if (!proto_get_string(body, blen, &pos)) { /* the portal's name */
+        note_write_all(cc);
+        return;
+    }
+    size_t at = pos;
+    const char *name = proto_get_string(body, blen, &pos);
+    if (!name) {
+        note_write_all(cc);
+        return;
+    }
+    if (!*name) {
+        if (!cc->unnamed_read && !cc->unnamed_noted) note_write_all(cc);
+        return;
+    }
+    pgs_stmt *st = c->stmts ? stmt_map_get(c->stmts, name, pos - at - 1) : NULL;
+    if (st && st->body) {
+        const uint8_t *t = st->body;
+        const uint8_t *end = memchr(t, '\0', st->body_len);
+        (void)note_text(c, cc, t, end ? (uint32_t)(end - t) : st->body_len, end != NULL);
+        return;
+    }
+    /* A statement pgscale does not keep (session pooling, or
+     * max_prepared_statements 0): only its Parse was seen. */
+    if (cc->named_writer) note_write_all(cc);
+}
+
+void rcache_forward(pgs_client *c, pgs_server *sv, uint8_t type, const uint8_t *p,
+                    uint32_t have, uint32_t total, bool forwarded, bool alone)
+{
+    struct pgs_client_cache *cc = state(c, !alone);
+    const uint8_t *body = p + 5;
+    uint32_t blen = have - 5;
+    bool whole = have == total;
+    switch (type) {
+    case 'Q':
+        cc->bypass = false;
+        if (c->cfill) {
+            /* The fill begun at the lookup is fed only when this query's
+             * answer is the next thing the server sends c, and when the
+             * server may serve it (a replica past every acknowledged
+             * write: route_cache_fill_ok, after the fill's snapshot). */
+            bool ok = forwarded && alone && whole && c->tx_status == 'I';
+            if (ok && !route_cache_fill_ok(sv)) {
+                ok = false;
+                worker_rc(c->w)->refused_lag++;
+            }
+            if (ok)
+                cc->fill_live = true;
+            else
+                end_fill(c, false);
+        }
+        if (forwarded) (void)note_text(c, cc, body, blen, whole);
+        break;
+    case 'P': {
+        uint32_t tlen;
+        bool unnamed, twhole;
+        int at = parse_text(body, blen, &tlen, &unnamed, &twhole);
+        if (at < 0) {
+            note_write_all(cc);
+            break;
+        }
+        twhole = twhole && whole;
+        check_ext_set(c, body + at, tlen);
+        bool read = note_text(c, cc, body + at, tlen, twhole);
+        if (unnamed) {
+            cc->unnamed_read = read;
+            cc->unnamed_noted = true;
+        } else if (!read) {
+            cc->named_writer = true;
+        }
+        break;
+    }
+    case 'B':
+        if (forwarded) forward_bind(c, cc, body, blen);
+        break;
+    case 'F':
+        if (forwarded) note_write_all(cc); /* a function call: anything */
+        break;
+    default:
+        break;
+    }
+}
+
+/* The transaction's writes are over (committed, or maybe): bump them. */
+static void bump(pgs_client *c, struct pgs_client_cache *cc)
+{
+    rcache_worker *rw = worker_rc(c->w);
+    /* a replica's fill must not be stored before it replays this write */
+    if (route_active() && !route_cache_write_counted(c)) route_cache_write_unknown();
+    if (cc->ddl) {
+        /* the catalog may have changed (a view redefined): expansions say
+         * "unknown" until it is loaded again, and that starts now */
+        relcat_mark_stale();
+        monitor_rerun_primary_hook();
+    }
+    if (cc->write_all || (cc->writes.flags & RELCAT_WRITE_ALL)) {
+        tablever_bump_all();
+        rw->bumps_all++;
+    } else if (cc->writes.n) {
+        tablever_bump(cc->writes.ids, cc->writes.n);
+        rw->bumps++;
+    }
+    cc->dirty = cc->write_all = cc->ddl = false;
+    cc->unnamed_noted = false;
+    cc->writes.n = 0;
+    cc->writes.flags = 0;
+    publish(rw);
+}
+
+void rcache_ready(pgs_client *c, char status, bool query)
+{
+    struct pgs_client_cache *cc = c->ccache;
+    if (!cc) {
+        /* a request sent before the cache was on: its writes were not seen */
+        cc = state(c, true);
+    }
+    if (status == 'I' && cc->dirty) bump(c, cc);
+    if (query && c->cfill) end_fill(c, status == 'I');
+}
+
+void rcache_unlinked(pgs_client *c)
+{
+    struct pgs_client_cache *cc = c->ccache;
+    if (!cc) return;
+    if (c->cfill) end_fill(c, false);
+    if (cc->dirty) bump(c, cc);
+}
+
+void rcache_untracked(pgs_client *c)
+{
+    state(c, false)->untracked = true;
+}
+
+static void free_state(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void rcache_client_gone(pgs_client *c)
+{
+    struct pgs_client_cache *cc = c->ccache;
+    if (!cc) return;
+    if (c->cfill) end_fill(c, false);
+    if (cc->dirty) bump(c, cc); /* a request in flight may still commit */
+    if (cc->parked) {
+        cache_unwait(&cc->waiter);
+        cc->parked = false;
+    }
+    if (cc->ready) cache_entry_release(worker_rc(c->w)->store, cc->ready);
+    cc->ready = NULL;
+    cc->c = NULL;
+    c->ccache = NULL;
+    if (cc->timer_init) {
+        uv_timer_stop(&cc->timer);
+        uv_close((uv_handle_t *)&cc->timer, free_state);
+    } else {
+        free(cc);
+    }
+}
+
+/* ---------- configuration, totals ---------- */
+
+void rcache_worker_config(pgs_worker *w)
+{
+    rcache_worker *rw = w->rcache;
+    const pgs_config *k = w->cfg;
+    bool on = k->cache.enabled;
+    if (rw) {
+        cache_set_limits(rw->store, per_worker_bytes(k), k->cache.max_entry_size);
+        if (!on) cache_clear(rw->store);
+    }
+    bool was = rw ? rw->was_enabled : false;
+    if (on && !was) {
+        /* Switched on: while it was off no write was tracked.  What is
+         * stored from before is gone, and every client in the middle of
+         * something ends its transaction with an epoch bump. */
+        if (rw) cache_clear(rw->store);
+        tablever_bump_all();
+        /* the relation catalog is loaded only while the cache is on */
+        if (w->id == 0) monitor_rerun_primary_hook();
+        pthread_mutex_lock(&w->lock);
+        for (pgs_list *n = w->clients.next; n != &w->clients; n = n->next) {
+            pgs_client *c = list_entry(n, pgs_client, node);
+            if (c->ccache) note_write_all(c->ccache);
+        }
+        pthread_mutex_unlock(&w->lock);
+    }
+    if (rw) {
+        rw->was_enabled = on;
+        publish(rw);
+    }
+}
+
+void rcache_worker_free(pgs_worker *w)
+{
+    rcache_worker *rw = w->rcache;
+    if (!rw) return;
+    relcat_put(&rw->cat);
+    cache_key_free(&rw->kb);
+    cache_free(rw->store);
+    free(rw);
+    w->rcache = NULL;
+}
+
+void rcache_totals_get(rcache_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        rcache_worker *rw = __atomic_load_n(&g_pgs.workers[i].rcache, __ATOMIC_ACQUIRE);
+        if (!rw) continue;
+        rc_pub *p = &rw->pub;
+#define ADD(f) out->f += atomic_load_explicit(&p->f, memory_order_relaxed)
+        ADD(hits);
+        ADD(misses);
+        ADD(entries);
+        ADD(bytes);
+        ADD(max_bytes);
+        ADD(evictions);
+        ADD(invalidations);
+        ADD(expired);
+        ADD(fills);
+        ADD(stored);
+        ADD(refused_too_big);
+        ADD(refused_lag);
+        ADD(refused_no_room);
+        ADD(waits);
+        ADD(wait_timeouts);
+        ADD(bumps);
+        ADD(bumps_all);
+#undef ADD
+    }
+}

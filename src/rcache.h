@@ -1,0 +1,72 @@
+/* The relay's side of the result cache: which requests of a client are
+ * answered from the store, filled into it or parked on another client's
+ * fill, and which units' writes bump table versions at the end of their
+ * transaction.  The store (cache.h), the versions (tablever.h), the
+ * relation catalog (relcat.h) and the admission rules (cacherule.h) are
+ * modules of their own; this one decides when the relay calls them.
+ * docs/cache.md says what it guarantees. */
+#ifndef PGS_RCACHE_H
+#define PGS_RCACHE_H
+
+#include "types.h"
+
+/* The cache is on in the configuration snapshot in effect. */
+bool rcache_enabled(void);
+
+/* What rcache_serve left to the caller. */
+enum {
+    RCACHE_GO = 0, /* what is left in the buffer (maybe nothing) goes the usual way */
+    RCACHE_WAIT,   /* c waits (for another client's fill, or to drain its output):
+                    * leave its buffer alone, it resumes by itself */
+    RCACHE_CLOSED, /* c was closed */
+};
+
+/* c has no server and requests in its buffer: answers the simple Queries
+ * at its head that are hits, without a server; a miss starts the fill
+ * that its query, once sent, feeds. */
+int rcache_serve(pgs_client *c);
+
+/* client_forward handled message `type` for sv (have of its total bytes
+ * at p; forwarded: it went to the server, not answered by pgscale; alone:
+ * nothing was owed to c before it): notes what it may write, and attaches
+ * or drops c's fill. */
+void rcache_forward(pgs_client *c, pgs_server *sv, uint8_t type, const uint8_t *p,
+                    uint32_t have, uint32_t total, bool forwarded, bool alone);
+
+/* Bytes of the server's answer relayed to c while c->cfill is set; start:
+ * they begin a message of type `type`. */
+void rcache_tap(pgs_client *c, uint8_t type, const uint8_t *p, uint32_t n, bool start);
+
+/* A ReadyForQuery with `status` answers c's own request (query: a simple
+ * Query's), before it is relayed: the fill ends; at the end of a
+ * transaction its writes are bumped. */
+void rcache_ready(pgs_client *c, char status, bool query);
+
+/* c's unit on its server ended without its ReadyForQuery (the server was
+ * lost or sent a FATAL, the read is retried): the fill is dropped and the
+ * transaction's writes are bumped (they may have committed). */
+void rcache_unlinked(pgs_client *c);
+
+/* c set something that changes its answers and that pgscale does not
+ * follow (a SET inside a transaction block, a set_config it cannot read):
+ * nothing is cached for c any more. */
+void rcache_untracked(pgs_client *c);
+
+/* c is closing. */
+void rcache_client_gone(pgs_client *c);
+
+/* The worker handled a new configuration snapshot (RELOAD): limits to its
+ * store, or the store emptied when the cache went off. */
+void rcache_worker_config(pgs_worker *w);
+/* At exit, once no client is left. */
+void rcache_worker_free(pgs_worker *w);
+
+/* SHOW CACHE: the workers' counters summed. */
+typedef struct rcache_totals {
+    uint64_t hits, misses, entries, bytes, max_bytes, evictions, invalidations, expired;
+    uint64_t fills, stored, refused_too_big, refused_lag, refused_no_room;
+    uint64_t waits, wait_timeouts, bumps, bumps_all;
+} rcache_totals;
+void rcache_totals_get(rcache_totals *out);
+
+#endif
