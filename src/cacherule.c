@@ -18,6 +18,10 @@ int cacherule_fingerprint(const char *sql, uint64_t *out, char *why, size_t whyl
     if (r.error) {
         snprintf(why, whylen, "does not parse: %s (at character %d)",
                  r.error->message ? r.error->message : "syntax error", r.error->cursorpos);
+        /* PostgreSQL's message quotes the text near the error, line breaks
+         * and all: a configuration error is one line */
+        for (char *p = why; *p; p++)
+            if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
         rc = -EINVAL;
     } else {
         *out = r.fingerprint;

@@ -274,6 +274,9 @@ static void test_fingerprint_ignores_constants_and_layout(void **state)
     char why[256];
     assert_int_equal(cacherule_fingerprint("SELEC 1", &x, why, sizeof(why)), -EINVAL);
     assert_non_null(strstr(why, "does not parse"));
+    /* the message quotes the text near the error; it stays one line */
+    assert_int_equal(cacherule_fingerprint("SELECT 'a\nb\r\tc", &x, why, sizeof(why)), -EINVAL);
+    assert_null(strpbrk(why, "\n\r\t"));
 }
 
 static int setup(void **state)
