@@ -44,10 +44,12 @@ def routed(primary, replicas, **env):
 
 def start(pgscale, primary, replicas, **env):
     pg = pgscale(**routed(primary, replicas, **env))
-    # the monitor has read every replica: reads may go there
-    wait_for(lambda: all(r["state"] == "up" and r["role"] == "replica"
-                         for r in pg.admin("SHOW NODES") if r["node"] != "primary"),
-             10, what="both replicas up in SHOW NODES")
+    # the monitor has read every node (before its first check SHOW NODES
+    # shows the configured role and no lsn): reads may go to the replicas
+    wait_for(lambda: all(r["lsn"] and r["state"] == "up" and
+                         r["role"] == ("primary" if r["node"] == "primary" else "replica")
+                         for r in pg.admin("SHOW NODES")),
+             10, what="every node checked and up in SHOW NODES")
     # and function volatility has been read from the primary (until then
     # inet_server_port() is not known to be stable, and reads calling it
     # stay on the primary)
