@@ -339,8 +339,22 @@ def test_reads_own_writes_with_lagging_replicas_and_the_cache(pgscale, primary, 
         assert one(conn, read) == [(i + 1,)], "round %d: stale read" % i
         assert one(conn, read) == [(i + 1,)], "round %d: stale hit" % i
     st = show_cache(pg)
-    # the cache was in play: answers were stored and served
-    assert int(st["hits"]) > 0, st
+    if not is_sanitized(pg.pid):
+        # the cache was in play during the rounds: answers were stored and
+        # served (a sanitizer build is slow enough that every fill may meet
+        # a write whose position is not read yet, and be refused)
+        assert int(st["hits"]) > 0, st
+    # once the replicas have caught up, the read is stored and the next one
+    # is served from it
+    replicas.set_apply_delay(0, 0)
+    replicas.set_apply_delay(1, 0)
+    before = int(st["hits"])
+
+    def hit_now():
+        assert one(conn, read) == [(rounds(pg, 300),)]
+        assert one(conn, read) == [(rounds(pg, 300),)]
+        return int(show_cache(pg)["hits"]) > before
+    wait_for(hit_now, 10, interval=0.2, what="a cache hit once the replicas caught up")
 
 
 def test_role_and_row_level_security_get_their_own_entries(pgscale, primary):
