@@ -217,6 +217,14 @@ host    replication  postgres  127.0.0.1/32  trust
             self._logfh.close()
             self._logfh = None
 
+    def stop_immediate(self, timeout=30):
+        """pg_ctl stop -m immediate: SIGQUIT to the postmaster, no checkpoint,
+        no waiting for clients or standbys (a crash, as far as they can tell)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            self.proc.wait(timeout)
+        self.stop()
+
     def is_running(self):
         return self.proc is not None and self.proc.poll() is None
 

@@ -4,7 +4,6 @@ in Redis), the others follow it; no promotion while Redis is unreachable
 or another instance holds the lock.  Each test has a throw-away cluster
 (test_monitor.py's `cluster`: a primary and two replicas) and a Redis."""
 import re
-import signal
 import threading
 import time
 
@@ -21,13 +20,6 @@ def start_locked(pgscale, cluster, redis, timeout="1s"):
     return pgscale(DATABASE_URL=p.url(), READ_REPLICA_URLS=",".join(r.url() for r in reps),
                    PGSCALE_FAILOVER="auto", PGSCALE_FAILOVER_TIMEOUT=timeout,
                    PGSCALE_MONITOR_INTERVAL="100ms", REDIS_URL=redis.url())
-
-
-def kill_immediate(p):
-    """pg_ctl stop -m immediate: SIGQUIT to the postmaster."""
-    p.proc.send_signal(signal.SIGQUIT)
-    p.proc.wait(30)
-    p.stop()
 
 
 def sysid(p):
@@ -80,7 +72,7 @@ def test_two_instances_sharing_redis_promote_one_replica_and_both_follow_it(pgsc
     key = sysid(p)
     counter = PrimaryCounter(reps)
     try:
-        kill_immediate(p)
+        p.stop_immediate()
         na, nb = fenced(a, 40), fenced(b, 40)
         # both take the same node for the primary
         new_a = [n for n in REPLICAS if na[n]["role"] == "primary"]
@@ -127,7 +119,7 @@ def test_no_promotion_while_redis_is_unreachable_then_failover_when_it_is_back(p
     pg = start_locked(pgscale, cluster, redis)
     wait_all_checked(pg)
     redis.stop()
-    kill_immediate(p)
+    p.stop_immediate()
     said = "failover: auto with REDIS_URL needs Redis to take the failover lock; Redis is " \
            "unreachable: not promoting"
     wait_for(lambda: said in pg.stderr_text(), 20, interval=0.1, what="the reason logged")
@@ -158,7 +150,7 @@ def test_lock_held_by_another_instance_delays_promotion_until_it_expires(pgscale
     redis.cli("SET", "pgscale:%s:epoch" % key, "7")
     redis.cli("SET", "pgscale:%s:failover" % key, "elsewhere:4242:1:7", "PX", "5000")
     t_set = time.monotonic()
-    kill_immediate(p)
+    p.stop_immediate()
     wait_for(lambda: "held by another pgscale instance (elsewhere:4242:1:7)" in
              pg.stderr_text(), 10, interval=0.1, what="the holder named in the log")
     assert not not_in_recovery(reps)

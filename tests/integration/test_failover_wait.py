@@ -2,7 +2,6 @@
 (bounded by PGSCALE_FAILOVER_WAIT) instead of failing after
 PGSCALE_SERVER_CONNECT_TIMEOUT; a write in flight when the primary died
 gets 08006.  Each test runs on a throw-away cluster (test_monitor's)."""
-import signal
 import threading
 import time
 
@@ -21,12 +20,6 @@ def start(pgscale, cluster, **env):
     pg = pgscale(DATABASE_URL=p.url(), READ_REPLICA_URLS=",".join(r.url() for r in reps), **env)
     wait_all_checked(pg)
     return pg
-
-
-def kill_immediate(node):
-    """pg_ctl stop -m immediate: SIGQUIT to the postmaster."""
-    node.proc.send_signal(signal.SIGQUIT)
-    node.proc.wait(10)
 
 
 def fenced(pg):
@@ -97,7 +90,7 @@ def test_writes_during_failover_wait_for_the_new_primary(pgscale, cluster):
         w.start()
     wait_for(lambda: all(len(w.outcomes) >= 5 for w in writers), 20, what="writes flowing")
     t_kill = time.monotonic()
-    kill_immediate(p)
+    p.stop_immediate()
     # during the window: the writers wait (SHOW POOLS), and a new client logs in at once
     waiting = wait_for(lambda: [r for r in pg.admin("SHOW POOLS") if r["database"] == "app" and
                                 r["node"] == "primary" and int(r["cl_waiting"]) > 0],
@@ -157,7 +150,7 @@ def test_failover_wait_bounds_the_wait_with_a_clear_error(pgscale, cluster, fail
                PGSCALE_FAILOVER_WAIT="500ms", PGSCALE_SERVER_CONNECT_TIMEOUT="5s")
     with pgwire.RawConn(pg.host, pg.port, timeout=10) as c:
         assert pgwire.ready_status(c.startup()) == "I"   # the pool learns the parameters
-        kill_immediate(p)
+        p.stop_immediate()
         t0 = time.monotonic()
         c.send(pgwire.query("INSERT INTO nowhere VALUES (1)"))
         msgs = c.read_until_close(10)
@@ -181,7 +174,7 @@ def test_failover_off_fails_after_the_connect_timeout_as_before(pgscale, cluster
                PGSCALE_SERVER_CONNECT_TIMEOUT="1s")
     with pgwire.RawConn(pg.host, pg.port, timeout=10) as c:
         assert pgwire.ready_status(c.startup()) == "I"
-        kill_immediate(p)
+        p.stop_immediate()
         t0 = time.monotonic()
         c.send(pgwire.query("INSERT INTO nowhere VALUES (1)"))   # a write: the primary
         msgs = c.read_until_close(10)
@@ -202,7 +195,7 @@ def test_client_logging_in_during_failover_is_served_by_the_new_primary(pgscale,
     p, reps = cluster
     pg = start(pgscale, cluster, PGSCALE_POOL_MODE=pool_mode,
                PGSCALE_SERVER_CONNECT_TIMEOUT="1s")
-    kill_immediate(p)
+    p.stop_immediate()
     wait_for(lambda: nodes(pg)["primary"]["state"] == "down", 10, interval=0.05,
              what="the primary down")
     with pgwire.RawConn(pg.host, pg.port, timeout=40) as c:

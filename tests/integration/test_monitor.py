@@ -373,14 +373,6 @@ def set_sync_standbys(p, names):
     p.execute("SELECT pg_reload_conf()")
 
 
-def kill_immediate(node):
-    """pg_ctl stop -m immediate: SIGQUIT to the postmaster, no checkpoint,
-    no waiting for clients or standbys."""
-    node.proc.send_signal(signal.SIGQUIT)
-    node.proc.wait(15)
-    node.stop()
-
-
 def walreceiver_pid(replica):
     return replica.execute("SELECT pid FROM pg_stat_wal_receiver")[0][0]
 
@@ -441,7 +433,7 @@ def test_failover_auto_with_synchronous_replication_keeps_every_acknowledged_com
         try:
             time.sleep(1.0)
             before = len(acked)
-            kill_immediate(p)
+            p.stop_immediate()
             # replica1's receiver stays stopped (what the primary sent it
             # waits unread in its socket) until the failover is over
             ns = wait_for(lambda: (lambda ns: ns if ns["primary"]["state"] == "fenced"
@@ -484,7 +476,7 @@ def test_failover_auto_does_not_promote_past_a_synchronous_standby_that_is_down(
     reps[1].stop()
     wait_for(lambda: nodes(pg)["replica2"]["state"] == "down", 10, interval=0.1,
              what="replica2 down")
-    kill_immediate(p)
+    p.stop_immediate()
     wait_for(lambda: nodes(pg)["primary"]["state"] == "down", 10, interval=0.1,
              what="the primary down")
     time.sleep(3)      # well past failover_timeout (1 s)
@@ -513,7 +505,7 @@ def test_sync_state_unknown_without_pg_monitor_and_no_promotion(pgscale, cluster
     wait_for(lambda: sync_states(pg) == {"primary": None, "replica1": "unknown",
                                          "replica2": "unknown"}, 15, interval=0.1,
              what="sync_state unknown")
-    kill_immediate(p)
+    p.stop_immediate()
     wait_for(lambda: nodes(pg)["primary"]["state"] == "down", 10, interval=0.1,
              what="the primary down")
     time.sleep(3)
