@@ -1313,6 +1313,8 @@ static const struct setting settings[] = {
     {.name = "PGSCALE_CACHE_MAX_ENTRY_SIZE", .key = "cache.max_entry_size", .kind = K_BYTES,
      .off = F(cache.max_entry_size), .min = 1024, .max = 1073741824L},
     DUR("PGSCALE_CACHE_FILL_WAIT", "cache.fill_wait", cache.fill_wait_ms, true),
+    {.name = "PGSCALE_CACHE_CHANGE_FEED", .key = "cache.change_feed", .kind = K_BOOL,
+     .off = F(cache.change_feed)},
 };
 #undef ENUM
 #undef DUR
