@@ -15,6 +15,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "changefeed.h"
 #include "client.h"
 #include "clientauth.h"
 #include "io.h"
@@ -341,12 +342,16 @@ static void show_cache(reply *r)
         "entries",         "bytes",          "max_bytes",       "evictions",
         "invalidations",   "expired",        "fills",           "stored",
         "refused_too_big", "refused_lag",    "refused_no_room", "waits",
-        "wait_timeouts",   "bumps",          "bumps_all",       "catalog_generation"};
-    enum { N = 20 };
+        "wait_timeouts",   "bumps",          "bumps_all",       "catalog_generation",
+        "change_feed",     "feed_bumps",     "feed_bumps_all",  "feed_lsn"};
+    enum { N = 24 };
     header(r, N, cols);
     rcache_totals t;
     rcache_totals_get(&t);
+    changefeed_stats fs;
+    changefeed_stats_get(&fs);
     char b[N][32];
+    if (fs.lsn) topology_format_lsn(fs.lsn, b[23], sizeof(b[23]));
     uint64_t looked = t.hits + t.misses;
     snprintf(b[3], sizeof(b[3]), "%.4f", looked ? (double)t.hits / (double)looked : 0.0);
     const pgs_config *k = atomic_load(&g_pgs.cfg);
@@ -369,7 +374,11 @@ static void show_cache(reply *r)
                         U64(b[16], t.wait_timeouts),
                         U64(b[17], t.bumps),
                         U64(b[18], t.bumps_all),
-                        U64(b[19], relcat_generation())};
+                        U64(b[19], relcat_generation()),
+                        changefeed_state_name(fs.state),
+                        U64(b[21], fs.bumps),
+                        U64(b[22], fs.bumps_all),
+                        fs.lsn ? b[23] : NULL};
     row(r, N, v);
     complete(r, "SHOW");
 }

@@ -119,7 +119,9 @@ void feedparse_line(feedparse *p, const char *line, size_t len, bool whole, uint
     (void)whole; /* a cut line is read as far as it goes; table_line fails on a cut name */
     if (starts(line, len, "BEGIN") && (len == 5 || line[5] == ' ')) {
         reset_txn(p);
+        p->in_txn = true;
     } else if (starts(line, len, "COMMIT") && (len == 6 || line[6] == ' ')) {
+        p->in_txn = false;
         if (ops && ops->commit) ops->commit(ops->ctx, p->tables, p->n_tables, p->overflow, lsn);
         reset_txn(p);
     } else if (starts(line, len, "message:")) {

@@ -65,6 +65,7 @@ typedef struct feedparse {
     feedparse_table tables[FEEDPARSE_TABLES];
     int n_tables;
     bool overflow;
+    bool in_txn;            /* a BEGIN was read and its COMMIT not yet */
     /* after an error: why (the server's message, or what was wrong) */
     char error[256];
     char sqlstate[6];
