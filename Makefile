@@ -37,7 +37,7 @@ fuzz:
 	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true -Dtests=false \
 	    -Db_sanitize=address,undefined -Db_lundef=false -Dc_args=-fsanitize=fuzzer-no-link
 	ninja -C build-fuzz
-	@set -e; for t in proto config config_yaml sqlscan auth relay classify; do \
+	@set -e; for t in proto config config_yaml sqlscan auth relay classify feedparse; do \
 	    scratch=$$(mktemp -d); mkdir $$scratch/corpus; \
 	    echo "fuzz_$$t: $(FUZZ_SECS) s"; \
 	    if UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build-fuzz/fuzz_$$t \

@@ -55,6 +55,7 @@
 #define SILENCE_MIN_MS 5000u  /* nothing heard for this long (at least): the primary is gone */
 #define READS_PER_STEP 64     /* reads of RX_BUF before looking at the clock again */
 #define RX_BUF 16384
+#define SLOT_WAIT_MS 60000    /* CREATE_REPLICATION_SLOT, at most (see exec_slot) */
 
 /* What ended an attempt; the log says each once until it changes. */
 enum reason {
@@ -307,10 +308,60 @@ static void end_session(session *s)
     s->ssl = NULL;
 }
 
-static void strip_nl(char *s)
+/* libpq's messages end with a newline and may hold more ("...\n\tIs the
+ * server running ..."): one line for the log. */
+static void one_line(char *s)
 {
-    size_t l = strlen(s);
-    while (l > 0 && (s[l - 1] == '\n' || s[l - 1] == ' ')) s[--l] = '\0';
+    char *o = s;
+    for (const char *p = s; *p; p++) {
+        char c = *p == '\n' || *p == '\t' || *p == '\r' ? ' ' : *p;
+        if (c == ' ' && (o == s || o[-1] == ' ')) continue;
+        *o++ = c;
+    }
+    while (o > s && o[-1] == ' ') o--;
+    *o = '\0';
+}
+
+/* CREATE_REPLICATION_SLOT waits until every transaction that was running
+ * when it began has ended (logical decoding needs a consistent start), so
+ * it may take as long as the oldest open transaction on the primary.
+ * pqconn_exec's bound (a health check's) is too short for that; this one
+ * is long, and a stop ends it at once.  NULL with *error (NULL: stopping). */
+static PGresult *exec_slot(PGconn *c, const char *sql, char **error)
+{
+    *error = NULL;
+    if (!PQsendQuery(c, sql)) {
+        *error = pqconn_error_text("could not send CREATE_REPLICATION_SLOT", PQerrorMessage(c));
+        return NULL;
+    }
+    int64_t deadline = now_ms() + SLOT_WAIT_MS;
+    PGresult *res = NULL;
+    for (;;) {
+        while (!PQisBusy(c)) {
+            PGresult *r = PQgetResult(c);
+            if (!r) return res;
+            if (res) PQclear(res);
+            res = r;
+        }
+        if (atomic_load(&stopping)) break;
+        if (now_ms() > deadline) {
+            char msg[300];
+            snprintf(msg, sizeof(msg), "CREATE_REPLICATION_SLOT did not finish in %d s: it waits "
+                     "for every transaction open when it began to end (look for long or idle "
+                     "in transaction sessions in pg_stat_activity)", SLOT_WAIT_MS / 1000);
+            *error = pgs_xstrdup(msg);
+            break;
+        }
+        struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
+        if (p.fd < 0) break;
+        poll(&p, 1, STEP_MS);
+        if (!PQconsumeInput(c)) {
+            *error = pqconn_error_text("connection lost", PQerrorMessage(c));
+            break;
+        }
+    }
+    if (res) PQclear(res);
+    return NULL;
 }
 
 static int stream(session *s, char *why, size_t wl)
@@ -401,18 +452,24 @@ static int attempt(pgs_node *node, int *logged, bool *slot_made, char *why, size
         free(err);
         return r;
     }
+    if (PQgssEncInUse(s.conn)) {
+        snprintf(why, wl, "%s: the change feed does not read a GSSAPI-encrypted connection "
+                 "(set gssencmode=disable in DATABASE_URL)", node->name);
+        end_session(&s);
+        return R_OTHER;
+    }
     snprintf(s.slot, sizeof(s.slot), "pgscale_feed_%s_%u", instance_tag, ++slot_seq);
     char sql[320];
     /* the options in the form PostgreSQL 10 to 17 all take */
     snprintf(sql, sizeof(sql),
              "CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL test_decoding NOEXPORT_SNAPSHOT",
              s.slot);
-    PGresult *r = pqconn_exec(s.conn, sql, now_ms() + tmo, &err);
+    PGresult *r = exec_slot(s.conn, sql, &err);
     if (!r) {
-        snprintf(why, wl, "%s: %s", node->name, err);
+        snprintf(why, wl, "%s: %s", node->name, err ? err : "stopping");
         free(err);
         end_session(&s);
-        return R_CONNECT;
+        return atomic_load(&stopping) ? R_STOP : R_CONNECT;
     }
     uint64_t from = 0;
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) < 2 ||
@@ -421,7 +478,7 @@ static int attempt(pgs_node *node, int *logged, bool *slot_made, char *why, size
                      ? (snprintf(why, wl, "%s: CREATE_REPLICATION_SLOT answered an unexpected row",
                                  node->name), R_OTHER)
                      : slot_reason(node, r, why, wl);
-        strip_nl(why);
+        one_line(why);
         PQclear(r);
         end_session(&s);
         return rc;
@@ -441,15 +498,9 @@ static int attempt(pgs_node *node, int *logged, bool *slot_made, char *why, size
     if (!PQsendQuery(s.conn, sql)) {
         snprintf(why, wl, "%s: could not send START_REPLICATION: %s", node->name,
                  PQerrorMessage(s.conn));
-        strip_nl(why);
+        one_line(why);
         end_session(&s);
         return R_CONNECT;
-    }
-    if (PQgssEncInUse(s.conn)) {
-        snprintf(why, wl, "%s: the change feed does not read a GSSAPI-encrypted connection "
-                 "(set gssencmode=disable in DATABASE_URL)", node->name);
-        end_session(&s);
-        return R_OTHER;
     }
     s.fd = PQsocket(s.conn);
     s.ssl = PQsslInUse(s.conn) ? PQsslStruct(s.conn, "OpenSSL") : NULL;
@@ -483,6 +534,7 @@ static void *feed_main(void *arg)
         if (slot_made) gap_bump(); /* from here until the next slot, nothing is seen */
         if (r == R_STOP) break;
         if (slot_made) backoff = 0;
+        one_line(why);
         atomic_store(&state, r == R_PRIMARY ? CHANGEFEED_CONNECTING : CHANGEFEED_ERROR);
         if (r != logged) {
             switch (r) {

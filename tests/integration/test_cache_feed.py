@@ -17,7 +17,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import Primary
+from conftest import Primary, Replica
 from helpers import wait_for
 
 FEED_APP = "pgscale-change-feed"
@@ -259,6 +259,70 @@ def test_each_instance_has_its_own_temporary_slot_gone_at_stop(pgscale, logical)
     b.signal(2)  # SIGINT
     assert b.wait_exit(10) is not None
     wait_for(lambda: feed_slots(logical) == [], 5, what="the temporary slots dropped")
+
+
+def test_slot_waits_for_a_transaction_open_before_it(pgscale, logical):
+    """CREATE_REPLICATION_SLOT waits until the transactions running when it
+    began have ended: the feed stays `connecting` meanwhile (past a health
+    check's bound) and streams once the transaction commits."""
+    fresh(logical, "f_open")
+    holder = logical.connect(user="app", db="app", password="secret", autocommit=False)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("UPDATE f_open SET v = 9")  # takes an xid
+        pg = start(pgscale, logical, wait_streaming=False, PGSCALE_HEALTH_CHECK_TIMEOUT="500ms")
+        time.sleep(3)  # longer than a connection attempt's bound (2 s)
+        assert show_cache(pg)["change_feed"] == "connecting"
+        holder.commit()
+        wait_for(lambda: show_cache(pg)["change_feed"] == "streaming", 10,
+                 what="the feed streaming after the transaction ended")
+        assert "CREATE_REPLICATION_SLOT did not finish" not in pg.stderr_text()
+    finally:
+        holder.close()
+
+
+def test_failover_moves_the_feed_to_the_new_primary(pgscale, request):
+    """failover: auto promotes the replica; the feed reads a slot there,
+    every entry from before is dropped, and a direct write on the new
+    primary ends the entry it changed."""
+    base = tempfile.mkdtemp(prefix="pgscale-it-feed-")
+    p = make_cluster(base, "logical")
+    failed = request.session.testsfailed
+    rep = None
+    try:
+        p.execute("GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app", db="app")
+        fresh(p, "f_fo")
+        rep = Replica(p.basedir / "replica1", p)
+        rep.init()
+        rep.start()
+        target = p.execute("SELECT pg_current_wal_flush_lsn()::text")[0][0]
+        wait_for(lambda: rep.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                     (target,))[0][0], 20, what="the replica caught up")
+        pg = start(pgscale, p, READ_REPLICA_URLS=rep.url(), PGSCALE_FAILOVER="auto",
+                   PGSCALE_FAILOVER_TIMEOUT="1s", PGSCALE_MONITOR_INTERVAL="100ms")
+        conn = pg.connect()
+        sql = "SELECT v FROM f_fo WHERE id = 1"
+        cached(pg, conn, sql)
+        before = int(show_cache(pg)["feed_bumps_all"])
+        p.stop_immediate()
+        wait_for(lambda: any(r["node"] == "replica1" and r["role"] == "primary"
+                             for r in pg.admin("SHOW NODES")), 30, what="the replica promoted")
+        wait_for(lambda: show_cache(pg)["change_feed"] == "streaming" and
+                 rep.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name "
+                             "LIKE 'pgscale_feed_%'")[0][0] == 1, 20,
+                 what="the feed streaming from the new primary")
+        assert int(show_cache(pg)["feed_bumps_all"]) >= before + 2  # the drop, the new slot
+        hits = int(show_cache(pg)["hits"])
+        assert one(conn, sql) == [(1,)]
+        assert int(show_cache(pg)["hits"]) == hits, "an entry from before the failover was served"
+        cached(pg, conn, sql)
+        rep.app_execute("UPDATE f_fo SET v = 7 WHERE id = 1")
+        assert seen_within(conn, sql, [(7,)], 2.0) is not None
+        assert "streaming from replica1" in pg.stderr_text()
+    finally:
+        if rep is not None:
+            rep.stop()
+        p.cleanup(keep=request.session.testsfailed > failed)
 
 
 def test_delay_from_direct_write_to_invalidation(pgscale, logical):
