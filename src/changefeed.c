@@ -249,15 +249,21 @@ static const char *role_of(const pgs_node *n)
     return n->url->user ? n->url->user : "(the default user)";
 }
 
+/* Whose user that is: the feed logs in as the pools do on that node. */
+static const char *url_of(const pgs_node *n)
+{
+    return n->index == 0 ? "DATABASE_URL's user" : "the user of its URL";
+}
+
 /* Why the connection was refused. */
 static int connect_reason(const pgs_node *n, const char *err, char *why, size_t wl)
 {
     if (has(err, "replication role") || has(err, "REPLICATION attribute") ||
         has(err, "start WAL sender") || has(err, "start walsender")) {
-        snprintf(why, wl, "the role %s (DATABASE_URL's user) may not open a replication "
-                 "connection to %s: give it the REPLICATION attribute (ALTER ROLE %s "
-                 "REPLICATION) or switch cache.change_feed off (%s)",
-                 role_of(n), n->name, role_of(n), err);
+        snprintf(why, wl, "the role %s (%s) may not open a replication connection to %s: give "
+                 "it the REPLICATION attribute (ALTER ROLE %s REPLICATION) or switch "
+                 "cache.change_feed off (%s)",
+                 role_of(n), url_of(n), n->name, role_of(n), err);
         return R_PRIVILEGE;
     }
     if (has(err, "max_wal_senders")) {
@@ -287,9 +293,9 @@ static int slot_reason(const pgs_node *n, const PGresult *r, char *why, size_t w
         return R_SLOTS;
     }
     if (strcmp(st, "42501") == 0) {
-        snprintf(why, wl, "the role %s (DATABASE_URL's user) may not create a replication slot "
-                 "on %s: give it the REPLICATION attribute (ALTER ROLE %s REPLICATION) (%s)",
-                 role_of(n), n->name, role_of(n), msg);
+        snprintf(why, wl, "the role %s (%s) may not create a replication slot on %s: give it "
+                 "the REPLICATION attribute (ALTER ROLE %s REPLICATION) (%s)",
+                 role_of(n), url_of(n), n->name, role_of(n), msg);
         return R_PRIVILEGE;
     }
     if (strcmp(st, "58P01") == 0 || has(msg, "test_decoding")) {
