@@ -51,14 +51,14 @@ static bool starts(const char *s, size_t len, const char *word)
     return len >= w && memcmp(s, word, w) == 0;
 }
 
-/* One identifier at s[*pos]: quoted or bare.  false if it is not one or is
- * longer than a PostgreSQL name. */
+/* One identifier at s[*pos]: quoted or bare.  false if it is not one, is
+ * longer than a PostgreSQL name or holds a NUL (no name does). */
 static bool ident(const char *s, size_t len, size_t *pos, char out[FEEDPARSE_NAME])
 {
     size_t i = *pos, o = 0;
     if (i < len && s[i] == '"') {
         for (i++;; i++) {
-            if (i >= len) return false;
+            if (i >= len || s[i] == '\0') return false;
             if (s[i] == '"') {
                 if (i + 1 < len && s[i + 1] == '"') i++;
                 else break;
@@ -68,7 +68,8 @@ static bool ident(const char *s, size_t len, size_t *pos, char out[FEEDPARSE_NAM
         }
         i++; /* the closing quote */
     } else {
-        for (; i < len && s[i] != '.' && s[i] != ',' && s[i] != ':' && s[i] != '"' && s[i] != ' ';
+        for (; i < len && s[i] != '.' && s[i] != ',' && s[i] != ':' && s[i] != '"' && s[i] != ' ' &&
+               s[i] != '\0';
              i++) {
             if (o + 1 >= FEEDPARSE_NAME) return false;
             out[o++] = s[i];

@@ -126,6 +126,12 @@ static void test_lines_not_understood_write_everything(void **state)
     line(&p, longname, &ops);
     line(&p, "COMMIT 1", &ops);
     assert_true(s.overflow);
+    /* a NUL inside a name (no PostgreSQL name has one; found by fuzz_feedparse) */
+    static const char nul[] = "table public.\"a\0b\": INSERT: x";
+    line(&p, "BEGIN 1", &ops);
+    feedparse_line(&p, nul, sizeof(nul) - 1, true, 1, &ops);
+    line(&p, "COMMIT 1", &ops);
+    assert_true(s.overflow);
     /* a logical message writes no table */
     line(&p, "BEGIN 2", &ops);
     line(&p, "message: transactional: 1 prefix: x, sz: 1 content:y", &ops);
