@@ -165,6 +165,33 @@ def test_view_and_partitions_are_invalidated_through_the_catalog(pgscale, primar
     wait_cached(pg, other, "SELECT count(*) FROM c_part_v")
 
 
+def test_materialized_view_refresh_and_cte_queries(pgscale, primary):
+    fresh_table(primary, "c_mvsrc")
+    primary.app_execute("DROP MATERIALIZED VIEW IF EXISTS c_mv")
+    primary.app_execute("CREATE MATERIALIZED VIEW c_mv AS SELECT count(*) AS n FROM c_mvsrc")
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+    conn = pg.connect()
+    # A query with a CTE is cached on the tables its CTE reads
+    cte = "WITH s AS (SELECT v FROM c_mvsrc) SELECT count(*), coalesce(sum(v), 0) FROM s"
+    wait_cached(pg, conn, cte)
+    wait_cached(pg, conn, "SELECT n FROM c_mv")
+    for i in range(1, 21):
+        one(conn, "INSERT INTO c_mvsrc VALUES (%s, %s)", (i, i))
+        assert one(conn, cte) == [(i, i * (i + 1) // 2)]
+        # the view is stale in PostgreSQL itself until it is refreshed...
+        assert one(conn, "SELECT n FROM c_mv") == [(i - 1,)]
+        # ...and REFRESH through pgscale ends its entries
+        one(conn, "REFRESH MATERIALIZED VIEW c_mv")
+        assert one(conn, "SELECT n FROM c_mv") == [(i,)]
+    # a SQL-prepared statement's EXECUTE may write anything (its client is
+    # pinned to its server by the PREPARE: another client reads)
+    writer = pg.connect()
+    one(writer, "PREPARE c_ins AS INSERT INTO c_mvsrc VALUES (100, 100)")
+    wait_cached(pg, conn, cte)
+    one(writer, "EXECUTE c_ins")
+    assert one(conn, cte) == [(21, 310)]
+
+
 def test_users_and_settings_get_their_own_entries(pgscale, primary):
     primary.app_execute("DROP SCHEMA IF EXISTS c_s1 CASCADE")
     primary.app_execute("DROP SCHEMA IF EXISTS c_s2 CASCADE")
