@@ -123,7 +123,7 @@ psql_at "$PG_PORT" "$APP_DB" "
     CREATE TABLE orders (id int PRIMARY KEY, region int NOT NULL, day int NOT NULL,
                          amount numeric(10,2) NOT NULL, status text NOT NULL);
     INSERT INTO orders
-        SELECT g, 1 + g % 8, 1 + (g * 7919) % 30, ((g * 31) % 10000) / 100.0,
+        SELECT g, 1 + g % 8, 1 + (g::bigint * 7919) % 30, ((g * 31) % 10000) / 100.0,
                (ARRAY['new','paid','shipped','done'])[1 + g % 4]
         FROM generate_series(1, $BENCH_ROWS) g;" >/dev/null &&
     psql_at "$PG_PORT" "$APP_DB" "
