@@ -384,6 +384,32 @@ def test_reads_own_writes_with_lagging_replicas_and_the_cache(pgscale, primary, 
     wait_for(hit_now, 10, interval=0.2, what="a cache hit once the replicas caught up")
 
 
+def test_read_right_after_a_write_is_looked_up_with_replicas(pgscale, primary, replicas):
+    """With replicas, pgscale reads the primary's WAL position after each
+    write on the writer's server; a read the client sends meanwhile waits
+    for that instead of following the write onto the primary uncached:
+    after every write, the first read fills the entry, the second hits."""
+    fresh_table(primary, "c_after")
+    primary.app_execute("INSERT INTO c_after SELECT g, g FROM generate_series(1, 100) g")
+    replicas.wait_replayed()
+    pg = start_cached(pgscale, READ_REPLICA_URLS=",".join(replicas.urls()))
+    wait_for(lambda: all(r["state"] == "up" and r["lsn"] for r in pg.admin("SHOW NODES")), 15,
+             what="every node checked")
+    conn = pg.connect()
+    read = "SELECT sum(v) FROM c_after"
+    want = one(conn, read)[0][0]
+    n = 30
+    before = show_cache(pg)
+    for i in range(n):
+        one(conn, "UPDATE c_after SET v = v + 1 WHERE id = 1")
+        want += 1
+        assert one(conn, read) == [(want,)]
+        assert one(conn, read) == [(want,)]
+    after = show_cache(pg)
+    assert int(after["misses"]) - int(before["misses"]) == n, (before, after)
+    assert int(after["hits"]) - int(before["hits"]) == n, (before, after)
+
+
 def test_role_and_row_level_security_get_their_own_entries(pgscale, primary):
     fresh_table(primary, "c_rls", "(owner name, v int)")
     primary.execute("DO $$BEGIN CREATE ROLE c_reader; EXCEPTION WHEN duplicate_object THEN "
