@@ -200,3 +200,36 @@ def test_show_cache_without_rules_has_a_default_row(pgscale):
     assert list(r) == ["total", "default", "hint"], list(r)
     assert r["default"]["ttl_ms"] == "45000"
     assert r["default"]["matches"] == "every cacheable statement"
+
+
+def test_cache_switched_on_by_reload_without_replicas(pgscale, primary, tmp_path):
+    """Without replicas no monitor thread runs while the cache is off; a
+    RELOAD that switches it on starts the primary's, which loads the
+    relation catalog, and reads are cached from then on."""
+    primary.app_execute("DROP TABLE IF EXISTS rl_on")
+    primary.app_execute("CREATE TABLE rl_on (id int PRIMARY KEY, v int)")
+    primary.app_execute("INSERT INTO rl_on VALUES (1, 10)")
+    path = write_config(tmp_path / "pgscale.yaml", "cache:\n  enabled: off\n")
+    pg = pgscale(args=["--config", path])
+
+    def total():
+        return pg.admin("SHOW CACHE")[0]
+
+    assert total()["enabled"] == "off" and total()["catalog_generation"] == "0"
+    write_config(path, "cache:\n  enabled: on\n")
+    pg.admin("RELOAD")
+    wait_for(lambda: int(total()["catalog_generation"]) > 0, 15,
+             what="the relation catalog loaded after RELOAD")
+    conn = pg.connect()
+    cur = conn.cursor()
+
+    def hit():
+        before = int(total()["hits"])
+        cur.execute("SELECT v FROM rl_on WHERE id = 1")
+        assert cur.fetchall() == [(10,)]
+        return int(total()["hits"]) > before
+
+    wait_for(hit, 10, what="a cache hit after RELOAD switched the cache on")
+    cur.execute("UPDATE rl_on SET v = 11 WHERE id = 1")
+    cur.execute("SELECT v FROM rl_on WHERE id = 1")
+    assert cur.fetchall() == [(11,)]
