@@ -36,6 +36,7 @@
 #include "relcat.h"
 #include "route.h"
 #include "sqlscan.h"
+#include "topology.h"
 #include "worker.h"
 
 /* Longest key material (the statement text is most of it); a longer
@@ -77,6 +78,7 @@ struct pgs_client_cache {
      * owed (live), and its answer holds something not to replay (bad) */
     bool fill_live, fill_bad;
     bool untracked;      /* settings pgscale does not follow: never cached */
+    int8_t catalog_db;   /* c's database is the relation catalog's: 1, 0, -1 not known yet */
     uint8_t fill_cls;    /* the class of the fill in c->cfill */
     bool bypass;         /* the Query at the head goes to the database as it is */
     bool parked, woken;  /* waiting on another client's fill; its end came */
@@ -184,6 +186,7 @@ static struct pgs_client_cache *state(pgs_client *c, bool in_flight)
     if (PGS_LIKELY(cc != NULL)) return cc;
     cc = pgs_xcalloc(1, sizeof(*cc));
     cc->c = c;
+    cc->catalog_db = -1;
     if (c->tx_status != 'I' || in_flight) cc->dirty = cc->write_all = true;
     c->ccache = cc;
     return cc;
@@ -218,6 +221,22 @@ static uint8_t class_of(const pgs_stmt_facts *f, int rule)
     return (f->flags & PGS_FACT_HINT_CACHE) ? RCACHE_CLASS_HINT : RCACHE_CLASS_DEFAULT;
 }
 
+/* Whether c's server database is the one the relation catalog describes
+ * (the primary's, DATABASE_URL's): another database's tables, views and
+ * partitions are not in it, so its reads are not cached (its writes still
+ * bump by name, which can only end more entries than needed). */
+static bool catalog_database(pgs_client *c, struct pgs_client_cache *cc)
+{
+    if (PGS_LIKELY(cc->catalog_db >= 0)) return cc->catalog_db;
+    const char *db = c->pool->sh->database;
+    const pgs_db_config *dbc = config_find_database(cfg(), db);
+    if (dbc && dbc->dbname) db = dbc->dbname;
+    const pgs_node *p = topology_primary();
+    const char *cat = p && p->url ? p->url->dbname : NULL;
+    cc->catalog_db = cat && strcmp(cat, db) == 0;
+    return cc->catalog_db;
+}
+
 /* The TTL in ms to cache c's Query text with (0: not cached) and the class
  * it is counted under (*cls); its read set in rw->reads. */
 static uint32_t decide(rcache_worker *rw, pgs_client *c, const uint8_t *text, uint32_t tlen,
@@ -226,7 +245,7 @@ static uint32_t decide(rcache_worker *rw, pgs_client *c, const uint8_t *text, ui
     const pgs_config *k = cfg();
     const pgs_pool_shared *sh = c->pool->sh;
     bool here = atomic_load_explicit(&sh->cache, memory_order_relaxed) != 0;
-    if (!here) return 0;
+    if (!here || !catalog_database(c, c->ccache)) return 0;
     const pgs_stmt_facts *f = route_classify(c->w, (const char *)text, tlen);
     int rule;
     uint32_t ttl = cache_decide(&k->cache, sh->database, sh->user, here, f, &rule);
