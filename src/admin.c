@@ -341,8 +341,10 @@ static void show_cache(reply *r)
         "entries",         "bytes",          "max_bytes",       "evictions",
         "invalidations",   "expired",        "fills",           "stored",
         "refused_too_big", "refused_lag",    "refused_no_room", "waits",
-        "wait_timeouts",   "bumps",          "bumps_all",       "catalog_generation"};
-    enum { N = 20 };
+        "wait_timeouts",   "bumps",          "bumps_all",       "catalog_generation",
+        "redis",           "redis_errors",   "redis_timeouts",  "redis_checks",
+        "redis_hits"};
+    enum { N = 25 };
     header(r, N, cols);
     rcache_totals t;
     rcache_totals_get(&t);
@@ -369,7 +371,17 @@ static void show_cache(reply *r)
                         U64(b[16], t.wait_timeouts),
                         U64(b[17], t.bumps),
                         U64(b[18], t.bumps_all),
-                        U64(b[19], relcat_generation())};
+                        U64(b[19], relcat_generation()),
+                        /* per worker: "up" only when every worker's
+                         * connection is */
+                        !t.redis_workers                 ? "off"
+                        : t.redis_up == t.redis_workers ? "up"
+                        : t.redis_up == 0                ? "down"
+                                                         : "partial",
+                        U64(b[21], t.redis_errors),
+                        U64(b[22], t.redis_timeouts),
+                        U64(b[23], t.redis_checks),
+                        U64(b[24], t.redis_hits)};
     row(r, N, v);
     complete(r, "SHOW");
 }
