@@ -616,6 +616,11 @@ const uint64_t *cache_fill_deps(const pgs_cache_fill *f, size_t *n)
     return f->buf->deps;
 }
 
+void cache_fill_cap_expiry(pgs_cache_fill *f, uint64_t expires_us)
+{
+    if (f->buf && expires_us < f->buf->expires_us) f->buf->expires_us = expires_us;
+}
+
 uint64_t cache_fill_expires(const pgs_cache_fill *f)
 {
     return f->buf ? f->buf->expires_us : 0;

@@ -161,6 +161,8 @@ const uint8_t *cache_fill_key(const pgs_cache_fill *f, size_t *len);
 const uint8_t *cache_fill_answer(const pgs_cache_fill *f, size_t *len);
 const uint64_t *cache_fill_deps(const pgs_cache_fill *f, size_t *n);
 uint64_t cache_fill_expires(const pgs_cache_fill *f);
+/* Brings the fill's expiry forward to expires_us (never later). */
+void cache_fill_cap_expiry(pgs_cache_fill *f, uint64_t expires_us);
 /* Appends answer bytes.  The buffer grows geometrically (no reallocation
  * per message).  PGS_CACHE_E_TOO_BIG once the entry would pass
  * max_entry_bytes: the fill is refused there and then (its buffer freed,

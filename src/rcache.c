@@ -59,6 +59,7 @@ typedef struct rcache_worker {
     rredis *redis;       /* the Redis tier, NULL when off */
     bool was_enabled;    /* the cache was on at the last configuration seen */
     uint64_t refused_lag, waits, wait_timeouts, bumps, bumps_all;
+    uint64_t unserved;   /* local hits Redis did not vouch for: misses after all */
     rc_pub pub;
 } rcache_worker;
 
@@ -115,8 +116,8 @@ static void publish(rcache_worker *rw)
     cache_stats(rw->store, &st);
     rc_pub *p = &rw->pub;
 #define PUB(f, v) atomic_store_explicit(&p->f, (v), memory_order_relaxed)
-    PUB(hits, st.hits);
-    PUB(misses, st.misses);
+    PUB(hits, st.hits - rw->unserved);
+    PUB(misses, st.misses + rw->unserved);
     PUB(entries, st.entries);
     PUB(bytes, st.bytes);
     PUB(max_bytes, st.max_bytes);
@@ -387,8 +388,11 @@ static void on_redis(rredis_req *q, int status, void *arg)
             cc->fill_snap = true;
         }
         const uint8_t *m = cache_fill_key(f, &mlen);
-        const uint8_t *a = m ? rredis_entry_answer(q, m, mlen, &alen) : NULL;
+        uint64_t left_ms = 0;
+        const uint8_t *a = m ? rredis_entry_answer(q, m, mlen, &alen, &left_ms) : NULL;
         if (a && cc->fill_snap && cache_fill_append(f, a, alen) == 0) {
+            /* kept here no longer than its filler allowed */
+            cache_fill_cap_expiry(f, pgs_now_us() + left_ms * 1000u);
             /* Another instance's answer, under the versions Redis has now:
              * kept here too, and c takes it as the fill's own waiter. */
             rredis_count_hit(rw->redis);
@@ -426,6 +430,7 @@ static void redis_resume(rcache_worker *rw, pgs_client *c, struct pgs_client_cac
     case RW_CHECK: {
         pgs_cache_entry *e = cc->checking;
         cc->checking = NULL;
+        if (!ok) rw->unserved++;
         if (ok) {
             uint32_t total = head_query(c);
             if (total && c->tx_status == 'I' && !c->server) {
@@ -486,6 +491,12 @@ int rcache_serve(pgs_client *c)
     uint32_t total;
     while (c->tx_status == 'I' && !c->skip_remaining && !c->fwd_remaining && !c->tx_lost &&
            !c->ext_skip && (total = head_query(c)) != 0) {
+        if (rw->redis && !rredis_up(rw->redis)) {
+            /* the Redis tier is down: nothing can be checked, nothing is
+             * served or stored; the database answers */
+            cc->bypass = true;
+            return RCACHE_GO;
+        }
         const uint8_t *text = c->s.rbuf.data + c->s.rbuf.pos + 5;
         uint32_t tlen = total - 6;
         uint32_t ttl = decide(rw, c, text, tlen);

@@ -31,6 +31,9 @@
 #define CONNECT_MS 1000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+/* An idle connection is PINGed this often, so that a Redis that stopped
+ * answering is noticed by every worker, not only by one with traffic. */
+#define KEEPALIVE_MS 1000
 #define CHANNEL "pgscale:inval"
 #define ENTRY_MAGIC 0x31455350u /* "PSE1" */
 
@@ -159,8 +162,12 @@ static void link_arm(rlink *l)
         break;
     default:
         if (!l->head) {
-            uv_timer_stop(&l->timer);
-            return;
+            if (l->sub) {
+                uv_timer_stop(&l->timer);
+                return;
+            }
+            at = now + KEEPALIVE_MS * 1000u;
+            break;
         }
         at = l->head->deadline_us;
         break;
@@ -210,6 +217,8 @@ static void link_fail(rlink *l, const char *why, int status)
     link_down(l, why);
 }
 
+static void keepalive(rredis *r);
+
 static void on_timer(uv_timer_t *t)
 {
     rlink *l = t->data;
@@ -227,6 +236,8 @@ static void on_timer(uv_timer_t *t)
         if (l->head && l->head->deadline_us <= pgs_now_us()) {
             count(&r->timeouts);
             link_fail(l, "no answer within cache.redis_timeout", RREDIS_TIMEOUT);
+        } else if (!l->head && !l->sub) {
+            keepalive(r);
         } else {
             link_arm(l);
         }
@@ -376,7 +387,11 @@ static void on_connect(const redisAsyncContext *cac, int status)
         /* pub/sub ignores the db: the channel is the server's */
         if (rc == REDIS_OK) rc = redisAsyncCommand(ac, on_message, NULL, "SUBSCRIBE " CHANNEL);
     } else {
-        if (rc == REDIS_OK && r->dirty) {
+        /* A reconnect bumps the shared epoch, whether or not this worker
+         * wrote meanwhile: Redis may have restarted from an older
+         * snapshot (RDB/AOF), with versions gone back to values that
+         * entries restored beside them were filled under. */
+        if (rc == REDIS_OK && (r->dirty || r->was_up)) {
             rc = redisAsyncCommand(ac, on_setup_reply, NULL, "INCR pgscale:epoch");
             r->dirty = false;
             r->epoch_sent = true;
@@ -550,7 +565,9 @@ static void on_req_reply(redisAsyncContext *ac, void *reply, void *privdata)
     }
     redisReply *rp = reply;
     bool ok = rp->type == REDIS_REPLY_ARRAY;
-    if (ok && q->n + 1 <= rp->elements) {
+    if (q->ping) {
+        ok = rp->type == REDIS_REPLY_STATUS;
+    } else if (ok && q->n + 1 <= rp->elements) {
         /* MGET: [entry,] versions..., epoch; EXEC: one reply per command */
         size_t off = rp->elements - (q->n + 1);
         for (size_t i = 0; i < rp->elements && ok; i++)
@@ -656,6 +673,20 @@ static rredis_req *send_mget(rredis *r, const char *entry_key, const uint64_t *i
     return q;
 }
 
+/* A PING waited for by nobody, bounded like any request. */
+static void keepalive(rredis *r)
+{
+    rredis_req *q = req_new(r, NULL, NULL);
+    q->ping = true;
+    if (redisAsyncCommand(r->main.ac, on_req_reply, q, "PING") != REDIS_OK) {
+        free(q);
+        count(&r->errors);
+        link_fail(&r->main, "could not send a command", RREDIS_DOWN);
+        return;
+    }
+    req_push(&r->main, q);
+}
+
 rredis_req *rredis_check(rredis *r, const uint64_t *ids, size_t n, rredis_cb cb, void *arg)
 {
     return send_mget(r, NULL, ids, n, cb, arg);
@@ -675,8 +706,8 @@ rredis_req *rredis_lookup(rredis *r, const pgs_cache_key *key, const uint64_t *i
     return send_mget(r, ek, ids, n, cb, arg);
 }
 
-/* The value: magic, n, ids[n], vers[n + 1], material length, material,
- * answer; integers little-endian. */
+/* The value: magic, n, expiry (wall clock, ms), ids[n], vers[n + 1],
+ * material length, material, answer; integers little-endian. */
 static void put64(uint8_t *p, uint64_t v)
 {
     for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
@@ -690,14 +721,19 @@ static uint64_t get64(const uint8_t *p)
 }
 
 const uint8_t *rredis_entry_answer(const rredis_req *q, const uint8_t *material,
-                                   size_t material_len, size_t *answer_len)
+                                   size_t material_len, size_t *answer_len, uint64_t *ttl_ms)
 {
     const uint8_t *p = q->raw;
     size_t len = q->raw_len, n = q->n;
-    size_t head = 16 + 8 * (2 * n + 1) + 8;
+    size_t head = 24 + 8 * (2 * n + 1) + 8;
     if (!p || len < head) return NULL;
     if (get64(p) != ENTRY_MAGIC || get64(p + 8) != n) return NULL;
-    p += 16;
+    /* what is left of the TTL the filler gave it (wall clocks: instances'
+     * clocks are assumed close; a skew only moves the expiry) */
+    uint64_t expires = get64(p + 16), now = pgs_wall_us() / 1000u;
+    if (expires <= now) return NULL;
+    *ttl_ms = expires - now;
+    p += 24;
     for (size_t i = 0; i < n; i++, p += 8)
         if (get64(p) != q->ids[i]) return NULL;
     for (size_t i = 0; i <= n; i++, p += 8)
@@ -717,7 +753,7 @@ void rredis_store(rredis *r, uint64_t key_lo, uint64_t key_hi, const uint8_t *ma
                   const uint8_t *answer, size_t answer_len, uint64_t ttl_ms)
 {
     if (!rredis_up(r) || ttl_ms == 0) return;
-    size_t need = 16 + 8 * (2 * n + 1) + 8 + material_len + answer_len;
+    size_t need = 24 + 8 * (2 * n + 1) + 8 + material_len + answer_len;
     if (need > r->scratch_cap) {
         r->scratch = pgs_xrealloc(r->scratch, need);
         r->scratch_cap = need;
@@ -725,7 +761,8 @@ void rredis_store(rredis *r, uint64_t key_lo, uint64_t key_hi, const uint8_t *ma
     uint8_t *p = r->scratch;
     put64(p, ENTRY_MAGIC);
     put64(p + 8, n);
-    p += 16;
+    put64(p + 16, pgs_wall_us() / 1000u + ttl_ms);
+    p += 24;
     for (size_t i = 0; i < n; i++, p += 8) put64(p, ids[i]);
     for (size_t i = 0; i <= n; i++, p += 8) put64(p, vers[i]);
     put64(p, material_len);

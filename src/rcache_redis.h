@@ -57,6 +57,7 @@ struct rredis_req {
     uint64_t vers[RELCAT_IDS_MAX + 1];   /* their Redis versions, then the epoch */
     const uint8_t *raw;                  /* rredis_lookup: the shared entry as stored */
     size_t raw_len;                      /* (NULL: none); see rredis_entry_answer */
+    bool ping;                           /* this module's keepalive */
 };
 
 /* The writer's bump: INCR each id's version (or the epoch when all), and
@@ -77,10 +78,11 @@ rredis_req *rredis_lookup(rredis *r, const pgs_cache_key *key, const uint64_t *i
                           rredis_cb cb, void *arg);
 
 /* In a lookup's cb: the shared entry's answer when the entry is there,
- * made from the same key material, over the same ids, and under exactly
- * the versions Redis has now (q->vers); else NULL. */
+ * made from the same key material, over the same ids, under exactly the
+ * versions Redis has now (q->vers), and not expired (*ttl_ms: what is
+ * left of its TTL); else NULL. */
 const uint8_t *rredis_entry_answer(const rredis_req *q, const uint8_t *material,
-                                   size_t material_len, size_t *answer_len);
+                                   size_t material_len, size_t *answer_len, uint64_t *ttl_ms);
 
 /* Stores an entry filled here (fire-and-forget SET ... PX ttl_ms):
  * material, ids, the Redis versions snapshot vers[n + 1], the answer. */

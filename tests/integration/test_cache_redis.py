@@ -130,3 +130,154 @@ def test_entry_filled_by_a_is_a_hit_on_b_without_the_database(pgscale, primary, 
         assert counter(b, "redis_hits") == hits + 1
         # the second read on B was a local hit, checked against Redis
         assert counter(b, "hits") >= 1
+
+
+def test_rolled_back_write_through_a_leaves_b_right(pgscale, primary, redis):
+    fresh_table(primary, "cr_rollback")
+    primary.app_execute("INSERT INTO cr_rollback VALUES (1, 10)")
+    a, b = start_pair(pgscale, redis)
+    ca, cb = a.connect(), b.connect()
+    sql = "SELECT v FROM cr_rollback WHERE id = 1"
+    wait_cached(b, cb, sql)
+    for i in range(rounds(a, 200)):
+        ca.autocommit = False
+        one(ca, "UPDATE cr_rollback SET v = %s WHERE id = 1", (1000 + i,))
+        ca.rollback()
+        ca.autocommit = True
+        assert one(cb, sql) == [(10,)]
+    one(ca, "UPDATE cr_rollback SET v = 11 WHERE id = 1")
+    assert one(cb, sql) == [(11,)]
+    # and B caches it again
+    wait_cached(b, cb, sql)
+    assert one(cb, sql) == [(11,)]
+
+
+def test_write_through_a_drops_bs_local_entry_by_pubsub(pgscale, primary, redis):
+    fresh_table(primary, "cr_pubsub")
+    primary.app_execute("INSERT INTO cr_pubsub VALUES (1, 1)")
+    a, b = start_pair(pgscale, redis)
+    ca, cb = a.connect(), b.connect()
+    sql = "SELECT v FROM cr_pubsub WHERE id = 1"
+    wait_cached(b, cb, sql)
+    entries = counter(b, "entries")
+    assert entries >= 1
+    one(ca, "UPDATE cr_pubsub SET v = 2 WHERE id = 1")
+    # the message reaches B's subscriber at once; give it a moment
+    time.sleep(0.3)
+    before = show_cache(b)
+    assert one(cb, sql) == [(2,)]
+    after = show_cache(b)
+    # B's entry was dead locally already (its table's version moved by the
+    # message): dropped on the lookup, no Redis check made for it
+    assert int(after["invalidations"]) == int(before["invalidations"]) + 1
+    assert int(after["redis_checks"]) == int(before["redis_checks"])
+    assert int(after["misses"]) == int(before["misses"]) + 1
+
+
+def test_redis_killed_mid_run_no_errors_and_hits_resume(pgscale, primary, redis):
+    fresh_table(primary, "cr_kill")
+    primary.app_execute("INSERT INTO cr_kill VALUES (1, 0)")
+    a, b = start_pair(pgscale, redis, PGSCALE_CACHE_REDIS_TIMEOUT="50ms")
+    ca, cb = a.connect(), b.connect()
+    sql = "SELECT v FROM cr_kill WHERE id = 1"
+    errors, stale, worst = [], 0, 0.0
+    stop = threading.Event()
+    i = 0
+
+    def work(duration):
+        nonlocal i, stale, worst
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
+            i += 1
+            try:
+                t = time.monotonic()
+                one(ca, "UPDATE cr_kill SET v = %s WHERE id = 1", (i,))
+                got = one(cb, sql)[0][0]
+                got2 = one(cb, sql)[0][0]
+                worst = max(worst, time.monotonic() - t)
+                if got != i or got2 != i:
+                    stale += 1
+            except psycopg2.Error as e:
+                errors.append(str(e))
+
+    work(1.0)
+    redis.stop()
+    work(2.0)
+    wait_redis(b, "down", 5)
+    assert show_cache(a)["redis"] == "down"
+    # nothing is served from the cache while Redis is away
+    hits = counter(b, "hits")
+    work(1.0)
+    assert counter(b, "hits") == hits
+    redis.start()
+    wait_redis(a)
+    wait_redis(b)
+    work(1.0)
+    assert errors == []
+    assert stale == 0
+    assert worst < 2.0, "a round took %.3f s" % worst
+    # hits resume through the restarted Redis
+    wait_cached(b, cb, sql)
+    assert one(cb, sql) == [(i,)]
+
+
+def timed(conn, sql, params=None):
+    t = time.monotonic()
+    r = one(conn, sql, params)
+    return time.monotonic() - t, r
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+@pytest.mark.deadline(120)
+def test_redis_stopped_each_request_waits_at_most_the_timeout(pgscale, primary, redis):
+    fresh_table(primary, "cr_stop")
+    primary.app_execute("INSERT INTO cr_stop VALUES (1, 0)")
+    a, b = start_pair(pgscale, redis, PGSCALE_CACHE_REDIS_TIMEOUT="50ms")
+    ca, cb = a.connect(), b.connect()
+    sql = "SELECT v FROM cr_stop WHERE id = 1"
+    wait_cached(b, cb, sql)
+    lat, wrong = [], 0
+    redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(1, 101):
+            dt, _ = timed(ca, "UPDATE cr_stop SET v = %s WHERE id = 1", (i,))
+            lat.append(dt)
+            dt, r = timed(cb, sql)
+            lat.append(dt)
+            if r != [(i,)]:
+                wrong += 1
+        # every worker notices (an idle one by its keepalive PING)
+        wait_redis(a, "down", 5)
+        wait_redis(b, "down", 5)
+        assert counter(a, "redis_timeouts") + counter(b, "redis_timeouts") >= 1
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    assert wrong == 0
+    assert pct(lat, 0.99) < 1.0, "p99 %.3f s" % pct(lat, 0.99)
+    assert max(lat) < 3.0, "max %.3f s" % max(lat)
+    # back by itself, and serving hits again
+    wait_redis(a)
+    wait_redis(b)
+    one(ca, "UPDATE cr_stop SET v = 7 WHERE id = 1")
+    assert one(cb, sql) == [(7,)]
+    wait_cached(b, cb, sql)
+    assert one(cb, sql) == [(7,)]
+
+
+def test_hit_latency_through_the_redis_tier(pgscale, primary, redis):
+    fresh_table(primary, "cr_lat")
+    primary.app_execute("INSERT INTO cr_lat SELECT g, g FROM generate_series(1, 10) g")
+    a, b = start_pair(pgscale, redis)
+    cb = b.connect()
+    sql = "SELECT v FROM cr_lat WHERE id = 3"
+    wait_cached(b, cb, sql)
+    checks = counter(b, "redis_checks")
+    lat = [timed(cb, sql)[0] for _ in range(2000)]
+    assert counter(b, "redis_checks") >= checks + 2000
+    print("hit latency through the Redis tier: p50 %.0f us, p99 %.0f us"
+          % (pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6))
+    assert pct(lat, 0.5) < 0.05
