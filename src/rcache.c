@@ -885,6 +885,9 @@ void rcache_worker_config(pgs_worker *w)
     if (rw) {
         cache_set_limits(rw->store, per_worker_bytes(k), k->cache.max_entry_size);
         if (!on) cache_clear(rw->store);
+        /* made while the cache was off: the tier starts with the cache,
+         * or this worker would serve what other instances' writes ended */
+        if (on && !rw->redis) rw->redis = rredis_start(w, k);
     }
     bool was = rw ? rw->was_enabled : false;
     if (on && !was) {
