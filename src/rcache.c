@@ -887,7 +887,7 @@ void rcache_worker_config(pgs_worker *w)
         if (!on) cache_clear(rw->store);
         /* made while the cache was off: the tier starts with the cache,
          * or this worker would serve what other instances' writes ended */
-        if (on && !rw->redis) rw->redis = rredis_start(w, k);
+        if (on && !rw->redis) __atomic_store_n(&rw->redis, rredis_start(w, k), __ATOMIC_RELEASE);
     }
     bool was = rw ? rw->was_enabled : false;
     if (on && !was) {
@@ -961,9 +961,10 @@ void rcache_totals_get(rcache_totals *out)
         ADD(bumps);
         ADD(bumps_all);
 #undef ADD
-        if (rw->redis) {
+        rredis *rr = __atomic_load_n(&rw->redis, __ATOMIC_ACQUIRE);
+        if (rr) {
             rredis_stats rs;
-            rredis_stats_get(rw->redis, &rs);
+            rredis_stats_get(rr, &rs);
             out->redis_workers++;
             out->redis_up += rs.up;
             out->redis_errors += rs.errors;

@@ -70,7 +70,17 @@ struct rredis {
 
 /* Tells this process's own messages from other instances' on the
  * channel (only the others' are bumped again locally). */
-static uint64_t instance_id;
+static _Atomic uint64_t instance_id;
+
+/* Made once, by whichever worker starts its tier first. */
+static uint64_t my_instance(void)
+{
+    uint64_t id = atomic_load_explicit(&instance_id, memory_order_relaxed);
+    if (id) return id;
+    uint64_t want = (((uint64_t)getpid() << 40) ^ pgs_wall_us() ^ (uint64_t)pgs_now_us() << 20) | 1;
+    if (atomic_compare_exchange_strong(&instance_id, &id, want)) return want;
+    return id;
+}
 
 static uint32_t timeout_ms(void)
 {
@@ -335,7 +345,7 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
     char *end;
     const char *p = msg->str;
     uint64_t from = strtoull(p, &end, 16);
-    if (end == p || from == instance_id) return;
+    if (end == p || from == my_instance()) return;
     p = end;
     uint64_t ids[32];
     size_t n = 0;
@@ -470,8 +480,7 @@ rredis *rredis_start(pgs_worker *w, const pgs_config *k)
     }
     redis_url_where(&r->url, r->where, sizeof(r->where));
     r->w = w;
-    if (!instance_id)
-        instance_id = ((uint64_t)getpid() << 40) ^ pgs_wall_us() ^ (uint64_t)(uintptr_t)r;
+    (void)my_instance();
     link_init(r, &r->main, false);
     r->has_sub = w->id == 0;
     if (r->has_sub) link_init(r, &r->sub, true);
@@ -609,7 +618,7 @@ rredis_req *rredis_bump(rredis *r, const uint64_t *ids, size_t n, bool all, rred
     char key[48];
     /* "<instance> <id>..." : 17 bytes an id */
     char msg[32 + 17 * RELCAT_IDS_MAX];
-    size_t m = (size_t)snprintf(msg, sizeof(msg), "%016llx", (unsigned long long)instance_id);
+    size_t m = (size_t)snprintf(msg, sizeof(msg), "%016llx", (unsigned long long)my_instance());
     int rc = redisAsyncCommand(ac, NULL, NULL, "MULTI");
     if (all || n > RELCAT_IDS_MAX) {
         if (rc == REDIS_OK) rc = redisAsyncCommand(ac, NULL, NULL, "INCR pgscale:epoch");
