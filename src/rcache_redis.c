@@ -15,6 +15,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,14 +60,20 @@ struct rredis {
     bool has_sub;
     bool dirty;     /* bumped while down: the epoch goes up at the next connect */
     bool was_up;    /* up once: a reconnect bumps the local epoch */
-    bool logged_up; /* the state last logged */
+    int logged_up;  /* the state last logged: 1 up, 0 down, -1 none yet */
     bool epoch_sent; /* the connection being made carries that INCR */
     bool stopping;
     _Atomic bool up;
     _Atomic uint64_t errors, timeouts, checks, hits;
     uint8_t *scratch;
     size_t scratch_cap;
+    /* finished requests kept for the next ones: a hit's check allocates
+     * nothing in the steady state (hiredis's own buffers aside) */
+    rredis_req *free_reqs;
+    int n_free;
 };
+
+#define FREE_REQS_MAX 64
 
 /* Tells this process's own messages from other instances' on the
  * channel (only the others' are bumped again locally). */
@@ -96,7 +103,18 @@ static void count(_Atomic uint64_t *c)
 
 static rredis_req *req_new(rredis *r, rredis_cb cb, void *arg)
 {
-    rredis_req *q = pgs_xcalloc(1, sizeof(*q));
+    rredis_req *q = r->free_reqs;
+    if (q) {
+        r->free_reqs = q->next;
+        r->n_free--;
+        /* only the header: n, ids and vers are written before use */
+        memset(q, 0, offsetof(rredis_req, n));
+        q->raw = NULL;
+        q->raw_len = 0;
+        q->ping = false;
+    } else {
+        q = pgs_xcalloc(1, sizeof(*q));
+    }
     q->r = r;
     q->cb = cb;
     q->arg = arg;
@@ -130,10 +148,22 @@ static void req_unlink(rlink *l, rredis_req *q)
     if (l->tail == q) l->tail = prev;
 }
 
+static void req_free(rredis_req *q)
+{
+    rredis *r = q->r;
+    if (r->n_free < FREE_REQS_MAX) {
+        q->next = r->free_reqs;
+        r->free_reqs = q;
+        r->n_free++;
+    } else {
+        free(q);
+    }
+}
+
 static void req_finish(rredis_req *q, int status)
 {
     if (q->cb) q->cb(q, status, q->arg);
-    free(q);
+    req_free(q);
 }
 
 void rredis_cancel(rredis_req *q)
@@ -148,7 +178,7 @@ static void link_connect(rlink *l);
 static void set_up(rredis *r, bool up, const char *why)
 {
     atomic_store_explicit(&r->up, up, memory_order_relaxed);
-    if (r->logged_up == up) return;
+    if (r->logged_up == (int)up) return;
     r->logged_up = up;
     if (up)
         log_warn("W-%d: cache Redis tier up (%s)%s", r->w->id, r->where,
@@ -480,6 +510,7 @@ rredis *rredis_start(pgs_worker *w, const pgs_config *k)
     }
     redis_url_where(&r->url, r->where, sizeof(r->where));
     r->w = w;
+    r->logged_up = -1;
     (void)my_instance();
     link_init(r, &r->main, false);
     r->has_sub = w->id == 0;
@@ -521,6 +552,11 @@ void rredis_free(rredis *r)
     if (!r) return;
     redis_url_free(&r->url);
     free(r->scratch);
+    while (r->free_reqs) {
+        rredis_req *q = r->free_reqs;
+        r->free_reqs = q->next;
+        free(q);
+    }
     free(r);
 }
 
@@ -636,7 +672,7 @@ rredis_req *rredis_bump(rredis *r, const uint64_t *ids, size_t n, bool all, rred
     q->n = 0; /* EXEC's last reply (PUBLISH's count) lands in vers[0] */
     if (rc == REDIS_OK) rc = redisAsyncCommand(ac, on_req_reply, q, "EXEC");
     if (rc != REDIS_OK) {
-        free(q);
+        req_free(q);
         r->dirty = true;
         count(&r->errors);
         link_fail(&r->main, "could not send a command", RREDIS_DOWN);
@@ -673,7 +709,7 @@ static rredis_req *send_mget(rredis *r, const char *entry_key, const uint64_t *i
     q->n = (unsigned)n;
     if (n) memcpy(q->ids, ids, n * sizeof(uint64_t));
     if (redisAsyncCommandArgv(r->main.ac, on_req_reply, q, c, argv, lens) != REDIS_OK) {
-        free(q);
+        req_free(q);
         count(&r->errors);
         link_fail(&r->main, "could not send a command", RREDIS_DOWN);
         return NULL;
@@ -688,7 +724,7 @@ static void keepalive(rredis *r)
     rredis_req *q = req_new(r, NULL, NULL);
     q->ping = true;
     if (redisAsyncCommand(r->main.ac, on_req_reply, q, "PING") != REDIS_OK) {
-        free(q);
+        req_free(q);
         count(&r->errors);
         link_fail(&r->main, "could not send a command", RREDIS_DOWN);
         return;

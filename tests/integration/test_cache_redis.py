@@ -12,6 +12,7 @@ Whether a statement ran on PostgreSQL is read from PostgreSQL's own
 statement log (log_statement for role app), as in test_cache.py."""
 import contextlib
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -302,3 +303,35 @@ def test_hit_latency_through_the_redis_tier(pgscale, primary, redis):
     print("hit latency through the Redis tier: p50 %.0f us, p99 %.0f us"
           % (pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6))
     assert pct(lat, 0.5) < 0.05
+
+
+def redis_cli_auth(redis, password, db, *args):
+    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(redis.port), "-a", password,
+                        "--no-auth-warning", "-n", str(db)] + [str(a) for a in args],
+                       capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    return r.stdout.strip()
+
+
+def test_redis_url_password_and_db_are_used_and_a_wrong_one_is_no_error(pgscale, primary, redis):
+    fresh_table(primary, "cr_auth")
+    primary.app_execute("INSERT INTO cr_auth VALUES (1, 5)")
+    redis.cli("CONFIG", "SET", "requirepass", "s3cret")
+    url = "redis://:s3cret@127.0.0.1:%d/3" % redis.port
+    a, b = start_pair(pgscale, redis, REDIS_URL=url)
+    ca, cb = a.connect(), b.connect()
+    sql = "SELECT v FROM cr_auth WHERE id = 1"
+    one(ca, "UPDATE cr_auth SET v = 6 WHERE id = 1")
+    wait_cached(b, cb, sql)
+    # the keys are in db 3, none in db 0
+    assert int(redis_cli_auth(redis, "s3cret", 3, "DBSIZE")) > 0
+    assert int(redis_cli_auth(redis, "s3cret", 0, "DBSIZE")) == 0
+    # a wrong password: the tier stays down, clients see nothing of it
+    c = pgscale(PGSCALE_CACHE="on", REDIS_URL="redis://:wrong@127.0.0.1:%d/3" % redis.port)
+    wait_for(lambda: int(show_cache(c)["redis_errors"]) > 0, 10, what="an AUTH error counted")
+    assert show_cache(c)["redis"] == "down"
+    cc = c.connect()
+    for _ in range(5):
+        assert one(cc, sql) == [(6,)]
+    assert counter(c, "hits") == 0
+    assert "AUTH or SELECT" in c.stderr_text()
+    redis_cli_auth(redis, "s3cret", 0, "CONFIG", "SET", "requirepass", "")
