@@ -817,7 +817,7 @@ static bool bump(pgs_client *c, struct pgs_client_cache *cc, bool hold, char sta
     return held;
 }
 
-bool rcache_ready(pgs_client *c, char status, bool query, bool last)
+bool rcache_ready(pgs_client *c, char status, bool query, bool may_hold)
 {
     struct pgs_client_cache *cc = c->ccache;
     if (!cc) {
@@ -825,7 +825,7 @@ bool rcache_ready(pgs_client *c, char status, bool query, bool last)
         cc = state(c, true);
     }
     bool held = false;
-    if (status == 'I' && cc->dirty) held = bump(c, cc, last, status);
+    if (status == 'I' && cc->dirty) held = bump(c, cc, may_hold, status);
     if (query && c->cfill) end_fill(c, status == 'I');
     return held;
 }

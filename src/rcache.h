@@ -39,12 +39,13 @@ void rcache_tap(pgs_client *c, uint8_t type, const uint8_t *p, uint32_t n, bool 
 
 /* A ReadyForQuery with `status` answers c's own request (query: a simple
  * Query's), before it is relayed: the fill ends; at the end of a
- * transaction its writes are bumped.  last: nothing more is owed to c
- * after it.  True when that ReadyForQuery must not be relayed yet (the
- * Redis tier has the bumps in flight): rcache calls
- * relay_ready_release(c, status) when it may go, and meanwhile
- * rcache_holding(c) is true and c's further requests wait. */
-bool rcache_ready(pgs_client *c, char status, bool query, bool last);
+ * transaction its writes are bumped.  may_hold: the relay can hold that
+ * ReadyForQuery back (no reply pgscale makes up itself is due right after
+ * it).  True when it must not be relayed yet (the Redis tier has the bumps
+ * in flight): rcache calls relay_ready_release(c, status) when it may go;
+ * meanwhile rcache_holding(c) is true, and what c sends and what the
+ * server sends c after it wait. */
+bool rcache_ready(pgs_client *c, char status, bool query, bool may_hold);
 bool rcache_holding(const pgs_client *c);
 
 /* c's unit on its server ended without its ReadyForQuery (the server was

@@ -923,8 +923,13 @@ void relay_ready_release(pgs_client *c, char status)
         client_close(c, "writing to the client failed");
         return;
     }
-    /* once it is out, whatever waited goes on as after any drain */
+    /* Once it is out, whatever waited goes on as after any drain: the
+     * server's answers behind it (pipelined requests) ... */
     if (!c->s.wb.pending) client_on_drain(c);
+    if (c->s.closing || c->want_close) return;
+    /* ... and the requests c sent meanwhile, which a drain alone does not
+     * resume while c still has its server (session pooling, pipelines) */
+    if (c->s.rbuf.data && c->s.rbuf.pos < c->s.rbuf.len) relay_client_data(c);
 }
 
 void relay_server_data(pgs_server *sv)
@@ -962,6 +967,12 @@ void relay_server_data(pgs_server *sv)
         }
         uint32_t total = len + 1;
         pgs_expect *h = exq_head(&sv->exq);
+        if (PGS_UNLIKELY(c && c->ccache != NULL) && rcache_holding(c) &&
+            !(h && h->kind == EX_INTERNAL)) {
+            /* c's ReadyForQuery waits for the Redis tier: what the server
+             * sent c after it waits too (relay_ready_release) */
+            break;
+        }
         if (!h && type != 'N' && type != 'A' && type != 'S' && type != 'E') {
             /* PostgreSQL sends nothing but notices, notifications, parameter
              * changes and a last error unasked.  Anything else means it and
@@ -1037,7 +1048,8 @@ void relay_server_data(pgs_server *sv)
              * them (the server may go back to the pool meanwhile: only
              * these 6 bytes wait, and the client's next requests) */
             if (c && !internal && was_query && (c->ccache || cfg()->cache.enabled) &&
-                rcache_ready(c, status, was_simple, sv->exq.count == 0))
+                rcache_ready(c, status, was_simple,
+                             sv->exq.count == 0 || !is_fake(exq_head(&sv->exq))))
                 drop = true;
             if (c && !internal) {
                 uint64_t now = pgs_now_us();
@@ -1254,7 +1266,8 @@ void relay_server_data(pgs_server *sv)
         relay_client_data(c);
         if (c->s.closing || c->server != sv) return;
     }
-    if (c->s.wb.pending) io_read_stop(&sv->s); /* the client is slow: wait for it */
+    /* the client is slow, or its ReadyForQuery is held: wait for it */
+    if (c->s.wb.pending || (c->ccache && rcache_holding(c))) io_read_stop(&sv->s);
 }
 
 /* ---------- client -> server ---------- */

@@ -20,7 +20,9 @@ import uuid
 import psycopg2
 import pytest
 
-from helpers import is_sanitized, wait_for
+import pgwire
+
+from helpers import APP_PASSWORD, LOCALHOST, is_sanitized, wait_for
 
 
 @contextlib.contextmanager
@@ -335,3 +337,47 @@ def test_redis_url_password_and_db_are_used_and_a_wrong_one_is_no_error(pgscale,
     assert counter(c, "hits") == 0
     assert "AUTH or SELECT" in c.stderr_text()
     redis_cli_auth(redis, "s3cret", 0, "CONFIG", "SET", "requirepass", "")
+
+
+def redis_delay(redis, seconds):
+    """Redis stops answering for `seconds` (SIGSTOP, then SIGCONT)."""
+    redis.proc.send_signal(signal.SIGSTOP)
+    t = threading.Timer(seconds, lambda: redis.proc.send_signal(signal.SIGCONT))
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_pipelined_requests_behind_a_write_come_back_in_order(pgscale, primary, redis, mode):
+    """A write and a read sent together: the read's answer comes after the
+    write's ReadyForQuery, which waits for Redis (here stopped: for
+    cache.redis_timeout); nothing hangs, in either pooling mode."""
+    fresh_table(primary, "cr_pipe")
+    primary.app_execute("INSERT INTO cr_pipe VALUES (1, 0)")
+    a, b = start_pair(pgscale, redis, PGSCALE_POOL_MODE=mode,
+                      PGSCALE_CACHE_REDIS_TIMEOUT="200ms")
+    raw = pgwire.RawConn(LOCALHOST, a.port)
+    raw.login(password=APP_PASSWORD)
+    for i, pause in ((1, False), (2, True), (3, False)):
+        t = redis_delay(redis, 0.5) if pause else None
+        start = time.monotonic()
+        raw.send(pgwire.query("UPDATE cr_pipe SET v = %d WHERE id = 1" % i) +
+                 pgwire.query("SELECT v FROM cr_pipe WHERE id = 1") +
+                 pgwire.query("SELECT v + 1 FROM cr_pipe WHERE id = 1"))
+        first = raw.read_until_ready()
+        second = raw.read_until_ready()
+        third = raw.read_until_ready()
+        took = time.monotonic() - start
+        if t:
+            t.join()
+        assert [m[0] for m in first] == [b"C", b"Z"]
+        assert pgwire.data_rows(second) == [[str(i)]]
+        assert pgwire.data_rows(third) == [[str(i + 1)]]
+        assert took < 2.0, took
+        if pause:
+            # held for the timeout, not for the whole stop
+            assert took >= 0.15, took
+    raw.close()
+    wait_redis(a)
+    cb = b.connect()
+    assert one(cb, "SELECT v FROM cr_pipe WHERE id = 1") == [(3,)]
