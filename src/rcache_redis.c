@@ -765,6 +765,28 @@ static uint64_t get64(const uint8_t *p)
     return v;
 }
 
+size_t rredis_entry_size(size_t n, size_t material_len, size_t answer_len)
+{
+    return 24 + 8 * (2 * n + 1) + 8 + material_len + answer_len;
+}
+
+void rredis_entry_encode(uint8_t *p, uint64_t expires_ms, const uint8_t *material,
+                         size_t material_len, const uint64_t *ids, const uint64_t *vers, size_t n,
+                         const uint8_t *answer, size_t answer_len)
+{
+    put64(p, ENTRY_MAGIC);
+    put64(p + 8, n);
+    put64(p + 16, expires_ms);
+    p += 24;
+    for (size_t i = 0; i < n; i++, p += 8) put64(p, ids[i]);
+    for (size_t i = 0; i <= n; i++, p += 8) put64(p, vers[i]);
+    put64(p, material_len);
+    p += 8;
+    if (material_len) memcpy(p, material, material_len);
+    p += material_len;
+    if (answer_len) memcpy(p, answer, answer_len);
+}
+
 const uint8_t *rredis_entry_answer(const rredis_req *q, const uint8_t *material,
                                    size_t material_len, size_t *answer_len, uint64_t *ttl_ms)
 {
@@ -798,23 +820,13 @@ void rredis_store(rredis *r, uint64_t key_lo, uint64_t key_hi, const uint8_t *ma
                   const uint8_t *answer, size_t answer_len, uint64_t ttl_ms)
 {
     if (!rredis_up(r) || ttl_ms == 0) return;
-    size_t need = 24 + 8 * (2 * n + 1) + 8 + material_len + answer_len;
+    size_t need = rredis_entry_size(n, material_len, answer_len);
     if (need > r->scratch_cap) {
         r->scratch = pgs_xrealloc(r->scratch, need);
         r->scratch_cap = need;
     }
-    uint8_t *p = r->scratch;
-    put64(p, ENTRY_MAGIC);
-    put64(p + 8, n);
-    put64(p + 16, pgs_wall_us() / 1000u + ttl_ms);
-    p += 24;
-    for (size_t i = 0; i < n; i++, p += 8) put64(p, ids[i]);
-    for (size_t i = 0; i <= n; i++, p += 8) put64(p, vers[i]);
-    put64(p, material_len);
-    p += 8;
-    if (material_len) memcpy(p, material, material_len);
-    p += material_len;
-    if (answer_len) memcpy(p, answer, answer_len);
+    rredis_entry_encode(r->scratch, pgs_wall_us() / 1000u + ttl_ms, material, material_len, ids,
+                        vers, n, answer, answer_len);
     char ek[48], px[24];
     key_e(ek, sizeof(ek), key_lo, key_hi);
     snprintf(px, sizeof(px), "%llu", (unsigned long long)ttl_ms);

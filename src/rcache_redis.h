@@ -84,6 +84,14 @@ rredis_req *rredis_lookup(rredis *r, const pgs_cache_key *key, const uint64_t *i
 const uint8_t *rredis_entry_answer(const rredis_req *q, const uint8_t *material,
                                    size_t material_len, size_t *answer_len, uint64_t *ttl_ms);
 
+/* A shared entry's value as stored under pgscale:e:<hash> (what
+ * rredis_store sends and rredis_entry_answer reads): rredis_entry_size
+ * bytes at out; expires_ms is wall-clock milliseconds. */
+size_t rredis_entry_size(size_t n, size_t material_len, size_t answer_len);
+void rredis_entry_encode(uint8_t *out, uint64_t expires_ms, const uint8_t *material,
+                         size_t material_len, const uint64_t *ids, const uint64_t *vers, size_t n,
+                         const uint8_t *answer, size_t answer_len);
+
 /* Stores an entry filled here (fire-and-forget SET ... PX ttl_ms):
  * material, ids, the Redis versions snapshot vers[n + 1], the answer. */
 void rredis_store(rredis *r, uint64_t key_lo, uint64_t key_hi, const uint8_t *material,
