@@ -311,8 +311,8 @@ static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
     redisReply *rp = reply;
     if (rp->type == REDIS_REPLY_ERROR) {
         char why[200];
-        snprintf(why, sizeof(why), "AUTH or SELECT (the user, password or db of REDIS_URL) "
-                 "failed: %.120s", rp->str);
+        snprintf(why, sizeof(why), "AUTH or SELECT (the user, password or db of REDIS_URL), "
+                 "or a first command, failed: %.100s", rp->str);
         count(&l->r->errors);
         link_fail(l, why, RREDIS_DOWN);
     }
@@ -431,6 +431,15 @@ static void on_connect(const redisAsyncContext *cac, int status)
          * wrote meanwhile: Redis may have restarted from an older
          * snapshot (RDB/AOF), with versions gone back to values that
          * entries restored beside them were filled under. */
+        /* A missing epoch (a Redis emptied by a restart without
+         * persistence, FLUSHALL, eviction) starts at a random value, not
+         * at 0: entries kept from before carry an epoch it never comes
+         * back to, even as the table versions start again from 0. */
+        char seed[24];
+        snprintf(seed, sizeof(seed), "%llu",
+                 (unsigned long long)((my_instance() ^ (pgs_wall_us() << 16)) >> 4));
+        if (rc == REDIS_OK)
+            rc = redisAsyncCommand(ac, on_setup_reply, NULL, "SET pgscale:epoch %s NX", seed);
         if (rc == REDIS_OK && (r->dirty || r->was_up)) {
             rc = redisAsyncCommand(ac, on_setup_reply, NULL, "INCR pgscale:epoch");
             r->dirty = false;
