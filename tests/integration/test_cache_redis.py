@@ -237,6 +237,7 @@ def test_redis_killed_mid_run_no_errors_and_hits_resume(pgscale, primary, redis)
     wait_redis(a)
     wait_redis(b)
     work(1.0)
+    print("Redis killed: %d rounds, worst round %.1f ms" % (i, worst * 1e3))
     assert errors == []
     assert stale == 0
     assert worst < 2.0, "a round took %.3f s" % worst
@@ -280,6 +281,8 @@ def test_redis_stopped_each_request_waits_at_most_the_timeout(pgscale, primary, 
         assert counter(a, "redis_timeouts") + counter(b, "redis_timeouts") >= 1
     finally:
         redis.proc.send_signal(signal.SIGCONT)
+    print("requests while Redis was stopped: p50 %.1f ms, p99 %.1f ms, max %.1f ms"
+          % (pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3, max(lat) * 1e3))
     assert wrong == 0
     assert pct(lat, 0.99) < 1.0, "p99 %.3f s" % pct(lat, 0.99)
     assert max(lat) < 3.0, "max %.3f s" % max(lat)
