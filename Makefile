@@ -1,7 +1,8 @@
 # Thin wrapper over meson/ninja.  `make` builds build/pgscale; `make check`
 # runs every test; `make demo` and `make bench` run the demo and benchmarks;
 # `make bench-unix` compares server connections over TCP and a Unix socket;
-# `make bench-replicas` measures read scaling over streaming replicas.
+# `make bench-replicas` measures read scaling over streaming replicas;
+# `make bench-cache` measures the result cache on a dashboard workload.
 # check, demo and bench install their dependencies first (Debian 12, root).
 
 PYTHON     ?= /usr/bin/python3
@@ -9,7 +10,7 @@ FUZZ_SECS  ?= 20
 PYTEST_ARGS ?=
 
 .PHONY: all deps check unit asan tsan fuzz integration integration-asan integration-tsan demo bench \
-	bench-unix bench-replicas clean
+	bench-unix bench-replicas bench-cache clean
 
 all: build/build.ninja
 	ninja -C build
@@ -110,6 +111,12 @@ bench-unix: deps all
 BENCH_SECONDS ?= 10
 bench-replicas: deps all
 	BENCH_SECONDS=$(BENCH_SECONDS) bash bench/read_scaling.sh
+
+# The result cache on a dashboard workload (GROUP BY over 300,000 rows, 16
+# clients): direct, PgBouncer, pgscale without and with the cache, in-process
+# and with Redis; see the header of bench/cache_dashboard.sh.
+bench-cache: deps all
+	BENCH_SECONDS=$(BENCH_SECONDS) bash bench/cache_dashboard.sh
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz

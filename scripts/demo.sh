@@ -52,7 +52,7 @@ want_fds=$((DEMO_CLIENTS + 256))
 if [ "$hard" = unlimited ] || [ "$hard" -ge "$want_fds" ]; then ulimit -Sn "$want_fds" 2>/dev/null || true; fi
 
 # ------------------------------------------------------------ clean-up
-TMP='' SCALE_PID='' REDIS_PID='' MONITOR_PID='' CHILD='' CLEANED=0
+TMP='' SCALE_PID='' CACHE_PID='' REDIS_PID='' MONITOR_PID='' CHILD='' CLEANED=0
 stop_pid() {
     local pid=$1
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
@@ -74,6 +74,7 @@ cleanup() {
     stop_pid "$MONITOR_PID"
     stop_pid "$CHILD"
     stop_pid "$SCALE_PID"
+    stop_pid "$CACHE_PID"
     stop_pid "$REDIS_PID"
     if [ -n "$TMP" ] && [ -d "$TMP" ]; then
         "$PGCLUSTER" stop "$TMP/cluster" 2>&1 | indent || true
@@ -150,6 +151,7 @@ mkdir -p "$TMP/logs" "$TMP/redis"
 free_ports PG_PORT $((REPLICAS + 1))
 free_ports REDIS_PORT 1
 free_ports SCALE_PORT 1
+free_ports CACHE_PORT 1
 NODE_PORTS=()
 for ((i = 0; i <= REPLICAS; i++)); do NODE_PORTS+=($((PG_PORT + i))); done
 
@@ -161,7 +163,7 @@ step "1. PostgreSQL 15: a primary and $REPLICAS streaming replicas"
     || { cat "$TMP/logs/pgcluster.log" >&2; die "could not start PostgreSQL"; }
 "$PGCLUSTER" status "$TMP/cluster" | indent
 
-step "2. Redis, no persistence (REDIS_URL for the shared result cache; pgscale reads it, the cache itself is not built yet)"
+step "2. Redis, no persistence (REDIS_URL: the failover lock, and the shared tier of the result cache)"
 if [ "$HAVE_REDIS" = 1 ]; then
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
         --dir "$TMP/redis" --logfile "$TMP/logs/redis.log" --daemonize no >/dev/null 2>&1 &
@@ -264,7 +266,91 @@ declare -A TPS LAT TXN PEAK NODES
 run_workload read "5. Read-only: $DEMO_CLIENTS clients running SELECTs by primary key" -S
 run_workload mixed "6. Mixed: $DEMO_CLIENTS clients running BEGIN; UPDATE; SELECT; INSERT; END" -N
 
-step "7. What pgscale saw (admin console: PGPASSWORD=$APP_PASSWORD psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale)"
+# ------------------------------------------------------------ the result cache
+step "7. The result cache: the same dashboard query through pgscale without and with PGSCALE_CACHE=on"
+# the seed's "dashboard metrics": revenue per region over the orders of the
+# last days, a GROUP BY over $DASH_ROWS rows, loaded straight into the primary
+DASH_ROWS=300000
+su_psql "$PG_PORT" "
+    SET client_min_messages = warning;
+    DROP TABLE IF EXISTS orders;
+    CREATE TABLE orders (id int PRIMARY KEY, region int NOT NULL, day int NOT NULL,
+                         amount numeric(10,2) NOT NULL);
+    INSERT INTO orders SELECT g, 1 + g % 8, 1 + (g::bigint * 7919) % 30, ((g * 31) % 10000) / 100.0
+        FROM generate_series(1, $DASH_ROWS) g;
+    ALTER TABLE orders OWNER TO $APP_USER;" "$APP_DB" >/dev/null || die "could not load the orders table"
+su_psql "$PG_PORT" "VACUUM ANALYZE orders" "$APP_DB" >/dev/null
+for ((i = 1; i <= REPLICAS; i++)); do   # the replicas serve reads: wait until they have it
+    for _ in $(seq 300); do
+        [ "$(su_psql $((PG_PORT + i)) "SELECT count(*) FROM orders" "$APP_DB" 2>/dev/null)" = "$DASH_ROWS" ] && break
+        sleep 0.1
+    done
+done
+cat >"$TMP/dashboard.sql" <<'EOF'
+\set day random(1, 30)
+SELECT region, count(*) AS orders, sum(amount) AS revenue FROM orders WHERE day >= :day GROUP BY region ORDER BY region;
+EOF
+say "orders: $DASH_ROWS rows; the dashboard asks for revenue per region since one of 30 days"
+# a second pgscale with the cache on, beside the first (same nodes, same Redis)
+CACHE_VARS=("${ENV_VARS[@]/PGSCALE_LISTEN=*/PGSCALE_LISTEN=127.0.0.1:$CACHE_PORT}" PGSCALE_CACHE=on PGSCALE_CACHE_TTL=300s)
+env "${CACHE_VARS[@]}" "$PGSCALE_BIN" >"$TMP/logs/pgscale-cache.log" 2>&1 &
+CACHE_PID=$!
+wait_port "$CACHE_PORT" 15 "$CACHE_PID" || { tail -n 20 "$TMP/logs/pgscale-cache.log" >&2; die "the cached pgscale did not start"; }
+cache_admin() {  # cache_admin SQL — the cached pgscale's admin console, unaligned
+    PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -A -F '|' -h 127.0.0.1 -p "$CACHE_PORT" \
+        -U "$ADMIN_USER" -d pgscale -c "$1" </dev/null
+}
+cache_col() {  # cache_col COLUMN — SHOW CACHE's total row
+    cache_admin 'SHOW CACHE' 2>/dev/null | awk -F'|' -v w="$1" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next } NR == 2 { print $c[w] }'
+}
+for _ in $(seq 150); do [ "$(cache_col catalog_generation)" ] && [ "$(cache_col catalog_generation)" != 0 ] && break; sleep 0.1; done
+say "a second pgscale (pid $CACHE_PID) on 127.0.0.1:$CACHE_PORT with PGSCALE_CACHE=on PGSCALE_CACHE_TTL=300s"
+declare -A DASH_TPS DASH_P50
+dash_run() {  # dash_run NAME PORT — 16 clients, DEMO_SECONDS; sets DASH_TPS and DASH_P50 (ms)
+    local name=$1 port=$2 log=$TMP/logs/pgbench-dash-$1.log
+    rm -rf "$TMP/lat"; mkdir -p "$TMP/lat"
+    PGPASSWORD=$APP_PASSWORD run_child timeout $((DEMO_SECONDS + 60)) pgbench -n -c 16 -j 2 \
+        -T "$DEMO_SECONDS" -f "$TMP/dashboard.sql" -l --log-prefix="$TMP/lat/tx" \
+        -h 127.0.0.1 -p "$port" -U "$APP_USER" "$APP_DB" >"$log" 2>&1 \
+        || { grep -m3 -iE 'error|fatal|abort' "$log" | indent >&2; die "the dashboard run ($name) failed"; }
+    DASH_TPS[$name]=$(sed -n 's/^tps = \([0-9]*\).*without initial connection time.*/\1/p' "$log")
+    DASH_P50[$name]=$(cat "$TMP"/lat/tx* | awk '{ print $3 }' | sort -n |
+        awk '{ v[NR] = $1 } END { printf "%.3f", NR ? v[int((NR - 1) / 2) + 1] / 1000 : 0 }')
+}
+say "${D}pgbench -c 16 -j 2 -T $DEMO_SECONDS -f dashboard.sql, first through the pgscale without the cache${R}"
+dash_run nocache "$SCALE_PORT"
+say "${B}without the cache:${R} ${DASH_TPS[nocache]} dashboards/s, median latency ${DASH_P50[nocache]} ms"
+h0=$(cache_col hits); m0=$(cache_col misses)
+say "${D}the same through the pgscale with the cache${R}"
+dash_run cache "$CACHE_PORT"
+h1=$(cache_col hits); m1=$(cache_col misses)
+CACHE_RATIO=$(awk -v h=$((h1 - h0)) -v m=$((m1 - m0)) 'BEGIN { printf "%.1f%%", (h + m) ? h * 100 / (h + m) : 0 }')
+CACHE_X=$(awk -v a="${DASH_TPS[cache]}" -v b="${DASH_TPS[nocache]}" 'BEGIN { printf "%.0f", b ? a / b : 0 }')
+say "${B}with the cache:${R} ${DASH_TPS[cache]} dashboards/s (${CACHE_X}x), median latency ${DASH_P50[cache]} ms, hit ratio $CACHE_RATIO"
+# read-your-writes with the cache: each round writes an order through the
+# cached pgscale, then reads the region's revenue twice (the first read
+# fills the entry, the second is served from it): both must show the write
+READ_SQL="SELECT sum(amount) FROM orders WHERE region = 1"
+before=$(PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -At -h 127.0.0.1 -p "$CACHE_PORT" -U "$APP_USER" "$APP_DB" -c "$READ_SQL" </dev/null)
+for g in $(seq 200); do
+    printf '%s\n' "UPDATE orders SET amount = amount + 1 WHERE id = 8;" "$READ_SQL;" "$READ_SQL;"
+done >"$TMP/ryw.sql"
+h0=$(cache_col hits)
+PGPASSWORD=$APP_PASSWORD timeout 120 psql -X -w -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$CACHE_PORT" \
+    -U "$APP_USER" -f "$TMP/ryw.sql" "$APP_DB" </dev/null >"$TMP/logs/ryw.out" 2>&1 || true
+h1=$(cache_col hits)
+STALE=$(grep -v '^UPDATE' "$TMP/logs/ryw.out" | awk -v b="$before" '{ want = b + int((NR + 1) / 2) } $1 + 0 != want { bad++ } END { print NR == 400 ? bad + 0 : "incomplete (" NR " reads)" }')
+if [ "$STALE" = 0 ]; then
+    CACHE_RYW="200 rounds of write then read twice through the cached pgscale: 400 reads, 0 stale, $((h1 - h0)) served from the cache"
+else
+    CACHE_RYW="the write-then-read check found stale or missing reads: $STALE (see $TMP/logs/ryw.out)"
+fi
+say "$CACHE_RYW"
+say "${B}SHOW CACHE${R} (total): $(cache_admin 'SHOW CACHE' 2>/dev/null | awk -F'|' 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+    NR == 2 { printf "hits %s, misses %s, hit_ratio %s, entries %s (%s bytes), invalidations %s, writes that moved table versions %s", $c["hits"], $c["misses"], $c["hit_ratio"], $c["entries"], $c["bytes"], $c["invalidations"], $c["bumps"] }')"
+stop_pid "$CACHE_PID"; CACHE_PID=
+
+step "8. What pgscale saw (admin console: PGPASSWORD=$APP_PASSWORD psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale)"
 for cmd in 'SHOW NODES' 'SHOW POOLS' 'SHOW STATS' 'SHOW SERVERS'; do
     say "${B}$cmd${R}"
     admin "$cmd" 2>&1 | indent || true
@@ -275,7 +361,7 @@ NODE_SUMMARY=$(PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -At -F '|' -h 127.
     -p "$SCALE_PORT" -U "$ADMIN_USER" -d pgscale -c 'SHOW NODES' </dev/null 2>/dev/null |
     awk -F'|' 'NF >= 10 { printf "  %s: %s reads, %s writes\n", $1, $9, $10 }')
 
-step "8. A lagging replica: replica2 applies WAL 30 s late; pgscale stops reading from it"
+step "9. A lagging replica: replica2 applies WAL 30 s late; pgscale stops reading from it"
 su_psql "$((PG_PORT + 2))" "ALTER SYSTEM SET recovery_min_apply_delay = '30s'" >/dev/null &&
     su_psql "$((PG_PORT + 2))" "SELECT pg_reload_conf()" >/dev/null
 # a few writes it cannot apply, then reads while it is behind
@@ -295,7 +381,7 @@ say "$LAG_LINE (PGSCALE_MAX_REPLICA_LAG=2s: a replica further behind gets no rea
 su_psql "$((PG_PORT + 2))" "ALTER SYSTEM RESET recovery_min_apply_delay" >/dev/null &&
     su_psql "$((PG_PORT + 2))" "SELECT pg_reload_conf()" >/dev/null
 
-step "9. Failover: the primary is killed (pg_ctl stop -m immediate); pgscale promotes the most advanced replica"
+step "10. Failover: the primary is killed (pg_ctl stop -m immediate); pgscale promotes the most advanced replica"
 # what promoting and repointing need when pgscale's user is not a superuser
 su_psql "$PG_PORT" "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO $APP_USER;
     GRANT EXECUTE ON FUNCTION pg_reload_conf() TO $APP_USER; GRANT pg_read_all_settings TO $APP_USER;
@@ -346,5 +432,7 @@ say "  to the replicas, the mixed run's transactions (BEGIN ... END may write) t
 printf '%s\n' "$NODE_SUMMARY" | indent
 say "$LAG_LINE."
 say "Failover: $FAILOVER_MSG."
+say "Result cache (the dashboard, 16 clients): ${DASH_TPS[nocache]} dashboards/s and ${DASH_P50[nocache]} ms median without it,"
+say "  ${DASH_TPS[cache]} dashboards/s and ${DASH_P50[cache]} ms with it (hit ratio $CACHE_RATIO); $CACHE_RYW."
 say "PostgreSQL connections per node at the busiest moment (primary, then replicas):"
 say "  read-only run: ${NODES[read]// /, }; mixed run: ${NODES[mixed]// /, }."

@@ -331,58 +331,135 @@ static void show_nodes(reply *r)
     complete(r, "SHOW");
 }
 
+/* What a cache rule matches, for SHOW CACHE's rows per rule. */
+static void rule_match(const pgs_cache_rule *r, char *buf, size_t len)
+{
+    size_t at = 0;
+#define PUT(...) at += (size_t)snprintf(buf + PGS_MIN(at, len - 1), len - PGS_MIN(at, len - 1), __VA_ARGS__)
+    if (r->kind == PGS_CACHE_RULE_TABLES) {
+        PUT("tables:");
+        for (int t = 0; t < r->n_tables; t++) PUT("%s%s", t ? ", " : " ", r->tables[t]);
+    } else if (r->query) {
+        PUT("query: %s", r->query);
+    } else {
+        PUT("fingerprint: %016llx", (unsigned long long)r->fingerprint);
+    }
+    if (r->database) PUT("; database: %s", r->database);
+    if (r->user) PUT("; user: %s", r->user);
+#undef PUT
+    if (at >= len && len > 4) memcpy(buf + len - 4, "...", 4);
+}
+
 /* The result cache, every worker's store summed (rcache.h): a client's
  * lookup is a hit or a miss (one that found another client's fill pending
- * counts as a miss and as a wait); refused_* are fills not stored. */
+ * counts as a miss and as a wait); refused_* are fills not stored.  The
+ * first row is the total; then one row per class of statements: those a
+ * pgscale:cache hint admitted, then each rule's (or, without rules, the
+ * default's).  Columns that only mean something in total are NULL there. */
 static void show_cache(reply *r)
 {
     static const char *const cols[] = {
-        "enabled",         "hits",           "misses",          "hit_ratio",
-        "entries",         "bytes",          "max_bytes",       "evictions",
-        "invalidations",   "expired",        "fills",           "stored",
-        "refused_too_big", "refused_lag",    "refused_no_room", "waits",
-        "wait_timeouts",   "bumps",          "bumps_all",       "catalog_generation",
-        "redis",           "redis_errors",   "redis_timeouts",  "redis_checks",
-        "redis_hits"};
-    enum { N = 25 };
+        "rule",            "enabled",        "hits",            "misses",
+        "hit_ratio",       "entries",        "bytes",           "max_bytes",
+        "evictions",       "invalidations",  "expired",         "fills",
+        "stored",          "refused_too_big", "refused_lag",    "refused_no_room",
+        "waits",           "wait_timeouts",  "bumps",           "bumps_all",
+        "catalog_generation", "ttl_ms",      "matches",         "redis",
+        "redis_errors",    "redis_timeouts", "redis_checks",    "redis_hits"};
+    enum { N = 28 };
     header(r, N, cols);
     rcache_totals t;
     rcache_totals_get(&t);
     char b[N][32];
     uint64_t looked = t.hits + t.misses;
-    snprintf(b[3], sizeof(b[3]), "%.4f", looked ? (double)t.hits / (double)looked : 0.0);
+    snprintf(b[4], sizeof(b[4]), "%.4f", looked ? (double)t.hits / (double)looked : 0.0);
     const pgs_config *k = atomic_load(&g_pgs.cfg);
-    const char *v[N] = {k->cache.enabled ? "on" : "off",
-                        U64(b[1], t.hits),
-                        U64(b[2], t.misses),
-                        b[3],
-                        U64(b[4], t.entries),
-                        U64(b[5], t.bytes),
-                        U64(b[6], t.max_bytes),
-                        U64(b[7], t.evictions),
-                        U64(b[8], t.invalidations),
-                        U64(b[9], t.expired),
-                        U64(b[10], t.fills),
-                        U64(b[11], t.stored),
-                        U64(b[12], t.refused_too_big),
-                        U64(b[13], t.refused_lag),
-                        U64(b[14], t.refused_no_room),
-                        U64(b[15], t.waits),
-                        U64(b[16], t.wait_timeouts),
-                        U64(b[17], t.bumps),
-                        U64(b[18], t.bumps_all),
-                        U64(b[19], relcat_generation()),
+    const char *v[N] = {"total",
+                        k->cache.enabled ? "on" : "off",
+                        U64(b[2], t.hits),
+                        U64(b[3], t.misses),
+                        b[4],
+                        U64(b[5], t.entries),
+                        U64(b[6], t.bytes),
+                        U64(b[7], t.max_bytes),
+                        U64(b[8], t.evictions),
+                        U64(b[9], t.invalidations),
+                        U64(b[10], t.expired),
+                        U64(b[11], t.fills),
+                        U64(b[12], t.stored),
+                        U64(b[13], t.refused_too_big),
+                        U64(b[14], t.refused_lag),
+                        U64(b[15], t.refused_no_room),
+                        U64(b[16], t.waits),
+                        U64(b[17], t.wait_timeouts),
+                        U64(b[18], t.bumps),
+                        U64(b[19], t.bumps_all),
+                        U64(b[20], relcat_generation()),
+                        U64(b[21], k->cache.ttl_ms),
+                        NULL,
                         /* per worker: "up" only when every worker's
                          * connection is */
                         !t.redis_workers                 ? "off"
                         : t.redis_up == t.redis_workers ? "up"
                         : t.redis_up == 0                ? "down"
                                                          : "partial",
-                        U64(b[21], t.redis_errors),
-                        U64(b[22], t.redis_timeouts),
-                        U64(b[23], t.redis_checks),
-                        U64(b[24], t.redis_hits)};
+                        U64(b[24], t.redis_errors),
+                        U64(b[25], t.redis_timeouts),
+                        U64(b[26], t.redis_checks),
+                        U64(b[27], t.redis_hits)};
     row(r, N, v);
+    /* the hint's row, then the rules' (or the default's) */
+    int n_rules = k->cache.n_rules;
+    int last = n_rules ? RCACHE_CLASS_RULE0 + PGS_MIN(n_rules, RCACHE_CLASSES - RCACHE_CLASS_RULE0) - 1
+                       : RCACHE_CLASS_HINT;
+    for (int cls = RCACHE_CLASS_DEFAULT; cls <= last; cls++) {
+        if (cls == RCACHE_CLASS_DEFAULT && n_rules) continue;
+        rcache_class_totals ct;
+        rcache_class_totals_get((unsigned)cls, &ct);
+        char name[32], match[256];
+        const char *ttl = NULL, *m = NULL;
+        if (cls == RCACHE_CLASS_DEFAULT) {
+            snprintf(name, sizeof(name), "default");
+            ttl = U64(b[21], k->cache.ttl_ms);
+            m = "every cacheable statement";
+        } else if (cls == RCACHE_CLASS_HINT) {
+            snprintf(name, sizeof(name), "hint");
+            m = "pgscale:cache hints";
+        } else {
+            int i = cls - RCACHE_CLASS_RULE0;
+            const pgs_cache_rule *cr = &k->cache.rules[i];
+            if (cls == RCACHE_CLASSES - 1 && n_rules > i + 1) {
+                /* the rules past the classes kept apart share the last */
+                snprintf(name, sizeof(name), "%d-%d", i + 1, n_rules);
+                snprintf(match, sizeof(match), "rules %d to %d", i + 1, n_rules);
+            } else {
+                snprintf(name, sizeof(name), "%d", i + 1);
+                rule_match(cr, match, sizeof(match));
+                ttl = U64(b[21], cr->ttl_ms ? cr->ttl_ms : k->cache.ttl_ms);
+            }
+            m = match;
+        }
+        uint64_t cl = ct.hits + ct.misses;
+        snprintf(b[4], sizeof(b[4]), "%.4f", cl ? (double)ct.hits / (double)cl : 0.0);
+        const char *cv[N] = {name, NULL,
+                             U64(b[2], ct.hits),
+                             U64(b[3], ct.misses),
+                             b[4],
+                             U64(b[5], ct.entries),
+                             U64(b[6], ct.bytes),
+                             NULL,
+                             U64(b[8], ct.evictions),
+                             U64(b[9], ct.invalidations),
+                             U64(b[10], ct.expired),
+                             NULL,
+                             U64(b[12], ct.stored),
+                             U64(b[13], ct.refused_too_big),
+                             U64(b[14], ct.refused_lag),
+                             U64(b[15], ct.refused_no_room),
+                             NULL, NULL, NULL, NULL, NULL,
+                             ttl, m};
+        row(r, N, cv);
+    }
     complete(r, "SHOW");
 }
 

@@ -69,6 +69,7 @@ struct pgs_cache_entry {
     size_t key_len, answer_len, cost;
     uint32_t n_deps, n_aux, refs;
     uint8_t seg;
+    uint8_t cls;  /* the key's class: counted under it */
     bool linked; /* in the table and a segment; else waiting for its last release */
     /* ids[n_deps], versions[n_deps], aux[n_aux], key material, answer */
     uint64_t deps[];
@@ -93,7 +94,18 @@ struct pgs_cache {
     uint64_t entries;
     uint64_t hits, misses, pending, evictions, invalidations, expired, fills, stored, refused,
         no_room, fills_pending;
+    pgs_cache_stats cls[PGS_CACHE_CLASSES];
+    uint64_t cls_dirty; /* bit k: class k's counters moved since cache_class_dirty */
 };
+
+/* The class counters of class k (clamped: a caller's bug must not write
+ * past the array). */
+static inline pgs_cache_stats *cls_of(pgs_cache *c, unsigned k)
+{
+    if (k >= PGS_CACHE_CLASSES) k = PGS_CACHE_CLASSES - 1;
+    c->cls_dirty |= 1ull << k;
+    return &c->cls[k];
+}
 
 /* ---- Key ---------------------------------------------------------------- */
 
@@ -158,6 +170,7 @@ void cache_key_of_material(const uint8_t *material, size_t len, pgs_cache_key *o
     out->hi = h.high64;
     out->material = material;
     out->len = len;
+    out->cls = 0;
 }
 
 int cache_key_finish(pgs_cache_key_builder *kb, pgs_cache_key *out)
@@ -168,6 +181,7 @@ int cache_key_finish(pgs_cache_key_builder *kb, pgs_cache_key *out)
     out->hi = h.high64;
     out->material = kb->buf;
     out->len = kb->len;
+    out->cls = 0;
     return 0;
 }
 
@@ -230,6 +244,7 @@ void cache_entry_drop(pgs_cache *c, pgs_cache_entry *e)
     if (!e->linked) return;
     drop(c, e);
     c->invalidations++;
+    cls_of(c, e->cls)->invalidations++;
 }
 
 static inline pgs_cache_entry *lru_entry(list *l)
@@ -245,9 +260,11 @@ static void drop(pgs_cache *c, pgs_cache_entry *e)
     list_del(&e->lru);
     c->seg_bytes[e->seg] -= e->cost;
     c->entries--;
+    cls_of(c, e->cls)->entries--;
     e->linked = false;
     if (e->refs == 0) {
         c->bytes -= e->cost;
+        cls_of(c, e->cls)->bytes -= e->cost;
         free(e);
     }
 }
@@ -256,6 +273,7 @@ void cache_entry_release(pgs_cache *c, pgs_cache_entry *e)
 {
     if (--e->refs == 0 && !e->linked) {
         c->bytes -= e->cost;
+        cls_of(c, e->cls)->bytes -= e->cost;
         free(e);
     }
 }
@@ -284,7 +302,9 @@ static bool make_room(pgs_cache *c, size_t need)
                            : !list_empty(&c->seg[SEG_PROTECTED]) ? &c->seg[SEG_PROTECTED]
                                                                   : NULL;
         if (!victim_seg) return false;
-        drop(c, lru_entry(victim_seg->prev));
+        pgs_cache_entry *e = lru_entry(victim_seg->prev);
+        cls_of(c, e->cls)->evictions++;
+        drop(c, e);
         c->evictions++;
     }
     return true;
@@ -357,13 +377,16 @@ enum pgs_cache_result cache_lookup(pgs_cache *c, const pgs_cache_key *key, uint6
 {
     out->entry = NULL;
     out->fill = NULL;
+    pgs_cache_stats *ks = cls_of(c, key->cls);
     cnode *n = find(c, key);
     if (!n) {
         c->misses++;
+        ks->misses++;
         return PGS_CACHE_MISS;
     }
     if (n->kind == NODE_FILL) {
         c->pending++;
+        ks->misses++;
         out->fill = (pgs_cache_fill *)n;
         return PGS_CACHE_PENDING;
     }
@@ -372,12 +395,16 @@ enum pgs_cache_result cache_lookup(pgs_cache *c, const pgs_cache_key *key, uint6
         drop(c, e);
         c->expired++;
         c->misses++;
+        ks->expired++;
+        ks->misses++;
         return PGS_CACHE_MISS;
     }
     if (!tablever_valid(entry_ids(e), entry_versions(e), e->n_deps, e->epoch)) {
         drop(c, e);
         c->invalidations++;
         c->misses++;
+        ks->invalidations++;
+        ks->misses++;
         return PGS_CACHE_MISS;
     }
     list_del(&e->lru);
@@ -392,6 +419,7 @@ enum pgs_cache_result cache_lookup(pgs_cache *c, const pgs_cache_key *key, uint6
     }
     e->refs++;
     c->hits++;
+    ks->hits++;
     out->entry = e;
     return PGS_CACHE_HIT;
 }
@@ -442,6 +470,7 @@ int cache_fill_begin_aux(pgs_cache *c, const pgs_cache_key *key, const pgs_table
     if (n_deps > UINT32_MAX || n_aux > UINT32_MAX || hdr + ALLOC_OVERHEAD > c->max_entry ||
         hdr + ALLOC_OVERHEAD > c->max_bytes) {
         c->refused++;
+        cls_of(c, key->cls)->refused++;
         return PGS_CACHE_E_TOO_BIG;
     }
     cnode *old = find(c, key);
@@ -456,6 +485,7 @@ int cache_fill_begin_aux(pgs_cache *c, const pgs_cache_key *key, const pgs_table
     e->n_deps = (uint32_t)n_deps;
     e->n_aux = (uint32_t)n_aux;
     e->key_len = key->len;
+    e->cls = key->cls < PGS_CACHE_CLASSES ? key->cls : PGS_CACHE_CLASSES - 1;
     e->epoch = epoch;
     /* The TTL runs from before the query: the answer is at least that old. */
     e->expires_us = now_us + ttl_us < now_us ? UINT64_MAX : now_us + ttl_us;
@@ -483,6 +513,7 @@ static void refuse(pgs_cache_fill *f)
 {
     pgs_cache *c = f->c;
     unlink_fill(f);
+    cls_of(c, f->buf->cls)->refused++;
     free(f->buf);
     f->buf = NULL;
     c->refused++;
@@ -532,14 +563,17 @@ int cache_fill_commit(pgs_cache_fill *f, uint64_t now_us)
     if (cost > c->max_entry || cost > c->max_bytes) {
         /* The limits were lowered (RELOAD) while the answer was copied. */
         c->refused++;
+        cls_of(c, e->cls)->refused++;
         rc = PGS_CACHE_E_TOO_BIG;
     } else if (!tablever_valid(entry_ids(e), entry_versions(e), e->n_deps, e->epoch)) {
         /* A write committed during the fill.  The answer may or may not
          * include it, and a waiter may have seen it acknowledged. */
         c->invalidations++;
+        cls_of(c, e->cls)->invalidations++;
         rc = PGS_CACHE_E_STALE;
     } else if (!make_room(c, cost)) {
         c->no_room++;
+        cls_of(c, e->cls)->no_room++;
         rc = PGS_CACHE_E_NO_ROOM;
     }
     if (rc) {
@@ -571,6 +605,10 @@ int cache_fill_commit(pgs_cache_fill *f, uint64_t now_us)
     c->bytes += e->cost;
     c->entries++;
     c->stored++;
+    pgs_cache_stats *ks = cls_of(c, e->cls);
+    ks->bytes += e->cost;
+    ks->entries++;
+    ks->stored++;
     wake_waiters(c, f, e);
     fill_end(f);
     return 0;
@@ -668,4 +706,34 @@ void cache_stats(const pgs_cache *c, pgs_cache_stats *out)
     out->refused = c->refused;
     out->no_room = c->no_room;
     out->fills_pending = c->fills_pending;
+}
+
+void cache_class_stats(const pgs_cache *c, unsigned cls, pgs_cache_stats *out)
+{
+    *out = c->cls[cls < PGS_CACHE_CLASSES ? cls : PGS_CACHE_CLASSES - 1];
+}
+
+void cache_class_note(pgs_cache *c, unsigned cls)
+{
+    (void)cls_of(c, cls);
+}
+
+uint64_t cache_class_dirty(pgs_cache *c)
+{
+    uint64_t m = c->cls_dirty;
+    c->cls_dirty = 0;
+    return m;
+}
+
+void cache_class_reset(pgs_cache *c)
+{
+    c->cls_dirty = ~0ull;
+    /* entries and bytes describe what is stored: they stay with it */
+    for (unsigned k = 0; k < PGS_CACHE_CLASSES; k++) {
+        pgs_cache_stats *s = &c->cls[k];
+        uint64_t entries = s->entries, bytes = s->bytes;
+        memset(s, 0, sizeof(*s));
+        s->entries = entries;
+        s->bytes = bytes;
+    }
 }

@@ -56,7 +56,15 @@ typedef struct pgs_cache_key {
     uint64_t lo, hi;         /* XXH3-128 of the material */
     const uint8_t *material; /* owned by the builder that finished it */
     size_t len;
+    /* The class the caller counts this key's lookups and entry under
+     * (SHOW CACHE's rows per rule): < PGS_CACHE_CLASSES, 0 after
+     * cache_key_finish; not part of the key. */
+    uint8_t cls;
 } pgs_cache_key;
+
+/* Classes counted apart (cache_class_stats); the caller decides what they
+ * mean (the result cache: the default, hints, each rule). */
+#define PGS_CACHE_CLASSES 64
 
 /* Reused from one statement to the next: its buffer grows geometrically up
  * to max_len and then stays, so building a key allocates nothing in the
@@ -209,5 +217,18 @@ typedef struct pgs_cache_stats {
 } pgs_cache_stats;
 
 void cache_stats(const pgs_cache *c, pgs_cache_stats *out);
+
+/* The same counters for the lookups and entries of one class (key.cls):
+ * hits, misses, entries, bytes, evictions, invalidations, expired, stored
+ * and refused (too big, no room) are kept per class; pending, fills,
+ * max_bytes and fills_pending are 0 here. */
+void cache_class_stats(const pgs_cache *c, unsigned cls, pgs_cache_stats *out);
+/* Marks class cls as moved (its caller counts something of its own
+ * under it). */
+void cache_class_note(pgs_cache *c, unsigned cls);
+/* The classes whose counters moved since the last call (bit k: class k). */
+uint64_t cache_class_dirty(pgs_cache *c);
+/* Zeroes the per-class counters (their meaning changed: rules reloaded). */
+void cache_class_reset(pgs_cache *c);
 
 #endif

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include <pg_query.h>
+#include <xxhash.h>
 
 int cacherule_fingerprint(const char *sql, uint64_t *out, char *why, size_t whylen)
 {
@@ -82,4 +83,29 @@ uint32_t cache_decide(const pgs_cache_config *cc, const char *db, const char *us
         return r->ttl_ms ? r->ttl_ms : cc->ttl_ms;
     }
     return 0;
+}
+
+static uint64_t sig_bytes(uint64_t h, const void *p, size_t n)
+{
+    return XXH3_64bits_withSeed(p, n, h);
+}
+
+static uint64_t sig_str(uint64_t h, const char *s)
+{
+    /* NULL and "" differ: a rule for any database is not one for "" */
+    return s ? sig_bytes(h ^ 1, s, strlen(s) + 1) : sig_bytes(h, "", 0);
+}
+
+uint64_t cacherule_signature(const pgs_cache_config *cc)
+{
+    uint64_t h = sig_bytes(0, &cc->n_rules, sizeof(cc->n_rules));
+    for (int i = 0; i < cc->n_rules; i++) {
+        const pgs_cache_rule *r = &cc->rules[i];
+        uint64_t fixed[3] = {(uint64_t)r->kind, r->fingerprint, r->ttl_ms};
+        h = sig_bytes(h, fixed, sizeof(fixed));
+        for (int t = 0; t < r->n_tables; t++) h = sig_str(h, r->tables[t]);
+        h = sig_str(h, r->database);
+        h = sig_str(h, r->user);
+    }
+    return h;
 }

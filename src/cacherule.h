@@ -30,6 +30,10 @@ uint32_t cache_decide(const pgs_cache_config *cc, const char *db, const char *us
 bool cacherule_matches(const pgs_cache_rule *r, const char *db, const char *user,
                        const pgs_stmt_facts *f);
 
+/* A hash of cache.rules (what each matches and its TTL): two configurations
+ * with the same rules have the same signature. */
+uint64_t cacherule_signature(const pgs_cache_config *cc);
+
 /* The pg_query_fingerprint of sql (a query: rule).  0, or -EINVAL with the
  * parser's message in why when sql does not parse. */
 PGS_MUSTCHECK int cacherule_fingerprint(const char *sql, uint64_t *out, char *why,

@@ -368,6 +368,12 @@ typedef struct builder {
     uint64_t fingerprint;
     name_list reads, writes, funcs;
     stmt_state st;
+    /* The CTE names in scope where the walk is (a FROM item of one of
+     * these names, without a schema, is the CTE, not a table); past the
+     * bound, further names are not pushed and read as tables (unknown to
+     * the relation catalog: not cached; never a read missed). */
+    const char *ctes[32];
+    unsigned n_ctes;
 } builder;
 
 static bool str_set(const char *s)
@@ -398,9 +404,18 @@ static const char *string_node(const PgQuery__Node *n)
     return n->string->sval;
 }
 
+static bool is_cte(const builder *b, const PgQuery__RangeVar *rv)
+{
+    if (str_set(rv->schemaname) || !rv->relname) return false;
+    for (unsigned i = b->n_ctes; i-- > 0;)
+        if (strcmp(b->ctes[i], rv->relname) == 0) return true;
+    return false;
+}
+
 static void add_relation(builder *b, name_list *l, const PgQuery__RangeVar *rv)
 {
     if (!rv) return;
+    if (l == &b->reads && is_cte(b, rv)) return; /* WITH x AS (...) ... FROM x */
     add_name(l, rv->schemaname, rv->relname);
     /* System catalogs and views (pg_stat_activity, pg_locks...) change
      * without any write pgscale sees, and differ between nodes. */
@@ -441,9 +456,11 @@ static void visit_funccall(builder *b, const PgQuery__FuncCall *fc)
 
 static void walk(builder *b, const ProtobufCMessage *m, unsigned depth);
 
-/* Every message-typed field of m, except the one at skip (a relation the
- * caller already recorded as written). */
-static void walk_fields(builder *b, const ProtobufCMessage *m, const void *skip, unsigned depth)
+/* Every message-typed field of m, except the ones at skip and skip2 (a
+ * relation the caller already recorded as written, a WITH clause it
+ * walked). */
+static void walk_fields2(builder *b, const ProtobufCMessage *m, const void *skip,
+                         const void *skip2, unsigned depth)
 {
     const ProtobufCMessageDescriptor *d = m->descriptor;
     const char *base = (const char *)m;
@@ -460,8 +477,36 @@ static void walk_fields(builder *b, const ProtobufCMessage *m, const void *skip,
             for (size_t k = 0; k < count; k++) walk(b, arr[k], depth + 1);
         } else {
             const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)(base + f->offset);
-            if (sub && sub != skip) walk(b, sub, depth + 1);
+            if (sub && sub != skip && sub != skip2) walk(b, sub, depth + 1);
         }
+    }
+}
+
+static void walk_fields(builder *b, const ProtobufCMessage *m, const void *skip, unsigned depth)
+{
+    walk_fields2(b, m, skip, NULL, depth);
+}
+
+static void push_cte(builder *b, const PgQuery__Node *n)
+{
+    const PgQuery__CommonTableExpr *cte =
+        n && n->node_case == PG_QUERY__NODE__NODE_COMMON_TABLE_EXPR ? n->common_table_expr : NULL;
+    if (cte && str_set(cte->ctename) && b->n_ctes < PGS_ARRAY_LEN(b->ctes))
+        b->ctes[b->n_ctes++] = cte->ctename;
+}
+
+/* A WITH clause: its queries walked with the names each may see (a
+ * RECURSIVE clause's every name; else the names before it), and those
+ * names left in scope for the rest of the statement (the caller pops
+ * them: b->n_ctes back to what it was). */
+static void walk_with(builder *b, const PgQuery__WithClause *w, unsigned depth)
+{
+    if (!w) return;
+    if (w->recursive)
+        for (size_t i = 0; i < w->n_ctes; i++) push_cte(b, w->ctes[i]);
+    for (size_t i = 0; i < w->n_ctes; i++) {
+        walk(b, (const ProtobufCMessage *)w->ctes[i], depth + 1);
+        if (!w->recursive) push_cte(b, w->ctes[i]);
     }
 }
 
@@ -485,6 +530,21 @@ static void walk(builder *b, const ProtobufCMessage *m, unsigned depth)
         return;
     }
     const void *skip = NULL;
+    /* A statement with a WITH clause: its names are in scope for the
+     * statement and what it nests, no further. */
+    const PgQuery__WithClause *with = NULL;
+    if (d == &pg_query__select_stmt__descriptor)
+        with = ((const PgQuery__SelectStmt *)m)->with_clause;
+    else if (d == &pg_query__insert_stmt__descriptor)
+        with = ((const PgQuery__InsertStmt *)m)->with_clause;
+    else if (d == &pg_query__update_stmt__descriptor)
+        with = ((const PgQuery__UpdateStmt *)m)->with_clause;
+    else if (d == &pg_query__delete_stmt__descriptor)
+        with = ((const PgQuery__DeleteStmt *)m)->with_clause;
+    else if (d == &pg_query__merge_stmt__descriptor)
+        with = ((const PgQuery__MergeStmt *)m)->with_clause;
+    unsigned scope = b->n_ctes;
+    walk_with(b, with, depth);
     if (d == &pg_query__func_call__descriptor) {
         visit_funccall(b, (const PgQuery__FuncCall *)m);
     } else if (d == &pg_query__range_var__descriptor) {
@@ -522,7 +582,8 @@ static void walk(builder *b, const ProtobufCMessage *m, unsigned depth)
     } else if (d == &pg_query__range_table_sample__descriptor) {
         b->st.not_cacheable = true; /* a random sample */
     }
-    walk_fields(b, m, skip, depth);
+    walk_fields2(b, m, skip, with, depth);
+    b->n_ctes = scope;
 }
 
 /* ---------------------------------------------------------------------------
@@ -655,7 +716,12 @@ static uint32_t classify_stmt(builder *b, const PgQuery__Node *node, bool top)
         case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_PREPARE:
             fl |= PGS_FACT_TXN_END; /* the transaction leaves the session */
             break;
-        default: /* COMMIT/ROLLBACK PREPARED: writes, outside any transaction */
+        default:
+            /* COMMIT/ROLLBACK PREPARED: writes, outside any transaction.
+             * What the prepared transaction wrote becomes visible now,
+             * and pgscale may not have seen it (another session prepared
+             * it): everything may change. */
+            b->writes.overflow = true;
             break;
         }
         break;
@@ -707,6 +773,17 @@ static uint32_t classify_stmt(builder *b, const PgQuery__Node *node, bool top)
          * transaction on its server. */
         walk(b, m, 0);
         if (node->declare_cursor_stmt->options & CURSOR_OPT_HOLD) b->st.session_state = true;
+        break;
+    case PG_QUERY__NODE__NODE_REFRESH_MAT_VIEW_STMT:
+        /* REFRESH MATERIALIZED VIEW m: writes m (the walk would count
+         * it as read); its query is the view's, already in the catalog. */
+        add_relation(b, &b->writes, node->refresh_mat_view_stmt->relation);
+        break;
+    case PG_QUERY__NODE__NODE_EXECUTE_STMT:
+        /* EXECUTE of an SQL PREPAREd statement: its text is on the
+         * server, not here, and may write anything. */
+        walk(b, m, 0);
+        b->writes.overflow = true;
         break;
     case PG_QUERY__NODE__NODE_LISTEN_STMT:
     case PG_QUERY__NODE__NODE_PREPARE_STMT:

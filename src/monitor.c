@@ -878,6 +878,8 @@ static void *node_main(void *arg)
     return NULL;
 }
 
+static int start_threads(char *err, size_t errlen);
+
 int monitor_start(const pgs_config *cfg, char *err, size_t errlen)
 {
     start_cfg = cfg;
@@ -893,6 +895,24 @@ int monitor_start(const pgs_config *cfg, char *err, size_t errlen)
      * to: no thread, no extra connection on the primary, unless a feature
      * needs the primary hook. */
     if (topology_count() < 2 && !want_primary_thread) return 0;
+    return start_threads(err, errlen);
+}
+
+int monitor_want_primary_thread_now(char *err, size_t errlen)
+{
+    int rc = 0;
+    pthread_mutex_lock(&lock);
+    want_primary_thread = true;
+    /* threads running (replicas, or started before), or shutting down */
+    if (n_mnodes == 0 && !stopping && start_cfg) rc = start_threads(err, errlen);
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+/* One thread per resolved node.  Called once, at start or from
+ * monitor_want_primary_thread_now (under lock: monitor_stop waits for it). */
+static int start_threads(char *err, size_t errlen)
+{
     for (int i = 0; i < topology_count(); i++) {
         pgs_node *n = topology_node(i);
         if (!n->resolved) continue; /* kept down with its resolution error */
@@ -904,8 +924,9 @@ int monitor_start(const pgs_config *cfg, char *err, size_t errlen)
     }
     for (int i = 0; i < n_mnodes; i++) {
         if (pthread_create(&mnodes[i].thread, NULL, node_main, &mnodes[i]) != 0) {
+            /* the threads started so far stop at the next monitor_stop
+             * (at start: main exits at once) */
             snprintf(err, errlen, "could not start the monitor thread of %s", mnodes[i].n->name);
-            monitor_stop();
             return -1;
         }
         mnodes[i].started = true;

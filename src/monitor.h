@@ -20,6 +20,10 @@ PGS_MUSTCHECK int monitor_start(const pgs_config *cfg, char *err, size_t errlen)
  * for the primary hook (it then also checks the primary: SHOW NODES shows
  * it checked, and a failed check marks it down). */
 void monitor_want_primary_thread(void);
+/* After monitor_start (RELOAD switched the result cache on): the primary's
+ * thread is started now if no monitor thread runs.  -1 with err when a
+ * thread cannot be started. */
+PGS_MUSTCHECK int monitor_want_primary_thread_now(char *err, size_t errlen);
 /* Stops and joins the threads, closes their connections. */
 void monitor_stop(void);
 /* Takes the reloadable settings (interval, timeouts, failover mode) from a

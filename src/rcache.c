@@ -37,6 +37,7 @@
 #include "relcat.h"
 #include "route.h"
 #include "sqlscan.h"
+#include "topology.h"
 #include "worker.h"
 
 /* Longest key material (the statement text is most of it); a longer
@@ -51,6 +52,14 @@ typedef struct rc_pub {
     _Atomic uint64_t waits, wait_timeouts, bumps, bumps_all;
 } rc_pub;
 
+/* One class's counters (SHOW CACHE's rows per rule), published likewise. */
+typedef struct rc_cls_pub {
+    _Atomic uint64_t hits, misses, entries, bytes, evictions, invalidations, expired;
+    _Atomic uint64_t stored, refused_too_big, refused_no_room, refused_lag;
+} rc_cls_pub;
+
+_Static_assert(RCACHE_CLASSES == PGS_CACHE_CLASSES, "one class per store class");
+
 typedef struct rcache_worker {
     pgs_cache *store;
     pgs_cache_key_builder kb;
@@ -58,9 +67,12 @@ typedef struct rcache_worker {
     relcat_ids reads;    /* scratch: the read set of the statement being looked up */
     rredis *redis;       /* the Redis tier, NULL when off */
     bool was_enabled;    /* the cache was on at the last configuration seen */
+    uint64_t rules_sig;  /* cache.rules at the last configuration seen */
     uint64_t refused_lag, waits, wait_timeouts, bumps, bumps_all;
     uint64_t unserved;   /* local hits Redis did not vouch for: misses after all */
+    uint64_t cls_refused_lag[PGS_CACHE_CLASSES];
     rc_pub pub;
+    rc_cls_pub cls_pub[PGS_CACHE_CLASSES];
 } rcache_worker;
 
 struct pgs_client_cache {
@@ -69,6 +81,8 @@ struct pgs_client_cache {
      * owed (live), and its answer holds something not to replay (bad) */
     bool fill_live, fill_bad;
     bool untracked;      /* settings pgscale does not follow: never cached */
+    int8_t catalog_db;   /* c's database is the relation catalog's: 1, 0, -1 not known yet */
+    uint8_t fill_cls;    /* the class of the fill in c->cfill */
     bool bypass;         /* the Query at the head goes to the database as it is */
     bool parked, woken;  /* waiting on another client's fill; its end came */
     bool timer_init;
@@ -117,7 +131,8 @@ static void publish(rcache_worker *rw)
     rc_pub *p = &rw->pub;
 #define PUB(f, v) atomic_store_explicit(&p->f, (v), memory_order_relaxed)
     PUB(hits, st.hits - rw->unserved);
-    PUB(misses, st.misses + rw->unserved);
+    /* a wait is a miss too, and so is a hit Redis did not vouch for */
+    PUB(misses, st.misses + st.pending + rw->unserved);
     PUB(entries, st.entries);
     PUB(bytes, st.bytes);
     PUB(max_bytes, st.max_bytes);
@@ -133,6 +148,25 @@ static void publish(rcache_worker *rw)
     PUB(wait_timeouts, rw->wait_timeouts);
     PUB(bumps, rw->bumps);
     PUB(bumps_all, rw->bumps_all);
+    /* only the classes whose counters moved: one or two per request */
+    for (uint64_t m = cache_class_dirty(rw->store); m; m &= m - 1) {
+        unsigned k = (unsigned)__builtin_ctzll(m);
+        cache_class_stats(rw->store, k, &st);
+        rc_cls_pub *q = &rw->cls_pub[k];
+#define CPUB(f, v) atomic_store_explicit(&q->f, (v), memory_order_relaxed)
+        CPUB(hits, st.hits);
+        CPUB(misses, st.misses);
+        CPUB(entries, st.entries);
+        CPUB(bytes, st.bytes);
+        CPUB(evictions, st.evictions);
+        CPUB(invalidations, st.invalidations);
+        CPUB(expired, st.expired);
+        CPUB(stored, st.stored);
+        CPUB(refused_too_big, st.refused);
+        CPUB(refused_no_room, st.no_room);
+        CPUB(refused_lag, rw->cls_refused_lag[k]);
+#undef CPUB
+    }
 #undef PUB
 }
 
@@ -145,6 +179,7 @@ static rcache_worker *worker_rc(pgs_worker *w)
     rw->store = cache_new(per_worker_bytes(k), k->cache.max_entry_size);
     cache_key_init(&rw->kb, KEY_MAX);
     rw->was_enabled = k->cache.enabled;
+    rw->rules_sig = cacherule_signature(&k->cache);
     rw->redis = rredis_start(w, k);
     publish(rw);
     __atomic_store_n(&w->rcache, rw, __ATOMIC_RELEASE);
@@ -166,6 +201,7 @@ static struct pgs_client_cache *state(pgs_client *c, bool in_flight)
     if (PGS_LIKELY(cc != NULL)) return cc;
     cc = pgs_xcalloc(1, sizeof(*cc));
     cc->c = c;
+    cc->catalog_db = -1;
     if (c->tx_status != 'I' || in_flight) cc->dirty = cc->write_all = true;
     c->ccache = cc;
     return cc;
@@ -194,17 +230,42 @@ static int build_key(rcache_worker *rw, const pgs_client *c, const uint8_t *text
     return cache_key_finish(kb, key);
 }
 
-/* The TTL in ms to cache c's Query text with (0: not cached); its read set
- * in rw->reads. */
-static uint32_t decide(rcache_worker *rw, pgs_client *c, const uint8_t *text, uint32_t tlen)
+static uint8_t class_of(const pgs_stmt_facts *f, int rule)
+{
+    if (rule >= 0) return (uint8_t)PGS_MIN(RCACHE_CLASS_RULE0 + rule, RCACHE_CLASSES - 1);
+    return (f->flags & PGS_FACT_HINT_CACHE) ? RCACHE_CLASS_HINT : RCACHE_CLASS_DEFAULT;
+}
+
+/* Whether c's server database is the one the relation catalog describes
+ * (the primary's, DATABASE_URL's): another database's tables, views and
+ * partitions are not in it, so its reads are not cached (its writes still
+ * bump by name, which can only end more entries than needed). */
+static bool catalog_database(pgs_client *c, struct pgs_client_cache *cc)
+{
+    if (PGS_LIKELY(cc->catalog_db >= 0)) return cc->catalog_db;
+    const char *db = c->pool->sh->database;
+    const pgs_db_config *dbc = config_find_database(cfg(), db);
+    if (dbc && dbc->dbname) db = dbc->dbname;
+    const pgs_node *p = topology_primary();
+    const char *cat = p && p->url ? p->url->dbname : NULL;
+    cc->catalog_db = cat && strcmp(cat, db) == 0;
+    return cc->catalog_db;
+}
+
+/* The TTL in ms to cache c's Query text with (0: not cached) and the class
+ * it is counted under (*cls); its read set in rw->reads. */
+static uint32_t decide(rcache_worker *rw, pgs_client *c, const uint8_t *text, uint32_t tlen,
+                       uint8_t *cls)
 {
     const pgs_config *k = cfg();
     const pgs_pool_shared *sh = c->pool->sh;
     bool here = atomic_load_explicit(&sh->cache, memory_order_relaxed) != 0;
-    if (!here) return 0;
+    if (!here || !catalog_database(c, c->ccache)) return 0;
     const pgs_stmt_facts *f = route_classify(c->w, (const char *)text, tlen);
-    uint32_t ttl = cache_decide(&k->cache, sh->database, sh->user, here, f, NULL);
+    int rule;
+    uint32_t ttl = cache_decide(&k->cache, sh->database, sh->user, here, f, &rule);
     if (!ttl || (f->flags & (PGS_FACT_READS_OVERFLOW | PGS_FACT_USES_STABLE))) return 0;
+    *cls = class_of(f, rule);
     relcat_ids *ids = &rw->reads;
     ids->n = 0;
     ids->flags = 0;
@@ -350,8 +411,10 @@ static void begin_fill(rcache_worker *rw, pgs_client *c, const pgs_cache_key *ke
     /* with the Redis tier, the Redis versions (ids', then the epoch) too */
     size_t n_aux = rw->redis ? ids->n + 1 : 0;
     if (cache_fill_begin_aux(rw->store, key, ids->ids, vers, ids->n, epoch, n_aux,
-                             (uint64_t)ttl_ms * 1000u, now, &f) == 0)
+                             (uint64_t)ttl_ms * 1000u, now, &f) == 0) {
         c->cfill = f;
+        state(c, false)->fill_cls = key->cls;
+    }
 }
 
 /* ---------- the Redis tier ----------
@@ -499,10 +562,12 @@ int rcache_serve(pgs_client *c)
         }
         const uint8_t *text = c->s.rbuf.data + c->s.rbuf.pos + 5;
         uint32_t tlen = total - 6;
-        uint32_t ttl = decide(rw, c, text, tlen);
+        uint8_t cls;
+        uint32_t ttl = decide(rw, c, text, tlen, &cls);
         if (!ttl) break;
         pgs_cache_key key;
         if (build_key(rw, c, text, tlen, &key) < 0) break;
+        key.cls = cls;
         uint64_t now = pgs_now_us();
         pgs_cache_lookup_result res;
         switch (cache_lookup(rw->store, &key, now, &res)) {
@@ -736,7 +801,11 @@ void rcache_forward(pgs_client *c, pgs_server *sv, uint8_t type, const uint8_t *
             bool ok = forwarded && alone && whole && c->tx_status == 'I';
             if (ok && !route_cache_fill_ok(sv)) {
                 ok = false;
-                worker_rc(c->w)->refused_lag++;
+                rcache_worker *rw = worker_rc(c->w);
+                rw->refused_lag++;
+                rw->cls_refused_lag[cc->fill_cls]++;
+                /* counted under the class: publish reports it */
+                cache_class_note(rw->store, cc->fill_cls);
             }
             if (ok)
                 cc->fill_live = true;
@@ -888,6 +957,15 @@ void rcache_worker_config(pgs_worker *w)
         /* made while the cache was off: the tier starts with the cache,
          * or this worker would serve what other instances' writes ended */
         if (on && !rw->redis) __atomic_store_n(&rw->redis, rredis_start(w, k), __ATOMIC_RELEASE);
+        uint64_t sig = cacherule_signature(&k->cache);
+        if (sig != rw->rules_sig) {
+            /* New rules: entries stored under the old ones could outlive
+             * the new TTLs, and the rows per rule change meaning. */
+            cache_clear(rw->store);
+            cache_class_reset(rw->store);
+            memset(rw->cls_refused_lag, 0, sizeof(rw->cls_refused_lag));
+            rw->rules_sig = sig;
+        }
     }
     bool was = rw ? rw->was_enabled : false;
     if (on && !was) {
@@ -972,5 +1050,29 @@ void rcache_totals_get(rcache_totals *out)
             out->redis_checks += rs.checks;
             out->redis_hits += rs.hits;
         }
+    }
+}
+
+void rcache_class_totals_get(unsigned cls, rcache_class_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (cls >= PGS_CACHE_CLASSES) return;
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        rcache_worker *rw = __atomic_load_n(&g_pgs.workers[i].rcache, __ATOMIC_ACQUIRE);
+        if (!rw) continue;
+        rc_cls_pub *p = &rw->cls_pub[cls];
+#define ADD(f) out->f += atomic_load_explicit(&p->f, memory_order_relaxed)
+        ADD(hits);
+        ADD(misses);
+        ADD(entries);
+        ADD(bytes);
+        ADD(evictions);
+        ADD(invalidations);
+        ADD(expired);
+        ADD(stored);
+        ADD(refused_too_big);
+        ADD(refused_no_room);
+        ADD(refused_lag);
+#undef ADD
     }
 }

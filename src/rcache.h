@@ -84,4 +84,18 @@ typedef struct rcache_totals {
 } rcache_totals;
 void rcache_totals_get(rcache_totals *out);
 
+/* SHOW CACHE's rows per rule: the counters of the statements one class
+ * admitted, every worker summed.  Class RCACHE_CLASS_DEFAULT: cached for
+ * cache.ttl with no rules; RCACHE_CLASS_HINT: by a pgscale:cache hint;
+ * RCACHE_CLASS_RULE0 + i: by cache.rules[i] (the rules from index
+ * RCACHE_CLASSES - 1 - RCACHE_CLASS_RULE0 on share the last class).  A
+ * RELOAD that changes the rules empties the cache and restarts these. */
+enum { RCACHE_CLASS_DEFAULT = 0, RCACHE_CLASS_HINT = 1, RCACHE_CLASS_RULE0 = 2,
+       RCACHE_CLASSES = 64 };
+typedef struct rcache_class_totals {
+    uint64_t hits, misses, entries, bytes, evictions, invalidations, expired;
+    uint64_t stored, refused_too_big, refused_no_room, refused_lag;
+} rcache_class_totals;
+void rcache_class_totals_get(unsigned cls, rcache_class_totals *out);
+
 #endif

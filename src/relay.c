@@ -2353,7 +2353,12 @@ void relay_client_data(pgs_client *c)
         return;
     }
     pgs_server *sv = c->server;
-    if (sv->s.wb.pending || sv->restoring) {
+    /* With the result cache on, a request sent while the server reads
+     * the WAL position after this client's write waits for it to end:
+     * the server is released then and the request is looked up in the
+     * cache and routed with that position known, instead of following
+     * the write onto the primary uncached. */
+    if (sv->s.wb.pending || sv->restoring || (sv->lsn_pending && cfg()->cache.enabled)) {
         io_read_stop(&c->s);
         return;
     }

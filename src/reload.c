@@ -265,6 +265,13 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
     __atomic_store_n(&pgs_log_level, pub->log_level, __ATOMIC_RELAXED);
     pool_reconfigure_all(pub);
     monitor_configure(pub);
+    if (pub->cache.enabled) {
+        /* the relation catalog is read on the primary's monitor thread,
+         * which a pgscale without replicas starts only for the cache */
+        char merr[160];
+        if (monitor_want_primary_thread_now(merr, sizeof(merr)) < 0)
+            log_warn("%s: %s: nothing is cached until the relation catalog can be read", who, merr);
+    }
     /* a user created since a lookup said "no such user" can log in now */
     authquery_forget();
     uint64_t gen = worker_broadcast_ctl(WM_CONFIG, NULL);

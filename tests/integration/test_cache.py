@@ -20,7 +20,7 @@ import pytest
 
 import pgwire
 
-from helpers import APP_PASSWORD, LOCALHOST, arun, aconnect, is_sanitized, wait_for
+from helpers import APP_PASSWORD, APP_USER, LOCALHOST, arun, aconnect, is_sanitized, wait_for
 
 
 def rounds(pg, n):
@@ -163,6 +163,33 @@ def test_view_and_partitions_are_invalidated_through_the_catalog(pgscale, primar
         assert one(other, "SELECT count(*) FROM c_part") == [(n,)]
         assert one(other, "SELECT count(*) FROM c_part_v") == [(n,)]
     wait_cached(pg, other, "SELECT count(*) FROM c_part_v")
+
+
+def test_materialized_view_refresh_and_cte_queries(pgscale, primary):
+    fresh_table(primary, "c_mvsrc")
+    primary.app_execute("DROP MATERIALIZED VIEW IF EXISTS c_mv")
+    primary.app_execute("CREATE MATERIALIZED VIEW c_mv AS SELECT count(*) AS n FROM c_mvsrc")
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+    conn = pg.connect()
+    # A query with a CTE is cached on the tables its CTE reads
+    cte = "WITH s AS (SELECT v FROM c_mvsrc) SELECT count(*), coalesce(sum(v), 0) FROM s"
+    wait_cached(pg, conn, cte)
+    wait_cached(pg, conn, "SELECT n FROM c_mv")
+    for i in range(1, 21):
+        one(conn, "INSERT INTO c_mvsrc VALUES (%s, %s)", (i, i))
+        assert one(conn, cte) == [(i, i * (i + 1) // 2)]
+        # the view is stale in PostgreSQL itself until it is refreshed...
+        assert one(conn, "SELECT n FROM c_mv") == [(i - 1,)]
+        # ...and REFRESH through pgscale ends its entries
+        one(conn, "REFRESH MATERIALIZED VIEW c_mv")
+        assert one(conn, "SELECT n FROM c_mv") == [(i,)]
+    # a SQL-prepared statement's EXECUTE may write anything (its client is
+    # pinned to its server by the PREPARE: another client reads)
+    writer = pg.connect()
+    one(writer, "PREPARE c_ins AS INSERT INTO c_mvsrc VALUES (100, 100)")
+    wait_cached(pg, conn, cte)
+    one(writer, "EXECUTE c_ins")
+    assert one(conn, cte) == [(21, 310)]
 
 
 def test_users_and_settings_get_their_own_entries(pgscale, primary):
@@ -357,6 +384,32 @@ def test_reads_own_writes_with_lagging_replicas_and_the_cache(pgscale, primary, 
     wait_for(hit_now, 10, interval=0.2, what="a cache hit once the replicas caught up")
 
 
+def test_read_right_after_a_write_is_looked_up_with_replicas(pgscale, primary, replicas):
+    """With replicas, pgscale reads the primary's WAL position after each
+    write on the writer's server; a read the client sends meanwhile waits
+    for that instead of following the write onto the primary uncached:
+    after every write, the first read fills the entry, the second hits."""
+    fresh_table(primary, "c_after")
+    primary.app_execute("INSERT INTO c_after SELECT g, g FROM generate_series(1, 100) g")
+    replicas.wait_replayed()
+    pg = start_cached(pgscale, READ_REPLICA_URLS=",".join(replicas.urls()))
+    wait_for(lambda: all(r["state"] == "up" and r["lsn"] for r in pg.admin("SHOW NODES")), 15,
+             what="every node checked")
+    conn = pg.connect()
+    read = "SELECT sum(v) FROM c_after"
+    want = one(conn, read)[0][0]
+    n = 30
+    before = show_cache(pg)
+    for i in range(n):
+        one(conn, "UPDATE c_after SET v = v + 1 WHERE id = 1")
+        want += 1
+        assert one(conn, read) == [(want,)]
+        assert one(conn, read) == [(want,)]
+    after = show_cache(pg)
+    assert int(after["misses"]) - int(before["misses"]) == n, (before, after)
+    assert int(after["hits"]) - int(before["hits"]) == n, (before, after)
+
+
 def test_role_and_row_level_security_get_their_own_entries(pgscale, primary):
     fresh_table(primary, "c_rls", "(owner name, v int)")
     primary.execute("DO $$BEGIN CREATE ROLE c_reader; EXCEPTION WHEN duplicate_object THEN "
@@ -421,3 +474,29 @@ def test_session_mode_extended_protocol_runs_as_without_the_cache(pgscale, prima
     assert one(conn, "SELECT count(*) FROM c_sess") == [(100,)]
     assert one(conn, "SELECT count(*) FROM c_sess") == [(100,)]
     assert int(show_cache(pg)["hits"]) == 0
+
+
+def test_other_databases_are_not_cached_on_the_primary_databases_catalog(pgscale, primary):
+    """The relation catalog describes DATABASE_URL's database. In another
+    database the same names may be other things: here `cx_1` is a plain
+    table in app but a partition of `cx` in cache_other, so expanding a
+    write to cache_other's cx_1 through app's catalog would miss cx. Reads
+    in another database are not cached; they stay right."""
+    primary.execute("DROP DATABASE IF EXISTS cache_other")
+    primary.execute("CREATE DATABASE cache_other OWNER %s" % APP_USER)
+    for t in ("cx", "cx_1"):
+        primary.app_execute("DROP TABLE IF EXISTS %s CASCADE" % t)
+        primary.app_execute("CREATE TABLE %s (k int)" % t)
+    primary.app_execute("CREATE TABLE cx (k int) PARTITION BY RANGE (k)", db="cache_other")
+    primary.app_execute("CREATE TABLE cx_1 PARTITION OF cx FOR VALUES FROM (0) TO (1000)",
+                        db="cache_other")
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+    conn = pg.connect(db="cache_other")
+    read = "SELECT count(*) FROM cx"
+    for i in range(1, 51):
+        one(conn, "INSERT INTO cx_1 VALUES (%s)", (i,))
+        assert one(conn, read) == [(i,)]
+        assert one(conn, read) == [(i,)]
+    # app's own reads are cached as before
+    app = pg.connect()
+    wait_cached(pg, app, "SELECT count(*) FROM cx")

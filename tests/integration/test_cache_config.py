@@ -10,6 +10,7 @@ import psycopg2
 import pytest
 
 from conftest import PGSCALE_BIN
+from helpers import wait_for
 
 
 def write_config(path, text):
@@ -112,3 +113,123 @@ def test_bad_cache_setting_stops_the_start(tmp_path):
                        capture_output=True, text=True, timeout=10)
     assert r.returncode != 0
     assert "pgscale.yaml:3: cache.rules[0].tables: is empty" in r.stderr, r.stderr
+
+
+def test_show_cache_has_a_row_per_rule(pgscale, primary, tmp_path):
+    for t in ("rr_products", "rr_orders", "rr_other"):
+        primary.app_execute("DROP TABLE IF EXISTS %s" % t)
+        primary.app_execute("CREATE TABLE %s (id int PRIMARY KEY, v int)" % t)
+        primary.app_execute("INSERT INTO %s SELECT g, g FROM generate_series(1, 5) g" % t)
+    path = write_config(tmp_path / "pgscale.yaml", """\
+        cache:
+          enabled: on
+          ttl: 2min
+          rules:
+            - tables: [rr_products]
+              ttl: 10min
+            - query: SELECT v FROM rr_orders WHERE id = 1
+              ttl: 10s
+        workers: 2
+        """)
+    pg = pgscale(args=["--config", path])
+
+    def rows():
+        return {r["rule"]: r for r in pg.admin("SHOW CACHE")}
+
+    wait_for(lambda: int(rows()["total"]["catalog_generation"]) > 0, 15,
+             what="the relation catalog loaded")
+    r = rows()
+    assert list(r) == ["total", "hint", "1", "2"], list(r)
+    assert r["1"]["matches"] == "tables: rr_products" and r["1"]["ttl_ms"] == "600000"
+    assert r["2"]["matches"] == "query: SELECT v FROM rr_orders WHERE id = 1"
+    assert r["2"]["ttl_ms"] == "10000"
+    assert r["total"]["rule"] == "total" and r["total"]["matches"] is None
+
+    conn = pg.connect()
+    cur = conn.cursor()
+    # rule 1 three times, rule 2 twice with other constants (same
+    # fingerprint, two entries), a hint once, a statement no rule admits
+    for _ in range(3):
+        cur.execute("SELECT sum(v) FROM rr_products")
+    cur.execute("SELECT v FROM rr_orders WHERE id = 2")
+    cur.execute("SELECT v FROM rr_orders WHERE id = 3")
+    cur.execute("/* pgscale:cache */ SELECT sum(v) FROM rr_other")
+    cur.execute("SELECT sum(v) FROM rr_other")
+
+    # an unknown table right after the catalog loaded is not cached: retry
+    # the first round until the store has counted it
+    wait_for(lambda: (cur.execute("SELECT sum(v) FROM rr_products") or True) and
+             int(rows()["1"]["entries"]) >= 1, 10, what="rule 1's entry stored")
+    r = rows()
+    h1, m1 = int(r["1"]["hits"]), int(r["1"]["misses"])
+    for _ in range(4):
+        cur.execute("SELECT sum(v) FROM rr_products")
+    r = rows()
+    assert int(r["1"]["hits"]) - h1 == 4 and int(r["1"]["misses"]) == m1, r["1"]
+    assert int(r["1"]["entries"]) == 1 and int(r["1"]["bytes"]) > 0
+    assert int(r["2"]["misses"]) == 2 and int(r["2"]["stored"]) == 2, r["2"]
+    assert int(r["2"]["entries"]) == 2
+    assert int(r["hint"]["stored"]) == 1 and int(r["hint"]["entries"]) == 1
+    # the rows add up to the total (nothing else was cached)
+    for col in ("hits", "misses", "entries", "bytes", "stored"):
+        assert sum(int(r[k][col]) for k in ("hint", "1", "2")) == int(r["total"][col]), col
+    # a write to rr_products: rule 1's entry is found stale at the next read
+    cur.execute("UPDATE rr_products SET v = v WHERE id = 1")
+    cur.execute("SELECT sum(v) FROM rr_products")
+    assert int(rows()["1"]["invalidations"]) >= 1
+
+    # RELOAD with other rules: the store is emptied, the rows restart
+    write_config(path, """\
+        cache:
+          enabled: on
+          rules:
+            - tables: [rr_other]
+        workers: 2
+        """)
+    pg.admin("RELOAD")
+    r = rows()
+    assert list(r) == ["total", "hint", "1"], list(r)
+    assert r["1"]["matches"] == "tables: rr_other" and r["1"]["ttl_ms"] == "300000"
+    assert int(r["total"]["entries"]) == 0 and int(r["1"]["hits"]) == 0
+    assert int(r["hint"]["entries"]) == 0 and int(r["hint"]["stored"]) == 0
+
+
+def test_show_cache_without_rules_has_a_default_row(pgscale):
+    pg = pgscale(PGSCALE_CACHE="on", PGSCALE_CACHE_TTL="45s")
+    r = {x["rule"]: x for x in pg.admin("SHOW CACHE")}
+    assert list(r) == ["total", "default", "hint"], list(r)
+    assert r["default"]["ttl_ms"] == "45000"
+    assert r["default"]["matches"] == "every cacheable statement"
+
+
+def test_cache_switched_on_by_reload_without_replicas(pgscale, primary, tmp_path):
+    """Without replicas no monitor thread runs while the cache is off; a
+    RELOAD that switches it on starts the primary's, which loads the
+    relation catalog, and reads are cached from then on."""
+    primary.app_execute("DROP TABLE IF EXISTS rl_on")
+    primary.app_execute("CREATE TABLE rl_on (id int PRIMARY KEY, v int)")
+    primary.app_execute("INSERT INTO rl_on VALUES (1, 10)")
+    path = write_config(tmp_path / "pgscale.yaml", "cache:\n  enabled: off\n")
+    pg = pgscale(args=["--config", path])
+
+    def total():
+        return pg.admin("SHOW CACHE")[0]
+
+    assert total()["enabled"] == "off" and total()["catalog_generation"] == "0"
+    write_config(path, "cache:\n  enabled: on\n")
+    pg.admin("RELOAD")
+    wait_for(lambda: int(total()["catalog_generation"]) > 0, 15,
+             what="the relation catalog loaded after RELOAD")
+    conn = pg.connect()
+    cur = conn.cursor()
+
+    def hit():
+        before = int(total()["hits"])
+        cur.execute("SELECT v FROM rl_on WHERE id = 1")
+        assert cur.fetchall() == [(10,)]
+        return int(total()["hits"]) > before
+
+    wait_for(hit, 10, what="a cache hit after RELOAD switched the cache on")
+    cur.execute("UPDATE rl_on SET v = 11 WHERE id = 1")
+    cur.execute("SELECT v FROM rl_on WHERE id = 1")
+    assert cur.fetchall() == [(11,)]

@@ -710,6 +710,86 @@ static void test_key_of_material_matches_the_builder(void **state)
     assert_true(again.lo == k.lo && again.hi == k.hi && again.len == k.len);
 }
 
+
+/* Counters per class (SHOW CACHE's rows per rule): each class counts its
+ * own lookups and entries, evictions are charged to the evicted entry's
+ * class, the classes add up to the totals, and a pinned entry's bytes
+ * stay with its class until its release, even across a reset. */
+static void test_counters_are_kept_per_class(void **state)
+{
+    (void)state;
+    size_t cost = one_cost();
+    pgs_cache *c = cache_new(3 * cost, 1 << 16);
+    (void)cache_class_dirty(c);
+    char text[16];
+    for (int i = 0; i < 3; i++) {
+        snprintf(text, sizeof(text), "q%d", i);
+        pgs_cache_key k = key_of(text);
+        k.cls = (uint8_t)(i == 0 ? 5 : 9); /* q0 in class 5, q1 and q2 in 9 */
+        assert_int_equal(put(c, &k, "0123456789", NULL, 0, T0), 0);
+    }
+    assert_int_equal(cache_class_dirty(c), (1ull << 5) | (1ull << 9));
+    assert_int_equal(cache_class_dirty(c), 0);
+    pgs_cache_key k0 = key_of("q0");
+    k0.cls = 5;
+    assert_int_equal(get(c, &k0, T0, NULL), PGS_CACHE_HIT);
+    pgs_cache_key k1 = key_of("q1");
+    k1.cls = 9;
+    pgs_cache_lookup_result r;
+    assert_int_equal(cache_lookup(c, &k1, T0, &r), PGS_CACHE_HIT); /* pinned */
+    pgs_cache_key k7 = key_of("q7");
+    k7.cls = 9;
+    assert_int_equal(get(c, &k7, T0, NULL), PGS_CACHE_MISS);
+    pgs_cache_stats s5, s9, all;
+    cache_class_stats(c, 5, &s5);
+    cache_class_stats(c, 9, &s9);
+    assert_int_equal(s5.hits, 1);
+    assert_int_equal(s5.misses, 0);
+    assert_int_equal(s5.entries, 1);
+    assert_int_equal(s5.bytes, cost);
+    assert_int_equal(s9.hits, 1);
+    assert_int_equal(s9.misses, 1);
+    assert_int_equal(s9.entries, 2);
+    assert_int_equal(s9.stored, 2);
+    /* a class-3 entry evicts the least recent one, q2 (class 9) */
+    pgs_cache_key k3 = key_of("q3");
+    k3.cls = 3;
+    assert_int_equal(put(c, &k3, "0123456789", NULL, 0, T0), 0);
+    cache_class_stats(c, 9, &s9);
+    assert_int_equal(s9.evictions, 1);
+    assert_int_equal(s9.entries, 1);
+    cache_stats(c, &all);
+    uint64_t entries = 0, bytes = 0, hits = 0;
+    for (unsigned k = 0; k < PGS_CACHE_CLASSES; k++) {
+        pgs_cache_stats s;
+        cache_class_stats(c, k, &s);
+        entries += s.entries;
+        bytes += s.bytes;
+        hits += s.hits;
+    }
+    assert_int_equal(entries, all.entries);
+    assert_int_equal(bytes, all.bytes);
+    assert_int_equal(hits, all.hits);
+    /* cleared while q1 is pinned: its bytes stay with class 9 until released */
+    cache_clear(c);
+    cache_class_reset(c);
+    cache_class_stats(c, 9, &s9);
+    assert_int_equal(s9.entries, 0);
+    assert_int_equal(s9.hits, 0);
+    assert_int_equal(s9.bytes, cost);
+    cache_entry_release(c, r.entry);
+    cache_class_stats(c, 9, &s9);
+    assert_int_equal(s9.bytes, 0);
+    /* an out-of-range class is counted in the last one, never past it */
+    pgs_cache_key kx = key_of("qx");
+    kx.cls = 200;
+    assert_int_equal(get(c, &kx, T0, NULL), PGS_CACHE_MISS);
+    pgs_cache_stats last;
+    cache_class_stats(c, PGS_CACHE_CLASSES - 1, &last);
+    assert_int_equal(last.misses, 1);
+    cache_free(c);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -733,6 +813,7 @@ int main(void)
         T(test_waiters_are_released_on_abort),
         T(test_waiter_callback_may_clear_the_store),
         T(test_pinned_entry_outlives_eviction_and_keeps_its_bytes),
+        T(test_counters_are_kept_per_class),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -728,6 +728,59 @@ static void test_table_names(void **state)
 
     f = cls("SELECT * INTO newt FROM t");
     assert_true(has_name(f->writes, f->n_writes, NULL, "newt"));
+
+    /* REFRESH MATERIALIZED VIEW writes the view (the result cache keys
+     * reads of it on its name); EXECUTE and COMMIT PREPARED run writes
+     * pgscale does not see: anything. */
+    f = cls("REFRESH MATERIALIZED VIEW CONCURRENTLY s.mv");
+    assert_int_equal(f->n_writes, 1);
+    assert_true(has_name(f->writes, f->n_writes, "s", "mv"));
+    assert_int_equal(f->n_reads, 0);
+    assert_false(f->flags & PGS_FACT_WRITES_OVERFLOW);
+    f = cls("EXECUTE ins(1)");
+    assert_true(f->flags & PGS_FACT_WRITES_OVERFLOW);
+    f = cls("COMMIT PREPARED 'tx1'");
+    assert_true(f->flags & PGS_FACT_WRITES_OVERFLOW);
+    /* CTE names are not tables read, where they are in scope only */
+    f = cls("WITH x AS (SELECT * FROM t) SELECT * FROM x JOIN u ON true");
+    assert_int_equal(f->n_reads, 2);
+    assert_true(has_name(f->reads, f->n_reads, NULL, "t"));
+    assert_true(has_name(f->reads, f->n_reads, NULL, "u"));
+    assert_true(f->flags & PGS_FACT_CACHEABLE);
+    f = cls("WITH x AS (SELECT 1) SELECT * FROM s.x"); /* a schema: a table */
+    assert_true(has_name(f->reads, f->n_reads, "s", "x"));
+    /* not recursive: inside its own definition, t is the table t */
+    f = cls("WITH t AS (SELECT * FROM t WHERE a > 0) SELECT * FROM t");
+    assert_int_equal(f->n_reads, 1);
+    assert_true(has_name(f->reads, f->n_reads, NULL, "t"));
+    /* later CTEs see earlier ones; earlier ones do not see later ones */
+    f = cls("WITH a AS (SELECT * FROM b), b AS (SELECT * FROM a) SELECT * FROM b");
+    assert_int_equal(f->n_reads, 1);
+    assert_true(has_name(f->reads, f->n_reads, NULL, "b")); /* the table b, in a */
+    /* recursive: its own name inside is the CTE */
+    f = cls("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) "
+            "SELECT * FROM r");
+    assert_int_equal(f->n_reads, 0);
+    /* a CTE in a subquery is not in scope outside it */
+    f = cls("SELECT * FROM (WITH t AS (SELECT 1 AS a) SELECT * FROM t) q, t");
+    assert_int_equal(f->n_reads, 1);
+    assert_true(has_name(f->reads, f->n_reads, NULL, "t"));
+    f = cls("SELECT (WITH c AS (SELECT 2) SELECT * FROM c), * FROM c");
+    assert_int_equal(f->n_reads, 1);
+    assert_true(has_name(f->reads, f->n_reads, NULL, "c"));
+    /* in a write: the CTE is read-scope only; the target is the table */
+    f = cls("WITH src AS (SELECT * FROM u) INSERT INTO src SELECT * FROM src");
+    assert_int_equal(f->n_reads, 1);
+    assert_true(has_name(f->reads, f->n_reads, NULL, "u"));
+    assert_true(has_name(f->writes, f->n_writes, NULL, "src"));
+    /* quoted and unquoted names are told apart as PostgreSQL does */
+    f = cls("WITH \"X\" AS (SELECT 1) SELECT * FROM x");
+    assert_true(has_name(f->reads, f->n_reads, NULL, "x"));
+    f = cls("WITH X AS (SELECT 1) SELECT * FROM x");
+    assert_int_equal(f->n_reads, 0);
+    f = cls("VACUUM ANALYZE t");
+    assert_false(f->flags & PGS_FACT_WRITES_OVERFLOW);
+    assert_int_equal(f->n_writes, 0);
     assert_true(has_name(f->reads, f->n_reads, NULL, "t"));
 
     f = cls("COPY app.t FROM STDIN");
