@@ -31,7 +31,8 @@
  * request's bound. */
 #define CONNECT_MS 1000
 #define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 2000
+#define BACKOFF_MAX_MS 5000
+#define STABLE_MS 10000
 /* An idle connection is PINGed this often, so that a Redis that stopped
  * answering is noticed by every worker, not only by one with traffic. */
 #define KEEPALIVE_MS 1000
@@ -47,6 +48,7 @@ typedef struct rlink {
     enum link_state st;
     uv_timer_t timer;         /* backoff, connect deadline, oldest request */
     uint32_t backoff_ms;
+    uint64_t up_since_us;     /* L_UP since then */
     uint64_t connect_deadline_us;
     int fail_status;          /* what requests failed by a drop are told */
     rredis_req *head, *tail;  /* requests waited for, in the order sent */
@@ -229,7 +231,16 @@ static void link_down(rlink *l, const char *why)
     if (!l->sub) set_up(r, false, why);
     else if (!r->stopping)
         log_debug("W-%d: cache Redis subscriber lost: %s", r->w->id, why);
-    l->backoff_ms = l->backoff_ms ? PGS_MIN(l->backoff_ms * 2, BACKOFF_MAX_MS) : BACKOFF_MIN_MS;
+    /* A connection that stayed up a while starts the backoff again; one
+     * that failed soon after connecting (a Redis slower than the
+     * timeout) goes on doubling it, so a flapping tier reconnects, and
+     * logs, at most every BACKOFF_MAX_MS. */
+    bool lasted = l->up_since_us && pgs_now_us() - l->up_since_us >= STABLE_MS * 1000u;
+    l->up_since_us = 0;
+    if (lasted || !l->backoff_ms)
+        l->backoff_ms = BACKOFF_MIN_MS;
+    else
+        l->backoff_ms = PGS_MIN(l->backoff_ms * 2, BACKOFF_MAX_MS);
     if (!r->stopping) link_arm(l);
 }
 
@@ -331,7 +342,7 @@ static void on_ready_reply(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     }
     l->st = L_UP;
-    l->backoff_ms = 0;
+    l->up_since_us = pgs_now_us();
     if (l->sub) {
         link_arm(l);
         return;
