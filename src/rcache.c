@@ -951,6 +951,10 @@ void rcache_worker_config(pgs_worker *w)
     rcache_worker *rw = w->rcache;
     const pgs_config *k = w->cfg;
     bool on = k->cache.enabled;
+    bool was = rw ? rw->was_enabled : false;
+    /* switched on: the store and the Redis tier now, not at the first
+     * request (which would find the tier still connecting) */
+    if (on && !rw && g_pgs.cfg == k) rw = worker_rc(w);
     if (rw) {
         cache_set_limits(rw->store, per_worker_bytes(k), k->cache.max_entry_size);
         if (!on) cache_clear(rw->store);
@@ -967,7 +971,6 @@ void rcache_worker_config(pgs_worker *w)
             rw->rules_sig = sig;
         }
     }
-    bool was = rw ? rw->was_enabled : false;
     if (on && !was) {
         /* Switched on: while it was off no write was tracked.  What is
          * stored from before is gone, and every client in the middle of

@@ -384,3 +384,28 @@ def test_pipelined_requests_behind_a_write_come_back_in_order(pgscale, primary, 
     wait_redis(a)
     cb = b.connect()
     assert one(cb, "SELECT v FROM cr_pipe WHERE id = 1") == [(3,)]
+
+
+def test_cache_switched_on_by_reload_starts_the_redis_tier(pgscale, primary, redis, tmp_path):
+    """B starts with the cache off; a RELOAD that switches it on connects
+    its Redis tier too (else B would serve entries A's writes ended)."""
+    fresh_table(primary, "cr_reload")
+    primary.app_execute("INSERT INTO cr_reload VALUES (1, 1)")
+    a = pgscale(PGSCALE_CACHE="on", REDIS_URL=redis.url())
+    wait_redis(a)
+    path = tmp_path / "b.yaml"
+    path.write_text("cache:\n  enabled: off\n")
+    b = pgscale(args=["--config", str(path)], REDIS_URL=redis.url())
+    assert show_cache(b)["redis"] == "off"
+    path.write_text("cache:\n  enabled: on\n")
+    b.admin("RELOAD")
+    wait_redis(b)
+    wait_for(lambda: int(show_cache(b)["catalog_generation"]) > 0, 15,
+             what="the relation catalog loaded after RELOAD")
+    ca, cb = a.connect(), b.connect()
+    sql = "SELECT v FROM cr_reload WHERE id = 1"
+    for i in range(2, 40):
+        one(ca, "UPDATE cr_reload SET v = %s WHERE id = 1", (i,))
+        assert one(cb, sql) == [(i,)]
+        assert one(cb, sql) == [(i,)]
+    assert counter(b, "redis_checks") > 0
