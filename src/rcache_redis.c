@@ -252,19 +252,25 @@ static void link_fail(rlink *l, const char *why, int status)
     l->st = L_DOWN; /* callbacks run below see the tier down */
     if (!l->sub) atomic_store_explicit(&l->r->up, false, memory_order_relaxed);
     l->fail_status = status;
+    /* From inside one of ac's reply callbacks hiredis frees it only once
+     * that callback returns, and only then calls the pending ones (with no
+     * reply): those requests are still its own until then. */
+    bool deferred = ac && (ac->c.flags & REDIS_IN_CALLBACK);
     if (ac) {
-        /* Pending callbacks run now with no reply (or, from inside a
-         * callback, right after it): their requests end with status. */
+        /* Pending callbacks run now with no reply: their requests end
+         * with status. */
         ac->data = NULL;
         redisAsyncFree(ac);
     }
-    /* requests hiredis no longer holds (none, normally) */
-    while (l->head) {
-        rredis_req *q = l->head;
-        req_unlink(l, q);
-        req_finish(q, status);
+    if (!deferred) {
+        /* requests hiredis no longer holds (none, normally) */
+        while (l->head) {
+            rredis_req *q = l->head;
+            req_unlink(l, q);
+            req_finish(q, status);
+        }
+        l->fail_status = RREDIS_DOWN;
     }
-    l->fail_status = RREDIS_DOWN;
     link_down(l, why);
 }
 
@@ -281,7 +287,9 @@ static void on_timer(uv_timer_t *t)
         break;
     case L_CONNECTING:
         count(&r->errors);
-        link_fail(l, "connecting took longer than 1 s", RREDIS_DOWN);
+        link_fail(l, l->connect_deadline_us ? "connecting took longer than 1 s"
+                                            : "could not send the first commands",
+                  RREDIS_DOWN);
         break;
     case L_UP:
         if (l->head && l->head->deadline_us <= pgs_now_us()) {
@@ -459,8 +467,11 @@ static void on_connect(const redisAsyncContext *cac, int status)
         if (rc == REDIS_OK) rc = redisAsyncCommand(ac, on_ready_reply, NULL, "PING");
     }
     if (rc != REDIS_OK) {
-        count(&r->errors);
-        link_fail(l, "could not send the first commands", RREDIS_DOWN);
+        /* Not freed from here: hiredis goes on using ac after its connect
+         * callback returns.  The connect deadline, moved to now, gives it
+         * up from the timer. */
+        l->connect_deadline_us = 0;
+        link_arm(l);
     }
 }
 
@@ -504,6 +515,7 @@ static void link_connect(rlink *l)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     l->ac = ac;
     l->st = L_CONNECTING;
+    l->fail_status = RREDIS_DOWN;
     l->connect_deadline_us = pgs_now_us() + CONNECT_MS * 1000u;
     link_arm(l);
 }

@@ -409,3 +409,50 @@ def test_cache_switched_on_by_reload_starts_the_redis_tier(pgscale, primary, red
         assert one(cb, sql) == [(i,)]
         assert one(cb, sql) == [(i,)]
     assert counter(b, "redis_checks") > 0
+
+
+def test_garbage_in_pgscales_keys_is_no_error_to_clients(pgscale, primary, redis):
+    """Something else wrote pgscale:epoch (not a number): every request
+    that meets it fails over to the database (tier down, errors counted,
+    reconnecting), clients get right answers; once the key is cleared the
+    tier comes back."""
+    fresh_table(primary, "cr_garbage")
+    primary.app_execute("INSERT INTO cr_garbage VALUES (1, 0)")
+    a, b = start_pair(pgscale, redis)
+    sql = "SELECT v FROM cr_garbage WHERE id = 1"
+    warm = b.connect()
+    wait_cached(b, warm, sql)
+    redis.cli("SET", "pgscale:epoch", "not-a-number")
+    errors, wrong = [], []
+    lock = threading.Lock()
+    value = [0]
+
+    def client(t):
+        try:
+            ca, cb = a.connect(), b.connect()
+            for _ in range(60):
+                if t == 0:
+                    with lock:
+                        value[0] += 1
+                        one(ca, "UPDATE cr_garbage SET v = %s WHERE id = 1", (value[0],))
+                        want = value[0]
+                    got = one(cb, sql)[0][0]
+                    if got != want:
+                        wrong.append((want, got))
+                else:
+                    one(cb, sql)
+                    one(ca, sql)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert errors == [] and wrong == []
+    assert counter(a, "redis_errors") + counter(b, "redis_errors") > 0
+    redis.cli("DEL", "pgscale:epoch")
+    wait_redis(a)
+    wait_redis(b)
+    wait_cached(b, warm, sql)
