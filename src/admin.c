@@ -365,16 +365,17 @@ static void show_cache(reply *r)
         "evictions",       "invalidations",  "expired",         "fills",
         "stored",          "refused_too_big", "refused_lag",    "refused_no_room",
         "waits",           "wait_timeouts",  "bumps",           "bumps_all",
-        "catalog_generation", "ttl_ms",      "matches",
+        "catalog_generation", "ttl_ms",      "matches",         "redis",
+        "redis_errors",    "redis_timeouts", "redis_checks",    "redis_hits",
         "change_feed",     "feed_bumps",     "feed_bumps_all",  "feed_lsn"};
-    enum { N = 27 };
+    enum { N = 32 };
     header(r, N, cols);
     rcache_totals t;
     rcache_totals_get(&t);
     changefeed_stats fs;
     changefeed_stats_get(&fs);
     char b[N][32];
-    if (fs.lsn) topology_format_lsn(fs.lsn, b[26], sizeof(b[26]));
+    if (fs.lsn) topology_format_lsn(fs.lsn, b[31], sizeof(b[31]));
     uint64_t looked = t.hits + t.misses;
     snprintf(b[4], sizeof(b[4]), "%.4f", looked ? (double)t.hits / (double)looked : 0.0);
     const pgs_config *k = atomic_load(&g_pgs.cfg);
@@ -401,10 +402,20 @@ static void show_cache(reply *r)
                         U64(b[20], relcat_generation()),
                         U64(b[21], k->cache.ttl_ms),
                         NULL,
+                        /* per worker: "up" only when every worker's
+                         * connection is */
+                        !t.redis_workers                 ? "off"
+                        : t.redis_up == t.redis_workers ? "up"
+                        : t.redis_up == 0                ? "down"
+                                                         : "partial",
+                        U64(b[24], t.redis_errors),
+                        U64(b[25], t.redis_timeouts),
+                        U64(b[26], t.redis_checks),
+                        U64(b[27], t.redis_hits),
                         changefeed_state_name(fs.state),
-                        U64(b[24], fs.bumps),
-                        U64(b[25], fs.bumps_all),
-                        fs.lsn ? b[26] : NULL};
+                        U64(b[29], fs.bumps),
+                        U64(b[30], fs.bumps_all),
+                        fs.lsn ? b[31] : NULL};
     row(r, N, v);
     /* the hint's row, then the rules' (or the default's) */
     int n_rules = k->cache.n_rules;

@@ -1946,7 +1946,8 @@ static void test_every_key_is_documented(void **state)
         "`cache.rules[].database`", "`cache.rules[].user`", "`databases.<name>.cache`",
         "`users.<name>.cache`", "`PGSCALE_CACHE`", "`PGSCALE_CACHE_TTL`",
         "`PGSCALE_CACHE_MAX_MEMORY`", "`PGSCALE_CACHE_MAX_ENTRY_SIZE`",
-        "`PGSCALE_CACHE_FILL_WAIT`", "`PGSCALE_CACHE_CHANGE_FEED`"};
+        "`PGSCALE_CACHE_FILL_WAIT`", "`cache.redis`", "`cache.redis_timeout`",
+        "`PGSCALE_CACHE_REDIS`", "`PGSCALE_CACHE_REDIS_TIMEOUT`", "`PGSCALE_CACHE_CHANGE_FEED`"};
     char *docs = read_all(PGS_SOURCE_ROOT "/docs/configuration.md");
     for (size_t i = 0; i < PGS_ARRAY_LEN(keys); i++)
         if (!strstr(docs, keys[i])) fail_msg("docs/configuration.md does not mention %s", keys[i]);
