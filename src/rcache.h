@@ -21,9 +21,10 @@ enum {
     RCACHE_CLOSED, /* c was closed */
 };
 
-/* c has no server and requests in its buffer: answers the simple Queries
- * at its head that are hits, without a server; a miss starts the fill
- * that its query, once sent, feeds. */
+/* c has no server and requests in its buffer: answers the requests at
+ * its head that are hits (a simple Query, or an extended-protocol unit up
+ * to its Sync), without a server; a miss starts the fill that the
+ * request, once sent, feeds. */
 int rcache_serve(pgs_client *c);
 
 /* client_forward handled message `type` for sv (have of its total bytes
@@ -37,10 +38,10 @@ void rcache_forward(pgs_client *c, pgs_server *sv, uint8_t type, const uint8_t *
  * they begin a message of type `type`. */
 void rcache_tap(pgs_client *c, uint8_t type, const uint8_t *p, uint32_t n, bool start);
 
-/* A ReadyForQuery with `status` answers c's own request (query: a simple
- * Query's), before it is relayed: the fill ends; at the end of a
- * transaction its writes are bumped. */
-void rcache_ready(pgs_client *c, char status, bool query);
+/* A ReadyForQuery with `status` answers c's own Query or Sync, before it
+ * is relayed: the fill ends; at the end of a transaction its writes are
+ * bumped. */
+void rcache_ready(pgs_client *c, char status);
 
 /* c's unit on its server ended without its ReadyForQuery (the server was
  * lost or sent a FATAL, the read is retried): the fill is dropped and the

@@ -993,7 +993,6 @@ void relay_server_data(pgs_server *sv)
                 return;
             }
             bool was_query = h && (h->kind == EX_QUERY || h->kind == EX_SYNC);
-            bool was_simple = h && h->kind == EX_QUERY;
             if (internal && sv->restoring) {
                 /* an error would have ended the link at its 'E' */
                 sv->restoring = false;
@@ -1021,7 +1020,7 @@ void relay_server_data(pgs_server *sv)
             /* the result cache: a fill ends, a transaction's writes are
              * bumped before this ReadyForQuery reaches the client */
             if (c && !internal && was_query && (c->ccache || cfg()->cache.enabled))
-                rcache_ready(c, status, was_simple);
+                rcache_ready(c, status);
             if (c && !internal) {
                 uint64_t now = pgs_now_us();
                 c->tx_status = status;
@@ -1363,6 +1362,47 @@ static int client_parse(pgs_client *c, pgs_server *sv, const uint8_t *body, uint
     if (st->local || stmt_set_has(sv->prepared, st->id))
         return exq_push(&sv->exq, EX_FAKE_PARSE, st, NULL);
     return send_parse(sv, st, sb, EX_PARSE);
+}
+
+/* The result cache answered a unit of c's (its Parse, if any, at `parse`:
+ * the whole body; then Bind, Describe, Execute, Sync) without a server: c's
+ * own statements change as client_forward and the server would have
+ * changed them.  A named Parse registers the statement (prepared on a
+ * server lazily, at its next Bind that misses); the unnamed one replaces
+ * the unnamed statement; the Sync ends the implicit transaction's portals.
+ * -1, with nothing changed, when the unit must go the usual way (the
+ * Parse would be refused, or its text is one the cases of client_forward
+ * look into). */
+int relay_cache_answered(pgs_client *c, const uint8_t *parse, uint32_t plen)
+{
+    if (parse) {
+        size_t pos = 0;
+        const char *name = proto_get_string(parse, plen, &pos);
+        if (!name) return -1;
+        const uint8_t *q = parse + pos;
+        const uint8_t *nul = memchr(q, '\0', plen - pos);
+        if (!nul) return -1;
+        size_t qlen = (size_t)(nul - q);
+        /* a read proven cacheable uses no sequence and makes no session
+         * state; anything else is left to client_forward */
+        if (sqlscan_sequence_use((const char *)q, qlen) ||
+            sqlscan_session_state((const char *)q, qlen))
+            return -1;
+        if (*name) {
+            if (!track_prepared(c)) return -1;
+            const pgs_config *k = cfg();
+            pgs_stmt *st = NULL;
+            if (stmt_map_put(&c->stmts, worker_stmts(c->w), name, pos - 1, q,
+                             (uint32_t)(plen - pos), (uint32_t)k->max_client_prepared_statements,
+                             k->max_client_prepared_bytes, &st) != 0)
+                return -1;
+        } else {
+            if (track_prepared(c)) stmt_local_set_unnamed(&c->lx, NULL, NULL);
+            c->unnamed_seq = 0;
+        }
+    }
+    stmt_local_unbind_all(c->lx);
+    return 0;
 }
 
 /* Could this unnamed Parse's query be a statement pgscale answers itself?
