@@ -213,6 +213,7 @@ typedef struct rc_unit {
     const uint8_t *text;  /* the statement text (without its terminator) */
     uint32_t tlen;
     bool ext, describe;   /* extended; it Describes its portal */
+    uint8_t max_rows[4];  /* its Execute's row limit (0: all), as sent */
     const uint8_t *parse; /* the unit's Parse body (NULL: none) */
     uint32_t parse_len;
     /* the statement's parameter types (int16 n, n x int32), and the Bind's
@@ -232,9 +233,18 @@ static int build_key(rcache_worker *rw, const pgs_client *c, const rc_unit *u,
     pgs_cache_key_builder *kb = &rw->kb;
     const pgs_pool_shared *sh = c->pool->sh;
     cache_key_reset(kb);
-    /* a unit with a Describe(portal) is answered with a RowDescription */
-    const char *proto = !u->ext ? "Q" : u->describe ? "ED" : "E";
-    cache_key_part(kb, PGS_CKEY_PROTOCOL, proto, strlen(proto));
+    /* a unit with a Describe(portal) is answered with a RowDescription,
+     * and one whose Execute has a row limit with that many rows and a
+     * PortalSuspended when there were more (asyncpg's fetchrow, fetchval) */
+    uint8_t proto[6] = {'Q'};
+    size_t plen = 1;
+    if (u->ext) {
+        proto[0] = 'E';
+        proto[1] = u->describe ? 'D' : '-';
+        memcpy(proto + 2, u->max_rows, 4);
+        plen = 6;
+    }
+    cache_key_part(kb, PGS_CKEY_PROTOCOL, proto, plen);
     cache_key_part(kb, PGS_CKEY_DATABASE, sh->database, strlen(sh->database));
     cache_key_part(kb, PGS_CKEY_USER, sh->user, strlen(sh->user));
     params_visit_output(c->params, key_setting, kb);
@@ -368,8 +378,7 @@ static bool param_values(const uint8_t *b, uint32_t blen, uint32_t *pos, rc_unit
 /* An extended-protocol unit the cache may answer, at p (avail bytes):
  * [Parse] Bind [Describe(portal)] Execute Sync, all present, with one
  * statement (the Parse's, which the Bind must use, or a named statement
- * the client keeps), one Execute of the bound portal for all its rows, and
- * nothing else (a Flush, a Close, a second Execute, a Describe of a
+ * the client keeps), one Execute of the bound portal, and nothing else (a Flush, a Close, a second Execute, a Describe of a
  * statement: the unit goes to the server as it is). */
 static bool head_ext(const pgs_client *c, const uint8_t *p, uint32_t avail, rc_unit *u)
 {
@@ -436,8 +445,9 @@ static bool head_ext(const pgs_client *c, const uint8_t *p, uint32_t avail, rc_u
             break;
         case 'E':
             if (!bound || executed || !same_name(b, blen, &pos, portal, portal_len) ||
-                blen - pos != 4 || proto_be32(b + pos) != 0)
+                blen - pos != 4)
                 return false;
+            memcpy(u->max_rows, b + pos, 4);
             executed = true;
             break;
         case 'S':
@@ -673,8 +683,9 @@ static void end_fill(pgs_client *c, bool commit)
 /* An extended unit's answer, message by message: [ParseComplete]
  * BindComplete (neither stored: answer_head makes them), then with a
  * Describe a RowDescription or NoData, DataRows, and CommandComplete (or
- * EmptyQueryResponse).  Anything else, or out of that order, is not an
- * answer to replay.  Returns whether the message is stored. */
+ * EmptyQueryResponse, or PortalSuspended after max_rows rows).  Anything
+ * else, or out of that order, is not an answer to replay.  Returns whether
+ * the message is stored. */
 static bool ext_step(struct pgs_client_cache *cc, uint8_t type)
 {
     uint8_t s = cc->fill_step;
@@ -693,6 +704,7 @@ static bool ext_step(struct pgs_client_cache *cc, uint8_t type)
     case 'D':
     case 'C':
     case 'I':
+    case 's':
         if (s == 0 || s == 3 || (s == 1 && cc->fill_describe)) break;
         cc->fill_step = type == 'D' ? 2 : 3;
         return true;

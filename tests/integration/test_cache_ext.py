@@ -5,7 +5,6 @@ Whether a unit ran on PostgreSQL is read from PostgreSQL's own log: with
 log_statement on for the role `app`, every Execute that reaches a backend
 is logged as "execute <name>: <text>".  A hit is an Execute the log does not
 show.  Answers are compared byte for byte with a direct connection's."""
-import asyncio
 import struct
 import uuid
 
@@ -14,7 +13,7 @@ import pytest
 
 import pgwire
 
-from helpers import APP_PASSWORD, LOCALHOST, aconnect, arun, pgbench, run, client_env
+from helpers import APP_PASSWORD, LOCALHOST, aconnect, arun, pgbench
 from test_cache import fresh_table, rounds, show_cache, start_cached, statements_logged
 
 
@@ -129,4 +128,293 @@ def test_unnamed_unit_hits_with_the_bytes_of_a_direct_connection(pgscale, primar
         assert answer(conn, unit(sql, ["3"], describe=False)) == want
         assert hits(pg) == before + 1
     conn.close()
+    direct.close()
+
+
+def test_parameter_values_formats_and_types_get_their_own_entries(pgscale, primary):
+    fresh_table(primary, "ce_keys", "(id int PRIMARY KEY, v text)")
+    primary.app_execute("INSERT INTO ce_keys VALUES (1, ''), (2, NULL), (3, 'x')")
+    direct = raw_direct(primary)
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+    conn = raw_pgscale(pg)
+    sql = "SELECT id, v FROM ce_keys WHERE v IS NOT DISTINCT FROM $1 ORDER BY id"
+    cases = [
+        dict(params=[""]), dict(params=[None]), dict(params=["x"]),
+        # text vs binary parameter: the same value, another entry
+        dict(params=[b"x"], param_formats=(1,)),
+        dict(params=[""], result_formats=(1,)),
+        dict(params=["x"], types=(25,)),
+        dict(params=["x"], types=(1043,)),
+    ]
+    want = [answer(direct, unit(sql, **kw)) for kw in cases]
+    assert pgwire.raw_rows(want[0]) == [[b"1", b""]]
+    assert pgwire.raw_rows(want[1]) == [[b"2", None]]
+    for _ in range(3):
+        for kw, w in zip(cases, want):
+            assert answer(conn, unit(sql, **kw)) == w, kw
+    st = show_cache(pg)
+    assert int(st["entries"]) >= len(cases)
+    assert int(st["hits"]) >= 2 * len(cases)
+    conn.close()
+    direct.close()
+
+
+def test_psycopg3_second_run_is_a_hit_and_matches_a_direct_connection(pgscale, primary):
+    fresh_table(primary, "ce_pg3", "(id int PRIMARY KEY, v numeric, t timestamptz, j jsonb)")
+    primary.app_execute("INSERT INTO ce_pg3 SELECT g, g * 1.5, '2024-01-01'::timestamptz "
+                        "+ g * interval '1 day', jsonb_build_object('g', g) "
+                        "FROM generate_series(1, 50) g")
+    marker = "ce-pg3-%s" % uuid.uuid4().hex
+    sql = "SELECT id, v, t, j /* %s */ FROM ce_pg3 WHERE id > %%s ORDER BY id" % marker
+    with psycopg.connect(primary.dsn("app", "app", APP_PASSWORD), autocommit=True) as d:
+        cur = d.execute(sql, (40,))
+        want_rows = cur.fetchall()
+        want_desc = [(c.name, c.type_code) for c in cur.description]
+    with statements_logged(primary):
+        pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            cur = conn.execute(sql, (40,))
+            assert cur.fetchall() == want_rows
+            since = primary.log_size()
+            # past psycopg's prepare_threshold (5): named statements too
+            for _ in range(12):
+                cur = conn.execute(sql, (40,))
+                assert cur.fetchall() == want_rows
+                assert [(c.name, c.type_code) for c in cur.description] == want_desc
+            # binary results
+            cur = conn.cursor(binary=True)
+            cur.execute(sql, (40,))
+            assert cur.fetchall() == want_rows
+            cur.execute(sql, (40,))
+            assert cur.fetchall() == want_rows
+            # psycopg prepares the statement after 5 runs (a Parse and Sync
+            # of its own, which goes to the server: no Execute in it)
+            assert executed(primary, since, marker) <= 1
+        with psycopg.connect(pg.dsn(), autocommit=True) as other:
+            since = primary.log_size()
+            assert other.execute(sql, (40,)).fetchall() == want_rows
+            assert executed(primary, since, marker) == 0
+
+
+def test_asyncpg_prepared_statements_hit_with_binary_results(pgscale, primary):
+    fresh_table(primary, "ce_apg", "(id int PRIMARY KEY, v float8, s text, a int[])")
+    primary.app_execute("INSERT INTO ce_apg SELECT g, g / 7.0, repeat('s', g), "
+                        "ARRAY[g, g + 1] FROM generate_series(1, 30) g")
+    marker = "ce-apg-%s" % uuid.uuid4().hex
+    sql = "SELECT id, v, s, a /* %s */ FROM ce_apg WHERE id >= $1 ORDER BY id" % marker
+
+    async def fetch_all(conn, n):
+        stmt = await conn.prepare(sql)
+        out = []
+        for _ in range(n):
+            out.append([tuple(r) for r in await stmt.fetch(25)])
+        out.append([tuple(r) for r in await conn.fetch(sql, 25)])
+        types = [(a.name, a.type.oid) for a in stmt.get_attributes()]
+        return out, types
+
+    async def direct():
+        conn = await aconnect(primary)
+        try:
+            return await fetch_all(conn, 1)
+        finally:
+            await conn.close()
+
+    want, want_types = arun(direct())
+    with statements_logged(primary):
+        pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+
+        async def through(n):
+            conn = await aconnect(pg)
+            try:
+                return await fetch_all(conn, n)
+            finally:
+                await conn.close()
+
+        got, types = arun(through(1))
+        assert got == want and types == want_types
+        since = primary.log_size()
+        before = hits(pg)
+        got, types = arun(through(20))
+        assert all(g == want[0] for g in got) and types == want_types
+        # asyncpg prepares with Parse, Describe and Flush (no Sync): the
+        # first run of each statement ends that unit on its server, the
+        # others are units of their own, and hits
+        assert executed(primary, since, marker) <= 2
+        assert hits(pg) >= before + 19
+
+
+def _bench_script(tmp_path, table):
+    script = tmp_path / "read.sql"
+    script.write_text("\\set id 7\nSELECT v FROM %s WHERE id = :id;\n" % table)
+    return str(script)
+
+
+@pytest.mark.parametrize("mode", ["extended", "prepared"])
+def test_pgbench_second_run_is_all_hits(pgscale, primary, tmp_path, mode):
+    table = "ce_bench_" + mode
+    fresh_table(primary, table)
+    primary.app_execute("INSERT INTO %s SELECT g, g FROM generate_series(1, 10) g" % table)
+    script = _bench_script(tmp_path, table)
+    with statements_logged(primary):
+        pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+        args = ["-n", "-M", mode, "-c", "2", "-t", "200", "-f", script]
+        r = pgbench(pg.port, args)
+        assert r.returncode == 0, r.stderr
+        since = primary.log_size()
+        before = hits(pg)
+        r = pgbench(pg.port, args)
+        assert r.returncode == 0, r.stderr
+        assert "number of failed transactions: 0" in r.stdout or "failed" not in r.stdout
+        assert executed(primary, since, "FROM %s WHERE" % table) == 0
+        assert hits(pg) >= before + 400
+
+
+def test_writes_then_reads_through_the_extended_protocol_are_never_stale(pgscale, primary):
+    fresh_table(primary, "ce_rw")
+    pg = start_cached(pgscale, PGSCALE_WORKERS="2")
+    read = "SELECT count(*), coalesce(sum(v), 0) FROM ce_rw WHERE id >= %s"
+    with psycopg.connect(pg.dsn(), autocommit=True) as w, \
+            psycopg.connect(pg.dsn(), autocommit=True) as r:
+        model = {}
+        for i in range(rounds(pg, 400)):
+            if i % 4 == 3:
+                w.execute("UPDATE ce_rw SET v = v + 1 WHERE id = %s", (i - 1,))
+                model[i - 1] += 1
+            else:
+                w.execute("INSERT INTO ce_rw VALUES (%s, %s)", (i, i))
+                model[i] = i
+            want = (len(model), sum(model.values()))
+            assert w.execute(read, (0,)).fetchone() == want
+            assert r.execute(read, (0,)).fetchone() == want
+            assert w.execute(read, (0,)).fetchone() == want
+    assert hits(pg) > 0
+
+    async def main():
+        conn = await aconnect(pg)
+        other = await aconnect(pg)
+        try:
+            stmt = await conn.prepare("SELECT count(*) FROM ce_rw WHERE id >= $1")
+            ostmt = await other.prepare("SELECT count(*) FROM ce_rw WHERE id >= $1")
+            base = await stmt.fetchval(0)
+            ins = await conn.prepare("INSERT INTO ce_rw VALUES ($1, $2)")
+            for i in range(rounds(pg, 300)):
+                await ins.fetch(10000 + i, i)
+                assert await stmt.fetchval(0) == base + i + 1
+                assert await ostmt.fetchval(0) == base + i + 1
+                assert await stmt.fetchval(0) == base + i + 1
+        finally:
+            await conn.close()
+            await other.close()
+    before = hits(pg)
+    arun(main())
+    assert hits(pg) > before
+
+
+def test_row_limit_is_part_of_the_key_and_portal_suspended_is_replayed(pgscale, primary):
+    fresh_table(primary, "ce_lim")
+    primary.app_execute("INSERT INTO ce_lim SELECT g, g FROM generate_series(1, 5) g")
+    sql = "SELECT id FROM ce_lim WHERE id >= $1 ORDER BY id"
+    direct = raw_direct(primary)
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+    conn = raw_pgscale(pg)
+
+    def limited(n, param="1"):
+        return parse(sql) + bind([param]) + describe_portal() + execute(max_rows=n) + sync()
+    cases = [limited(1), limited(2), limited(0), limited(1, "6")]
+    want = [answer(direct, u) for u in cases]
+    assert [t for t, _ in want[0]][-2:] == [b"s", b"Z"]
+    assert [t for t, _ in want[3]][-2:] == [b"C", b"Z"]
+    for _ in range(3):
+        for u, w in zip(cases, want):
+            assert answer(conn, u) == w
+    assert hits(pg) >= 2 * len(cases)
+    conn.close()
+    direct.close()
+
+
+def test_flush_or_two_executes_go_to_the_server_and_stay_correct(pgscale, primary):
+    fresh_table(primary, "ce_odd")
+    primary.app_execute("INSERT INTO ce_odd SELECT g, g FROM generate_series(1, 3) g")
+    marker = "ce-odd-%s" % uuid.uuid4().hex
+    sql = "SELECT sum(v) /* %s */ FROM ce_odd WHERE id >= $1" % marker
+    direct = raw_direct(primary)
+    shapes = {
+        "flush": parse(sql) + bind(["1"]) + describe_portal() + flush() + execute() + sync(),
+        "two executes": parse(sql) + bind(["1"]) + execute(max_rows=1) + execute() + sync(),
+        "describe statement": parse(sql) + pgwire.message(b"D", b"S\0") + bind(["1"]) +
+        execute() + sync(),
+        "close": parse(sql) + bind(["1"]) + execute() + pgwire.message(b"C", b"P\0") + sync(),
+    }
+    want = {k: answer(direct, v) for k, v in shapes.items()}
+    with statements_logged(primary):
+        pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+        conn = raw_pgscale(pg)
+        # the plain unit is cached: the odd shapes would find its entry
+        plain = unit(sql, ["1"])
+        assert answer(conn, plain) == answer(direct, plain)
+        assert answer(conn, plain) == answer(direct, plain)
+        for _ in range(3):
+            for k, v in shapes.items():
+                since = primary.log_size()
+                assert answer(conn, v) == want[k], k
+                assert executed(primary, since, marker) >= 1, k
+        conn.close()
+    direct.close()
+
+
+def test_named_statement_hit_then_a_miss_on_a_fresh_server(pgscale, primary):
+    fresh_table(primary, "ce_named")
+    primary.app_execute("INSERT INTO ce_named VALUES (1, 10)")
+    sql = "SELECT v FROM ce_named WHERE id = $1"
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1", DB_POOL_SIZE="2")
+    filler = raw_pgscale(pg)
+    assert pgwire.data_rows(answer(filler, unit(sql, ["1"], name="f1"))) == [["10"]]
+    filler.close()
+    # every server connection that may have prepared it goes away
+    primary.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE usename = 'app' AND backend_type = 'client backend' "
+                    "AND application_name <> 'pgscale-monitor'")
+    conn = raw_pgscale(pg)
+    before = hits(pg)
+    # Parse(named) + Bind + Describe + Execute + Sync answered from the cache
+    msgs = answer(conn, unit(sql, ["1"], name="s1"))
+    assert [t for t, _ in msgs] == [b"1", b"2", b"T", b"D", b"C", b"Z"]
+    assert hits(pg) == before + 1
+    # the statement is the client's: Bind(s1) alone hits too
+    msgs = answer(conn, unit(sql, ["1"], name="s1", with_parse=False))
+    assert pgwire.data_rows(msgs) == [["10"]] and hits(pg) == before + 2
+    # a write ends the entry: the next Bind(s1) runs on a server that never
+    # saw the statement (pgscale prepares it there first)
+    conn.send(pgwire.query("UPDATE ce_named SET v = 11"))
+    assert pgwire.ready_status(conn.read_until_ready()) == "I"
+    for want in (["11"], ["11"]):
+        msgs = answer(conn, unit(sql, ["1"], name="s1", with_parse=False))
+        assert pgwire.errors(msgs) == [] and pgwire.data_rows(msgs) == [want]
+    msgs = answer(conn, unit(sql, ["2"], name="s1", with_parse=False))
+    assert pgwire.errors(msgs) == [] and pgwire.data_rows(msgs) == []
+    conn.close()
+
+
+def test_errors_are_never_cached(pgscale, primary):
+    fresh_table(primary, "ce_err")
+    primary.app_execute("INSERT INTO ce_err VALUES (1, 0)")
+    marker = "ce-err-%s" % uuid.uuid4().hex
+    bad_parse = "SELECT nosuchcolumn /* %s */ FROM ce_err WHERE id = $1" % marker
+    bad_run = "SELECT 1 / v /* %s */ FROM ce_err WHERE id = $1" % marker
+    direct = raw_direct(primary)
+    with statements_logged(primary):
+        pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+        conn = raw_pgscale(pg)
+        for sql, code in ((bad_parse, "42703"), (bad_run, "22012")):
+            want = answer(direct, unit(sql, ["1"]))
+            for _ in range(3):
+                msgs = answer(conn, unit(sql, ["1"]))
+                assert [e["C"] for e in pgwire.errors(msgs)] == [code]
+                assert [t for t, _ in msgs] == [t for t, _ in want]
+        # the division by zero ran on the server every time
+        since = primary.log_size()
+        answer(conn, unit(bad_run, ["1"]))
+        assert executed(primary, since, marker) == 1
+        assert int(show_cache(pg)["entries"]) == 0
+        conn.close()
     direct.close()
