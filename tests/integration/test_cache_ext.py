@@ -418,3 +418,43 @@ def test_errors_are_never_cached(pgscale, primary):
         assert int(show_cache(pg)["entries"]) == 0
         conn.close()
     direct.close()
+
+
+def test_many_clients_missing_the_same_unit_at_once_run_it_once(pgscale, primary):
+    fresh_table(primary, "ce_sf")
+    primary.app_execute("INSERT INTO ce_sf SELECT g, g FROM generate_series(1, 2000) g")
+    marker = "ce-sf-%s" % uuid.uuid4().hex
+    sql = "SELECT count(*) /* %s */ FROM ce_sf a, ce_sf b WHERE a.v + b.v > $1" % marker
+    with statements_logged(primary):
+        pg = start_cached(pgscale, PGSCALE_WORKERS="1", PGSCALE_CACHE_FILL_WAIT="20s")
+        conns = [raw_pgscale(pg) for _ in range(8)]
+        since = primary.log_size()
+        # all sent before any is answered: one runs it, the others wait
+        for c in conns:
+            c.send(unit(sql, ["1000"]))
+        answers = [c.read_until_ready(timeout=60) for c in conns]
+        for c in conns:
+            c.close()
+        assert all(a == answers[0] for a in answers)
+        assert pgwire.errors(answers[0]) == [] and len(pgwire.raw_rows(answers[0])) == 1
+        assert executed(primary, since, marker) == 1
+        assert int(show_cache(pg)["waits"]) >= 1
+
+
+def test_pipelined_units_after_a_hit_see_a_write_between_them(pgscale, primary):
+    fresh_table(primary, "ce_pipe")
+    primary.app_execute("INSERT INTO ce_pipe VALUES (1, 10)")
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+    conn = raw_pgscale(pg)
+    read = unit("SELECT v FROM ce_pipe WHERE id = $1", ["1"])
+    assert pgwire.data_rows(answer(conn, read)) == [["10"]]
+    before = hits(pg)
+    # a hit, a write, the same read again, all in one packet
+    conn.send(read + unit("UPDATE ce_pipe SET v = 11 WHERE id = $1", ["1"]) + read)
+    answers = [conn.read_until_ready() for _ in range(3)]
+    assert hits(pg) == before + 1
+    assert pgwire.data_rows(answers[0]) == [["10"]]
+    assert [t for t, _ in answers[1]] == [b"1", b"2", b"n", b"C", b"Z"]
+    assert pgwire.data_rows(answers[2]) == [["11"]]
+    assert pgwire.data_rows(answer(conn, read)) == [["11"]]
+    conn.close()
