@@ -13,7 +13,7 @@ import pytest
 
 import pgwire
 
-from helpers import APP_PASSWORD, LOCALHOST, aconnect, arun, pgbench
+from helpers import APP_PASSWORD, LOCALHOST, aconnect, arun, pgbench, wait_for
 from test_cache import fresh_table, rounds, show_cache, start_cached, statements_logged
 
 
@@ -457,4 +457,55 @@ def test_pipelined_units_after_a_hit_see_a_write_between_them(pgscale, primary):
     assert [t for t, _ in answers[1]] == [b"1", b"2", b"n", b"C", b"Z"]
     assert pgwire.data_rows(answers[2]) == [["11"]]
     assert pgwire.data_rows(answer(conn, read)) == [["11"]]
+    conn.close()
+
+
+def test_reads_own_writes_with_lagging_replicas_through_the_extended_protocol(
+        pgscale, primary, replicas_ctl):
+    replicas = replicas_ctl
+    fresh_table(primary, "ce_lag")
+    replicas.wait_replayed()
+    pg = start_cached(pgscale, READ_REPLICA_URLS=",".join(replicas.urls()),
+                      PGSCALE_MONITOR_INTERVAL="50ms")
+    wait_for(lambda: all(r["state"] == "up" for r in pg.admin("SHOW NODES")), 10,
+             what="replicas up")
+    replicas.set_apply_delay(0, 300)
+    replicas.set_apply_delay(1, 300)
+    read = "SELECT count(*) FROM ce_lag WHERE id >= %s"
+    n = rounds(pg, 200)
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        for i in range(n):
+            conn.execute("INSERT INTO ce_lag VALUES (%s, %s)", (i, i))
+            assert conn.execute(read, (0,)).fetchone() == (i + 1,), "round %d: stale" % i
+            assert conn.execute(read, (0,)).fetchone() == (i + 1,), "round %d: stale hit" % i
+        replicas.set_apply_delay(0, 0)
+        replicas.set_apply_delay(1, 0)
+        before = hits(pg)
+
+        def hit_now():
+            assert conn.execute(read, (0,)).fetchone() == (n,)
+            assert conn.execute(read, (0,)).fetchone() == (n,)
+            return hits(pg) > before
+        wait_for(hit_now, 10, interval=0.2, what="a hit once the replicas caught up")
+
+
+def test_a_parse_pgscale_would_refuse_is_not_answered_from_the_cache(pgscale, primary):
+    fresh_table(primary, "ce_limit")
+    primary.app_execute("INSERT INTO ce_limit VALUES (1, 10)")
+    sql = "SELECT v FROM ce_limit WHERE id = $1"
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1", PGSCALE_MAX_CLIENT_PREPARED_STATEMENTS="1")
+    filler = raw_pgscale(pg)
+    assert pgwire.data_rows(answer(filler, unit(sql, ["1"]))) == [["10"]]
+    filler.close()
+    conn = raw_pgscale(pg)
+    assert pgwire.errors(answer(conn, parse("SELECT 1", "other") + sync())) == []
+    # (the lookup finds the entry, but the request goes to the server,
+    # whose answer is pgscale's refusal, as without the cache)
+    msgs = answer(conn, unit(sql, ["1"], name="s1"))
+    assert [e["C"] for e in pgwire.errors(msgs)] == ["54000"]
+    assert pgwire.ready_status(msgs) == "I"
+    # the unnamed statement is not counted: a hit
+    before = hits(pg)
+    assert pgwire.data_rows(answer(conn, unit(sql, ["1"]))) == [["10"]]
+    assert hits(pg) == before + 1
     conn.close()
