@@ -618,9 +618,16 @@ int rcache_serve(pgs_client *c)
         atomic_load_explicit(&c->pin, memory_order_relaxed))
         return RCACHE_GO;
     rcache_worker *rw = worker_rc(c->w);
+    /* c holds its server in an implicit transaction (rcache.h): only a hit
+     * is served, when nothing sent in that transaction may write (its
+     * write would be seen there); a miss is not filled, since the
+     * transaction may have taken its snapshot at its Parse (repeatable
+     * read), before the fill's versions */
+    bool held = c->server != NULL;
+    if (held && cc->dirty) return RCACHE_GO;
     rc_unit u;
     while (c->tx_status == 'I' && !c->skip_remaining && !c->fwd_remaining && !c->tx_lost &&
-           !c->ext_skip && head_unit(c, &u)) {
+           !c->ext_skip && head_unit(c, &u) && (!held || u.ext)) {
         uint8_t cls;
         uint32_t ttl = decide(rw, c, u.text, u.tlen, &cls);
         if (!ttl) break;
@@ -638,12 +645,13 @@ int rcache_serve(pgs_client *c)
                 cc->bypass = true;
                 return RCACHE_GO;
             }
+            if (held) return RCACHE_SYNC;
             /* a slow reader: the rest waits until it drains */
             if (c->s.wb.pending) return RCACHE_WAIT;
             continue;
         }
         case PGS_CACHE_PENDING:
-            if (cfg()->cache.fill_wait_ms == 0) {
+            if (held || cfg()->cache.fill_wait_ms == 0) {
                 cc->bypass = true;
                 publish(rw);
                 return RCACHE_GO;
@@ -654,7 +662,7 @@ int rcache_serve(pgs_client *c)
         default:
             /* Begun now, before a server is found: clients missing the same
              * key meanwhile wait for this one. */
-            begin_fill(rw, c, cc, &u, &key, ttl, now);
+            if (!held) begin_fill(rw, c, cc, &u, &key, ttl, now);
             publish(rw);
             return RCACHE_GO;
         }

@@ -19,12 +19,21 @@ enum {
     RCACHE_WAIT,   /* c waits (for another client's fill, or to drain its output):
                     * leave its buffer alone, it resumes by itself */
     RCACHE_CLOSED, /* c was closed */
+    RCACHE_SYNC,   /* c's server is held: see rcache_serve */
 };
 
 /* c has no server and requests in its buffer: answers the requests at
  * its head that are hits (a simple Query, or an extended-protocol unit up
  * to its Sync), without a server; a miss starts the fill that the
- * request, once sent, feeds. */
+ * request, once sent, feeds.
+ *
+ * Or c holds its server inside an implicit transaction that owes c
+ * nothing and saw no error (a driver prepared with Parse, Describe and
+ * Flush, no Sync: asyncpg): the extended-protocol unit at the head of its
+ * buffer is looked up.  A hit is answered and RCACHE_SYNC returned: the
+ * caller ends the server's implicit transaction with a Sync whose reply
+ * is its own.  A miss starts a fill as above; a pending fill is not waited
+ * for (the server is held). */
 int rcache_serve(pgs_client *c);
 
 /* client_forward handled message `type` for sv (have of its total bytes

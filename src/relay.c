@@ -998,7 +998,7 @@ void relay_server_data(pgs_server *sv)
                 sv->restoring = false;
                 restored = true;
             }
-            if (internal) sv->resetting = false;
+            if (internal) sv->resetting = sv->cache_sync = false;
             if (internal && sv->lsn_pending) {
                 sv->lsn_pending = false;
                 if (c && !sv->lsn_seen) route_lsn_unknown(c);
@@ -2304,6 +2304,28 @@ static void client_forward(pgs_client *c)
     }
 }
 
+/* May the result cache look up the request at the head of c's buffer
+ * while c holds sv inside an implicit transaction (sv->unsynced)?  Only
+ * when that transaction owes c nothing, saw no error (PostgreSQL would
+ * ignore the request then) and nothing of a message is half-relayed. */
+static bool cache_held_ok(const pgs_client *c, const pgs_server *sv)
+{
+    return tx_mode(c) && c->tx_status == 'I' && sv->tx_status == 'I' && !owes_client(sv) &&
+           !sv->query_failed && !sv->fwd_remaining && !c->fwd_remaining &&
+           !c->skip_remaining && !c->ext_skip && !c->pipeline_full && !sv->pending_set_kind;
+}
+
+/* Ends sv's implicit transaction with a Sync of pgscale's own (its
+ * ReadyForQuery is not relayed): the request the client sent next was
+ * answered from the cache. */
+static int send_sync_internal(pgs_server *sv)
+{
+    static const uint8_t sync_msg[5] = {'S', 0, 0, 0, 4};
+    if (exq_push(&sv->exq, EX_INTERNAL, NULL, NULL) < 0) return -1;
+    uv_buf_t iov = uv_buf_init((char *)sync_msg, sizeof(sync_msg));
+    return io_send(sv->w, &sv->s, &iov, 1);
+}
+
 void relay_client_data(pgs_client *c)
 {
     /* A client being failed (want_close: its error waits for the socket
@@ -2365,9 +2387,35 @@ void relay_client_data(pgs_client *c)
      * the server is released then and the request is looked up in the
      * cache and routed with that position known, instead of following
      * the write onto the primary uncached. */
-    if (sv->s.wb.pending || sv->restoring || (sv->lsn_pending && cfg()->cache.enabled)) {
+    if (sv->s.wb.pending || sv->restoring || sv->cache_sync ||
+        (sv->lsn_pending && cfg()->cache.enabled)) {
         io_read_stop(&c->s);
         return;
+    }
+    if (sv->unsynced && cfg()->cache.enabled && cache_held_ok(c, sv)) {
+        /* A driver that prepares with Parse, Describe and Flush (asyncpg)
+         * holds this server in an implicit transaction that owes it
+         * nothing: its next request may be a hit all the same. */
+        int rc = rcache_serve(c);
+        if (rc == RCACHE_CLOSED || c->s.closing) return;
+        if (rc == RCACHE_SYNC) {
+            if (send_sync_internal(sv) < 0) {
+                client_server_lost(c, "writing to the PostgreSQL server failed");
+                server_close(sv, "write failed");
+                return;
+            }
+            /* the next request waits for it: the server is released
+             * then, and the request looked up as any other */
+            sv->unsynced = false;
+            sv->cache_sync = true;
+            if (b->data && b->pos < b->len) {
+                io_read_stop(&c->s);
+            } else {
+                io_buf_release_if_empty(c->w, &c->s);
+                if (io_read_start(&c->s) < 0) client_close(c, "read failed");
+            }
+            return;
+        }
     }
     client_forward(c);
     if (c->s.closing) return;
