@@ -6,7 +6,8 @@
  * statement is (classify.c, relcat.c, cacherule.c).
  *
  * What is cached: a simple Query, or an extended-protocol unit (see
- * head_ext), in transaction pooling mode, sent outside a transaction block
+ * head_ext; also on a server held by a Parse, Describe and Flush: see
+ * rcache_serve), in transaction pooling mode, sent outside a transaction block
  * by a client that is not pinned and whose settings pgscale follows, whose
  * statement text the classifier proves cacheable, cache_decide admits and
  * the relation catalog expands into known tables.  Session pooling is not
