@@ -278,8 +278,8 @@ static uint8_t class_of(const pgs_stmt_facts *f, int rule)
     return (f->flags & PGS_FACT_HINT_CACHE) ? RCACHE_CLASS_HINT : RCACHE_CLASS_DEFAULT;
 }
 
-/* The TTL in ms to cache c's Query text with (0: not cached) and the class
- * it is counted under (*cls); its read set in rw->reads. */
+/* The TTL in ms to cache c's statement text with (0: not cached) and the
+ * class it is counted under (*cls); its read set in rw->reads. */
 static uint32_t decide(rcache_worker *rw, pgs_client *c, const uint8_t *text, uint32_t tlen,
                        uint8_t *cls)
 {
@@ -379,8 +379,9 @@ static bool param_values(const uint8_t *b, uint32_t blen, uint32_t *pos, rc_unit
 /* An extended-protocol unit the cache may answer, at p (avail bytes):
  * [Parse] Bind [Describe(portal)] Execute Sync, all present, with one
  * statement (the Parse's, which the Bind must use, or a named statement
- * the client keeps), one Execute of the bound portal, and nothing else (a Flush, a Close, a second Execute, a Describe of a
- * statement: the unit goes to the server as it is). */
+ * the client keeps), one Execute of the bound portal, and nothing else
+ * (a Flush, a Close, a second Execute, a Describe of a statement: the unit
+ * goes to the server as it is). */
 static bool head_ext(const pgs_client *c, const uint8_t *p, uint32_t avail, rc_unit *u)
 {
     const uint8_t *pname = NULL, *portal = NULL;

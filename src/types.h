@@ -318,11 +318,11 @@ struct pgs_server {
      * whatever its last ReadyForQuery said. */
     bool unsynced;
     bool lsn_pending;         /* our pg_current_wal_lsn() query is out (route.c) */
+    bool lsn_seen;            /* ... and its row was read */
     /* our Sync is out: it ends the implicit transaction that the client's
      * Parse, Describe and Flush opened, whose next request the result
      * cache answered (rcache_serve, RCACHE_SYNC) */
     bool cache_sync;
-    bool lsn_seen;            /* ... and its row was read */
     /* The client's settings are being restored (relay_link): its requests
      * wait until the server confirms them, so that none runs under the
      * previous client's settings.  The restore is an EX_INTERNAL entry in
