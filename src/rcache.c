@@ -620,9 +620,9 @@ int rcache_serve(pgs_client *c)
         atomic_load_explicit(&c->pin, memory_order_relaxed))
         return RCACHE_GO;
     rcache_worker *rw = worker_rc(c->w);
-    /* c holds its server in an implicit transaction (rcache.h): only a hit
-     * is served, when nothing sent in that transaction may write (its
-     * write would be seen there); a miss is not filled, since the
+    /* c holds its server in an implicit transaction where nothing ran
+     * (rcache.h, relay.c's cache_held_ok): only a hit is served, when no
+     * statement parsed there may write; a miss is not filled, since the
      * transaction may have taken its snapshot at its Parse (repeatable
      * read), before the fill's versions */
     bool held = c->server != NULL;

@@ -2080,7 +2080,7 @@ static void client_forward(pgs_client *c)
                     if (r < 0) break;
                     r = 0;
                     forward = false;
-                    sv->unsynced = false;
+                    sv->unsynced = sv->unsynced_run = false;
                     if (total > avail) c->fwd_remaining = 0;
                     break;
                 }
@@ -2260,7 +2260,8 @@ static void client_forward(pgs_client *c)
         if (type == 'P' || type == 'B' || type == 'E' || type == 'D' || type == 'C')
             sv->unsynced = true;
         else if (forward && (type == 'S' || type == 'Q' || type == 'F'))
-            sv->unsynced = false;
+            sv->unsynced = sv->unsynced_run = false;
+        if (type == 'B' || type == 'E' || type == 'C') sv->unsynced_run = true;
         uint32_t n = PGS_MIN(avail, total);
         if (forward) io_batch_add(&sb, p + consumed, n - (uint32_t)consumed);
         b->pos += n;
@@ -2306,12 +2307,14 @@ static void client_forward(pgs_client *c)
 
 /* May the result cache look up the request at the head of c's buffer
  * while c holds sv inside an implicit transaction (sv->unsynced)?  Only
- * when that transaction owes c nothing, saw no error (PostgreSQL would
- * ignore the request then) and nothing of a message is half-relayed. */
+ * when nothing ran in that transaction (Parse and Describe only: no
+ * BEGIN, no write, no snapshot a statement took), it owes c nothing, saw
+ * no error (PostgreSQL would ignore the request then) and nothing of a
+ * message is half-relayed. */
 static bool cache_held_ok(const pgs_client *c, const pgs_server *sv)
 {
-    return tx_mode(c) && c->tx_status == 'I' && sv->tx_status == 'I' && !owes_client(sv) &&
-           !sv->query_failed && !sv->fwd_remaining && !c->fwd_remaining &&
+    return tx_mode(c) && !sv->unsynced_run && c->tx_status == 'I' && sv->tx_status == 'I' &&
+           !owes_client(sv) && !sv->query_failed && !sv->fwd_remaining && !c->fwd_remaining &&
            !c->skip_remaining && !c->ext_skip && !c->pipeline_full && !sv->pending_set_kind;
 }
 
@@ -2406,7 +2409,7 @@ void relay_client_data(pgs_client *c)
             }
             /* the next request waits for it: the server is released
              * then, and the request looked up as any other */
-            sv->unsynced = false;
+            sv->unsynced = sv->unsynced_run = false;
             sv->cache_sync = true;
             if (b->data && b->pos < b->len) {
                 io_read_stop(&c->s);

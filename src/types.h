@@ -317,6 +317,7 @@ struct pgs_server {
      * implicit transaction that the next simple Query or Sync would commit,
      * whatever its last ReadyForQuery said. */
     bool unsynced;
+    bool unsynced_run;        /* ... and a Bind, Execute or Close among them */
     bool lsn_pending;         /* our pg_current_wal_lsn() query is out (route.c) */
     bool lsn_seen;            /* ... and its row was read */
     /* our Sync is out: it ends the implicit transaction that the client's

@@ -578,6 +578,14 @@ def test_held_transaction_that_wrote_or_failed_is_not_answered_from_the_cache(pg
     msgs = answer(conn, unit(read, ["0"]))
     assert pgwire.data_rows(msgs) == [["2"]] and pgwire.ready_status(msgs) == "I"
     assert pgwire.data_rows(answer(conn, unit(read, ["0"]))) == [["2"]]
+    # BEGIN READ ONLY run without a Sync: the read is inside the block
+    conn.send(parse("BEGIN READ ONLY") + bind() + execute() + flush())
+    assert [t for t, _ in read_until(conn, b"C")] == [b"1", b"2", b"C"]
+    before = hits(pg)
+    msgs = answer(conn, unit(read, ["0"]))
+    assert pgwire.data_rows(msgs) == [["2"]] and pgwire.ready_status(msgs) == "T"
+    assert hits(pg) == before
+    assert pgwire.ready_status(answer(conn, pgwire.query("COMMIT"))) == "I"
     # a Parse that failed without a Sync: PostgreSQL skips the rest up to
     # the Sync, and so does the answer
     direct = raw_direct(primary)
