@@ -924,6 +924,7 @@ void relay_server_data(pgs_server *sv)
     pgs_pool_stats *st = &sv->pool->stats;
     bool saw_ready = false;
     bool restored = false;  /* the client's settings are now in effect */
+    bool cache_synced = false; /* our Sync after a cache hit was answered */
 
     while (b->data && b->pos < b->len) {
         uint8_t *p = b->data + b->pos;
@@ -998,6 +999,7 @@ void relay_server_data(pgs_server *sv)
                 sv->restoring = false;
                 restored = true;
             }
+            if (internal && sv->cache_sync) cache_synced = true;
             if (internal) sv->resetting = sv->cache_sync = false;
             if (internal && sv->lsn_pending) {
                 sv->lsn_pending = false;
@@ -1229,6 +1231,12 @@ void relay_server_data(pgs_server *sv)
         if (c->s.rbuf.data && c->s.rbuf.pos < c->s.rbuf.len && !c->s.wb.pending)
             relay_client_data(c);
         return;
+    }
+    if (cache_synced) {
+        /* the server was not released (not idle after all): the
+         * requests that waited for our Sync go on here */
+        relay_client_data(c);
+        if (c->s.closing || c->server != sv) return;
     }
     if (c->pipeline_full && sv->exq.count <= PIPELINE_MAX / 2) {
         /* enough answered: the rest of the client's pipeline may go */
