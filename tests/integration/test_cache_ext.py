@@ -187,8 +187,9 @@ def test_psycopg3_second_run_is_a_hit_and_matches_a_direct_connection(pgscale, p
             assert cur.fetchall() == want_rows
             cur.execute(sql, (40,))
             assert cur.fetchall() == want_rows
-            # psycopg prepares the statement after 5 runs (a Parse and Sync
-            # of its own, which goes to the server: no Execute in it)
+            # psycopg prepares the statement after 5 runs: a Parse and Sync
+            # of its own with the run right behind it, which follows it
+            # onto the server (sent before the Parse was answered): once
             assert executed(primary, since, marker) <= 1
         with psycopg.connect(pg.dsn(), autocommit=True) as other:
             since = primary.log_size()
