@@ -38,7 +38,7 @@ fuzz:
 	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true -Dtests=false \
 	    -Db_sanitize=address,undefined -Db_lundef=false -Dc_args=-fsanitize=fuzzer-no-link
 	ninja -C build-fuzz
-	@set -e; for t in proto config config_yaml sqlscan auth relay classify; do \
+	@set -e; for t in proto config config_yaml sqlscan auth relay classify feedparse; do \
 	    scratch=$$(mktemp -d); mkdir $$scratch/corpus; \
 	    echo "fuzz_$$t: $(FUZZ_SECS) s"; \
 	    if UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build-fuzz/fuzz_$$t \
@@ -68,7 +68,8 @@ integration-asan: asan
 # pgscale built with ThreadSanitizer, and the integration tests where
 # workers share pools, hand servers over, free unused pools, reload and
 # answer the admin console under load, and where the monitor's threads
-# fill the nodes that SHOW NODES reads (about 3 min on 2 cores).  Any
+# fill the nodes that SHOW NODES reads, and where the change feed's thread
+# bumps the versions the workers read (about 3.5 min on 2 cores).  Any
 # report fails the test that ran that pgscale; tests/tsan.supp holds the
 # few third-party reports, each with its reason.
 TSAN_TESTS ?= tests/integration/test_pooling.py tests/integration/test_admin.py \
@@ -78,7 +79,8 @@ TSAN_TESTS ?= tests/integration/test_pooling.py tests/integration/test_admin.py 
 	tests/integration/test_pinning.py tests/integration/test_session_fidelity.py \
 	tests/integration/test_session_state_leaks.py tests/integration/test_sequence_state.py \
 	tests/integration/test_unix_server.py tests/integration/test_monitor.py \
-	tests/integration/test_failover_lock.py tests/integration/test_failover_wait.py
+	tests/integration/test_failover_lock.py tests/integration/test_failover_wait.py \
+	tests/integration/test_cache_feed.py tests/integration/test_cache_redis.py
 
 tsan:
 	[ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread -Db_lundef=false \

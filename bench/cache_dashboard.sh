@@ -163,31 +163,9 @@ start_target() {  # start_target TARGET — sets TARGET_PORT
     direct) TARGET_PORT=$PG_PORT; return 0 ;;
     pgbouncer)
         command -v pgbouncer >/dev/null || { warn "pgbouncer not found: skipping it"; return 1; }
-        mkdir -p "$TMP/pgbouncer"
-        printf '"%s" "%s"\n' "$APP_USER" "$APP_PASSWORD" >"$TMP/pgbouncer/userlist.txt"
-        cat >"$TMP/pgbouncer/pgbouncer.ini" <<EOF
-[databases]
-$APP_DB = host=127.0.0.1 port=$PG_PORT dbname=$APP_DB
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PROXY_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $TMP/pgbouncer/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL_SIZE
-max_client_conn = 1000
-logfile = $TMP/pgbouncer/pgbouncer.log
-EOF
-        chmod 600 "$TMP/pgbouncer/userlist.txt"
-        if [ "$(id -u)" -eq 0 ]; then
-            chown -R postgres:postgres "$TMP/pgbouncer"
-            (cd / && exec setpriv --reuid postgres --regid postgres --init-groups -- \
-                pgbouncer "$TMP/pgbouncer/pgbouncer.ini") >"$TMP/logs/pgbouncer.out" 2>&1 &
-        else
-            pgbouncer "$TMP/pgbouncer/pgbouncer.ini" >"$TMP/logs/pgbouncer.out" 2>&1 &
-        fi
-        PROXY_PID=$! ;;
+        pgbouncer_launch "$TMP/pgbouncer" "$PROXY_PORT" 127.0.0.1 "$PG_PORT" "$POOL_SIZE" \
+            "$TMP/logs/pgbouncer.out" "max_client_conn = 1000"
+        PROXY_PID=$BOUNCER_PID ;;
     pgscale*)
         local extra=()
         [ "$t" = pgscale ] || extra+=(PGSCALE_CACHE=on)

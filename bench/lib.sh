@@ -102,3 +102,35 @@ pgbench_figures() {
     PB_TXNS=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$1" | head -n1)
     PB_CONN_MS=$(sed -n 's/^initial connection time = \([0-9.]*\) ms$/\1/p' "$1" | head -n1)
 }
+
+# pgbouncer_launch DIR PORT HOST PG_PORT POOL_SIZE OUT [INI-LINES…] — writes
+# DIR/pgbouncer.ini (transaction mode, trust for clients, the app password
+# in DIR/userlist.txt for PgBouncer's own login to the server at HOST, which
+# is 127.0.0.1 or a socket directory) and starts PgBouncer on 127.0.0.1:PORT
+# with its output in OUT; sets BOUNCER_PID. PgBouncer refuses to run as
+# root: as root it runs as postgres, exec'd in place by setpriv (no PAM
+# session resetting the open-files limit, unlike runuser), so BOUNCER_PID is
+# PgBouncer itself and its /proc entries are what a caller measures. Extra
+# arguments are added to the [pgbouncer] section as they are.
+pgbouncer_launch() {
+    local dir=$1 port=$2 host=$3 pg_port=$4 pool=$5 out=$6 line
+    shift 6
+    mkdir -p "$dir"
+    printf '"%s" "%s"\n' "$APP_USER" "$APP_PASSWORD" >"$dir/userlist.txt"
+    {
+        printf '[databases]\n%s = host=%s port=%s dbname=%s\n\n[pgbouncer]\n' "$APP_DB" "$host" "$pg_port" "$APP_DB"
+        printf '%s\n' "listen_addr = 127.0.0.1" "listen_port = $port" "unix_socket_dir =" \
+            "auth_type = trust" "auth_file = $dir/userlist.txt" "pool_mode = transaction" \
+            "default_pool_size = $pool" "logfile = $dir/pgbouncer.log"
+        for line in "$@"; do printf '%s\n' "$line"; done
+    } >"$dir/pgbouncer.ini"
+    chmod 600 "$dir/userlist.txt"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown -R postgres:postgres "$dir"
+        (cd / && exec setpriv --reuid postgres --regid postgres --init-groups -- \
+            pgbouncer "$dir/pgbouncer.ini") >"$out" 2>&1 &
+    else
+        pgbouncer "$dir/pgbouncer.ini" >"$out" 2>&1 &
+    fi
+    BOUNCER_PID=$!
+}

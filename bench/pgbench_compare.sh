@@ -159,46 +159,18 @@ declare -A AVAILABLE=([direct]=1) DEAD=()
 start_pgbouncer() {  # start_pgbouncer TARGET HOST — HOST: 127.0.0.1 or the socket directory
     local t=$1 host=$2 dir=$TMP/$1 how
     how=$([ "$host" = 127.0.0.1 ] && echo "server over TCP" || echo "server over the Unix socket")
-    mkdir -p "$dir"
     # Clients log in with trust (as they do with pgscale); the userlist gives
     # PgBouncer the app password for its own scram-sha-256 login to the server.
-    printf '"%s" "%s"\n' "$APP_USER" "$APP_PASSWORD" >"$dir/userlist.txt"
-    cat >"$dir/pgbouncer.ini" <<EOF
-[databases]
-$APP_DB = host=$host port=$PG_PORT dbname=$APP_DB
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = ${PORT[$t]}
-unix_socket_dir =
-auth_type = trust
-auth_file = $dir/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL_SIZE
-max_client_conn = 12000
-ignore_startup_parameters = extra_float_digits
-logfile = $dir/$t.log
-log_connections = 0
-log_disconnections = 0
-EOF
-    chmod 600 "$dir/userlist.txt"
-    # PgBouncer refuses to run as root. setpriv execs it in place (no PAM
-    # session resetting the open-files limit, unlike runuser), so $! is
-    # PgBouncer itself: its /proc entries are what we measure.
-    if [ "$(id -u)" -eq 0 ]; then
-        chown -R postgres:postgres "$dir"
-        (cd / && exec setpriv --reuid postgres --regid postgres --init-groups -- \
-            pgbouncer "$dir/pgbouncer.ini") >"$TMP/logs/$t.out" 2>&1 &
-    else
-        pgbouncer "$dir/pgbouncer.ini" >"$TMP/logs/$t.out" 2>&1 &
-    fi
-    PID[$t]=$!
+    pgbouncer_launch "$dir" "${PORT[$t]}" "$host" "$PG_PORT" "$POOL_SIZE" "$TMP/logs/$t.out" \
+        "max_client_conn = 12000" "ignore_startup_parameters = extra_float_digits" \
+        "log_connections = 0" "log_disconnections = 0"
+    PID[$t]=$BOUNCER_PID
     if wait_port "${PORT[$t]}" 15 "${PID[$t]}" && [ "$(psql_at "${PORT[$t]}" "$APP_DB" 'SELECT 1' 2>>"$TMP/logs/$t.out")" = 1 ]; then
         AVAILABLE[$t]=1
         log "-- $t: PgBouncer $(pgbouncer --version | head -n1 | awk '{print $2}') started (transaction mode, default_pool_size $POOL_SIZE, $how), pid ${PID[$t]}"
     else
         warn "$t (PgBouncer) did not come up; skipping it. Log:"
-        tail -n 20 "$TMP/logs/$t.out" "$dir/$t.log" >&2 2>/dev/null || true
+        tail -n 20 "$TMP/logs/$t.out" "$dir/pgbouncer.log" >&2 2>/dev/null || true
         stop_pid "${PID[$t]}"; unset "PID[$t]"
     fi
 }
@@ -256,7 +228,7 @@ proxy_died() {  # proxy_died TARGET WHEN — say so once, with the end of its lo
     wait "$pid" 2>/dev/null || st=$?
     NOTES+=("$1 exited $2 (wait status $st); its last log lines were printed above")
     log "   !! $1 (pid $pid) is gone ($2, wait status $st). Last lines of its log:"
-    tail -n 15 "$TMP/logs/$1.log" "$TMP/logs/$1.out" "$TMP/$1/$1.log" 2>/dev/null | sed 's/^/      /' || true
+    tail -n 15 "$TMP/logs/$1.log" "$TMP/logs/$1.out" "$TMP/$1/pgbouncer.log" 2>/dev/null | sed 's/^/      /' || true
 }
 
 # pgbench's -T counts from before its clients connect, and 1000 direct

@@ -15,6 +15,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "changefeed.h"
 #include "client.h"
 #include "clientauth.h"
 #include "io.h"
@@ -364,12 +365,17 @@ static void show_cache(reply *r)
         "evictions",       "invalidations",  "expired",         "fills",
         "stored",          "refused_too_big", "refused_lag",    "refused_no_room",
         "waits",           "wait_timeouts",  "bumps",           "bumps_all",
-        "catalog_generation", "ttl_ms",      "matches"};
-    enum { N = 23 };
+        "catalog_generation", "ttl_ms",      "matches",         "redis",
+        "redis_errors",    "redis_timeouts", "redis_checks",    "redis_hits",
+        "change_feed",     "feed_bumps",     "feed_bumps_all",  "feed_lsn"};
+    enum { N = 32 };
     header(r, N, cols);
     rcache_totals t;
     rcache_totals_get(&t);
+    changefeed_stats fs;
+    changefeed_stats_get(&fs);
     char b[N][32];
+    if (fs.lsn) topology_format_lsn(fs.lsn, b[31], sizeof(b[31]));
     uint64_t looked = t.hits + t.misses;
     snprintf(b[4], sizeof(b[4]), "%.4f", looked ? (double)t.hits / (double)looked : 0.0);
     const pgs_config *k = atomic_load(&g_pgs.cfg);
@@ -395,7 +401,21 @@ static void show_cache(reply *r)
                         U64(b[19], t.bumps_all),
                         U64(b[20], relcat_generation()),
                         U64(b[21], k->cache.ttl_ms),
-                        NULL};
+                        NULL,
+                        /* per worker: "up" only when every worker's
+                         * connection is */
+                        !t.redis_workers                 ? "off"
+                        : t.redis_up == t.redis_workers ? "up"
+                        : t.redis_up == 0                ? "down"
+                                                         : "partial",
+                        U64(b[24], t.redis_errors),
+                        U64(b[25], t.redis_timeouts),
+                        U64(b[26], t.redis_checks),
+                        U64(b[27], t.redis_hits),
+                        changefeed_state_name(fs.state),
+                        U64(b[29], fs.bumps),
+                        U64(b[30], fs.bumps_all),
+                        fs.lsn ? b[31] : NULL};
     row(r, N, v);
     /* the hint's row, then the rules' (or the default's) */
     int n_rules = k->cache.n_rules;
@@ -446,7 +466,7 @@ static void show_cache(reply *r)
                              U64(b[14], ct.refused_lag),
                              U64(b[15], ct.refused_no_room),
                              NULL, NULL, NULL, NULL, NULL,
-                             ttl, m};
+                             ttl, m, NULL, NULL, NULL, NULL};
         row(r, N, cv);
     }
     complete(r, "SHOW");

@@ -67,11 +67,11 @@ struct pgs_cache_entry {
     list lru;
     uint64_t expires_us, epoch;
     size_t key_len, answer_len, cost;
-    uint32_t n_deps, refs;
+    uint32_t n_deps, n_aux, refs;
     uint8_t seg;
     uint8_t cls;  /* the key's class: counted under it */
     bool linked; /* in the table and a segment; else waiting for its last release */
-    /* ids[n_deps], versions[n_deps], key material, answer */
+    /* ids[n_deps], versions[n_deps], aux[n_aux], key material, answer */
     uint64_t deps[];
 };
 
@@ -163,6 +163,16 @@ void cache_key_null(pgs_cache_key_builder *kb, uint8_t tag)
     key_put(kb, tag, PGS_CACHE_KEY_NULL_LEN, NULL, 0);
 }
 
+void cache_key_of_material(const uint8_t *material, size_t len, pgs_cache_key *out)
+{
+    XXH128_hash_t h = XXH3_128bits(material, len);
+    out->lo = h.low64;
+    out->hi = h.high64;
+    out->material = material;
+    out->len = len;
+    out->cls = 0;
+}
+
 int cache_key_finish(pgs_cache_key_builder *kb, pgs_cache_key *out)
 {
     if (kb->too_long) return PGS_CACHE_E_TOO_BIG;
@@ -177,14 +187,19 @@ int cache_key_finish(pgs_cache_key_builder *kb, pgs_cache_key *out)
 
 /* ---- Entries ------------------------------------------------------------ */
 
-static inline size_t header_size(size_t key_len, size_t n_deps)
+static inline size_t header_size(size_t key_len, size_t n_deps, size_t n_aux)
 {
-    return offsetof(pgs_cache_entry, deps) + 2 * n_deps * sizeof(uint64_t) + key_len;
+    return offsetof(pgs_cache_entry, deps) + (2 * n_deps + n_aux) * sizeof(uint64_t) + key_len;
+}
+
+static inline size_t entry_header(const pgs_cache_entry *e)
+{
+    return header_size(e->key_len, e->n_deps, e->n_aux);
 }
 
 size_t cache_entry_cost(size_t key_len, size_t n_deps, size_t answer_len)
 {
-    return header_size(key_len, n_deps) + answer_len + ALLOC_OVERHEAD;
+    return header_size(key_len, n_deps, 0) + answer_len + ALLOC_OVERHEAD;
 }
 
 static inline const uint64_t *entry_ids(const pgs_cache_entry *e) { return e->deps; }
@@ -192,13 +207,44 @@ static inline const uint64_t *entry_versions(const pgs_cache_entry *e)
 {
     return e->deps + e->n_deps;
 }
-static inline uint8_t *entry_key(pgs_cache_entry *e) { return (uint8_t *)(e->deps + 2 * e->n_deps); }
+static inline uint64_t *entry_aux(pgs_cache_entry *e) { return e->deps + 2 * e->n_deps; }
+static inline uint8_t *entry_key(pgs_cache_entry *e)
+{
+    return (uint8_t *)(e->deps + 2 * e->n_deps + e->n_aux);
+}
 static inline uint8_t *entry_answer(pgs_cache_entry *e) { return entry_key(e) + e->key_len; }
+
+static void drop(pgs_cache *c, pgs_cache_entry *e);
 
 const uint8_t *cache_entry_answer(const pgs_cache_entry *e, size_t *len)
 {
     *len = e->answer_len;
     return entry_answer((pgs_cache_entry *)e);
+}
+
+const uint64_t *cache_entry_deps(const pgs_cache_entry *e, size_t *n)
+{
+    *n = e->n_deps;
+    return e->deps;
+}
+
+const uint64_t *cache_entry_aux(const pgs_cache_entry *e, size_t *n)
+{
+    *n = e->n_aux;
+    return entry_aux((pgs_cache_entry *)e);
+}
+
+uint64_t cache_entry_expires(const pgs_cache_entry *e)
+{
+    return e->expires_us;
+}
+
+void cache_entry_drop(pgs_cache *c, pgs_cache_entry *e)
+{
+    if (!e->linked) return;
+    drop(c, e);
+    c->invalidations++;
+    cls_of(c, e->cls)->invalidations++;
 }
 
 static inline pgs_cache_entry *lru_entry(list *l)
@@ -412,9 +458,16 @@ int cache_fill_begin(pgs_cache *c, const pgs_cache_key *key, const pgs_table_id 
                      const uint64_t *versions, size_t n_deps, uint64_t epoch, uint64_t ttl_us,
                      uint64_t now_us, pgs_cache_fill **out)
 {
+    return cache_fill_begin_aux(c, key, ids, versions, n_deps, epoch, 0, ttl_us, now_us, out);
+}
+
+int cache_fill_begin_aux(pgs_cache *c, const pgs_cache_key *key, const pgs_table_id *ids,
+                         const uint64_t *versions, size_t n_deps, uint64_t epoch, size_t n_aux,
+                         uint64_t ttl_us, uint64_t now_us, pgs_cache_fill **out)
+{
     *out = NULL;
-    size_t hdr = header_size(key->len, n_deps);
-    if (n_deps > UINT32_MAX || hdr + ALLOC_OVERHEAD > c->max_entry ||
+    size_t hdr = header_size(key->len, n_deps, n_aux);
+    if (n_deps > UINT32_MAX || n_aux > UINT32_MAX || hdr + ALLOC_OVERHEAD > c->max_entry ||
         hdr + ALLOC_OVERHEAD > c->max_bytes) {
         c->refused++;
         cls_of(c, key->cls)->refused++;
@@ -430,6 +483,7 @@ int cache_fill_begin(pgs_cache *c, const pgs_cache_key *key, const pgs_table_id 
     pgs_cache_entry *e = f->buf;
     memset(e, 0, offsetof(pgs_cache_entry, deps));
     e->n_deps = (uint32_t)n_deps;
+    e->n_aux = (uint32_t)n_aux;
     e->key_len = key->len;
     e->cls = key->cls < PGS_CACHE_CLASSES ? key->cls : PGS_CACHE_CLASSES - 1;
     e->epoch = epoch;
@@ -439,6 +493,7 @@ int cache_fill_begin(pgs_cache *c, const pgs_cache_key *key, const pgs_table_id 
         memcpy(e->deps, ids, n_deps * sizeof(uint64_t));
         memcpy(e->deps + n_deps, versions, n_deps * sizeof(uint64_t));
     }
+    if (n_aux) memset(entry_aux(e), 0, n_aux * sizeof(uint64_t));
     if (key->len) memcpy(entry_key(e), key->material, key->len);
 
     f->c = c;
@@ -469,7 +524,7 @@ int cache_fill_append(pgs_cache_fill *f, const void *data, size_t len)
 {
     pgs_cache_entry *e = f->buf;
     if (PGS_UNLIKELY(!e)) return PGS_CACHE_E_TOO_BIG;
-    size_t used = header_size(e->key_len, e->n_deps) + e->answer_len;
+    size_t used = entry_header(e) + e->answer_len;
     size_t limit = PGS_MIN(f->c->max_entry, f->c->max_bytes) - ALLOC_OVERHEAD;
     if (PGS_UNLIKELY(len > limit - used)) {
         refuse(f);
@@ -504,7 +559,7 @@ int cache_fill_commit(pgs_cache_fill *f, uint64_t now_us)
     }
     unlink_fill(f);
     int rc = 0;
-    size_t cost = cache_entry_cost(e->key_len, e->n_deps, e->answer_len);
+    size_t cost = entry_header(e) + e->answer_len + ALLOC_OVERHEAD;
     if (cost > c->max_entry || cost > c->max_bytes) {
         /* The limits were lowered (RELOAD) while the answer was copied. */
         c->refused++;
@@ -528,7 +583,7 @@ int cache_fill_commit(pgs_cache_fill *f, uint64_t now_us)
         fill_end(f);
         return rc;
     }
-    size_t size = header_size(e->key_len, e->n_deps) + e->answer_len;
+    size_t size = entry_header(e) + e->answer_len;
     if (size < f->cap) e = pgs_xrealloc(e, size);
     f->buf = NULL;
     e->cn.kind = NODE_ENTRY;
@@ -557,6 +612,56 @@ int cache_fill_commit(pgs_cache_fill *f, uint64_t now_us)
     wake_waiters(c, f, e);
     fill_end(f);
     return 0;
+}
+
+uint64_t *cache_fill_aux(pgs_cache_fill *f, size_t *n)
+{
+    if (!f->buf) {
+        *n = 0;
+        return NULL;
+    }
+    *n = f->buf->n_aux;
+    return entry_aux(f->buf);
+}
+
+const uint8_t *cache_fill_key(const pgs_cache_fill *f, size_t *len)
+{
+    if (!f->buf) {
+        *len = 0;
+        return NULL;
+    }
+    *len = f->buf->key_len;
+    return entry_key(f->buf);
+}
+
+const uint8_t *cache_fill_answer(const pgs_cache_fill *f, size_t *len)
+{
+    if (!f->buf) {
+        *len = 0;
+        return NULL;
+    }
+    *len = f->buf->answer_len;
+    return entry_answer(f->buf);
+}
+
+const uint64_t *cache_fill_deps(const pgs_cache_fill *f, size_t *n)
+{
+    if (!f->buf) {
+        *n = 0;
+        return NULL;
+    }
+    *n = f->buf->n_deps;
+    return f->buf->deps;
+}
+
+void cache_fill_cap_expiry(pgs_cache_fill *f, uint64_t expires_us)
+{
+    if (f->buf && expires_us < f->buf->expires_us) f->buf->expires_us = expires_us;
+}
+
+uint64_t cache_fill_expires(const pgs_cache_fill *f)
+{
+    return f->buf ? f->buf->expires_us : 0;
 }
 
 void cache_fill_abort(pgs_cache_fill *f)

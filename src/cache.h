@@ -87,6 +87,9 @@ void cache_key_null(pgs_cache_key_builder *kb, uint8_t tag);
  * PGS_CACHE_E_TOO_BIG when the material passed max_len (do not cache). */
 PGS_MUSTCHECK int cache_key_finish(pgs_cache_key_builder *kb, pgs_cache_key *out);
 
+/* The key of material already built (a stored entry's, a fill's). */
+void cache_key_of_material(const uint8_t *material, size_t len, pgs_cache_key *out);
+
 /* ---- Store -------------------------------------------------------------- */
 
 #define PGS_CACHE_E_TOO_BIG (-7)  /* -E2BIG */
@@ -131,6 +134,16 @@ enum pgs_cache_result cache_lookup(pgs_cache *c, const pgs_cache_key *key, uint6
 
 const uint8_t *cache_entry_answer(const pgs_cache_entry *e, size_t *len);
 void cache_entry_release(pgs_cache *c, pgs_cache_entry *e);
+/* The table ids the entry depends on (n of them). */
+const uint64_t *cache_entry_deps(const pgs_cache_entry *e, size_t *n);
+/* The caller's own words kept with the entry (cache_fill_begin_aux). */
+const uint64_t *cache_entry_aux(const pgs_cache_entry *e, size_t *n);
+/* When the entry's TTL ends (microseconds, the clock of now_us). */
+uint64_t cache_entry_expires(const pgs_cache_entry *e);
+/* Takes a pinned entry out of the store (found stale by a check the
+ * store does not make itself: the Redis tier's versions); counted as an
+ * invalidation.  The pin still has to be released. */
+void cache_entry_drop(pgs_cache *c, pgs_cache_entry *e);
 
 /* Starts filling key's answer.  ids/versions/epoch are the snapshot taken
  * (tablever_snapshot) before the query was sent; they are copied.  The
@@ -142,6 +155,23 @@ PGS_MUSTCHECK int cache_fill_begin(pgs_cache *c, const pgs_cache_key *key,
                                    const pgs_table_id *ids, const uint64_t *versions,
                                    size_t n_deps, uint64_t epoch, uint64_t ttl_us,
                                    uint64_t now_us, pgs_cache_fill **out);
+/* The same, keeping n_aux more 64-bit words with the entry, zeroed at
+ * first: the caller writes them through cache_fill_aux before the commit
+ * and reads them back with cache_entry_aux (the Redis tier keeps the
+ * Redis versions of the snapshot there). */
+PGS_MUSTCHECK int cache_fill_begin_aux(pgs_cache *c, const pgs_cache_key *key,
+                                       const pgs_table_id *ids, const uint64_t *versions,
+                                       size_t n_deps, uint64_t epoch, size_t n_aux,
+                                       uint64_t ttl_us, uint64_t now_us, pgs_cache_fill **out);
+/* A pending fill's aux words (NULL once refused), key material and answer
+ * so far, and when its TTL ends (0 once refused). */
+uint64_t *cache_fill_aux(pgs_cache_fill *f, size_t *n);
+const uint8_t *cache_fill_key(const pgs_cache_fill *f, size_t *len);
+const uint8_t *cache_fill_answer(const pgs_cache_fill *f, size_t *len);
+const uint64_t *cache_fill_deps(const pgs_cache_fill *f, size_t *n);
+uint64_t cache_fill_expires(const pgs_cache_fill *f);
+/* Brings the fill's expiry forward to expires_us (never later). */
+void cache_fill_cap_expiry(pgs_cache_fill *f, uint64_t expires_us);
 /* Appends answer bytes.  The buffer grows geometrically (no reallocation
  * per message).  PGS_CACHE_E_TOO_BIG once the entry would pass
  * max_entry_bytes: the fill is refused there and then (its buffer freed,

@@ -197,6 +197,8 @@ void config_defaults(pgs_config *cfg)
     cfg->cache.max_memory = 256ull << 20;
     cfg->cache.max_entry_size = 1u << 20;
     cfg->cache.fill_wait_ms = 1000;
+    cfg->cache.redis = true;
+    cfg->cache.redis_timeout_ms = 50;
     cfg->load_balance = PGS_BALANCE_ROUND_ROBIN;
     cfg->monitor_interval_ms = 100;
     cfg->health_check_timeout_ms = 2 * 1000;
@@ -1313,6 +1315,10 @@ static const struct setting settings[] = {
     {.name = "PGSCALE_CACHE_MAX_ENTRY_SIZE", .key = "cache.max_entry_size", .kind = K_BYTES,
      .off = F(cache.max_entry_size), .min = 1024, .max = 1073741824L},
     DUR("PGSCALE_CACHE_FILL_WAIT", "cache.fill_wait", cache.fill_wait_ms, true),
+    {.name = "PGSCALE_CACHE_CHANGE_FEED", .key = "cache.change_feed", .kind = K_BOOL,
+     .off = F(cache.change_feed)},
+    {.name = "PGSCALE_CACHE_REDIS", .key = "cache.redis", .kind = K_BOOL, .off = F(cache.redis)},
+    DUR("PGSCALE_CACHE_REDIS_TIMEOUT", "cache.redis_timeout", cache.redis_timeout_ms, false),
 };
 #undef ENUM
 #undef DUR
@@ -1964,6 +1970,14 @@ static int finish_load(pgs_config *cfg, const config_yaml_seen *seen, const char
                    "cache.max_entry_size (%s) is larger than cache.max_memory (%s); lower "
                    "PGSCALE_CACHE_MAX_ENTRY_SIZE or raise PGSCALE_CACHE_MAX_MEMORY",
                    a, b);
+        return -EINVAL;
+    }
+    /* Every request that meets the Redis tier may wait this long: a bound
+     * meant to be small (a cached answer is worth ~1 ms), never minutes. */
+    if (cfg->cache.redis_timeout_ms < 1 || cfg->cache.redis_timeout_ms > 10000) {
+        pgs_seterr(err, errlen,
+                   "cache.redis_timeout must be between 1ms and 10s; set "
+                   "PGSCALE_CACHE_REDIS_TIMEOUT (default 50ms)");
         return -EINVAL;
     }
     /* md5 and SCRAM check a password: the users file's, auth.query's, or

@@ -215,6 +215,9 @@ typedef struct pgs_cache_config {
     uint64_t max_memory;       /* PGSCALE_CACHE_MAX_MEMORY, bytes, default 256 MB */
     uint32_t max_entry_size;   /* PGSCALE_CACHE_MAX_ENTRY_SIZE, bytes, default 1 MB */
     uint32_t fill_wait_ms;     /* PGSCALE_CACHE_FILL_WAIT, default 1 s, 0 = never wait */
+    bool change_feed;          /* PGSCALE_CACHE_CHANGE_FEED, default off; restart only */
+    bool redis;                /* PGSCALE_CACHE_REDIS: the Redis tier when REDIS_URL is set */
+    uint32_t redis_timeout_ms; /* PGSCALE_CACHE_REDIS_TIMEOUT, default 50 ms */
     pgs_cache_rule *rules;     /* cache.rules, in file order */
     int n_rules;
 } pgs_cache_config;

@@ -1330,8 +1330,9 @@ static int cache_rule(yctx *c, const node *v, const char *path, pgs_cache_rule *
 
 static int do_cache(yctx *c, const node *v, const char *path)
 {
-    static const char *const keys[] = {"enabled", "ttl", "max_memory", "max_entry_size",
-                                       "fill_wait", "rules"};
+    static const char *const keys[] = {"enabled",     "ttl",   "max_memory",    "max_entry_size",
+                                       "fill_wait",   "redis", "redis_timeout", "change_feed",
+                                       "rules"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_cache_config *cc = &c->cfg->cache;
     char kp[PATH_BUF], ip[PATH_BUF], full[64];

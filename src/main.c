@@ -15,6 +15,7 @@
 #include "authquery.h"
 #include "clientauth.h"
 #include "config.h"
+#include "changefeed.h"
 #include "classify.h"
 #include "monitor.h"
 #include "relcat.h"
@@ -250,6 +251,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgscale: %s\n", err);
         return 1;
     }
+    /* writes made around pgscale, read from a logical replication slot
+     * (restart-only, like the catalog it expands names with) */
+    if (g_cfg.cache.change_feed && !g_cfg.cache.enabled)
+        log_warn("cache.change_feed is on but the cache is off: the change feed does not run "
+                 "(both are read at start for it)");
+    if (g_cfg.cache.change_feed && g_cfg.cache.enabled &&
+        changefeed_start(&g_cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "pgscale: %s\n", err);
+        return 1;
+    }
     char listening[1024];
     config_format_listen_list(&g_cfg, listening, sizeof(listening));
     log_info("pgscale " PGSCALE_VERSION " listening on %s, %d workers, %s pooling, "
@@ -259,6 +270,7 @@ int main(int argc, char **argv)
              g_cfg.max_overflow, topology_primary()->ep.text);
     uv_run(loop, UV_RUN_DEFAULT);
     worker_join_all();
+    changefeed_stop();
     monitor_stop();
     classify_shutdown();
     relcat_shutdown();

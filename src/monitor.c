@@ -889,13 +889,19 @@ int monitor_start(const pgs_config *cfg, char *err, size_t errlen)
     pthread_cond_init(&cond, &ca);
     pthread_condattr_destroy(&ca);
     monitor_configure(cfg);
+    /* Under lock: the workers already run, and a RELOAD on one of them may
+     * ask for the primary's thread meanwhile
+     * (monitor_want_primary_thread_now). */
+    pthread_mutex_lock(&lock);
     stopping = false;
     n_mnodes = 0;
+    int rc = 0;
     /* With the primary alone there is nothing to route to or fail over
      * to: no thread, no extra connection on the primary, unless a feature
      * needs the primary hook. */
-    if (topology_count() < 2 && !want_primary_thread) return 0;
-    return start_threads(err, errlen);
+    if (topology_count() >= 2 || want_primary_thread) rc = start_threads(err, errlen);
+    pthread_mutex_unlock(&lock);
+    return rc;
 }
 
 int monitor_want_primary_thread_now(char *err, size_t errlen)

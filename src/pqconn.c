@@ -128,7 +128,7 @@ PGconn *pqconn_open(const pqconn_params *pp, char **error)
     const pgs_server_tls_config *st = &pp->cfg->server_tls;
     const char *keys[] = {"host", "port", "dbname", "user", "password", "connect_timeout",
                           "application_name", "sslmode", "channel_binding", "options",
-                          "sslrootcert", "sslcert", "sslkey", NULL};
+                          "sslrootcert", "sslcert", "sslkey", "replication", NULL};
     /* the host as the pools read it: no host is the default socket
      * directory (libpq would look at PGHOST first) */
     const char *host = u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR;
@@ -136,7 +136,7 @@ PGconn *pqconn_open(const pqconn_params *pp, char **error)
                           pp->application_name,
                           pp->sslmode ? pp->sslmode : tls_sslmode_name(st->sslmode),
                           tls_channel_binding_name(st->channel_binding), pp->options,
-                          st->ca, st->cert, st->key, NULL};
+                          st->ca, st->cert, st->key, pp->replication, NULL};
     PGconn *c = connect_guarded(pp, keys, vals, error);
     if (!c) {
         if (!*error) {

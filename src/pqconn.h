@@ -17,6 +17,7 @@ typedef struct pqconn_params {
     const char *sslmode;     /* NULL: server_tls.sslmode */
     const char *application_name;
     const char *options;     /* startup options (-c ...), or NULL */
+    const char *replication; /* "database" for a logical replication connection, or NULL */
     uint32_t timeout_ms;     /* for connecting and logging in, together */
     const char *what;        /* "auth.query", "monitor: replica1": starts every error */
 } pqconn_params;

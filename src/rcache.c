@@ -33,10 +33,12 @@
 #include "params.h"
 #include "prepared.h"
 #include "proto.h"
+#include "rcache_redis.h"
 #include "relay.h"
 #include "relcat.h"
 #include "route.h"
 #include "sqlscan.h"
+#include "topology.h"
 #include "worker.h"
 
 /* Longest key material (the statement text is most of it); a longer
@@ -64,9 +66,11 @@ typedef struct rcache_worker {
     pgs_cache_key_builder kb;
     relcat_ref cat;
     relcat_ids reads;    /* scratch: the read set of the statement being looked up */
+    rredis *redis;       /* the Redis tier, NULL when off */
     bool was_enabled;    /* the cache was on at the last configuration seen */
     uint64_t rules_sig;  /* cache.rules at the last configuration seen */
     uint64_t refused_lag, waits, wait_timeouts, bumps, bumps_all;
+    uint64_t unserved;   /* local hits Redis did not vouch for: misses after all */
     uint64_t cls_refused_lag[PGS_CACHE_CLASSES];
     rc_pub pub;
     rc_cls_pub cls_pub[PGS_CACHE_CLASSES];
@@ -84,6 +88,7 @@ struct pgs_client_cache {
     bool fill_ext, fill_started, fill_describe, fill_skip;
     uint8_t fill_step;
     bool untracked;      /* settings pgscale does not follow: never cached */
+    int8_t catalog_db;   /* c's database is the relation catalog's: 1, 0, -1 not known yet */
     uint8_t fill_cls;    /* the class of the fill in c->cfill */
     bool bypass;         /* the Query at the head goes to the database as it is */
     bool parked, woken;  /* waiting on another client's fill; its end came */
@@ -95,6 +100,16 @@ struct pgs_client_cache {
     bool named_writer;   /* some named statement of c's may write */
     relcat_ids writes;
     pgs_cache_entry *ready; /* what a fill handed to a parked client (pinned) */
+    /* The Redis tier (rcache_redis.h): what c waits for (at most one
+     * request), and what its answer said, acted on from c's timer. */
+    enum { RW_NONE, RW_HOLD, RW_CHECK, RW_LOOKUP } rwait;
+    bool rdone;          /* the answer came (or the request failed) */
+    bool rok;            /* ... and it says go on: versions equal, acknowledged */
+    bool self_fill;      /* parked on its own fill, stored from a shared entry */
+    bool fill_snap;      /* c->cfill holds the Redis versions of its snapshot */
+    char held_status;    /* RW_HOLD: the ReadyForQuery not yet relayed */
+    rredis_req *rreq;
+    pgs_cache_entry *checking; /* RW_CHECK: the local hit (pinned) */
     pgs_cache_waiter waiter;
     uv_timer_t timer;
 };
@@ -122,8 +137,9 @@ static void publish(rcache_worker *rw)
     cache_stats(rw->store, &st);
     rc_pub *p = &rw->pub;
 #define PUB(f, v) atomic_store_explicit(&p->f, (v), memory_order_relaxed)
-    PUB(hits, st.hits);
-    PUB(misses, st.misses + st.pending); /* a wait is a miss too */
+    PUB(hits, st.hits - rw->unserved);
+    /* a wait is a miss too, and so is a hit Redis did not vouch for */
+    PUB(misses, st.misses + st.pending + rw->unserved);
     PUB(entries, st.entries);
     PUB(bytes, st.bytes);
     PUB(max_bytes, st.max_bytes);
@@ -171,6 +187,7 @@ static rcache_worker *worker_rc(pgs_worker *w)
     cache_key_init(&rw->kb, KEY_MAX);
     rw->was_enabled = k->cache.enabled;
     rw->rules_sig = cacherule_signature(&k->cache);
+    rw->redis = rredis_start(w, k);
     publish(rw);
     __atomic_store_n(&w->rcache, rw, __ATOMIC_RELEASE);
     return rw;
@@ -191,6 +208,7 @@ static struct pgs_client_cache *state(pgs_client *c, bool in_flight)
     if (PGS_LIKELY(cc != NULL)) return cc;
     cc = pgs_xcalloc(1, sizeof(*cc));
     cc->c = c;
+    cc->catalog_db = -1;
     if (c->tx_status != 'I' || in_flight) cc->dirty = cc->write_all = true;
     c->ccache = cc;
     return cc;
@@ -278,6 +296,22 @@ static uint8_t class_of(const pgs_stmt_facts *f, int rule)
     return (f->flags & PGS_FACT_HINT_CACHE) ? RCACHE_CLASS_HINT : RCACHE_CLASS_DEFAULT;
 }
 
+/* Whether c's server database is the one the relation catalog describes
+ * (the primary's, DATABASE_URL's): another database's tables, views and
+ * partitions are not in it, so its reads are not cached (its writes still
+ * bump by name, which can only end more entries than needed). */
+static bool catalog_database(pgs_client *c, struct pgs_client_cache *cc)
+{
+    if (PGS_LIKELY(cc->catalog_db >= 0)) return cc->catalog_db;
+    const char *db = c->pool->sh->database;
+    const pgs_db_config *dbc = config_find_database(cfg(), db);
+    if (dbc && dbc->dbname) db = dbc->dbname;
+    const pgs_node *p = topology_primary();
+    const char *cat = p && p->url ? p->url->dbname : NULL;
+    cc->catalog_db = cat && strcmp(cat, db) == 0;
+    return cc->catalog_db;
+}
+
 /* The TTL in ms to cache c's statement text with (0: not cached) and the
  * class it is counted under (*cls); its read set in rw->reads. */
 static uint32_t decide(rcache_worker *rw, pgs_client *c, const uint8_t *text, uint32_t tlen,
@@ -286,7 +320,7 @@ static uint32_t decide(rcache_worker *rw, pgs_client *c, const uint8_t *text, ui
     const pgs_config *k = cfg();
     const pgs_pool_shared *sh = c->pool->sh;
     bool here = atomic_load_explicit(&sh->cache, memory_order_relaxed) != 0;
-    if (!here) return 0;
+    if (!here || !catalog_database(c, c->ccache)) return 0;
     const pgs_stmt_facts *f = route_classify(c->w, (const char *)text, tlen);
     int rule;
     uint32_t ttl = cache_decide(&k->cache, sh->database, sh->user, here, f, &rule);
@@ -533,6 +567,14 @@ static int answer_head(rcache_worker *rw, pgs_client *c, const rc_unit *u, pgs_c
 
 static void on_timer(uv_timer_t *t);
 
+static void ensure_timer(pgs_client *c, struct pgs_client_cache *cc)
+{
+    if (cc->timer_init) return;
+    uv_timer_init(&c->w->loop, &cc->timer);
+    cc->timer.data = cc;
+    cc->timer_init = true;
+}
+
 static void on_fill_end(pgs_cache_waiter *wt, pgs_cache_entry *e)
 {
     struct pgs_client_cache *cc = wt->data;
@@ -545,11 +587,7 @@ static void on_fill_end(pgs_cache_waiter *wt, pgs_cache_entry *e)
 static void park(rcache_worker *rw, pgs_client *c, struct pgs_client_cache *cc,
                  pgs_cache_fill *f)
 {
-    if (!cc->timer_init) {
-        uv_timer_init(&c->w->loop, &cc->timer);
-        cc->timer.data = cc;
-        cc->timer_init = true;
-    }
+    ensure_timer(c, cc);
     cc->waiter.prev = cc->waiter.next = NULL;
     cc->waiter.cb = on_fill_end;
     cc->waiter.data = cc;
@@ -561,13 +599,21 @@ static void park(rcache_worker *rw, pgs_client *c, struct pgs_client_cache *cc,
     uv_timer_start(&cc->timer, on_timer, cfg()->cache.fill_wait_ms, 0);
 }
 
-/* The parked client's fill ended (woken) or its wait did. */
+static void redis_resume(rcache_worker *rw, pgs_client *c, struct pgs_client_cache *cc);
+
+/* The parked client's fill ended (woken) or its wait did; or the Redis
+ * tier answered what c waited for. */
 static void on_timer(uv_timer_t *t)
 {
     struct pgs_client_cache *cc = t->data;
     pgs_client *c = cc->c;
-    if (!c || !cc->parked) return;
+    if (!c) return;
     rcache_worker *rw = worker_rc(c->w);
+    if (cc->rwait != RW_NONE) {
+        if (cc->rdone) redis_resume(rw, c, cc);
+        return;
+    }
+    if (!cc->parked) return;
     cc->parked = false;
     pgs_cache_entry *e = cc->ready;
     cc->ready = NULL;
@@ -576,6 +622,18 @@ static void on_timer(uv_timer_t *t)
         rw->wait_timeouts++;
     }
     cc->woken = false;
+    bool self = cc->self_fill;
+    cc->self_fill = false;
+    if (e && rw->redis && !self) {
+        /* Another client's fill: its Redis snapshot may predate a write
+         * acknowledged through another instance since.  Looked up again,
+         * it is a local hit, checked against Redis like any other. */
+        cache_entry_release(rw->store, e);
+        e = NULL;
+        publish(rw);
+        relay_client_data(c);
+        return;
+    }
     rc_unit u;
     if (e) {
         if (head_unit(c, &u) && c->tx_status == 'I' && !c->server) {
@@ -600,8 +658,10 @@ static void begin_fill(rcache_worker *rw, pgs_client *c, struct pgs_client_cache
     uint64_t vers[RELCAT_IDS_MAX], epoch;
     tablever_snapshot(ids->ids, ids->n, vers, &epoch);
     pgs_cache_fill *f = NULL;
-    if (cache_fill_begin(rw->store, key, ids->ids, vers, ids->n, epoch, (uint64_t)ttl_ms * 1000u,
-                         now, &f) != 0)
+    /* with the Redis tier, the Redis versions (ids', then the epoch) too */
+    size_t n_aux = rw->redis ? ids->n + 1 : 0;
+    if (cache_fill_begin_aux(rw->store, key, ids->ids, vers, ids->n, epoch, n_aux,
+                             (uint64_t)ttl_ms * 1000u, now, &f) != 0)
         return;
     c->cfill = f;
     cc->fill_cls = key->cls;
@@ -611,11 +671,138 @@ static void begin_fill(rcache_worker *rw, pgs_client *c, struct pgs_client_cache
     cc->fill_step = 0;
 }
 
+/* ---------- the Redis tier ----------
+ *
+ * With the tier on, nothing is served that Redis has not just vouched
+ * for: a local hit is served only once Redis says the versions of its
+ * tables and the epoch are those the entry was filled under, and a fill
+ * takes its Redis versions before its query is sent (the lookup that
+ * also fetches the shared entry).  A writer's ReadyForQuery waits until
+ * Redis has its version bumps.  So a write acknowledged through any
+ * instance is seen by every later read through any other, as long as the
+ * tier is up; while it is down, nothing is served from the cache at all.
+ * Each wait is bounded by cache.redis_timeout (rcache_redis.c). */
+
+static void on_redis(rredis_req *q, int status, void *arg)
+{
+    struct pgs_client_cache *cc = arg;
+    pgs_client *c = cc->c;
+    cc->rreq = NULL;
+    cc->rdone = true;
+    cc->rok = status == RREDIS_OK;
+    if (cc->rok && cc->rwait == RW_CHECK) {
+        size_t n, na;
+        (void)cache_entry_deps(cc->checking, &n);
+        const uint64_t *aux = cache_entry_aux(cc->checking, &na);
+        cc->rok = na == n + 1 && q->n == n && memcmp(aux, q->vers, na * sizeof(uint64_t)) == 0;
+    } else if (cc->rok && cc->rwait == RW_LOOKUP && c && c->cfill) {
+        rcache_worker *rw = worker_rc(c->w);
+        pgs_cache_fill *f = c->cfill;
+        size_t na, mlen, alen;
+        uint64_t *aux = cache_fill_aux(f, &na);
+        if (aux && na == q->n + 1) {
+            memcpy(aux, q->vers, na * sizeof(uint64_t));
+            cc->fill_snap = true;
+        }
+        const uint8_t *m = cache_fill_key(f, &mlen);
+        uint64_t left_ms = 0;
+        const uint8_t *a = m ? rredis_entry_answer(q, m, mlen, &alen, &left_ms) : NULL;
+        if (a && cc->fill_snap && cache_fill_append(f, a, alen) == 0) {
+            /* kept here no longer than its filler allowed */
+            cache_fill_cap_expiry(f, pgs_now_us() + left_ms * 1000u);
+            /* Another instance's answer, under the versions Redis has now:
+             * kept here too, and c takes it as the fill's own waiter. */
+            rredis_count_hit(rw->redis);
+            c->cfill = NULL;
+            cc->fill_snap = false;
+            cc->waiter.prev = cc->waiter.next = NULL;
+            cc->waiter.cb = on_fill_end;
+            cc->waiter.data = cc;
+            cache_wait(f, &cc->waiter);
+            cc->parked = true;
+            cc->woken = false;
+            cc->ready = NULL;
+            cc->self_fill = true;
+            cc->rwait = RW_NONE;
+            cc->rdone = false;
+            (void)cache_fill_commit(f, pgs_now_us()); /* wakes c: on_fill_end */
+            publish(rw);
+            return;
+        }
+    }
+    /* acted on from the loop, not from inside hiredis's callback */
+    if (c) uv_timer_start(&cc->timer, on_timer, 0, 0);
+}
+
+static void redis_resume(rcache_worker *rw, pgs_client *c, struct pgs_client_cache *cc)
+{
+    int what = cc->rwait;
+    bool ok = cc->rok;
+    cc->rwait = RW_NONE;
+    cc->rdone = cc->rok = false;
+    switch (what) {
+    case RW_HOLD:
+        relay_ready_release(c, cc->held_status);
+        return;
+    case RW_CHECK: {
+        pgs_cache_entry *e = cc->checking;
+        cc->checking = NULL;
+        if (!ok) rw->unserved++;
+        if (ok) {
+            rc_unit u;
+            if (head_unit(c, &u) && c->tx_status == 'I' && !c->server) {
+                int rc = answer_head(rw, c, &u, e);
+                if (rc < 0) return;
+                if (rc > 0) cc->bypass = true;
+                e = NULL;
+            } else {
+                cc->bypass = true;
+            }
+        } else if (rredis_up(rw->redis)) {
+            /* Redis has moved on: the entry is dead (and the lookup
+             * that follows fetches what Redis may have instead) */
+            cache_entry_drop(rw->store, e);
+        } else {
+            cc->bypass = true; /* the tier went down: the database */
+        }
+        if (e) cache_entry_release(rw->store, e);
+        break;
+    }
+    case RW_LOOKUP:
+        if (!ok && c->cfill) {
+            /* no Redis snapshot: nothing may be stored from this fill */
+            cache_fill_abort(c->cfill);
+            c->cfill = NULL;
+            cc->fill_snap = false;
+            cc->bypass = true;
+        }
+        break;
+    default:
+        break;
+    }
+    publish(rw);
+    relay_client_data(c);
+}
+
+static int redis_wait(pgs_client *c, struct pgs_client_cache *cc, int what, rredis_req *q)
+{
+    ensure_timer(c, cc);
+    cc->rwait = what;
+    cc->rdone = cc->rok = false;
+    cc->rreq = q;
+    return RCACHE_WAIT;
+}
+
+bool rcache_holding(const pgs_client *c)
+{
+    return c->ccache && c->ccache->rwait == RW_HOLD;
+}
+
 int rcache_serve(pgs_client *c)
 {
     if (!tx_mode(c) || c->is_admin) return RCACHE_GO;
     struct pgs_client_cache *cc = state(c, false);
-    if (cc->parked) return RCACHE_WAIT;
+    if (cc->parked || cc->rwait != RW_NONE) return RCACHE_WAIT;
     if (c->cfill || cc->untracked || cc->bypass ||
         atomic_load_explicit(&c->pin, memory_order_relaxed))
         return RCACHE_GO;
@@ -630,6 +817,12 @@ int rcache_serve(pgs_client *c)
     rc_unit u;
     while (c->tx_status == 'I' && !c->skip_remaining && !c->fwd_remaining && !c->tx_lost &&
            !c->ext_skip && head_unit(c, &u) && (!held || u.ext)) {
+        if (rw->redis && !rredis_up(rw->redis)) {
+            /* the Redis tier is down: nothing can be checked, nothing is
+             * served or stored; the database answers */
+            cc->bypass = true;
+            return RCACHE_GO;
+        }
         uint8_t cls;
         uint32_t ttl = decide(rw, c, u.text, u.tlen, &cls);
         if (!ttl) break;
@@ -640,6 +833,29 @@ int rcache_serve(pgs_client *c)
         pgs_cache_lookup_result res;
         switch (cache_lookup(rw->store, &key, now, &res)) {
         case PGS_CACHE_HIT: {
+            if (rw->redis && held) {
+                /* the check would keep the held server waiting */
+                cache_entry_release(rw->store, res.entry);
+                cc->bypass = true;
+                publish(rw);
+                return RCACHE_GO;
+            }
+            if (rw->redis) {
+                /* served once Redis vouches for it (on_redis) */
+                size_t n;
+                const uint64_t *ids = cache_entry_deps(res.entry, &n);
+                rredis_req *q = rredis_check(rw->redis, ids, n, on_redis, cc);
+                if (!q) {
+                    cache_entry_release(rw->store, res.entry);
+                    cc->bypass = true; /* down: no hits */
+                    publish(rw);
+                    return RCACHE_GO;
+                }
+                rredis_count_check(rw->redis);
+                cc->checking = res.entry;
+                publish(rw);
+                return redis_wait(c, cc, RW_CHECK, q);
+            }
             int rc = answer_head(rw, c, &u, res.entry);
             if (rc < 0) return RCACHE_CLOSED;
             publish(rw);
@@ -662,10 +878,26 @@ int rcache_serve(pgs_client *c)
             publish(rw);
             return RCACHE_WAIT;
         default:
+            if (rw->redis && !rredis_up(rw->redis)) {
+                /* down: nothing is stored (it could not be checked) */
+                cc->bypass = true;
+                publish(rw);
+                return RCACHE_GO;
+            }
             /* Begun now, before a server is found: clients missing the same
              * key meanwhile wait for this one. */
             if (!held) begin_fill(rw, c, cc, &u, &key, ttl, now);
             publish(rw);
+            if (rw->redis && c->cfill) {
+                /* its Redis versions before its query, and maybe another
+                 * instance's answer (on_redis) */
+                rredis_req *q = rredis_lookup(rw->redis, &key, rw->reads.ids, rw->reads.n,
+                                              on_redis, cc);
+                if (q) return redis_wait(c, cc, RW_LOOKUP, q);
+                cache_fill_abort(c->cfill);
+                c->cfill = NULL;
+                cc->bypass = true;
+            }
             return RCACHE_GO;
         }
     }
@@ -674,20 +906,46 @@ int rcache_serve(pgs_client *c)
 
 /* ---------- fills ---------- */
 
+/* The fill's answer goes to Redis too, for the other instances (and for
+ * this one's other workers), under its Redis snapshot.  Sent before the
+ * local commit, which may still refuse it (a local write meanwhile): the
+ * copy in Redis is then dead on arrival, as its snapshot is older than
+ * that write's INCR. */
+static void share(rcache_worker *rw, pgs_cache_fill *f)
+{
+    size_t mlen, alen, na, n;
+    const uint8_t *m = cache_fill_key(f, &mlen);
+    const uint8_t *a = cache_fill_answer(f, &alen);
+    const uint64_t *aux = cache_fill_aux(f, &na);
+    const uint64_t *ids = cache_fill_deps(f, &n);
+    uint64_t now = pgs_now_us(), exp = cache_fill_expires(f);
+    if (!m || !a || na != n + 1 || exp <= now + 1000) return;
+    pgs_cache_key key;
+    cache_key_of_material(m, mlen, &key); /* the hash again: the builder moved on */
+    rredis_store(rw->redis, key.lo, key.hi, m, mlen, ids, aux, n, a, alen, (exp - now) / 1000u);
+}
+
 static void end_fill(pgs_client *c, bool commit)
 {
     struct pgs_client_cache *cc = c->ccache;
     pgs_cache_fill *f = c->cfill;
     c->cfill = NULL;
+    rcache_worker *rw = worker_rc(c->w);
     /* an extended unit's answer must have come to its end */
     commit = commit && cc->fill_live && !cc->fill_bad && rcache_enabled() &&
              (!cc->fill_ext || cc->fill_step == 3);
-    cc->fill_live = cc->fill_bad = cc->fill_ext = false;
+    if (rw->redis) {
+        /* stored only under a Redis snapshot, and only while it can be
+         * shared: another instance's write may not have reached us */
+        commit = commit && cc->fill_snap && rredis_up(rw->redis);
+        if (commit) share(rw, f);
+    }
+    cc->fill_live = cc->fill_bad = cc->fill_snap = cc->fill_ext = false;
     if (commit)
         (void)cache_fill_commit(f, pgs_now_us()); /* refusals are counted by the store */
     else
         cache_fill_abort(f);
-    publish(worker_rc(c->w));
+    publish(rw);
 }
 
 /* An extended unit's answer, message by message: [ParseComplete]
@@ -948,9 +1206,12 @@ void rcache_forward(pgs_client *c, pgs_server *sv, uint8_t type, const uint8_t *
     }
 }
 
-/* The transaction's writes are over (committed, or maybe): bump them. */
-static void bump(pgs_client *c, struct pgs_client_cache *cc)
+/* The transaction's writes are over (committed, or maybe): bump them,
+ * here and in Redis.  With `hold`, when Redis is asked, c's ReadyForQuery
+ * (status) waits for its acknowledgement: returns true then. */
+static bool bump(pgs_client *c, struct pgs_client_cache *cc, bool hold, char status)
 {
+    bool held = false;
     rcache_worker *rw = worker_rc(c->w);
     /* a replica's fill must not be stored before it replays this write */
     if (route_active() && !route_cache_write_counted(c)) route_cache_write_unknown();
@@ -960,29 +1221,44 @@ static void bump(pgs_client *c, struct pgs_client_cache *cc)
         relcat_mark_stale();
         monitor_rerun_primary_hook();
     }
-    if (cc->write_all || (cc->writes.flags & RELCAT_WRITE_ALL)) {
+    bool all = cc->write_all || (cc->writes.flags & RELCAT_WRITE_ALL);
+    if (all) {
         tablever_bump_all();
         rw->bumps_all++;
     } else if (cc->writes.n) {
         tablever_bump(cc->writes.ids, cc->writes.n);
         rw->bumps++;
     }
+    if (rw->redis && (all || cc->writes.n)) {
+        /* local first (above): this instance's own readers never wait */
+        hold = hold && cc->c && cc->rwait == RW_NONE;
+        rredis_req *q = rredis_bump(rw->redis, cc->writes.ids, cc->writes.n, all,
+                                    hold ? on_redis : NULL, cc);
+        if (q) {
+            cc->held_status = status;
+            (void)redis_wait(c, cc, RW_HOLD, q);
+            held = true;
+        }
+    }
     cc->dirty = cc->write_all = cc->ddl = false;
     cc->unnamed_noted = false;
     cc->writes.n = 0;
     cc->writes.flags = 0;
     publish(rw);
+    return held;
 }
 
-void rcache_ready(pgs_client *c, char status)
+bool rcache_ready(pgs_client *c, char status, bool may_hold)
 {
     struct pgs_client_cache *cc = c->ccache;
     if (!cc) {
         /* a request sent before the cache was on: its writes were not seen */
         cc = state(c, true);
     }
-    if (status == 'I' && cc->dirty) bump(c, cc);
+    bool held = false;
+    if (status == 'I' && cc->dirty) held = bump(c, cc, may_hold, status);
     if (c->cfill) end_fill(c, status == 'I');
+    return held;
 }
 
 void rcache_unlinked(pgs_client *c)
@@ -990,7 +1266,7 @@ void rcache_unlinked(pgs_client *c)
     struct pgs_client_cache *cc = c->ccache;
     if (!cc) return;
     if (c->cfill) end_fill(c, false);
-    if (cc->dirty) bump(c, cc);
+    if (cc->dirty) (void)bump(c, cc, false, 'I');
 }
 
 void rcache_untracked(pgs_client *c)
@@ -1008,7 +1284,12 @@ void rcache_client_gone(pgs_client *c)
     struct pgs_client_cache *cc = c->ccache;
     if (!cc) return;
     if (c->cfill) end_fill(c, false);
-    if (cc->dirty) bump(c, cc); /* a request in flight may still commit */
+    if (cc->dirty) (void)bump(c, cc, false, 'I'); /* a request in flight may still commit */
+    if (cc->rreq) rredis_cancel(cc->rreq);
+    cc->rreq = NULL;
+    cc->rwait = RW_NONE;
+    if (cc->checking) cache_entry_release(worker_rc(c->w)->store, cc->checking);
+    cc->checking = NULL;
     if (cc->parked) {
         cache_unwait(&cc->waiter);
         cc->parked = false;
@@ -1032,9 +1313,16 @@ void rcache_worker_config(pgs_worker *w)
     rcache_worker *rw = w->rcache;
     const pgs_config *k = w->cfg;
     bool on = k->cache.enabled;
+    bool was = rw ? rw->was_enabled : false;
+    /* switched on: the store and the Redis tier now, not at the first
+     * request (which would find the tier still connecting) */
+    if (on && !rw && g_pgs.cfg == k) rw = worker_rc(w);
     if (rw) {
         cache_set_limits(rw->store, per_worker_bytes(k), k->cache.max_entry_size);
         if (!on) cache_clear(rw->store);
+        /* made while the cache was off: the tier starts with the cache,
+         * or this worker would serve what other instances' writes ended */
+        if (on && !rw->redis) __atomic_store_n(&rw->redis, rredis_start(w, k), __ATOMIC_RELEASE);
         uint64_t sig = cacherule_signature(&k->cache);
         if (sig != rw->rules_sig) {
             /* New rules: entries stored under the old ones could outlive
@@ -1045,7 +1333,6 @@ void rcache_worker_config(pgs_worker *w)
             rw->rules_sig = sig;
         }
     }
-    bool was = rw ? rw->was_enabled : false;
     if (on && !was) {
         /* Switched on: while it was off no write was tracked.  What is
          * stored from before is gone, and every client in the middle of
@@ -1067,10 +1354,23 @@ void rcache_worker_config(pgs_worker *w)
     }
 }
 
+void rcache_worker_start(pgs_worker *w)
+{
+    if (cfg()->cache.enabled) (void)worker_rc(w);
+}
+
+void rcache_worker_stop(pgs_worker *w)
+{
+    rcache_worker *rw = w->rcache;
+    if (rw) rredis_stop(rw->redis);
+}
+
 void rcache_worker_free(pgs_worker *w)
 {
     rcache_worker *rw = w->rcache;
     if (!rw) return;
+    rredis_free(rw->redis);
+    rw->redis = NULL;
     relcat_put(&rw->cat);
     cache_key_free(&rw->kb);
     cache_free(rw->store);
@@ -1104,6 +1404,17 @@ void rcache_totals_get(rcache_totals *out)
         ADD(bumps);
         ADD(bumps_all);
 #undef ADD
+        rredis *rr = __atomic_load_n(&rw->redis, __ATOMIC_ACQUIRE);
+        if (rr) {
+            rredis_stats rs;
+            rredis_stats_get(rr, &rs);
+            out->redis_workers++;
+            out->redis_up += rs.up;
+            out->redis_errors += rs.errors;
+            out->redis_timeouts += rs.timeouts;
+            out->redis_checks += rs.checks;
+            out->redis_hits += rs.hits;
+        }
     }
 }
 

@@ -49,8 +49,14 @@ void rcache_tap(pgs_client *c, uint8_t type, const uint8_t *p, uint32_t n, bool 
 
 /* A ReadyForQuery with `status` answers c's own Query or Sync, before it
  * is relayed: the fill ends; at the end of a transaction its writes are
- * bumped. */
-void rcache_ready(pgs_client *c, char status);
+ * bumped.  may_hold: the relay can hold that ReadyForQuery back (no reply
+ * pgscale makes up itself is due right after it).  True when it must not
+ * be relayed yet (the Redis tier has the bumps in flight): rcache calls
+ * relay_ready_release(c, status) when it may go; meanwhile
+ * rcache_holding(c) is true, and what c sends and what the server sends c
+ * after it wait. */
+bool rcache_ready(pgs_client *c, char status, bool may_hold);
+bool rcache_holding(const pgs_client *c);
 
 /* c's unit on its server ended without its ReadyForQuery (the server was
  * lost or sent a FATAL, the read is retried): the fill is dropped and the
@@ -68,6 +74,12 @@ void rcache_client_gone(pgs_client *c);
 /* The worker handled a new configuration snapshot (RELOAD): limits to its
  * store, or the store emptied when the cache went off. */
 void rcache_worker_config(pgs_worker *w);
+/* At start (before the worker's loop runs): the store, and the Redis
+ * tier's connections, made now rather than at the first request. */
+void rcache_worker_start(pgs_worker *w);
+/* The loop is stopping, its clients closed: the Redis tier's connections
+ * close. */
+void rcache_worker_stop(pgs_worker *w);
 /* At exit, once no client is left. */
 void rcache_worker_free(pgs_worker *w);
 
@@ -76,6 +88,9 @@ typedef struct rcache_totals {
     uint64_t hits, misses, entries, bytes, max_bytes, evictions, invalidations, expired;
     uint64_t fills, stored, refused_too_big, refused_lag, refused_no_room;
     uint64_t waits, wait_timeouts, bumps, bumps_all;
+    /* the Redis tier: workers with it on, and of them those up */
+    uint64_t redis_workers, redis_up;
+    uint64_t redis_errors, redis_timeouts, redis_checks, redis_hits;
 } rcache_totals;
 void rcache_totals_get(rcache_totals *out);
 

@@ -914,6 +914,24 @@ static void server_protocol_error(pgs_server *sv, const char *what)
     server_close(sv, what);
 }
 
+void relay_ready_release(pgs_client *c, char status)
+{
+    if (c->s.closing || c->want_close) return;
+    uint8_t z[6] = {'Z', 0, 0, 0, 5, (uint8_t)status};
+    uv_buf_t b = uv_buf_init((char *)z, sizeof(z));
+    if (io_send(c->w, &c->s, &b, 1) < 0) {
+        client_close(c, "writing to the client failed");
+        return;
+    }
+    /* Once it is out, whatever waited goes on as after any drain: the
+     * server's answers behind it (pipelined requests) ... */
+    if (!c->s.wb.pending) client_on_drain(c);
+    if (c->s.closing || c->want_close) return;
+    /* ... and the requests c sent meanwhile, which a drain alone does not
+     * resume while c still has its server (session pooling, pipelines) */
+    if (c->s.rbuf.data && c->s.rbuf.pos < c->s.rbuf.len) relay_client_data(c);
+}
+
 void relay_server_data(pgs_server *sv)
 {
     pgs_worker *w = sv->w;
@@ -950,6 +968,12 @@ void relay_server_data(pgs_server *sv)
         }
         uint32_t total = len + 1;
         pgs_expect *h = exq_head(&sv->exq);
+        if (PGS_UNLIKELY(c && c->ccache != NULL) && rcache_holding(c) &&
+            !(h && h->kind == EX_INTERNAL)) {
+            /* c's ReadyForQuery waits for the Redis tier: what the server
+             * sent c after it waits too (relay_ready_release) */
+            break;
+        }
         if (!h && type != 'N' && type != 'A' && type != 'S' && type != 'E') {
             /* PostgreSQL sends nothing but notices, notifications, parameter
              * changes and a last error unasked.  Anything else means it and
@@ -1020,9 +1044,13 @@ void relay_server_data(pgs_server *sv)
             }
             sv->query_failed = false;
             /* the result cache: a fill ends, a transaction's writes are
-             * bumped before this ReadyForQuery reaches the client */
-            if (c && !internal && was_query && (c->ccache || cfg()->cache.enabled))
-                rcache_ready(c, status);
+             * bumped before this ReadyForQuery reaches the client; with
+             * the Redis tier, this ReadyForQuery waits for Redis to have
+             * them (the server may go back to the pool meanwhile: only
+             * these 6 bytes wait, and the client's next requests) */
+            if (c && !internal && was_query && (c->ccache || cfg()->cache.enabled) &&
+                rcache_ready(c, status, sv->exq.count == 0 || !is_fake(exq_head(&sv->exq))))
+                drop = true;
             if (c && !internal) {
                 uint64_t now = pgs_now_us();
                 c->tx_status = status;
@@ -1244,7 +1272,8 @@ void relay_server_data(pgs_server *sv)
         relay_client_data(c);
         if (c->s.closing || c->server != sv) return;
     }
-    if (c->s.wb.pending) io_read_stop(&sv->s); /* the client is slow: wait for it */
+    /* the client is slow, or its ReadyForQuery is held: wait for it */
+    if (c->s.wb.pending || (c->ccache && rcache_holding(c))) io_read_stop(&sv->s);
 }
 
 /* ---------- client -> server ---------- */
@@ -2344,6 +2373,9 @@ void relay_client_data(pgs_client *c)
      * Going on would fail it again on the same bytes, through a checkout
      * and a link each time, until the stack ran out. */
     if (c->s.closing || c->want_close) return;
+    /* a write's ReadyForQuery is held until Redis has its bumps: what the
+     * client sent next waits behind it (relay_ready_release) */
+    if (PGS_UNLIKELY(c->ccache != NULL) && rcache_holding(c)) return;
     pgs_buf *b = &c->s.rbuf;
     /* drop the tail of a refused oversized query */
     while (c->skip_remaining && b->data && b->pos < b->len) {

@@ -9,6 +9,9 @@
 /* Processes what the client sent; called on every read and whenever a
  * server becomes available or a write drains. */
 void relay_client_data(pgs_client *c);
+/* The ReadyForQuery (status) that rcache_ready held back goes to c now,
+ * and c's requests that waited behind it go on. */
+void relay_ready_release(pgs_client *c, char status);
 /* Processes what the linked (or resetting) server sent. */
 void relay_server_data(pgs_server *sv);
 /* Links c and sv and sends whatever is needed to make sv look like the

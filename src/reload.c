@@ -30,7 +30,8 @@
  *  - Only settings that can change safely while running are taken from
  *    the new sources: pool sizes, modes, timeouts, limits, the
  *    per-database and per-user overrides, the console's users, the log
- *    level and the result cache's settings but cache.max_memory; the users file is read again (clientauth_reload), and the
+ *    level and the result cache's settings but cache.max_memory and
+ *    cache.redis; the users file is read again (clientauth_reload), and the
  *    names auth.query found unknown are forgotten (authquery_forget).
  *    The rest (listen addresses, workers, the servers, auth, TLS,
  *    max_prepared_statements) keeps its running value, shared with the
@@ -125,6 +126,7 @@ static void take_reloadable(pgs_config *pub, const pgs_config *fresh)
     pub->cache.ttl_ms = fresh->cache.ttl_ms;
     pub->cache.max_entry_size = fresh->cache.max_entry_size;
     pub->cache.fill_wait_ms = fresh->cache.fill_wait_ms;
+    pub->cache.redis_timeout_ms = fresh->cache.redis_timeout_ms;
     pub->cache.rules = fresh->cache.rules;
     pub->cache.n_rules = fresh->cache.n_rules;
 }

@@ -224,6 +224,7 @@ static void stop_loop(pgs_worker *w)
      * through their owners first keeps that rule. */
     client_close_all(w);
     server_close_all(w);
+    rcache_worker_stop(w);
     uv_stop(&w->loop);
 }
 
@@ -463,6 +464,7 @@ int worker_init_all(const pgs_config *cfg, bool listen)
         w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         int rc = open_listeners(w, cfg);
         if (rc < 0) return rc;
+        rcache_worker_start(w);
     }
     return 0;
 }

@@ -20,7 +20,7 @@ import pytest
 
 import pgwire
 
-from helpers import APP_PASSWORD, LOCALHOST, arun, aconnect, is_sanitized, wait_for
+from helpers import APP_PASSWORD, APP_USER, LOCALHOST, arun, aconnect, is_sanitized, wait_for
 
 
 def rounds(pg, n):
@@ -474,3 +474,29 @@ def test_session_mode_extended_protocol_runs_as_without_the_cache(pgscale, prima
     assert one(conn, "SELECT count(*) FROM c_sess") == [(100,)]
     assert one(conn, "SELECT count(*) FROM c_sess") == [(100,)]
     assert int(show_cache(pg)["hits"]) == 0
+
+
+def test_other_databases_are_not_cached_on_the_primary_databases_catalog(pgscale, primary):
+    """The relation catalog describes DATABASE_URL's database. In another
+    database the same names may be other things: here `cx_1` is a plain
+    table in app but a partition of `cx` in cache_other, so expanding a
+    write to cache_other's cx_1 through app's catalog would miss cx. Reads
+    in another database are not cached; they stay right."""
+    primary.execute("DROP DATABASE IF EXISTS cache_other")
+    primary.execute("CREATE DATABASE cache_other OWNER %s" % APP_USER)
+    for t in ("cx", "cx_1"):
+        primary.app_execute("DROP TABLE IF EXISTS %s CASCADE" % t)
+        primary.app_execute("CREATE TABLE %s (k int)" % t)
+    primary.app_execute("CREATE TABLE cx (k int) PARTITION BY RANGE (k)", db="cache_other")
+    primary.app_execute("CREATE TABLE cx_1 PARTITION OF cx FOR VALUES FROM (0) TO (1000)",
+                        db="cache_other")
+    pg = start_cached(pgscale, PGSCALE_WORKERS="1")
+    conn = pg.connect(db="cache_other")
+    read = "SELECT count(*) FROM cx"
+    for i in range(1, 51):
+        one(conn, "INSERT INTO cx_1 VALUES (%s)", (i,))
+        assert one(conn, read) == [(i,)]
+        assert one(conn, read) == [(i,)]
+    # app's own reads are cached as before
+    app = pg.connect()
+    wait_cached(pg, app, "SELECT count(*) FROM cx")

@@ -647,6 +647,70 @@ static void test_pinned_entry_outlives_eviction_and_keeps_its_bytes(void **state
     cache_free(c);
 }
 
+/* The Redis tier keeps the Redis versions of a fill's snapshot beside the
+ * entry: written during the fill, read back from the hit, counted in the
+ * entry's cost; the key, the answer and the deps stay intact; an entry
+ * dropped from outside is a miss afterwards. */
+static void test_aux_words_are_kept_with_the_entry(void **state)
+{
+    (void)state;
+    pgs_cache *c = cache_new(1 << 20, 1 << 16);
+    owned_key k;
+    key_copy(&k, key_of("SELECT 1"));
+    pgs_table_id ids[2] = {tablever_id(NULL, "a"), tablever_id(NULL, "b")};
+    uint64_t v[2], e;
+    tablever_snapshot(ids, 2, v, &e);
+    pgs_cache_fill *f;
+    assert_int_equal(cache_fill_begin_aux(c, &k.k, ids, v, 2, e, 3, TTL, T0, &f), 0);
+    size_t n;
+    uint64_t *aux = cache_fill_aux(f, &n);
+    assert_int_equal(n, 3);
+    assert_true(aux[0] == 0 && aux[1] == 0 && aux[2] == 0);
+    aux[0] = 7, aux[1] = 8, aux[2] = 9;
+    size_t mlen;
+    const uint8_t *m = cache_fill_key(f, &mlen);
+    assert_int_equal(mlen, k.k.len);
+    assert_memory_equal(m, k.k.material, mlen);
+    assert_int_equal(cache_fill_append(f, "answer", 6), 0);
+    cache_fill_cap_expiry(f, T0 + SEC);
+    assert_int_equal(cache_fill_commit(f, T0), 0);
+
+    pgs_cache_lookup_result r;
+    assert_int_equal(cache_lookup(c, &k.k, T0 + 1, &r), PGS_CACHE_HIT);
+    size_t alen;
+    const uint8_t *a = cache_entry_answer(r.entry, &alen);
+    assert_int_equal(alen, 6);
+    assert_memory_equal(a, "answer", 6);
+    const uint64_t *got = cache_entry_aux(r.entry, &n);
+    assert_int_equal(n, 3);
+    assert_true(got[0] == 7 && got[1] == 8 && got[2] == 9);
+    const uint64_t *deps = cache_entry_deps(r.entry, &n);
+    assert_int_equal(n, 2);
+    assert_true(deps[0] == ids[0] && deps[1] == ids[1]);
+    assert_true(cache_entry_expires(r.entry) == T0 + SEC);
+    pgs_cache_stats st;
+    cache_stats(c, &st);
+    assert_int_equal(st.bytes, cache_entry_cost(k.k.len, 2, 6) + 3 * sizeof(uint64_t));
+
+    cache_entry_drop(c, r.entry);
+    cache_entry_release(c, r.entry);
+    assert_int_equal(cache_lookup(c, &k.k, T0 + 2, &r), PGS_CACHE_MISS);
+    cache_stats(c, &st);
+    assert_int_equal(st.bytes, 0);
+    assert_int_equal(st.invalidations, 1);
+    cache_free(c);
+}
+
+/* cache_key_of_material gives the key cache_key_finish gave. */
+static void test_key_of_material_matches_the_builder(void **state)
+{
+    (void)state;
+    pgs_cache_key k = key_of("SELECT 2"), again;
+    cache_key_of_material(k.material, k.len, &again);
+    assert_true(again.lo == k.lo && again.hi == k.hi && again.len == k.len);
+}
+
+
 /* Counters per class (SHOW CACHE's rows per rule): each class counts its
  * own lookups and entries, evictions are charged to the evicted entry's
  * class, the classes add up to the totals, and a pinned entry's bytes
@@ -743,6 +807,8 @@ int main(void)
         T(test_bump_of_a_table_read_makes_the_entry_stale),
         T(test_bump_during_fill_stores_nothing),
         T(test_epoch_bump_kills_every_entry),
+        T(test_aux_words_are_kept_with_the_entry),
+        T(test_key_of_material_matches_the_builder),
         T(test_waiters_are_served_on_commit),
         T(test_waiters_are_released_on_abort),
         T(test_waiter_callback_may_clear_the_store),

@@ -1206,7 +1206,8 @@ static const char *const all_vars[] = {
     "PGSCALE_READ_FROM_PRIMARY", "PGSCALE_LOAD_BALANCE", "PGSCALE_MONITOR_INTERVAL",
     "PGSCALE_HEALTH_CHECK_TIMEOUT", "PGSCALE_FAILOVER_TIMEOUT", "PGSCALE_FAILOVER_WAIT",
     "PGSCALE_CACHE", "PGSCALE_CACHE_TTL", "PGSCALE_CACHE_MAX_MEMORY",
-    "PGSCALE_CACHE_MAX_ENTRY_SIZE", "PGSCALE_CACHE_FILL_WAIT"};
+    "PGSCALE_CACHE_MAX_ENTRY_SIZE", "PGSCALE_CACHE_FILL_WAIT", "PGSCALE_CACHE_REDIS",
+    "PGSCALE_CACHE_REDIS_TIMEOUT", "PGSCALE_CACHE_CHANGE_FEED"};
 
 static int clear_env(void **state)
 {
@@ -1476,15 +1477,18 @@ static void test_cache_settings_defaults_and_environment(void **state)
     assert_int_equal(c.cache.max_entry_size, 1u << 20);
     assert_int_equal(c.cache.fill_wait_ms, 1000);
     assert_int_equal(c.cache.n_rules, 0);
+    assert_false(c.cache.change_feed);
     const char *pairs[] = {"PGSCALE_CACHE", "on", "PGSCALE_CACHE_TTL", "60",
                            "PGSCALE_CACHE_MAX_MEMORY", "8GB", "PGSCALE_CACHE_MAX_ENTRY_SIZE",
-                           "256kB", "PGSCALE_CACHE_FILL_WAIT", "0", NULL};
+                           "256kB", "PGSCALE_CACHE_FILL_WAIT", "0",
+                           "PGSCALE_CACHE_CHANGE_FEED", "on", NULL};
     assert_int_equal(apply(&c, err, sizeof(err), pairs), 0);
     assert_true(c.cache.enabled);
     assert_int_equal(c.cache.ttl_ms, 60000);
     assert_true(c.cache.max_memory == 8ull << 30); /* above 4 GB: a 64-bit size */
     assert_int_equal(c.cache.max_entry_size, 256 * 1024);
     assert_int_equal(c.cache.fill_wait_ms, 0);
+    assert_true(c.cache.change_feed);
     described *d = calloc(1, sizeof(*d));
     config_describe(&c, collect, d);
     assert_string_equal(lookup_described(d, "PGSCALE_CACHE", false), "on");
@@ -1496,6 +1500,8 @@ static void test_cache_settings_defaults_and_environment(void **state)
     assert_string_equal(lookup_described(d, "PGSCALE_CACHE_MAX_ENTRY_SIZE", false), "256kB");
     assert_string_equal(lookup_described(d, "PGSCALE_CACHE_FILL_WAIT", false), "0");
     assert_string_equal(lookup_described(d, "PGSCALE_CACHE_FILL_WAIT", true), "1s");
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE_CHANGE_FEED", false), "on");
+    assert_string_equal(lookup_described(d, "PGSCALE_CACHE_CHANGE_FEED", true), "off");
     free(d);
     config_free(&c);
 }
@@ -1512,6 +1518,7 @@ static void test_cache_settings_bad_values(void **state)
     assert_non_null(strstr(err, "out of range"));
     apply_bad("PGSCALE_CACHE_MAX_ENTRY_SIZE", "10", err, sizeof(err));
     apply_bad("PGSCALE_CACHE_FILL_WAIT", "-1s", err, sizeof(err));
+    apply_bad("PGSCALE_CACHE_CHANGE_FEED", "sometimes", err, sizeof(err));
 }
 
 static void test_cache_entry_larger_than_memory_is_refused_at_load(void **state)

@@ -1717,8 +1717,10 @@ static void test_cache_section_sets_every_key(void **state)
                 "  ttl: 90s\n"
                 "  max_memory: 2GB\n"
                 "  max_entry_size: 512kB\n"
-                "  fill_wait: 250ms\n");
+                "  fill_wait: 250ms\n"
+                "  change_feed: on\n");
     assert_true(c.cache.enabled);
+    assert_true(c.cache.change_feed);
     assert_int_equal(c.cache.ttl_ms, 90000);
     assert_true(c.cache.max_memory == 2ull << 30);
     assert_int_equal(c.cache.max_entry_size, 512 * 1024);
@@ -1939,12 +1941,13 @@ static void test_every_key_is_documented(void **state)
         "`failover_wait`",
         "`databases.<name>.route`", "`users.<name>.route`", "`nodes.replicas.weight`",
         "`cache.enabled`", "`cache.ttl`", "`cache.max_memory`", "`cache.max_entry_size`",
-        "`cache.fill_wait`", "`cache.rules`", "`cache.rules[].tables`",
+        "`cache.fill_wait`", "`cache.change_feed`", "`cache.rules`", "`cache.rules[].tables`",
         "`cache.rules[].fingerprint`", "`cache.rules[].query`", "`cache.rules[].ttl`",
         "`cache.rules[].database`", "`cache.rules[].user`", "`databases.<name>.cache`",
         "`users.<name>.cache`", "`PGSCALE_CACHE`", "`PGSCALE_CACHE_TTL`",
         "`PGSCALE_CACHE_MAX_MEMORY`", "`PGSCALE_CACHE_MAX_ENTRY_SIZE`",
-        "`PGSCALE_CACHE_FILL_WAIT`"};
+        "`PGSCALE_CACHE_FILL_WAIT`", "`cache.redis`", "`cache.redis_timeout`",
+        "`PGSCALE_CACHE_REDIS`", "`PGSCALE_CACHE_REDIS_TIMEOUT`", "`PGSCALE_CACHE_CHANGE_FEED`"};
     char *docs = read_all(PGS_SOURCE_ROOT "/docs/configuration.md");
     for (size_t i = 0; i < PGS_ARRAY_LEN(keys); i++)
         if (!strstr(docs, keys[i])) fail_msg("docs/configuration.md does not mention %s", keys[i]);
