@@ -601,3 +601,33 @@ def test_held_transaction_that_wrote_or_failed_is_not_answered_from_the_cache(pg
     assert pgwire.data_rows(answer(conn, unit(read, ["0"]))) == [["2"]]
     conn.close()
     direct.close()
+
+
+def test_redis_tier_shares_units_and_a_write_through_a_is_seen_through_b(
+        pgscale, primary, redis):
+    from test_cache_redis import counter, start_pair
+    fresh_table(primary, "ce_redis")
+    primary.app_execute("INSERT INTO ce_redis SELECT g, g FROM generate_series(1, 50) g")
+    a, b = start_pair(pgscale, redis)
+    marker = "ce-redis-%s" % uuid.uuid4().hex
+    read = "SELECT sum(v) /* %s */ FROM ce_redis WHERE id >= %%s" % marker
+    with statements_logged(primary), \
+            psycopg.connect(a.dsn(), autocommit=True) as ca, \
+            psycopg.connect(b.dsn(), autocommit=True) as cb:
+        since = primary.log_size()
+        assert ca.execute(read, (1,)).fetchone() == (1275,)
+        wait_for(lambda: redis.cli("DBSIZE") not in (None, "0"), 5, what="an entry in Redis")
+        shared = counter(b, "redis_hits")
+        assert cb.execute(read, (1,)).fetchone() == (1275,)
+        assert cb.execute(read, (1,)).fetchone() == (1275,)
+        assert executed(primary, since, marker) == 1, "B sent the unit to the database"
+        assert counter(b, "redis_hits") == shared + 1
+        # writes through A, reads through B and A: never stale
+        total = 1275
+        for i in range(rounds(a, 100)):
+            ca.execute("UPDATE ce_redis SET v = v + 1 WHERE id = %s", (i % 50 + 1,))
+            total += 1
+            assert cb.execute(read, (1,)).fetchone() == (total,), "round %d: B stale" % i
+            assert ca.execute(read, (1,)).fetchone() == (total,), "round %d: A stale" % i
+            assert cb.execute(read, (1,)).fetchone() == (total,), "round %d: B stale hit" % i
+    assert counter(b, "hits") > 0
