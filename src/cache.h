@@ -48,6 +48,7 @@ enum pgs_cache_tag {
     PGS_CKEY_PARAM,         /* one parameter value (or NULL) */
     PGS_CKEY_RESULT_FORMATS,
     PGS_CKEY_PROTOCOL,      /* simple vs extended, Describe wanted ... */
+    PGS_CKEY_PARAM_TYPES,   /* a Parse's parameter type OIDs (int16 n, n x int32) */
 };
 
 #define PGS_CACHE_KEY_NULL_LEN 0xffffffffu

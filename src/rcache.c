@@ -5,12 +5,13 @@
  * own the store's policy (cache.c), the versions (tablever.c) or what a
  * statement is (classify.c, relcat.c, cacherule.c).
  *
- * What is cached: a simple Query, in transaction pooling mode, sent
- * outside a transaction block by a client that is not pinned and whose
- * settings pgscale follows, whose text the classifier proves cacheable,
- * cache_decide admits and the relation catalog expands into known tables.
- * Session pooling and the extended protocol are not cached (their writes
- * are tracked all the same); docs/cache.md says why.
+ * What is cached: a simple Query, or an extended-protocol unit (see
+ * head_ext; also on a server held by a Parse, Describe and Flush: see
+ * rcache_serve), in transaction pooling mode, sent outside a transaction block
+ * by a client that is not pinned and whose settings pgscale follows, whose
+ * statement text the classifier proves cacheable, cache_decide admits and
+ * the relation catalog expands into known tables.  Session pooling is not
+ * cached (its writes are tracked all the same); docs/cache.md says why.
  *
  * Writes: every request a client sends is classified as it is forwarded;
  * the ids of what it may write (or "everything") gather on the client
@@ -80,6 +81,12 @@ struct pgs_client_cache {
     /* the fill in c->cfill: its query went to a server as the only request
      * owed (live), and its answer holds something not to replay (bad) */
     bool fill_live, fill_bad;
+    /* an extended-protocol unit's fill (ext): its first message went
+     * (started); it Describes its portal; where its answer is (step: 0
+     * before BindComplete, 1 after it, 2 in the rows, 3 complete); the
+     * rest of a message not stored is passing (skip) */
+    bool fill_ext, fill_started, fill_describe, fill_skip;
+    uint8_t fill_step;
     bool untracked;      /* settings pgscale does not follow: never cached */
     int8_t catalog_db;   /* c's database is the relation catalog's: 1, 0, -1 not known yet */
     uint8_t fill_cls;    /* the class of the fill in c->cfill */
@@ -216,17 +223,70 @@ static void key_setting(void *ctx, const char *name, const char *value)
     cache_key_part(kb, PGS_CKEY_SETTINGS, value, strlen(value));
 }
 
-static int build_key(rcache_worker *rw, const pgs_client *c, const uint8_t *text, uint32_t tlen,
+/* A request at the head of a client's buffer that the cache may answer,
+ * all of it in the buffer: a simple Query, or an extended-protocol unit
+ * (head_ext).  The pointers are into the buffer, or into the body of a
+ * statement the client keeps. */
+typedef struct rc_unit {
+    uint32_t total;       /* its bytes, up to and including the Query or Sync */
+    const uint8_t *text;  /* the statement text (without its terminator) */
+    uint32_t tlen;
+    bool ext, describe;   /* extended; it Describes its portal */
+    uint8_t max_rows[4];  /* its Execute's row limit (0: all), as sent */
+    const uint8_t *parse; /* the unit's Parse body (NULL: none) */
+    uint32_t parse_len;
+    /* the statement's parameter types (int16 n, n x int32), and the Bind's
+     * parameter formats, values and result formats, each with its count */
+    const uint8_t *types, *pfmt, *params, *rfmt;
+    uint32_t types_len, pfmt_len, params_len, rfmt_len;
+} rc_unit;
+
+static uint32_t be16(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 8 | p[1];
+}
+
+static int build_key(rcache_worker *rw, const pgs_client *c, const rc_unit *u,
                      pgs_cache_key *key)
 {
     pgs_cache_key_builder *kb = &rw->kb;
     const pgs_pool_shared *sh = c->pool->sh;
     cache_key_reset(kb);
-    cache_key_part(kb, PGS_CKEY_PROTOCOL, "Q", 1);
+    /* a unit with a Describe(portal) is answered with a RowDescription,
+     * and one whose Execute has a row limit with that many rows and a
+     * PortalSuspended when there were more (asyncpg's fetchrow, fetchval) */
+    uint8_t proto[6] = {'Q'};
+    size_t plen = 1;
+    if (u->ext) {
+        proto[0] = 'E';
+        proto[1] = u->describe ? 'D' : '-';
+        memcpy(proto + 2, u->max_rows, 4);
+        plen = 6;
+    }
+    cache_key_part(kb, PGS_CKEY_PROTOCOL, proto, plen);
     cache_key_part(kb, PGS_CKEY_DATABASE, sh->database, strlen(sh->database));
     cache_key_part(kb, PGS_CKEY_USER, sh->user, strlen(sh->user));
     params_visit_output(c->params, key_setting, kb);
-    cache_key_part(kb, PGS_CKEY_TEXT, text, tlen);
+    cache_key_part(kb, PGS_CKEY_TEXT, u->text, u->tlen);
+    if (u->ext) {
+        /* the Parse's types are part of the statement ($1 as int or text);
+         * each list keeps its count, and each value its length (a NULL is
+         * not an empty value): head_ext checked every length */
+        cache_key_part(kb, PGS_CKEY_PARAM_TYPES, u->types, u->types_len);
+        cache_key_part(kb, PGS_CKEY_PARAM_FORMATS, u->pfmt, u->pfmt_len);
+        uint32_t n = be16(u->params), at = 2;
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t l = proto_be32(u->params + at);
+            at += 4;
+            if (l == PGS_CACHE_KEY_NULL_LEN) {
+                cache_key_null(kb, PGS_CKEY_PARAM);
+            } else {
+                cache_key_part(kb, PGS_CKEY_PARAM, u->params + at, l);
+                at += l;
+            }
+        }
+        cache_key_part(kb, PGS_CKEY_RESULT_FORMATS, u->rfmt, u->rfmt_len);
+    }
     return cache_key_finish(kb, key);
 }
 
@@ -252,8 +312,8 @@ static bool catalog_database(pgs_client *c, struct pgs_client_cache *cc)
     return cc->catalog_db;
 }
 
-/* The TTL in ms to cache c's Query text with (0: not cached) and the class
- * it is counted under (*cls); its read set in rw->reads. */
+/* The TTL in ms to cache c's statement text with (0: not cached) and the
+ * class it is counted under (*cls); its read set in rw->reads. */
 static uint32_t decide(rcache_worker *rw, pgs_client *c, const uint8_t *text, uint32_t tlen,
                        uint8_t *cls)
 {
@@ -279,35 +339,223 @@ static uint32_t decide(rcache_worker *rw, pgs_client *c, const uint8_t *text, ui
 /* ---------- hits ---------- */
 
 static const uint8_t ready_idle[6] = {'Z', 0, 0, 0, 5, 'I'};
+static const uint8_t parse_bind_complete[10] = {'1', 0, 0, 0, 4, '2', 0, 0, 0, 4};
 
-static int send_entry(pgs_client *c, const pgs_cache_entry *e)
+/* The string at b + *pos, within blen: its length (*pos moves past its
+ * terminator), or -1. */
+static int64_t wire_string(const uint8_t *b, uint32_t blen, uint32_t *pos)
 {
-    size_t len;
-    const uint8_t *a = cache_entry_answer(e, &len);
-    uv_buf_t iov[2] = {uv_buf_init((char *)a, (unsigned)len),
-                       uv_buf_init((char *)ready_idle, sizeof(ready_idle))};
-    return io_send(c->w, &c->s, iov, 2);
+    if (*pos >= blen) return -1;
+    const uint8_t *nul = memchr(b + *pos, '\0', blen - *pos);
+    if (!nul) return -1;
+    uint32_t n = (uint32_t)(nul - (b + *pos));
+    *pos += n + 1;
+    return n;
 }
 
-/* The Query at the head of c's buffer, whole: its length, else 0. */
-static uint32_t head_query(const pgs_client *c)
+/* The string at b + *pos is name (len bytes). */
+static bool same_name(const uint8_t *b, uint32_t blen, uint32_t *pos, const uint8_t *name,
+                      uint32_t len)
+{
+    uint32_t at = *pos;
+    int64_t n = wire_string(b, blen, pos);
+    return n == (int64_t)len && memcmp(b + at, name, len) == 0;
+}
+
+/* A statement body (text, terminator, int16 n, n type OIDs) into u. */
+static bool stmt_body(const uint8_t *b, uint32_t blen, rc_unit *u)
+{
+    uint32_t pos = 0;
+    int64_t n = wire_string(b, blen, &pos);
+    if (n < 0 || blen - pos < 2 || blen - pos != 2 + 4 * be16(b + pos)) return false;
+    u->text = b;
+    u->tlen = (uint32_t)n;
+    u->types = b + pos;
+    u->types_len = blen - pos;
+    return true;
+}
+
+/* An int16 count and that many items of `size` bytes, at b + *pos. */
+static bool counted(const uint8_t *b, uint32_t blen, uint32_t *pos, uint32_t size,
+                    const uint8_t **at, uint32_t *len)
+{
+    if (blen - *pos < 2) return false;
+    uint32_t n = be16(b + *pos);
+    if ((blen - *pos - 2) / size < n) return false;
+    *at = b + *pos;
+    *len = 2 + n * size;
+    *pos += *len;
+    return true;
+}
+
+/* A Bind's parameter values (int16 n; each int32 length, -1 for NULL, and
+ * its bytes), at b + *pos. */
+static bool param_values(const uint8_t *b, uint32_t blen, uint32_t *pos, rc_unit *u)
+{
+    uint32_t at = *pos;
+    if (blen - at < 2) return false;
+    uint32_t n = be16(b + at);
+    at += 2;
+    for (uint32_t i = 0; i < n; i++) {
+        if (blen - at < 4) return false;
+        uint32_t l = proto_be32(b + at);
+        at += 4;
+        if (l == PGS_CACHE_KEY_NULL_LEN) continue;
+        if (l > blen - at) return false;
+        at += l;
+    }
+    u->params = b + *pos;
+    u->params_len = at - *pos;
+    *pos = at;
+    return true;
+}
+
+/* An extended-protocol unit the cache may answer, at p (avail bytes):
+ * [Parse] Bind [Describe(portal)] Execute Sync, all present, with one
+ * statement (the Parse's, which the Bind must use, or a named statement
+ * the client keeps), one Execute of the bound portal, and nothing else
+ * (a Flush, a Close, a second Execute, a Describe of a statement: the unit
+ * goes to the server as it is). */
+static bool head_ext(const pgs_client *c, const uint8_t *p, uint32_t avail, rc_unit *u)
+{
+    const uint8_t *pname = NULL, *portal = NULL;
+    uint32_t pname_len = 0, portal_len = 0, off = 0;
+    bool bound = false, executed = false;
+    memset(u, 0, sizeof(*u));
+    u->ext = true;
+    for (;;) {
+        if (avail - off < 5) return false;
+        uint8_t type = p[off];
+        uint32_t len = proto_be32(p + off + 1);
+        if (len < 4 || len > KEY_MAX || len - 4 > avail - off - 5) return false;
+        const uint8_t *b = p + off + 5;
+        uint32_t blen = len - 4, pos = 0;
+        off += len + 1;
+        if (off > KEY_MAX) return false;
+        switch (type) {
+        case 'P': {
+            if (u->parse || bound) return false;
+            int64_t n = wire_string(b, blen, &pos);
+            /* a named statement is kept by pgscale only with
+             * max_prepared_statements (else it lives on one server) */
+            if (n < 0 || (n > 0 && cfg()->max_prepared_statements <= 0)) return false;
+            if (!stmt_body(b + pos, blen - pos, u)) return false;
+            pname = b;
+            pname_len = (uint32_t)n;
+            u->parse = b;
+            u->parse_len = blen;
+            break;
+        }
+        case 'B': {
+            if (bound) return false;
+            int64_t n = wire_string(b, blen, &pos);
+            if (n < 0) return false;
+            portal = b;
+            portal_len = (uint32_t)n;
+            uint32_t at = pos;
+            int64_t sn = wire_string(b, blen, &pos);
+            if (sn < 0) return false;
+            if (u->parse) {
+                if (sn != (int64_t)pname_len || memcmp(b + at, pname, pname_len) != 0)
+                    return false;
+            } else {
+                /* the unnamed statement of an earlier unit is on a server
+                 * pgscale does not know */
+                if (sn == 0 || !c->stmts || cfg()->max_prepared_statements <= 0) return false;
+                pgs_stmt *st = stmt_map_get(c->stmts, (const char *)b + at, (size_t)sn);
+                if (!st || !st->body || st->local || !stmt_body(st->body, st->body_len, u))
+                    return false;
+            }
+            if (!counted(b, blen, &pos, 2, &u->pfmt, &u->pfmt_len) ||
+                !param_values(b, blen, &pos, u) ||
+                !counted(b, blen, &pos, 2, &u->rfmt, &u->rfmt_len) || pos != blen)
+                return false;
+            bound = true;
+            break;
+        }
+        case 'D':
+            if (!bound || u->describe || executed || blen < 1 || b[0] != 'P') return false;
+            pos = 1;
+            if (!same_name(b, blen, &pos, portal, portal_len) || pos != blen) return false;
+            u->describe = true;
+            break;
+        case 'E':
+            if (!bound || executed || !same_name(b, blen, &pos, portal, portal_len) ||
+                blen - pos != 4)
+                return false;
+            memcpy(u->max_rows, b + pos, 4);
+            executed = true;
+            break;
+        case 'S':
+            if (!executed || blen != 0) return false;
+            u->total = off;
+            return true;
+        default:
+            return false;
+        }
+    }
+}
+
+/* The request at the head of c's buffer, if it is one the cache may
+ * answer. */
+static bool head_unit(const pgs_client *c, rc_unit *u)
 {
     const pgs_buf *b = &c->s.rbuf;
-    if (!b->data || b->pos >= b->len) return 0;
+    if (!b->data || b->pos >= b->len) return false;
     const uint8_t *p = b->data + b->pos;
     uint32_t avail = b->len - b->pos;
-    if (avail < 6 || p[0] != 'Q') return 0;
+    if (avail < 6) return false;
+    if (p[0] == 'P' || p[0] == 'B') return head_ext(c, p, avail, u);
+    if (p[0] != 'Q') return false;
     uint32_t total = proto_be32(p + 1) + 1;
-    if (total < 6 || total > avail || total > KEY_MAX || p[total - 1] != '\0') return 0;
-    return total;
+    if (total < 6 || total > avail || total > KEY_MAX || p[total - 1] != '\0') return false;
+    memset(u, 0, sizeof(*u));
+    u->total = total;
+    u->text = p + 5;
+    u->tlen = total - 6;
+    return true;
 }
 
-/* Answers the head Query (total bytes) with entry e; releases e.  -1 when
- * c was closed. */
-static int answer_head(rcache_worker *rw, pgs_client *c, uint32_t total, pgs_cache_entry *e)
+/* Every hit, of either protocol and whether found at once or handed over
+ * by another client's fill, is answered here: the unit u at the head of
+ * c's buffer with entry e (released here), as a server would have
+ * answered it.
+ *
+ * An entry holds only what the server sent after its BindComplete and
+ * before its ReadyForQuery (RowDescription or NoData when the unit
+ * Describes its portal, the DataRows, CommandComplete; the Describe is in
+ * the key).  ParseComplete and BindComplete carry nothing and are made
+ * here, so one entry serves a unit with or without a Parse, with an
+ * unnamed or a named statement: a driver that goes over to a named
+ * statement after some runs (JDBC, psycopg) hits what its unnamed runs
+ * filled.
+ *
+ * Returns 0 when answered, 1 when not (the unit goes to the server: a
+ * Parse of it would be refused there), -1 when c was closed. */
+static int answer_head(rcache_worker *rw, pgs_client *c, const rc_unit *u, pgs_cache_entry *e)
 {
-    c->s.rbuf.pos += total;
-    int rc = send_entry(c, e);
+    if (u->ext) {
+        if (relay_cache_answered(c, u->parse, u->parse_len) < 0) {
+            cache_entry_release(rw->store, e);
+            return 1;
+        }
+        if (u->parse && u->parse[0] == '\0') {
+            /* as rcache_forward notes a Parse: the unnamed statement reads */
+            c->ccache->unnamed_read = true;
+            c->ccache->unnamed_noted = true;
+        }
+    }
+    size_t len;
+    const uint8_t *a = cache_entry_answer(e, &len);
+    uv_buf_t iov[3];
+    unsigned n = 0;
+    if (u->ext)
+        iov[n++] = u->parse ? uv_buf_init((char *)parse_bind_complete, 10)
+                            : uv_buf_init((char *)parse_bind_complete + 5, 5);
+    iov[n++] = uv_buf_init((char *)a, (unsigned)len);
+    iov[n++] = uv_buf_init((char *)ready_idle, sizeof(ready_idle));
+    c->s.rbuf.pos += u->total;
+    int rc = io_send(c->w, &c->s, iov, n);
     cache_entry_release(rw->store, e);
     if (rc < 0) {
         client_close(c, "writing to the client failed");
@@ -386,10 +634,12 @@ static void on_timer(uv_timer_t *t)
         relay_client_data(c);
         return;
     }
+    rc_unit u;
     if (e) {
-        uint32_t total = head_query(c);
-        if (total && c->tx_status == 'I' && !c->server) {
-            if (answer_head(rw, c, total, e) < 0) return;
+        if (head_unit(c, &u) && c->tx_status == 'I' && !c->server) {
+            int rc = answer_head(rw, c, &u, e);
+            if (rc < 0) return;
+            if (rc > 0) cc->bypass = true;
         } else {
             cache_entry_release(rw->store, e);
             cc->bypass = true;
@@ -401,8 +651,8 @@ static void on_timer(uv_timer_t *t)
     relay_client_data(c);
 }
 
-static void begin_fill(rcache_worker *rw, pgs_client *c, const pgs_cache_key *key,
-                       uint32_t ttl_ms, uint64_t now)
+static void begin_fill(rcache_worker *rw, pgs_client *c, struct pgs_client_cache *cc,
+                       const rc_unit *u, const pgs_cache_key *key, uint32_t ttl_ms, uint64_t now)
 {
     const relcat_ids *ids = &rw->reads;
     uint64_t vers[RELCAT_IDS_MAX], epoch;
@@ -411,10 +661,14 @@ static void begin_fill(rcache_worker *rw, pgs_client *c, const pgs_cache_key *ke
     /* with the Redis tier, the Redis versions (ids', then the epoch) too */
     size_t n_aux = rw->redis ? ids->n + 1 : 0;
     if (cache_fill_begin_aux(rw->store, key, ids->ids, vers, ids->n, epoch, n_aux,
-                             (uint64_t)ttl_ms * 1000u, now, &f) == 0) {
-        c->cfill = f;
-        state(c, false)->fill_cls = key->cls;
-    }
+                             (uint64_t)ttl_ms * 1000u, now, &f) != 0)
+        return;
+    c->cfill = f;
+    cc->fill_cls = key->cls;
+    cc->fill_ext = u->ext;
+    cc->fill_describe = u->describe;
+    cc->fill_started = cc->fill_skip = false;
+    cc->fill_step = 0;
 }
 
 /* ---------- the Redis tier ----------
@@ -495,9 +749,11 @@ static void redis_resume(rcache_worker *rw, pgs_client *c, struct pgs_client_cac
         cc->checking = NULL;
         if (!ok) rw->unserved++;
         if (ok) {
-            uint32_t total = head_query(c);
-            if (total && c->tx_status == 'I' && !c->server) {
-                if (answer_head(rw, c, total, e) < 0) return;
+            rc_unit u;
+            if (head_unit(c, &u) && c->tx_status == 'I' && !c->server) {
+                int rc = answer_head(rw, c, &u, e);
+                if (rc < 0) return;
+                if (rc > 0) cc->bypass = true;
                 e = NULL;
             } else {
                 cc->bypass = true;
@@ -551,27 +807,39 @@ int rcache_serve(pgs_client *c)
         atomic_load_explicit(&c->pin, memory_order_relaxed))
         return RCACHE_GO;
     rcache_worker *rw = worker_rc(c->w);
-    uint32_t total;
+    /* c holds its server in an implicit transaction where nothing ran
+     * (rcache.h, relay.c's cache_held_ok): only a hit is served, when no
+     * statement parsed there may write; a miss is not filled, since the
+     * transaction may have taken its snapshot at its Parse (repeatable
+     * read), before the fill's versions */
+    bool held = c->server != NULL;
+    if (held && cc->dirty) return RCACHE_GO;
+    rc_unit u;
     while (c->tx_status == 'I' && !c->skip_remaining && !c->fwd_remaining && !c->tx_lost &&
-           !c->ext_skip && (total = head_query(c)) != 0) {
+           !c->ext_skip && head_unit(c, &u) && (!held || u.ext)) {
         if (rw->redis && !rredis_up(rw->redis)) {
             /* the Redis tier is down: nothing can be checked, nothing is
              * served or stored; the database answers */
             cc->bypass = true;
             return RCACHE_GO;
         }
-        const uint8_t *text = c->s.rbuf.data + c->s.rbuf.pos + 5;
-        uint32_t tlen = total - 6;
         uint8_t cls;
-        uint32_t ttl = decide(rw, c, text, tlen, &cls);
+        uint32_t ttl = decide(rw, c, u.text, u.tlen, &cls);
         if (!ttl) break;
         pgs_cache_key key;
-        if (build_key(rw, c, text, tlen, &key) < 0) break;
+        if (build_key(rw, c, &u, &key) < 0) break;
         key.cls = cls;
         uint64_t now = pgs_now_us();
         pgs_cache_lookup_result res;
         switch (cache_lookup(rw->store, &key, now, &res)) {
-        case PGS_CACHE_HIT:
+        case PGS_CACHE_HIT: {
+            if (rw->redis && held) {
+                /* the check would keep the held server waiting */
+                cache_entry_release(rw->store, res.entry);
+                cc->bypass = true;
+                publish(rw);
+                return RCACHE_GO;
+            }
             if (rw->redis) {
                 /* served once Redis vouches for it (on_redis) */
                 size_t n;
@@ -588,13 +856,20 @@ int rcache_serve(pgs_client *c)
                 publish(rw);
                 return redis_wait(c, cc, RW_CHECK, q);
             }
-            if (answer_head(rw, c, total, res.entry) < 0) return RCACHE_CLOSED;
+            int rc = answer_head(rw, c, &u, res.entry);
+            if (rc < 0) return RCACHE_CLOSED;
             publish(rw);
+            if (rc > 0) {
+                cc->bypass = true;
+                return RCACHE_GO;
+            }
+            if (held) return RCACHE_SYNC;
             /* a slow reader: the rest waits until it drains */
             if (c->s.wb.pending) return RCACHE_WAIT;
             continue;
+        }
         case PGS_CACHE_PENDING:
-            if (cfg()->cache.fill_wait_ms == 0) {
+            if (held || cfg()->cache.fill_wait_ms == 0) {
                 cc->bypass = true;
                 publish(rw);
                 return RCACHE_GO;
@@ -611,7 +886,7 @@ int rcache_serve(pgs_client *c)
             }
             /* Begun now, before a server is found: clients missing the same
              * key meanwhile wait for this one. */
-            begin_fill(rw, c, &key, ttl, now);
+            if (!held) begin_fill(rw, c, cc, &u, &key, ttl, now);
             publish(rw);
             if (rw->redis && c->cfill) {
                 /* its Redis versions before its query, and maybe another
@@ -656,14 +931,16 @@ static void end_fill(pgs_client *c, bool commit)
     pgs_cache_fill *f = c->cfill;
     c->cfill = NULL;
     rcache_worker *rw = worker_rc(c->w);
-    commit = commit && cc->fill_live && !cc->fill_bad && rcache_enabled();
+    /* an extended unit's answer must have come to its end */
+    commit = commit && cc->fill_live && !cc->fill_bad && rcache_enabled() &&
+             (!cc->fill_ext || cc->fill_step == 3);
     if (rw->redis) {
         /* stored only under a Redis snapshot, and only while it can be
          * shared: another instance's write may not have reached us */
         commit = commit && cc->fill_snap && rredis_up(rw->redis);
         if (commit) share(rw, f);
     }
-    cc->fill_live = cc->fill_bad = cc->fill_snap = false;
+    cc->fill_live = cc->fill_bad = cc->fill_snap = cc->fill_ext = false;
     if (commit)
         (void)cache_fill_commit(f, pgs_now_us()); /* refusals are counted by the store */
     else
@@ -671,9 +948,58 @@ static void end_fill(pgs_client *c, bool commit)
     publish(rw);
 }
 
+/* An extended unit's answer, message by message: [ParseComplete]
+ * BindComplete (neither stored: answer_head makes them), then with a
+ * Describe a RowDescription or NoData, DataRows, and CommandComplete (or
+ * EmptyQueryResponse, or PortalSuspended after max_rows rows).  Anything
+ * else, or out of that order, is not an answer to replay.  Returns whether
+ * the message is stored. */
+static bool ext_step(struct pgs_client_cache *cc, uint8_t type)
+{
+    uint8_t s = cc->fill_step;
+    switch (type) {
+    case '1':
+    case '2':
+        if (s != 0) break;
+        if (type == '2') cc->fill_step = 1;
+        cc->fill_skip = true;
+        return false;
+    case 'T':
+    case 'n':
+        if (s != 1 || !cc->fill_describe) break;
+        cc->fill_step = 2;
+        return true;
+    case 'D':
+    case 'C':
+    case 'I':
+    case 's':
+        if (s == 0 || s == 3 || (s == 1 && cc->fill_describe)) break;
+        cc->fill_step = type == 'D' ? 2 : 3;
+        return true;
+    default:
+        break;
+    }
+    cc->fill_bad = true;
+    return false;
+}
+
 void rcache_tap(pgs_client *c, uint8_t type, const uint8_t *p, uint32_t n, bool start)
 {
     struct pgs_client_cache *cc = c->ccache;
+    if (cc->fill_ext) {
+        /* nothing comes before the unit's Sync went (a Flush of pgscale's
+         * own would make it): that answer is not followed from its start */
+        if (!cc->fill_live) cc->fill_bad = true;
+        if (cc->fill_bad) return;
+        if (start) {
+            cc->fill_skip = false;
+            if (!ext_step(cc, type)) return;
+        } else if (cc->fill_skip) {
+            return;
+        }
+        if (cache_fill_append(c->cfill, p, n) < 0) cc->fill_bad = true;
+        return;
+    }
     if (!cc->fill_live || cc->fill_bad) return;
     if (start) {
         switch (type) {
@@ -783,6 +1109,41 @@ static void forward_bind(pgs_client *c, struct pgs_client_cache *cc, const uint8
     if (cc->named_writer) note_write_all(cc);
 }
 
+/* c's fill is not fed: its server may not have replayed every write
+ * acknowledged (route_cache_fill_ok). */
+static void count_refused_lag(pgs_client *c, struct pgs_client_cache *cc)
+{
+    rcache_worker *rw = worker_rc(c->w);
+    rw->refused_lag++;
+    rw->cls_refused_lag[cc->fill_cls]++;
+    /* counted under the class: publish reports it */
+    cache_class_note(rw->store, cc->fill_cls);
+}
+
+/* A message of the extended unit whose fill c->cfill is goes to sv.  The
+ * fill is fed only when its first message went as the only request owed
+ * to c, on a server that may serve it (route_cache_fill_ok, as for a
+ * Query), and every message of it went whole to the server (a Parse may be
+ * answered by pgscale: its ParseComplete is not stored); it goes live at
+ * the unit's Sync, and what the server sends c next is its answer. */
+static void ext_fill_sent(pgs_client *c, struct pgs_client_cache *cc, pgs_server *sv,
+                          uint8_t type, bool whole, bool forwarded, bool alone)
+{
+    bool ok = whole && !c->ext_skip && (forwarded || type == 'P');
+    if (!cc->fill_started) {
+        cc->fill_started = true;
+        ok = ok && alone && c->tx_status == 'I';
+        if (ok && !route_cache_fill_ok(sv)) {
+            ok = false;
+            count_refused_lag(c, cc);
+        }
+    }
+    if (!ok)
+        end_fill(c, false);
+    else if (type == 'S')
+        cc->fill_live = true;
+}
+
 void rcache_forward(pgs_client *c, pgs_server *sv, uint8_t type, const uint8_t *p,
                     uint32_t have, uint32_t total, bool forwarded, bool alone)
 {
@@ -790,10 +1151,15 @@ void rcache_forward(pgs_client *c, pgs_server *sv, uint8_t type, const uint8_t *
     const uint8_t *body = p + 5;
     uint32_t blen = have - 5;
     bool whole = have == total;
+    if (c->cfill && cc->fill_ext && !cc->fill_live)
+        ext_fill_sent(c, cc, sv, type, whole, forwarded, alone);
     switch (type) {
+    case 'S':
+        cc->bypass = false; /* the unit at the head went */
+        break;
     case 'Q':
         cc->bypass = false;
-        if (c->cfill) {
+        if (c->cfill && !cc->fill_ext) {
             /* The fill begun at the lookup is fed only when this query's
              * answer is the next thing the server sends c, and when the
              * server may serve it (a replica past every acknowledged
@@ -801,11 +1167,7 @@ void rcache_forward(pgs_client *c, pgs_server *sv, uint8_t type, const uint8_t *
             bool ok = forwarded && alone && whole && c->tx_status == 'I';
             if (ok && !route_cache_fill_ok(sv)) {
                 ok = false;
-                rcache_worker *rw = worker_rc(c->w);
-                rw->refused_lag++;
-                rw->cls_refused_lag[cc->fill_cls]++;
-                /* counted under the class: publish reports it */
-                cache_class_note(rw->store, cc->fill_cls);
+                count_refused_lag(c, cc);
             }
             if (ok)
                 cc->fill_live = true;
@@ -886,7 +1248,7 @@ static bool bump(pgs_client *c, struct pgs_client_cache *cc, bool hold, char sta
     return held;
 }
 
-bool rcache_ready(pgs_client *c, char status, bool query, bool may_hold)
+bool rcache_ready(pgs_client *c, char status, bool may_hold)
 {
     struct pgs_client_cache *cc = c->ccache;
     if (!cc) {
@@ -895,7 +1257,7 @@ bool rcache_ready(pgs_client *c, char status, bool query, bool may_hold)
     }
     bool held = false;
     if (status == 'I' && cc->dirty) held = bump(c, cc, may_hold, status);
-    if (query && c->cfill) end_fill(c, status == 'I');
+    if (c->cfill) end_fill(c, status == 'I');
     return held;
 }
 

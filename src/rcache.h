@@ -19,11 +19,21 @@ enum {
     RCACHE_WAIT,   /* c waits (for another client's fill, or to drain its output):
                     * leave its buffer alone, it resumes by itself */
     RCACHE_CLOSED, /* c was closed */
+    RCACHE_SYNC,   /* c's server is held: see rcache_serve */
 };
 
-/* c has no server and requests in its buffer: answers the simple Queries
- * at its head that are hits, without a server; a miss starts the fill
- * that its query, once sent, feeds. */
+/* c has no server and requests in its buffer: answers the requests at
+ * its head that are hits (a simple Query, or an extended-protocol unit up
+ * to its Sync), without a server; a miss starts the fill that the
+ * request, once sent, feeds.
+ *
+ * Or c holds its server inside an implicit transaction that owes c
+ * nothing and saw no error (a driver prepared with Parse, Describe and
+ * Flush, no Sync: asyncpg): the extended-protocol unit at the head of its
+ * buffer is looked up.  A hit is answered and RCACHE_SYNC returned: the
+ * caller ends the server's implicit transaction with a Sync whose reply
+ * is its own.  A miss starts a fill as above; a pending fill is not waited
+ * for (the server is held). */
 int rcache_serve(pgs_client *c);
 
 /* client_forward handled message `type` for sv (have of its total bytes
@@ -37,15 +47,15 @@ void rcache_forward(pgs_client *c, pgs_server *sv, uint8_t type, const uint8_t *
  * they begin a message of type `type`. */
 void rcache_tap(pgs_client *c, uint8_t type, const uint8_t *p, uint32_t n, bool start);
 
-/* A ReadyForQuery with `status` answers c's own request (query: a simple
- * Query's), before it is relayed: the fill ends; at the end of a
- * transaction its writes are bumped.  may_hold: the relay can hold that
- * ReadyForQuery back (no reply pgscale makes up itself is due right after
- * it).  True when it must not be relayed yet (the Redis tier has the bumps
- * in flight): rcache calls relay_ready_release(c, status) when it may go;
- * meanwhile rcache_holding(c) is true, and what c sends and what the
- * server sends c after it wait. */
-bool rcache_ready(pgs_client *c, char status, bool query, bool may_hold);
+/* A ReadyForQuery with `status` answers c's own Query or Sync, before it
+ * is relayed: the fill ends; at the end of a transaction its writes are
+ * bumped.  may_hold: the relay can hold that ReadyForQuery back (no reply
+ * pgscale makes up itself is due right after it).  True when it must not
+ * be relayed yet (the Redis tier has the bumps in flight): rcache calls
+ * relay_ready_release(c, status) when it may go; meanwhile
+ * rcache_holding(c) is true, and what c sends and what the server sends c
+ * after it wait. */
+bool rcache_ready(pgs_client *c, char status, bool may_hold);
 bool rcache_holding(const pgs_client *c);
 
 /* c's unit on its server ended without its ReadyForQuery (the server was

@@ -942,6 +942,7 @@ void relay_server_data(pgs_server *sv)
     pgs_pool_stats *st = &sv->pool->stats;
     bool saw_ready = false;
     bool restored = false;  /* the client's settings are now in effect */
+    bool cache_synced = false; /* our Sync after a cache hit was answered */
 
     while (b->data && b->pos < b->len) {
         uint8_t *p = b->data + b->pos;
@@ -1017,13 +1018,13 @@ void relay_server_data(pgs_server *sv)
                 return;
             }
             bool was_query = h && (h->kind == EX_QUERY || h->kind == EX_SYNC);
-            bool was_simple = h && h->kind == EX_QUERY;
             if (internal && sv->restoring) {
                 /* an error would have ended the link at its 'E' */
                 sv->restoring = false;
                 restored = true;
             }
-            if (internal) sv->resetting = false;
+            if (internal && sv->cache_sync) cache_synced = true;
+            if (internal) sv->resetting = sv->cache_sync = false;
             if (internal && sv->lsn_pending) {
                 sv->lsn_pending = false;
                 if (c && !sv->lsn_seen) route_lsn_unknown(c);
@@ -1048,8 +1049,7 @@ void relay_server_data(pgs_server *sv)
              * them (the server may go back to the pool meanwhile: only
              * these 6 bytes wait, and the client's next requests) */
             if (c && !internal && was_query && (c->ccache || cfg()->cache.enabled) &&
-                rcache_ready(c, status, was_simple,
-                             sv->exq.count == 0 || !is_fake(exq_head(&sv->exq))))
+                rcache_ready(c, status, sv->exq.count == 0 || !is_fake(exq_head(&sv->exq))))
                 drop = true;
             if (c && !internal) {
                 uint64_t now = pgs_now_us();
@@ -1260,6 +1260,12 @@ void relay_server_data(pgs_server *sv)
             relay_client_data(c);
         return;
     }
+    if (cache_synced) {
+        /* the server was not released (not idle after all): the
+         * requests that waited for our Sync go on here */
+        relay_client_data(c);
+        if (c->s.closing || c->server != sv) return;
+    }
     if (c->pipeline_full && sv->exq.count <= PIPELINE_MAX / 2) {
         /* enough answered: the rest of the client's pipeline may go */
         c->pipeline_full = false;
@@ -1393,6 +1399,47 @@ static int client_parse(pgs_client *c, pgs_server *sv, const uint8_t *body, uint
     if (st->local || stmt_set_has(sv->prepared, st->id))
         return exq_push(&sv->exq, EX_FAKE_PARSE, st, NULL);
     return send_parse(sv, st, sb, EX_PARSE);
+}
+
+/* The result cache answered a unit of c's (its Parse, if any, at `parse`:
+ * the whole body; then Bind, Describe, Execute, Sync) without a server: c's
+ * own statements change as client_forward and the server would have
+ * changed them.  A named Parse registers the statement (prepared on a
+ * server lazily, at its next Bind that misses); the unnamed one replaces
+ * the unnamed statement; the Sync ends the implicit transaction's portals.
+ * -1, with nothing changed, when the unit must go the usual way (the
+ * Parse would be refused, or its text is one the cases of client_forward
+ * look into). */
+int relay_cache_answered(pgs_client *c, const uint8_t *parse, uint32_t plen)
+{
+    if (parse) {
+        size_t pos = 0;
+        const char *name = proto_get_string(parse, plen, &pos);
+        if (!name) return -1;
+        const uint8_t *q = parse + pos;
+        const uint8_t *nul = memchr(q, '\0', plen - pos);
+        if (!nul) return -1;
+        size_t qlen = (size_t)(nul - q);
+        /* a read proven cacheable uses no sequence and makes no session
+         * state; anything else is left to client_forward */
+        if (sqlscan_sequence_use((const char *)q, qlen) ||
+            sqlscan_session_state((const char *)q, qlen))
+            return -1;
+        if (*name) {
+            if (!track_prepared(c)) return -1;
+            const pgs_config *k = cfg();
+            pgs_stmt *st = NULL;
+            if (stmt_map_put(&c->stmts, worker_stmts(c->w), name, pos - 1, q,
+                             (uint32_t)(plen - pos), (uint32_t)k->max_client_prepared_statements,
+                             k->max_client_prepared_bytes, &st) != 0)
+                return -1;
+        } else {
+            if (track_prepared(c)) stmt_local_set_unnamed(&c->lx, NULL, NULL);
+            c->unnamed_seq = 0;
+        }
+    }
+    stmt_local_unbind_all(c->lx);
+    return 0;
 }
 
 /* Could this unnamed Parse's query be a statement pgscale answers itself?
@@ -2070,7 +2117,7 @@ static void client_forward(pgs_client *c)
                     if (r < 0) break;
                     r = 0;
                     forward = false;
-                    sv->unsynced = false;
+                    sv->unsynced = sv->unsynced_run = false;
                     if (total > avail) c->fwd_remaining = 0;
                     break;
                 }
@@ -2250,7 +2297,8 @@ static void client_forward(pgs_client *c)
         if (type == 'P' || type == 'B' || type == 'E' || type == 'D' || type == 'C')
             sv->unsynced = true;
         else if (forward && (type == 'S' || type == 'Q' || type == 'F'))
-            sv->unsynced = false;
+            sv->unsynced = sv->unsynced_run = false;
+        if (type == 'B' || type == 'E' || type == 'C') sv->unsynced_run = true;
         uint32_t n = PGS_MIN(avail, total);
         if (forward) io_batch_add(&sb, p + consumed, n - (uint32_t)consumed);
         b->pos += n;
@@ -2292,6 +2340,30 @@ static void client_forward(pgs_client *c)
         unlink_and_release(c, sv);
         relay_client_data(c);
     }
+}
+
+/* May the result cache look up the request at the head of c's buffer
+ * while c holds sv inside an implicit transaction (sv->unsynced)?  Only
+ * when nothing ran in that transaction (Parse and Describe only: no
+ * BEGIN, no write, no snapshot a statement took), it owes c nothing, saw
+ * no error (PostgreSQL would ignore the request then) and nothing of a
+ * message is half-relayed. */
+static bool cache_held_ok(const pgs_client *c, const pgs_server *sv)
+{
+    return tx_mode(c) && !sv->unsynced_run && c->tx_status == 'I' && sv->tx_status == 'I' &&
+           !owes_client(sv) && !sv->query_failed && !sv->fwd_remaining && !c->fwd_remaining &&
+           !c->skip_remaining && !c->ext_skip && !c->pipeline_full && !sv->pending_set_kind;
+}
+
+/* Ends sv's implicit transaction with a Sync of pgscale's own (its
+ * ReadyForQuery is not relayed): the request the client sent next was
+ * answered from the cache. */
+static int send_sync_internal(pgs_server *sv)
+{
+    static const uint8_t sync_msg[5] = {'S', 0, 0, 0, 4};
+    if (exq_push(&sv->exq, EX_INTERNAL, NULL, NULL) < 0) return -1;
+    uv_buf_t iov = uv_buf_init((char *)sync_msg, sizeof(sync_msg));
+    return io_send(sv->w, &sv->s, &iov, 1);
 }
 
 void relay_client_data(pgs_client *c)
@@ -2358,9 +2430,35 @@ void relay_client_data(pgs_client *c)
      * the server is released then and the request is looked up in the
      * cache and routed with that position known, instead of following
      * the write onto the primary uncached. */
-    if (sv->s.wb.pending || sv->restoring || (sv->lsn_pending && cfg()->cache.enabled)) {
+    if (sv->s.wb.pending || sv->restoring || sv->cache_sync ||
+        (sv->lsn_pending && cfg()->cache.enabled)) {
         io_read_stop(&c->s);
         return;
+    }
+    if (sv->unsynced && cfg()->cache.enabled && cache_held_ok(c, sv)) {
+        /* A driver that prepares with Parse, Describe and Flush (asyncpg)
+         * holds this server in an implicit transaction that owes it
+         * nothing: its next request may be a hit all the same. */
+        int rc = rcache_serve(c);
+        if (rc == RCACHE_CLOSED || c->s.closing) return;
+        if (rc == RCACHE_SYNC) {
+            if (send_sync_internal(sv) < 0) {
+                client_server_lost(c, "writing to the PostgreSQL server failed");
+                server_close(sv, "write failed");
+                return;
+            }
+            /* the next request waits for it: the server is released
+             * then, and the request looked up as any other */
+            sv->unsynced = sv->unsynced_run = false;
+            sv->cache_sync = true;
+            if (b->data && b->pos < b->len) {
+                io_read_stop(&c->s);
+            } else {
+                io_buf_release_if_empty(c->w, &c->s);
+                if (io_read_start(&c->s) < 0) client_close(c, "read failed");
+            }
+            return;
+        }
     }
     client_forward(c);
     if (c->s.closing) return;

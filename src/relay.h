@@ -37,6 +37,12 @@ void relay_retry_drop(pgs_client *c);
 void relay_pin_names(unsigned mask, char *buf, size_t n);
 void relay_unpin_all(pgs_client *c);
 
+/* The result cache answered c's extended-protocol unit without a server
+ * (parse: the unit's Parse body, or NULL): c's statements and portals
+ * change as if a server had answered.  -1 (nothing changed): the unit must
+ * go to a server instead. */
+PGS_MUSTCHECK int relay_cache_answered(pgs_client *c, const uint8_t *parse, uint32_t plen);
+
 PGS_MUSTCHECK int exq_push(pgs_expect_q *q, uint8_t kind, pgs_stmt *st, const char *tag);
 void exq_clear(pgs_expect_q *q);
 void exq_free(pgs_expect_q *q);

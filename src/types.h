@@ -317,8 +317,13 @@ struct pgs_server {
      * implicit transaction that the next simple Query or Sync would commit,
      * whatever its last ReadyForQuery said. */
     bool unsynced;
+    bool unsynced_run;        /* ... and a Bind, Execute or Close among them */
     bool lsn_pending;         /* our pg_current_wal_lsn() query is out (route.c) */
     bool lsn_seen;            /* ... and its row was read */
+    /* our Sync is out: it ends the implicit transaction that the client's
+     * Parse, Describe and Flush opened, whose next request the result
+     * cache answered (rcache_serve, RCACHE_SYNC) */
+    bool cache_sync;
     /* The client's settings are being restored (relay_link): its requests
      * wait until the server confirms them, so that none runs under the
      * previous client's settings.  The restore is an EX_INTERNAL entry in
