@@ -21,6 +21,10 @@
 #               100,000 rows)
 #   latency     the same with one client: the time of one request when
 #               nothing queues (for the cached targets: a hit's latency)
+#   floor       (direct only) `SELECT 1` with one client: the round trip of
+#               the smallest request on this machine, which no proxy can beat
+#               (on an idle virtual machine a wake-up of an idle CPU alone
+#               can take tens of µs)
 #   mix-other   read with 10 % writes to another table (a user's last_seen,
 #               as an application records a visit): the dashboard's entries
 #               live on
@@ -135,6 +139,7 @@ cat >"$TMP/read.sql" <<'EOF'
 \set day random(1, 30)
 SELECT region, count(*) AS orders, sum(amount) AS revenue, round(avg(amount), 2) AS avg_order FROM orders WHERE day >= :day GROUP BY region ORDER BY region;
 EOF
+echo 'SELECT 1;' >"$TMP/floor.sql"
 cat >"$TMP/write-orders.sql" <<EOF
 \set id random(1, $BENCH_ROWS)
 UPDATE orders SET amount = amount + 0.01 WHERE id = :id;
@@ -210,6 +215,7 @@ run() {  # run TARGET WORKLOAD
     local scripts=(-f "$TMP/read.sql") clients=$BENCH_CLIENTS jobs=$BENCH_JOBS
     case $w in
     latency) clients=1 jobs=1 ;;
+    floor) clients=1 jobs=1 scripts=(-f "$TMP/floor.sql") ;;
     mix-other) scripts=(-f "$TMP/read.sql@9" -f "$TMP/write-other.sql@1") ;;
     mix-orders) scripts=(-f "$TMP/read.sql@9" -f "$TMP/write-orders.sql@1") ;;
     esac
@@ -245,6 +251,7 @@ for t in $BENCH_TARGETS; do
     PGPASSWORD=$APP_PASSWORD run_child timeout 60 pgbench -n -M "$BENCH_MODE" -c 4 -j 2 -T 2 \
         -h 127.0.0.1 -p "$TARGET_PORT" -U "$APP_USER" -f "$TMP/read.sql" "$APP_DB" >/dev/null 2>&1 || true
     for w in $WORKLOADS; do run "$t" "$w"; done
+    [ "$t" != direct ] || run direct floor
     stop_pid "$PROXY_PID"; PROXY_PID=
 done
 
@@ -254,7 +261,7 @@ log ""
 log "| target | workload | tps | vs direct | p50 ms | p99 ms | cache hits | target |"
 log "|---|---|---|---|---|---|---|---|"
 for t in $BENCH_TARGETS; do
-    for w in $WORKLOADS; do
+    for w in $WORKLOADS floor; do
         key="$t/$w"
         [ -n "${TPS[$key]:-}" ] || continue
         goal=
