@@ -133,7 +133,7 @@ psql_at "$PG_PORT" "$APP_DB" "
     psql_at "$PG_PORT" "$APP_DB" "
     CREATE TABLE users (id int PRIMARY KEY, last_seen timestamptz);
     INSERT INTO users SELECT g, now() FROM generate_series(1, 10000) g;" >/dev/null &&
-    psql_at "$PG_PORT" "$APP_DB" "VACUUM ANALYZE" >/dev/null || die "could not load the orders table"
+    psql_at "$PG_PORT" "$APP_DB" "VACUUM ANALYZE orders, users" >/dev/null || die "could not load the orders table"
 
 cat >"$TMP/read.sql" <<'EOF'
 \set day random(1, 30)
