@@ -9,14 +9,10 @@ Never stale: thousands of write-then-read rounds through the same and
 another client, with INSERT, UPDATE, DELETE and TRUNCATE, in and out of
 explicit transactions, rolled back and committed, through views and
 partitions, and with replicas that lag."""
-import asyncio
 import contextlib
 import threading
 import time
 import uuid
-
-import psycopg2
-import pytest
 
 import pgwire
 
@@ -349,9 +345,10 @@ def test_extended_protocol_writes_invalidate(pgscale, primary):
     arun(main())
 
 
-def test_reads_own_writes_with_lagging_replicas_and_the_cache(pgscale, primary, replicas_ctl):
-    replicas = replicas_ctl
-    fresh_table(primary, "c_lag")
+def start_lagging(pgscale, primary, replicas, table):
+    """A fresh table, then pgscale with the cache on in front of the
+    replicas, which replay 300 ms late once it has seen them up."""
+    fresh_table(primary, table)
     replicas.wait_replayed()
     pg = start_cached(pgscale, READ_REPLICA_URLS=",".join(replicas.urls()),
                       PGSCALE_MONITOR_INTERVAL="50ms")
@@ -359,6 +356,12 @@ def test_reads_own_writes_with_lagging_replicas_and_the_cache(pgscale, primary, 
              what="replicas up")
     replicas.set_apply_delay(0, 300)
     replicas.set_apply_delay(1, 300)
+    return pg
+
+
+def test_reads_own_writes_with_lagging_replicas_and_the_cache(pgscale, primary, replicas_ctl):
+    replicas = replicas_ctl
+    pg = start_lagging(pgscale, primary, replicas, "c_lag")
     conn = pg.connect()
     read = "SELECT count(*) FROM c_lag"
     for i in range(rounds(pg, 300)):

@@ -14,7 +14,8 @@ import pytest
 import pgwire
 
 from helpers import APP_PASSWORD, LOCALHOST, aconnect, arun, pgbench, wait_for
-from test_cache import fresh_table, rounds, show_cache, start_cached, statements_logged
+from test_cache import (fresh_table, rounds, show_cache, start_cached, start_lagging,
+                        statements_logged)
 
 
 def executed(primary, since, marker):
@@ -464,14 +465,7 @@ def test_pipelined_units_after_a_hit_see_a_write_between_them(pgscale, primary):
 def test_reads_own_writes_with_lagging_replicas_through_the_extended_protocol(
         pgscale, primary, replicas_ctl):
     replicas = replicas_ctl
-    fresh_table(primary, "ce_lag")
-    replicas.wait_replayed()
-    pg = start_cached(pgscale, READ_REPLICA_URLS=",".join(replicas.urls()),
-                      PGSCALE_MONITOR_INTERVAL="50ms")
-    wait_for(lambda: all(r["state"] == "up" for r in pg.admin("SHOW NODES")), 10,
-             what="replicas up")
-    replicas.set_apply_delay(0, 300)
-    replicas.set_apply_delay(1, 300)
+    pg = start_lagging(pgscale, primary, replicas, "ce_lag")
     read = "SELECT count(*) FROM ce_lag WHERE id >= %s"
     n = rounds(pg, 200)
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:

@@ -16,7 +16,6 @@ import statistics
 import tempfile
 import time
 
-import psycopg2
 import pytest
 
 from conftest import Primary, Replica

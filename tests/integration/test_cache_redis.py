@@ -10,7 +10,6 @@ cache meanwhile, and hits resume once Redis is back.
 
 Whether a statement ran on PostgreSQL is read from PostgreSQL's own
 statement log (log_statement for role app), as in test_cache.py."""
-import contextlib
 import signal
 import subprocess
 import threading
@@ -22,40 +21,13 @@ import pytest
 
 import pgwire
 
-from helpers import APP_PASSWORD, LOCALHOST, is_sanitized, wait_for
-
-
-@contextlib.contextmanager
-def statements_logged(primary):
-    primary.execute("ALTER ROLE app SET log_statement = 'all'")
-    try:
-        yield
-    finally:
-        primary.execute("ALTER ROLE app RESET log_statement")
-
-
-def ran(primary, since, marker):
-    """How many times a statement containing marker reached the primary."""
-    return primary.log_tail(10 ** 7, since).count("statement: " + marker)
-
-
-def show_cache(pg):
-    return pg.admin("SHOW CACHE")[0]
+from helpers import APP_PASSWORD, LOCALHOST, wait_for
+from test_cache import (fresh_table, one, ran, rounds, show_cache, statements_logged,
+                        wait_cached)
 
 
 def counter(pg, name):
     return int(show_cache(pg)[name])
-
-
-def one(conn, sql, params=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchall() if cur.description else None
-
-
-def fresh_table(primary, name, ddl="(id int PRIMARY KEY, v int)"):
-    primary.app_execute("DROP TABLE IF EXISTS %s CASCADE" % name)
-    primary.app_execute("CREATE TABLE %s %s" % (name, ddl))
 
 
 def wait_redis(pg, state="up", timeout=15):
@@ -74,18 +46,6 @@ def start_pair(pgscale, redis, **env):
                  what="the relation catalog loaded")
         wait_redis(pg)
     return pair
-
-
-def wait_cached(pg, conn, sql, params=None, timeout=10):
-    def hit():
-        before = counter(pg, "hits")
-        one(conn, sql, params)
-        return counter(pg, "hits") > before
-    wait_for(hit, timeout, what="a cache hit for %s" % sql)
-
-
-def rounds(pg, n):
-    return n // 5 if is_sanitized(pg.pid) else n
 
 
 def test_write_through_a_then_read_through_b_is_never_stale(pgscale, primary, redis):
@@ -211,7 +171,6 @@ def test_redis_killed_mid_run_no_errors_and_hits_resume(pgscale, primary, redis)
     ca, cb = a.connect(), b.connect()
     sql = "SELECT v FROM cr_kill WHERE id = 1"
     errors, stale, worst = [], 0, 0.0
-    stop = threading.Event()
     i = 0
 
     def work(duration):
