@@ -584,10 +584,9 @@ static void on_fill_end(pgs_cache_waiter *wt, pgs_cache_entry *e)
     uv_timer_start(&cc->timer, on_timer, 0, 0);
 }
 
-static void park(rcache_worker *rw, pgs_client *c, struct pgs_client_cache *cc,
-                 pgs_cache_fill *f)
+/* c waits on fill f: on_fill_end hands it the entry (or NULL). */
+static void wait_on(struct pgs_client_cache *cc, pgs_cache_fill *f)
 {
-    ensure_timer(c, cc);
     cc->waiter.prev = cc->waiter.next = NULL;
     cc->waiter.cb = on_fill_end;
     cc->waiter.data = cc;
@@ -595,6 +594,13 @@ static void park(rcache_worker *rw, pgs_client *c, struct pgs_client_cache *cc,
     cc->parked = true;
     cc->woken = false;
     cc->ready = NULL;
+}
+
+static void park(rcache_worker *rw, pgs_client *c, struct pgs_client_cache *cc,
+                 pgs_cache_fill *f)
+{
+    ensure_timer(c, cc);
+    wait_on(cc, f);
     rw->waits++;
     uv_timer_start(&cc->timer, on_timer, cfg()->cache.fill_wait_ms, 0);
 }
@@ -715,13 +721,7 @@ static void on_redis(rredis_req *q, int status, void *arg)
             rredis_count_hit(rw->redis);
             c->cfill = NULL;
             cc->fill_snap = false;
-            cc->waiter.prev = cc->waiter.next = NULL;
-            cc->waiter.cb = on_fill_end;
-            cc->waiter.data = cc;
-            cache_wait(f, &cc->waiter);
-            cc->parked = true;
-            cc->woken = false;
-            cc->ready = NULL;
+            wait_on(cc, f);
             cc->self_fill = true;
             cc->rwait = RW_NONE;
             cc->rdone = false;
