@@ -4,13 +4,15 @@
 # `make bench-replicas` measures read scaling over streaming replicas;
 # `make bench-cache` measures the result cache on a dashboard workload.
 # check, demo and bench install their dependencies first (Debian 12, root).
+# `make install` installs the binary and the systemd unit (PREFIX, DESTDIR;
+# see docs/deployment.md).
 
 PYTHON     ?= /usr/bin/python3
 FUZZ_SECS  ?= 20
 PYTEST_ARGS ?=
 
 .PHONY: all deps check unit asan tsan fuzz integration integration-asan integration-tsan demo bench \
-	bench-unix bench-replicas bench-cache clean
+	bench-unix bench-replicas bench-cache install clean
 
 all: build/build.ninja
 	ninja -C build
@@ -119,6 +121,27 @@ bench-replicas: deps all
 # and with Redis; see the header of bench/cache_dashboard.sh.
 bench-cache: deps all
 	BENCH_SECONDS=$(BENCH_SECONDS) bash bench/cache_dashboard.sh
+
+# The binary, the systemd unit (its ExecStart pointed at BINDIR), the
+# sysusers.d entry that creates the pgscale user, and the example .env file
+# and deployment guide beside the docs.  /etc is left alone: the .env file
+# holds a password and is copied there by hand (docs/deployment.md).
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DOCDIR     ?= $(PREFIX)/share/doc/pgscale
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 build/pgscale $(DESTDIR)$(BINDIR)/pgscale
+	sed -e 's|/usr/local/bin/pgscale|$(BINDIR)/pgscale|' \
+	    -e 's|/usr/local/share/doc/pgscale|$(DOCDIR)|' \
+	    packaging/systemd/pgscale.service >$(DESTDIR)$(UNITDIR)/pgscale.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/pgscale.service
+	install -m 0644 packaging/systemd/pgscale.sysusers $(DESTDIR)$(SYSUSERSDIR)/pgscale.conf
+	install -m 0644 packaging/systemd/pgscale.env docs/deployment.md docs/configuration.md \
+	    $(DESTDIR)$(DOCDIR)/
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz

@@ -18,6 +18,7 @@
 #include "changefeed.h"
 #include "classify.h"
 #include "monitor.h"
+#include "notify.h"
 #include "relcat.h"
 #include "reload.h"
 #include "tls.h"
@@ -133,7 +134,17 @@ static void raise_nofile(void)
 
 static void on_finish_check(uv_timer_t *t)
 {
-    if (worker_all_finished()) uv_stop(t->loop);
+    if (worker_all_finished()) {
+        uv_stop(t->loop);
+        return;
+    }
+    /* while draining, systemctl status shows how many clients are left */
+    static int last_clients = -1;
+    if (atomic_load(&g_pgs.shutting_down)) {
+        int n = atomic_load(&g_pgs.total_clients);
+        if (n != last_clients) notify_draining(n);
+        last_clients = n;
+    }
 }
 
 static void on_drain_deadline(uv_timer_t *t)
@@ -155,11 +166,13 @@ static void on_signal(uv_signal_t *s, int signum)
     }
     if (signum == SIGINT) {
         log_info("SIGINT: stopping now");
+        notify_stopping(atomic_load(&g_pgs.total_clients), 0);
         worker_broadcast(WM_STOP);
         return;
     }
     if (atomic_exchange(&g_pgs.shutting_down, 1)) return;
     uint32_t drain_ms = reload_shutdown_timeout_ms();
+    notify_stopping(atomic_load(&g_pgs.total_clients), drain_ms);
     log_info("SIGTERM: no new clients; waiting up to %u ms for transactions to finish",
              drain_ms);
     worker_broadcast(WM_SHUTDOWN);
@@ -268,6 +281,10 @@ int main(int argc, char **argv)
              listening, g_cfg.workers,
              g_cfg.pool_mode == PGS_POOL_SESSION ? "session" : "transaction", g_cfg.pool_size,
              g_cfg.max_overflow, topology_primary()->ep.text);
+    /* Every listener was bound before the workers started, so a client
+     * connecting from now on is served. */
+    notify_ready(listening);
+    if (notify_watchdog_start(loop) < 0) log_warn("watchdog: could not start its timer");
     uv_run(loop, UV_RUN_DEFAULT);
     worker_join_all();
     changefeed_stop();

@@ -12,6 +12,7 @@
 #include "authquery.h"
 #include "clientauth.h"
 #include "monitor.h"
+#include "notify.h"
 #include "pool.h"
 #include "rcache.h"
 #include "worker.h"
@@ -220,18 +221,17 @@ static void free_retired(void)
     }
 }
 
-int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_t errlen)
+/* reload_run under reload_lock. */
+static int reload_locked(const char *who, reload_note_fn note, void *ctx, char *err,
+                         size_t errlen)
 {
-    pthread_mutex_lock(&reload_lock);
     if (!current) {
-        pthread_mutex_unlock(&reload_lock);
         snprintf(err, errlen, "pgscale is still starting");
         return -1;
     }
     pgs_config fresh;
     char why[1024];
     if (config_reload(&fresh, src_config, src_envfile, why, sizeof(why)) < 0) {
-        pthread_mutex_unlock(&reload_lock);
         snprintf(err, errlen, "%s; the running configuration is unchanged", why);
         log_error("%s: configuration refused: %s", who, err);
         return -1;
@@ -239,7 +239,6 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
     /* the users file's contents are reloaded (its path is restart-only) */
     if (clientauth_reload(current->auth.file, why, sizeof(why)) < 0) {
         config_free(&fresh);
-        pthread_mutex_unlock(&reload_lock);
         snprintf(err, errlen, "%s; the running configuration is unchanged", why);
         log_error("%s: configuration refused: %s", who, err);
         return -1;
@@ -288,8 +287,19 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
     log_info("%s: configuration reloaded%s%s: pool %d+%d, %s pooling", who,
              src_config ? " from " : "", src_config ? src_config : "", pub->pool_size,
              pub->max_overflow, pub->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
-    pthread_mutex_unlock(&reload_lock);
     return 0;
+}
+
+int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&reload_lock);
+    /* inside the lock, so that two reloads' messages to systemd do not
+     * interleave (the second's RELOADING=1 before the first's READY=1) */
+    notify_reloading();
+    int rc = reload_locked(who, note, ctx, err, errlen);
+    notify_reloaded(who, rc < 0 ? err : NULL);
+    pthread_mutex_unlock(&reload_lock);
+    return rc;
 }
 
 void reload_worker_apply(pgs_worker *w)

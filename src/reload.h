@@ -15,7 +15,8 @@ typedef void (*reload_note_fn)(void *ctx, const char *msg);
 
 /* Reloads: 0 when the new snapshot is published (note() got what it does
  * not apply), -1 with the reason in err when the configuration was
- * refused (the running one stays).  Any thread; reloads are serialized. */
+ * refused (the running one stays).  Any thread; reloads are serialized.
+ * systemd hears RELOADING=1 before and READY=1 with the outcome after. */
 PGS_MUSTCHECK int reload_run(const char *who, reload_note_fn note, void *ctx, char *err,
                              size_t errlen);
 

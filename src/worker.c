@@ -186,6 +186,7 @@ static void on_async(uv_async_t *a)
         case WM_RESUME: pool_serve_resumed(w); break;
         case WM_KILL: pool_kill_local(w, m->name); break;
         case WM_WAIT_CLOSE: pool_close_old_idle(w); break;
+        case WM_PING: break;
         default: break;
         }
         /* Acknowledged after acting on it: whatever the message changed is

@@ -26,6 +26,7 @@ enum worker_msg_kind {
     WM_RESUME,         /* RESUME: serve the clients that waited */
     WM_KILL,           /* KILL name: close its clients and servers */
     WM_WAIT_CLOSE,     /* WAIT_CLOSE name: close its old idle servers */
+    WM_PING,           /* nothing: the acknowledgement shows the loop turns (watchdog) */
 };
 
 typedef struct pgs_worker_msg {

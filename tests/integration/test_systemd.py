@@ -1,0 +1,209 @@
+"""Running under systemd: the sd_notify messages pgscale sends to the socket
+named by NOTIFY_SOCKET (READY=1 once clients are served, RELOADING=1 and
+READY=1 around a reload with its outcome in STATUS, STOPPING=1 on SIGTERM,
+WATCHDOG=1 while the workers answer), read here from a real AF_UNIX
+datagram socket as systemd's would; and `systemd-analyze verify` on the
+unit file shipped in packaging/systemd."""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from conftest import PGSCALE_BIN
+from helpers import LOCALHOST
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+UNIT = REPO_ROOT / "packaging" / "systemd" / "pgscale.service"
+
+
+class NotifySocket:
+    """The service manager's end: one datagram per sd_notify() call, each a
+    list of KEY=VALUE lines."""
+
+    def __init__(self):
+        # a short directory of its own: a socket path is at most 107 bytes
+        self.dir = tempfile.mkdtemp(prefix="pgs-notify-")
+        self.path = os.path.join(self.dir, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages = []   # every message received, in order
+
+    def close(self):
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _read(self, timeout):
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        fields = {}
+        for line in data.decode("utf-8", "replace").split("\n"):
+            if "=" in line:
+                k, v = line.split("=", 1)
+                fields[k] = v
+        self.messages.append(fields)
+        return fields
+
+    def wait(self, key, value="1", timeout=30, what=None):
+        """The next message (after those already read) that has key=value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail("no %s=%s from pgscale within %d s (%s); messages so far: %r"
+                            % (key, value, timeout, what or "", self.messages))
+            m = self._read(min(left, 1.0))
+            if m is not None and m.get(key) == value:
+                return m
+
+
+@pytest.fixture
+def notify():
+    n = NotifySocket()
+    yield n
+    n.close()
+
+
+def _select_1(pg):
+    conn = psycopg2.connect(pg.dsn())
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _start(pgscale, notify, **kw):
+    return pgscale(wait=False, NOTIFY_SOCKET=notify.path, **kw)
+
+
+@pytest.mark.deadline(60)
+def test_ready_is_sent_when_a_client_can_already_run_a_query(pgscale, notify):
+    pg = _start(pgscale, notify)
+    ready = notify.wait("READY", what="start-up")
+    # at this very moment, without waiting for anything else
+    assert _select_1(pg) == 1
+    assert ready.get("STATUS") == "accepting connections on %s:%d" % (LOCALHOST, pg.port), ready
+    assert pg.is_running()
+    # READY=1 is the first thing said: nothing about reloading or stopping before it
+    assert notify.messages[0].get("READY") == "1", notify.messages
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("how", ["SIGHUP", "RELOAD"])
+def test_reload_sends_reloading_with_monotonic_time_then_ready(pgscale, notify, tmp_path, how):
+    cfg = tmp_path / "pgscale.yaml"
+    cfg.write_text("pool_size: 3\nmax_overflow: 0\n")
+    pg = _start(pgscale, notify, args=["--config", str(cfg)])
+    notify.wait("READY", what="start-up")
+    assert _select_1(pg) == 1
+    assert int(pg.pool()["max_total"]) == 3
+    cfg.write_text("pool_size: 5\nmax_overflow: 0\n")
+    before = time.monotonic_ns() // 1000
+    if how == "SIGHUP":
+        pg.signal(signal.SIGHUP)
+    else:
+        pg.admin("RELOAD")
+    reloading = notify.wait("RELOADING", what=how)
+    after = time.monotonic_ns() // 1000
+    # CLOCK_MONOTONIC, the clock Python's monotonic() reads on Linux
+    assert re.fullmatch(r"\d+", reloading.get("MONOTONIC_USEC", "")), reloading
+    assert before <= int(reloading["MONOTONIC_USEC"]) <= after, (before, reloading, after)
+    done = notify.wait("READY", what="the end of the reload")
+    # "SIGHUP: ..." or "RELOAD by C-2 (user app): ...", as in the log
+    assert re.fullmatch(r"%s.*: configuration reloaded; accepting connections on %s:%d"
+                        % (how, re.escape(LOCALHOST), pg.port), done.get("STATUS", "")), done
+    # READY=1 comes once the new configuration is in effect
+    assert int(pg.pool()["max_total"]) == 5
+    assert _select_1(pg) == 1
+
+
+@pytest.mark.deadline(60)
+def test_refused_reload_names_the_error_in_status_and_keeps_serving(pgscale, notify, tmp_path):
+    cfg = tmp_path / "pgscale.yaml"
+    cfg.write_text("pool_size: 3\nmax_overflow: 0\n")
+    pg = _start(pgscale, notify, args=["--config", str(cfg)])
+    notify.wait("READY", what="start-up")
+    cfg.write_text("pool_size: 5\npoolsize: 6\n")
+    pg.signal(signal.SIGHUP)
+    notify.wait("RELOADING", what="SIGHUP")
+    done = notify.wait("READY", what="the end of the refused reload")
+    status = done.get("STATUS", "")
+    assert status.startswith("SIGHUP: reload refused: "), done
+    assert "%s:2:" % cfg in status and "poolsize" in status and "unknown key" in status, status
+    assert status.endswith("accepting connections on %s:%d" % (LOCALHOST, pg.port)), status
+    assert "\n" not in status
+    assert pg.is_running()
+    assert _select_1(pg) == 1
+    assert int(pg.pool()["max_total"]) == 3    # the running configuration stayed
+
+
+@pytest.mark.deadline(60)
+def test_sigterm_sends_stopping_with_the_clients_being_drained(pgscale, notify):
+    pg = _start(pgscale, notify, PGSCALE_SHUTDOWN_TIMEOUT=5)
+    notify.wait("READY", what="start-up")
+    conn = pg.connect()
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT 1")
+    pg.signal(signal.SIGTERM)
+    stopping = notify.wait("STOPPING", what="SIGTERM")
+    status = stopping.get("STATUS", "")
+    assert re.fullmatch(r"draining 1 client \(no new ones; up to 5000 ms for their "
+                        r"transactions to finish\)", status), stopping
+    # the open transaction ends: the drain is over and pgscale exits
+    with conn.cursor() as cur:
+        cur.execute("COMMIT")
+    assert pg.wait_exit(30) == 0, pg.stderr_text()[-3000:]
+    assert not any(m.get("READY") for m in notify.messages[notify.messages.index(stopping):])
+
+
+@pytest.mark.deadline(60)
+def test_watchdog_pings_while_the_workers_answer(pgscale, notify):
+    pg = _start(pgscale, notify, WATCHDOG_USEC=1500000, PGSCALE_WORKERS=2)
+    notify.wait("READY", what="start-up")
+    t0 = time.monotonic()
+    for _ in range(3):
+        notify.wait("WATCHDOG", timeout=10, what="a watchdog ping")
+    # every 500 ms (a third of WATCHDOG_USEC): 3 pings in well under 10 s
+    assert time.monotonic() - t0 < 10
+    assert "watchdog: telling systemd every 500 ms" in pg.stderr_text()
+    assert _select_1(pg) == 1
+
+
+def test_no_notify_socket_changes_nothing(pgscale):
+    pg = pgscale(NOTIFY_SOCKET=None, WATCHDOG_USEC=None)
+    assert _select_1(pg) == 1
+    assert "watchdog" not in pg.stderr_text()
+
+
+@pytest.mark.deadline(60)
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing: scripts/install-deps.sh installs it (systemd)")
+    # verify checks that ExecStart's binary exists and is executable: the
+    # unit as shipped, pointed at the binary under test
+    text = UNIT.read_text()
+    assert "ExecStart=/usr/local/bin/pgscale " in text
+    unit = tmp_path / "pgscale.service"
+    unit.write_text(text.replace("/usr/local/bin/pgscale", str(PGSCALE_BIN.resolve())))
+    r = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
+                       text=True, timeout=50)
+    out = r.stdout + r.stderr
+    # an unknown key or a bad value is only a warning (exit status 0) that
+    # names the file and line
+    assert r.returncode == 0, out
+    problems = [ln for ln in out.splitlines() if "pgscale.service" in ln]
+    assert not problems, out
