@@ -139,12 +139,7 @@ static void on_finish_check(uv_timer_t *t)
         return;
     }
     /* while draining, systemctl status shows how many clients are left */
-    static int last_clients = -1;
-    if (atomic_load(&g_pgs.shutting_down)) {
-        int n = atomic_load(&g_pgs.total_clients);
-        if (n != last_clients) notify_draining(n);
-        last_clients = n;
-    }
+    if (atomic_load(&g_pgs.shutting_down)) notify_draining(atomic_load(&g_pgs.total_clients));
 }
 
 static void on_drain_deadline(uv_timer_t *t)

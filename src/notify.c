@@ -18,6 +18,9 @@
 static char listening_text[1024];
 static atomic_bool ready;
 
+/* The client count the last stop or drain message gave (main thread). */
+static int draining_told = -1;
+
 static uv_timer_t watchdog_timer;
 static uint64_t watchdog_probe;  /* the WM_PING generation last sent */
 
@@ -71,6 +74,7 @@ void notify_reloaded(const char *who, const char *err)
 
 void notify_stopping(int clients, uint32_t drain_ms)
 {
+    draining_told = clients;
     char msg[200];
     if (drain_ms)
         snprintf(msg, sizeof(msg), "STOPPING=1\nSTATUS=draining %d client%s (no new ones; up to "
@@ -84,6 +88,8 @@ void notify_stopping(int clients, uint32_t drain_ms)
 
 void notify_draining(int clients)
 {
+    if (clients == draining_told) return;
+    draining_told = clients;
     char msg[100];
     snprintf(msg, sizeof(msg), "STATUS=draining %d client%s", clients, clients == 1 ? "" : "s");
     tell(msg);
@@ -97,7 +103,7 @@ static void on_watchdog(uv_timer_t *t)
      * to its loop for a whole third of the interval: no ping this time.
      * Two missed rounds in a row and systemd's timer runs out. */
     if (watchdog_probe && !worker_ctl_done(watchdog_probe)) {
-        log_warn("watchdog: a worker has not answered for %llu ms; not telling systemd that "
+        log_warn("watchdog: a worker has not answered within %llu ms; not telling systemd that "
                  "pgscale is alive",
                  (unsigned long long)uv_timer_get_repeat(&watchdog_timer));
         return;

@@ -21,8 +21,8 @@ void notify_reloading(void);
 void notify_reloaded(const char *who, const char *err);
 
 /* STOPPING=1 (draining: `clients` connections still open, `drain_ms` the
- * bound; or stopping at once when drain_ms is 0), and STATUS updates while
- * the drain goes on.  Main thread. */
+ * bound; or stopping at once when drain_ms is 0), and while the drain goes
+ * on a STATUS line each time the count has changed.  Main thread. */
 void notify_stopping(int clients, uint32_t drain_ms);
 void notify_draining(int clients);
 

@@ -150,18 +150,21 @@ def test_refused_reload_names_the_error_in_status_and_keeps_serving(pgscale, not
 
 
 @pytest.mark.deadline(60)
-def test_sigterm_sends_stopping_with_the_clients_being_drained(pgscale, notify):
+def test_sigterm_sends_stopping_and_the_clients_left_while_draining(pgscale, notify):
     pg = _start(pgscale, notify, PGSCALE_SHUTDOWN_TIMEOUT=5)
     notify.wait("READY", what="start-up")
     conn = pg.connect()
     with conn.cursor() as cur:
         cur.execute("BEGIN")
         cur.execute("SELECT 1")
+    pg.connect()   # idle: disconnected at once by the drain
     pg.signal(signal.SIGTERM)
     stopping = notify.wait("STOPPING", what="SIGTERM")
     status = stopping.get("STATUS", "")
-    assert re.fullmatch(r"draining 1 client \(no new ones; up to 5000 ms for their "
+    assert re.fullmatch(r"draining 2 clients \(no new ones; up to 5000 ms for their "
                         r"transactions to finish\)", status), stopping
+    # the count falls as the drain goes on
+    notify.wait("STATUS", "draining 1 client", what="the idle client's disconnection")
     # the open transaction ends: the drain is over and pgscale exits
     with conn.cursor() as cur:
         cur.execute("COMMIT")
