@@ -70,8 +70,9 @@ integration-asan: asan
 # pgscale built with ThreadSanitizer, and the integration tests where
 # workers share pools, hand servers over, free unused pools, reload and
 # answer the admin console under load, and where the monitor's threads
-# fill the nodes that SHOW NODES reads, and where the change feed's thread
-# bumps the versions the workers read (about 3.5 min on 2 cores).  Any
+# fill the nodes that SHOW NODES reads, where the change feed's thread
+# bumps the versions the workers read, and where reloads report to systemd
+# and its watchdog asks the workers (about 3.5 min on 2 cores).  Any
 # report fails the test that ran that pgscale; tests/tsan.supp holds the
 # few third-party reports, each with its reason.
 TSAN_TESTS ?= tests/integration/test_pooling.py tests/integration/test_admin.py \
@@ -82,7 +83,8 @@ TSAN_TESTS ?= tests/integration/test_pooling.py tests/integration/test_admin.py 
 	tests/integration/test_session_state_leaks.py tests/integration/test_sequence_state.py \
 	tests/integration/test_unix_server.py tests/integration/test_monitor.py \
 	tests/integration/test_failover_lock.py tests/integration/test_failover_wait.py \
-	tests/integration/test_cache_feed.py tests/integration/test_cache_redis.py
+	tests/integration/test_cache_feed.py tests/integration/test_cache_redis.py \
+	tests/integration/test_systemd.py
 
 tsan:
 	[ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread -Db_lundef=false \
