@@ -210,3 +210,20 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     assert r.returncode == 0, out
     problems = [ln for ln in out.splitlines() if "pgscale.service" in ln]
     assert not problems, out
+
+
+@pytest.mark.deadline(30)
+def test_example_env_file_passes_check_config():
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PGSCALE_", "DB_", "PG")) and k not in ("DATABASE_URL",
+                                                                          "READ_REPLICA_URLS")}
+    r = subprocess.run([str(PGSCALE_BIN), "--env-file", str(UNIT.parent / "pgscale.env"),
+                        "--check-config"], env=env, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", r.stderr
+    conf = dict(ln.split(" = ", 1) for ln in r.stdout.splitlines() if " = " in ln)
+    assert conf["PGSCALE_LISTEN"] == "127.0.0.1:6432", conf
+    assert conf["PGSCALE_SHUTDOWN_TIMEOUT"] == "30s", conf
+    # the unit leaves pgscale time to drain on its own before it kills it
+    stop = re.search(r"^TimeoutStopSec=(\d+)s$", UNIT.read_text(), re.M)
+    assert stop and int(stop.group(1)) > 30, UNIT.read_text()
