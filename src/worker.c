@@ -423,6 +423,10 @@ static void close_listeners(pgs_worker *w)
 static void worker_main(void *arg)
 {
     pgs_worker *w = arg;
+    /* top -H and the watchdog's test tell the workers apart by name */
+    char name[16];
+    snprintf(name, sizeof(name), "pgs-worker-%d", w->id);
+    pthread_setname_np(pthread_self(), name);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     /* let close callbacks run */
     uv_walk(&w->loop, close_walk, NULL);

@@ -1,9 +1,10 @@
 """Running under systemd: the sd_notify messages pgscale sends to the socket
 named by NOTIFY_SOCKET (READY=1 once clients are served, RELOADING=1 and
 READY=1 around a reload with its outcome in STATUS, STOPPING=1 on SIGTERM,
-WATCHDOG=1 while the workers answer), read here from a real AF_UNIX
-datagram socket as systemd's would; and `systemd-analyze verify` on the
-unit file shipped in packaging/systemd."""
+WATCHDOG=1 only while every worker answers), read here from a real
+AF_UNIX datagram socket as systemd's would; `systemd-analyze verify` on the
+unit file shipped in packaging/systemd, and its example .env file."""
+import ctypes
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ import psycopg2
 import pytest
 
 from conftest import PGSCALE_BIN
-from helpers import LOCALHOST
+from helpers import LOCALHOST, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT = REPO_ROOT / "packaging" / "systemd" / "pgscale.service"
@@ -182,6 +183,58 @@ def test_watchdog_pings_while_the_workers_answer(pgscale, notify):
     # every 500 ms (a third of WATCHDOG_USEC): 3 pings in well under 10 s
     assert time.monotonic() - t0 < 10
     assert "watchdog: telling systemd every 500 ms" in pg.stderr_text()
+    assert _select_1(pg) == 1
+
+
+PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT, __WALL = 17, 0x4206, 0x4207, 0x40000000
+
+
+def _thread_named(pid, name):
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                if f.read().strip() == name:
+                    return int(tid)
+        except OSError:
+            pass
+    return None
+
+
+@pytest.mark.deadline(60)
+def test_watchdog_stops_pinging_while_a_worker_is_stuck(pgscale, notify):
+    """One worker thread stopped (ptrace stops that thread alone, the others
+    and the main thread run on): the pings stop until it runs again."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    libc.ptrace.restype = ctypes.c_long
+    # dumpable, so that the test may trace it without CAP_SYS_PTRACE
+    pg = _start(pgscale, notify, WATCHDOG_USEC=1500000, PGSCALE_WORKERS=2,
+                PGSCALE_ALLOW_CORE_DUMPS="on")
+    notify.wait("READY", what="start-up")
+    notify.wait("WATCHDOG", timeout=10, what="a first watchdog ping")
+    # the worker names itself when its thread starts
+    tid = wait_for(lambda: _thread_named(pg.pid, "pgs-worker-1"), 10, what="pgs-worker-1")
+    if libc.ptrace(PTRACE_SEIZE, tid, None, None) != 0:
+        pytest.skip("ptrace is not allowed here: %s" % os.strerror(ctypes.get_errno()))
+    try:
+        assert libc.ptrace(PTRACE_INTERRUPT, tid, None, None) == 0, os.strerror(ctypes.get_errno())
+        os.waitpid(tid, __WALL)
+        # A tick finds the worker's acknowledgement missing and says so;
+        # from then on every tick does (pings sent before are read and
+        # dropped here), and not one ping goes out.
+        warning = "watchdog: a worker has not answered within 500 ms"
+        wait_for(lambda: warning in pg.stderr_text(), 20, what="the watchdog's warning")
+        while notify._read(0.01) is not None:
+            pass
+        notify.messages.clear()
+        until = time.monotonic() + 2.5
+        while time.monotonic() < until:
+            notify._read(0.2)
+        assert not [m for m in notify.messages if m.get("WATCHDOG")], notify.messages
+        assert pg.stderr_text().count(warning) >= 3, pg.stderr_text()[-3000:]
+    finally:
+        libc.ptrace(PTRACE_DETACH, tid, None, None)
+    notify.wait("WATCHDOG", timeout=10, what="the pings to resume")
     assert _select_1(pg) == 1
 
 
