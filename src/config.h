@@ -249,6 +249,15 @@ typedef struct pgs_config {
 
     char listen_host[256];        /* PGSCALE_LISTEN, default 127.0.0.1:6432 */
     int listen_port;
+    /* The HTTP listener (docs/monitoring.md): PGSCALE_HTTP_LISTEN, default
+     * 127.0.0.1:9930; http_port 0 = off.  Restart-only. */
+    char http_host[256];
+    int http_port;
+    bool http_explicit;           /* PGSCALE_HTTP_LISTEN or http.listen was given */
+    int http_max_pools;           /* PGSCALE_HTTP_MAX_POOLS: pools /metrics exports */
+    int http_auth;                /* PGSCALE_HTTP_AUTH: 0 off, 1 basic (admin/stats users) */
+    char *http_tls_cert;          /* PGSCALE_HTTP_TLS_CERT / _KEY: HTTPS when both are set */
+    char *http_tls_key;
     pgs_pool_mode pool_mode;      /* PGSCALE_POOL_MODE, default transaction */
     int workers;                  /* PGSCALE_WORKERS, default number of cores */
 

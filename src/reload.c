@@ -3,6 +3,7 @@
  * environment, in the start-up order) and publish the result as a new
  * snapshot.  This module owns the snapshots' lifetime; what a setting does
  * stays with the module that reads it. */
+#include "metrics.h"
 #include "reload.h"
 
 #include <stdio.h>
@@ -205,8 +206,24 @@ static void report_unapplied(const pgs_config *pub, const pgs_config *fresh, con
     kv_free(&want);
 }
 
+/* Held (read) by threads that read a snapshot without acknowledging
+ * generations; taken (write) to free retired snapshots. */
+static pthread_rwlock_t hold_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+const pgs_config *reload_cfg_hold(void)
+{
+    pthread_rwlock_rdlock(&hold_lock);
+    return atomic_load(&g_pgs.cfg);
+}
+
+void reload_cfg_release(void)
+{
+    pthread_rwlock_unlock(&hold_lock);
+}
+
 static void free_retired(void)
 {
+    pthread_rwlock_wrlock(&hold_lock);
     retired **pp = &retired_list;
     while (*pp) {
         retired *r = *pp;
@@ -219,6 +236,7 @@ static void free_retired(void)
         if (r->on_heap) free(r->cfg);
         free(r);
     }
+    pthread_rwlock_unlock(&hold_lock);
 }
 
 /* reload_run under reload_lock. */
@@ -234,6 +252,7 @@ static int reload_locked(const char *who, reload_note_fn note, void *ctx, char *
     if (config_reload(&fresh, src_config, src_envfile, why, sizeof(why)) < 0) {
         snprintf(err, errlen, "%s; the running configuration is unchanged", why);
         log_error("%s: configuration refused: %s", who, err);
+        metrics_note_reload(false, err);
         return -1;
     }
     /* the users file's contents are reloaded (its path is restart-only) */
@@ -241,6 +260,7 @@ static int reload_locked(const char *who, reload_note_fn note, void *ctx, char *
         config_free(&fresh);
         snprintf(err, errlen, "%s; the running configuration is unchanged", why);
         log_error("%s: configuration refused: %s", who, err);
+        metrics_note_reload(false, err);
         return -1;
     }
     pgs_config *pub = pgs_xmalloc(sizeof(*pub));
@@ -284,6 +304,7 @@ static int reload_locked(const char *who, reload_note_fn note, void *ctx, char *
     current_on_heap = true;
     free_retired();
     admin_check_config(pub);
+    metrics_note_reload(true, NULL);
     log_info("%s: configuration reloaded%s%s: pool %d+%d, %s pooling", who,
              src_config ? " from " : "", src_config ? src_config : "", pub->pool_size,
              pub->max_overflow, pub->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
