@@ -7,7 +7,7 @@ PKGS=(
   build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
   libuv1-dev libpg-query-dev libprotobuf-c-dev libssl-dev libpq-dev
   libhiredis-dev libxxhash-dev libyaml-dev libmicrohttpd-dev libcmocka-dev libsystemd-dev
-  systemd
+  systemd strace
   postgresql-15 postgresql-client-15 redis-server pgbouncer
   python3 python3-pytest python3-psycopg2 python3-psycopg python3-asyncpg python3-sqlalchemy
   procps psmisc sudo

@@ -13,13 +13,15 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psycopg2
 import pytest
 
 from conftest import PGSCALE_BIN
-from helpers import LOCALHOST, wait_for
+from helpers import LOCALHOST, free_port, is_sanitized, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT = REPO_ROOT / "packaging" / "systemd" / "pgscale.service"
@@ -263,6 +265,95 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     assert r.returncode == 0, out
     problems = [ln for ln in out.splitlines() if "pgscale.service" in ln]
     assert not problems, out
+
+
+def _filter_set(analyze, group, seen):
+    """The system calls of a systemd-analyze group, nested groups expanded."""
+    out = subprocess.run([analyze, "syscall-filter", group], capture_output=True, text=True,
+                         timeout=20).stdout
+    names = set()
+    for line in out.splitlines()[1:]:
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        if item.startswith("@"):
+            if item not in seen:
+                seen.add(item)
+                names |= _filter_set(analyze, item, seen)
+        else:
+            names.add(item)
+    return names
+
+
+@pytest.mark.deadline(90)
+def test_system_calls_stay_within_the_units_filter(pgscale, notify, redis, primary, tmp_path):
+    """pgscale traced while it starts, serves clients (the result cache on,
+    with Redis, so that the monitor's, the catalog's and Redis's connections
+    are made too), answers the HTTP listener, reloads, pings the watchdog
+    and drains: every system call is
+    one the unit's SystemCallFilter allows, every socket of a family its
+    RestrictAddressFamilies allows, and no memory is writable and executable
+    at once (MemoryDenyWriteExecute)."""
+    analyze, strace = shutil.which("systemd-analyze"), shutil.which("strace")
+    if analyze is None or strace is None:
+        pytest.fail("systemd-analyze or strace is missing: scripts/install-deps.sh installs them")
+    unit = UNIT.read_text()
+    allowed, denied = set(), set()
+    for m in re.finditer(r"^SystemCallFilter=(~?)(.*)$", unit, re.M):
+        for item in m.group(2).split():
+            calls = _filter_set(analyze, item, set()) if item.startswith("@") else {item}
+            (denied if m.group(1) else allowed).update(calls)
+    allowed -= denied
+    assert "sendmsg" in allowed and "setuid" not in allowed, "filter not read from the unit"
+    families = set(re.search(r"^RestrictAddressFamilies=(.*)$", unit, re.M).group(1).split())
+    assert "MemoryDenyWriteExecute=yes" in unit
+
+    trace = tmp_path / "strace.txt"
+    http = free_port()
+    pg = pgscale(prefix=[strace, "-f", "-qq", "-o", str(trace), "--"], NOTIFY_SOCKET=notify.path,
+                 WATCHDOG_USEC=900000, PGSCALE_HTTP_LISTEN="%s:%d" % (LOCALHOST, http),
+                 PGSCALE_CACHE="on", REDIS_URL=redis.url())
+    primary.app_execute("CREATE TABLE IF NOT EXISTS systemd_filter (v int)")
+    notify.wait("READY", what="start-up")
+    child = int(open("/proc/%d/task/%d/children" % (pg.pid, pg.pid)).read().split()[0])
+    if is_sanitized(child):
+        pytest.skip("a sanitizer's runtime makes system calls of its own")
+    for i in range(3):
+        assert _select_1(pg) == 1
+    conn = pg.connect()
+    with conn.cursor() as cur:
+        for i in range(3):   # a miss, then hits (in-process, then from Redis)
+            cur.execute("SELECT count(*) FROM systemd_filter")
+            cur.fetchall()
+        cur.execute("INSERT INTO systemd_filter VALUES (1)")
+    pg.close_clients()
+    for path in ("/metrics", "/api/status", "/healthz", "/"):
+        try:
+            urllib.request.urlopen("http://%s:%d%s" % (LOCALHOST, http, path), timeout=10).read()
+        except urllib.error.HTTPError:
+            pass   # /healthz may say 503; it answered
+    pg.admin("RELOAD")
+    os.kill(child, signal.SIGHUP)
+    notify.wait("RELOADING", what="SIGHUP")
+    notify.wait("WATCHDOG", timeout=10, what="a watchdog ping")
+    os.kill(child, signal.SIGTERM)
+    notify.wait("STOPPING", what="SIGTERM")
+    assert pg.wait_exit(30) == 0, pg.stderr_text()[-3000:]
+
+    used, socket_families, wx = set(), set(), []
+    for line in trace.read_text().splitlines():
+        m = re.match(r"\d+\s+(?:<\.\.\. )?([a-z0-9_]+)\(", line)
+        if m:
+            used.add(m.group(1))
+        m = re.search(r"\bsocket\((AF_[A-Z0-9]+)", line)
+        if m:
+            socket_families.add(m.group(1))
+        if re.search(r"PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE|mprotect\(.*PROT_EXEC", line):
+            wx.append(line)
+    assert {"accept4", "sendmsg", "epoll_wait"} <= used, sorted(used)
+    assert not used - allowed, "system calls the unit's filter refuses: %s" % sorted(used - allowed)
+    assert socket_families <= families, socket_families
+    assert not wx, wx
 
 
 @pytest.mark.deadline(30)
