@@ -69,11 +69,12 @@ def artefacts_dir(tmp_path):
 def save_screenshot(driver, path, full_page=True):
     """A screenshot of the whole page (the window is made as tall as the
     page for it, then put back)."""
-    w, h = driver.execute_script("return [window.outerWidth, window.outerHeight]")
+    size = driver.get_window_size()
+    w, h = size["width"], size["height"]
     if full_page:
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(w, min(int(height) + (h - driver.execute_script(
-            "return window.innerHeight")), 8000))
+        height, inner = driver.execute_script(
+            "return [document.documentElement.scrollHeight, window.innerHeight]")
+        driver.set_window_size(w, min(int(height) + (h - int(inner)), 8000))
         time.sleep(0.5)   # the charts redraw on resize (debounced 100 ms)
     driver.save_screenshot(str(path))
     if full_page:
