@@ -74,7 +74,8 @@ cg_how() {  # one line: how the limit is applied, or why it is not
     case $CG_KIND in
         v2) echo "cgroup v2 cpu.max ($CG_ROOT/$CG_NAME-<node>)" ;;
         v1) echo "cgroup v1 cpu.cfs_quota_us ($CG_ROOT/$CG_NAME-<node>)" ;;
-        *)  echo "no cgroup available: nodes share the machine uncapped ($CG_WHY)" ;;
+        *)  if [ "$CG_CPU" = 0 ]; then echo "nodes share the machine uncapped (no cap asked for)"
+            else echo "no cgroup available: nodes share the machine uncapped ($CG_WHY)"; fi ;;
     esac
 }
 

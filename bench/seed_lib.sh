@@ -162,10 +162,14 @@ seed_run_stages() {  # the four stages, one after another (SEED_PORT, SEED_HTTP_
     done
 }
 
-seed_machine() {  # one line: the machine and the CPU cap
-    printf '%s cores (%s); each PostgreSQL node capped at %s core: %s; pgscale and pgbench uncapped\n' \
-        "$(nproc)" "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)" \
-        "$(awk -v p="$CG_CPU" 'BEGIN { printf "%.2f", p / 100 }')" "$(cg_how)"
+seed_machine() {  # one line: the machine, and the nodes' CPU cap or why there is none
+    printf '%s cores (%s); ' "$(nproc)" "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+    if [ -n "$CG_KIND" ]; then
+        printf 'each PostgreSQL node capped at %s core by %s; pgscale and pgbench uncapped\n' \
+            "$(awk -v p="$CG_CPU" 'BEGIN { printf "%.2f", p / 100 }')" "$(cg_how)"
+    else
+        cg_how
+    fi
 }
 
 seed_table() {  # the table, the seed's figures beside the measured ones
