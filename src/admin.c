@@ -98,16 +98,6 @@ static void fmt_time(char *out, size_t n, uint64_t mono_us)
 #define U64(buf, v) (snprintf(buf, sizeof(buf), "%llu", (unsigned long long)(v)), buf)
 #define I32(buf, v) (snprintf(buf, sizeof(buf), "%d", (int)(v)), buf)
 
-static int ld(const int *p)
-{
-    return __atomic_load_n(p, __ATOMIC_RELAXED);
-}
-
-static uint64_t rd(_Atomic uint64_t *p)
-{
-    return atomic_load_explicit(p, memory_order_relaxed);
-}
-
 static void show_pools(reply *r)
 {
     static const char *const cols[] = {"database", "user", "cl_active", "cl_waiting",
@@ -115,62 +105,31 @@ static void show_pools(reply *r)
                                        "sv_overflow", "max_total", "maxwait_ms", "pool_mode",
                                        "sv_pinned", "node"};
     header(r, 14, cols);
-    int rows = 0;
     uint64_t now = pgs_now_us();
     pthread_mutex_lock(&g_pgs.pools_lock);
     for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next) {
-        int cl_active = 0, cl_waiting = 0, sv_active = 0, sv_idle = 0, sv_login = 0;
-        uint64_t maxwait = 0;
-        for (int i = 0; i < g_pgs.n_workers; i++) {
-            pgs_worker *w = &g_pgs.workers[i];
-            pgs_pool *p = __atomic_load_n(&sh->locals[i], __ATOMIC_ACQUIRE);
-            if (!p) continue;
-            cl_waiting += ld(&p->n_waiting);
-            cl_active += ld(&p->n_active_clients) - ld(&p->n_waiting);
-            sv_idle += ld(&p->n_idle);
-            sv_login += ld(&p->n_login);
-            sv_active += ld(&p->n_used);
-            /* the oldest waiter's wait, read under the worker's lock */
-            pthread_mutex_lock(&w->lock);
-            for (pgs_list *it = w->clients.next; it != &w->clients; it = it->next) {
-                pgs_client *c = list_entry(it, pgs_client, node);
-                /* (a client waits in its own pool or, routed, in another
-                 * node's: wait_pool) */
-                if (atomic_load_explicit(&c->state, memory_order_acquire) == CL_WAITING &&
-                    __atomic_load_n(&c->wait_pool, __ATOMIC_RELAXED) == p) {
-                    uint64_t ws = __atomic_load_n(&c->wait_start_us, __ATOMIC_RELAXED);
-                    if (ws && pgs_elapsed_us(now, ws) > maxwait) maxwait = pgs_elapsed_us(now, ws);
-                }
-            }
-            pthread_mutex_unlock(&w->lock);
-        }
-        int total = atomic_load(&sh->open);
-        char b[9][24];
+        pgs_pool_snap s;
+        pool_snapshot(sh, now, &s);
+        char b[11][24];
         const char *v[14] = {sh->database,
                              sh->user,
-                             I32(b[0], cl_active < 0 ? 0 : cl_active),
-                             I32(b[1], cl_waiting),
-                             I32(b[2], sv_active),
-                             I32(b[3], sv_idle),
-                             I32(b[4], sv_login),
-                             I32(b[5], total),
-                             I32(b[6], total > sh->pool_size ? total - sh->pool_size : 0),
-                             I32(b[7], sh->max_total),
-                             NULL,
+                             I32(b[0], s.cl_active),
+                             I32(b[1], s.cl_waiting),
+                             I32(b[2], s.sv_active),
+                             I32(b[3], s.sv_idle),
+                             I32(b[4], s.sv_login),
+                             I32(b[5], s.sv_total),
+                             I32(b[6], s.sv_overflow),
+                             I32(b[7], s.max_total),
+                             U64(b[9], s.maxwait_us / 1000u),
                              atomic_load(&sh->pool_mode) == PGS_POOL_SESSION ? "session"
                                                                              : "transaction",
-                             I32(b[8], atomic_load(&sh->pinned)),
+                             I32(b[8], s.pinned),
                              sh->node ? sh->node->name : NULL};
-        char mw[24];
-        v[10] = U64(mw, maxwait / 1000u);
         row(r, 14, v);
-        rows++;
     }
     pthread_mutex_unlock(&g_pgs.pools_lock);
-    char tag[32];
-    snprintf(tag, sizeof(tag), "SHOW");
-    PGS_UNUSED(rows);
-    complete(r, tag);
+    complete(r, "SHOW");
 }
 
 static void show_clients(reply *r)
@@ -261,27 +220,22 @@ static void show_stats(reply *r)
                                        "avg_xact_us", "avg_query_us", "avg_wait_us",
                                        "total_wait_us"};
     header(r, 10, cols);
+    uint64_t now = pgs_now_us();
     pthread_mutex_lock(&g_pgs.pools_lock);
     for (pgs_pool_shared *sh = g_pgs.pools; sh; sh = sh->next) {
-        uint64_t xc = 0, qc = 0, bi = 0, bo = 0, xu = 0, qu = 0, wu = 0, wc = 0;
-        for (int i = 0; i < g_pgs.n_workers; i++) {
-            pgs_pool *p = __atomic_load_n(&sh->locals[i], __ATOMIC_ACQUIRE);
-            if (!p) continue;
-            xc += rd(&p->stats.xact_count);
-            qc += rd(&p->stats.query_count);
-            bi += rd(&p->stats.bytes_in);
-            bo += rd(&p->stats.bytes_out);
-            xu += rd(&p->stats.xact_us);
-            qu += rd(&p->stats.query_us);
-            wu += rd(&p->stats.wait_us);
-            wc += rd(&p->stats.wait_count);
-        }
+        pgs_pool_snap s;
+        pool_snapshot(sh, now, &s);
         char b[8][24];
-        const char *v[10] = {sh->database,         sh->user,
-                             U64(b[0], xc),        U64(b[1], qc),
-                             U64(b[2], bi),        U64(b[3], bo),
-                             U64(b[4], xc ? xu / xc : 0), U64(b[5], qc ? qu / qc : 0),
-                             U64(b[6], wc ? wu / wc : 0), U64(b[7], wu)};
+        const char *v[10] = {sh->database,
+                             sh->user,
+                             U64(b[0], s.xact_count),
+                             U64(b[1], s.query_count),
+                             U64(b[2], s.bytes_in),
+                             U64(b[3], s.bytes_out),
+                             U64(b[4], s.xact_count ? s.xact_us / s.xact_count : 0),
+                             U64(b[5], s.query_count ? s.query_us / s.query_count : 0),
+                             U64(b[6], s.wait_count ? s.wait_us / s.wait_count : 0),
+                             U64(b[7], s.wait_us)};
         row(r, 10, v);
     }
     pthread_mutex_unlock(&g_pgs.pools_lock);

@@ -2,6 +2,7 @@
  * cancel requests, protocol version, parameters), the welcome with the
  * server's parameters and our own backend key, errors and disconnects with
  * a reason, and the client-side time bounds.  Relaying is relay.c's. */
+#include "metrics.h"
 #include "client.h"
 
 #include <ctype.h>
@@ -305,6 +306,7 @@ void client_fail(pgs_client *c, const char *sqlstate, const char *msg, const cha
         proto_error(&o, "FATAL", sqlstate, "error message too long", NULL);
     }
     log_info("C-%u: %s: %s", c->id, sqlstate, msg);
+    metrics_note_error(c->pool, sqlstate, msg, c->database, c->user);
     send_then_close(c, buf, o.len, msg);
 }
 

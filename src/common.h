@@ -10,6 +10,8 @@
 
 /* Functions that can fail return int: 0 on success, a negative code on
  * failure (libuv style).  Callers must look at the result. */
+#define PGSCALE_VERSION "0.1.0"
+
 #define PGS_MUSTCHECK __attribute__((warn_unused_result))
 #define PGS_UNUSED(x) ((void)(x))
 #define PGS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -86,5 +88,19 @@ PGS_MUSTCHECK int pgs_read_file(const char *path, size_t max, const char *what, 
 
 /* 64-bit FNV-1a; used for statement-text keys. */
 uint64_t pgs_hash64(const void *data, size_t len);
+
+/* A growable string (the config's describe output, .env values, the HTTP
+ * listener's pages); always NUL-terminated once written to. */
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+} sbuf;
+void sb_putn(sbuf *b, const char *s, size_t n);
+void sb_putc(sbuf *b, char c);
+void sb_puts(sbuf *b, const char *s);
+void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sb_reset(sbuf *b);
+const char *sb_str(sbuf *b);
+void sb_free(sbuf *b);
 
 #endif

@@ -74,39 +74,6 @@ static const char *shown(const char *v, char *buf, size_t n)
     return buf;
 }
 
-/* A growable string, used for .env values and the describe output. */
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->len + n + 1) cap *= 2;
-        b->p = pgs_xrealloc(b->p, cap);
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_putc(sbuf *b, char c) { sb_putn(b, &c, 1); }
-static void sb_puts(sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
-static void sb_reset(sbuf *b)
-{
-    b->len = 0;
-    if (b->p) b->p[0] = '\0';
-}
-
-static const char *sb_str(sbuf *b)
-{
-    if (!b->p) sb_putn(b, "", 0);
-    return b->p;
-}
-
 static const char *const sslmode_names[] = {"disable", "allow", "prefer",
                                             "require", "verify-ca", "verify-full"};
 
@@ -173,6 +140,9 @@ void config_defaults(pgs_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     snprintf(cfg->listen_host, sizeof(cfg->listen_host), "%s", "127.0.0.1");
     cfg->listen_port = 6432;
+    snprintf(cfg->http_host, sizeof(cfg->http_host), "127.0.0.1");
+    cfg->http_port = 9930;
+    cfg->http_max_pools = 1000;
     cfg->pool_mode = PGS_POOL_TRANSACTION;
 
     /* One worker per core, clamped to what PGSCALE_WORKERS accepts so the
@@ -1195,6 +1165,7 @@ enum kind {
     K_URL,       /* pgs_url */
     K_URL_LIST,  /* pgs_url *replicas + n_replicas */
     K_LISTEN,    /* listen_host + listen_port */
+    K_HTTP,      /* http_host + http_port, or off */
     K_POOL_MODE, /* pgs_pool_mode */
     K_INT,       /* int in [min, max] */
     K_OVERFLOW,  /* int in [0, max], -1 = unlimited */
@@ -1237,6 +1208,9 @@ static const struct setting settings[] = {
     {.name = "READ_REPLICA_URLS", .key = "nodes.replicas", .kind = K_URL_LIST,
      .off = F(replicas)},
     {.name = "PGSCALE_LISTEN", .key = "listen", .kind = K_LISTEN, .off = F(listen_host)},
+    {.name = "PGSCALE_HTTP_LISTEN", .key = "http.listen", .kind = K_HTTP, .off = F(http_host)},
+    {.name = "PGSCALE_HTTP_MAX_POOLS", .key = "http.max_pools", .kind = K_INT,
+     .off = F(http_max_pools), .min = 1, .max = 1000000},
     {.name = "PGSCALE_POOL_MODE", .key = "pool_mode", .kind = K_POOL_MODE, .off = F(pool_mode)},
     {.name = "PGSCALE_WORKERS", .key = "workers", .kind = K_INT, .off = F(workers), .min = 1,
      .max = MAX_WORKERS},
@@ -1418,6 +1392,14 @@ static int apply_one(pgs_config *cfg, const struct setting *s, const char *v, ch
     }
     case K_LISTEN:
         return parse_listen(v, cfg, why, whylen);
+    case K_HTTP:
+        cfg->http_explicit = true;
+        if (strcasecmp(v, "off") == 0) {
+            cfg->http_port = 0;
+            return 0;
+        }
+        if (cfg->http_port == 0) cfg->http_port = 9930;
+        return parse_listen_hp(v, cfg->http_host, &cfg->http_port, why, whylen);
     case K_POOL_MODE:
         return config_parse_pool_mode(v, FIELD(cfg, s, pgs_pool_mode), why, whylen);
     case K_INT:
@@ -1558,6 +1540,7 @@ const char *config_setting_for_key(const char *key, pgs_value_kind *kind)
         case K_URL_LIST:
         case K_LISTEN:
             return NULL; /* structured in the file: nodes:, listen: */
+        case K_HTTP: *kind = PGS_VALUE_TEXT; break;
         case K_INT:
         case K_OVERFLOW: *kind = PGS_VALUE_INT; break;
         case K_DURATION: *kind = PGS_VALUE_DURATION; break;
@@ -2243,6 +2226,12 @@ static void format_setting(sbuf *b, const pgs_config *cfg, const struct setting 
     case K_LISTEN:
         snprintf(tmp, sizeof(tmp), strchr(cfg->listen_host, ':') ? "[%s]:%d" : "%s:%d",
                  cfg->listen_host, cfg->listen_port);
+        break;
+    case K_HTTP:
+        if (!cfg->http_port) snprintf(tmp, sizeof(tmp), "off");
+        else
+            snprintf(tmp, sizeof(tmp), strchr(cfg->http_host, ':') ? "[%s]:%d" : "%s:%d",
+                     cfg->http_host, cfg->http_port);
         break;
     case K_POOL_MODE:
         snprintf(tmp, sizeof(tmp), "%s",

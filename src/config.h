@@ -249,6 +249,12 @@ typedef struct pgs_config {
 
     char listen_host[256];        /* PGSCALE_LISTEN, default 127.0.0.1:6432 */
     int listen_port;
+    /* The HTTP listener (docs/monitoring.md): PGSCALE_HTTP_LISTEN, default
+     * 127.0.0.1:9930; http_port 0 = off.  Restart-only. */
+    char http_host[256];
+    int http_port;
+    bool http_explicit;           /* PGSCALE_HTTP_LISTEN or http.listen was given */
+    int http_max_pools;           /* PGSCALE_HTTP_MAX_POOLS: pools /metrics exports */
     pgs_pool_mode pool_mode;      /* PGSCALE_POOL_MODE, default transaction */
     int workers;                  /* PGSCALE_WORKERS, default number of cores */
 

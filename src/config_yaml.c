@@ -1328,6 +1328,18 @@ static int cache_rule(yctx *c, const node *v, const char *path, pgs_cache_rule *
     return 0;
 }
 
+/* A scalar key k of section `section` (cache:, http:) that mirrors an
+ * environment variable: section.key in config.c's table. */
+static int section_setting(yctx *c, const char *section, const node *k, const node *val,
+                           const char *kp, const char *const *keys, size_t n_keys)
+{
+    pgs_value_kind kind;
+    char full[64];
+    snprintf(full, sizeof(full), "%s.%s", section, k->str);
+    const char *env = config_setting_for_key(full, &kind);
+    return env ? do_setting(c, val, kp, env, kind) : unknown_key(c, k, kp, keys, n_keys, true);
+}
+
 static int do_cache(yctx *c, const node *v, const char *path)
 {
     static const char *const keys[] = {"enabled",     "ttl",   "max_memory",    "max_entry_size",
@@ -1335,7 +1347,7 @@ static int do_cache(yctx *c, const node *v, const char *path)
                                        "rules"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     pgs_cache_config *cc = &c->cfg->cache;
-    char kp[PATH_BUF], ip[PATH_BUF], full[64];
+    char kp[PATH_BUF], ip[PATH_BUF];
     for (size_t j = 0; j < v->n; j += 2) {
         const node *k = v->kids[j], *val = v->kids[j + 1];
         path_key(kp, sizeof(kp), path, k->str);
@@ -1355,12 +1367,26 @@ static int do_cache(yctx *c, const node *v, const char *path)
             }
         } else {
             /* the scalar settings mirror PGSCALE_CACHE_* (config.c) */
-            pgs_value_kind kind;
-            snprintf(full, sizeof(full), "cache.%s", k->str);
-            const char *env = config_setting_for_key(full, &kind);
-            rc = env ? do_setting(c, val, kp, env, kind)
-                     : unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true);
+            rc = section_setting(c, "cache", k, val, kp, keys, PGS_ARRAY_LEN(keys));
         }
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+/* http: listen, max_pools (PGSCALE_HTTP_*). */
+static int do_http(yctx *c, const node *v, const char *path)
+{
+    static const char *const keys[] = {"listen", "max_pools"};
+    if (want_map(c, v, path) < 0) return -EINVAL;
+    char kp[PATH_BUF];
+    for (size_t j = 0; j < v->n; j += 2) {
+        const node *k = v->kids[j];
+        path_key(kp, sizeof(kp), path, k->str);
+        int rc = find_word(keys, PGS_ARRAY_LEN(keys), k->str) < 0
+                     ? unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true)
+                     : section_setting(c, "http", k, v->kids[j + 1], kp, keys,
+                                       PGS_ARRAY_LEN(keys));
         if (rc < 0) return rc;
     }
     return 0;
@@ -1394,7 +1420,7 @@ static const char *const top_keys[] = {
     "server_allow_cleartext_password", "consistency", "failover", "max_replica_lag",
     "read_from_primary", "load_balance", "monitor_interval", "health_check_timeout",
     "failover_timeout", "failover_wait", "nodes", "databases", "users", "auth",
-    "tls", "server_tls", "admin_users", "stats_users", "cache",
+    "tls", "server_tls", "admin_users", "stats_users", "cache", "http",
 };
 
 static int do_top(yctx *c, const node *root)
@@ -1421,6 +1447,7 @@ static int do_top(yctx *c, const node *root)
         else if (strcmp(key, "users") == 0) rc = do_users(c, v, path);
         else if (strcmp(key, "auth") == 0) rc = do_auth(c, v, path);
         else if (strcmp(key, "cache") == 0) rc = do_cache(c, v, path);
+        else if (strcmp(key, "http") == 0) rc = do_http(c, v, path);
         else if (strcmp(key, "tls") == 0) rc = do_tls(c, v, path);
         else if (strcmp(key, "server_tls") == 0) rc = do_server_tls(c, v, path);
         else if (strcmp(key, "admin_users") == 0)

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "http.h"
 #include "admin.h"
 #include "authquery.h"
 #include "clientauth.h"
@@ -24,7 +25,6 @@
 #include "topology.h"
 #include "worker.h"
 
-#define PGSCALE_VERSION "0.1.0"
 
 static pgs_config g_cfg;
 static uv_signal_t sig_term, sig_int, sig_hup;
@@ -261,6 +261,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgscale: %s\n", err);
         return 1;
     }
+    /* /metrics, the status page and /healthz, off the data path */
+    if (http_start(&g_cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "pgscale: %s\n", err);
+        return 1;
+    }
     char listening[1024];
     config_format_listen_list(&g_cfg, listening, sizeof(listening));
     log_info("pgscale " PGSCALE_VERSION " listening on %s, %d workers, %s pooling, "
@@ -270,6 +275,7 @@ int main(int argc, char **argv)
              g_cfg.max_overflow, topology_primary()->ep.text);
     uv_run(loop, UV_RUN_DEFAULT);
     worker_join_all();
+    http_stop();
     changefeed_stop();
     monitor_stop();
     classify_shutdown();

@@ -527,6 +527,18 @@ static void prefer_own_server(pgs_pool *p, const pgs_client *c)
     list_add_head(&p->idle, &own->node);
 }
 
+/* A checkout that waited `waited` µs (0: served at once): SHOW STATS and
+ * the wait histogram of /metrics.  Worker thread (single writer). */
+static void count_checkout(pgs_pool *p, uint64_t waited)
+{
+    pgs_stat_add(&p->stats.checkouts, 1);
+    pgs_stat_add(&p->stats.wait_hist[pgs_hist_index(waited)], 1);
+    if (waited) {
+        pgs_stat_add(&p->stats.wait_us, waited);
+        pgs_stat_add(&p->stats.wait_count, 1);
+    }
+}
+
 void pool_checkout(pgs_pool *p, pgs_client *c)
 {
     uint64_t now = pgs_now_us();
@@ -548,6 +560,7 @@ void pool_checkout(pgs_pool *p, pgs_client *c)
         }
         list_add_tail(&p->used, &sv->node);
         pgs_count(&p->n_used, 1);
+        count_checkout(p, 0);
         client_server_ready(c, sv);
         return;
     }
@@ -582,8 +595,7 @@ static pgs_client *pop_waiter(pgs_pool *p)
     publish_head(p);
     atomic_fetch_sub(&p->sh->waiting, 1);
     uint64_t waited = pgs_elapsed_us(pgs_now_us(), c->wait_start_us);
-    atomic_fetch_add_explicit(&p->stats.wait_us, waited, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->stats.wait_count, 1, memory_order_relaxed);
+    count_checkout(p, waited ? waited : 1);
     return c;
 }
 
@@ -904,6 +916,7 @@ static void fail_waiters_on_timeout(pgs_pool *p, uint64_t now)
                      "waiting %.1f s",
                      p->sh->database, p->sh->user, atomic_load(&p->sh->open), p->sh->max_total,
                      (double)waited / 1e6);
+            pgs_stat_add(&p->stats.pool_timeouts, 1);
             client_fail(c, "53300", msg,
                         "raise DB_POOL_SIZE or DB_MAX_OVERFLOW, shorten transactions, or raise "
                         "DB_POOL_TIMEOUT");
@@ -1291,4 +1304,54 @@ void pool_kill_local(pgs_worker *w, const char *db)
     if (n || m)
         log_info("worker %d: KILL %s: closed %zu clients and %zu server connections", w->id,
                  db ? db : "(all)", n, m);
+}
+
+static void snap_add_counters(pgs_pool_snap *o, pgs_pool_stats *st)
+{
+#define RD(x) atomic_load_explicit(&st->x, memory_order_relaxed)
+    o->xact_count += RD(xact_count);
+    o->query_count += RD(query_count);
+    o->bytes_in += RD(bytes_in);
+    o->bytes_out += RD(bytes_out);
+    o->xact_us += RD(xact_us);
+    o->query_us += RD(query_us);
+    o->wait_us += RD(wait_us);
+    o->wait_count += RD(wait_count);
+    o->checkouts += RD(checkouts);
+    o->pool_timeouts += RD(pool_timeouts);
+    for (int b = 0; b < PGS_HIST_BUCKETS; b++) {
+        o->xact_hist[b] += RD(xact_hist[b]);
+        o->wait_hist[b] += RD(wait_hist[b]);
+    }
+    for (int e = 0; e < PGS_ERR_CLASSES; e++) o->errors[e] += RD(errors[e]);
+#undef RD
+}
+
+void pool_snapshot(pgs_pool_shared *sh, uint64_t now, pgs_pool_snap *o)
+{
+    memset(o, 0, sizeof(*o));
+    for (int i = 0; i < g_pgs.n_workers; i++) {
+        pgs_pool *p = __atomic_load_n(&sh->locals[i], __ATOMIC_ACQUIRE);
+        if (p) {
+            int waiting = __atomic_load_n(&p->n_waiting, __ATOMIC_RELAXED);
+            o->cl_waiting += waiting;
+            o->cl_active += __atomic_load_n(&p->n_active_clients, __ATOMIC_RELAXED) - waiting;
+            o->sv_idle += __atomic_load_n(&p->n_idle, __ATOMIC_RELAXED);
+            o->sv_login += __atomic_load_n(&p->n_login, __ATOMIC_RELAXED);
+            o->sv_active += __atomic_load_n(&p->n_used, __ATOMIC_RELAXED);
+            /* the waiting list is FIFO: its head has waited longest */
+            uint64_t head = atomic_load_explicit(&p->head_wait_us, memory_order_relaxed);
+            if (head && waiting && pgs_elapsed_us(now, head) > o->maxwait_us)
+                o->maxwait_us = pgs_elapsed_us(now, head);
+            snap_add_counters(o, &p->stats);
+        }
+        pgs_pool *r = __atomic_load_n(&sh->retired[i], __ATOMIC_ACQUIRE);
+        if (r && r != p) snap_add_counters(o, &r->stats);
+    }
+    if (o->cl_active < 0) o->cl_active = 0;
+    o->sv_total = atomic_load(&sh->open);
+    o->pool_size = atomic_load(&sh->pool_size);
+    o->max_total = atomic_load(&sh->max_total);
+    o->sv_overflow = o->sv_total > o->pool_size ? o->sv_total - o->pool_size : 0;
+    o->pinned = atomic_load(&sh->pinned);
 }

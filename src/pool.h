@@ -91,6 +91,20 @@ void pool_kill_local(pgs_worker *w, const char *db); /* WM_KILL */
 void pool_close_old_idle(pgs_worker *w);           /* WM_WAIT_CLOSE */
 void pool_apply_config(pgs_worker *w);             /* WM_CONFIG */
 
+/* One pool's state and counters, every worker's part summed (SHOW POOLS,
+ * SHOW STATS, /metrics, /api/status).  Any thread, under g_pgs.pools_lock.
+ * Counters include the parts retired from workers, so they never go back. */
+typedef struct pgs_pool_snap {
+    int cl_active, cl_waiting, sv_active, sv_idle, sv_login, sv_total, sv_overflow;
+    int pool_size, max_total, pinned;
+    uint64_t maxwait_us;   /* the longest wait of a client waiting now */
+    uint64_t xact_count, query_count, bytes_in, bytes_out, xact_us, query_us, wait_us,
+        wait_count, checkouts, pool_timeouts;
+    uint64_t xact_hist[PGS_HIST_BUCKETS], wait_hist[PGS_HIST_BUCKETS];
+    uint64_t errors[PGS_ERR_CLASSES];
+} pgs_pool_snap;
+void pool_snapshot(pgs_pool_shared *sh, uint64_t now, pgs_pool_snap *out);
+
 /* Welcome parameters (ParameterStatus from the first server login). */
 void pool_set_welcome(pgs_pool_shared *sh, int n, char **names, char **values);
 bool pool_has_welcome(pgs_pool_shared *sh);

@@ -6,6 +6,7 @@
  * (pgs_expect_q) keeps all of this in request order, and tells when a
  * server owes nothing more, which is when a transaction-mode server goes
  * back to its pool. */
+#include "metrics.h"
 #include "relay.h"
 #include "route.h"
 
@@ -388,10 +389,15 @@ static void seq_forget(pgs_client *c, pgs_server *sv, bool discarded)
     }
 }
 
-static void stats_add(_Atomic uint64_t *ctr, uint64_t v)
+
+/* An error the server sent c, for /metrics and the status page (body
+ * NULL: streamed, too large to read: counted without its fields). */
+static void note_server_error(pgs_client *c, pgs_server *sv, const uint8_t *body, uint32_t n)
 {
-    atomic_store_explicit(ctr, atomic_load_explicit(ctr, memory_order_relaxed) + v,
-                          memory_order_relaxed);
+    proto_error_fields f = {0};
+    if (!body || proto_read_error(body, n, &f) != 0) f.sqlstate = f.message = NULL;
+    if (f.sqlstate && strlen(f.sqlstate) != 5) f.sqlstate = NULL;
+    metrics_note_error(sv->pool, f.sqlstate, f.message, c->database, c->user);
 }
 
 /* Emits replies for requests we answered ourselves, once they reach the
@@ -417,6 +423,9 @@ static void emit_fakes(pgs_server *sv, io_batch *cb)
             break;
         case EX_FAKE_ERROR:
             if (cb) {
+                if (sv->client)
+                    metrics_note_error(sv->pool, "0A000", h->tag, sv->client->database,
+                                       sv->client->user);
                 proto_error(&o, "ERROR", "0A000", h->tag, FAKE_ERROR_HINT);
                 proto_ready_for_query(&o, sv->tx_status);
             }
@@ -443,6 +452,9 @@ static void emit_fakes(pgs_server *sv, io_batch *cb)
                 char state[6];
                 memcpy(state, h->tag, 5);
                 state[5] = '\0';
+                if (sv->client)
+                    metrics_note_error(sv->pool, state, h->tag + 5, sv->client->database,
+                                       sv->client->user);
                 proto_error(&o, "ERROR", state, h->tag + 5, NULL);
             }
             break;
@@ -1058,14 +1070,17 @@ void relay_server_data(pgs_server *sv)
                  * the next query may be cancelled for its own timeout */
                 c->last_activity_us = now;
                 c->cancel_sent = false;
-                stats_add(&st->query_count, 1);
+                pgs_stat_add(&st->query_count, 1);
                 if (c->query_start_us)
-                    stats_add(&st->query_us, pgs_elapsed_us(now, c->query_start_us));
+                    pgs_stat_add(&st->query_us, pgs_elapsed_us(now, c->query_start_us));
                 c->query_start_us = 0;
                 if (status == 'I') {
-                    stats_add(&st->xact_count, 1);
-                    if (c->xact_start_us)
-                        stats_add(&st->xact_us, pgs_elapsed_us(now, c->xact_start_us));
+                    pgs_stat_add(&st->xact_count, 1);
+                    if (c->xact_start_us) {
+                        uint64_t took = pgs_elapsed_us(now, c->xact_start_us);
+                        pgs_stat_add(&st->xact_us, took);
+                        pgs_stat_add(&st->xact_hist[pgs_hist_index(took)], 1);
+                    }
                     c->xact_start_us = 0;
                 }
             }
@@ -1074,6 +1089,7 @@ void relay_server_data(pgs_server *sv)
         }
         case 'E':
             sv->query_failed = true;
+            if (c && !internal) note_server_error(c, sv, whole ? body : NULL, len - 4);
             if (internal) {
                 proto_error_fields f;
                 if (!whole || proto_read_error(body, len - 4, &f) != 0)
@@ -1211,7 +1227,7 @@ void relay_server_data(pgs_server *sv)
         if (c) emit_fakes(sv, &cb);
     }
     if (c && sv->s.bytes_in != sv->bytes_counted) {
-        stats_add(&sv->pool->stats.bytes_out, sv->s.bytes_in - sv->bytes_counted);
+        pgs_stat_add(&sv->pool->stats.bytes_out, sv->s.bytes_in - sv->bytes_counted);
         sv->bytes_counted = sv->s.bytes_in;
     }
     if (io_batch_flush(&cb) < 0 && c) {
@@ -2310,7 +2326,7 @@ static void client_forward(pgs_client *c)
         }
     }
     if (c->s.bytes_in != c->bytes_counted) {
-        stats_add(&c->pool->stats.bytes_in, c->s.bytes_in - c->bytes_counted);
+        pgs_stat_add(&c->pool->stats.bytes_in, c->s.bytes_in - c->bytes_counted);
         c->bytes_counted = c->s.bytes_in;
     }
     if (io_batch_flush(&sb) < 0) {

@@ -3,6 +3,7 @@
  * environment, in the start-up order) and publish the result as a new
  * snapshot.  This module owns the snapshots' lifetime; what a setting does
  * stays with the module that reads it. */
+#include "metrics.h"
 #include "reload.h"
 
 #include <stdio.h>
@@ -234,6 +235,7 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
         pthread_mutex_unlock(&reload_lock);
         snprintf(err, errlen, "%s; the running configuration is unchanged", why);
         log_error("%s: configuration refused: %s", who, err);
+        metrics_note_reload(false, err);
         return -1;
     }
     /* the users file's contents are reloaded (its path is restart-only) */
@@ -242,6 +244,7 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
         pthread_mutex_unlock(&reload_lock);
         snprintf(err, errlen, "%s; the running configuration is unchanged", why);
         log_error("%s: configuration refused: %s", who, err);
+        metrics_note_reload(false, err);
         return -1;
     }
     pgs_config *pub = pgs_xmalloc(sizeof(*pub));
@@ -285,6 +288,7 @@ int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_
     current_on_heap = true;
     free_retired();
     admin_check_config(pub);
+    metrics_note_reload(true, NULL);
     log_info("%s: configuration reloaded%s%s: pool %d+%d, %s pooling", who,
              src_config ? " from " : "", src_config ? src_config : "", pub->pool_size,
              pub->max_overflow, pub->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");

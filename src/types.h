@@ -160,9 +160,19 @@ typedef struct pgs_expect_q {
 
 /* Counters a worker owns and writes without locks; the admin console reads
  * them with relaxed atomics from another thread. */
+/* Histogram buckets (upper bounds in µs, metrics.c's pgs_hist_bounds_us)
+ * and SQLSTATE classes (metrics.c's table) kept per pool for /metrics. */
+#define PGS_HIST_BUCKETS 17   /* 16 bounds from 100 µs to 10 s, then +Inf */
+#define PGS_ERR_CLASSES 44    /* PostgreSQL's 43 classes, then any other */
+
 typedef struct pgs_pool_stats {
     _Atomic uint64_t xact_count, query_count, bytes_in, bytes_out;
     _Atomic uint64_t xact_us, query_us, wait_us, wait_count;
+    _Atomic uint64_t checkouts;      /* clients that asked this pool for a server */
+    _Atomic uint64_t pool_timeouts;  /* of them, failed after pool_timeout */
+    _Atomic uint64_t xact_hist[PGS_HIST_BUCKETS]; /* transaction time, per bucket */
+    _Atomic uint64_t wait_hist[PGS_HIST_BUCKETS]; /* checkout wait, per bucket */
+    _Atomic uint64_t errors[PGS_ERR_CLASSES];     /* errors sent to clients, per class */
 } pgs_pool_stats;
 
 struct pgs_client {
@@ -442,6 +452,27 @@ static inline void pgs_count(int *counter, int delta)
 {
     __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + delta,
                      __ATOMIC_RELAXED);
+}
+
+/* The same for a pool's statistics (pgs_pool_stats): one writer, its
+ * worker, so a relaxed load and store, no read-modify-write. */
+static inline void pgs_stat_add(_Atomic uint64_t *ctr, uint64_t v)
+{
+    atomic_store_explicit(ctr, atomic_load_explicit(ctr, memory_order_relaxed) + v,
+                          memory_order_relaxed);
+}
+
+/* The histogram bucket of a duration in µs: upper bounds 100 µs, 250 µs,
+ * 500 µs, 1 ms ... 10 s (1-2.5-5 steps), then +Inf (metrics.c exports them
+ * in seconds). */
+static inline unsigned pgs_hist_index(uint64_t us)
+{
+    static const uint32_t bounds[PGS_HIST_BUCKETS - 1] = {
+        100,    250,    500,     1000,    2500,    5000,    10000,   25000,
+        50000,  100000, 250000,  500000,  1000000, 2500000, 5000000, 10000000};
+    unsigned i = 0;
+    while (i < PGS_HIST_BUCKETS - 1 && us > bounds[i]) i++;
+    return i;
 }
 
 #endif

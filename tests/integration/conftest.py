@@ -788,6 +788,9 @@ def pgscale(primary, request, tmp_path_factory):
             "PGSCALE_LISTEN": "%s:%d" % (LOCALHOST, port),
             "DB_POOL_TIMEOUT": "10",
             "PGSCALE_LOG_LEVEL": "info",
+            # tests run many pgscales at once: the HTTP listener only where
+            # a test asks for it (on a port of its own)
+            "PGSCALE_HTTP_LISTEN": "off",
         })
         for k, v in env.items():
             if v is None:

@@ -100,6 +100,11 @@ static void test_defaults_match_documented_values(void **state)
     config_defaults(&c);
     assert_string_equal(c.listen_host, "127.0.0.1");
     assert_int_equal(c.listen_port, 6432);
+    /* the HTTP listener: on, on localhost, unless told otherwise */
+    assert_string_equal(c.http_host, "127.0.0.1");
+    assert_int_equal(c.http_port, 9930);
+    assert_false(c.http_explicit);
+    assert_int_equal(c.http_max_pools, 1000);
     assert_int_equal(c.pool_mode, PGS_POOL_TRANSACTION);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     assert_int_equal(c.workers, cores < 1 ? 1 : cores > 64 ? 64 : cores);
@@ -727,6 +732,34 @@ static void test_every_duration_variable_lands_in_its_field(void **state)
     config_free(&c);
 }
 
+static void test_http_listen_forms(void **state)
+{
+    (void)state;
+    pgs_config c;
+    char err[512];
+    apply_ok(&c, "PGSCALE_HTTP_LISTEN", "off");
+    assert_int_equal(c.http_port, 0);
+    assert_true(c.http_explicit);
+    config_free(&c);
+    apply_ok(&c, "PGSCALE_HTTP_LISTEN", "0.0.0.0:9100");
+    assert_string_equal(c.http_host, "0.0.0.0");
+    assert_int_equal(c.http_port, 9100);
+    config_free(&c);
+    apply_ok(&c, "PGSCALE_HTTP_LISTEN", "[::1]:9931");
+    assert_string_equal(c.http_host, "::1");
+    assert_int_equal(c.http_port, 9931);
+    config_free(&c);
+    /* a port alone keeps the default host */
+    apply_ok(&c, "PGSCALE_HTTP_LISTEN", "9200");
+    assert_string_equal(c.http_host, "127.0.0.1");
+    assert_int_equal(c.http_port, 9200);
+    config_free(&c);
+    apply_bad("PGSCALE_HTTP_LISTEN", "nonsense:x", err, sizeof(err));
+    assert_non_null(strstr(err, "invalid port"));
+    apply_bad("PGSCALE_HTTP_LISTEN", "::1:9930", err, sizeof(err));
+    apply_bad("PGSCALE_HTTP_MAX_POOLS", "0", err, sizeof(err));
+}
+
 static void test_listen_forms(void **state)
 {
     (void)state;
@@ -1207,7 +1240,8 @@ static const char *const all_vars[] = {
     "PGSCALE_HEALTH_CHECK_TIMEOUT", "PGSCALE_FAILOVER_TIMEOUT", "PGSCALE_FAILOVER_WAIT",
     "PGSCALE_CACHE", "PGSCALE_CACHE_TTL", "PGSCALE_CACHE_MAX_MEMORY",
     "PGSCALE_CACHE_MAX_ENTRY_SIZE", "PGSCALE_CACHE_FILL_WAIT", "PGSCALE_CACHE_REDIS",
-    "PGSCALE_CACHE_REDIS_TIMEOUT", "PGSCALE_CACHE_CHANGE_FEED"};
+    "PGSCALE_CACHE_REDIS_TIMEOUT", "PGSCALE_CACHE_CHANGE_FEED", "PGSCALE_HTTP_LISTEN",
+    "PGSCALE_HTTP_MAX_POOLS"};
 
 static int clear_env(void **state)
 {
@@ -1686,6 +1720,7 @@ int main(void)
         cmocka_unit_test(test_zero_turns_off_only_the_optional_timeouts),
         cmocka_unit_test(test_every_duration_variable_lands_in_its_field),
         cmocka_unit_test(test_listen_forms),
+        cmocka_unit_test(test_http_listen_forms),
         cmocka_unit_test(test_pool_mode),
         cmocka_unit_test(test_workers),
         cmocka_unit_test(test_redis_url),

@@ -1954,6 +1954,24 @@ static void test_every_key_is_documented(void **state)
     free(docs);
 }
 
+static void test_http_section(void **state)
+{
+    (void)state;
+    pgs_config c;
+    yaml_ok(&c, "http:\n  listen: 0.0.0.0:9300\n  max_pools: 5\n");
+    assert_string_equal(c.http_host, "0.0.0.0");
+    assert_int_equal(c.http_port, 9300);
+    assert_int_equal(c.http_max_pools, 5);
+    assert_true(c.http_explicit);
+    config_free(&c);
+    yaml_ok(&c, "http: {listen: off}\n");
+    assert_int_equal(c.http_port, 0);
+    config_free(&c);
+    yaml_bad_has("http:\n  listne: off\n", "http.listne: unknown key", NULL);
+    yaml_bad_has("http:\n  max_pools: -1\n", "http.max_pools", NULL);
+    yaml_bad_has("http: off\n", "http", NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2012,6 +2030,7 @@ int main(void)
         cmocka_unit_test(test_cache_rules_of_each_kind),
         cmocka_unit_test(test_cache_rule_errors_carry_file_and_line),
         cmocka_unit_test(test_cache_switch_per_database_and_user),
+        cmocka_unit_test(test_http_section),
         cmocka_unit_test_teardown(test_cache_environment_wins_over_file, tmp_cleanup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
