@@ -184,7 +184,7 @@ seed_table() {  # the table, the seed's figures beside the measured ones
             "$((seed_reads[s] / 1000))x" "$(seed_setup "$s")" "${SEED_READS[$s]}" \
             "$(ratio "${SEED_READS[$s]}" "${SEED_READS[1]}")"
     done
-    log "   machine: $(seed_machine)"
+    log "   machine: $(seed_machine); load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
     log "   workload: $SEED_CLIENTS clients, ${SEED_SECONDS}s per stage; pgbench weights: dashboard (GROUP BY over $SEED_SALES sales) $SEED_W_DASH,"
     log "   product list $SEED_W_LIST, add to cart (a write) $SEED_W_CART; reads/s = read statements per second"
 }

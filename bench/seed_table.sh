@@ -111,4 +111,3 @@ seed_run_stages
 log ""
 log "== The seed's table, measured"
 seed_table
-log "   load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
