@@ -2,7 +2,8 @@
 # runs every test; `make demo` and `make bench` run the demo and benchmarks;
 # `make bench-unix` compares server connections over TCP and a Unix socket;
 # `make bench-replicas` measures read scaling over streaming replicas;
-# `make bench-cache` measures the result cache on a dashboard workload.
+# `make bench-cache` measures the result cache on a dashboard workload;
+# `make bench-seed` runs the seed's scaling table (the demo's, longer).
 # check, demo and bench install their dependencies first (Debian 12, root).
 
 PYTHON     ?= /usr/bin/python3
@@ -10,7 +11,7 @@ FUZZ_SECS  ?= 20
 PYTEST_ARGS ?=
 
 .PHONY: all deps check unit asan tsan fuzz integration integration-asan integration-tsan demo bench \
-	bench-unix bench-replicas bench-cache clean
+	bench-unix bench-replicas bench-cache bench-seed clean
 
 all: build/build.ninja
 	ninja -C build
@@ -120,6 +121,15 @@ bench-replicas: deps all
 # and with Redis; see the header of bench/cache_dashboard.sh.
 bench-cache: deps all
 	BENCH_SECONDS=$(BENCH_SECONDS) bash bench/cache_dashboard.sh
+
+# The seed's table: single database, + cache, primary + replicas, replicas
+# + cache, the same read-heavy workload, each PostgreSQL node capped at the
+# same CPU share; see the header of bench/seed_table.sh. BENCH_SECONDS
+# (30 s a stage unless given: the demo runs 10), BENCH_CLIENTS,
+# BENCH_NODE_CPU and BENCH_REPLICAS (up to 5, the seed's last row) pass
+# through from the environment or make's command line.
+bench-seed: deps all
+	bash bench/seed_table.sh
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
