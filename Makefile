@@ -2,7 +2,8 @@
 # runs every test; `make demo` and `make bench` run the demo and benchmarks;
 # `make bench-unix` compares server connections over TCP and a Unix socket;
 # `make bench-replicas` measures read scaling over streaming replicas;
-# `make bench-cache` measures the result cache on a dashboard workload.
+# `make bench-cache` measures the result cache on a dashboard workload;
+# `make bench-seed` runs the seed's scaling table (the demo's, longer).
 # check, demo and bench install their dependencies first (Debian 12, root).
 # `make install` installs the binary and the systemd unit (PREFIX, DESTDIR;
 # see docs/deployment.md).
@@ -12,7 +13,7 @@ FUZZ_SECS  ?= 20
 PYTEST_ARGS ?=
 
 .PHONY: all deps check unit asan tsan fuzz integration integration-asan integration-tsan demo bench \
-	bench-unix bench-replicas bench-cache install clean
+	bench-unix bench-replicas bench-cache bench-seed install clean
 
 all: build/build.ninja
 	ninja -C build
@@ -84,7 +85,7 @@ TSAN_TESTS ?= tests/integration/test_pooling.py tests/integration/test_admin.py 
 	tests/integration/test_unix_server.py tests/integration/test_monitor.py \
 	tests/integration/test_failover_lock.py tests/integration/test_failover_wait.py \
 	tests/integration/test_cache_feed.py tests/integration/test_cache_redis.py \
-	tests/integration/test_systemd.py
+	tests/integration/test_http.py tests/integration/test_systemd.py
 
 tsan:
 	[ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread -Db_lundef=false \
@@ -144,6 +145,15 @@ install: all
 	install -m 0644 packaging/systemd/pgscale.sysusers $(DESTDIR)$(SYSUSERSDIR)/pgscale.conf
 	install -m 0644 packaging/systemd/pgscale.env docs/deployment.md docs/configuration.md \
 	    $(DESTDIR)$(DOCDIR)/
+
+# The seed's table: single database, + cache, primary + replicas, replicas
+# + cache, the same read-heavy workload, each PostgreSQL node capped at the
+# same CPU share; see the header of bench/seed_table.sh. BENCH_SECONDS
+# (30 s a stage unless given: the demo runs 10), BENCH_CLIENTS,
+# BENCH_NODE_CPU and BENCH_REPLICAS (up to 5, the seed's last row) pass
+# through from the environment or make's command line.
+bench-seed: deps all
+	bash bench/seed_table.sh
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz

@@ -10,6 +10,7 @@ PKGS=(
   systemd strace
   postgresql-15 postgresql-client-15 redis-server pgbouncer
   python3 python3-pytest python3-psycopg2 python3-psycopg python3-asyncpg python3-sqlalchemy
+  chromium chromium-driver python3-selenium
   procps psmisc sudo
 )
 

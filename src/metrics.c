@@ -202,6 +202,7 @@ static void rows_free(pool_row *rows, int n)
 typedef struct sample {
     double t;                      /* wall clock, seconds */
     double tps, qps;
+    double hits_ps;                /* answered from the cache: no server, no transaction */
     double p50_ms, p95_ms, p99_ms; /* NAN: no transaction in the second */
     int clients, waiting;
     double hit_ratio;              /* NAN: no cache lookup in the second */
@@ -261,6 +262,7 @@ void metrics_sample(void)
         s.p50_ms = hist_quantile(d, 0.50) * 1000.0;
         s.p95_ms = hist_quantile(d, 0.95) * 1000.0;
         s.p99_ms = hist_quantile(d, 0.99) * 1000.0;
+        s.hits_ps = (double)(ct.hits - prev_hits) / dt;
         uint64_t looked = (ct.hits - prev_hits) + (ct.misses - prev_misses);
         if (looked) s.hit_ratio = (double)(ct.hits - prev_hits) / (double)looked;
     }
@@ -822,6 +824,8 @@ void metrics_status_json(sbuf *b, const pgs_config *k)
         json_num(b, s->tps);
         sb_puts(b, ",\"qps\":");
         json_num(b, s->qps);
+        sb_puts(b, ",\"hits_ps\":");
+        json_num(b, s->hits_ps);
         sb_puts(b, ",\"p50_ms\":");
         json_num(b, s->p50_ms);
         sb_puts(b, ",\"p95_ms\":");

@@ -447,3 +447,51 @@ def test_https_with_the_configured_certificate(pgscale, tmp_path):
                   PGSCALE_HTTP_TLS_CERT=tmp_path / "http.crt", wait=False)
     assert pg2.wait_exit(20) == 1
     assert "PGSCALE_HTTP_TLS_CERT and PGSCALE_HTTP_TLS_KEY go together" in pg2.stderr_text()
+
+
+@pytest.mark.deadline(120)
+def test_metrics_of_replicas_and_the_cache(pgscale, primary, replicas, redis):
+    from test_cache import fresh_table, one, show_cache, start_cached
+    fresh_table(primary, "http_cached")
+    primary.app_execute("INSERT INTO http_cached VALUES (1, 10)")
+    # made around pgscale: the replicas must have it before reads go there
+    from test_monitor import replayed
+    target = primary.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    wait_for(lambda: all(replayed(replicas[i], target) for i in range(len(replicas))), 20,
+             what="replicas caught up")
+    port = free_port()
+    pg = start_cached(pgscale, READ_REPLICA_URLS=replicas.url_list(), REDIS_URL=redis.url(),
+                      PGSCALE_HTTP_LISTEN="%s:%d" % (LOCALHOST, port))
+    pg.http = "http://%s:%d" % (LOCALHOST, port)
+    wait_for(lambda: all(n["lsn"] for n in pg.admin("SHOW NODES")), 20, what="nodes checked")
+    conn = pg.connect()
+    conn.autocommit = True
+    wait_for(lambda: one(conn, "SELECT v FROM http_cached WHERE id = 1") == [(10,)] and
+             int(show_cache(pg)["hits"]) >= 3, 20, what="cache hits")
+    one(conn, "UPDATE http_cached SET v = 11 WHERE id = 1")
+    assert one(conn, "SELECT v FROM http_cached WHERE id = 1") == [(11,)]
+    text = get(pg, "/metrics")[2]
+    promtool_check(text)
+    m = parse_metrics(text)
+    total = show_cache(pg)
+    assert value(m, "pgscale_cache_enabled") == 1
+    assert value(m, "pgscale_cache_hits_total", rule="default") == int(total["hits"]) >= 3
+    assert value(m, "pgscale_cache_misses_total", rule="default") == int(total["misses"])
+    assert value(m, "pgscale_cache_invalidations_total", rule="default") == int(
+        total["invalidations"])
+    assert value(m, "pgscale_cache_redis_up") == value(m, "pgscale_cache_redis_workers") >= 1
+    nodes = {r["node"]: r for r in pg.admin("SHOW NODES")}
+    for name in ("replica1", "replica2"):
+        assert value(m, "pgscale_node_up", node=name) == 1
+        assert value(m, "pgscale_node_primary", node=name) == 0
+        assert value(m, "pgscale_node_replay_lag_bytes", node=name) >= 0
+        assert value(m, "pgscale_node_replay_lag_seconds", node=name) >= 0
+        assert value(m, "pgscale_node_reads_total", node=name) <= int(nodes[name]["reads"])
+    assert value(m, "pgscale_node_info", node="replica1", role="replica", state="up") == 1
+    # the status JSON says the same
+    d = json.loads(get(pg, "/api/status")[2])
+    assert d["cache"]["enabled"] is True and d["cache"]["redis"] == "up"
+    assert d["cache"]["hits"] >= 3 and 0 < d["cache"]["hit_ratio"] <= 1
+    assert [n["role"] for n in d["nodes"]] == ["primary", "replica", "replica"]
+    assert all(n["lag_bytes"] is not None for n in d["nodes"][1:])
+    conn.close()
