@@ -127,7 +127,7 @@ bench-cache: deps all
 
 # The binary, the systemd unit (its ExecStart pointed at BINDIR), the
 # sysusers.d entry that creates the pgscale user, and the example .env file
-# and deployment guide beside the docs.  /etc is left alone: the .env file
+# beside the docs.  /etc is left alone: the .env file
 # holds a password and is copied there by hand (docs/deployment.md).
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
@@ -143,8 +143,7 @@ install: all
 	    packaging/systemd/pgscale.service >$(DESTDIR)$(UNITDIR)/pgscale.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/pgscale.service
 	install -m 0644 packaging/systemd/pgscale.sysusers $(DESTDIR)$(SYSUSERSDIR)/pgscale.conf
-	install -m 0644 packaging/systemd/pgscale.env docs/deployment.md docs/configuration.md \
-	    $(DESTDIR)$(DOCDIR)/
+	install -m 0644 packaging/systemd/pgscale.env docs/*.md $(DESTDIR)$(DOCDIR)/
 
 # The seed's table: single database, + cache, primary + replicas, replicas
 # + cache, the same read-heavy workload, each PostgreSQL node capped at the
