@@ -9,6 +9,7 @@ PKGS=(
   libhiredis-dev libxxhash-dev libyaml-dev libmicrohttpd-dev libcmocka-dev
   postgresql-15 postgresql-client-15 redis-server pgbouncer
   python3 python3-pytest python3-psycopg2 python3-psycopg python3-asyncpg python3-sqlalchemy
+  haproxy
   procps psmisc sudo
 )
 
