@@ -80,7 +80,8 @@ TSAN_TESTS ?= tests/integration/test_pooling.py tests/integration/test_admin.py 
 	tests/integration/test_session_state_leaks.py tests/integration/test_sequence_state.py \
 	tests/integration/test_unix_server.py tests/integration/test_monitor.py \
 	tests/integration/test_failover_lock.py tests/integration/test_failover_wait.py \
-	tests/integration/test_cache_feed.py tests/integration/test_cache_redis.py
+	tests/integration/test_cache_feed.py tests/integration/test_cache_redis.py \
+	tests/integration/test_http.py
 
 tsan:
 	[ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread -Db_lundef=false \

@@ -684,3 +684,29 @@ int clientauth_data(pgs_client *c)
     }
     return 1;
 }
+
+bool clientauth_check_password(const char *user, const char *password)
+{
+    /* (an entry of a users file replaced by a reload is freed at the
+     * reload after; two reloads within one check do not happen) */
+    const authfile_entry *e = known_entry(user);
+    if (!e) return false;
+    if (e->kind == AUTH_SECRET_SCRAM) {
+        scram_secret d;
+        bool ok = e->scram &&
+                  scram_secret_derive(password, e->scram->salt, e->scram->salt_len,
+                                      e->scram->iterations, &d) == 0 &&
+                  CRYPTO_memcmp(d.stored_key, e->scram->stored_key, SCRAM_KEY_LEN) == 0;
+        OPENSSL_cleanse(&d, sizeof(d));
+        return ok;
+    }
+    /* plaintext or md5 secret: answer an md5 challenge as a client with
+     * this password would, and check the answer as a login does */
+    uint8_t salt[4];
+    char resp[40];
+    if (auth_random_bytes(salt, sizeof(salt)) < 0) return false;
+    auth_md5_response(user, password, salt, resp);
+    bool ok = auth_md5_verify(user, e->secret, salt, resp, strlen(resp)) == 0;
+    OPENSSL_cleanse(resp, sizeof(resp));
+    return ok;
+}

@@ -49,5 +49,9 @@ void clientauth_free(pgs_client *c);
 bool clientauth_user_secret(const char *user, int *kind, char *buf, size_t buflen);
 struct scram_keys;
 bool clientauth_user_keys(const char *user, struct scram_keys *out);
+/* Whether password is user's, by the secret that verifies user's logins
+ * to pgscale (the users file's, else DATABASE_URL's): HTTP basic auth of
+ * the status page.  Any thread; a SCRAM secret costs one PBKDF2. */
+bool clientauth_check_password(const char *user, const char *password);
 
 #endif

@@ -1195,6 +1195,7 @@ struct setting {
 static const char *const reset_names[] = {"off", "all", NULL};
 static const char *const consistency_names[] = {"session", "strict", "eventual", NULL};
 static const char *const failover_names[] = {"auto", "follow", "off", NULL};
+static const char *const http_auth_names[] = {"off", "basic", NULL};
 static const char *const balance_names[] = {"round_robin", "least_outstanding", "weighted",
                                             NULL};
 
@@ -1211,6 +1212,12 @@ static const struct setting settings[] = {
     {.name = "PGSCALE_HTTP_LISTEN", .key = "http.listen", .kind = K_HTTP, .off = F(http_host)},
     {.name = "PGSCALE_HTTP_MAX_POOLS", .key = "http.max_pools", .kind = K_INT,
      .off = F(http_max_pools), .min = 1, .max = 1000000},
+    ENUM("PGSCALE_HTTP_AUTH", "http.auth", http_auth, http_auth_names,
+         "an HTTP authentication method"),
+    {.name = "PGSCALE_HTTP_TLS_CERT", .key = "http.tls_cert", .kind = K_NAME,
+     .off = F(http_tls_cert)},
+    {.name = "PGSCALE_HTTP_TLS_KEY", .key = "http.tls_key", .kind = K_NAME,
+     .off = F(http_tls_key)},
     {.name = "PGSCALE_POOL_MODE", .key = "pool_mode", .kind = K_POOL_MODE, .off = F(pool_mode)},
     {.name = "PGSCALE_WORKERS", .key = "workers", .kind = K_INT, .off = F(workers), .min = 1,
      .max = MAX_WORKERS},
@@ -2105,6 +2112,10 @@ void config_free(pgs_config *cfg)
     cfg->redis_url = NULL;
     free(cfg->unix_socket_group);
     cfg->unix_socket_group = NULL;
+    free(cfg->http_tls_cert);
+    cfg->http_tls_cert = NULL;
+    free(cfg->http_tls_key);
+    cfg->http_tls_key = NULL;
 
     pgs_auth_config *a = &cfg->auth;
     free(a->file);

@@ -255,6 +255,9 @@ typedef struct pgs_config {
     int http_port;
     bool http_explicit;           /* PGSCALE_HTTP_LISTEN or http.listen was given */
     int http_max_pools;           /* PGSCALE_HTTP_MAX_POOLS: pools /metrics exports */
+    int http_auth;                /* PGSCALE_HTTP_AUTH: 0 off, 1 basic (admin/stats users) */
+    char *http_tls_cert;          /* PGSCALE_HTTP_TLS_CERT / _KEY: HTTPS when both are set */
+    char *http_tls_key;
     pgs_pool_mode pool_mode;      /* PGSCALE_POOL_MODE, default transaction */
     int workers;                  /* PGSCALE_WORKERS, default number of cores */
 

@@ -1374,10 +1374,10 @@ static int do_cache(yctx *c, const node *v, const char *path)
     return 0;
 }
 
-/* http: listen, max_pools (PGSCALE_HTTP_*). */
+/* http: listen, max_pools, auth, tls_cert, tls_key (PGSCALE_HTTP_*). */
 static int do_http(yctx *c, const node *v, const char *path)
 {
-    static const char *const keys[] = {"listen", "max_pools"};
+    static const char *const keys[] = {"listen", "max_pools", "auth", "tls_cert", "tls_key"};
     if (want_map(c, v, path) < 0) return -EINVAL;
     char kp[PATH_BUF];
     for (size_t j = 0; j < v->n; j += 2) {

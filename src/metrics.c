@@ -432,9 +432,8 @@ static void prom_nodes(sbuf *b)
     }
 }
 
-static void prom_cache(sbuf *b)
+static void prom_cache(sbuf *b, const pgs_config *k)
 {
-    const pgs_config *k = atomic_load(&g_pgs.cfg);
     rcache_totals t;
     rcache_totals_get(&t);
     prom_gauge(b, "pgscale_cache_enabled", "gauge", "1 when the result cache is on.",
@@ -524,9 +523,9 @@ static void prom_cache(sbuf *b)
                (double)fs.bumps_all);
 }
 
-void metrics_prometheus(sbuf *b, int max_pools)
+void metrics_prometheus(sbuf *b, const pgs_config *k)
 {
-    const pgs_config *k = atomic_load(&g_pgs.cfg);
+    int max_pools = k->http_max_pools;
     proc_stats ps;
     proc_read(&ps);
     double start = (double)g_pgs.start_wall_us / 1e6;
@@ -626,7 +625,7 @@ void metrics_prometheus(sbuf *b, int max_pools)
     prom_gauge(b, "pgscale_metrics_pools_dropped", "gauge",
                "Pools left out of this page (above http.max_pools).", dropped);
     prom_nodes(b);
-    prom_cache(b);
+    prom_cache(b, k);
 }
 
 /* ------------------------------------------------------------------ JSON */
@@ -758,9 +757,9 @@ static void json_nodes(sbuf *b)
     sb_puts(b, "]");
 }
 
-void metrics_status_json(sbuf *b, int max_pools)
+void metrics_status_json(sbuf *b, const pgs_config *k)
 {
-    const pgs_config *k = atomic_load(&g_pgs.cfg);
+    int max_pools = k->http_max_pools;
     proc_stats ps;
     proc_read(&ps);
     uint64_t wall = pgs_wall_us();

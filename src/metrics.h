@@ -32,9 +32,10 @@ void metrics_note_reload(bool ok, const char *why);
  * second). */
 void metrics_sample(void);
 
-/* The bodies of /metrics and /api/status. */
-void metrics_prometheus(sbuf *out, int max_pools);
-void metrics_status_json(sbuf *out, int max_pools);
+/* The bodies of /metrics and /api/status, under configuration cfg (held:
+ * reload_cfg_hold). */
+void metrics_prometheus(sbuf *out, const pgs_config *cfg);
+void metrics_status_json(sbuf *out, const pgs_config *cfg);
 /* /healthz: true when pgscale can serve (listening, not draining, the
  * primary answering); otherwise false with the reason in why. */
 bool metrics_healthy(char *why, size_t whylen);

@@ -205,8 +205,24 @@ static void report_unapplied(const pgs_config *pub, const pgs_config *fresh, con
     kv_free(&want);
 }
 
+/* Held (read) by threads that read a snapshot without acknowledging
+ * generations; taken (write) to free retired snapshots. */
+static pthread_rwlock_t hold_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+const pgs_config *reload_cfg_hold(void)
+{
+    pthread_rwlock_rdlock(&hold_lock);
+    return atomic_load(&g_pgs.cfg);
+}
+
+void reload_cfg_release(void)
+{
+    pthread_rwlock_unlock(&hold_lock);
+}
+
 static void free_retired(void)
 {
+    pthread_rwlock_wrlock(&hold_lock);
     retired **pp = &retired_list;
     while (*pp) {
         retired *r = *pp;
@@ -219,6 +235,7 @@ static void free_retired(void)
         if (r->on_heap) free(r->cfg);
         free(r);
     }
+    pthread_rwlock_unlock(&hold_lock);
 }
 
 int reload_run(const char *who, reload_note_fn note, void *ctx, char *err, size_t errlen)

@@ -23,6 +23,13 @@ PGS_MUSTCHECK int reload_run(const char *who, reload_note_fn note, void *ctx, ch
  * applies the new pool sizes. */
 void reload_worker_apply(pgs_worker *w);
 
+/* The snapshot in effect, for a thread that is not a worker (the HTTP
+ * listener): held until reload_cfg_release, it is not freed meanwhile
+ * (workers acknowledge snapshots; other threads hold them).  Pairs must
+ * not nest and must not span a reload run by the same thread. */
+const pgs_config *reload_cfg_hold(void);
+void reload_cfg_release(void);
+
 /* The shutdown timeout in effect (SIGTERM, PAUSE and WAIT_CLOSE bounds). */
 uint32_t reload_shutdown_timeout_ms(void);
 

@@ -354,3 +354,144 @@ def test_a_busy_http_port_is_an_error_only_when_asked_for(pgscale):
     r = run([os.environ.get("PGSCALE_BIN", "build/pgscale"), "--check-config"], 10,
             env={"DATABASE_URL": "postgresql://a@b/c", "PGSCALE_HTTP_LISTEN": "nonsense:x"})
     assert r.returncode == 1 and "PGSCALE_HTTP_LISTEN" in r.stderr, r.stderr
+
+
+# -- access: basic auth (users of admin_users / stats_users) and TLS --------
+def scram_secret(password, salt=b"0123456789abcdef", iterations=4096):
+    import base64
+    import hashlib
+    import hmac
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()
+    return "SCRAM-SHA-256$%d:%s$%s:%s" % (iterations, b64(salt), b64(hashlib.sha256(client_key).digest()),
+                                          b64(server_key))
+
+
+def get_auth(url, user=None, password=None, context=None):
+    import base64
+    req = urllib.request.Request(url)
+    if user is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(
+            ("%s:%s" % (user, password)).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=context) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+@pytest.mark.deadline(60)
+def test_basic_auth_admits_only_admin_and_stats_users_with_their_password(pgscale, tmp_path):
+    import hashlib
+    users = tmp_path / "users.txt"
+    users.write_text('"opsadmin" "plainpw"\n"monitor" "%s"\n"scrammer" "%s"\n"nobody" "nopw"\n' % (
+        "md5" + hashlib.md5(b"md5pwmonitor").hexdigest(), scram_secret("scrampw")))
+    cfg = tmp_path / "pgscale.yaml"
+    cfg.write_text(textwrap.dedent("""\
+        auth: {file: %s}
+        admin_users: [opsadmin]
+        stats_users: [monitor, scrammer]
+        http: {auth: basic}
+        """ % users))
+    pg = start_http(pgscale, args=["--config", str(cfg)])
+    for path in ("/metrics", "/api/status", "/"):
+        status, headers, _ = get_auth(pg.http + path)
+        assert status == 401 and 'Basic realm="pgscale"' in headers["WWW-Authenticate"], path
+    assert get_auth(pg.http + "/metrics", "opsadmin", "plainpw")[0] == 200     # plaintext
+    assert get_auth(pg.http + "/api/status", "monitor", "md5pw")[0] == 200     # md5 secret
+    assert get_auth(pg.http + "/", "scrammer", "scrampw")[0] == 200            # SCRAM secret
+    assert get_auth(pg.http + "/metrics", "opsadmin", "wrong")[0] == 401
+    assert get_auth(pg.http + "/metrics", "scrammer", "scrampw2")[0] == 401
+    # a user with the right password but on neither list
+    assert get_auth(pg.http + "/metrics", "nobody", "nopw")[0] == 401
+    assert get_auth(pg.http + "/metrics", "ghost", "x")[0] == 401
+    # /healthz stays open for load balancers
+    assert get_auth(pg.http + "/healthz")[0] == 200
+    text = pg.stderr_text()
+    assert 'basic auth refused for user "nobody"' in text and "plainpw" not in text
+
+
+@pytest.mark.deadline(60)
+def test_basic_auth_needs_someone_to_admit(pgscale):
+    pg = pgscale(PGSCALE_HTTP_LISTEN="%s:%d" % (LOCALHOST, free_port()), PGSCALE_HTTP_AUTH="basic",
+                 wait=False)
+    assert pg.wait_exit(20) == 1
+    assert "admin_users and stats_users are empty" in pg.stderr_text()
+
+
+@pytest.mark.deadline(90)
+def test_https_with_the_configured_certificate(pgscale, tmp_path):
+    import ssl
+    r = run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", str(tmp_path / "http.key"), "-out", str(tmp_path / "http.crt"),
+             "-days", "30", "-subj", "/CN=localhost", "-addext",
+             "subjectAltName=DNS:localhost,IP:127.0.0.1"], 60)
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    pg = pgscale(PGSCALE_HTTP_LISTEN="%s:%d" % (LOCALHOST, port),
+                 PGSCALE_HTTP_TLS_CERT=tmp_path / "http.crt", PGSCALE_HTTP_TLS_KEY=tmp_path / "http.key")
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "http.crt"))
+    url = "https://%s:%d" % (LOCALHOST, port)
+    status, _, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
+        get_auth(url + "/healthz", context=ctx)), 10, what="HTTPS /healthz")
+    assert body == "ok\n"
+    status, _, text = get_auth(url + "/metrics", context=ctx)
+    assert status == 200 and "pgscale_workers" in text
+    # plain HTTP on the HTTPS port gets nothing useful
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen("http://%s:%d/metrics" % (LOCALHOST, port), timeout=5).read()
+    # one file without the other is refused at start
+    pg2 = pgscale(PGSCALE_HTTP_LISTEN="%s:%d" % (LOCALHOST, free_port()),
+                  PGSCALE_HTTP_TLS_CERT=tmp_path / "http.crt", wait=False)
+    assert pg2.wait_exit(20) == 1
+    assert "PGSCALE_HTTP_TLS_CERT and PGSCALE_HTTP_TLS_KEY go together" in pg2.stderr_text()
+
+
+@pytest.mark.deadline(120)
+def test_metrics_of_replicas_and_the_cache(pgscale, primary, replicas, redis):
+    from test_cache import fresh_table, one, show_cache, start_cached
+    fresh_table(primary, "http_cached")
+    primary.app_execute("INSERT INTO http_cached VALUES (1, 10)")
+    # made around pgscale: the replicas must have it before reads go there
+    from test_monitor import replayed
+    target = primary.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    wait_for(lambda: all(replayed(replicas[i], target) for i in range(len(replicas))), 20,
+             what="replicas caught up")
+    port = free_port()
+    pg = start_cached(pgscale, READ_REPLICA_URLS=replicas.url_list(), REDIS_URL=redis.url(),
+                      PGSCALE_HTTP_LISTEN="%s:%d" % (LOCALHOST, port))
+    pg.http = "http://%s:%d" % (LOCALHOST, port)
+    wait_for(lambda: all(n["lsn"] for n in pg.admin("SHOW NODES")), 20, what="nodes checked")
+    conn = pg.connect()
+    conn.autocommit = True
+    wait_for(lambda: one(conn, "SELECT v FROM http_cached WHERE id = 1") == [(10,)] and
+             int(show_cache(pg)["hits"]) >= 3, 20, what="cache hits")
+    one(conn, "UPDATE http_cached SET v = 11 WHERE id = 1")
+    assert one(conn, "SELECT v FROM http_cached WHERE id = 1") == [(11,)]
+    text = get(pg, "/metrics")[2]
+    promtool_check(text)
+    m = parse_metrics(text)
+    total = show_cache(pg)
+    assert value(m, "pgscale_cache_enabled") == 1
+    assert value(m, "pgscale_cache_hits_total", rule="default") == int(total["hits"]) >= 3
+    assert value(m, "pgscale_cache_misses_total", rule="default") == int(total["misses"])
+    assert value(m, "pgscale_cache_invalidations_total", rule="default") == int(
+        total["invalidations"])
+    assert value(m, "pgscale_cache_redis_up") == value(m, "pgscale_cache_redis_workers") >= 1
+    nodes = {r["node"]: r for r in pg.admin("SHOW NODES")}
+    for name in ("replica1", "replica2"):
+        assert value(m, "pgscale_node_up", node=name) == 1
+        assert value(m, "pgscale_node_primary", node=name) == 0
+        assert value(m, "pgscale_node_replay_lag_bytes", node=name) >= 0
+        assert value(m, "pgscale_node_replay_lag_seconds", node=name) >= 0
+        assert value(m, "pgscale_node_reads_total", node=name) <= int(nodes[name]["reads"])
+    assert value(m, "pgscale_node_info", node="replica1", role="replica", state="up") == 1
+    # the status JSON says the same
+    d = json.loads(get(pg, "/api/status")[2])
+    assert d["cache"]["enabled"] is True and d["cache"]["redis"] == "up"
+    assert d["cache"]["hits"] >= 3 and 0 < d["cache"]["hit_ratio"] <= 1
+    assert [n["role"] for n in d["nodes"]] == ["primary", "replica", "replica"]
+    assert all(n["lag_bytes"] is not None for n in d["nodes"][1:])
+    conn.close()
