@@ -222,7 +222,7 @@ static const double hist_bounds_s[PGS_HIST_BUCKETS - 1] = {
 
 /* The q-quantile of a histogram's counts, interpolated inside its bucket
  * (as Prometheus's histogram_quantile does); seconds. */
-static double hist_quantile(const uint64_t *h, double q)
+double metrics_hist_quantile(const uint64_t *h, double q)
 {
     uint64_t total = 0;
     for (int b = 0; b < PGS_HIST_BUCKETS; b++) total += h[b];
@@ -259,9 +259,9 @@ void metrics_sample(void)
         s.qps = (double)(t.query_count - prev_queries) / dt;
         uint64_t d[PGS_HIST_BUCKETS];
         for (int b = 0; b < PGS_HIST_BUCKETS; b++) d[b] = t.xact_hist[b] - prev_hist[b];
-        s.p50_ms = hist_quantile(d, 0.50) * 1000.0;
-        s.p95_ms = hist_quantile(d, 0.95) * 1000.0;
-        s.p99_ms = hist_quantile(d, 0.99) * 1000.0;
+        s.p50_ms = metrics_hist_quantile(d, 0.50) * 1000.0;
+        s.p95_ms = metrics_hist_quantile(d, 0.95) * 1000.0;
+        s.p99_ms = metrics_hist_quantile(d, 0.99) * 1000.0;
         s.hits_ps = (double)(ct.hits - prev_hits) / dt;
         uint64_t looked = (ct.hits - prev_hits) + (ct.misses - prev_misses);
         if (looked) s.hit_ratio = (double)(ct.hits - prev_hits) / (double)looked;
@@ -634,7 +634,7 @@ void metrics_prometheus(sbuf *b, const pgs_config *k)
 
 /* A JSON string: quotes, backslashes and control characters escaped, and
  * bytes that are not UTF-8 (a message in a LATIN1 database) replaced. */
-static void json_str(sbuf *b, const char *s)
+void metrics_json_str(sbuf *b, const char *s)
 {
     if (!s) {
         sb_puts(b, "null");
@@ -659,6 +659,10 @@ static void json_str(sbuf *b, const char *s)
             int ok = n > 0;
             for (int i = 1; ok && i < n; i++)
                 if ((p[i] & 0xc0) != 0x80) ok = 0;
+            /* no overlong forms, no surrogates, nothing past U+10FFFF */
+            if (ok && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0) ||
+                       (c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90)))
+                ok = 0;
             if (ok) {
                 sb_putn(b, (const char *)p, (size_t)n);
                 p += n;
@@ -700,11 +704,11 @@ static void json_pools(sbuf *b, const pool_row *rows, int n)
     for (int i = 0; i < n; i++) {
         const pgs_pool_snap *s = &rows[i].s;
         sb_puts(b, i ? ",{\"database\":" : "{\"database\":");
-        json_str(b, rows[i].database);
+        metrics_json_str(b, rows[i].database);
         sb_puts(b, ",\"user\":");
-        json_str(b, rows[i].user);
+        metrics_json_str(b, rows[i].user);
         sb_puts(b, ",\"node\":");
-        json_str(b, rows[i].node);
+        metrics_json_str(b, rows[i].node);
         sb_printf(b, ",\"pool_mode\":\"%s\"",
                   rows[i].pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
         sb_printf(b,
@@ -737,11 +741,11 @@ static void json_nodes(sbuf *b)
         topology_format_lsn(atomic_load(&nd->lsn), lsn, sizeof(lsn));
         topology_get_error(nd, err, sizeof(err));
         sb_puts(b, i ? ",{\"name\":" : "{\"name\":");
-        json_str(b, nd->name);
+        metrics_json_str(b, nd->name);
         sb_printf(b, ",\"role\":\"%s\",\"state\":\"%s\",\"checked\":%s,\"addr\":",
                   topology_role_name(role), topology_state_name(atomic_load(&nd->state)),
                   checked ? "true" : "false");
-        json_str(b, u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR);
+        metrics_json_str(b, u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR);
         sb_printf(b, ",\"port\":%d,\"lag_bytes\":", u->port ? u->port : 5432);
         if (checked && nd != primary)
             sb_printf(b, "%llu,\"lag_seconds\":%.3f", (unsigned long long)atomic_load(&nd->lag_bytes),
@@ -749,11 +753,11 @@ static void json_nodes(sbuf *b)
         else
             sb_puts(b, "null,\"lag_seconds\":null");
         sb_puts(b, ",\"lsn\":");
-        json_str(b, checked ? lsn : NULL);
+        metrics_json_str(b, checked ? lsn : NULL);
         sb_printf(b, ",\"reads\":%llu,\"writes\":%llu,\"last_error\":",
                   (unsigned long long)atomic_load(&nd->reads),
                   (unsigned long long)atomic_load(&nd->writes));
-        json_str(b, err[0] ? err : NULL);
+        metrics_json_str(b, err[0] ? err : NULL);
         sb_putc(b, '}');
     }
     sb_puts(b, "]");
@@ -776,7 +780,7 @@ void metrics_status_json(sbuf *b, const pgs_config *k)
         if (l->is_unix) snprintf(a, sizeof(a), "unix:%s", l->host);
         else snprintf(a, sizeof(a), strchr(l->host, ':') ? "[%s]:%d" : "%s:%d", l->host, l->port);
         if (i) sb_putc(b, ',');
-        json_str(b, a);
+        metrics_json_str(b, a);
     }
     sb_printf(b, "],\"pool_mode\":\"%s\",", k->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
     sb_printf(b,
@@ -844,13 +848,13 @@ void metrics_status_json(sbuf *b, const pgs_config *k)
         sb_puts(b, i ? ",{\"time\":" : "{\"time\":");
         json_time(b, e->wall_us);
         sb_puts(b, ",\"sqlstate\":");
-        json_str(b, e->sqlstate);
+        metrics_json_str(b, e->sqlstate);
         sb_puts(b, ",\"message\":");
-        json_str(b, e->message);
+        metrics_json_str(b, e->message);
         sb_puts(b, ",\"database\":");
-        json_str(b, e->database[0] ? e->database : NULL);
+        metrics_json_str(b, e->database[0] ? e->database : NULL);
         sb_puts(b, ",\"user\":");
-        json_str(b, e->user[0] ? e->user : NULL);
+        metrics_json_str(b, e->user[0] ? e->user : NULL);
         sb_putc(b, '}');
     }
     pthread_mutex_unlock(&recent_lock);
@@ -860,7 +864,7 @@ void metrics_status_json(sbuf *b, const pgs_config *k)
               (unsigned long long)reloads_failed);
     json_time(b, last_reload_wall_us);
     sb_printf(b, ",\"ok\":%s,\"message\":", last_reload_ok ? "true" : "false");
-    json_str(b, last_reload_wall_us ? last_reload_msg : NULL);
+    metrics_json_str(b, last_reload_wall_us ? last_reload_msg : NULL);
     pthread_mutex_unlock(&reload_lock);
     sb_puts(b, "}}}\n");
 }
