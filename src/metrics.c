@@ -577,34 +577,46 @@ void metrics_prometheus(sbuf *b, const pgs_config *k)
     prom_pools(b, rows, n, "pgscale_pool_servers", "gauge",
                "Server connections: active (linked to a client), idle, login (connecting).",
                v_servers, "state", sv_states, 3);
-    prom_pools(b, rows, n, "pgscale_pool_servers_overflow", "gauge",
-               "Server connections above pool_size.", v_overflow, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_size", "gauge", "pool_size (DB_POOL_SIZE).", v_size,
-               NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_servers_max", "gauge",
-               "pool_size + max_overflow: the most server connections.", v_max, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_pinned_clients", "gauge",
-               "Clients pinned to their server by session state.", v_pinned, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_max_wait_seconds", "gauge",
-               "The longest wait of a client waiting now.", v_maxwait, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_checkouts_total", "counter",
-               "Times a client asked for a server connection.", v_checkouts, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_timeouts_total", "counter",
-               "Clients that waited pool_timeout and got an error.", v_timeouts, NULL, NULL, 0);
-    prom_hist(b, rows, n, "pgscale_pool_wait_seconds",
-              "Time from asking for a server connection to getting one.", true);
-    prom_pools(b, rows, n, "pgscale_pool_transactions_total", "counter",
-               "Transactions finished (ReadyForQuery idle).", v_xacts, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_queries_total", "counter",
-               "Requests answered (each ReadyForQuery).", v_queries, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_query_seconds_total", "counter",
-               "Time spent in requests, summed.", v_query_secs, NULL, NULL, 0);
-    prom_hist(b, rows, n, "pgscale_pool_transaction_duration_seconds",
-              "Transaction time, from the first request to ReadyForQuery idle.", false);
-    prom_pools(b, rows, n, "pgscale_pool_received_bytes_total", "counter",
-               "Bytes received from clients.", v_bytes_in, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_sent_bytes_total", "counter",
-               "Bytes of server answers sent to clients.", v_bytes_out, NULL, NULL, 0);
+    static const struct {
+        const char *name, *type, *help;
+        pool_value_fn fn;
+        int hist; /* 0: fn's value; 1: the wait histogram; 2: the transaction one */
+    } simple[] = {
+        {"pgscale_pool_servers_overflow", "gauge", "Server connections above pool_size.",
+         v_overflow, 0},
+        {"pgscale_pool_size", "gauge", "pool_size (DB_POOL_SIZE).", v_size, 0},
+        {"pgscale_pool_servers_max", "gauge",
+         "pool_size + max_overflow: the most server connections.", v_max, 0},
+        {"pgscale_pool_pinned_clients", "gauge", "Clients pinned to their server by session state.",
+         v_pinned, 0},
+        {"pgscale_pool_max_wait_seconds", "gauge", "The longest wait of a client waiting now.",
+         v_maxwait, 0},
+        {"pgscale_pool_checkouts_total", "counter", "Times a client asked for a server connection.",
+         v_checkouts, 0},
+        {"pgscale_pool_timeouts_total", "counter",
+         "Clients that waited pool_timeout and got an error.", v_timeouts, 0},
+        {"pgscale_pool_wait_seconds", "histogram",
+         "Time from asking for a server connection to getting one.", NULL, 1},
+        {"pgscale_pool_transactions_total", "counter", "Transactions finished (ReadyForQuery idle).",
+         v_xacts, 0},
+        {"pgscale_pool_queries_total", "counter", "Requests answered (each ReadyForQuery).",
+         v_queries, 0},
+        {"pgscale_pool_query_seconds_total", "counter", "Time spent in requests, summed.",
+         v_query_secs, 0},
+        {"pgscale_pool_transaction_duration_seconds", "histogram",
+         "Transaction time, from the first request to ReadyForQuery idle.", NULL, 2},
+        {"pgscale_pool_received_bytes_total", "counter", "Bytes received from clients.",
+         v_bytes_in, 0},
+        {"pgscale_pool_sent_bytes_total", "counter", "Bytes of server answers sent to clients.",
+         v_bytes_out, 0},
+    };
+    for (size_t i = 0; i < PGS_ARRAY_LEN(simple); i++) {
+        if (simple[i].hist)
+            prom_hist(b, rows, n, simple[i].name, simple[i].help, simple[i].hist == 1);
+        else
+            prom_pools(b, rows, n, simple[i].name, simple[i].type, simple[i].help, simple[i].fn,
+                       NULL, NULL, 0);
+    }
     prom_head(b, "pgscale_pool_errors_total", "counter",
               "Errors sent to the pool's clients, by SQLSTATE class (classes seen only).");
     for (int i = 0; i < n; i++)
@@ -824,18 +836,12 @@ void metrics_status_json(sbuf *b, const pgs_config *k)
         const sample *s = &history[(hist_next + METRICS_HISTORY - hist_count + i) % METRICS_HISTORY];
         sb_puts(b, i ? ",{\"t\":" : "{\"t\":");
         json_num(b, floor(s->t));
-        sb_puts(b, ",\"tps\":");
-        json_num(b, s->tps);
-        sb_puts(b, ",\"qps\":");
-        json_num(b, s->qps);
-        sb_puts(b, ",\"hits_ps\":");
-        json_num(b, s->hits_ps);
-        sb_puts(b, ",\"p50_ms\":");
-        json_num(b, s->p50_ms);
-        sb_puts(b, ",\"p95_ms\":");
-        json_num(b, s->p95_ms);
-        sb_puts(b, ",\"p99_ms\":");
-        json_num(b, s->p99_ms);
+        static const char *const keys[] = {"tps", "qps", "hits_ps", "p50_ms", "p95_ms", "p99_ms"};
+        const double vals[] = {s->tps, s->qps, s->hits_ps, s->p50_ms, s->p95_ms, s->p99_ms};
+        for (size_t k = 0; k < PGS_ARRAY_LEN(keys); k++) {
+            sb_printf(b, ",\"%s\":", keys[k]);
+            json_num(b, vals[k]);
+        }
         sb_printf(b, ",\"clients\":%d,\"waiting\":%d,\"hit_ratio\":", s->clients, s->waiting);
         json_num(b, s->hit_ratio);
         sb_putc(b, '}');
