@@ -86,26 +86,13 @@ raise_fd_limit "$FD_LIMIT"
 want() { [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
 
 TMP= PROXY_PID= REDIS_PID=
-CLEANED=0
-exec 3>&1 4>&2
-cleanup() {
-    local rc=$?
-    exec 1>&3 2>&4
-    [ "$CLEANED" = 1 ] && return
-    CLEANED=1
-    trap '' INT TERM
+cleanup() {  # on exit (on_exit): stop what was started
     stop_pid "$CHILD"
     stop_pid "$PROXY_PID"
     stop_pid "$REDIS_PID"
-    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
-        "$PGCLUSTER" stop "$TMP/cluster" >/dev/null 2>&1 || warn "could not stop the cluster in $TMP/cluster"
-        if [ "$BENCH_KEEP" = 1 ]; then log "bench: kept $TMP"; else rm -rf "$TMP"; fi
-    fi
-    exit "$rc"
+    drop_workdir
 }
-trap cleanup EXIT
-trap 'warn "interrupted" 2>&4; exit 130' INT
-trap 'warn "terminated" 2>&4; exit 143' TERM
+on_exit cleanup
 
 TMP=$(mktemp -d /tmp/pgscale-cbench.XXXXXX)
 chmod 711 "$TMP"

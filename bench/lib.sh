@@ -1,8 +1,9 @@
 # shellcheck shell=bash disable=SC2034  # the variables set here are read by the scripts
-# lib.sh — shell helpers shared by the benchmarks in bench/ (sourced, not
-# run): messages, ports, bounded child processes, CPU time from /proc, psql
-# and pgbench output. It starts nothing and sets no traps: each script owns
-# its clean-up, and calls stop_pid "$CHILD" from it.
+# lib.sh — shell helpers shared by the benchmarks in bench/ and by
+# scripts/demo.sh (sourced, not run): messages, ports, bounded child
+# processes, the exit trap, CPU time from /proc, psql and pgbench output.
+# It starts nothing and sets no trap by itself: each script owns its
+# clean-up, hands it to on_exit, and calls stop_pid "$CHILD" from it.
 #
 # A script sets APP_USER and APP_PASSWORD (for psql_at) and, for
 # raise_fd_limit, FD_LIMIT before using them; `set -euo pipefail` is assumed.
@@ -29,6 +30,37 @@ stop_pid() {  # stop_pid PID — TERM, up to 5 s, then KILL
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+}
+
+# on_exit FUNC — when the script ends (normally, by `set -e`, or on Ctrl-C
+# or TERM, which exit 130 and 143) run FUNC once, with the exit status as
+# $1, then exit with that status. FUNC writes to the original stdout and
+# stderr (kept on fds 3 and 4): a signal can arrive inside run_child, whose
+# output is redirected to a log.
+EXIT_FUNC= EXIT_DONE=0
+on_exit() {
+    EXIT_FUNC=$1
+    exec 3>&1 4>&2
+    trap exit_trap EXIT
+    trap 'warn "interrupted" 2>&4; exit 130' INT
+    trap 'warn "terminated" 2>&4; exit 143' TERM
+}
+exit_trap() {
+    local rc=$?
+    exec 1>&3 2>&4
+    [ "$EXIT_DONE" = 1 ] && return
+    EXIT_DONE=1
+    trap '' INT TERM
+    "$EXIT_FUNC" "$rc"
+    exit "$rc"
+}
+
+# drop_workdir — stop the cluster under $TMP/cluster (scripts/pgcluster.sh),
+# then remove $TMP, or keep it when BENCH_KEEP is 1; for a clean-up.
+drop_workdir() {
+    [ -n "$TMP" ] && [ -d "$TMP" ] || return 0
+    "$ROOT/scripts/pgcluster.sh" stop "$TMP/cluster" >/dev/null 2>&1 || warn "could not stop the cluster in $TMP/cluster"
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then log "bench: kept $TMP (logs in $TMP/logs)"; else rm -rf "$TMP"; fi
 }
 
 # Run a command in the background and wait for it, so a Ctrl-C reaches the
@@ -78,6 +110,15 @@ wait_port() {  # wait_port PORT SECONDS [PID] — until PORT accepts TCP
     done
 }
 
+status_page() {  # status_page PORT — pgscale's status page URL, once its HTTP listener on PORT answers /healthz (up to 3 s); false if it does not
+    local deadline=$((SECONDS + 3))
+    until timeout 2 curl -sf "http://127.0.0.1:$1/healthz" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+    echo "http://127.0.0.1:$1/"
+}
+
 cpu_ticks() {  # "utime stime" of every thread of PID, in clock ticks
     # Fields after "pid (comm) ": state is $1, so utime/stime are $12/$13.
     sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'
@@ -87,6 +128,27 @@ CLK_TCK=$(getconf CLK_TCK)
 psql_at() {  # psql_at PORT DB SQL — as APP_USER, unaligned, no header
     PGPASSWORD=$APP_PASSWORD PGCONNECT_TIMEOUT=10 timeout 30 \
         psql -X -w -At -h 127.0.0.1 -p "$1" -U "$APP_USER" -d "$2" -c "$3" </dev/null
+}
+
+psql_su() {  # psql_su PORT DB SQL — as the superuser postgres (trust on loopback)
+    PGCONNECT_TIMEOUT=10 timeout 30 psql -X -w -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" \
+        -U postgres -d "$2" -c "$3" </dev/null
+}
+
+replayed() {  # replayed PORT N — the N replicas on the ports after PORT's primary have replayed its current WAL
+    local lsn r
+    lsn=$(psql_su "$1" postgres 'SELECT pg_current_wal_lsn()') || return 1
+    for ((r = 1; r <= $2; r++)); do
+        [ "$(psql_su $(($1 + r)) postgres "SELECT pg_last_wal_replay_lsn() >= '$lsn'")" = t ] || return 1
+    done
+}
+
+wait_until() {  # wait_until SECONDS COMMAND… — poll, bounded
+    local deadline=$((SECONDS + $1)); shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
 }
 
 ratio() {  # ratio A B — A/B with 2 decimals, or - when either is not a number

@@ -98,33 +98,14 @@ raise_fd_limit "$FD_LIMIT"
 # ---------------------------------------------------------------- cleanup
 TMP=
 declare -A PID=() PORT=()   # per proxy target: its process and listening port
-CLEANED=0
 
-# The traps write to the original stdout/stderr (fds 3 and 4): a signal can
-# arrive inside run_child, whose output is redirected to a pgbench log.
-exec 3>&1 4>&2
-cleanup() {
-    local rc=$?
-    exec 1>&3 2>&4
-    [ "$CLEANED" = 1 ] && return
-    CLEANED=1
-    trap '' INT TERM
+cleanup() {  # on exit (on_exit): stop what was started
     stop_pid "$CHILD"
     local t
     for t in "${!PID[@]}"; do stop_pid "${PID[$t]}"; done
-    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
-        "$PGCLUSTER" stop "$TMP/cluster" >/dev/null 2>&1 || warn "could not stop the cluster in $TMP/cluster"
-        if [ "$BENCH_KEEP" = 1 ]; then
-            log "bench: kept $TMP (logs in $TMP/logs)"
-        else
-            rm -rf "$TMP"
-        fi
-    fi
-    exit "$rc"
+    drop_workdir
 }
-trap cleanup EXIT
-trap 'warn "interrupted" 2>&4; exit 130' INT
-trap 'warn "terminated" 2>&4; exit 143' TERM
+on_exit cleanup
 
 # ---------------------------------------------------------------- set-up
 TMP=$(mktemp -d /tmp/pgscale-bench.XXXXXX)

@@ -68,7 +68,6 @@ NODES="primary replica1 replica2"
 POOL_SIZE=20        # pgscale DB_POOL_SIZE (per node)
 MAX_OVERFLOW=10     # pgscale DB_MAX_OVERFLOW
 TARGET=2.7          # read tps with 3 nodes against one node
-CG_PERIOD=100000    # µs
 APP_USER=app APP_PASSWORD=secret APP_DB=app
 FD_LIMIT=4096
 CONFIGS="direct replicas all-nodes one-node"
@@ -92,162 +91,23 @@ command -v pgbench >/dev/null || die "pgbench not found; run scripts/install-dep
 raise_fd_limit "$FD_LIMIT"
 
 # ---------------------------------------------------------------- CPU limits
-# One cgroup per node, pgscale-bench-<our pid>-<node>, directly under the
-# cpu hierarchy's root.
-CG_KIND=        # v2, v1 or empty: no limit
-CG_ROOT=
-CG_WHY=
-CG_QUOTA=$((BENCH_NODE_CPU * CG_PERIOD / 100))
-declare -A CG_DIR=()
-# Where each node's CPU time is counted: the same cgroup on v2 (cpu.stat
-# usage_usec), a second one in the cpuacct hierarchy on v1 (cpuacct.usage).
-CG_ACCT_ROOT=
-declare -A CG_ACCT=()
-
-cg_write() {  # cg_write FILE VALUE — false (quietly) when the kernel refuses
-    { printf '%s\n' "$2" >"$1"; } 2>/dev/null
-}
-
-cg_set_quota() {  # cg_set_quota DIR
-    case $CG_KIND in
-        v2) cg_write "$1/cpu.max" "$CG_QUOTA $CG_PERIOD" ;;
-        v1) cg_write "$1/cpu.cfs_period_us" "$CG_PERIOD" && cg_write "$1/cpu.cfs_quota_us" "$CG_QUOTA" ;;
-    esac
-}
-
-cg_try() {  # cg_try KIND ROOT — can we make a limited cgroup there?
-    local probe=$2/pgscale-bench-$$-probe ok=1
-    CG_KIND=$1
-    mkdir "$probe" 2>/dev/null || { CG_KIND=; return 1; }
-    cg_set_quota "$probe" || ok=
-    rmdir "$probe" 2>/dev/null || true
-    if [ -z "$ok" ]; then CG_KIND=; return 1; fi
-    CG_ROOT=$2
-}
-
-cg_setup() {
-    if [ "$BENCH_NODE_CPU" = 0 ]; then CG_WHY="BENCH_NODE_CPU=0"; return; fi
-    local r
-    # v2: the unified hierarchy on its own (/sys/fs/cgroup) or beside v1
-    # (/sys/fs/cgroup/unified); its children get the cpu controller only if
-    # the root hands it down.
-    for r in /sys/fs/cgroup /sys/fs/cgroup/unified; do
-        grep -qsw cpu "$r/cgroup.controllers" || continue
-        grep -qw cpu "$r/cgroup.subtree_control" 2>/dev/null || cg_write "$r/cgroup.subtree_control" +cpu || true
-        if cg_try v2 "$r"; then CG_ACCT_ROOT=$r; return; fi
-    done
-    if [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ] && cg_try v1 /sys/fs/cgroup/cpu; then
-        if [ -f /sys/fs/cgroup/cpu/cpuacct.usage ]; then
-            CG_ACCT_ROOT=/sys/fs/cgroup/cpu        # cpu and cpuacct mounted together
-        elif [ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ] && mkdir "/sys/fs/cgroup/cpuacct/pgscale-bench-$$-probe" 2>/dev/null; then
-            rmdir "/sys/fs/cgroup/cpuacct/pgscale-bench-$$-probe" 2>/dev/null || true
-            CG_ACCT_ROOT=/sys/fs/cgroup/cpuacct
-        fi
-        return
-    fi
-    CG_WHY="no writable cgroup with a CPU limit (v2 cpu.max: the unified hierarchy has no cpu controller or it cannot be written; v1: /sys/fs/cgroup/cpu missing or not writable$([ "$(id -u)" -ne 0 ] && echo '; not running as root'))"
-}
-
-cg_limit() {  # cg_limit NODE — put NODE's postmaster and all its processes in its cgroup
-    local node=$1 dir pm child n=0
-    [ -n "$CG_KIND" ] || return 0
-    dir=$CG_ROOT/pgscale-bench-$$-$node
-    if [ -z "${CG_DIR[$node]:-}" ]; then
-        mkdir "$dir" || die "could not create cgroup $dir"
-        CG_DIR[$node]=$dir
-        cg_set_quota "$dir" || die "could not set the CPU limit in $dir"
-    fi
-    local acct=${CG_ACCT[$node]:-}
-    if [ -z "$acct" ] && [ -n "$CG_ACCT_ROOT" ]; then
-        acct=$dir
-        if [ "$CG_ACCT_ROOT" != "$CG_ROOT" ]; then
-            acct=$CG_ACCT_ROOT/pgscale-bench-$$-$node
-            mkdir "$acct" 2>/dev/null || acct=
-        fi
-        CG_ACCT[$node]=$acct
-    fi
-    pm=$(head -n1 "$TMP/cluster/$node/postmaster.pid")
-    # The postmaster first: whatever it forks from now on starts inside.
-    cg_write "$dir/cgroup.procs" "$pm" || die "could not move $node's postmaster (pid $pm) into $dir"
-    [ -z "$acct" ] || [ "$acct" = "$dir" ] || cg_write "$acct/cgroup.procs" "$pm" || true
-    for child in $(ps -o pid= --ppid "$pm"); do
-        # it may have exited meanwhile
-        cg_write "$dir/cgroup.procs" "$child" || true
-        [ -z "$acct" ] || [ "$acct" = "$dir" ] || cg_write "$acct/cgroup.procs" "$child" || true
-    done
-    n=$(wc -l <"$dir/cgroup.procs")
-    log "   $node: postmaster $pm and its processes ($n now) limited to $BENCH_NODE_CPU% of a core ($CG_KIND, $dir)"
-}
-
-cg_throttle() {  # cg_throttle NODE — "periods throttled" so far, from cpu.stat
-    local dir=${CG_DIR[$1]:-}
-    if [ -z "$dir" ]; then echo "0 0"; return; fi
-    awk '$1 == "nr_periods" { p = $2 } $1 == "nr_throttled" { t = $2 } END { print p + 0, t + 0 }' "$dir/cpu.stat"
-}
-
-cg_usage() {  # cg_usage NODE — its CPU time so far in µs, or nothing when not counted
-    local dir=${CG_ACCT[$1]:-}
-    [ -n "$dir" ] || return 0
-    if [ "$CG_KIND" = v2 ]; then
-        awk '$1 == "usage_usec" { print $2 }' "$dir/cpu.stat"
-    else
-        awk '{ printf "%d\n", $1 / 1000 }' "$dir/cpuacct.usage"
-    fi
-}
-
-cg_remove() {  # cg_remove DIR — anything still inside goes back to the hierarchy's root
-    local dir=$1 pid
-    [ -d "$dir" ] || return 0
-    for _ in $(seq 50); do
-        rmdir "$dir" 2>/dev/null && return 0
-        while read -r pid; do cg_write "${dir%/*}/cgroup.procs" "$pid" || true; done <"$dir/cgroup.procs"
-        sleep 0.1
-    done
-    warn "could not remove cgroup $dir"
-}
-
-cg_cleanup() {  # the servers are stopped by now
-    local node
-    for node in "${!CG_DIR[@]}"; do
-        [ "${CG_ACCT[$node]:-}" = "${CG_DIR[$node]}" ] || [ -z "${CG_ACCT[$node]:-}" ] || cg_remove "${CG_ACCT[$node]}"
-        cg_remove "${CG_DIR[$node]}"
-    done
-}
+# One cgroup per node, pgscale-bench-<our pid>-<node> (bench/cgroup.sh).
+CG_CPU=$BENCH_NODE_CPU CG_NAME=pgscale-bench-$$
+# shellcheck source=bench/cgroup.sh
+. "$ROOT/bench/cgroup.sh"
 
 # ---------------------------------------------------------------- cleanup
 TMP=
 PGSCALE_PID=
-CLEANED=0
-# The traps write to the original stdout/stderr (fds 3 and 4): a signal can
-# arrive inside run_child, whose output is redirected to a pgbench log.
-exec 3>&1 4>&2
-cleanup() {
-    local rc=$?
-    exec 1>&3 2>&4
-    [ "$CLEANED" = 1 ] && return
-    CLEANED=1
-    trap '' INT TERM
+cleanup() {  # on exit (on_exit): stop what was started
     stop_pid "$CHILD"
     stop_pid "$PGSCALE_PID"
-    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
-        "$PGCLUSTER" stop "$TMP/cluster" >/dev/null 2>&1 || warn "could not stop the cluster in $TMP/cluster"
-    fi
+    drop_workdir
     cg_cleanup
-    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
-        if [ "$BENCH_KEEP" = 1 ]; then log "bench: kept $TMP (logs in $TMP/logs)"; else rm -rf "$TMP"; fi
-    fi
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'warn "interrupted" 2>&4; exit 130' INT
-trap 'warn "terminated" 2>&4; exit 143' TERM
+on_exit cleanup
 
 # ---------------------------------------------------------------- helpers
-psql_su() {  # psql_su PORT DB SQL — as the superuser postgres (trust on loopback)
-    PGCONNECT_TIMEOUT=10 timeout 30 psql -X -w -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" \
-        -U postgres -d "$2" -c "$3" </dev/null
-}
-
 children_cpu() {  # children_cpu VAR — user+system seconds of this shell's finished children so far
     # `times` must run in this shell, not in a pipe or $(...): a subshell
     # would report its own children, none.
@@ -267,22 +127,6 @@ show_nodes() {  # show_nodes PORT — "node state role reads writes" per node, f
                     { print $col["node"], $col["state"], $col["role"], $col["reads"], $col["writes"] }'
 }
 
-replayed() {  # every replica has replayed the primary's current WAL
-    local lsn r
-    lsn=$(psql_su "$PG_PORT" postgres 'SELECT pg_current_wal_lsn()') || return 1
-    for ((r = 1; r <= REPLICAS; r++)); do
-        [ "$(psql_su $((PG_PORT + r)) postgres "SELECT pg_last_wal_replay_lsn() >= '$lsn'")" = t ] || return 1
-    done
-}
-
-wait_until() {  # wait_until SECONDS COMMAND… — poll, bounded
-    local deadline=$((SECONDS + $1)); shift
-    until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.2
-    done
-}
-
 # ---------------------------------------------------------------- set-up
 TMP=$(mktemp -d /tmp/pgscale-rbench.XXXXXX)
 chmod 711 "$TMP"          # the postgres user must reach $TMP/cluster
@@ -300,7 +144,7 @@ run_child "$PGCLUSTER" start "$TMP/cluster" "$PG_PORT" "$REPLICAS" >"$TMP/logs/p
 log "-- PostgreSQL 15: a primary and $REPLICAS streaming replicas started"
 cg_setup
 if [ -n "$CG_KIND" ]; then
-    for node in $NODES; do cg_limit "$node"; done
+    for node in $NODES; do cg_limit "$node" "$TMP/cluster/$node"; done
 else
     log "   !! NOT limiting the nodes' CPU: $CG_WHY."
     log "   !! The nodes share the whole machine, so the ratios below do not show what separate servers would do."
@@ -310,7 +154,7 @@ log "-- loading pgbench -i -s $BENCH_SCALE on the primary"
 PGPASSWORD=$APP_PASSWORD run_child timeout 900 pgbench -i -q -s "$BENCH_SCALE" \
     -h 127.0.0.1 -p "$PG_PORT" -U "$APP_USER" "$APP_DB" >"$TMP/logs/pgbench-init.log" 2>&1 \
     || { tail -n 20 "$TMP/logs/pgbench-init.log" >&2; die "pgbench -i failed"; }
-wait_until 120 replayed || die "the replicas did not replay the loaded data within 120 s"
+wait_until 120 replayed "$PG_PORT" "$REPLICAS" || die "the replicas did not replay the loaded data within 120 s"
 # Warm every node's cache: each reads the whole accounts table once.
 for ((r = 0; r <= REPLICAS; r++)); do
     psql_at $((PG_PORT + r)) "$APP_DB" 'SELECT count(*) FROM pgbench_accounts' >/dev/null
@@ -532,10 +376,10 @@ as_pg=(); [ "$(id -u)" -ne 0 ] || as_pg=(runuser -u postgres --)   # pg_ctl refu
 (cd / && exec timeout 120 "${as_pg[@]}" "$PGBIN/pg_ctl" -D "$TMP/cluster/primary" -w -t 60 -m fast \
     -l "$TMP/cluster/primary.log" -o "-c shared_preload_libraries=pg_stat_statements" restart) \
     >"$TMP/logs/restart.log" 2>&1 </dev/null || { cat "$TMP/logs/restart.log" >&2; die "could not restart the primary"; }
-cg_limit primary
+cg_limit primary "$TMP/cluster/primary"
 psql_su "$PG_PORT" "$APP_DB" 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null 2>>"$TMP/logs/pgss.log" || PGSS=
 [ -n "$PGSS" ] || log "   pg_stat_statements not available ($(head -n1 "$TMP/logs/pgss.log")); xact_commit only"
-wait_until 60 replayed || die "the replicas do not stream after the primary's restart"
+wait_until 60 replayed "$PG_PORT" "$REPLICAS" || die "the replicas do not stream after the primary's restart"
 
 xact_commit() { psql_su "$PG_PORT" postgres "SELECT xact_commit FROM pg_stat_database WHERE datname = '$APP_DB'"; }
 no_app_backends() {

@@ -12,19 +12,40 @@
 # took. Ends with a plain-English summary, and stops everything it started
 # (also on Ctrl-C or an error).
 #
+# Between them: the result cache on a dashboard query (with read-your-writes
+# through it), and the seed's scaling table (single database 1,000 reads/s,
+# with a Redis cache 10,000, primary + 2 replicas 5,000, + 5 replicas and
+# cache 50,000) measured on this box: each PostgreSQL node capped at the same
+# CPU share by a cgroup (bench/cgroup.sh), the same read-heavy workload (the
+# dashboard, a product list, 5 % writes; bench/seed/) run through pgscale in
+# 4 stages (bench/seed_lib.sh; bench/seed_table.sh is the longer version):
+# single database, + cache, primary + 2 replicas, primary + 2 replicas +
+# cache, printed beside the seed's figures. While the lagging replica lags,
+# 200 rounds of write-then-read through pgscale show read-your-writes.
+# Every pgscale started gets an HTTP listener on a free port; when it
+# answers /healthz, the status page's URL is printed to watch it live.
+#
 # Needs build/pgscale (the Makefile builds it) and what scripts/install-deps.sh
 # installs. Builds and installs nothing. Loopback only; no stdin needed.
+# As root it caps the nodes' CPU for the seed's table; otherwise, or without
+# a writable cgroup, the table says the nodes ran uncapped.
 #
 # Environment: DEMO_CLIENTS [200], DEMO_SECONDS [15] per run,
+#              DEMO_STAGE_SECONDS [10] per stage of the seed's table,
+#              DEMO_NODE_CPU [40] each node's CPU cap there, % of one core,
 #              DEMO_KEEP=1 keeps the temp dir, PGSCALE_BIN [build/pgscale].
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 PGSCALE_BIN=${PGSCALE_BIN:-$ROOT/build/pgscale}
 PGCLUSTER=$ROOT/scripts/pgcluster.sh
 DEMO_CLIENTS=${DEMO_CLIENTS:-200}
 DEMO_SECONDS=${DEMO_SECONDS:-15}
 DEMO_KEEP=${DEMO_KEEP:-0}
+DEMO_STAGE_SECONDS=${DEMO_STAGE_SECONDS:-10}
+DEMO_NODE_CPU=${DEMO_NODE_CPU:-40}
 POOL_SIZE=10
 MAX_OVERFLOW=5
 SCALE=5
@@ -37,87 +58,49 @@ if [ -t 1 ]; then B=$'\e[1m' D=$'\e[2m' R=$'\e[0m'; else B='' D='' R=''; fi
 step() { printf '\n%s== %s%s\n' "$B" "$*" "$R"; }
 say()  { printf '   %s\n' "$*"; }
 die()  { printf 'demo: %s\n' "$*" >&2; exit 1; }
+warn() { printf 'demo: %s\n' "$*" >&2; }
 indent() { sed 's/^/     /'; }
 
 [ -x "$PGSCALE_BIN" ] || die "$PGSCALE_BIN not found; build it first (make)"
 [ -x /usr/lib/postgresql/15/bin/initdb ] || die "PostgreSQL 15 is missing; run scripts/install-deps.sh"
 command -v pgbench >/dev/null || die "pgbench is missing; run scripts/install-deps.sh"
-[[ $DEMO_CLIENTS =~ ^[1-9][0-9]*$ && $DEMO_SECONDS =~ ^[1-9][0-9]*$ ]] || die "DEMO_CLIENTS and DEMO_SECONDS must be positive integers"
+[[ $DEMO_CLIENTS =~ ^[1-9][0-9]*$ && $DEMO_SECONDS =~ ^[1-9][0-9]*$ && $DEMO_STAGE_SECONDS =~ ^[1-9][0-9]*$ ]] \
+    || die "DEMO_CLIENTS, DEMO_SECONDS and DEMO_STAGE_SECONDS must be positive integers"
+[[ $DEMO_NODE_CPU =~ ^[0-9]+$ ]] || die "DEMO_NODE_CPU must be a percentage of one core (0: no limit)"
 HAVE_REDIS=1
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || HAVE_REDIS=0
 
 # DEMO_CLIENTS sockets in pgbench; pgscale raises its own limit.
-hard=$(ulimit -Hn)
-want_fds=$((DEMO_CLIENTS + 256))
-if [ "$hard" = unlimited ] || [ "$hard" -ge "$want_fds" ]; then ulimit -Sn "$want_fds" 2>/dev/null || true; fi
+raise_fd_limit $((DEMO_CLIENTS + 256))
+
+# each node's CPU cap for the seed's table, and the table's stages
+CG_CPU=$DEMO_NODE_CPU CG_NAME=pgscale-demo-$$
+# shellcheck source=bench/cgroup.sh
+. "$ROOT/bench/cgroup.sh"
+SEED_SECONDS=$DEMO_STAGE_SECONDS SEED_CLIENTS=16 SEED_REPLICAS=$REPLICAS
+# shellcheck source=bench/seed_lib.sh
+. "$ROOT/bench/seed_lib.sh"
 
 # ------------------------------------------------------------ clean-up
-TMP='' SCALE_PID='' CACHE_PID='' REDIS_PID='' MONITOR_PID='' CHILD='' CLEANED=0
-stop_pid() {
-    local pid=$1
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-# The traps write to the original stdout/stderr (fds 3 and 4): a signal can
-# arrive inside run_child, whose output is redirected to a pgbench log.
-exec 3>&1 4>&2
-cleanup() {
-    local rc=$?
-    exec 1>&3 2>&4
-    [ "$CLEANED" = 1 ] && return
-    CLEANED=1
-    trap '' INT TERM
+TMP='' SCALE_PID='' CACHE_PID='' REDIS_PID='' MONITOR_PID=''
+cleanup() {  # cleanup STATUS — on exit (on_exit, also on Ctrl-C or an error)
     printf '\n%s== Stopping everything%s\n' "$B" "$R"
     stop_pid "$MONITOR_PID"
     stop_pid "$CHILD"
     stop_pid "$SCALE_PID"
     stop_pid "$CACHE_PID"
+    stop_pid "$SEED_PGSCALE_PID"
     stop_pid "$REDIS_PID"
     if [ -n "$TMP" ] && [ -d "$TMP" ]; then
         "$PGCLUSTER" stop "$TMP/cluster" 2>&1 | indent || true
+    fi
+    cg_cleanup
+    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
         if [ "$DEMO_KEEP" = 1 ]; then say "kept $TMP (logs in $TMP/logs)"; else rm -rf "$TMP"; fi
     fi
-    [ "$rc" -eq 0 ] && say "done." || say "demo failed (exit $rc)."
-    exit "$rc"
+    [ "$1" -eq 0 ] && say "done." || say "demo failed (exit $1)."
 }
-trap cleanup EXIT
-trap 'printf "\ndemo: interrupted\n" >&4; exit 130' INT
-trap 'exit 143' TERM
-
-run_child() {  # in the background, so Ctrl-C reaches the trap at once
-    "$@" &
-    CHILD=$!
-    local rc=0
-    wait "$CHILD" || rc=$?
-    CHILD=
-    return "$rc"
-}
-
-port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-next_port=$((20000 + RANDOM % 10000))
-free_ports() {  # free_ports VAR N — VAR = first of N consecutive free ports
-    local n=$2 i ok tries=0
-    while :; do
-        ok=1
-        for ((i = 0; i < n; i++)); do port_free $((next_port + i)) || { ok=0; break; }; done
-        [ "$ok" = 1 ] && break
-        next_port=$((next_port + i + 1)); tries=$((tries + 1))
-        [ "$tries" -lt 1000 ] || die "no free TCP ports found"
-    done
-    printf -v "$1" '%s' "$next_port"
-    next_port=$((next_port + n))
-}
-wait_port() {  # wait_port PORT SECONDS PID
-    local deadline=$((SECONDS + $2))
-    until timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; do
-        kill -0 "$3" 2>/dev/null || return 1
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
+on_exit cleanup
 
 su_psql() {  # su_psql PORT SQL [DB] — superuser, straight to a PostgreSQL node
     timeout 20 psql -X -w -At -h 127.0.0.1 -p "$1" -U postgres -d "${3:-postgres}" -c "$2" </dev/null
@@ -150,8 +133,12 @@ chmod 711 "$TMP"
 mkdir -p "$TMP/logs" "$TMP/redis"
 free_ports PG_PORT $((REPLICAS + 1))
 free_ports REDIS_PORT 1
-free_ports SCALE_PORT 1
-free_ports CACHE_PORT 1
+free_port SCALE_PORT
+free_port CACHE_PORT
+free_port HTTP_PORT
+free_port CACHE_HTTP_PORT
+free_port SEED_PORT
+free_port SEED_HTTP_PORT
 NODE_PORTS=()
 for ((i = 0; i <= REPLICAS; i++)); do NODE_PORTS+=($((PG_PORT + i))); done
 
@@ -192,6 +179,7 @@ ENV_VARS=(
     "DB_POOL_SIZE=$POOL_SIZE"
     "DB_MAX_OVERFLOW=$MAX_OVERFLOW"
     PGSCALE_LISTEN="127.0.0.1:$SCALE_PORT"
+    PGSCALE_HTTP_LISTEN="127.0.0.1:$HTTP_PORT"
     PGSCALE_POOL_MODE=transaction
     PGSCALE_MAX_REPLICA_LAG=2s
     PGSCALE_FAILOVER_TIMEOUT=3s
@@ -210,6 +198,7 @@ for u in "$APP_USER" postgres pgscale ""; do
 done
 say "pgscale (pid $SCALE_PID) listens on 127.0.0.1:$SCALE_PORT; applications connect there instead of to PostgreSQL."
 say "admin console: PGPASSWORD=$APP_PASSWORD psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale -c 'SHOW POOLS'"
+url=$(status_page "$HTTP_PORT") && say "${B}watch it live:${R} $url"
 
 step "4. Sample data: pgbench -i -s $SCALE ($((SCALE * 100000)) accounts), loaded straight into the primary"
 PGPASSWORD=$APP_PASSWORD run_child timeout 300 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" \
@@ -266,6 +255,23 @@ declare -A TPS LAT TXN PEAK NODES
 run_workload read "5. Read-only: $DEMO_CLIENTS clients running SELECTs by primary key" -S
 run_workload mixed "6. Mixed: $DEMO_CLIENTS clients running BEGIN; UPDATE; SELECT; INSERT; END" -N
 
+# ryw_rounds NAME PORT READS WRITE READ — 200 rounds in one session through
+# the pgscale on PORT: WRITE (which adds 1 to what READ returns), then READ
+# READS times at once. Prints how many reads missed their round's write, or
+# "incomplete (N reads)"; the reads are in $TMP/logs/ryw-NAME.out.
+ryw_rounds() {
+    local name=$1 port=$2 reads=$3 write=$4 read=$5 before g i out=$TMP/logs/ryw-$1.out
+    before=$(PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -At -h 127.0.0.1 -p "$port" -U "$APP_USER" "$APP_DB" -c "$read" </dev/null)
+    for ((g = 0; g < 200; g++)); do
+        printf '%s;\n' "$write"
+        for ((i = 0; i < reads; i++)); do printf '%s;\n' "$read"; done
+    done >"$TMP/ryw-$name.sql"
+    PGPASSWORD=$APP_PASSWORD timeout 120 psql -X -w -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" \
+        -U "$APP_USER" -f "$TMP/ryw-$name.sql" "$APP_DB" </dev/null >"$out" 2>&1 || true
+    awk -v b="$before" -v k="$reads" -v n=$((200 * reads)) '{ d = $1 - (b + int((NR - 1) / k) + 1) }
+        d > 0.001 || d < -0.001 { bad++ } END { print NR == n ? bad + 0 : "incomplete (" NR " reads)" }' "$out"
+}
+
 # ------------------------------------------------------------ the result cache
 step "7. The result cache: the same dashboard query through pgscale without and with PGSCALE_CACHE=on"
 # the seed's "dashboard metrics": revenue per region over the orders of the
@@ -292,7 +298,8 @@ SELECT region, count(*) AS orders, sum(amount) AS revenue FROM orders WHERE day 
 EOF
 say "orders: $DASH_ROWS rows; the dashboard asks for revenue per region since one of 30 days"
 # a second pgscale with the cache on, beside the first (same nodes, same Redis)
-CACHE_VARS=("${ENV_VARS[@]/PGSCALE_LISTEN=*/PGSCALE_LISTEN=127.0.0.1:$CACHE_PORT}" PGSCALE_CACHE=on PGSCALE_CACHE_TTL=300s)
+CACHE_VARS=("${ENV_VARS[@]/PGSCALE_LISTEN=*/PGSCALE_LISTEN=127.0.0.1:$CACHE_PORT}")
+CACHE_VARS=("${CACHE_VARS[@]/PGSCALE_HTTP_LISTEN=*/PGSCALE_HTTP_LISTEN=127.0.0.1:$CACHE_HTTP_PORT}" PGSCALE_CACHE=on PGSCALE_CACHE_TTL=300s)
 env "${CACHE_VARS[@]}" "$PGSCALE_BIN" >"$TMP/logs/pgscale-cache.log" 2>&1 &
 CACHE_PID=$!
 wait_port "$CACHE_PORT" 15 "$CACHE_PID" || { tail -n 20 "$TMP/logs/pgscale-cache.log" >&2; die "the cached pgscale did not start"; }
@@ -330,27 +337,40 @@ say "${B}with the cache:${R} ${DASH_TPS[cache]} dashboards/s (${CACHE_X}x), medi
 # read-your-writes with the cache: each round writes an order through the
 # cached pgscale, then reads the region's revenue twice (the first read
 # fills the entry, the second is served from it): both must show the write
-READ_SQL="SELECT sum(amount) FROM orders WHERE region = 1"
-before=$(PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -At -h 127.0.0.1 -p "$CACHE_PORT" -U "$APP_USER" "$APP_DB" -c "$READ_SQL" </dev/null)
-for g in $(seq 200); do
-    printf '%s\n' "UPDATE orders SET amount = amount + 1 WHERE id = 8;" "$READ_SQL;" "$READ_SQL;"
-done >"$TMP/ryw.sql"
 h0=$(cache_col hits)
-PGPASSWORD=$APP_PASSWORD timeout 120 psql -X -w -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$CACHE_PORT" \
-    -U "$APP_USER" -f "$TMP/ryw.sql" "$APP_DB" </dev/null >"$TMP/logs/ryw.out" 2>&1 || true
+STALE=$(ryw_rounds cache "$CACHE_PORT" 2 "UPDATE orders SET amount = amount + 1 WHERE id = 8" \
+    "SELECT sum(amount) FROM orders WHERE region = 1")
 h1=$(cache_col hits)
-STALE=$(grep -v '^UPDATE' "$TMP/logs/ryw.out" | awk -v b="$before" '{ want = b + int((NR + 1) / 2) } $1 + 0 != want { bad++ } END { print NR == 400 ? bad + 0 : "incomplete (" NR " reads)" }')
 if [ "$STALE" = 0 ]; then
     CACHE_RYW="200 rounds of write then read twice through the cached pgscale: 400 reads, 0 stale, $((h1 - h0)) served from the cache"
 else
-    CACHE_RYW="the write-then-read check found stale or missing reads: $STALE (see $TMP/logs/ryw.out)"
+    CACHE_RYW="the write-then-read check found stale or missing reads: $STALE (see $TMP/logs/ryw-cache.out)"
 fi
 say "$CACHE_RYW"
 say "${B}SHOW CACHE${R} (total): $(cache_admin 'SHOW CACHE' 2>/dev/null | awk -F'|' 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
     NR == 2 { printf "hits %s, misses %s, hit_ratio %s, entries %s (%s bytes), invalidations %s, writes that moved table versions %s", $c["hits"], $c["misses"], $c["hit_ratio"], $c["entries"], $c["bytes"], $c["invalidations"], $c["bumps"] }')"
 stop_pid "$CACHE_PID"; CACHE_PID=
 
-step "8. What pgscale saw (admin console: PGPASSWORD=$APP_PASSWORD psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale)"
+# ------------------------------------------------------------ the seed's table
+step "8. The seed's table on this box: the same read-heavy workload in 4 stages, each PostgreSQL node capped at $(awk -v p="$DEMO_NODE_CPU" 'BEGIN { printf "%.2f", p / 100 }') core"
+say "the seed: single database 1,000 reads/s; with Redis cache 10,000; primary + 2 replicas 5,000; + 5 replicas and cache 50,000"
+say "${D}here: $SEED_CLIENTS pgbench clients, ${DEMO_STAGE_SECONDS}s a stage, through a pgscale started for each stage on 127.0.0.1:$SEED_PORT:${R}"
+say "${D}the dashboard ($SEED_W_DASH %), a product list page ($SEED_W_LIST %) and add-to-cart writes ($SEED_W_CART %) (scripts in bench/seed/)${R}"
+SEED_REDIS_PORT=${REDIS_URL:+$REDIS_PORT}
+seed_load
+cg_setup
+if [ -n "$CG_KIND" ]; then
+    for node in primary $(seq -f 'replica%g' 1 "$REPLICAS"); do cg_limit "$node" "$TMP/cluster/$node"; done
+else
+    say "!! the nodes are NOT capped: $CG_WHY"
+fi
+seed_run_stages
+cg_cleanup   # the steps below run uncapped
+SEED_TABLE=$(seed_table)
+echo
+printf '%s\n' "$SEED_TABLE"
+
+step "9. What pgscale saw (admin console: PGPASSWORD=$APP_PASSWORD psql -h 127.0.0.1 -p $SCALE_PORT -U $ADMIN_USER -d pgscale)"
 for cmd in 'SHOW NODES' 'SHOW POOLS' 'SHOW STATS' 'SHOW SERVERS'; do
     say "${B}$cmd${R}"
     admin "$cmd" 2>&1 | indent || true
@@ -361,7 +381,7 @@ NODE_SUMMARY=$(PGPASSWORD=$APP_PASSWORD timeout 20 psql -X -w -At -F '|' -h 127.
     -p "$SCALE_PORT" -U "$ADMIN_USER" -d pgscale -c 'SHOW NODES' </dev/null 2>/dev/null |
     awk -F'|' 'NF >= 10 { printf "  %s: %s reads, %s writes\n", $1, $9, $10 }')
 
-step "9. A lagging replica: replica2 applies WAL 30 s late; pgscale stops reading from it"
+step "10. A lagging replica: replica2 applies WAL 30 s late; pgscale stops reading from it"
 su_psql "$((PG_PORT + 2))" "ALTER SYSTEM SET recovery_min_apply_delay = '30s'" >/dev/null &&
     su_psql "$((PG_PORT + 2))" "SELECT pg_reload_conf()" >/dev/null
 # a few writes it cannot apply, then reads while it is behind
@@ -378,10 +398,21 @@ for n in primary replica1 replica2; do
     LAG_LINE+=" $n $(( ${AFTER[$n]:-0} - ${BEFORE[$n]:-0} ))"
 done
 say "$LAG_LINE (PGSCALE_MAX_REPLICA_LAG=2s: a replica further behind gets no reads until it catches up)"
+# read-your-writes while replica2 lags 30 s: each round writes through
+# pgscale and reads the row back at once, in the same session
+while read -r n r; do BEFORE[$n]=$r; done < <(node_reads)
+STALE=$(ryw_rounds lag "$SCALE_PORT" 1 "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 7" \
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 7")
+while read -r n r; do AFTER[$n]=$r; done < <(node_reads)
+LAG_RYW="read-your-writes while replica2 lagged: 200 rounds of write then read at once through pgscale,"
+if [ "$STALE" = 0 ]; then LAG_RYW+=" 0 stale"; else LAG_RYW+=" stale or missing reads: $STALE (see $TMP/logs/ryw-lag.out)"; fi
+LAG_RYW+="; reads per node:"
+for n in primary replica1 replica2; do LAG_RYW+=" $n $(( ${AFTER[$n]:-0} - ${BEFORE[$n]:-0} ))"; done
+say "$LAG_RYW"
 su_psql "$((PG_PORT + 2))" "ALTER SYSTEM RESET recovery_min_apply_delay" >/dev/null &&
     su_psql "$((PG_PORT + 2))" "SELECT pg_reload_conf()" >/dev/null
 
-step "10. Failover: the primary is killed (pg_ctl stop -m immediate); pgscale promotes the most advanced replica"
+step "11. Failover: the primary is killed (pg_ctl stop -m immediate); pgscale promotes the most advanced replica"
 # what promoting and repointing need when pgscale's user is not a superuser
 su_psql "$PG_PORT" "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO $APP_USER;
     GRANT EXECUTE ON FUNCTION pg_reload_conf() TO $APP_USER; GRANT pg_read_all_settings TO $APP_USER;
@@ -431,8 +462,11 @@ say "Reads and writes per node after the two runs (SHOW NODES): the read-only ru
 say "  to the replicas, the mixed run's transactions (BEGIN ... END may write) to the primary:"
 printf '%s\n' "$NODE_SUMMARY" | indent
 say "$LAG_LINE."
+say "$LAG_RYW."
 say "Failover: $FAILOVER_MSG."
 say "Result cache (the dashboard, 16 clients): ${DASH_TPS[nocache]} dashboards/s and ${DASH_P50[nocache]} ms median without it,"
 say "  ${DASH_TPS[cache]} dashboards/s and ${DASH_P50[cache]} ms with it (hit ratio $CACHE_RATIO); $CACHE_RYW."
 say "PostgreSQL connections per node at the busiest moment (primary, then replicas):"
 say "  read-only run: ${NODES[read]// /, }; mixed run: ${NODES[mixed]// /, }."
+say "The seed's table, measured on this box (the seed's figures are the seed's; here everything shares $(nproc) cores):"
+printf '%s\n' "$SEED_TABLE"

@@ -1383,10 +1383,12 @@ static int do_http(yctx *c, const node *v, const char *path)
     for (size_t j = 0; j < v->n; j += 2) {
         const node *k = v->kids[j];
         path_key(kp, sizeof(kp), path, k->str);
-        int rc = find_word(keys, PGS_ARRAY_LEN(keys), k->str) < 0
-                     ? unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true)
-                     : section_setting(c, "http", k, v->kids[j + 1], kp, keys,
-                                       PGS_ARRAY_LEN(keys));
+        int w = find_word(keys, PGS_ARRAY_LEN(keys), k->str);
+        int rc = w < 0    ? unknown_key(c, k, kp, keys, PGS_ARRAY_LEN(keys), true)
+                 : w == 3 ? file_path(c, v->kids[j + 1], kp, &c->cfg->http_tls_cert)
+                 : w == 4 ? file_path(c, v->kids[j + 1], kp, &c->cfg->http_tls_key)
+                          : section_setting(c, "http", k, v->kids[j + 1], kp, keys,
+                                            PGS_ARRAY_LEN(keys));
         if (rc < 0) return rc;
     }
     return 0;

@@ -1904,6 +1904,10 @@ static void test_example_file_loads_and_matches_the_docs(void **state)
     assert_true(c.n_stats_users >= 1);
     assert_true(c.cache.enabled);
     assert_true(c.cache.n_rules >= 2);
+    assert_int_equal(c.http_port, 9930);
+    assert_int_equal(c.http_auth, 1);
+    assert_non_null(c.http_tls_cert);
+    assert_non_null(strstr(c.http_tls_cert, "server.crt"));
     described *d = describe_all(&c);
     for (int i = 0; i < d->n; i++)
         if (strstr(d->values[i], "change-me")) fail_msg("password shown: %s", d->values[i]);
