@@ -10,7 +10,7 @@ PKGS=(
   systemd strace
   postgresql-15 postgresql-client-15 redis-server pgbouncer
   python3 python3-pytest python3-psycopg2 python3-psycopg python3-asyncpg python3-sqlalchemy
-  chromium chromium-driver python3-selenium
+  chromium chromium-driver python3-selenium prometheus haproxy
   procps psmisc sudo
 )
 
@@ -44,11 +44,19 @@ if ! cmp -s "$node_dir/package-lock.json" "$stamp"; then
   cp "$node_dir/package-lock.json" "$stamp"
 fi
 
-# The Debian packages start clusters/services on install; tests and the demo
-# run their own servers on free ports, so the stock ones are not needed.
+# The Debian packages start clusters/services on install (where an init
+# system lets them); tests and the demo run their own servers on free
+# ports, so the stock ones are not needed.
 if command -v pg_lsclusters >/dev/null 2>&1 && [ -n "${CI:-}" ]; then
   pg_lsclusters -h 2>/dev/null | awk '$4=="online"{print $1, $2}' | while read -r v c; do
     pg_ctlcluster "$v" "$c" stop || true
+  done
+fi
+if [ -n "${CI:-}" ]; then
+  for svc in prometheus haproxy etcd patroni redis-server; do
+    if command -v service >/dev/null 2>&1 && service "$svc" status >/dev/null 2>&1; then
+      service "$svc" stop >/dev/null 2>&1 || true
+    fi
   done
 fi
 exit 0

@@ -222,7 +222,7 @@ static const double hist_bounds_s[PGS_HIST_BUCKETS - 1] = {
 
 /* The q-quantile of a histogram's counts, interpolated inside its bucket
  * (as Prometheus's histogram_quantile does); seconds. */
-static double hist_quantile(const uint64_t *h, double q)
+double metrics_hist_quantile(const uint64_t *h, double q)
 {
     uint64_t total = 0;
     for (int b = 0; b < PGS_HIST_BUCKETS; b++) total += h[b];
@@ -259,9 +259,9 @@ void metrics_sample(void)
         s.qps = (double)(t.query_count - prev_queries) / dt;
         uint64_t d[PGS_HIST_BUCKETS];
         for (int b = 0; b < PGS_HIST_BUCKETS; b++) d[b] = t.xact_hist[b] - prev_hist[b];
-        s.p50_ms = hist_quantile(d, 0.50) * 1000.0;
-        s.p95_ms = hist_quantile(d, 0.95) * 1000.0;
-        s.p99_ms = hist_quantile(d, 0.99) * 1000.0;
+        s.p50_ms = metrics_hist_quantile(d, 0.50) * 1000.0;
+        s.p95_ms = metrics_hist_quantile(d, 0.95) * 1000.0;
+        s.p99_ms = metrics_hist_quantile(d, 0.99) * 1000.0;
         s.hits_ps = (double)(ct.hits - prev_hits) / dt;
         uint64_t looked = (ct.hits - prev_hits) + (ct.misses - prev_misses);
         if (looked) s.hit_ratio = (double)(ct.hits - prev_hits) / (double)looked;
@@ -577,34 +577,46 @@ void metrics_prometheus(sbuf *b, const pgs_config *k)
     prom_pools(b, rows, n, "pgscale_pool_servers", "gauge",
                "Server connections: active (linked to a client), idle, login (connecting).",
                v_servers, "state", sv_states, 3);
-    prom_pools(b, rows, n, "pgscale_pool_servers_overflow", "gauge",
-               "Server connections above pool_size.", v_overflow, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_size", "gauge", "pool_size (DB_POOL_SIZE).", v_size,
-               NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_servers_max", "gauge",
-               "pool_size + max_overflow: the most server connections.", v_max, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_pinned_clients", "gauge",
-               "Clients pinned to their server by session state.", v_pinned, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_max_wait_seconds", "gauge",
-               "The longest wait of a client waiting now.", v_maxwait, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_checkouts_total", "counter",
-               "Times a client asked for a server connection.", v_checkouts, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_timeouts_total", "counter",
-               "Clients that waited pool_timeout and got an error.", v_timeouts, NULL, NULL, 0);
-    prom_hist(b, rows, n, "pgscale_pool_wait_seconds",
-              "Time from asking for a server connection to getting one.", true);
-    prom_pools(b, rows, n, "pgscale_pool_transactions_total", "counter",
-               "Transactions finished (ReadyForQuery idle).", v_xacts, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_queries_total", "counter",
-               "Requests answered (each ReadyForQuery).", v_queries, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_query_seconds_total", "counter",
-               "Time spent in requests, summed.", v_query_secs, NULL, NULL, 0);
-    prom_hist(b, rows, n, "pgscale_pool_transaction_duration_seconds",
-              "Transaction time, from the first request to ReadyForQuery idle.", false);
-    prom_pools(b, rows, n, "pgscale_pool_received_bytes_total", "counter",
-               "Bytes received from clients.", v_bytes_in, NULL, NULL, 0);
-    prom_pools(b, rows, n, "pgscale_pool_sent_bytes_total", "counter",
-               "Bytes of server answers sent to clients.", v_bytes_out, NULL, NULL, 0);
+    static const struct {
+        const char *name, *type, *help;
+        pool_value_fn fn;
+        int hist; /* 0: fn's value; 1: the wait histogram; 2: the transaction one */
+    } simple[] = {
+        {"pgscale_pool_servers_overflow", "gauge", "Server connections above pool_size.",
+         v_overflow, 0},
+        {"pgscale_pool_size", "gauge", "pool_size (DB_POOL_SIZE).", v_size, 0},
+        {"pgscale_pool_servers_max", "gauge",
+         "pool_size + max_overflow: the most server connections.", v_max, 0},
+        {"pgscale_pool_pinned_clients", "gauge", "Clients pinned to their server by session state.",
+         v_pinned, 0},
+        {"pgscale_pool_max_wait_seconds", "gauge", "The longest wait of a client waiting now.",
+         v_maxwait, 0},
+        {"pgscale_pool_checkouts_total", "counter", "Times a client asked for a server connection.",
+         v_checkouts, 0},
+        {"pgscale_pool_timeouts_total", "counter",
+         "Clients that waited pool_timeout and got an error.", v_timeouts, 0},
+        {"pgscale_pool_wait_seconds", "histogram",
+         "Time from asking for a server connection to getting one.", NULL, 1},
+        {"pgscale_pool_transactions_total", "counter", "Transactions finished (ReadyForQuery idle).",
+         v_xacts, 0},
+        {"pgscale_pool_queries_total", "counter", "Requests answered (each ReadyForQuery).",
+         v_queries, 0},
+        {"pgscale_pool_query_seconds_total", "counter", "Time spent in requests, summed.",
+         v_query_secs, 0},
+        {"pgscale_pool_transaction_duration_seconds", "histogram",
+         "Transaction time, from the first request to ReadyForQuery idle.", NULL, 2},
+        {"pgscale_pool_received_bytes_total", "counter", "Bytes received from clients.",
+         v_bytes_in, 0},
+        {"pgscale_pool_sent_bytes_total", "counter", "Bytes of server answers sent to clients.",
+         v_bytes_out, 0},
+    };
+    for (size_t i = 0; i < PGS_ARRAY_LEN(simple); i++) {
+        if (simple[i].hist)
+            prom_hist(b, rows, n, simple[i].name, simple[i].help, simple[i].hist == 1);
+        else
+            prom_pools(b, rows, n, simple[i].name, simple[i].type, simple[i].help, simple[i].fn,
+                       NULL, NULL, 0);
+    }
     prom_head(b, "pgscale_pool_errors_total", "counter",
               "Errors sent to the pool's clients, by SQLSTATE class (classes seen only).");
     for (int i = 0; i < n; i++)
@@ -634,7 +646,7 @@ void metrics_prometheus(sbuf *b, const pgs_config *k)
 
 /* A JSON string: quotes, backslashes and control characters escaped, and
  * bytes that are not UTF-8 (a message in a LATIN1 database) replaced. */
-static void json_str(sbuf *b, const char *s)
+void metrics_json_str(sbuf *b, const char *s)
 {
     if (!s) {
         sb_puts(b, "null");
@@ -659,6 +671,10 @@ static void json_str(sbuf *b, const char *s)
             int ok = n > 0;
             for (int i = 1; ok && i < n; i++)
                 if ((p[i] & 0xc0) != 0x80) ok = 0;
+            /* no overlong forms, no surrogates, nothing past U+10FFFF */
+            if (ok && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0) ||
+                       (c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90)))
+                ok = 0;
             if (ok) {
                 sb_putn(b, (const char *)p, (size_t)n);
                 p += n;
@@ -700,11 +716,11 @@ static void json_pools(sbuf *b, const pool_row *rows, int n)
     for (int i = 0; i < n; i++) {
         const pgs_pool_snap *s = &rows[i].s;
         sb_puts(b, i ? ",{\"database\":" : "{\"database\":");
-        json_str(b, rows[i].database);
+        metrics_json_str(b, rows[i].database);
         sb_puts(b, ",\"user\":");
-        json_str(b, rows[i].user);
+        metrics_json_str(b, rows[i].user);
         sb_puts(b, ",\"node\":");
-        json_str(b, rows[i].node);
+        metrics_json_str(b, rows[i].node);
         sb_printf(b, ",\"pool_mode\":\"%s\"",
                   rows[i].pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
         sb_printf(b,
@@ -737,11 +753,11 @@ static void json_nodes(sbuf *b)
         topology_format_lsn(atomic_load(&nd->lsn), lsn, sizeof(lsn));
         topology_get_error(nd, err, sizeof(err));
         sb_puts(b, i ? ",{\"name\":" : "{\"name\":");
-        json_str(b, nd->name);
+        metrics_json_str(b, nd->name);
         sb_printf(b, ",\"role\":\"%s\",\"state\":\"%s\",\"checked\":%s,\"addr\":",
                   topology_role_name(role), topology_state_name(atomic_load(&nd->state)),
                   checked ? "true" : "false");
-        json_str(b, u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR);
+        metrics_json_str(b, u->host && *u->host ? u->host : PGS_DEFAULT_SOCKET_DIR);
         sb_printf(b, ",\"port\":%d,\"lag_bytes\":", u->port ? u->port : 5432);
         if (checked && nd != primary)
             sb_printf(b, "%llu,\"lag_seconds\":%.3f", (unsigned long long)atomic_load(&nd->lag_bytes),
@@ -749,11 +765,11 @@ static void json_nodes(sbuf *b)
         else
             sb_puts(b, "null,\"lag_seconds\":null");
         sb_puts(b, ",\"lsn\":");
-        json_str(b, checked ? lsn : NULL);
+        metrics_json_str(b, checked ? lsn : NULL);
         sb_printf(b, ",\"reads\":%llu,\"writes\":%llu,\"last_error\":",
                   (unsigned long long)atomic_load(&nd->reads),
                   (unsigned long long)atomic_load(&nd->writes));
-        json_str(b, err[0] ? err : NULL);
+        metrics_json_str(b, err[0] ? err : NULL);
         sb_putc(b, '}');
     }
     sb_puts(b, "]");
@@ -776,7 +792,7 @@ void metrics_status_json(sbuf *b, const pgs_config *k)
         if (l->is_unix) snprintf(a, sizeof(a), "unix:%s", l->host);
         else snprintf(a, sizeof(a), strchr(l->host, ':') ? "[%s]:%d" : "%s:%d", l->host, l->port);
         if (i) sb_putc(b, ',');
-        json_str(b, a);
+        metrics_json_str(b, a);
     }
     sb_printf(b, "],\"pool_mode\":\"%s\",", k->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
     sb_printf(b,
@@ -820,18 +836,12 @@ void metrics_status_json(sbuf *b, const pgs_config *k)
         const sample *s = &history[(hist_next + METRICS_HISTORY - hist_count + i) % METRICS_HISTORY];
         sb_puts(b, i ? ",{\"t\":" : "{\"t\":");
         json_num(b, floor(s->t));
-        sb_puts(b, ",\"tps\":");
-        json_num(b, s->tps);
-        sb_puts(b, ",\"qps\":");
-        json_num(b, s->qps);
-        sb_puts(b, ",\"hits_ps\":");
-        json_num(b, s->hits_ps);
-        sb_puts(b, ",\"p50_ms\":");
-        json_num(b, s->p50_ms);
-        sb_puts(b, ",\"p95_ms\":");
-        json_num(b, s->p95_ms);
-        sb_puts(b, ",\"p99_ms\":");
-        json_num(b, s->p99_ms);
+        static const char *const keys[] = {"tps", "qps", "hits_ps", "p50_ms", "p95_ms", "p99_ms"};
+        const double vals[] = {s->tps, s->qps, s->hits_ps, s->p50_ms, s->p95_ms, s->p99_ms};
+        for (size_t k = 0; k < PGS_ARRAY_LEN(keys); k++) {
+            sb_printf(b, ",\"%s\":", keys[k]);
+            json_num(b, vals[k]);
+        }
         sb_printf(b, ",\"clients\":%d,\"waiting\":%d,\"hit_ratio\":", s->clients, s->waiting);
         json_num(b, s->hit_ratio);
         sb_putc(b, '}');
@@ -844,13 +854,13 @@ void metrics_status_json(sbuf *b, const pgs_config *k)
         sb_puts(b, i ? ",{\"time\":" : "{\"time\":");
         json_time(b, e->wall_us);
         sb_puts(b, ",\"sqlstate\":");
-        json_str(b, e->sqlstate);
+        metrics_json_str(b, e->sqlstate);
         sb_puts(b, ",\"message\":");
-        json_str(b, e->message);
+        metrics_json_str(b, e->message);
         sb_puts(b, ",\"database\":");
-        json_str(b, e->database[0] ? e->database : NULL);
+        metrics_json_str(b, e->database[0] ? e->database : NULL);
         sb_puts(b, ",\"user\":");
-        json_str(b, e->user[0] ? e->user : NULL);
+        metrics_json_str(b, e->user[0] ? e->user : NULL);
         sb_putc(b, '}');
     }
     pthread_mutex_unlock(&recent_lock);
@@ -860,7 +870,7 @@ void metrics_status_json(sbuf *b, const pgs_config *k)
               (unsigned long long)reloads_failed);
     json_time(b, last_reload_wall_us);
     sb_printf(b, ",\"ok\":%s,\"message\":", last_reload_ok ? "true" : "false");
-    json_str(b, last_reload_wall_us ? last_reload_msg : NULL);
+    metrics_json_str(b, last_reload_wall_us ? last_reload_msg : NULL);
     pthread_mutex_unlock(&reload_lock);
     sb_puts(b, "}}}\n");
 }

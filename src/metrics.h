@@ -28,6 +28,15 @@ void metrics_note_error(pgs_pool *p, const char *sqlstate, const char *msg,
 /* A configuration reload ended (reload.c): ok, or refused with why. */
 void metrics_note_reload(bool ok, const char *why);
 
+/* The q-quantile (0..1) of a histogram's counts per bucket (the
+ * PGS_HIST_BUCKETS of pgs_hist_index), in seconds, interpolated within its
+ * bucket as Prometheus's histogram_quantile does; NAN when it is empty. */
+double metrics_hist_quantile(const uint64_t *counts, double q);
+/* s as a JSON string (NULL: null): quotes, backslashes and control
+ * characters escaped, bytes that are not UTF-8 replaced by U+FFFD (error
+ * messages come from servers in any encoding). */
+void metrics_json_str(sbuf *b, const char *s);
+
 /* One sample for the history (the listener's sampler thread, once a
  * second). */
 void metrics_sample(void);

@@ -639,7 +639,7 @@ static void place_idle_server(pgs_server *sv)
     pgs_pool *p = sv->pool;
     uint64_t now = pgs_now_us();
     sv->last_used_us = now;
-    if (sv->broken || server_expired(sv, now) || p->w->draining) {
+    if (sv->broken || server_expired(sv, now)) {
         server_close(sv, sv->broken ? "server connection not reusable" : "expired");
         return;
     }
@@ -691,6 +691,15 @@ static void place_idle_server(pgs_server *sv)
          * instead: in transaction mode servers come back between every two
          * transactions, and closing at once reconnects moments later.) */
         server_close(sv, "overflow connection no longer needed");
+        return;
+    }
+    if (p->w->draining) {
+        /* Draining: a server nobody waits for is closed; one that a client
+         * waits for goes to it above.  (Closing it before looking for a
+         * waiter closed the very server opened for that waiter, opened
+         * another, and so on until the waiter's pool timeout: a request
+         * arriving after SIGTERM failed with 53300 instead of being served.) */
+        server_close(sv, "pgscale is shutting down");
         return;
     }
     list_add_head(&p->idle, &sv->node);

@@ -88,6 +88,20 @@ def pgbench(port, args, user="app", db="app", timeout=60, password=None):
     return run(argv, timeout, env=env)
 
 
+def finish_pgbench(proc, timeout=45):
+    """Waits for a pgbench started with Popen (text pipes): fails the test
+    if it does not end in time, fails, or reports failed transactions."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail("pgbench did not finish:\n%s\n%s" % (out[-2000:], err[-2000:]))
+    assert proc.returncode == 0, (out + err)[-3000:]
+    assert "number of failed transactions: 0" in out, out[-3000:]
+    return out
+
+
 def pgbench_tps(output):
     m = re.search(r"tps = ([0-9.]+)", output)
     return float(m.group(1)) if m else None

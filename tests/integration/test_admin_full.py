@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 import pgwire
-from helpers import APP_PASSWORD, LOCALHOST, client_env, pgbench, wait_for
+from helpers import APP_PASSWORD, LOCALHOST, client_env, finish_pgbench, pgbench, wait_for
 
 DATABASES_COLUMNS = ["name", "host", "port", "database", "force_user", "pool_size",
                      "max_overflow", "pool_mode", "current_connections", "max_client_connections",
@@ -80,16 +80,6 @@ def start_pgbench(port, args, db):
                             env=client_env(), stdin=subprocess.DEVNULL)
 
 
-def finish_pgbench(proc, timeout=45):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail("pgbench did not finish:\n%s\n%s" % (out[-2000:], err[-2000:]))
-    assert proc.returncode == 0, (out + err)[-3000:]
-    assert "number of failed transactions: 0" in out, out[-3000:]
-    return out
 
 
 @pytest.fixture(scope="module")

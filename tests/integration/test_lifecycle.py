@@ -331,6 +331,29 @@ def test_sigterm_refuses_new_clients_lets_running_transaction_commit_then_exits_
     wait_for(lambda: not primary.backends(), 3, what="pgscale's server connections closed")
 
 
+@pytest.mark.deadline(40)
+def test_sigterm_serves_transactions_that_start_while_draining(pgscale, primary):
+    # Transaction pooling: every statement below checks a server out.  The
+    # first finds the idle one; it is closed when it comes back (nobody
+    # waits for it), so each later one needs a server opened for it, which
+    # must go to it (it was closed at login instead, again and again, until
+    # the client's pool timeout: 53300 for a request the drain must serve).
+    pg = pgscale(PGSCALE_SHUTDOWN_TIMEOUT="20s", PGSCALE_WORKERS=1, DB_POOL_TIMEOUT="3")
+    conn = pg.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        pg.signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in pg.stderr_text(), 3, interval=0.01, what="draining")
+        for i in range(5):
+            t0 = time.monotonic()
+            cur.execute("SELECT %s", (i,))
+            assert cur.fetchone() == (i,)
+            assert time.monotonic() - t0 < 2, "statement %d took %.1f s" % (i, time.monotonic() - t0)
+    conn.close()
+    assert pg.wait_exit(5) == 0
+    assert pg.stderr_text().count("C-1: 53300") == 0
+
+
 @pytest.mark.deadline(30)
 def test_sigterm_without_clients_exits_promptly_with_0(pgscale):
     pg = pgscale(PGSCALE_SHUTDOWN_TIMEOUT="20s")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import APP_PASSWORD, LOCALHOST, client_env, free_port, pgbench, port_accepts, wait_for
+from helpers import (APP_PASSWORD, LOCALHOST, client_env, finish_pgbench, free_port, pgbench,
+                     port_accepts, wait_for)
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 BENCH_DB = "pagebench"
@@ -139,15 +140,6 @@ def start_pgbench(port, db, seconds):
                             env=client_env(), stdin=subprocess.DEVNULL)
 
 
-def finish_pgbench(proc, timeout):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail("pgbench did not finish:\n%s\n%s" % (out[-2000:], err[-2000:]))
-    assert proc.returncode == 0, (out + err)[-3000:]
-    return out
 
 
 def admin_pool(pg, db):
