@@ -73,6 +73,12 @@ typedef struct mnode {
      * that disconnects keeps it until the primary names others: until
      * then no commit was acknowledged without it); else 0 */
     int was_sync;
+    /* under lock: a check found it in recovery, and then one found it out
+     * of recovery: promoted while pgscale watched (by an HA manager, a
+     * person or pgscale).  A node never seen in recovery is not: a server
+     * listed as a replica by mistake must not take over at a blip. */
+    bool seen_replica;
+    bool promoted;
 } mnode;
 
 static int64_t now_ms_raw(void)
@@ -391,6 +397,8 @@ static void check_one(mnode *m)
     atomic_store(&n->lag_bytes, lag);
     int64_t lag_ms = 0;
     pthread_mutex_lock(&lock);
+    if (in_recovery) m->seen_replica = true;
+    m->promoted = !in_recovery && m->seen_replica;
     if (!in_recovery && topology_primary() == n) history_add(lsn);
     if (in_recovery) {
         lag_ms = history_lag_ms(lsn);
@@ -758,7 +766,6 @@ static void evaluate(void)
         say_once(msg);
         return;
     }
-    if (down && now - primary_bad_since_ms < (int64_t)failover_timeout_ms) return;
     /* nodes that answered their last check saying they are not in recovery;
      * and the replica to promote: the most advanced by the WAL it holds
      * (received and flushed; promotion replays all of it).  With
@@ -769,6 +776,7 @@ static void evaluate(void)
      * of them must be up. */
     int n_primary = 0, n_sync_up = 0, n_quorum = 0, n_quorum_up = 0, n_unknown = 0;
     pgs_node *cand = NULL, *best = NULL;
+    bool cand_promoted = false;
     bool sync_on = sync_names[0] != '\0';
     for (int i = 0; i < n_mnodes; i++) {
         pgs_node *o = mnodes[i].n;
@@ -784,11 +792,21 @@ static void evaluate(void)
         if (atomic_load(&o->role) == PGS_ROLE_PRIMARY) {
             n_primary++;
             cand = o;
+            cand_promoted = mnodes[i].promoted;
         } else if (!best || held_lsn(o) > held_lsn(best)) {
             best = o;
         }
     }
     bool sync_ok = !sync_on || n_sync_up > 0 || (n_quorum > 0 && n_quorum_up == n_quorum);
+    /* A primary that is down may come back: wait failover_timeout before
+     * acting on it -- unless a replica was promoted meanwhile.  Someone
+     * (Patroni's switchover, a person) has moved the primary, and the old
+     * one is down because that is how a switchover starts; waiting would
+     * only hold the writes, and the old primary may come back as a replica
+     * first (Patroni restarts it as one within seconds). */
+    if (down && !(n_primary == 1 && cand_promoted) &&
+        now - primary_bad_since_ms < (int64_t)failover_timeout_ms)
+        return;
     if (n_primary == 1) {
         switch_primary(p, cand, down ? "is down" : "says it is in recovery (a replica now)",
                        primary_bad_since_ms);
