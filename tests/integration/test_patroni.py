@@ -302,7 +302,7 @@ class Cluster:
         for n in NODES[1:]:
             self[n].start()
         wait_for(lambda: self._check() or all(self[n].role() == "replica" and
-                                              self[n].api()[1].get("state") == "running"
+                                              (self[n].api()[1] or {}).get("state") == "running"
                                               for n in NODES[1:]),
                  180, interval=0.5, what="node2 and node3 streaming replicas")
 
@@ -330,7 +330,7 @@ class Cluster:
                               capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
 
-    def wait_caught_up(self, table, timeout=60):
+    def wait_caught_up(self, timeout=60):
         """Every replica has replayed the leader's current WAL position."""
         leader = self[self.leader()]
         target = leader.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
@@ -355,11 +355,12 @@ def patroni_cluster(request):
     base = Path(tempfile.mkdtemp(prefix="pgscale-it-patroni-"))
     _chown(base)
     c = Cluster(base)
+    failed_before = request.session.testsfailed
     ok = False
     try:
         c.start()
         yield c
-        ok = True
+        ok = request.session.testsfailed == failed_before
     finally:
         c.stop()
         if ok and not os.environ.get("PGSCALE_IT_KEEP"):
@@ -519,7 +520,7 @@ def run_under_load(pgscale, cluster, table, act, **env):
     cluster["node1"].execute("CREATE TABLE %s (writer int, seq int, at timestamptz "
                              "DEFAULT clock_timestamp())" % table, db=APP_DB)
     cluster["node1"].execute("ALTER TABLE %s OWNER TO %s" % (table, APP_USER), db=APP_DB)
-    cluster.wait_caught_up(table)
+    cluster.wait_caught_up()
     pg = start_pgscale(pgscale, cluster, **env)
     stop, ostop = threading.Event(), threading.Event()
     writers = [Writer(pg, i, stop, table) for i in range(3)]
@@ -657,7 +658,7 @@ def test_pgscale_follows_a_patroni_switchover_under_write_load(pgscale, patroni_
     # the switch is Patroni's: the new leader is promoted, the old one
     # rejoins as its replica
     wait_for(lambda: c["node1"].role() == "replica" and
-             c["node1"].api()[1].get("state") == "running", 60, interval=0.5,
+             (c["node1"].api()[1] or {}).get("state") == "running", 60, interval=0.5,
              what="node1 back as a replica")
     assert figures["pgscale_primary_after_s"] is not None
     # pgscale saw the fenced node1 as a replica: a switchover back to it is
@@ -665,7 +666,7 @@ def test_pgscale_follows_a_patroni_switchover_under_write_load(pgscale, patroni_
     pg = seen["pg"]
     wait_for(lambda: nodes(pg)["primary"]["role"] == "replica", 30, interval=0.1,
              what="SHOW NODES: node1 a replica")
-    c.wait_caught_up("sw_t")
+    c.wait_caught_up()
     r = c.patronictl("switchover", "--leader", "node2", "--candidate", "node1", "--force")
     assert r.returncode == 0, r.stdout + r.stderr
     ns = wait_for(lambda: (lambda ns: ns if ns["replica1"]["state"] == "fenced" and
