@@ -12,6 +12,9 @@ PKGS=(
   python3 python3-pytest python3-psycopg2 python3-psycopg python3-asyncpg python3-sqlalchemy
   chromium chromium-driver python3-selenium prometheus haproxy
   procps psmisc sudo
+  # tests/integration/test_patroni.py: pgscale following a Patroni cluster
+  # (Patroni's etcd3 DCS module imports python3-etcd)
+  patroni etcd-server python3-etcd
 )
 
 missing=()

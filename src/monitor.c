@@ -73,6 +73,12 @@ typedef struct mnode {
      * that disconnects keeps it until the primary names others: until
      * then no commit was acknowledged without it); else 0 */
     int was_sync;
+    /* under lock: a check found it in recovery, and then one found it out
+     * of recovery: promoted while pgscale watched (by an HA manager, a
+     * person or pgscale).  A node never seen in recovery is not: a server
+     * listed as a replica by mistake must not take over at a blip. */
+    bool seen_replica;
+    bool promoted;
 } mnode;
 
 static int64_t now_ms_raw(void)
@@ -391,6 +397,8 @@ static void check_one(mnode *m)
     atomic_store(&n->lag_bytes, lag);
     int64_t lag_ms = 0;
     pthread_mutex_lock(&lock);
+    if (in_recovery) m->seen_replica = true;
+    m->promoted = !in_recovery && m->seen_replica;
     if (!in_recovery && topology_primary() == n) history_add(lsn);
     if (in_recovery) {
         lag_ms = history_lag_ms(lsn);
@@ -452,16 +460,24 @@ static void say_once(const char *msg)
 static void switch_primary(pgs_node *old, pgs_node *to, const char *why, int64_t since_ms)
 {
     topology_set_primary(to->index);
+    /* a former primary taken back (see evaluate) is fenced no more */
+    bool was_fenced = atomic_load(&to->state) == PGS_NODE_FENCED;
+    if (was_fenced) atomic_store(&to->state, PGS_NODE_UP);
     atomic_store(&old->state, PGS_NODE_FENCED);
+    /* from now on the old primary counts as promoted only once it has been
+     * seen in recovery again (rejoined as a replica) and then out of it */
+    for (int i = 0; i < n_mnodes; i++)
+        if (mnodes[i].n == old) mnodes[i].seen_replica = mnodes[i].promoted = false;
     /* the clients waiting for the old primary go to the new one now */
     pool_node_fenced(old);
     char pos[32];
     topology_format_lsn(atomic_load(&to->lsn), pos, sizeof(pos));
     log_error("FAILOVER: %s (%s) is the primary now, at %s, in place of %s (%s), which %s; "
               "%.1f s after the primary was first seen failing; %s is fenced (never used "
-              "again until pgscale restarts)%s",
+              "again until pgscale restarts, or it rejoins as a replica and is promoted)%s%s",
               to->name, to->ep.text, pos, old->name, old->ep.text, why,
-              (double)(now_ms() - since_ms) / 1000.0, old->name, failover_note);
+              (double)(now_ms() - since_ms) / 1000.0, old->name,
+              was_fenced ? "; it was fenced, and has been a replica since" : "", failover_note);
     failover_said[0] = '\0';
     primary_bad_since_ms = 0;
     hist_n = 0; /* the new primary's positions are another history */
@@ -758,7 +774,6 @@ static void evaluate(void)
         say_once(msg);
         return;
     }
-    if (down && now - primary_bad_since_ms < (int64_t)failover_timeout_ms) return;
     /* nodes that answered their last check saying they are not in recovery;
      * and the replica to promote: the most advanced by the WAL it holds
      * (received and flushed; promotion replays all of it).  With
@@ -769,26 +784,45 @@ static void evaluate(void)
      * of them must be up. */
     int n_primary = 0, n_sync_up = 0, n_quorum = 0, n_quorum_up = 0, n_unknown = 0;
     pgs_node *cand = NULL, *best = NULL;
+    bool cand_promoted = false;
     bool sync_on = sync_names[0] != '\0';
     for (int i = 0; i < n_mnodes; i++) {
         pgs_node *o = mnodes[i].n;
         if (o == p) continue;
-        bool up = atomic_load(&o->state) == PGS_NODE_UP && atomic_load(&o->checked_us);
+        int ost = atomic_load(&o->state);
+        bool up = ost == PGS_NODE_UP && atomic_load(&o->checked_us);
+        /* A fenced former primary may be the primary again only after it
+         * was seen as a replica (an HA manager rejoined it: pg_rewind or a
+         * new base backup) and then promoted: Patroni's switchover back to
+         * it.  One that comes back still a primary stays fenced (it may
+         * hold writes the new primary never saw), and none is promoted by
+         * pgscale. */
+        bool rejoined = ost == PGS_NODE_FENCED && mnodes[i].promoted && !mnodes[i].fail_since_ms;
         if (sync_on) {
             n_sync_up += up && mnodes[i].was_sync == PGS_SYNC_SYNC;
             n_quorum += mnodes[i].was_sync == PGS_SYNC_QUORUM;
             n_quorum_up += up && mnodes[i].was_sync == PGS_SYNC_QUORUM;
             n_unknown += mnodes[i].sync_state == PGS_SYNC_UNKNOWN;
         }
-        if (!up) continue;
+        if (!up && !rejoined) continue;
         if (atomic_load(&o->role) == PGS_ROLE_PRIMARY) {
             n_primary++;
             cand = o;
-        } else if (!best || held_lsn(o) > held_lsn(best)) {
+            cand_promoted = mnodes[i].promoted;
+        } else if (up && (!best || held_lsn(o) > held_lsn(best))) {
             best = o;
         }
     }
     bool sync_ok = !sync_on || n_sync_up > 0 || (n_quorum > 0 && n_quorum_up == n_quorum);
+    /* A primary that is down may come back: wait failover_timeout before
+     * acting on it -- unless a replica was promoted meanwhile.  Someone
+     * (Patroni's switchover, a person) has moved the primary, and the old
+     * one is down because that is how a switchover starts; waiting would
+     * only hold the writes, and the old primary may come back as a replica
+     * first (Patroni restarts it as one within seconds). */
+    if (down && !(n_primary == 1 && cand_promoted) &&
+        now - primary_bad_since_ms < (int64_t)failover_timeout_ms)
+        return;
     if (n_primary == 1) {
         switch_primary(p, cand, down ? "is down" : "says it is in recovery (a replica now)",
                        primary_bad_since_ms);

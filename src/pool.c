@@ -833,6 +833,26 @@ void pool_node_fenced(pgs_node *node)
     }
 }
 
+/* The primary's node says it is a hot standby: it was demoted.  An HA
+ * manager's switchover (Patroni's) stops the old primary, promotes a
+ * replica and brings the old primary back as a replica of it, often before
+ * the monitor, which retries a failed node with a growing delay, has read
+ * it again; the clients waiting for the primary would then get servers
+ * there and their writes fail with 25006.  Refused instead, as a failed
+ * connect: they keep waiting (failover_wait) and go to the new primary
+ * when the monitor, woken now, sees the demotion and follows.  With
+ * failover off, or the primary alone (DATABASE_URL may name a standby on
+ * purpose, for a read-only application), the server is used as it is. */
+bool pool_standby_refused(pgs_pool *p)
+{
+    const pgs_config *cfg = g_pgs.cfg;
+    if (cfg->failover == PGS_FAILOVER_OFF || topology_count() < 2 ||
+        p->sh->node != topology_primary())
+        return false;
+    monitor_wake();
+    return true;
+}
+
 void pool_node_lost(pgs_pool *p, const char *msg)
 {
     if (p->sh->node != topology_primary()) replica_failed(p, msg);

@@ -48,6 +48,10 @@ void pool_node_fenced(struct pgs_node *node);
  * answer again, and its pool's waiters are routed elsewhere, as after a
  * failed connect.  Nothing for the primary (failover is the monitor's). */
 void pool_node_lost(pgs_pool *p, const char *msg);
+/* A server just logged in to p's node and says it is a hot standby: true
+ * when p is the primary's pool and failover is on, and so the server must
+ * not be used (the monitor is woken to see the demotion). */
+bool pool_standby_refused(pgs_pool *p);
 /* Bookkeeping when a server connection is gone for good. */
 void pool_server_gone(pgs_server *sv);
 

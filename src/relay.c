@@ -1119,9 +1119,14 @@ void relay_server_data(pgs_server *sv)
                              f.message ? f.message : "the server refused them");
                     c->server = NULL;
                     sv->client = NULL;
+                    /* a FATAL is the backend ending (a shutdown, a crash:
+                     * a failover under way), not the settings' fault */
+                    bool ended = whole && server_fatal(body, len - 4);
                     client_fail(c, f.sqlstate ? f.sqlstate : "08006", msg,
-                                "a setting made with SET is no longer valid (an object it names "
-                                "was dropped?); reconnect and set it again");
+                                ended ? "the server ended the connection; reconnect and retry "
+                                        "the transaction"
+                                      : "a setting made with SET is no longer valid (an object "
+                                        "it names was dropped?); reconnect and set it again");
                     server_close(sv, "could not restore a client's settings");
                     return;
                 }

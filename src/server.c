@@ -617,6 +617,14 @@ static void login_param(pgs_server *sv, const uint8_t *body, uint32_t blen)
     sv->n_login_params = n + 1;
 }
 
+/* Whether the server reported name = value at login (before the 'Z'). */
+static bool login_param_is(const pgs_server *sv, const char *name, const char *value)
+{
+    for (int i = 0; i < sv->n_login_params; i++)
+        if (strcmp(sv->login_names[i], name) == 0) return strcmp(sv->login_values[i], value) == 0;
+    return false;
+}
+
 static void free_login_params(pgs_server *sv)
 {
     for (int i = 0; i < sv->n_login_params; i++) {
@@ -699,6 +707,14 @@ static void login_data(pgs_server *sv)
             }
             if (sv->scram) {
                 login_failed(sv, false, "28000", "server ended the login before SCRAM finished");
+                return;
+            }
+            /* PostgreSQL 14 and later say at login whether they are in
+             * recovery: a demoted primary's server takes no writes */
+            if (login_param_is(sv, "in_hot_standby", "on") && pool_standby_refused(sv->pool)) {
+                login_failed(sv, false, "08006",
+                             "the server is a hot standby (in_hot_standby = on): the primary "
+                             "was demoted; waiting for the monitor to follow the new primary");
                 return;
             }
             pool_set_welcome(sv->pool->sh, sv->n_login_params, sv->login_names,

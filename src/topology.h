@@ -26,7 +26,7 @@ typedef enum pgs_node_role {
 typedef enum pgs_node_state {
     PGS_NODE_UP = 0,      /* answering health checks (or not checked yet) */
     PGS_NODE_DOWN = 1,    /* failed checks: no new work until it is back */
-    PGS_NODE_FENCED = 2,  /* a former primary after failover: never used again */
+    PGS_NODE_FENCED = 2,  /* a former primary after failover: not used (monitor.c) */
 } pgs_node_state;
 
 typedef enum pgs_sync_state {

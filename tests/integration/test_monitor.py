@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+import pgwire
 from helpers import wait_for
 
 NODES_COLUMNS = ["node", "role", "state", "addr", "port", "lag_bytes", "lag_seconds", "lsn",
@@ -252,6 +253,119 @@ def test_failover_follow_takes_the_promoted_replica_and_fences_the_old_primary(p
     p.start()
     time.sleep(1)
     assert nodes(pg)["primary"]["state"] == "fenced"
+
+
+@pytest.mark.deadline(120)
+def test_failover_follow_takes_a_replica_promoted_while_the_primary_is_down_at_once(pgscale,
+                                                                                  cluster):
+    # A switchover (Patroni's) stops the primary and promotes a replica a
+    # moment later: pgscale follows the replica it saw promoted without
+    # waiting PGSCALE_FAILOVER_TIMEOUT for the old primary to come back
+    p, reps = cluster
+    pg = pgscale(DATABASE_URL=p.url(), READ_REPLICA_URLS=",".join(r.url() for r in reps),
+                 PGSCALE_FAILOVER="follow", PGSCALE_FAILOVER_TIMEOUT="60s",
+                 PGSCALE_MONITOR_INTERVAL="100ms")
+    wait_all_checked(pg)
+    p.stop()
+    wait_for(lambda: nodes(pg)["primary"]["state"] == "down", 10, interval=0.1,
+             what="the primary down")
+    t0 = time.monotonic()
+    reps[1].execute("SELECT pg_promote(true, 30)")
+    ns = wait_for(lambda: (lambda ns: ns if ns["primary"]["state"] == "fenced" else None)(
+        nodes(pg)), 30, interval=0.1, what="the old primary fenced")
+    assert time.monotonic() - t0 < 30, "waited for PGSCALE_FAILOVER_TIMEOUT"
+    assert ns["replica2"]["role"] == "primary" and ns["replica1"]["role"] == "replica", ns
+    assert "FAILOVER: replica2" in pg.stderr_text()
+
+
+@pytest.mark.deadline(120)
+def test_failover_follow_sends_no_write_to_a_primary_back_as_a_standby(pgscale, cluster):
+    # The old primary comes back as a standby before any replica is
+    # promoted (or before the monitor has seen the promotion): the clients
+    # waiting for the primary must not get servers there, where every write
+    # fails with 25006; they wait, and go to the new primary when there is one
+    p, reps = cluster
+    p.app_execute("CREATE TABLE demoted_t (id int)")
+    target = p.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    wait_for(lambda: all(replayed(r, target) for r in reps), 20, what="replicas caught up")
+    pg = pgscale(DATABASE_URL=p.url(), READ_REPLICA_URLS=",".join(r.url() for r in reps),
+                 PGSCALE_FAILOVER="follow", PGSCALE_FAILOVER_TIMEOUT="60s",
+                 PGSCALE_FAILOVER_WAIT="3s", PGSCALE_MONITOR_INTERVAL="100ms")
+    wait_all_checked(pg)
+    with pgwire.RawConn(pg.host, pg.port, timeout=30) as c:
+        assert pgwire.ready_status(c.startup()) == "I"
+        assert not pgwire.errors(c.simple_query("INSERT INTO demoted_t VALUES (1)"))
+    p.stop()
+    # back as a standby of replica1 (no node is the primary now)
+    rejoin_as_replica_of(p, reps[0])
+    assert p.execute("SELECT pg_is_in_recovery()")[0][0]
+    with pgwire.RawConn(pg.host, pg.port, timeout=30) as c:
+        assert pgwire.ready_status(c.startup()) == "I"
+        errs = pgwire.errors(c.simple_query("INSERT INTO demoted_t VALUES (2)", timeout=30))
+    assert len(errs) == 1 and errs[0]["C"] == "08006", errs
+    assert "failover has not completed" in errs[0]["M"], errs
+    assert "hot standby" in errs[0]["M"], errs
+    reps[1].execute("SELECT pg_promote(true, 30)")
+    wait_for(lambda: nodes(pg)["primary"]["state"] == "fenced", 30, interval=0.1,
+             what="the old primary fenced")
+    with pgwire.RawConn(pg.host, pg.port, timeout=30) as c:
+        assert pgwire.ready_status(c.startup()) == "I"
+        assert not pgwire.errors(c.simple_query("INSERT INTO demoted_t VALUES (3)"))
+    assert sorted(r[0] for r in reps[1].execute("SELECT id FROM demoted_t", db="app")) == [1, 3]
+    assert "cannot execute INSERT in a read-only transaction" not in pg.stderr_text()
+
+
+def rejoin_as_replica_of(node, source):
+    """node (stopped cleanly) restarts as a streaming replica of source, as
+    an HA manager rejoins a former primary (a clean shutdown before the
+    promotion: nothing to rewind)."""
+    (node.datadir / "standby.signal").write_text("")
+    with open(node.datadir / "postgresql.conf", "a") as f:
+        f.write("\nprimary_conninfo = 'host=%s port=%d user=postgres'\n"
+                % (source.host, source.port))
+    node.start()
+
+
+@pytest.mark.deadline(150)
+def test_failover_follow_takes_back_a_fenced_primary_that_rejoined_and_was_promoted(pgscale,
+                                                                                   cluster):
+    # Patroni's switchover and back: primary -> replica1, the old primary
+    # rejoins as a replica, replica1 -> primary.  pgscale follows both ways;
+    # the fenced node is taken back only because it was seen as a replica
+    # and then promoted (one that comes back still a primary stays fenced:
+    # test_failover_follow_takes_the_promoted_replica_and_fences_the_old_primary)
+    p, reps = cluster
+    p.app_execute("CREATE TABLE back_t (id int)")
+    target = p.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    wait_for(lambda: all(replayed(r, target) for r in reps), 20, what="replicas caught up")
+    pg = pgscale(DATABASE_URL=p.url(), READ_REPLICA_URLS=",".join(r.url() for r in reps),
+                 PGSCALE_FAILOVER="follow", PGSCALE_FAILOVER_TIMEOUT="60s",
+                 PGSCALE_MONITOR_INTERVAL="100ms")
+    wait_all_checked(pg)
+    p.stop()
+    reps[0].execute("SELECT pg_promote(true, 30)")
+    wait_for(lambda: nodes(pg)["primary"]["state"] == "fenced", 30, interval=0.1,
+             what="the old primary fenced")
+    rejoin_as_replica_of(p, reps[0])
+    reps[0].app_execute("INSERT INTO back_t VALUES (1)")
+    target = reps[0].execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    wait_for(lambda: replayed(p, target), 30, interval=0.2,
+             what="the old primary replaying replica1's WAL")
+    ns = wait_for(lambda: (lambda ns: ns if ns["primary"]["role"] == "replica" else None)(
+        nodes(pg)), 10, interval=0.1, what="SHOW NODES: the old primary a replica")
+    assert ns["primary"]["state"] == "fenced", ns   # no reads go there meanwhile
+    # and back
+    reps[0].stop()
+    p.execute("SELECT pg_promote(true, 30)")
+    ns = wait_for(lambda: (lambda ns: ns if ns["replica1"]["state"] == "fenced" else None)(
+        nodes(pg)), 30, interval=0.1, what="replica1 fenced")
+    assert (ns["primary"]["role"], ns["primary"]["state"]) == ("primary", "up"), ns
+    with pgwire.RawConn(pg.host, pg.port, timeout=30) as c:
+        assert pgwire.ready_status(c.startup()) == "I"
+        assert not pgwire.errors(c.simple_query("INSERT INTO back_t VALUES (2)", timeout=30))
+    assert sorted(r[0] for r in p.execute("SELECT id FROM back_t", db="app")) == [1, 2]
+    assert "FAILOVER: primary" in pg.stderr_text()
+    assert "it was fenced, and has been a replica since" in pg.stderr_text()
 
 
 @pytest.mark.deadline(150)
