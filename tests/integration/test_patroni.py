@@ -347,7 +347,11 @@ class Cluster:
         self.etcd.stop()
 
 
-@pytest.fixture
+# One cluster for the module (bringing up etcd and three members takes
+# a minute and a half on a small machine): the switchover test hands it
+# back with node1 leading again, and the failover test, which ends node1,
+# runs last.
+@pytest.fixture(scope="module")
 def patroni_cluster(request):
     _need("etcd")
     _need("patroni")
@@ -684,7 +688,11 @@ def test_pgscale_follows_a_patroni_switchover_under_write_load(pgscale, patroni_
 @pytest.mark.deadline(420)
 def test_pgscale_follows_a_patroni_failover_after_the_leader_dies(pgscale, patroni_cluster):
     c = patroni_cluster
-    assert c.leader() == "node1"
+    # (after the switchover test: node1 leads, the others stream from it)
+    wait_for(lambda: c.leader() == "node1" and all(
+        c[n].role() == "replica" and (c[n].api()[1] or {}).get("state") == "running"
+        for n in NODES[1:]), 120, interval=0.5, what="node1 leading two streaming replicas")
+    c.wait_caught_up()
     # The leader's whole node dies (Patroni and PostgreSQL SIGKILLed):
     # Patroni promotes a replica once the leader key expires (ttl).  With
     # the defaults for everything but the monitor interval and the wait
