@@ -73,7 +73,7 @@ import psycopg2.extras  # noqa: E402
 import pytest  # noqa: E402
 
 from helpers import (APP_DB, APP_PASSWORD, APP_USER, LOCALHOST, MD5_PASSWORD,  # noqa: E402
-                     MD5_USER, free_port, port_accepts)
+                     MD5_USER, free_port, port_accepts, stop_process)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PGSCALE_BIN = Path(os.environ.get("PGSCALE_BIN", str(REPO_ROOT / "build" / "pgscale")))
@@ -559,13 +559,7 @@ class RedisServer:
             time.sleep(0.05)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         if self._logfh is not None:
             self._logfh.close()
             self._logfh = None

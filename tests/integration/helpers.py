@@ -88,6 +88,18 @@ def pgbench(port, args, user="app", db="app", timeout=60, password=None):
     return run(argv, timeout, env=env)
 
 
+def stop_process(proc, timeout=10):
+    """SIGTERM, then SIGKILL after timeout s; waits for the process."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 def finish_pgbench(proc, timeout=45):
     """Waits for a pgbench started with Popen (text pipes): fails the test
     if it does not end in time, fails, or reports failed transactions."""

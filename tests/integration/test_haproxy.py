@@ -32,7 +32,7 @@ import psycopg2.errors
 import pytest
 
 from helpers import APP_DB, APP_PASSWORD, APP_USER, LOCALHOST, free_port, pgbench, pgbench_tps, \
-    port_accepts, wait_for
+    port_accepts, stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "packaging" / "haproxy" / "haproxy.cfg"
@@ -136,13 +136,7 @@ class HAProxy:
                         what="haproxy to mark %s %s (%r)" % (name, status, self.servers().get(name)))
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self._logfh.close()
 
 
