@@ -380,6 +380,10 @@ def get_auth(url, user=None, password=None, context=None):
             return r.status, r.headers, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read().decode()
+    except (ConnectionError, urllib.error.URLError):
+        # the listener binds a moment after the client port (slow under
+        # the sanitizers): callers that wait retry on None
+        return None, None, ""
 
 
 @pytest.mark.deadline(60)
@@ -435,7 +439,7 @@ def test_https_with_the_configured_certificate(pgscale, tmp_path):
     ctx = ssl.create_default_context(cafile=str(tmp_path / "http.crt"))
     url = "https://%s:%d" % (LOCALHOST, port)
     status, _, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
-        get_auth(url + "/healthz", context=ctx)), 10, what="HTTPS /healthz")
+        get_auth(url + "/healthz", context=ctx)), 30, what="HTTPS /healthz")
     assert body == "ok\n"
     status, _, text = get_auth(url + "/metrics", context=ctx)
     assert status == 200 and "pgscale_workers" in text
@@ -463,6 +467,7 @@ def test_metrics_of_replicas_and_the_cache(pgscale, primary, replicas, redis):
     pg = start_cached(pgscale, READ_REPLICA_URLS=replicas.url_list(), REDIS_URL=redis.url(),
                       PGSCALE_HTTP_LISTEN="%s:%d" % (LOCALHOST, port))
     pg.http = "http://%s:%d" % (LOCALHOST, port)
+    wait_for(lambda: get(pg, "/healthz", ok_only=False)[0] == 200, 10, what="the HTTP listener")
     wait_for(lambda: all(n["lsn"] for n in pg.admin("SHOW NODES")), 20, what="nodes checked")
     conn = pg.connect()
     conn.autocommit = True
