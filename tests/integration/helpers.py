@@ -31,7 +31,8 @@ def port_accepts(port, host=LOCALHOST, timeout=0.2):
 
 def wait_for(predicate, timeout, interval=0.05, what="condition"):
     """Polls predicate() until it returns a truthy value; returns that value.
-    Fails the test with `what` when the timeout passes."""
+    Fails the test with `what` (a string, or a function returning one, called
+    then) when the timeout passes."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -39,6 +40,8 @@ def wait_for(predicate, timeout, interval=0.05, what="condition"):
         if last:
             return last
         if time.monotonic() >= deadline:
+            if callable(what):
+                what = what()
             pytest.fail("timed out after %.1f s waiting for %s (last value: %r)" % (timeout, what, last))
         time.sleep(interval)
 
