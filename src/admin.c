@@ -7,6 +7,7 @@
  * moment's snapshot: lists are walked under each worker's list lock,
  * counters read with relaxed atomics. */
 #include "admin.h"
+#include "monitor.h"
 
 #include <ctype.h>
 #include <signal.h>
@@ -683,7 +684,7 @@ void admin_check_config(const pgs_config *cfg)
     if (zero_config(cfg))
         log_warn("admin_users and stats_users are empty: every user who can log in may run SHOW "
                  "commands on the admin console (database \"" ADMIN_DBNAME "\"); RELOAD, "
-                 "PAUSE, RESUME, KILL, WAIT_CLOSE and SHUTDOWN are allowed only to the user "
+                 "PAUSE, RESUME, KILL, WAIT_CLOSE, UNFENCE and SHUTDOWN are allowed only to the user "
                  "named in DATABASE_URL and to the OS user running pgscale over its Unix "
                  "socket; list the operators in admin_users (and monitoring users in "
                  "stats_users) in the config file");
@@ -805,7 +806,7 @@ typedef enum { CMD_DONE, CMD_ERROR, CMD_WAIT } cmd_result;
 static const char commands_hint[] =
     "available commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW NODES, "
     "SHOW CONFIG, SHOW CACHE, SHOW DATABASES, SHOW USERS, SHOW LISTS, RELOAD, PAUSE [db], RESUME [db], KILL [db], "
-    "WAIT_CLOSE [db], SHUTDOWN";
+    "WAIT_CLOSE [db], UNFENCE node, SHUTDOWN";
 
 /* A database name given to a command may not be the console's own. */
 static bool not_console(reply *r, const char *cmd, const char *db)
@@ -910,6 +911,21 @@ static cmd_result cmd_shutdown(pgs_client *c, reply *r)
     return CMD_DONE;
 }
 
+static cmd_result cmd_unfence(pgs_client *c, reply *r, const char *node)
+{
+    char who[160], state[6], msg[700], warning[400];
+    snprintf(who, sizeof(who), "C-%u (user %.100s)", c->id, c->user);
+    if (monitor_unfence(node, who, state, msg, sizeof(msg), warning, sizeof(warning)) < 0) {
+        char full[800];
+        snprintf(full, sizeof(full), "UNFENCE refused: %s", msg);
+        error(r, state, full, NULL);
+        return CMD_ERROR;
+    }
+    if (warning[0]) notice(r, "WARNING", "01000", warning);
+    complete(r, "UNFENCE");
+    return CMD_DONE;
+}
+
 /* Splits "WORD [ARG]" (ARG may be a "quoted" name, "" for a quote). */
 static int split_words(const char *sql, char words[3][128])
 {
@@ -964,6 +980,9 @@ static cmd_result run_command(pgs_client *c, reply *r, const char *sql)
             fn(r);
             return CMD_DONE;
         }
+    } else if (n == 2 && strcasecmp(words[0], "UNFENCE") == 0) {
+        if (!allowed(c, r, true, "UNFENCE")) return CMD_ERROR;
+        return cmd_unfence(c, r, words[1]);
     } else if (n == 1 || n == 2) {
         const char *cmd = words[0], *db = n == 2 ? words[1] : NULL;
         static const char *const names[] = {"RELOAD", "PAUSE", "RESUME",

@@ -47,7 +47,10 @@ const char monitor_poll_sql[] =
     "CASE WHEN pg_is_in_recovery() THEN (SELECT conninfo FROM pg_stat_wal_receiver) END, "
     "CASE WHEN NOT pg_is_in_recovery() THEN current_setting('synchronous_standby_names') END, "
     "CASE WHEN NOT pg_is_in_recovery() THEN (SELECT string_agg(COALESCE(sync_state, '?') || "
-    "' ' || application_name, E'\\n') FROM pg_stat_replication) END";
+    "' ' || application_name, E'\\n') FROM pg_stat_replication) END, "
+    /* a replica's cluster_name: the application name its WAL receiver
+     * gives when its conninfo names none */
+    "CASE WHEN pg_is_in_recovery() THEN current_setting('cluster_name') END";
 
 typedef struct mnode {
     pgs_node *n;
@@ -79,6 +82,12 @@ typedef struct mnode {
      * listed as a replica by mistake must not take over at a blip. */
     bool seen_replica;
     bool promoted;
+    /* under lock, from the primary's last check: 1 when its
+     * pg_stat_replication lists this node's application name (once, and no
+     * other node of ours has it), 0 when it lists others but not this one,
+     * -1 when it cannot be told (the list hidden from the monitoring user,
+     * no WAL sender at all, the name unknown or shared) */
+    int on_primary;
 } mnode;
 
 static int64_t now_ms_raw(void)
@@ -186,6 +195,59 @@ void monitor_wake(void)
     pthread_mutex_unlock(&lock);
 }
 
+int monitor_unfence(const char *name, const char *who, char sqlstate[6], char *msg,
+                    size_t msglen, char *warning, size_t warnlen)
+{
+    warning[0] = '\0';
+    snprintf(sqlstate, 6, "55000");
+    pthread_mutex_lock(&lock);
+    mnode *m = NULL;
+    for (int i = 0; i < n_mnodes && !m; i++)
+        if (strcmp(mnodes[i].n->name, name) == 0) m = &mnodes[i];
+    if (!m) {
+        pthread_mutex_unlock(&lock);
+        snprintf(sqlstate, 6, "42704");
+        snprintf(msg, msglen, "no node is called \"%s\" (SHOW NODES lists them)", name);
+        return -1;
+    }
+    pgs_node *n = m->n;
+    const pgs_node *p = topology_primary();
+    int st = atomic_load(&n->state);
+    int rc = -1;
+    if (st != PGS_NODE_FENCED) {
+        snprintf(msg, msglen, "%s is not fenced (it is %s): UNFENCE takes back a former primary "
+                 "that a failover fenced", n->name, topology_state_name(st));
+    } else if (m->fail_since_ms || !atomic_load(&n->checked_us)) {
+        snprintf(msg, msglen, "%s does not answer the monitor's checks: UNFENCE takes a node that "
+                 "answers as a replica of the primary (%s)", n->name, p->name);
+    } else if (atomic_load(&n->role) != PGS_ROLE_REPLICA) {
+        snprintf(msg, msglen, "%s says it is a primary: it may hold writes the primary (%s) never "
+                 "saw; rejoin it as a replica of %s (pg_rewind or a new base backup, then "
+                 "standby.signal) and run UNFENCE again", n->name, p->name, p->name);
+    } else if (m->on_primary == 0) {
+        snprintf(msg, msglen, "%s is a replica, but the primary (%s) does not list it in "
+                 "pg_stat_replication (application_name \"%s\"): it does not stream from the "
+                 "primary; point its primary_conninfo at %s (%s)", n->name, p->name, m->appname,
+                 p->name, p->ep.text);
+    } else {
+        if (m->on_primary < 0)
+            snprintf(warning, warnlen, "could not check that %s streams from the primary (%s): "
+                     "%s; its reads are trusted to the rejoin", n->name, p->name,
+                     !m->appname[0] ? "its primary_conninfo is hidden from the monitoring user "
+                     "(pg_read_all_settings)" : "the primary's pg_stat_replication lists no "
+                     "standby by name to the monitoring user (pg_read_all_stats), or two "
+                     "nodes share its application_name");
+        atomic_store(&n->state, PGS_NODE_UP);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&lock);
+    if (rc == 0)
+        log_warn("UNFENCE %s by %s: %s (%s) is a replica of the primary (%s) again and takes "
+                 "reads%s%s", n->name, who, n->name, n->ep.text, p->name,
+                 warning[0] ? "; " : "", warning);
+    return rc;
+}
+
 /* The connection parameters of node n: its URL's user, password, database
  * and sslmode (server_tls's when the URL has none), server_tls's files. */
 static void node_params(const pgs_node *n, pqconn_params *pp, const char *what,
@@ -257,9 +319,12 @@ static bool get_lsn(const PGresult *r, int col, uint64_t *out)
 /* --- synchronous replication --- */
 
 /* The application name a WAL receiver's conninfo gives the primary:
- * application_name, else fallback_application_name (cluster_name or
- * "walreceiver"), as libpq picks it.  "" when unknown. */
-static void receiver_appname(const char *conninfo, char *out, size_t outlen)
+ * application_name, else fallback_application_name, else what the WAL
+ * receiver passes as the fallback (cluster_name, else "walreceiver"; not
+ * shown in pg_stat_wal_receiver's conninfo), as libpq picks it.  "" when
+ * unknown (the conninfo hidden). */
+static void receiver_appname(const char *conninfo, const char *cluster_name, char *out,
+                             size_t outlen)
 {
     out[0] = '\0';
     if (!conninfo) return;
@@ -271,15 +336,20 @@ static void receiver_appname(const char *conninfo, char *out, size_t outlen)
         if (strcmp(o->keyword, "application_name") == 0) app = o->val;
         else if (strcmp(o->keyword, "fallback_application_name") == 0) fallback = o->val;
     }
-    snprintf(out, outlen, "%s", app ? app : fallback ? fallback : "");
+    snprintf(out, outlen, "%s",
+             app               ? app
+             : fallback        ? fallback
+             : cluster_name && *cluster_name ? cluster_name
+                                             : "walreceiver");
     PQconninfoFree(opts);
 }
 
-/* What the primary's pg_stat_replication says of a standby called name:
- * its lines are "sync_state application_name"; '?' when hidden. */
-static int sync_state_of(const char *list, const char *name)
+/* The primary's pg_stat_replication lines ("sync_state application_name";
+ * '?' when hidden) that name the standby called name: how many, and the
+ * last one's sync state (pgs_sync_state). */
+static int standby_lines(const char *list, const char *name, int *state)
 {
-    int found = 0, state = PGS_SYNC_ASYNC; /* not connected: not waited for */
+    int found = 0;
     size_t nl = strlen(name);
     for (const char *line = list; line && *line;) {
         const char *end = strchr(line, '\n');
@@ -288,25 +358,34 @@ static int sync_state_of(const char *list, const char *name)
         if (sp && (size_t)(line + len - sp - 1) == nl && memcmp(sp + 1, name, nl) == 0) {
             found++;
             size_t sl = (size_t)(sp - line);
-            state = sl == 4 && memcmp(line, "sync", 4) == 0         ? PGS_SYNC_SYNC
-                    : sl == 6 && memcmp(line, "quorum", 6) == 0     ? PGS_SYNC_QUORUM
-                    : sl == 9 && memcmp(line, "potential", 9) == 0  ? PGS_SYNC_POTENTIAL
-                    : sl == 5 && memcmp(line, "async", 5) == 0      ? PGS_SYNC_ASYNC
-                                                                    : PGS_SYNC_UNKNOWN;
+            *state = sl == 4 && memcmp(line, "sync", 4) == 0         ? PGS_SYNC_SYNC
+                     : sl == 6 && memcmp(line, "quorum", 6) == 0     ? PGS_SYNC_QUORUM
+                     : sl == 9 && memcmp(line, "potential", 9) == 0  ? PGS_SYNC_POTENTIAL
+                     : sl == 5 && memcmp(line, "async", 5) == 0      ? PGS_SYNC_ASYNC
+                                                                     : PGS_SYNC_UNKNOWN;
         }
         line = end ? end + 1 : NULL;
     }
+    return found;
+}
+
+/* What the primary's pg_stat_replication says of a standby called name. */
+static int sync_state_of(const char *list, const char *name)
+{
+    int state = PGS_SYNC_ASYNC; /* not connected: not waited for */
+    int found = standby_lines(list, name, &state);
     /* two standbys under one name: which of them is waited for is unknown */
     return found > 1 ? PGS_SYNC_UNKNOWN : state;
 }
 
-/* The check's synchronous-replication columns (4-6, see monitor_poll_sql):
+/* The check's synchronous-replication columns (4-7, see monitor_poll_sql):
  * a replica's application name; on the primary, each node's sync state. */
 static void sync_from_check(mnode *m, const PGresult *r, bool in_recovery)
 {
     pthread_mutex_lock(&lock);
     if (in_recovery) {
-        receiver_appname(PQgetisnull(r, 0, 4) ? NULL : PQgetvalue(r, 0, 4), m->appname,
+        receiver_appname(PQgetisnull(r, 0, 4) ? NULL : PQgetvalue(r, 0, 4),
+                         PQgetisnull(r, 0, 7) ? NULL : PQgetvalue(r, 0, 7), m->appname,
                          sizeof(m->appname));
     } else if (topology_primary() == m->n) {
         const char *names = PQgetisnull(r, 0, 5) ? "" : PQgetvalue(r, 0, 5);
@@ -325,6 +404,14 @@ static void sync_from_check(mnode *m, const PGresult *r, bool in_recovery)
             o->sync_state = st;
             atomic_store(&o->n->sync_state, st);
             waited |= st == PGS_SYNC_SYNC || st == PGS_SYNC_QUORUM;
+        }
+        for (int i = 0; i < n_mnodes; i++) {
+            mnode *o = &mnodes[i];
+            int found = 0;
+            for (int j = 0; j < n_mnodes && o->appname[0]; j++)
+                found += strcmp(mnodes[j].appname, o->appname) == 0;
+            o->on_primary = o == m || !list || !*list || found != 1 ? -1
+                            : standby_lines(list, o->appname, &(int){0}) > 0;
         }
         for (int i = 0; i < n_mnodes && (waited || !names[0]); i++) {
             int st = mnodes[i].sync_state;
@@ -368,7 +455,7 @@ static void check_one(mnode *m)
         return;
     }
     uint64_t lsn, rlsn;
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 7 ||
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 8 ||
         !get_lsn(r, 1, &lsn) || !get_lsn(r, 2, &rlsn)) {
         char *e = pqconn_error_text(n->name, PQresultStatus(r) == PGRES_TUPLES_OK
                                                  ? "the health check returned an unexpected row"
@@ -474,7 +561,8 @@ static void switch_primary(pgs_node *old, pgs_node *to, const char *why, int64_t
     topology_format_lsn(atomic_load(&to->lsn), pos, sizeof(pos));
     log_error("FAILOVER: %s (%s) is the primary now, at %s, in place of %s (%s), which %s; "
               "%.1f s after the primary was first seen failing; %s is fenced (never used "
-              "again until pgscale restarts, or it rejoins as a replica and is promoted)%s%s",
+              "again until it rejoins as a replica and UNFENCE is run or it is promoted, or "
+              "pgscale restarts)%s%s",
               to->name, to->ep.text, pos, old->name, old->ep.text, why,
               (double)(now_ms() - since_ms) / 1000.0, old->name,
               was_fenced ? "; it was fenced, and has been a replica since" : "", failover_note);

@@ -32,6 +32,14 @@ void monitor_configure(const pgs_config *cfg);
 /* Asks every node's thread for a check now rather than at its next turn. */
 void monitor_wake(void);
 
+/* UNFENCE (admin console): the fenced former primary called name, which
+ * answers the monitor as a replica now (an operator or HA manager rejoined
+ * it) and, when the primary's pg_stat_replication can tell, streams from
+ * the primary, takes reads again, as pgpool-II's pcp_attach_node does.  0
+ * (warning set, or "", when the streaming could not be checked), or -1
+ * with a SQLSTATE and msg saying why not.  who: for the log. */
+PGS_MUSTCHECK int monitor_unfence(const char *name, const char *who, char sqlstate[6], char *msg,
+                                  size_t msglen, char *warning, size_t warnlen);
 /* Called on the monitor thread of the primary with its connection (idle,
  * in no transaction) after each (re)connect, and after a failover on the
  * new primary's; it may run queries and must leave the connection idle. */

@@ -29,6 +29,15 @@ def nodes(pg):
     return {r["node"]: r for r in pg.admin("SHOW NODES")}
 
 
+def admin_error(pg, sql):
+    """(SQLSTATE, message) of an admin command that must fail."""
+    try:
+        pg.admin(sql)
+    except psycopg2.Error as e:
+        return e.pgcode, e.diag.message_primary
+    pytest.fail("%s did not fail" % sql)
+
+
 def start_with_replicas(pgscale, replicas, **env):
     env.setdefault("PGSCALE_MONITOR_INTERVAL", "100ms")
     env.setdefault("PGSCALE_FAILOVER", "off")
@@ -268,10 +277,22 @@ def test_failover_follow_takes_the_promoted_replica_and_fences_the_old_primary(p
     assert "FAILOVER: replica2" in text and "in place of primary" in text, text[-3000:]
     # replica1 was not touched (follow leaves the replicas to the HA manager)
     assert reps[0].execute("SELECT pg_is_in_recovery()")[0][0]
+    # UNFENCE refuses it while it is down ...
+    assert admin_error(pg, "UNFENCE primary") == (
+        "55000", "UNFENCE refused: primary does not answer the monitor's checks: UNFENCE takes a "
+        "node that answers as a replica of the primary (replica2)")
     # the fenced node stays fenced when it comes back
     p.start()
-    time.sleep(1)
+    # ... and while it is back as a primary (it may hold writes replica2 lacks)
+    code, msg = wait_for(lambda: (lambda e: e if "does not answer" not in e[1] else None)(
+        admin_error(pg, "UNFENCE primary")), 15, interval=0.1,
+        what="the old primary answering the monitor again")
+    assert code == "55000" and "primary says it is a primary" in msg, msg
     assert nodes(pg)["primary"]["state"] == "fenced"
+    # what is not fenced, or not a node
+    assert admin_error(pg, "UNFENCE replica1")[0] == "55000"
+    assert admin_error(pg, "UNFENCE nosuchnode") == (
+        "42704", "UNFENCE refused: no node is called \"nosuchnode\" (SHOW NODES lists them)")
 
 
 @pytest.mark.deadline(120)
@@ -385,6 +406,71 @@ def test_failover_follow_takes_back_a_fenced_primary_that_rejoined_and_was_promo
     assert sorted(r[0] for r in p.execute("SELECT id FROM back_t", db="app")) == [1, 2]
     assert "FAILOVER: primary" in pg.stderr_text()
     assert "it was fenced, and has been a replica since" in pg.stderr_text()
+
+
+@pytest.mark.deadline(150)
+def test_unfence_gives_reads_back_to_a_former_primary_rejoined_as_a_replica(pgscale, cluster):
+    # pgpool-II's pcp_attach_node: the operator rejoined the fenced former
+    # primary as a replica of the new one and says so with UNFENCE
+    p, reps = cluster
+    p.app_execute("CREATE TABLE unfence_t (id int)")
+    p.app_execute("INSERT INTO unfence_t VALUES (1)")
+    # the monitoring user (app) may read pg_stat_replication's names: UNFENCE
+    # then checks that the node streams from the primary
+    p.execute("GRANT pg_read_all_stats TO app")
+    target = p.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    wait_for(lambda: all(replayed(r, target) for r in reps), 20, what="replicas caught up")
+    pg = pgscale(DATABASE_URL=p.url(), READ_REPLICA_URLS=",".join(r.url() for r in reps),
+                 PGSCALE_FAILOVER="follow", PGSCALE_FAILOVER_TIMEOUT="60s",
+                 PGSCALE_MONITOR_INTERVAL="100ms")
+    wait_all_checked(pg)
+    p.stop()
+    reps[0].execute("SELECT pg_promote(true, 30)")
+    wait_for(lambda: nodes(pg)["primary"]["state"] == "fenced", 30, interval=0.1,
+             what="the old primary fenced")
+    rejoin_as_replica_of(p, reps[0])
+    reps[0].app_execute("INSERT INTO unfence_t VALUES (2)")
+    target = reps[0].execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    # (replica2, left pointing at the old primary by follow, streams through it)
+    wait_for(lambda: replayed(p, target) and replayed(reps[1], target), 30, interval=0.2,
+             what="the old primary and replica2 replaying replica1's WAL")
+    ns = wait_for(lambda: (lambda ns: ns if ns["primary"]["role"] == "replica" else None)(
+        nodes(pg)), 10, interval=0.1, what="SHOW NODES: the old primary a replica")
+    assert ns["primary"]["state"] == "fenced", ns
+    reads_before, writes_before = int(ns["primary"]["reads"]), int(ns["primary"]["writes"])
+    # the primary's check (every 100 ms) has seen it among its standbys
+    time.sleep(0.5)
+    conn = psycopg2.connect(pg.dsn(db="pgscale"))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("UNFENCE primary")
+            assert cur.statusmessage == "UNFENCE"
+        assert not conn.notices, conn.notices   # the streaming was checked
+    finally:
+        conn.close()
+    ns = nodes(pg)
+    assert (ns["primary"]["role"], ns["primary"]["state"]) == ("replica", "up"), ns
+    assert (ns["replica1"]["role"], ns["replica1"]["state"]) == ("primary", "up"), ns
+    # reads go there again, and see what replica1 wrote; writes do not
+    app = psycopg2.connect(pg.dsn())
+    try:
+        app.autocommit = True
+        with app.cursor() as cur:
+            for _ in range(60):
+                cur.execute("SELECT id FROM unfence_t ORDER BY id")
+                assert cur.fetchall() == [(1,), (2,)]
+            cur.execute("INSERT INTO unfence_t VALUES (3)")
+    finally:
+        app.close()
+    ns = nodes(pg)
+    assert int(ns["primary"]["reads"]) > reads_before, ns
+    assert int(ns["primary"]["writes"]) == writes_before, ns
+    assert [r[0] for r in reps[0].execute("SELECT id FROM unfence_t ORDER BY id", db="app")] \
+        == [1, 2, 3]
+    assert "UNFENCE primary by C-" in pg.stderr_text()
+    # once up, it is not fenced: a second UNFENCE says so
+    assert admin_error(pg, "UNFENCE primary")[0] == "55000"
 
 
 @pytest.mark.deadline(150)
