@@ -83,8 +83,8 @@ typedef struct mnode {
     bool seen_replica;
     bool promoted;
     /* under lock, from the primary's last check: 1 when its
-     * pg_stat_replication lists this node's application name (once, and no
-     * other node of ours has it), 0 when it lists others but not this one,
+     * pg_stat_replication lists this node's application name (which no
+     * other node of ours has), 0 when it lists others but not this one,
      * -1 when it cannot be told (the list hidden from the monitoring user,
      * no WAL sender at all, the name unknown or shared) */
     int on_primary;
@@ -369,13 +369,15 @@ static int standby_lines(const char *list, const char *name, int *state)
     return found;
 }
 
-/* What the primary's pg_stat_replication says of a standby called name. */
-static int sync_state_of(const char *list, const char *name)
+/* Whether a node of ours other than node i gives the primary the same
+ * application name (the primary p itself aside: its name is left from when
+ * it was a replica).  The primary's list then cannot tell them apart. */
+static bool appname_shared(int i, const pgs_node *p)
 {
-    int state = PGS_SYNC_ASYNC; /* not connected: not waited for */
-    int found = standby_lines(list, name, &state);
-    /* two standbys under one name: which of them is waited for is unknown */
-    return found > 1 ? PGS_SYNC_UNKNOWN : state;
+    for (int j = 0; j < n_mnodes; j++)
+        if (j != i && mnodes[j].n != p && strcmp(mnodes[j].appname, mnodes[i].appname) == 0)
+            return true;
+    return false;
 }
 
 /* The check's synchronous-replication columns (4-7, see monitor_poll_sql):
@@ -394,24 +396,20 @@ static void sync_from_check(mnode *m, const PGresult *r, bool in_recovery)
         bool waited = false; /* any standby waited for now */
         for (int i = 0; i < n_mnodes; i++) {
             mnode *o = &mnodes[i];
-            int st = PGS_SYNC_OFF;
-            if (o != m && names[0]) {
-                st = o->appname[0] ? sync_state_of(list, o->appname) : PGS_SYNC_UNKNOWN;
-                for (int j = 0; j < n_mnodes && st != PGS_SYNC_UNKNOWN; j++)
-                    if (j != i && mnodes[j].n != m->n && strcmp(mnodes[j].appname, o->appname) == 0)
-                        st = PGS_SYNC_UNKNOWN; /* two of our nodes under one name */
-            }
+            /* the primary's lines naming o: -1 when its name is unknown or
+             * two of our nodes share it */
+            int st = PGS_SYNC_ASYNC; /* not connected: not waited for */
+            int found = o != m && o->appname[0] && !appname_shared(i, m->n)
+                            ? standby_lines(list, o->appname, &st)
+                            : -1;
+            /* two standbys under one name: which of them is waited for is
+             * unknown */
+            if (o == m || !names[0]) st = PGS_SYNC_OFF;
+            else if (found < 0 || found > 1) st = PGS_SYNC_UNKNOWN;
             o->sync_state = st;
             atomic_store(&o->n->sync_state, st);
             waited |= st == PGS_SYNC_SYNC || st == PGS_SYNC_QUORUM;
-        }
-        for (int i = 0; i < n_mnodes; i++) {
-            mnode *o = &mnodes[i];
-            int found = 0;
-            for (int j = 0; j < n_mnodes && o->appname[0]; j++)
-                found += strcmp(mnodes[j].appname, o->appname) == 0;
-            o->on_primary = o == m || !list || !*list || found != 1 ? -1
-                            : standby_lines(list, o->appname, &(int){0}) > 0;
+            o->on_primary = found < 0 || !list || !*list ? -1 : found > 0;
         }
         for (int i = 0; i < n_mnodes && (waited || !names[0]); i++) {
             int st = mnodes[i].sync_state;

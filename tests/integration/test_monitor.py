@@ -293,6 +293,11 @@ def test_failover_follow_takes_the_promoted_replica_and_fences_the_old_primary(p
     assert admin_error(pg, "UNFENCE replica1")[0] == "55000"
     assert admin_error(pg, "UNFENCE nosuchnode") == (
         "42704", "UNFENCE refused: no node is called \"nosuchnode\" (SHOW NODES lists them)")
+    # no name, two names, a name past the console's 127 bytes: refused, nothing changed
+    assert admin_error(pg, "UNFENCE")[0] == "42601"
+    assert admin_error(pg, "UNFENCE primary replica1")[0] == "42601"
+    assert admin_error(pg, "UNFENCE \"%s\"" % ("p" * 300))[0] == "42704"
+    assert nodes(pg)["primary"]["state"] == "fenced"
 
 
 @pytest.mark.deadline(120)
