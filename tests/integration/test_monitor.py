@@ -689,8 +689,12 @@ def test_failover_auto_does_not_promote_past_a_synchronous_standby_that_is_down(
     set_sync_standbys(p, "FIRST 1 (replica2)")
     pg = start_on_cluster(pgscale, cluster, "auto")
     wait_all_checked(pg)
-    wait_for(lambda: sync_states(pg)["replica2"] == "sync", 15, interval=0.1,
-             what="replica2 sync")
+    # both replicas placed by a check of the primary's made after their own
+    # first checks (one before them finds replica1's name not yet known:
+    # "unknown", and pgscale then refuses for that reason instead)
+    wait_for(lambda: sync_states(pg) == {"primary": None, "replica1": "async",
+                                         "replica2": "sync"}, 15, interval=0.1,
+             what="replica2 sync and replica1 async")
     # the synchronous standby stops; with it gone no commit can be
     # acknowledged, and it keeps its place as the one waited for
     reps[1].stop()
